@@ -1,0 +1,121 @@
+"""The HDF5 artifact contract between stages (see DESIGN.md).
+
+Every artifact carries attrs ``schema``, ``stage``, ``created_by`` and ``config_hash``.  Writers go through
+:func:`atomic_h5` so a crash never leaves a file under the declared name; readers go through
+:func:`open_artifact`, which checks the schema and names the file when something is wrong.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import h5py
+import numpy as np
+
+from llm4brain import __version__
+
+SCHEMAS = {
+    "fmri": "llm4brain.fmri/1",
+    "frames": "llm4brain.frames/1",
+    "features": "llm4brain.features/1",
+    "captions": "llm4brain.captions/1",
+    "align": "llm4brain.align/1",
+    "eval": "llm4brain.eval/1",
+}
+
+STR_DTYPE = h5py.string_dtype("utf-8")
+
+
+class ArtifactError(ValueError):
+    """An artifact is missing, of the wrong schema or of the wrong shape; the message names the file."""
+
+
+def config_hash(section: Any) -> str:
+    """Stable short hash of a (JSON-serialisable) config section, stored in every artifact."""
+    blob = json.dumps(section, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path``; rename it onto ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            if tmp.is_dir():
+                shutil.rmtree(tmp)
+            else:
+                tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_h5(path: str | os.PathLike, kind: str, params: Any = None) -> Iterator[h5py.File]:
+    """Open a new HDF5 artifact of ``kind`` for writing; it appears under ``path`` only when complete."""
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w", track_order=True) as f:
+            f.attrs["schema"] = SCHEMAS[kind]
+            f.attrs["stage"] = kind
+            f.attrs["created_by"] = f"llm4brain {__version__}"
+            f.attrs["config_hash"] = config_hash(params)
+            yield f
+
+
+def open_artifact(path: str | os.PathLike, kind: str, required: tuple[str, ...] = ()) -> h5py.File:
+    """Open an artifact read-only after checking its schema and that ``required`` datasets exist."""
+    path = Path(path)
+    if not path.exists():
+        raise ArtifactError(f"{path}: artifact does not exist (expected a {kind} file)")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise ArtifactError(f"{path}: not a readable HDF5 file ({err})") from err
+    schema = f.attrs.get("schema")
+    if schema != SCHEMAS[kind]:
+        f.close()
+        raise ArtifactError(f"{path}: schema is {schema!r}, expected {SCHEMAS[kind]!r}")
+    missing = [name for name in required if name not in f]
+    if missing:
+        f.close()
+        raise ArtifactError(f"{path}: missing datasets {missing}")
+    return f
+
+
+def write_keys(group: h5py.Group, segment: np.ndarray | list[str], tr: np.ndarray | list[int]) -> None:
+    """Write the ``(segment, tr)`` join key columns into ``group``."""
+    group.create_dataset("segment", data=np.asarray(segment, dtype=object), dtype=STR_DTYPE)
+    group.create_dataset("tr", data=np.asarray(tr, dtype=np.int32))
+
+
+def read_keys(group: h5py.Group) -> list[tuple[str, int]]:
+    """Read the ``(segment, tr)`` join key columns of ``group`` as a list of tuples."""
+    segments = group["segment"].asstr()[:]
+    trs = group["tr"][:]
+    return [(str(s), int(t)) for s, t in zip(segments, trs)]
+
+
+def write_strings(group: h5py.Group, name: str, values: list[str]) -> None:
+    """Write a utf-8 string column."""
+    group.create_dataset(name, data=np.asarray(values, dtype=object), dtype=STR_DTYPE)
+
+
+def set_attrs(obj: h5py.HLObject, attrs: Mapping[str, Any]) -> None:
+    """Set attrs, storing dicts and lists that h5py cannot hold natively as JSON strings."""
+    for key, value in attrs.items():
+        if isinstance(value, (dict, list, tuple)) and not _is_numeric_sequence(value):
+            value = json.dumps(value)
+        obj.attrs[key] = value
+
+
+def _is_numeric_sequence(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) for v in value) and len(value) > 0

@@ -1,0 +1,118 @@
+"""``simulate_demo``: write the embedded demo dataset in real formats (BIDS-like NIfTI, mp4, TSV)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from llm4brain.demo.brain import clip_features, make_subject, roi_mask, simulate_run, template_maps
+from llm4brain.demo.render import render_segment, write_mp4
+from llm4brain.demo.scenes import sample_timeline
+from llm4brain.runtime import LOG
+
+VOXEL_MM = 3.0
+
+
+def _affine(grid: tuple[int, int, int]) -> np.ndarray:
+    affine = np.diag([VOXEL_MM, VOXEL_MM, VOXEL_MM, 1.0])
+    affine[:3, 3] = -VOXEL_MM * (np.asarray(grid) - 1) / 2
+    return affine
+
+
+def _save_nifti(data: np.ndarray, affine: np.ndarray, path: Path, tr: float | None = None) -> None:
+    img = nib.Nifti1Image(data, affine)
+    img.header.set_xyzt_units("mm", "sec")
+    if tr is not None:
+        img.header.set_zooms((VOXEL_MM,) * 3 + (tr,))
+    nib.save(img, path)
+
+
+def presentations(segments: dict[str, list[str]], train_repeats: list[int], test_repeats: int) -> list[str]:
+    """Every run's segment, before shuffling: training segments cycle through ``train_repeats``."""
+    runs: list[str] = []
+    for i, seg in enumerate(segments["train"]):
+        runs += [seg] * train_repeats[i % len(train_repeats)]
+    for seg in segments["test"]:
+        runs += [seg] * test_repeats
+    return runs
+
+
+def simulate_demo(
+    out_dir: str | os.PathLike,
+    subjects: list[str],
+    segments: dict[str, list[str]],
+    tr: float,
+    params: dict[str, Any],
+    seed: int,
+) -> None:
+    """Render every segment and simulate every subject; files appear under ``out_dir`` only when complete.
+
+    ``params`` is the ``demo`` config section (frame size, fps, grid, noise, drift, repeats, ...).
+    """
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "stimuli").mkdir(parents=True)
+    grid = tuple(params["grid"])
+    fps, trs_per_segment = params["fps"], params["trs_per_segment"]
+    frames_per_tr = int(round(fps * tr))
+    if abs(frames_per_tr - fps * tr) > 1e-6:
+        raise ValueError(f"demo: fps ({fps}) x TR ({tr}) must be a whole number of frames")
+
+    rng = np.random.default_rng(seed)
+    features: dict[str, np.ndarray] = {}
+    rows = []
+    for segment in segments["train"] + segments["test"]:
+        timeline = sample_timeline(rng, trs_per_segment, tuple(params["scene_trs"]))
+        frames = render_segment(timeline, tr, fps, params["frame_size"], seed=int(rng.integers(2**31)))
+        write_mp4(frames, tmp / "stimuli" / f"{segment}.mp4", fps)
+        features[segment] = clip_features(frames, timeline, frames_per_tr)
+        rows += [(segment, k, scene.caption()) for k, scene in enumerate(timeline)]
+        LOG.info("rendered %s: %d frames", segment, len(frames))
+    pd.DataFrame(rows, columns=["segment", "tr", "caption"]).to_csv(tmp / "captions.tsv", sep="\t", index=False)
+
+    mask = roi_mask(grid)
+    affine = _affine(grid)
+    _save_nifti(mask.astype(np.uint8), affine, tmp / "roi_mask.nii.gz")
+    template = template_maps(seed + 1, grid)
+    reference = np.concatenate(list(features.values()))
+    run_order = presentations(segments, params["train_repeats"], params["test_repeats"])
+    rest_before, rest_after = params["rest_trs"]
+    for s, subject in enumerate(subjects):
+        model = make_subject(
+            template, mask, seed + 100 + s, params["subject_variability"], params["subject_shift"],
+            params["noise"], params["drift"], reference,
+        )
+        func = tmp / subject / "func"
+        func.mkdir(parents=True)
+        scans = []
+        for r, segment in enumerate(model.rng.permutation(run_order), start=1):
+            bold = simulate_run(model, features[segment], rest_before, rest_after, tr)
+            volume = np.zeros(grid + (bold.shape[0],), np.float32)
+            volume[mask] = bold.T
+            stem = f"{subject}_task-movie_run-{r:02d}"
+            _save_nifti(volume, affine, func / f"{stem}_bold.nii.gz", tr=tr)
+            events = pd.DataFrame(
+                {"onset": [rest_before * tr], "duration": [trs_per_segment * tr], "trial_type": ["movie"],
+                 "stim_file": [f"stimuli/{segment}.mp4"], "segment": [segment]}
+            )
+            events.to_csv(func / f"{stem}_events.tsv", sep="\t", index=False)
+            scans.append(f"func/{stem}_bold.nii.gz")
+        pd.DataFrame({"filename": scans}).to_csv(tmp / subject / f"{subject}_scans.tsv", sep="\t", index=False)
+        LOG.info("simulated %s: %d runs", subject, len(scans))
+    description = {"Name": "llm4brain embedded demo", "BIDSVersion": "1.8.0", "DatasetType": "raw"}
+    (tmp / "dataset_description.json").write_text(json.dumps(description, indent=2))
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
+        target = out_dir / path.relative_to(tmp)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)
+    shutil.rmtree(tmp)

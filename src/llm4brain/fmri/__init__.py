@@ -1,0 +1,1 @@
+"""fMRI preprocessing: raw runs → masked, detrended, z-scored samples paired to ``(segment, tr)``."""

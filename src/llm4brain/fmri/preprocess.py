@@ -1,0 +1,106 @@
+"""``preprocess_fmri``: one subject's runs → ``results/fmri/{subject}.h5``.
+
+Per run: mask, polynomial detrend, z-score per voxel, then pair volume ``(onset + tr·TR + hrf_lag) / TR``
+with the clip ``(segment, tr)``.  Repeats of a segment are averaged where the config asks (test, by
+default: it is what makes test responses reliable).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from llm4brain.artifacts import atomic_h5, set_attrs, write_keys
+from llm4brain.fmri.runs import InputError, Run, bids_runs, check_id, load_bold, load_mask
+from llm4brain.fmri.signal import detrend, zscore
+from llm4brain.runtime import LOG
+
+
+def pair_run(run: Run, n_volumes: int, tr: float, hrf_lag: float) -> list[tuple[int, int]]:
+    """``(tr index, volume index)`` pairs for one run: clip k is seen in volume (onset + k·TR + lag) / TR."""
+    n_tr = int(np.floor(run.duration / tr + 1e-6))
+    pairs = [(k, int(round((run.onset + k * tr + hrf_lag) / tr))) for k in range(n_tr)]
+    if n_tr == 0 or pairs[-1][1] >= n_volumes:
+        raise InputError(
+            f"{run.bold}: run has {n_volumes} volumes but segment {run.segment!r} (onset {run.onset:g} s, "
+            f"{n_tr} TRs, lag {hrf_lag:g} s) needs volume {pairs[-1][1] if pairs else 0}"
+        )
+    return pairs
+
+
+def preprocess_subject(
+    subject: str,
+    subject_dir: str | Path,
+    mask_path: str | Path,
+    out_path: str | Path,
+    segments: dict[str, list[str]],
+    tr: float,
+    params: dict[str, Any],
+) -> None:
+    """Preprocess every run of ``subject`` and write the per-split samples atomically.
+
+    ``params`` is the ``fmri`` config section: ``detrend_order``, ``zscore``, ``hrf_lag`` (seconds) and
+    ``average_repeats`` (per split).
+    """
+    check_id(subject, "subject id")
+    subject_dir = Path(subject_dir)
+    split_of = {seg: split for split, segs in segments.items() for seg in segs}
+    runs = bids_runs(subject_dir)
+    for run in runs:
+        if run.segment not in split_of:
+            raise InputError(f"{run.events}: segment {run.segment!r} is not in the configured segments")
+    shown = {run.segment for run in runs}
+    missing = sorted(set(split_of) - shown)
+    if missing:
+        raise InputError(f"{subject_dir}: no runs for segments {missing}")
+
+    mask = None
+    usable = None
+    samples: dict[str, dict[tuple[str, int], list[np.ndarray]]] = defaultdict(lambda: defaultdict(list))
+    for run in tqdm(runs, desc=f"{subject} runs", mininterval=1.0):
+        data, img = load_bold(run.bold, tr)
+        if mask is None:
+            mask = load_mask(Path(mask_path), img, run.bold)
+            usable = np.ones(int(mask.sum()), bool)
+            affine = img.affine
+        elif data.shape[:3] != mask.shape:
+            raise InputError(f"{run.bold}: grid {data.shape[:3]} differs from the subject's first run {mask.shape}")
+        series = data[mask].T  # (T, V)
+        finite = np.isfinite(series).all(axis=0)
+        series[:, ~finite] = 0.0
+        series = detrend(series, params["detrend_order"])
+        if params["zscore"]:
+            series, ok = zscore(series)
+            finite &= ok
+        usable &= finite
+        for k, volume in pair_run(run, series.shape[0], tr, params["hrf_lag"]):
+            samples[split_of[run.segment]][(run.segment, k)].append(series[volume])
+
+    dropped = int((~usable).sum())
+    if dropped:
+        LOG.warning("%s: dropped %d of %d voxels (non-finite or constant in some run)", subject, dropped, usable.size)
+    keep = mask.copy()
+    keep[mask] = usable
+    with atomic_h5(out_path, "fmri", params) as f:
+        for split in segments:
+            keys, rows = [], []
+            for key, values in sorted(samples[split].items()):
+                if params["average_repeats"][split]:
+                    keys.append(key)
+                    rows.append(np.mean(values, axis=0))
+                else:
+                    keys += [key] * len(values)
+                    rows += values
+            bold = np.zeros((len(rows),) + mask.shape, np.float32)
+            bold[:, mask] = np.stack(rows) * usable
+            group = f.create_group(split)
+            group.create_dataset("bold", data=bold, chunks=(1,) + mask.shape)
+            write_keys(group, [k[0] for k in keys], [k[1] for k in keys])
+            LOG.info("%s %s: %d samples", subject, split, len(rows))
+        f.create_dataset("mask", data=keep.astype(np.uint8))
+        set_attrs(f, {"subject": subject, "tr": tr, "hrf_lag": params["hrf_lag"], "affine": affine.tolist(),
+                      "space": "demo", "layout": "volume", "n_runs": len(runs)})

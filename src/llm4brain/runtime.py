@@ -1,0 +1,58 @@
+"""Process-level set-up shared by every stage: logging to the rule's log file, seeding, device choice."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+
+LOG = logging.getLogger("llm4brain")
+
+
+def setup_logging(log_file: str | os.PathLike | None = None) -> logging.Logger:
+    """Log to stderr and, when given, to ``log_file`` (Snakemake's per-job log)."""
+    LOG.setLevel(logging.INFO)
+    LOG.handlers.clear()
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file, mode="w"))
+    for handler in handlers:
+        handler.setFormatter(fmt)
+        LOG.addHandler(handler)
+    return LOG
+
+
+def seed_everything(seed: int, threads: int | None = None) -> None:
+    """Seed python, numpy and torch, and make torch deterministic so CPU reruns are identical."""
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def select_device(requested: str = "auto") -> "torch.device":
+    """CUDA when present (or requested), CPU otherwise."""
+    import torch
+
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(requested)
+
+
+def autocast_dtype(device: "torch.device") -> "torch.dtype | None":
+    """bf16 autocast on CUDA devices that support it; full precision on CPU (bit-reproducible)."""
+    import torch
+
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
