@@ -119,3 +119,43 @@ def set_attrs(obj: h5py.HLObject, attrs: Mapping[str, Any]) -> None:
 
 def _is_numeric_sequence(value: Any) -> bool:
     return isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) for v in value) and len(value) > 0
+
+
+# ---- readers: how downstream stages load each artifact -------------------------------------------------
+
+
+def read_captions(path: str | os.PathLike) -> dict[tuple[str, int], str]:
+    """``(segment, tr) → caption`` from ``results/text/captions.h5``."""
+    with open_artifact(path, "captions", ("segment", "tr", "caption")) as f:
+        keys = read_keys(f)
+        captions = f["caption"].asstr()[:]
+    if not keys:
+        raise ArtifactError(f"{path}: no captions")
+    return {key: str(c) for key, c in zip(keys, captions)}
+
+
+def read_features(paths: list[str | os.PathLike]) -> dict[str, np.ndarray]:
+    """``segment → tokens`` (n_tr, F, T, D) float16 from ``results/features/{segment}.h5`` files."""
+    features: dict[str, np.ndarray] = {}
+    shape = None
+    for path in paths:
+        with open_artifact(path, "features", ("tokens", "tr")) as f:
+            tokens = f["tokens"][:]
+            segment = str(f.attrs["segment"])
+        if tokens.ndim != 4:
+            raise ArtifactError(f"{path}: tokens must be (n_tr, F, T, D), got {tokens.shape}")
+        if shape is not None and tokens.shape[1:] != shape:
+            raise ArtifactError(f"{path}: tokens {tokens.shape[1:]} per clip differ from other segments' {shape}")
+        shape = tokens.shape[1:]
+        features[segment] = tokens
+    return features
+
+
+def read_split(path: str | os.PathLike, kind: str, split: str, dataset: str) -> tuple[np.ndarray, list[tuple[str, int]]]:
+    """One split's ``dataset`` and its ``(segment, tr)`` keys from an fmri or align artifact."""
+    with open_artifact(path, kind, (f"{split}/{dataset}", f"{split}/segment", f"{split}/tr")) as f:
+        data = f[split][dataset][:]
+        keys = read_keys(f[split])
+    if len(keys) != len(data):
+        raise ArtifactError(f"{path}: {split}/{dataset} has {len(data)} rows but {len(keys)} keys")
+    return data, keys

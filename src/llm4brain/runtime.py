@@ -25,7 +25,13 @@ def setup_logging(log_file: str | os.PathLike | None = None) -> logging.Logger:
     for handler in handlers:
         handler.setFormatter(fmt)
         LOG.addHandler(handler)
+    sys.excepthook = _log_uncaught
     return LOG
+
+
+def _log_uncaught(kind: type[BaseException], value: BaseException, tb: object) -> None:
+    """Put the traceback of a failing job into its log file, where Snakemake points the user."""
+    LOG.critical("%s: %s", kind.__name__, value, exc_info=(kind, value, tb))
 
 
 def seed_everything(seed: int, threads: int | None = None) -> None:

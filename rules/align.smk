@@ -1,0 +1,21 @@
+rule pretrain_adaptor:
+    """Align fMRI tokens with the teacher's video tokens (contrastive + cross-subject + domain adaptation)."""
+    input:
+        fmri=fmri_files(),
+        features=feature_files(),
+        video_llm=video_llm_dir(),
+    output:
+        model=directory("results/align/model"),
+        latents=expand("results/align/{subject}.h5", subject=SUBJECTS),
+        metrics="results/align/metrics.tsv",
+    params:
+        subjects=SUBJECTS,
+        align=section("align"),
+        seed=config["seed"],
+        code=CODE["align"],
+    log:
+        "logs/pretrain_adaptor.log",
+    benchmark:
+        "results/benchmarks/pretrain_adaptor.tsv"
+    script:
+        "../workflow/scripts/pretrain_adaptor.py"

@@ -1,0 +1,113 @@
+"""Everything that is not a rule: config validation, subject/segment tables, input and params functions.
+
+Imports no torch/transformers: every job (and every SLURM job) re-parses this file.
+"""
+
+import hashlib
+from pathlib import Path
+
+from snakemake.utils import validate
+
+
+validate(config, "../config/schema.yaml")
+
+DATA = config["data"]
+ROOT = Path(DATA["root"])
+SUBJECTS = list(DATA["subjects"])
+HELDOUT = list(config["align"]["heldout"])
+SEGMENTS = {split: list(names) for split, names in DATA["segments"].items()}
+ALL_SEGMENTS = SEGMENTS["train"] + SEGMENTS["test"]
+STIMULI = Path(DATA["stimuli"] or ROOT / "stimuli")
+CAPTIONS_TSV = Path(DATA["captions"] or ROOT / "captions.tsv")
+MASK = Path(DATA["mask"] or ROOT / "roi_mask.nii.gz")
+PACKAGE = Path(workflow.basedir) / "src" / "llm4brain"
+
+
+def _check_config():
+    """Cross-key checks a JSON schema cannot express; raised at DAG build time."""
+    unknown = sorted(set(HELDOUT) - set(SUBJECTS))
+    if unknown:
+        raise ValueError(f"config align.heldout names unknown subjects {unknown}")
+    if not set(SUBJECTS) - set(HELDOUT):
+        raise ValueError("config align.heldout holds out every subject: nothing left to train on")
+    overlap = sorted(set(SEGMENTS["train"]) & set(SEGMENTS["test"]))
+    if overlap:
+        raise ValueError(f"config data.segments: {overlap} are both train and test")
+    if len(set(ALL_SEGMENTS)) != len(ALL_SEGMENTS):
+        raise ValueError("config data.segments lists a segment twice")
+
+
+_check_config()
+
+
+wildcard_constraints:
+    subject="|".join(SUBJECTS),
+    segment="|".join(ALL_SEGMENTS),
+
+
+def code_hash(*parts):
+    """Content hash of library sub-packages/modules a stage imports, so a code edit reruns that stage."""
+    digest = hashlib.sha256()
+    for part in parts:
+        path = PACKAGE / part
+        files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
+        for file in files:
+            digest.update(str(file.relative_to(PACKAGE)).encode())
+            digest.update(file.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+CORE = ("__init__.py", "artifacts.py", "runtime.py")
+CODE = {
+    "demo": code_hash(*CORE, "demo"),
+    "fmri": code_hash(*CORE, "fmri"),
+    "video": code_hash(*CORE, "video"),
+    "text": code_hash(*CORE, "text"),
+    "video_llm": code_hash(*CORE, "models", "training.py", "video_llm"),
+    "align": code_hash(*CORE, "models", "training.py", "align"),
+    "instruct": code_hash(*CORE, "models", "training.py", "instruct"),
+    "evaluate": code_hash(*CORE, "models", "evaluate"),
+}
+
+
+def section(name):
+    """One stage's config section, passed as params so that only its rules rerun when it changes."""
+    return lookup(dpath=name, within=config)
+
+
+# ---- inputs -----------------------------------------------------------------------------------------
+
+
+def subject_runs(wildcards):
+    """What tells Snakemake a subject's raw runs are there: the scans table (demo) or the BOLD files."""
+    if DATA["layout"] == "demo":
+        return ROOT / wildcards.subject / f"{wildcards.subject}_scans.tsv"
+    bolds = sorted((ROOT / wildcards.subject).glob("**/func/*_bold.nii*"))
+    if not bolds:
+        raise ValueError(f"{ROOT / wildcards.subject}: no func/*_bold.nii[.gz] files for {wildcards.subject}")
+    return bolds
+
+
+def subject_dir(wildcards):
+    return str(ROOT / wildcards.subject)
+
+
+def stimulus(wildcards):
+    return STIMULI / f"{wildcards.segment}.mp4"
+
+
+def feature_files(wildcards=None):
+    return expand("results/features/{segment}.h5", segment=ALL_SEGMENTS)
+
+
+def fmri_files(wildcards=None):
+    return expand("results/fmri/{subject}.h5", subject=SUBJECTS)
+
+
+def video_llm_dir(wildcards=None):
+    """The teacher: a configured local checkpoint, or the one train_video_llm builds."""
+    return config["video_llm"]["pretrained"] or "results/video_llm"
+
+
+def final_outputs():
+    return ["results/eval/metrics.tsv"]

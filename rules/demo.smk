@@ -1,0 +1,23 @@
+if DATA["layout"] == "demo":
+
+    rule simulate_demo:
+        """Render the demo clips and simulate the subjects' fMRI, in real formats (mp4, NIfTI, BIDS TSV)."""
+        output:
+            stimuli=expand(str(STIMULI / "{segment}.mp4"), segment=ALL_SEGMENTS),
+            captions=CAPTIONS_TSV,
+            mask=MASK,
+            scans=expand(str(ROOT / "{subject}" / "{subject}_scans.tsv"), subject=SUBJECTS),
+        params:
+            out_dir=str(ROOT),
+            subjects=SUBJECTS,
+            segments=SEGMENTS,
+            tr=DATA["tr"],
+            demo=section("demo"),
+            seed=config["seed"],
+            code=CODE["demo"],
+        log:
+            "logs/simulate_demo.log",
+        benchmark:
+            "results/benchmarks/simulate_demo.tsv"
+        script:
+            "../workflow/scripts/simulate_demo.py"

@@ -1,0 +1,39 @@
+rule decode_captions:
+    """Captions for every test clip of one subject from fMRI, the video teacher, shuffled fMRI, nearest train."""
+    input:
+        latents=expand("results/align/{subject}.h5", subject=SUBJECTS),
+        features=feature_files(),
+        captions="results/text/captions.h5",
+        video_llm=video_llm_dir(),
+        student="results/instruct/model",
+    output:
+        "results/eval/{subject}.h5",
+    params:
+        heldout=HELDOUT,
+        evaluate=section("evaluate"),
+        seed=config["seed"],
+        code=CODE["evaluate"],
+    log:
+        "logs/decode_captions/{subject}.log",
+    benchmark:
+        "results/benchmarks/decode_captions/{subject}.tsv"
+    script:
+        "../workflow/scripts/decode_captions.py"
+
+
+rule score_captions:
+    """Score every subject x source against the references with pycocoevalcap."""
+    input:
+        expand("results/eval/{subject}.h5", subject=SUBJECTS),
+    output:
+        "results/eval/metrics.tsv",
+    params:
+        heldout=HELDOUT,
+        evaluate=section("evaluate"),
+        code=CODE["evaluate"],
+    log:
+        "logs/score_captions.log",
+    benchmark:
+        "results/benchmarks/score_captions.tsv"
+    script:
+        "../workflow/scripts/score_captions.py"

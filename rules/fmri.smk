@@ -1,0 +1,19 @@
+rule preprocess_fmri:
+    """Mask, detrend, z-score and lag one subject's runs, paired to (segment, tr)."""
+    input:
+        runs=subject_runs,
+        mask=MASK,
+    output:
+        "results/fmri/{subject}.h5",
+    params:
+        subject_dir=subject_dir,
+        segments=SEGMENTS,
+        tr=DATA["tr"],
+        fmri=section("fmri"),
+        code=CODE["fmri"],
+    log:
+        "logs/preprocess_fmri/{subject}.log",
+    benchmark:
+        "results/benchmarks/preprocess_fmri/{subject}.tsv"
+    script:
+        "../workflow/scripts/preprocess_fmri.py"

@@ -1,0 +1,52 @@
+rule extract_frames:
+    """Decode frames_per_tr frames inside each TR window of one stimulus segment, frame-exact."""
+    input:
+        stimulus,
+    output:
+        temp("results/frames/{segment}.h5"),
+    params:
+        tr=DATA["tr"],
+        video=section("video"),
+        code=CODE["video"],
+    log:
+        "logs/extract_frames/{segment}.log",
+    benchmark:
+        "results/benchmarks/extract_frames/{segment}.tsv"
+    script:
+        "../workflow/scripts/extract_frames.py"
+
+
+rule cache_features:
+    """Run the frozen vision model over a segment's frames and cache its tokens (float16)."""
+    input:
+        "results/frames/{segment}.h5",
+    output:
+        "results/features/{segment}.h5",
+    params:
+        video=section("video"),
+        seed=config["seed"],
+        code=CODE["video"],
+    log:
+        "logs/cache_features/{segment}.log",
+    benchmark:
+        "results/benchmarks/cache_features/{segment}.tsv"
+    script:
+        "../workflow/scripts/cache_features.py"
+
+
+rule reference_captions:
+    """Collect one reference caption per (segment, tr) into the text artifact."""
+    input:
+        CAPTIONS_TSV,
+    output:
+        "results/text/captions.h5",
+    params:
+        segments=ALL_SEGMENTS,
+        captions=section("captions"),
+        code=CODE["text"],
+    log:
+        "logs/reference_captions.log",
+    benchmark:
+        "results/benchmarks/reference_captions.tsv"
+    script:
+        "../workflow/scripts/reference_captions.py"

@@ -1,0 +1,20 @@
+if not config["video_llm"]["pretrained"]:
+
+    rule train_video_llm:
+        """Teach the tiny video Q-Former + LLM to caption clips: the demo's stand-in for Video-LLaMA."""
+        input:
+            features=feature_files(),
+            captions="results/text/captions.h5",
+        output:
+            directory("results/video_llm"),
+        params:
+            train_segments=SEGMENTS["train"],
+            video_llm=section("video_llm"),
+            seed=config["seed"],
+            code=CODE["video_llm"],
+        log:
+            "logs/train_video_llm.log",
+        benchmark:
+            "results/benchmarks/train_video_llm.tsv"
+        script:
+            "../workflow/scripts/train_video_llm.py"

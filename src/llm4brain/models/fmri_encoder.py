@@ -1,0 +1,50 @@
+"""fMRI encoder: a 3-D CNN tokenizer over volumes + an SC-MBM-style (ViT) transformer.
+
+MinD-Vis patches a 1-D voxel vector; LLM4Brain replaces that with a 3-D CNN over the volume, so tokens keep
+their spatial neighbourhood. Blocks are timm's ViT blocks.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from timm.models.vision_transformer import Block
+from torch import nn
+
+
+class VolumeTokenizer(nn.Module):
+    """(B, W, X, Y, Z) window of W volumes → (B, N, D) tokens, one per cubic patch, with 3-D positions."""
+
+    def __init__(self, grid: tuple[int, int, int], window: int, channels: int, patch: int, dim: int) -> None:
+        super().__init__()
+        self.patch = patch
+        self.padded = tuple(math.ceil(g / patch) * patch for g in grid)
+        self.stem = nn.Sequential(nn.Conv3d(window, channels, 3, padding=1), nn.GELU())
+        self.proj = nn.Conv3d(channels, dim, kernel_size=patch, stride=patch)
+        n_tokens = math.prod(p // patch for p in self.padded)
+        self.pos_embed = nn.Parameter(torch.randn(1, n_tokens, dim) * 0.02)
+
+    def forward(self, volumes: torch.Tensor) -> torch.Tensor:
+        pad = []
+        for size, target in zip(reversed(volumes.shape[2:]), reversed(self.padded)):
+            pad += [0, target - size]
+        x = nn.functional.pad(volumes, pad)
+        x = self.proj(self.stem(x))  # (B, D, X/p, Y/p, Z/p)
+        return x.flatten(2).transpose(1, 2) + self.pos_embed
+
+
+class FmriEncoder(nn.Module):
+    """Tokenizer + transformer blocks + final norm: (B, W, X, Y, Z) → (B, N, D)."""
+
+    def __init__(self, grid: tuple[int, int, int], window: int, channels: int, patch: int, dim: int, depth: int,
+                 num_heads: int, mlp_ratio: float, dropout: float) -> None:
+        super().__init__()
+        self.tokenizer = VolumeTokenizer(grid, window, channels, patch, dim)
+        self.blocks = nn.Sequential(*[
+            Block(dim, num_heads, mlp_ratio, qkv_bias=True, proj_drop=dropout, attn_drop=dropout) for _ in range(depth)
+        ])
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, volumes: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.blocks(self.tokenizer(volumes)))

@@ -1,0 +1,179 @@
+"""The video-conditioned captioner (Video-LLaMA's video branch, built from transformers classes).
+
+``VideoQFormer``: frame-position embeddings + learned queries + ``Blip2QFormerModel`` cross-attending to the
+cached vision tokens of a clip → ``(B, Q, H)`` video tokens. ``Captioner``: a linear projection of those
+tokens into a causal LM's embedding space, spliced into an instruction template. The teacher is both; the
+fMRI student reuses ``Captioner`` on aligned fMRI tokens.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoModelForCausalLM, Blip2QFormerConfig, Blip2QFormerModel, LlamaConfig, LlamaForCausalLM
+from transformers import PreTrainedTokenizerFast
+
+IGNORE = -100
+
+
+class VideoQFormer(nn.Module):
+    """Clip tokens (B, F, T, D) → video tokens (B, Q, H)."""
+
+    def __init__(self, config: Blip2QFormerConfig, num_frames: int, num_queries: int) -> None:
+        super().__init__()
+        self.config = config
+        self.num_frames = num_frames
+        self.frame_position = nn.Embedding(num_frames, config.encoder_hidden_size)
+        self.query_tokens = nn.Parameter(torch.randn(1, num_queries, config.hidden_size) * 0.02)
+        self.qformer = Blip2QFormerModel(config)
+
+    def attend(self, context: torch.Tensor) -> torch.Tensor:
+        """Queries cross-attend to any context (B, N, D): video tokens here, fMRI tokens in the aligner."""
+        queries = self.query_tokens.expand(context.shape[0], -1, -1)
+        return self.qformer(query_embeds=queries, encoder_hidden_states=context).last_hidden_state
+
+    def forward(self, clip_tokens: torch.Tensor) -> torch.Tensor:
+        b, f, t, d = clip_tokens.shape
+        if f != self.num_frames:
+            raise ValueError(f"video Q-Former expects {self.num_frames} frames per clip, got {f}")
+        x = clip_tokens + self.frame_position.weight[None, :, None, :]  # (B, F, T, D)
+        return self.attend(x.reshape(b, f * t, d))
+
+
+def qformer_config(params: dict[str, Any], vision_dim: int) -> Blip2QFormerConfig:
+    """A tiny Q-Former (demo) whose cross-attention reads ``vision_dim`` tokens in every layer."""
+    return Blip2QFormerConfig(
+        hidden_size=params["hidden_size"], num_hidden_layers=params["num_layers"],
+        num_attention_heads=params["num_heads"], intermediate_size=params["intermediate_size"],
+        encoder_hidden_size=vision_dim, cross_attention_frequency=1, vocab_size=2,
+        max_position_embeddings=params["num_queries"],
+    )
+
+
+def llama_config(params: dict[str, Any], tokenizer: PreTrainedTokenizerFast, max_positions: int) -> LlamaConfig:
+    """A tiny Llama sized from config, with the demo tokenizer's special ids."""
+    return LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=params["hidden_size"], intermediate_size=params["intermediate_size"],
+        num_hidden_layers=params["num_layers"], num_attention_heads=params["num_heads"],
+        num_key_value_heads=params["num_heads"], max_position_embeddings=max_positions,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+    )
+
+
+class Captioner(nn.Module):
+    """Projection + causal LM around an instruction template whose ``{video}`` slot holds the tokens."""
+
+    def __init__(self, llm: nn.Module, tokenizer: PreTrainedTokenizerFast, token_dim: int, template: str,
+                 prompt: str, max_caption_tokens: int) -> None:
+        super().__init__()
+        self.llm = llm
+        self.tokenizer = tokenizer
+        self.projection = nn.Linear(token_dim, llm.config.hidden_size)
+        self.max_caption_tokens = max_caption_tokens
+        if template.count("{video}") != 1:
+            raise ValueError(f"instruction template must contain '{{video}}' exactly once: {template!r}")
+        before, after = template.split("{video}")
+        self.register_buffer("prefix_ids", self._ids(before, bos=True), persistent=False)
+        self.register_buffer("suffix_ids", self._ids(after.format(prompt=prompt)), persistent=False)
+
+    def _ids(self, text: str, bos: bool = False) -> torch.Tensor:
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if bos and self.tokenizer.bos_token_id is not None:
+            ids = [self.tokenizer.bos_token_id] + ids
+        return torch.tensor(ids, dtype=torch.long)
+
+    def prompt_embeds(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, Q, H) tokens → (B, P, E) embeddings of ``prefix · projection(tokens) · suffix``."""
+        embed = self.llm.get_input_embeddings()
+        b = tokens.shape[0]
+        prefix = embed(self.prefix_ids).expand(b, -1, -1)
+        suffix = embed(self.suffix_ids).expand(b, -1, -1)
+        return torch.cat([prefix, self.projection(tokens), suffix], dim=1)
+
+    def encode_captions(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Caption ids + EOS, right-padded, and their attention mask."""
+        batch = self.tokenizer(
+            [c + self.tokenizer.eos_token for c in captions], add_special_tokens=False, padding=True,
+            truncation=True, max_length=self.max_caption_tokens, return_tensors="pt",
+        )
+        return batch["input_ids"].to(self.prefix_ids.device), batch["attention_mask"].to(self.prefix_ids.device)
+
+    def caption_logits(self, tokens: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits (B, L, V) predicting each caption token (position i predicts ids[:, i])."""
+        prompt = self.prompt_embeds(tokens)
+        embeds = torch.cat([prompt, self.llm.get_input_embeddings()(ids)], dim=1)
+        attention = torch.cat([torch.ones(prompt.shape[:2], dtype=mask.dtype, device=mask.device), mask], dim=1)
+        logits = self.llm(inputs_embeds=embeds, attention_mask=attention).logits
+        p = prompt.shape[1]
+        return logits[:, p - 1 : p - 1 + ids.shape[1]]
+
+    def caption_loss(self, tokens: torch.Tensor, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Mean cross-entropy over caption tokens; also returns the logits and mask for distillation."""
+        ids, mask = self.encode_captions(captions)
+        logits = self.caption_logits(tokens, ids, mask)
+        labels = ids.masked_fill(mask == 0, IGNORE)
+        loss = nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
+        return loss, logits, mask
+
+    @torch.inference_mode()
+    def generate(self, tokens: torch.Tensor, max_new_tokens: int, num_beams: int = 1,
+                 repetition_penalty: float = 1.0) -> list[str]:
+        """Greedy (or beam) captions for a batch of token sets."""
+        embeds = self.prompt_embeds(tokens)
+        attention = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+        out = self.llm.generate(
+            inputs_embeds=embeds, attention_mask=attention, max_new_tokens=max_new_tokens, num_beams=num_beams,
+            repetition_penalty=repetition_penalty, do_sample=False, eos_token_id=self.tokenizer.eos_token_id,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+        return [text.strip() for text in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+
+# ---- the teacher directory -------------------------------------------------------------------------------
+#   config.json              llm4brain settings (frames, queries, template, prompt, Q-Former config)
+#   video_qformer.safetensors  VideoQFormer weights
+#   projection.safetensors     Captioner.projection
+#   llm/                       the causal LM (HF save_pretrained, safetensors)
+#   tokenizer/                 the tokenizer (HF format)
+
+
+def save_teacher(directory: Path, qformer: VideoQFormer, captioner: Captioner, settings: dict[str, Any]) -> None:
+    """Write the teacher in the layout above (safetensors only)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    config = {**settings, "qformer": qformer.config.to_dict(), "num_frames": qformer.num_frames,
+              "num_queries": qformer.query_tokens.shape[1]}
+    (directory / "config.json").write_text(json.dumps(config, indent=2, default=str))
+    save_file({k: v.contiguous() for k, v in qformer.state_dict().items()}, directory / "video_qformer.safetensors")
+    save_file({k: v.contiguous() for k, v in captioner.projection.state_dict().items()}, directory / "projection.safetensors")
+    captioner.llm.save_pretrained(directory / "llm")
+    captioner.tokenizer.save_pretrained(directory / "tokenizer")
+
+
+def load_teacher(directory: str | Path, device: torch.device | str = "cpu") -> tuple[VideoQFormer, Captioner, dict[str, Any]]:
+    """Load a teacher directory written by :func:`save_teacher`, frozen and in eval mode."""
+    directory = Path(directory)
+    config_path = directory / "config.json"
+    if not config_path.exists():
+        raise FileNotFoundError(f"{directory}: not a video LLM directory (no config.json)")
+    settings = json.loads(config_path.read_text())
+    qformer = VideoQFormer(Blip2QFormerConfig(**settings["qformer"]), settings["num_frames"], settings["num_queries"])
+    qformer.load_state_dict(load_file(directory / "video_qformer.safetensors"))
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(directory / "tokenizer")
+    llm = AutoModelForCausalLM.from_pretrained(directory / "llm")
+    captioner = Captioner(llm, tokenizer, qformer.config.hidden_size, settings["template"], settings["prompt"],
+                          settings["max_caption_tokens"])
+    captioner.projection.load_state_dict(load_file(directory / "projection.safetensors"))
+    for module in (qformer, captioner):
+        module.to(device).eval().requires_grad_(False)
+    return qformer, captioner, settings
+
+
+def build_llm(params: dict[str, Any], tokenizer: PreTrainedTokenizerFast, max_positions: int) -> LlamaForCausalLM:
+    """A randomly initialised tiny Llama (demo)."""
+    return LlamaForCausalLM(llama_config(params, tokenizer, max_positions))

@@ -1,0 +1,1 @@
+"""Text stage: reference captions keyed by ``(segment, tr)``."""

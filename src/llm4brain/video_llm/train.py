@@ -1,0 +1,74 @@
+"""``train_video_llm``: teach a tiny video Q-Former + Llama to caption the training clips.
+
+On real data a pretrained Video-LLaMA / InstructBLIP-Video plays this role; the demo has none, so it learns
+one from the cached vision tokens and the reference captions of the training segments only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from llm4brain.artifacts import atomic_path, read_captions, read_features
+from llm4brain.models.tokenizer import train_word_tokenizer
+from llm4brain.models.video_llm import Captioner, VideoQFormer, build_llm, qformer_config, save_teacher
+from llm4brain.runtime import LOG, seed_everything
+from llm4brain.training import fit
+
+
+def clip_table(features: dict[str, np.ndarray], captions: dict[tuple[str, int], str],
+               segments: list[str]) -> tuple[list[tuple[str, int]], np.ndarray]:
+    """The ``(segment, tr)`` keys of ``segments`` that have both features and a caption, with their tokens."""
+    keys, rows = [], []
+    for segment in segments:
+        if segment not in features:
+            raise ValueError(f"no cached features for segment {segment!r}")
+        for k in range(features[segment].shape[0]):
+            if (segment, k) in captions:
+                keys.append((segment, k))
+                rows.append(features[segment][k])
+    return keys, np.stack(rows)
+
+
+def train_video_llm(feature_paths: list[str], captions_path: str, out_dir: str | Path, train_segments: list[str],
+                    params: dict[str, Any], seed: int) -> None:
+    """Train and save the teacher (see ``models.video_llm`` for the directory layout)."""
+    seed_everything(seed + 10, params["train"]["threads"])
+    captions = read_captions(captions_path)
+    keys, clips = clip_table(read_features(feature_paths), captions, train_segments)
+    texts = [captions[k] for k in keys]
+    clips = torch.from_numpy(clips.astype(np.float32))  # (n, F, T, D)
+    n, num_frames, _, vision_dim = clips.shape
+    LOG.info("teacher: %d training clips, %d frames x %d tokens x %d dims", n, num_frames, clips.shape[2], vision_dim)
+
+    template = params["template"]
+    tokenizer = train_word_tokenizer(texts + [template.replace("{video}", " ").format(prompt=params["prompt"])])
+    q = params["qformer"]
+    qformer = VideoQFormer(qformer_config(q, vision_dim), num_frames, q["num_queries"])
+    max_positions = 2 * (q["num_queries"] + len(template.split()) + len(params["prompt"].split())) + params["max_caption_tokens"] + 16
+    llm = build_llm(params["llm"], tokenizer, max_positions)
+    captioner = Captioner(llm, tokenizer, q["hidden_size"], template, params["prompt"], params["max_caption_tokens"])
+    model = nn.ModuleDict({"qformer": qformer, "captioner": captioner}).train()
+
+    generator = torch.Generator().manual_seed(seed + 11)
+    batch_size = params["train"]["batch_size"]
+
+    def loss_fn(step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        idx = torch.randint(n, (batch_size,), generator=generator)
+        loss, _, _ = captioner.caption_loss(qformer(clips[idx]), [texts[i] for i in idx.tolist()])
+        return loss, {}
+
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir(parents=True)
+        fit(model.parameters(), loss_fn, params["train"], "train_video_llm", tmp / "train_log.tsv")
+        model.eval()
+        settings = {k: params[k] for k in ("template", "prompt", "max_caption_tokens")}
+        save_teacher(tmp, qformer, captioner, {**settings, "train_segments": train_segments, "vision_dim": vision_dim})
+        with torch.inference_mode():
+            sample = captioner.generate(qformer(clips[:4]), params["max_caption_tokens"])
+        for key, text in zip(keys[:4], sample):
+            LOG.info("teacher on %s: %r (reference %r)", key, text, captions[key])

@@ -1,0 +1,6 @@
+from llm4brain.runtime import setup_logging
+from llm4brain.video.features import cache_features
+
+setup_logging(snakemake.log[0])
+p = snakemake.params
+cache_features(snakemake.input[0], snakemake.output[0], p.video, p.seed)

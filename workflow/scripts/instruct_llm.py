@@ -1,0 +1,17 @@
+from llm4brain.instruct.train import instruct_llm
+from llm4brain.runtime import setup_logging
+
+setup_logging(snakemake.log[0])
+p = snakemake.params
+instruct_llm(
+    snakemake.input.latents,
+    snakemake.input.features,
+    snakemake.input.captions,
+    snakemake.input.video_llm,
+    snakemake.output.model,
+    snakemake.output.log_tsv,
+    p.subjects,
+    p.heldout,
+    p.instruct,
+    p.seed,
+)

@@ -1,0 +1,16 @@
+from llm4brain.align.train import pretrain_adaptor
+from llm4brain.runtime import setup_logging
+
+setup_logging(snakemake.log[0])
+p = snakemake.params
+pretrain_adaptor(
+    snakemake.input.fmri,
+    snakemake.input.features,
+    snakemake.input.video_llm,
+    snakemake.output.model,
+    snakemake.output.latents,
+    snakemake.output.metrics,
+    p.subjects,
+    p.align,
+    p.seed,
+)
