@@ -104,6 +104,11 @@ def fmri_files(wildcards=None):
     return expand("results/fmri/{subject}.h5", subject=SUBJECTS)
 
 
+def labelled_latents(wildcards=None):
+    """Aligned tokens of the subjects whose labels are used (the nearest-train retrieval pool)."""
+    return expand("results/align/{subject}.h5", subject=[s for s in SUBJECTS if s not in HELDOUT])
+
+
 def video_llm_dir(wildcards=None):
     """The teacher: a configured local checkpoint, or the one train_video_llm builds."""
     return config["video_llm"]["pretrained"] or "results/video_llm"

@@ -1,7 +1,8 @@
 rule decode_captions:
     """Captions for every test clip of one subject from fMRI, the video teacher, shuffled fMRI, nearest train."""
     input:
-        latents=expand("results/align/{subject}.h5", subject=SUBJECTS),
+        latents="results/align/{subject}.h5",
+        pool=labelled_latents(),
         features=feature_files(),
         captions="results/text/captions.h5",
         video_llm=video_llm_dir(),

@@ -6,6 +6,7 @@ p = snakemake.params
 decode_captions(
     snakemake.wildcards.subject,
     snakemake.input.latents,
+    snakemake.input.pool,
     snakemake.input.features,
     snakemake.input.captions,
     snakemake.input.video_llm,

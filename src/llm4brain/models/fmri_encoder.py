@@ -14,14 +14,19 @@ from torch import nn
 
 
 class VolumeTokenizer(nn.Module):
-    """(B, W, X, Y, Z) window of W volumes → (B, N, D) tokens, one per cubic patch, with 3-D positions."""
+    """(B, W, X, Y, Z) window of W volumes → (B, N, D) tokens, one per cubic patch, with 3-D positions.
+
+    A stride-2 3×3×3 convolution halves the grid (cheap on CPU, unlike a full-resolution stem), then a
+    (patch/2)³ strided convolution makes one token per patch³ voxels.
+    """
 
     def __init__(self, grid: tuple[int, int, int], window: int, channels: int, patch: int, dim: int) -> None:
         super().__init__()
-        self.patch = patch
+        if patch < 2 or patch % 2:
+            raise ValueError(f"tokenizer patch must be an even number >= 2, got {patch}")
         self.padded = tuple(math.ceil(g / patch) * patch for g in grid)
-        self.stem = nn.Sequential(nn.Conv3d(window, channels, 3, padding=1), nn.GELU())
-        self.proj = nn.Conv3d(channels, dim, kernel_size=patch, stride=patch)
+        self.stem = nn.Sequential(nn.Conv3d(window, channels, 3, stride=2, padding=1), nn.GELU())
+        self.proj = nn.Conv3d(channels, dim, kernel_size=patch // 2, stride=patch // 2)
         n_tokens = math.prod(p // patch for p in self.padded)
         self.pos_embed = nn.Parameter(torch.randn(1, n_tokens, dim) * 0.02)
 

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -43,6 +44,17 @@ class VideoQFormer(nn.Module):
             raise ValueError(f"video Q-Former expects {self.num_frames} frames per clip, got {f}")
         x = clip_tokens + self.frame_position.weight[None, :, None, :]  # (B, F, T, D)
         return self.attend(x.reshape(b, f * t, d))
+
+
+@torch.inference_mode()
+def encode_clips(qformer: VideoQFormer, features: dict[str, np.ndarray], keys: list[tuple[str, int]],
+                 batch_size: int = 128) -> torch.Tensor:
+    """The video tokens (n, Q, H) of each ``(segment, tr)`` clip in ``keys``, from cached vision features."""
+    out = []
+    for start in range(0, len(keys), batch_size):
+        clips = np.stack([features[s][t] for s, t in keys[start : start + batch_size]]).astype(np.float32)
+        out.append(qformer(torch.from_numpy(clips)))
+    return torch.cat(out)
 
 
 def qformer_config(params: dict[str, Any], vision_dim: int) -> Blip2QFormerConfig:
@@ -155,8 +167,12 @@ def save_teacher(directory: Path, qformer: VideoQFormer, captioner: Captioner, s
     captioner.tokenizer.save_pretrained(directory / "tokenizer")
 
 
-def load_teacher(directory: str | Path, device: torch.device | str = "cpu") -> tuple[VideoQFormer, Captioner, dict[str, Any]]:
-    """Load a teacher directory written by :func:`save_teacher`, frozen and in eval mode."""
+def load_teacher(directory: str | Path, device: torch.device | str = "cpu",
+                 llm_dir: str | Path | None = None) -> tuple[VideoQFormer, Captioner, dict[str, Any]]:
+    """Load a teacher directory written by :func:`save_teacher`, frozen and in eval mode.
+
+    ``llm_dir`` swaps in another LLM of the same architecture (the fMRI student's tuned copy).
+    """
     directory = Path(directory)
     config_path = directory / "config.json"
     if not config_path.exists():
@@ -165,7 +181,7 @@ def load_teacher(directory: str | Path, device: torch.device | str = "cpu") -> t
     qformer = VideoQFormer(Blip2QFormerConfig(**settings["qformer"]), settings["num_frames"], settings["num_queries"])
     qformer.load_state_dict(load_file(directory / "video_qformer.safetensors"))
     tokenizer = PreTrainedTokenizerFast.from_pretrained(directory / "tokenizer")
-    llm = AutoModelForCausalLM.from_pretrained(directory / "llm")
+    llm = AutoModelForCausalLM.from_pretrained(llm_dir or directory / "llm")
     captioner = Captioner(llm, tokenizer, qformer.config.hidden_size, settings["template"], settings["prompt"],
                           settings["max_caption_tokens"])
     captioner.projection.load_state_dict(load_file(directory / "projection.safetensors"))

@@ -1,0 +1,47 @@
+"""Alignment and domain-adaptation losses on pooled latents (B, D)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def info_nce(brain: torch.Tensor, video: torch.Tensor, positives: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE between L2-normalised ``brain`` (N, D) and ``video`` (M, D) rows.
+
+    ``positives`` (N, M) marks the pairs that show the same clip; several positives per row are averaged
+    (one clip seen by several subjects or repeats is not its own negative).
+    """
+    logits = logit_scale.exp().clamp(max=100.0) * F.normalize(brain, dim=-1) @ F.normalize(video, dim=-1).T
+    pos = positives.float()
+    brain_to_video = -(F.log_softmax(logits, dim=1) * pos).sum(1) / pos.sum(1).clamp(min=1)
+    has_pos = pos.sum(0) > 0
+    video_to_brain = -(F.log_softmax(logits, dim=0) * pos).sum(0)[has_pos] / pos.sum(0)[has_pos]
+    return 0.5 * (brain_to_video.mean() + video_to_brain.mean())
+
+
+def cross_subject(latents: torch.Tensor) -> torch.Tensor:
+    """(S, B, D) latents of S subjects for the same B clips → mean squared distance between subject pairs."""
+    s = latents.shape[0]
+    if s < 2:
+        return latents.new_zeros(())
+    z = F.normalize(latents, dim=-1)
+    total = sum(((z[i] - z[j]) ** 2).sum(-1).mean() for i in range(s) for j in range(i + 1, s))
+    return total / (s * (s - 1) / 2)
+
+
+def mmd(source: torch.Tensor, target: torch.Tensor, scales: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)) -> torch.Tensor:
+    """Multi-kernel RBF maximum mean discrepancy; bandwidths are multiples of the median pairwise distance."""
+    x = torch.cat([source, target])
+    d2 = torch.cdist(x, x).pow(2)
+    median = d2.detach()[d2.detach() > 0].median().clamp(min=1e-6)
+    k = sum(torch.exp(-d2 / (median * s)) for s in scales)
+    n = source.shape[0]
+    return k[:n, :n].mean() + k[n:, n:].mean() - 2 * k[:n, n:].mean()
+
+
+def coral(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """CORAL: squared Frobenius distance between the two feature covariances, scaled by 1 / (4 D²)."""
+    d = source.shape[1]
+    cs, ct = torch.cov(source.T), torch.cov(target.T)
+    return ((cs - ct) ** 2).sum() / (4 * d * d)
