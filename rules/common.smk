@@ -104,9 +104,9 @@ def fmri_files(wildcards=None):
     return expand("results/fmri/{subject}.h5", subject=SUBJECTS)
 
 
-def labelled_latents(wildcards=None):
-    """Aligned tokens of the subjects whose labels are used (the nearest-train retrieval pool)."""
-    return expand("results/align/{subject}.h5", subject=[s for s in SUBJECTS if s not in HELDOUT])
+def labelled_files(stage):
+    """``results/{stage}/{subject}.h5`` of the subjects whose labels are used (the nearest-train pool)."""
+    return expand(f"results/{stage}/{{subject}}.h5", subject=[s for s in SUBJECTS if s not in HELDOUT])
 
 
 def video_llm_dir(wildcards=None):

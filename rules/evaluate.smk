@@ -1,8 +1,10 @@
 rule decode_captions:
     """Captions for every test clip of one subject from fMRI, the video teacher, shuffled fMRI, nearest train."""
     input:
+        fmri="results/fmri/{subject}.h5",
         latents="results/align/{subject}.h5",
-        pool=labelled_latents(),
+        pool_fmri=labelled_files("fmri"),
+        pool_latents=labelled_files("align"),
         features=feature_files(),
         captions="results/text/captions.h5",
         video_llm=video_llm_dir(),

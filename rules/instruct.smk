@@ -1,7 +1,9 @@
 rule instruct_llm:
     """Tune projection + LLM on fMRI tokens: caption loss + distillation toward the video teacher."""
     input:
+        fmri=fmri_files(),
         latents=expand("results/align/{subject}.h5", subject=SUBJECTS),
+        align="results/align/model",
         features=feature_files(),
         captions="results/text/captions.h5",
         video_llm=video_llm_dir(),

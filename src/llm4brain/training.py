@@ -50,7 +50,7 @@ def fit(
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, params["grad_clip"])
         optimizer.step()
         scheduler.step()
-        row = {"step": step, "loss": float(loss), "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0], **terms}
+        row = {"step": step, "loss": loss.item(), "grad_norm": grad_norm.item(), "lr": scheduler.get_last_lr()[0], **terms}
         rows.append(row)
         if step % log_every == 0 or step == params["steps"] - 1:
             bar.set_postfix(loss=f"{row['loss']:.4f}")

@@ -5,8 +5,10 @@ setup_logging(snakemake.log[0])
 p = snakemake.params
 decode_captions(
     snakemake.wildcards.subject,
+    snakemake.input.fmri,
     snakemake.input.latents,
-    snakemake.input.pool,
+    snakemake.input.pool_fmri,
+    snakemake.input.pool_latents,
     snakemake.input.features,
     snakemake.input.captions,
     snakemake.input.video_llm,

@@ -4,7 +4,9 @@ from llm4brain.runtime import setup_logging
 setup_logging(snakemake.log[0])
 p = snakemake.params
 instruct_llm(
+    snakemake.input.fmri,
     snakemake.input.latents,
+    snakemake.input.align,
     snakemake.input.features,
     snakemake.input.captions,
     snakemake.input.video_llm,

@@ -9,14 +9,15 @@ import torch.nn.functional as F
 def info_nce(brain: torch.Tensor, video: torch.Tensor, positives: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
     """Symmetric InfoNCE between L2-normalised ``brain`` (N, D) and ``video`` (M, D) rows.
 
-    ``positives`` (N, M) marks the pairs that show the same clip; several positives per row are averaged
-    (one clip seen by several subjects or repeats is not its own negative).
+    ``positives`` (N, M) marks the pairs that show the same clip. With several positives (one clip seen by
+    several subjects or repeats) the loss is ``-log`` of the probability mass on all of them, so no
+    positive is another's negative and perfect alignment scores zero.
     """
     logits = logit_scale.exp().clamp(max=100.0) * F.normalize(brain, dim=-1) @ F.normalize(video, dim=-1).T
-    pos = positives.float()
-    brain_to_video = -(F.log_softmax(logits, dim=1) * pos).sum(1) / pos.sum(1).clamp(min=1)
-    has_pos = pos.sum(0) > 0
-    video_to_brain = -(F.log_softmax(logits, dim=0) * pos).sum(0)[has_pos] / pos.sum(0)[has_pos]
+    blocked = ~positives.bool()
+    brain_to_video = -torch.logsumexp(F.log_softmax(logits, dim=1).masked_fill(blocked, -torch.inf), dim=1)
+    has_pos = positives.bool().any(0)
+    video_to_brain = -torch.logsumexp(F.log_softmax(logits, dim=0).masked_fill(blocked, -torch.inf), dim=0)[has_pos]
     return 0.5 * (brain_to_video.mean() + video_to_brain.mean())
 
 

@@ -97,7 +97,7 @@ def pretrain_adaptor(fmri_paths: list[str], feature_paths: list[str], teacher_di
             idx = torch.randint(len(target), (batch_size,), generator=generator)
             terms["domain"] = domain_loss(pooled, model(target[idx]).mean(1))
         loss = sum(weights[name] * value for name, value in terms.items())
-        return loss, {name: float(value) for name, value in terms.items()}
+        return loss, {name: value.item() for name, value in terms.items()}
 
     with atomic_path(model_dir) as tmp_model:
         tmp_model.mkdir(parents=True)

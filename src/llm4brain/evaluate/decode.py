@@ -1,11 +1,11 @@
 """``decode_captions``: one caption per test sample of a subject, from four sources.
 
 - ``fmri``: the student on the subject's aligned fMRI tokens;
-- ``video-teacher``: the teacher on the clip's video tokens (the ceiling the student is distilled toward);
+- ``video-teacher``: the teacher on the clip's video tokens (what the student is distilled toward);
 - ``shuffled``: the student on the same subject's fMRI tokens with rows permuted (chance with the same
   language prior);
 - ``nearest-train``: the reference caption of the most similar training sample (cosine of pooled tokens)
-  among the labelled subjects — what retrieval alone achieves.
+  among the labelled subjects (tokens from the same student input) — what retrieval alone achieves.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from llm4brain.artifacts import atomic_h5, read_captions, read_features, read_split, set_attrs, write_keys, write_strings
-from llm4brain.instruct.train import load_student
+from llm4brain.artifacts import atomic_h5, read_captions, read_features, set_attrs, write_keys, write_strings
+from llm4brain.instruct.student import load_student, read_inputs
 from llm4brain.models.video_llm import Captioner, encode_clips, load_teacher
 from llm4brain.runtime import LOG, seed_everything
 
@@ -41,31 +41,32 @@ def nearest_captions(query: torch.Tensor, pool: torch.Tensor, pool_keys: list[tu
     return [captions[pool_keys[i]] for i in (q @ p.T).argmax(1).tolist()]
 
 
-def decode_captions(subject: str, latent_path: str, pool_paths: list[str], feature_paths: list[str],
+def decode_captions(subject: str, fmri_path: str, latent_path: str, pool_fmri: list[str], pool_latents: list[str],
+                    feature_paths: list[str],
                     captions_path: str, teacher_dir: str, student_dir: str, out_path: str | Path,
                     heldout: list[str], params: dict[str, Any], seed: int) -> None:
     """Write ``/segment, /tr, /source, /caption, /reference`` for every test sample × source."""
     seed_everything(seed + 40, 1)
     captions = read_captions(captions_path)
-    tokens, keys = read_split(latent_path, "align", "test", "tokens")
-    tokens = torch.from_numpy(tokens.astype(np.float32))
+    student = load_student(student_dir, teacher_dir)
+    inputs, keys = read_inputs(student.input_kind, fmri_path, latent_path, "test")
+    tokens = student.encode(inputs)
     missing = sorted({k for k in keys if k not in captions})
     if missing:
         raise ValueError(f"{captions_path}: no reference caption for test samples {missing[:5]}")
     qformer, teacher, _ = load_teacher(teacher_dir)
-    student = load_student(student_dir, teacher_dir)
     pool, pool_keys = [], []
-    for path in pool_paths:
-        data, split_keys = read_split(path, "align", "train", "tokens")
-        pool.append(data)
+    for fmri, latents in zip(pool_fmri, pool_latents):
+        data, split_keys = read_inputs(student.input_kind, fmri, latents, "train")
+        pool.append(student.encode(data))
         pool_keys += split_keys
-    pool_tokens = torch.from_numpy(np.concatenate(pool).astype(np.float32))
+    pool_tokens = torch.cat(pool)
     permutation = torch.from_numpy(np.random.default_rng(params["shuffle_seed"]).permutation(len(keys)))
 
     decoded = {
-        "fmri": generate(student, tokens, params),
+        "fmri": generate(student.captioner, tokens, params),
         "video-teacher": generate(teacher, encode_clips(qformer, read_features(feature_paths), keys), params),
-        "shuffled": generate(student, tokens[permutation], params),
+        "shuffled": generate(student.captioner, tokens[permutation], params),
         "nearest-train": nearest_captions(tokens, pool_tokens, pool_keys, captions),
     }
     with atomic_h5(out_path, "eval", params) as f:

@@ -80,6 +80,8 @@ def preprocess_subject(
         for k, volume in pair_run(run, series.shape[0], tr, params["hrf_lag"]):
             samples[split_of[run.segment]][(run.segment, k)].append(series[volume])
 
+    if mask is None or not usable.any():
+        raise InputError(f"{subject_dir}: no usable voxels inside {mask_path} (all non-finite or constant)")
     dropped = int((~usable).sum())
     if dropped:
         LOG.warning("%s: dropped %d of %d voxels (non-finite or constant in some run)", subject, dropped, usable.size)
@@ -96,9 +98,10 @@ def preprocess_subject(
                     keys += [key] * len(values)
                     rows += values
             bold = np.zeros((len(rows),) + mask.shape, np.float32)
-            bold[:, mask] = np.stack(rows) * usable
+            if rows:
+                bold[:, mask] = np.stack(rows) * usable
             group = f.create_group(split)
-            group.create_dataset("bold", data=bold, chunks=(1,) + mask.shape)
+            group.create_dataset("bold", data=bold, chunks=(1,) + mask.shape if rows else None)
             write_keys(group, [k[0] for k in keys], [k[1] for k in keys])
             LOG.info("%s %s: %d samples", subject, split, len(rows))
         f.create_dataset("mask", data=keep.astype(np.uint8))

@@ -52,4 +52,9 @@ class FmriEncoder(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, volumes: torch.Tensor) -> torch.Tensor:
+        # Each sample is standardised over its voxels: single trials and repeat averages (lower variance)
+        # then look alike to the network.
+        flat = volumes.flatten(1)
+        volumes = (volumes - flat.mean(1).view(-1, *[1] * (volumes.dim() - 1))) / (
+            flat.std(1).view(-1, *[1] * (volumes.dim() - 1)) + 1e-6)
         return self.norm(self.blocks(self.tokenizer(volumes)))

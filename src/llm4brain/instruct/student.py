@@ -1,0 +1,72 @@
+"""The fMRI student: (optionally) the brain aligner, then the teacher's projection + LLM, tuned.
+
+``input: encoder`` trains end to end from fMRI volumes through the aligner (encoder + adaptors; the
+Q-Former base stays frozen), so the caption loss can use what the brain encodes beyond the video tokens.
+``input: latents`` reads the frozen tokens the align stage wrote.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from llm4brain.align.model import BrainAligner, load_aligner, save_aligner
+from llm4brain.artifacts import read_split
+from llm4brain.models.video_llm import Captioner, load_teacher
+
+
+class FmriStudent(nn.Module):
+    """fMRI input (volumes or aligned tokens) → tokens → captions."""
+
+    def __init__(self, captioner: Captioner, aligner: BrainAligner | None) -> None:
+        super().__init__()
+        self.captioner = captioner
+        self.aligner = aligner
+
+    @property
+    def input_kind(self) -> str:
+        return "encoder" if self.aligner is not None else "latents"
+
+    def tokens(self, inputs: torch.Tensor) -> torch.Tensor:
+        """(B, X, Y, Z) volumes through the aligner, or (B, Q, H) tokens as they are."""
+        return self.aligner(inputs) if self.aligner is not None else inputs
+
+    @torch.inference_mode()
+    def encode(self, inputs: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
+        return torch.cat([self.tokens(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)])
+
+
+def read_inputs(kind: str, fmri_path: str, latent_path: str, split: str) -> tuple[torch.Tensor, list[tuple[str, int]]]:
+    """A subject's student inputs for ``split``: preprocessed volumes (encoder) or aligned tokens (latents)."""
+    data, keys = read_split(fmri_path, "fmri", split, "bold") if kind == "encoder" else \
+        read_split(latent_path, "align", split, "tokens")
+    return torch.from_numpy(data.astype(np.float32)), keys
+
+
+def save_student(directory: Path, student: FmriStudent, teacher_dir: str, align_dir: str, params: dict[str, Any]) -> None:
+    """Save what was trained: projection, LLM (HF format) when tuned, aligner when trained end to end."""
+    captioner = student.captioner
+    save_file({k: v.contiguous() for k, v in captioner.projection.state_dict().items()}, directory / "projection.safetensors")
+    if params["train_llm"]:
+        captioner.llm.save_pretrained(directory / "llm")
+    if student.aligner is not None:
+        aligner_config = json.loads((Path(align_dir) / "config.json").read_text())
+        save_aligner(directory / "aligner", student.aligner, aligner_config["grid"], aligner_config["align"], teacher_dir)
+    config = {"teacher": str(teacher_dir), "align": str(align_dir), "input": student.input_kind, "instruct": params}
+    (directory / "config.json").write_text(json.dumps(config, indent=2))
+
+
+def load_student(directory: str | Path, teacher_dir: str | Path) -> FmriStudent:
+    """Rebuild the student on top of the teacher's files (frozen, eval mode)."""
+    directory = Path(directory)
+    llm_dir = directory / "llm" if (directory / "llm").is_dir() else None
+    qformer, captioner, _ = load_teacher(teacher_dir, llm_dir=llm_dir)
+    captioner.projection.load_state_dict(load_file(directory / "projection.safetensors"))
+    aligner = load_aligner(directory / "aligner", qformer) if (directory / "aligner").is_dir() else None
+    return FmriStudent(captioner, aligner).eval().requires_grad_(False)

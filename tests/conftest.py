@@ -1,0 +1,32 @@
+"""Shared fixtures: offline Hugging Face, a tiny simulated dataset, and its preprocessed fMRI."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+TINY_DEMO = {
+    "trs_per_segment": 8, "fps": 4, "frame_size": 32, "grid": [8, 8, 6], "scene_trs": [1, 2],
+    "train_repeats": [2, 1], "test_repeats": 2, "rest_trs": [2, 4], "subject_variability": 0.3,
+    "subject_shift": 1, "noise": 0.5, "drift": 0.5,
+}
+TINY_SEGMENTS = {"train": ["seg01", "seg02"], "test": ["test01"]}
+TINY_SUBJECTS = ["sub-01", "sub-02"]
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A two-subject, three-segment demo dataset written once per test session."""
+    from llm4brain.demo.simulate import simulate_demo
+
+    root = tmp_path_factory.mktemp("demo") / "demo"
+    simulate_demo(root, TINY_SUBJECTS, TINY_SEGMENTS, 2.0, TINY_DEMO, seed=7)
+    return root
+
+
+FMRI_PARAMS = {"detrend_order": 2, "zscore": True, "hrf_lag": 4.0, "average_repeats": {"train": False, "test": True}}

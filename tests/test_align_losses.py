@@ -1,0 +1,42 @@
+"""Alignment losses behave as their definitions say."""
+
+from __future__ import annotations
+
+import torch
+
+from llm4brain.align.losses import coral, cross_subject, info_nce, mmd
+from llm4brain.align.train import identification
+
+
+def test_info_nce_prefers_matching_pairs():
+    torch.manual_seed(0)
+    video = torch.randn(8, 16)
+    positives = torch.eye(8, dtype=torch.bool)
+    scale = torch.tensor(2.0)
+    matched = info_nce(video + 0.01 * torch.randn(8, 16), video, positives, scale)
+    shuffled = info_nce(video[torch.randperm(8)], video, positives, scale)
+    assert matched < shuffled
+
+
+def test_info_nce_multi_positive_rows():
+    video = torch.eye(4)
+    brain = torch.cat([torch.eye(4), torch.eye(4)])  # two subjects, same clips
+    positives = torch.cat([torch.eye(4), torch.eye(4)]).bool()
+    assert info_nce(brain, video, positives, torch.tensor(4.0)) < 0.2
+
+
+def test_domain_terms_vanish_for_identical_samples():
+    x = torch.randn(32, 8)
+    assert abs(float(mmd(x, x))) < 1e-5 and abs(float(coral(x, x))) < 1e-8
+    assert float(mmd(x, x + 3.0)) > 0.1 and float(coral(x, 3 * x)) > 0
+
+
+def test_cross_subject_zero_when_subjects_agree():
+    z = torch.randn(1, 5, 8).repeat(3, 1, 1)
+    assert float(cross_subject(z)) < 1e-10 and float(cross_subject(torch.randn(3, 5, 8))) > 0
+
+
+def test_identification_perfect_and_chance():
+    video = torch.eye(6)[:, None, :]
+    scores = identification(video.clone(), video, torch.arange(6).numpy())
+    assert scores["top1"] == 1.0 and scores["chance_top1"] == 1 / 6 and scores["n_way"] == 6

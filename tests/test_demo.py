@@ -1,0 +1,63 @@
+"""The embedded demo dataset: real formats, deterministic, and the scene grammar."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from conftest import TINY_DEMO, TINY_SEGMENTS, TINY_SUBJECTS
+from llm4brain.demo.brain import canonical_hrf
+from llm4brain.demo.scenes import sample_timeline
+from llm4brain.demo.simulate import presentations, simulate_demo
+
+
+def test_layout_and_formats(tiny_demo):
+    for segment in TINY_SEGMENTS["train"] + TINY_SEGMENTS["test"]:
+        assert (tiny_demo / "stimuli" / f"{segment}.mp4").stat().st_size > 0
+    captions = pd.read_csv(tiny_demo / "captions.tsv", sep="\t")
+    assert len(captions) == 3 * TINY_DEMO["trs_per_segment"]
+    assert captions["caption"].str.contains("moving").all()
+    runs = sorted((tiny_demo / "sub-01" / "func").glob("*_bold.nii.gz"))
+    assert len(runs) == len(presentations(TINY_SEGMENTS, TINY_DEMO["train_repeats"], TINY_DEMO["test_repeats"]))
+    img = nib.load(runs[0])
+    assert img.ndim == 4 and img.shape[:3] == tuple(TINY_DEMO["grid"])
+    assert img.header.get_zooms()[3] == 2.0 and img.header.get_xyzt_units() == ("mm", "sec")
+    events = pd.read_csv(str(runs[0]).replace("_bold.nii.gz", "_events.tsv"), sep="\t")
+    assert list(events.columns[:2]) == ["onset", "duration"] and events["segment"].iloc[0] in captions["segment"].values
+    expected_volumes = sum(TINY_DEMO["rest_trs"]) + TINY_DEMO["trs_per_segment"]
+    assert img.shape[3] == expected_volumes
+
+
+def test_same_seed_same_data(tiny_demo, tmp_path):
+    again = tmp_path / "demo"
+    simulate_demo(again, TINY_SUBJECTS[:1], TINY_SEGMENTS, 2.0, TINY_DEMO, seed=7)
+    first = sorted((tiny_demo / "sub-01" / "func").glob("*_bold.nii.gz"))[0]
+    second = again / "sub-01" / "func" / first.name
+    np.testing.assert_array_equal(nib.load(first).get_fdata(), nib.load(second).get_fdata())
+    assert (tiny_demo / "captions.tsv").read_text() == (again / "captions.tsv").read_text()
+
+
+def test_subjects_differ(tiny_demo):
+    a = nib.load(sorted((tiny_demo / "sub-01" / "func").glob("*_bold.nii.gz"))[0]).get_fdata()
+    b = nib.load(sorted((tiny_demo / "sub-02" / "func").glob("*_bold.nii.gz"))[0]).get_fdata()
+    assert not np.allclose(a, b)
+
+
+def test_timeline_scene_lengths():
+    rng = np.random.default_rng(0)
+    timeline = sample_timeline(rng, 40, (2, 3))
+    assert len(timeline) == 40
+    runs, count = [], 1
+    for prev, cur in zip(timeline, timeline[1:]):
+        if cur is prev:
+            count += 1
+        else:
+            runs.append(count)
+            count = 1
+    assert all(2 <= r <= 3 for r in runs)
+
+
+def test_hrf_peaks_near_five_seconds():
+    hrf = canonical_hrf(0.5)
+    assert 4.0 <= np.argmax(hrf) * 0.5 <= 6.0

@@ -1,0 +1,132 @@
+"""fMRI preprocessing: signal functions, pairing, the per-subject artifact and bad-input errors."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import FMRI_PARAMS, TINY_DEMO, TINY_SEGMENTS
+from llm4brain.artifacts import open_artifact, read_keys
+from llm4brain.fmri.preprocess import pair_run, preprocess_subject
+from llm4brain.fmri.runs import InputError, Run, check_id
+from llm4brain.fmri.signal import detrend, zscore
+
+
+def test_detrend_removes_polynomials():
+    t = np.linspace(0, 1, 50)[:, None]
+    data = (3 + 2 * t - 5 * t**2).repeat(4, axis=1)
+    np.testing.assert_allclose(detrend(data, 2), 0, atol=1e-5)
+    assert np.abs(detrend(data, 1)).max() > 0.1
+
+
+def test_zscore_flags_constant_voxels():
+    data = np.random.default_rng(0).normal(size=(30, 3)).astype(np.float32)
+    data[:, 1] = 7.0
+    out, ok = zscore(data)
+    assert ok.tolist() == [True, False, True]
+    np.testing.assert_allclose(out[:, [0, 2]].std(0, ddof=1), 1, rtol=1e-5)
+    assert (out[:, 1] == 0).all()
+
+
+def test_pairing_applies_lag():
+    run = Run(Path("x_bold.nii.gz"), Path("x_events.tsv"), "seg01", onset=4.0, duration=10.0)
+    assert pair_run(run, 20, 2.0, 4.0) == [(0, 4), (1, 5), (2, 6), (3, 7), (4, 8)]
+    with pytest.raises(InputError, match="x_bold.nii.gz"):
+        pair_run(run, 8, 2.0, 4.0)
+
+
+def test_preprocess_subject(tiny_demo, tmp_path):
+    out = tmp_path / "sub-01.h5"
+    preprocess_subject("sub-01", tiny_demo / "sub-01", tiny_demo / "roi_mask.nii.gz", out, TINY_SEGMENTS, 2.0, FMRI_PARAMS)
+    with open_artifact(out, "fmri", ("train/bold", "test/bold", "mask")) as f:
+        n = TINY_DEMO["trs_per_segment"]
+        assert f["train/bold"].shape == (3 * n,) + tuple(TINY_DEMO["grid"])  # seg01 twice, seg02 once
+        assert f["test/bold"].shape[0] == n  # repeats averaged
+        keys = read_keys(f["test"])
+        assert keys == [("test01", k) for k in range(n)]
+        mask = f["mask"][:].astype(bool)
+        assert np.all(f["train/bold"][:][:, ~mask] == 0)
+        assert f.attrs["tr"] == 2.0 and f.attrs["schema"] == "llm4brain.fmri/1"
+
+
+def _copy_subject(tiny_demo: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "sub-01"
+    shutil.copytree(tiny_demo / "sub-01", target)
+    return target
+
+
+def test_wrong_tr_names_file(tiny_demo, tmp_path):
+    out = tmp_path / "out.h5"
+    with pytest.raises(InputError, match=r"_bold\.nii\.gz: header TR is 2 s but the config says 1\.5 s"):
+        preprocess_subject("sub-01", tiny_demo / "sub-01", tiny_demo / "roi_mask.nii.gz", out, TINY_SEGMENTS, 1.5, FMRI_PARAMS)
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_three_d_image_rejected(tiny_demo, tmp_path):
+    subject = _copy_subject(tiny_demo, tmp_path)
+    bold = sorted((subject / "func").glob("*_bold.nii.gz"))[0]
+    img = nib.load(bold)
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[..., 0], img.affine), bold)
+    with pytest.raises(InputError, match="expected a 4-D image"):
+        preprocess_subject("sub-01", subject, tiny_demo / "roi_mask.nii.gz", tmp_path / "o.h5", TINY_SEGMENTS, 2.0, FMRI_PARAMS)
+    assert not (tmp_path / "o.h5").exists()
+
+
+def test_truncated_gzip_rejected(tiny_demo, tmp_path):
+    subject = _copy_subject(tiny_demo, tmp_path)
+    bold = sorted((subject / "func").glob("*_bold.nii.gz"))[0]
+    bold.write_bytes(bold.read_bytes()[:200])
+    with pytest.raises(InputError, match="cannot read image"):
+        preprocess_subject("sub-01", subject, tiny_demo / "roi_mask.nii.gz", tmp_path / "o.h5", TINY_SEGMENTS, 2.0, FMRI_PARAMS)
+
+
+def test_missing_segment_runs(tiny_demo, tmp_path):
+    segments = {"train": ["seg01", "seg02", "seg99"], "test": ["test01"]}
+    with pytest.raises(InputError, match="no runs for segments"):
+        preprocess_subject("sub-01", tiny_demo / "sub-01", tiny_demo / "roi_mask.nii.gz", tmp_path / "o.h5", segments, 2.0, FMRI_PARAMS)
+
+
+def test_mask_grid_mismatch(tiny_demo, tmp_path):
+    mask = tmp_path / "mask.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((4, 4, 4), np.uint8), np.eye(4)), mask)
+    with pytest.raises(InputError, match="mask shape"):
+        preprocess_subject("sub-01", tiny_demo / "sub-01", mask, tmp_path / "o.h5", TINY_SEGMENTS, 2.0, FMRI_PARAMS)
+
+
+def test_unsafe_subject_id():
+    with pytest.raises(InputError, match="may only contain"):
+        check_id("../sub-01", "subject id")
+
+
+def test_real_scanner_data(tmp_path):
+    """nibabel's real 4-D EPI wrapped as a one-run BIDS subject goes through the same code."""
+    src = Path(nib.__file__).parent / "tests" / "data" / "functional.nii"
+    img = nib.load(src)
+    tr = float(img.header.get_zooms()[3]) * (1e-3 if img.header.get_xyzt_units()[1] == "msec" else 1.0)
+    func = tmp_path / "sub-01" / "func"
+    func.mkdir(parents=True)
+    shutil.copy(src, func / "sub-01_task-movie_run-01_bold.nii")
+    n = img.shape[3]
+    duration = (n - 1) * tr - 0.0
+    pd.DataFrame({"onset": [0.0], "duration": [duration], "segment": ["clip"]}).to_csv(
+        func / "sub-01_task-movie_run-01_events.tsv", sep="\t", index=False)
+    mask = tmp_path / "mask.nii.gz"
+    brain = np.asarray(img.dataobj).mean(-1) > 0
+    nib.save(nib.Nifti1Image(brain.astype(np.uint8), img.affine), mask)
+    out = tmp_path / "real.h5"
+    params = {**FMRI_PARAMS, "hrf_lag": 0.0, "detrend_order": 1}
+    preprocess_subject("sub-01", tmp_path / "sub-01", mask, out, {"train": ["clip"], "test": []}, tr, params)
+    with open_artifact(out, "fmri", ("train/bold",)) as f:
+        bold = f["train/bold"][:]
+        kept = f["mask"][:].astype(bool)
+        assert f["test/bold"].shape == (0,) + img.shape[:3]
+    assert bold.shape[0] == n - 1 and bold.shape[1:] == img.shape[:3]
+    assert 0 < kept.sum() <= brain.sum()
+    series = bold[:, kept]
+    # z-scored over the whole run, of which the first n - 1 volumes are paired (lag 0)
+    assert np.abs(series.mean(0)).max() < 1.0 and 0.8 < series.std(0, ddof=1).mean() < 1.1

@@ -1,0 +1,87 @@
+"""Model blocks: the video teacher round-trips exactly, adaptors start as identity, encoder shapes."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from llm4brain.align.model import BrainAligner, load_aligner, save_aligner
+from llm4brain.models.adaptors import add_adaptors
+from llm4brain.models.fmri_encoder import FmriEncoder
+from llm4brain.models.tokenizer import train_word_tokenizer
+from llm4brain.models.video_llm import Captioner, VideoQFormer, build_llm, load_teacher, qformer_config, save_teacher
+from llm4brain.training import fit
+
+CAPTIONS = ["one small red circle moving left on a black background",
+            "two large blue squares moving up on a white background",
+            "three small green triangles moving down on a gray background"]
+TEMPLATE, PROMPT = "###Human: <Video>{video}</Video> {prompt} ###Assistant:", "Describe the clip."
+QFORMER = {"num_queries": 4, "hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64}
+LLM = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64}
+ALIGN = {"tokenizer": {"channels": 4, "patch": 4}, "encoder": {"dim": 32, "depth": 1, "num_heads": 2, "mlp_ratio": 2.0,
+         "dropout": 0.0}, "adaptor": {"bottleneck": 8, "scale_init": 1e-3}, "temperature": 0.07}
+
+
+def tiny_teacher(seed: int = 0) -> tuple[VideoQFormer, Captioner]:
+    torch.manual_seed(seed)
+    tokenizer = train_word_tokenizer(CAPTIONS + [TEMPLATE.replace("{video}", " ").format(prompt=PROMPT)])
+    qformer = VideoQFormer(qformer_config(QFORMER, 16), num_frames=2, num_queries=4)
+    captioner = Captioner(build_llm(LLM, tokenizer, 64), tokenizer, 32, TEMPLATE, PROMPT, 16)
+    return qformer.eval(), captioner.eval()
+
+
+def test_prompt_renders_template():
+    _, captioner = tiny_teacher()
+    prefix = captioner.tokenizer.decode(captioner.prefix_ids, skip_special_tokens=True)
+    suffix = captioner.tokenizer.decode(captioner.suffix_ids)
+    assert prefix.split() == ["###", "human", ":", "<", "video", ">"]
+    assert suffix.split()[-4:] == ["###", "assistant", ":"][-4:] or suffix.endswith("###assistant :")
+    assert "describe the clip" in suffix.replace(" .", ".")
+
+
+def test_teacher_learns_and_round_trips(tmp_path):
+    qformer, captioner = tiny_teacher()
+    clips = torch.randn(3, 2, 5, 16)
+    model = torch.nn.ModuleDict({"q": qformer, "c": captioner}).train()
+    history = fit(model.parameters(), lambda step: (captioner.caption_loss(qformer(clips), CAPTIONS)[0], {}),
+                  {"steps": 40, "lr": 3e-3, "weight_decay": 0.0, "warmup": 2, "grad_clip": 1.0}, "test")
+    assert history["loss"].iloc[-5:].mean() < 0.5 * history["loss"].iloc[0]
+    model.eval()
+    save_teacher(tmp_path / "teacher", qformer, captioner, {"template": TEMPLATE, "prompt": PROMPT, "max_caption_tokens": 16})
+    qformer2, captioner2, _ = load_teacher(tmp_path / "teacher")
+    ids, mask = captioner.encode_captions(CAPTIONS)
+    with torch.no_grad():
+        a = captioner.caption_logits(qformer(clips), ids, mask)
+        b = captioner2.caption_logits(qformer2(clips), ids, mask)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert captioner2.generate(qformer2(clips), 12) == captioner.generate(qformer(clips), 12)
+    assert not list((tmp_path / "teacher").rglob("*.bin")) and not list((tmp_path / "teacher").rglob("*.pt"))
+
+
+def test_adaptors_freeze_base_and_start_near_identity():
+    qformer, _ = tiny_teacher()
+    adapted = copy.deepcopy(qformer)
+    names = add_adaptors(adapted, ("attention.output.dense", "output_query.dense"), bottleneck=4, scale_init=0.0)
+    assert names and all(".adaptor." in n for n, p in adapted.named_parameters() if p.requires_grad)
+    clips = torch.randn(2, 2, 5, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(adapted(clips), qformer(clips))
+
+
+def test_encoder_tokens_shape():
+    encoder = FmriEncoder((9, 8, 6), 1, 4, 4, 32, 1, 2, 2.0, 0.0)
+    tokens = encoder(torch.randn(3, 1, 9, 8, 6))
+    assert tokens.shape == (3, 3 * 2 * 2, 32)  # grid padded to (12, 8, 8) → 3 × 2 × 2 patches
+
+
+def test_aligner_round_trip(tmp_path):
+    qformer, _ = tiny_teacher()
+    aligner = BrainAligner((8, 8, 4), ALIGN, qformer).eval()
+    volumes = torch.randn(2, 8, 8, 4)
+    save_aligner(tmp_path / "aligner", aligner, (8, 8, 4), ALIGN, "teacher")
+    again = load_aligner(tmp_path / "aligner", qformer)
+    with torch.no_grad():
+        out = aligner(volumes)
+        torch.testing.assert_close(out, again(volumes), rtol=0, atol=0)
+    assert out.shape == (2, 4, 32)
