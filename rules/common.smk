@@ -15,7 +15,7 @@ DATA = config["data"]
 ROOT = Path(DATA["root"])
 SUBJECTS = list(DATA["subjects"])
 HELDOUT = list(config["align"]["heldout"])
-SEGMENTS = {split: list(names) for split, names in DATA["segments"].items()}
+SEGMENTS = {"train": list(DATA["segments"]["train"]), "test": list(DATA["segments"]["test"])}
 ALL_SEGMENTS = SEGMENTS["train"] + SEGMENTS["test"]
 STIMULI = Path(DATA["stimuli"] or ROOT / "stimuli")
 CAPTIONS_TSV = Path(DATA["captions"] or ROOT / "captions.tsv")
@@ -70,9 +70,19 @@ CODE = {
 }
 
 
+def _canonical(value):
+    """Dicts with sorted keys, recursively: Snakemake compares params by their serialisation, so a
+    reordered YAML file must not look like an edit."""
+    if isinstance(value, dict):
+        return {key: _canonical(value[key]) for key in sorted(value)}
+    if isinstance(value, list):
+        return [_canonical(item) for item in value]
+    return value
+
+
 def section(name):
     """One stage's config section, passed as params so that only its rules rerun when it changes."""
-    return lookup(dpath=name, within=config)
+    return _canonical(lookup(dpath=name, within=config))
 
 
 # ---- inputs -----------------------------------------------------------------------------------------

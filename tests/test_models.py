@@ -33,11 +33,11 @@ def tiny_teacher(seed: int = 0) -> tuple[VideoQFormer, Captioner]:
 
 def test_prompt_renders_template():
     _, captioner = tiny_teacher()
-    prefix = captioner.tokenizer.decode(captioner.prefix_ids, skip_special_tokens=True)
-    suffix = captioner.tokenizer.decode(captioner.suffix_ids)
-    assert prefix.split() == ["###", "human", ":", "<", "video", ">"]
-    assert suffix.split()[-4:] == ["###", "assistant", ":"][-4:] or suffix.endswith("###assistant :")
-    assert "describe the clip" in suffix.replace(" .", ".")
+    tokens = captioner.tokenizer.convert_ids_to_tokens
+    assert tokens(captioner.prefix_ids.tolist()) == ["[BOS]", "###", "human", ":", "<", "video", ">"]
+    assert tokens(captioner.suffix_ids.tolist()) == ["</", "video", ">", "describe", "the", "clip", ".", "###",
+                                                     "assistant", ":"]
+    assert captioner.tokenizer.decode(captioner.tokenizer("two large blue squares")["input_ids"]) == "two large blue squares"
 
 
 def test_teacher_learns_and_round_trips(tmp_path):
@@ -45,7 +45,7 @@ def test_teacher_learns_and_round_trips(tmp_path):
     clips = torch.randn(3, 2, 5, 16)
     model = torch.nn.ModuleDict({"q": qformer, "c": captioner}).train()
     history = fit(model.parameters(), lambda step: (captioner.caption_loss(qformer(clips), CAPTIONS)[0], {}),
-                  {"steps": 40, "lr": 3e-3, "weight_decay": 0.0, "warmup": 2, "grad_clip": 1.0}, "test")
+                  {"steps": 150, "lr": 3e-3, "weight_decay": 0.0, "warmup": 2, "grad_clip": 1.0}, "test")
     assert history["loss"].iloc[-5:].mean() < 0.5 * history["loss"].iloc[0]
     model.eval()
     save_teacher(tmp_path / "teacher", qformer, captioner, {"template": TEMPLATE, "prompt": PROMPT, "max_caption_tokens": 16})
