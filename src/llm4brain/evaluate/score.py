@@ -27,7 +27,7 @@ def spice_status() -> str:
 class CocoScorer:
     """The COCO caption metrics with one METEOR (Java) process reused across calls."""
 
-    def __init__(self) -> None:
+    def __init__(self, spice: bool = False) -> None:
         from pycocoevalcap.bleu.bleu import Bleu
         from pycocoevalcap.cider.cider import Cider
         from pycocoevalcap.meteor.meteor import Meteor
@@ -37,6 +37,10 @@ class CocoScorer:
         self.tokenizer = PTBTokenizer()
         self.scorers = [(Bleu(4), ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4"]), (Meteor(), ["METEOR"]),
                         (Rouge(), ["ROUGE-L"]), (Cider(), ["CIDEr"])]
+        if spice:
+            from pycocoevalcap.spice.spice import Spice
+
+            self.scorers.append((Spice(), ["SPICE"]))
 
     def score(self, references: dict[str, list[str]], candidates: dict[str, str]) -> dict[str, float]:
         """Corpus-level scores of ``candidates`` (one per id) against ``references`` (a list per id)."""
@@ -61,8 +65,10 @@ def read_decoded(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
 
 def score_captions(eval_paths: list[str], out_path: str | Path, heldout: list[str], params: dict[str, Any]) -> None:
     """Write ``metrics.tsv``: one row per subject × source, with the held-out flag and SPICE status."""
-    scorer = CocoScorer()
     spice = spice_status()
+    if spice:
+        LOG.warning("SPICE %s", spice)
+    scorer = CocoScorer(spice=not spice)
     rows = []
     for path in eval_paths:
         table, attrs = read_decoded(path)
@@ -73,6 +79,6 @@ def score_captions(eval_paths: list[str], out_path: str | Path, heldout: list[st
             candidates = dict(zip(ids, group["caption"]))
             scores = scorer.score(references, candidates)
             rows.append({"subject": subject, "heldout": subject in heldout, "source": source, "n": len(ids),
-                         **scores, "SPICE": spice or "computed"})
+                         **scores, **({"SPICE": "unavailable"} if spice else {})})
             LOG.info("%s %-13s CIDEr %.3f BLEU-4 %.3f", subject, source, scores["CIDEr"], scores["BLEU-4"])
     pd.DataFrame(rows).to_csv(out_path, sep="\t", index=False, float_format="%.4f")
