@@ -17,5 +17,7 @@ rule pretrain_adaptor:
         "logs/pretrain_adaptor.log",
     benchmark:
         "results/benchmarks/pretrain_adaptor.tsv"
+    conda:
+        "../envs/llm4brain.yaml"
     script:
         "../workflow/scripts/pretrain_adaptor.py"

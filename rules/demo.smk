@@ -8,7 +8,6 @@ if DATA["layout"] == "demo":
             mask=MASK,
             scans=expand(str(ROOT / "{subject}" / "{subject}_scans.tsv"), subject=SUBJECTS),
         params:
-            out_dir=str(ROOT),
             subjects=SUBJECTS,
             segments=SEGMENTS,
             tr=DATA["tr"],
@@ -19,5 +18,7 @@ if DATA["layout"] == "demo":
             "logs/simulate_demo.log",
         benchmark:
             "results/benchmarks/simulate_demo.tsv"
+        conda:
+            "../envs/llm4brain.yaml"
         script:
             "../workflow/scripts/simulate_demo.py"

@@ -20,6 +20,8 @@ rule decode_captions:
         "logs/decode_captions/{subject}.log",
     benchmark:
         "results/benchmarks/decode_captions/{subject}.tsv"
+    conda:
+        "../envs/llm4brain.yaml"
     script:
         "../workflow/scripts/decode_captions.py"
 
@@ -38,5 +40,7 @@ rule score_captions:
         "logs/score_captions.log",
     benchmark:
         "results/benchmarks/score_captions.tsv"
+    conda:
+        "../envs/llm4brain.yaml"
     script:
         "../workflow/scripts/score_captions.py"

@@ -15,5 +15,7 @@ rule preprocess_fmri:
         "logs/preprocess_fmri/{subject}.log",
     benchmark:
         "results/benchmarks/preprocess_fmri/{subject}.tsv"
+    conda:
+        "../envs/llm4brain.yaml"
     script:
         "../workflow/scripts/preprocess_fmri.py"

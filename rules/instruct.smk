@@ -20,5 +20,7 @@ rule instruct_llm:
         "logs/instruct_llm.log",
     benchmark:
         "results/benchmarks/instruct_llm.tsv"
+    conda:
+        "../envs/llm4brain.yaml"
     script:
         "../workflow/scripts/instruct_llm.py"

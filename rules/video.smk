@@ -12,6 +12,8 @@ rule extract_frames:
         "logs/extract_frames/{segment}.log",
     benchmark:
         "results/benchmarks/extract_frames/{segment}.tsv"
+    conda:
+        "../envs/llm4brain.yaml"
     script:
         "../workflow/scripts/extract_frames.py"
 
@@ -30,6 +32,8 @@ rule cache_features:
         "logs/cache_features/{segment}.log",
     benchmark:
         "results/benchmarks/cache_features/{segment}.tsv"
+    conda:
+        "../envs/llm4brain.yaml"
     script:
         "../workflow/scripts/cache_features.py"
 
@@ -48,5 +52,7 @@ rule reference_captions:
         "logs/reference_captions.log",
     benchmark:
         "results/benchmarks/reference_captions.tsv"
+    conda:
+        "../envs/llm4brain.yaml"
     script:
         "../workflow/scripts/reference_captions.py"

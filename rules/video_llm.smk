@@ -16,5 +16,7 @@ if not config["video_llm"]["pretrained"]:
             "logs/train_video_llm.log",
         benchmark:
             "results/benchmarks/train_video_llm.tsv"
+        conda:
+            "../envs/llm4brain.yaml"
         script:
             "../workflow/scripts/train_video_llm.py"
