@@ -31,10 +31,13 @@ rule score_captions:
     input:
         expand("results/eval/{subject}.h5", subject=SUBJECTS),
     output:
-        "results/eval/metrics.tsv",
+        metrics="results/eval/metrics.tsv",
+        identification="results/eval/identification.tsv",
+        tests="results/eval/tests.tsv",
     params:
         heldout=HELDOUT,
         evaluate=section("evaluate"),
+        seed=config["seed"],
         code=CODE["evaluate"],
     log:
         "logs/score_captions.log",

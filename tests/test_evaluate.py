@@ -47,3 +47,37 @@ def test_perfect_captions_beat_wrong_ones(scorer):
 def test_spice_status_explains():
     status = spice_status()
     assert status == "" or status.startswith("unavailable: ")
+
+
+def test_bootstrap_ci_contains_estimate_and_is_seeded(scorer):
+    from llm4brain.evaluate.stats import bootstrap_ci
+
+    gts, res = scorer.tokenize(REFS, HYPS)
+    scores, per_clip = scorer.compute(gts, res)
+    ci = bootstrap_ci(scorer.scorers, gts, res, per_clip, n_boot=50, seed=1)
+    for name in ("BLEU-1", "ROUGE-L", "METEOR"):
+        low, high = ci[name]
+        assert low - 1e-9 <= scores[name] <= high + 1e-9
+    # CIDEr's IDF is recomputed on each resample (duplicated clips change document frequencies), so its
+    # interval is only checked for shape here; the workflow test checks it on real decoded captions.
+    assert 0 <= ci["CIDEr"][0] <= ci["CIDEr"][1]
+    assert ci == bootstrap_ci(scorer.scorers, gts, res, per_clip, n_boot=50, seed=1)
+
+
+def test_paired_permutation():
+    from llm4brain.evaluate.stats import paired_permutation
+
+    rng = __import__("numpy").random.default_rng(0)
+    base = rng.normal(size=60)
+    assert paired_permutation(base + 1.0, base, 999, seed=0) < 0.01
+    assert paired_permutation(base, base + rng.normal(size=60) * 0.01, 999, seed=0) > 0.05
+
+
+def test_caption_identification():
+    from llm4brain.evaluate.stats import caption_identification
+
+    refs = [r[0] for r in REFS.values()]
+    perfect = caption_identification(refs, refs)
+    assert perfect["top1"] == 1.0 and perfect["n_way"] == 3 and perfect["chance_top1"] == 1 / 3
+    rotated = caption_identification(refs[1:] + refs[:1], refs)
+    assert rotated["top1"] == 0.0

@@ -100,7 +100,12 @@ def test_artifacts_follow_the_contract(micro):
     assert len(metrics) == 2 * 4
     assert set(metrics["source"]) == {"fmri", "video-teacher", "shuffled", "nearest-train"}
     assert metrics.set_index("subject")["heldout"].to_dict() == {"sub-01": False, "sub-02": True}
-    assert {"BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE"} <= set(metrics.columns)
+    assert {"BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE", "CIDEr_ci_low", "CIDEr_ci_high"} <= set(metrics.columns)
+    assert (metrics["CIDEr_ci_low"] <= metrics["CIDEr_ci_high"]).all()
+    identification = pd.read_csv(micro / "results/eval/identification.tsv", sep="\t")
+    assert len(identification) == 8 and identification["top1"].between(0, 1).all()
+    tests = pd.read_csv(micro / "results/eval/tests.tsv", sep="\t")
+    assert list(tests["subject"]) == ["sub-01", "sub-02"] and tests["p_value"].between(0, 1).all()
     assert (micro / "results/align/metrics.tsv").exists() and (micro / "results/video_llm/llm").is_dir()
     assert not list((micro / "results").rglob("*.bin")) and not list((micro / "results").rglob("*.pt"))
 

@@ -3,4 +3,5 @@ from llm4brain.runtime import setup_logging
 
 setup_logging(snakemake.log[0])
 p = snakemake.params
-score_captions(snakemake.input, snakemake.output[0], p.heldout, p.evaluate)
+out = snakemake.output
+score_captions(snakemake.input, out.metrics, out.identification, out.tests, p.heldout, p.evaluate, p.seed)

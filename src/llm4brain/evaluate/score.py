@@ -1,13 +1,17 @@
-"""``score_captions``: pycocoevalcap BLEU-1..4, METEOR, ROUGE-L and CIDEr per subject × source."""
+"""``score_captions``: pycocoevalcap BLEU-1..4, METEOR, ROUGE-L and CIDEr per subject × source, with CIs."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from llm4brain.artifacts import open_artifact
+from llm4brain.evaluate.stats import bootstrap_ci, caption_identification, paired_permutation
 from llm4brain.runtime import LOG
 
 METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
@@ -42,16 +46,30 @@ class CocoScorer:
 
             self.scorers.append((Spice(), ["SPICE"]))
 
+    def tokenize(self, references: dict[str, list[str]], candidates: dict[str, str]) -> tuple[dict, dict]:
+        """PTB-tokenize references (a list per id) and candidates (one per id), once for every metric."""
+        with contextlib.redirect_stdout(io.StringIO()):
+            gts = self.tokenizer.tokenize({i: [{"caption": r} for r in refs] for i, refs in references.items()})
+            res = self.tokenizer.tokenize({i: [{"caption": candidates[i]}] for i in references})
+        return gts, res
+
+    def compute(self, gts: dict, res: dict) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        """Corpus-level scores and per-clip scores (in ``gts`` order) of tokenized captions."""
+        scores: dict[str, float] = {}
+        per_clip: dict[str, np.ndarray] = {}
+        for scorer, names in self.scorers:
+            with contextlib.redirect_stdout(io.StringIO()):  # BLEU prints its statistics
+                value, clip_values = scorer.compute_score(gts, res)
+            values = value if isinstance(value, list) else [value]
+            clip_values = clip_values if isinstance(value, list) else [clip_values]
+            for name, v, per in zip(names, values, clip_values):
+                scores[name] = float(v)
+                per_clip[name] = np.asarray(per, dtype=float)
+        return scores, per_clip
+
     def score(self, references: dict[str, list[str]], candidates: dict[str, str]) -> dict[str, float]:
         """Corpus-level scores of ``candidates`` (one per id) against ``references`` (a list per id)."""
-        gts = self.tokenizer.tokenize({i: [{"caption": r} for r in refs] for i, refs in references.items()})
-        res = self.tokenizer.tokenize({i: [{"caption": candidates[i]}] for i in references})
-        out: dict[str, float] = {}
-        for scorer, names in self.scorers:
-            value, _ = scorer.compute_score(gts, res)
-            values = value if isinstance(value, list) else [value]
-            out.update({name: float(v) for name, v in zip(names, values)})
-        return out
+        return self.compute(*self.tokenize(references, candidates))[0]
 
 
 def read_decoded(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -63,22 +81,36 @@ def read_decoded(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     return table, attrs
 
 
-def score_captions(eval_paths: list[str], out_path: str | Path, heldout: list[str], params: dict[str, Any]) -> None:
-    """Write ``metrics.tsv``: one row per subject × source, with the held-out flag and SPICE status."""
+def score_captions(eval_paths: list[str], out_path: str | Path, identification_path: str | Path,
+                   tests_path: str | Path, heldout: list[str], params: dict[str, Any], seed: int) -> None:
+    """Write ``metrics.tsv`` (one row per subject × source, with 95 % bootstrap CIs), ``identification.tsv``
+    (clip identification from the decoded text) and ``tests.tsv`` (fMRI vs shuffled fMRI, paired)."""
     spice = spice_status()
     if spice:
         LOG.warning("SPICE %s", spice)
     scorer = CocoScorer(spice=not spice)
-    rows = []
+    rows, identification, tests = [], [], []
     for path in eval_paths:
         table, attrs = read_decoded(path)
         subject = str(attrs["subject"])
+        flags = {"subject": subject, "heldout": subject in heldout}
+        cider = {}
         for source, group in table.groupby("source", sort=False):
             ids = [f"{s}:{t}" for s, t in zip(group["segment"], group["tr"])]
-            references = {i: [r] for i, r in zip(ids, group["reference"])}
-            candidates = dict(zip(ids, group["caption"]))
-            scores = scorer.score(references, candidates)
-            rows.append({"subject": subject, "heldout": subject in heldout, "source": source, "n": len(ids),
-                         **scores, **({"SPICE": "unavailable"} if spice else {})})
-            LOG.info("%s %-13s CIDEr %.3f BLEU-4 %.3f", subject, source, scores["CIDEr"], scores["BLEU-4"])
+            gts, res = scorer.tokenize({i: [r] for i, r in zip(ids, group["reference"])}, dict(zip(ids, group["caption"])))
+            scores, per_clip = scorer.compute(gts, res)
+            cider[source] = per_clip["CIDEr"]
+            ci = bootstrap_ci(scorer.scorers, gts, res, per_clip, params["n_bootstrap"], seed)
+            bounds = {f"{name}_{end}": ci[name][j] for name in scores for j, end in enumerate(("ci_low", "ci_high"))}
+            rows.append({**flags, "source": source, "n": len(ids), **scores,
+                         **({"SPICE": "unavailable"} if spice else {}), **bounds})
+            identification.append({**flags, "source": source, **caption_identification(
+                [res[i][0] for i in ids], [gts[i][0] for i in ids])})
+            LOG.info("%s %-13s CIDEr %.3f [%.3f, %.3f]", subject, source, scores["CIDEr"], *ci["CIDEr"])
+        if {"fmri", "shuffled"} <= set(cider):
+            tests.append({**flags, "comparison": "fmri > shuffled", "metric": "CIDEr", "n": len(cider["fmri"]),
+                          "mean_difference": float(np.mean(cider["fmri"] - cider["shuffled"])),
+                          "p_value": paired_permutation(cider["fmri"], cider["shuffled"], params["n_permutations"], seed)})
     pd.DataFrame(rows).to_csv(out_path, sep="\t", index=False, float_format="%.4f")
+    pd.DataFrame(identification).to_csv(identification_path, sep="\t", index=False, float_format="%.4f")
+    pd.DataFrame(tests).to_csv(tests_path, sep="\t", index=False, float_format="%.4g")

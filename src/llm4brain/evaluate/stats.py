@@ -1,0 +1,74 @@
+"""Uncertainty and significance for caption scores: bootstrap CIs, a paired permutation test, and clip
+identification from the decoded text."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from typing import Any
+
+import numpy as np
+
+Tokenized = dict[str, list[str]]
+
+# METEOR runs in Java at ~0.4 s per call: its CI resamples the per-clip scores instead of re-running it.
+PER_CLIP_ONLY = ("METEOR",)
+
+
+def resample(tokens: Tokenized, ids: list[str], pick: np.ndarray) -> Tokenized:
+    """A bootstrap copy of a tokenized caption dict: clip ``ids[j]`` for each ``j`` in ``pick``, renamed uniquely."""
+    return {f"{k}": tokens[ids[j]] for k, j in enumerate(pick)}
+
+
+def bootstrap_ci(scorers: list[tuple[Any, list[str]]], gts: Tokenized, res: Tokenized,
+                 per_clip: dict[str, np.ndarray], n_boot: int, seed: int, level: float = 0.95) -> dict[str, tuple[float, float]]:
+    """Percentile CIs over test clips: each resample redraws the clips with replacement and recomputes the
+    corpus-level metric (IDF and brevity penalty included); METEOR resamples its per-clip scores."""
+    ids = list(gts)
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(len(ids), size=(n_boot, len(ids)))
+    samples: dict[str, list[float]] = {}
+    for scorer, names in scorers:
+        for pick in picks:
+            if names[0] in PER_CLIP_ONLY:
+                values = [float(per_clip[names[0]][pick].mean())]
+            else:
+                with contextlib.redirect_stdout(io.StringIO()):  # BLEU prints its statistics
+                    value, _ = scorer.compute_score(resample(gts, ids, pick), resample(res, ids, pick))
+                values = value if isinstance(value, list) else [value]
+            for name, v in zip(names, values):
+                samples.setdefault(name, []).append(float(v))
+    alpha = (1 - level) / 2
+    return {name: (float(np.quantile(v, alpha)), float(np.quantile(v, 1 - alpha))) for name, v in samples.items()}
+
+
+def paired_permutation(a: np.ndarray, b: np.ndarray, n_perm: int, seed: int) -> float:
+    """One-sided p-value that per-clip scores ``a`` exceed ``b`` (sign-flip test on paired differences)."""
+    d = np.asarray(a, float) - np.asarray(b, float)
+    signs = np.random.default_rng(seed).choice([-1.0, 1.0], size=(n_perm, len(d)))
+    null = (signs * d).mean(1)
+    return float((1 + np.sum(null >= d.mean())) / (1 + n_perm))
+
+
+def caption_identification(candidates: list[str], references: list[str], ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
+    """Is each decoded caption closest (CIDEr-D) to its own clip's reference among all distinct references?
+
+    Captions and references are PTB-tokenized strings; ``candidates[i]`` belongs to ``references[i]``.
+    Returns top-k accuracies next to chance (k / n, n = number of distinct references).
+    """
+    from pycocoevalcap.cider.cider_scorer import CiderScorer
+
+    pool = sorted(set(references))
+    scorer = CiderScorer(n=4, sigma=6.0)
+    for caption in candidates:
+        for ref in pool:
+            scorer.cook_append(caption, [ref])
+    _, scores = scorer.compute_score()  # per pair, in the order appended
+    sim = np.asarray(scores).reshape(len(candidates), len(pool))
+    own = np.array([pool.index(r) for r in references])
+    rank = (sim > sim[np.arange(len(own)), own][:, None]).sum(1)
+    out = {"n_way": len(pool)}
+    for k in ks:
+        out[f"top{k}"] = float((rank < k).mean())
+        out[f"chance_top{k}"] = min(k, len(pool)) / len(pool)
+    return out
