@@ -21,7 +21,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.workflow
-COPY = ("Snakefile", "rules", "workflow", "src", "config/schema.yaml", "profiles")
+COPY = ("Snakefile", "rules", "workflow", "src", "config/schema.yaml", "profiles", "envs", "requirements.txt")
 
 
 def make_copy(target: Path) -> Path:
