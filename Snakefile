@@ -6,6 +6,9 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/demo.smk"
 include: "rules/fmri.smk"
@@ -14,6 +17,7 @@ include: "rules/video_llm.smk"
 include: "rules/align.smk"
 include: "rules/instruct.smk"
 include: "rules/evaluate.smk"
+include: "rules/report.smk"
 
 
 rule all:

@@ -7,7 +7,9 @@ rule pretrain_adaptor:
     output:
         model=directory("results/align/model"),
         latents=expand("results/align/{subject}.h5", subject=SUBJECTS),
-        metrics="results/align/metrics.tsv",
+        metrics=report(
+            "results/align/metrics.tsv", caption="../report/identification.rst", category="Alignment"
+        ),
     params:
         subjects=SUBJECTS,
         align=section("align"),

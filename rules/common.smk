@@ -124,5 +124,19 @@ def video_llm_dir(wildcards=None):
     return config["video_llm"]["pretrained"] or "results/video_llm"
 
 
+def training_logs():
+    """Training rule → its output holding ``train_log.tsv`` (a model folder or the log itself): the
+    teacher's (when trained here), align and instruct."""
+    logs = {} if config["video_llm"]["pretrained"] else {"train_video_llm": "results/video_llm"}
+    logs["pretrain_adaptor"] = "results/align/model"
+    logs["instruct_llm"] = "results/instruct/train_log.tsv"
+    return logs
+
+
 def final_outputs():
-    return ["results/eval/metrics.tsv"]
+    return [
+        "results/eval/metrics.tsv",
+        "results/report/scores.png",
+        "results/report/training.png",
+        *expand("results/report/gallery/{subject}.png", subject=SUBJECTS),
+    ]

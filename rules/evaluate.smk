@@ -31,9 +31,11 @@ rule score_captions:
     input:
         expand("results/eval/{subject}.h5", subject=SUBJECTS),
     output:
-        metrics="results/eval/metrics.tsv",
-        identification="results/eval/identification.tsv",
-        tests="results/eval/tests.tsv",
+        metrics=report("results/eval/metrics.tsv", caption="../report/metrics.rst", category="Evaluation"),
+        identification=report(
+            "results/eval/identification.tsv", caption="../report/identification.rst", category="Evaluation"
+        ),
+        tests=report("results/eval/tests.tsv", caption="../report/tests.rst", category="Evaluation"),
     params:
         heldout=HELDOUT,
         evaluate=section("evaluate"),

@@ -110,6 +110,13 @@ def test_artifacts_follow_the_contract(micro):
     assert not list((micro / "results").rglob("*.bin")) and not list((micro / "results").rglob("*.pt"))
 
 
+def test_report_builds(micro):
+    snakemake(micro, "--report", "report.html")
+    html = (micro / "report.html").read_text(errors="replace")
+    for name in ("scores.png", "training.png", "sub-01.png", "metrics.tsv", "identification.tsv", "tests.tsv"):
+        assert name in html, name
+
+
 def test_rerun_has_nothing_to_do(micro):
     assert planned_rules(micro) == set()
 

@@ -1,0 +1,49 @@
+rule plot_results:
+    """Scores with CIs and the training curves of every training rule, for `snakemake --report`."""
+    input:
+        metrics="results/eval/metrics.tsv",
+        logs=list(training_logs().values()),
+    output:
+        scores=report(
+            "results/report/scores.png", caption="../report/scores.rst", category="Evaluation"
+        ),
+        training=report(
+            "results/report/training.png", caption="../report/training.rst", category="Training"
+        ),
+    params:
+        names=list(training_logs().keys()),
+        code=CODE["evaluate"],
+    log:
+        "logs/plot_results.log",
+    benchmark:
+        "results/benchmarks/plot_results.tsv"
+    conda:
+        "../envs/llm4brain.yaml"
+    script:
+        "../workflow/scripts/plot_results.py"
+
+
+rule plot_gallery:
+    """Test clips of one subject with reference, fMRI-decoded and teacher captions."""
+    input:
+        eval="results/eval/{subject}.h5",
+        stimuli=expand(str(STIMULI / "{segment}.mp4"), segment=SEGMENTS["test"]),
+    output:
+        report(
+            "results/report/gallery/{subject}.png",
+            caption="../report/gallery.rst",
+            category="Gallery",
+            subcategory="{subject}",
+        ),
+    params:
+        segments=SEGMENTS["test"],
+        tr=DATA["tr"],
+        code=CODE["evaluate"],
+    log:
+        "logs/plot_gallery/{subject}.log",
+    benchmark:
+        "results/benchmarks/plot_gallery/{subject}.tsv"
+    conda:
+        "../envs/llm4brain.yaml"
+    script:
+        "../workflow/scripts/plot_gallery.py"

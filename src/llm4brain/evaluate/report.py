@@ -1,0 +1,93 @@
+"""``plot_results``: figures for ``snakemake --report`` — scores with CIs, training curves, a caption gallery."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from llm4brain.evaluate.score import read_decoded  # noqa: E402
+
+SOURCE_ORDER = ("fmri", "video-teacher", "shuffled", "nearest-train")
+
+
+def plot_scores(metrics_tsv: str | Path, out_png: str | Path, metric: str = "CIDEr") -> None:
+    """Grouped bars of ``metric`` per subject × source with their 95 % bootstrap CIs."""
+    table = pd.read_csv(metrics_tsv, sep="\t")
+    subjects = list(dict.fromkeys(table["subject"]))
+    sources = [s for s in SOURCE_ORDER if s in set(table["source"])]
+    width = 0.8 / len(sources)
+    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(subjects), 3.4))
+    for i, source in enumerate(sources):
+        rows = table[table["source"] == source].set_index("subject").loc[subjects]
+        x = np.arange(len(subjects)) + (i - (len(sources) - 1) / 2) * width
+        err = np.vstack([rows[metric] - rows[f"{metric}_ci_low"], rows[f"{metric}_ci_high"] - rows[metric]])
+        ax.bar(x, rows[metric], width, yerr=err, capsize=3, label=source)
+    labels = [f"{s}\n(held out)" if table[table["subject"] == s]["heldout"].iloc[0] else s for s in subjects]
+    ax.set_xticks(np.arange(len(subjects)), labels)
+    ax.set_ylabel(f"{metric} (95 % bootstrap CI)")
+    ax.legend(frameon=False, fontsize=8, ncols=2)
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+
+
+def plot_training(logs: dict[str, str | Path], out_png: str | Path) -> None:
+    """One panel per training rule: total loss and its named terms against the step.
+
+    ``logs`` maps a rule to its ``train_log.tsv`` or to the model folder that holds one.
+    """
+    fig, axes = plt.subplots(1, len(logs), figsize=(4 * len(logs), 3.2), squeeze=False)
+    for ax, (name, path) in zip(axes[0], logs.items()):
+        path = Path(path)
+        log = pd.read_csv(path / "train_log.tsv" if path.is_dir() else path, sep="\t")
+        terms = [c for c in log.columns if c not in ("step", "grad_norm", "lr")]
+        for term in terms:
+            smooth = log[term].rolling(10, min_periods=1).mean()
+            ax.plot(log["step"], smooth, label=term, lw=1.5 if term == "loss" else 1)
+        ax.set_title(name)
+        ax.set_xlabel("step")
+        ax.set_yscale("log")
+        ax.legend(frameon=False, fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+
+
+def middle_frame(video: str | Path, tr_index: int, tr: float) -> np.ndarray:
+    """The frame on screen in the middle of TR window ``tr_index`` (from the stream's timestamps)."""
+    import decord
+
+    reader = decord.VideoReader(str(video), num_threads=1)
+    starts = reader.get_frame_timestamp(np.arange(len(reader)))[:, 0]
+    index = int(np.searchsorted(starts, (tr_index + 0.5) * tr, side="right") - 1)
+    return reader[index].asnumpy()
+
+
+def plot_gallery(eval_h5: str | Path, stimuli: dict[str, str | Path], tr: float, out_png: str | Path,
+                 n_clips: int = 6) -> None:
+    """Middle frames of evenly spaced test clips with reference, fMRI-decoded and teacher captions."""
+    table, attrs = read_decoded(eval_h5)
+    keys = table[table["source"] == "fmri"][["segment", "tr"]].drop_duplicates().to_records(index=False)
+    chosen = [keys[i] for i in np.linspace(0, len(keys) - 1, min(n_clips, len(keys))).astype(int)]
+    fig, axes = plt.subplots(1, len(chosen), figsize=(2.6 * len(chosen), 4.6), squeeze=False)
+    for ax, (segment, k) in zip(axes[0], chosen):
+        ax.imshow(middle_frame(stimuli[segment], int(k), tr))
+        ax.set_axis_off()
+        ax.set_title(f"{segment}, TR {k}", fontsize=8)
+        rows = table[(table["segment"] == segment) & (table["tr"] == k)].set_index("source")
+        lines = ["reference: " + rows["reference"].iloc[0], "fMRI: " + rows.loc["fmri", "caption"],
+                 "video: " + rows.loc["video-teacher", "caption"]]
+        ax.text(0.0, -0.04, "\n".join(textwrap.fill(line, 30) for line in lines), transform=ax.transAxes,
+                fontsize=7, va="top", ha="left")
+    fig.suptitle(f"{attrs['subject']}: decoded test clips", fontsize=9)
+    fig.subplots_adjust(left=0.02, right=0.98, top=0.9, bottom=0.38, wspace=0.08)
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
