@@ -21,7 +21,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.workflow
-COPY = ("Snakefile", "rules", "workflow", "src", "config/schema.yaml", "profiles", "envs", "requirements.txt")
+REPORT = {"plot_results", "plot_gallery"}
+COPY = ("Snakefile", "rules", "workflow", "src", "config/schema.yaml", "profiles", "envs", "requirements.txt", "report")
 
 
 def make_copy(target: Path) -> Path:
@@ -123,18 +124,18 @@ def test_rerun_has_nothing_to_do(micro):
 
 def test_evaluation_edit_reruns_only_evaluation(micro):
     with config_edit(micro, "evaluate", "max_new_tokens", 6):
-        assert planned_rules(micro) == {"decode_captions", "score_captions"}
+        assert planned_rules(micro) == {"decode_captions", "score_captions"} | REPORT
 
 
 def test_align_edit_reruns_align_and_downstream(micro):
     with config_edit(micro, "align", "temperature", 0.1):
-        assert planned_rules(micro) == {"pretrain_adaptor", "instruct_llm", "decode_captions", "score_captions"}
+        assert planned_rules(micro) == {"pretrain_adaptor", "instruct_llm", "decode_captions", "score_captions"} | REPORT
 
 
 def test_library_edit_reruns_that_stage(micro):
     module = micro / "src" / "llm4brain" / "instruct" / "train.py"
     with edited(module, module.read_text() + "\n# a comment changes the stage's code hash\n"):
-        assert planned_rules(micro) == {"instruct_llm", "decode_captions", "score_captions"}
+        assert planned_rules(micro) == {"instruct_llm", "decode_captions", "score_captions"} | REPORT
 
 
 def test_unknown_config_key_fails_at_dag_build(micro):
