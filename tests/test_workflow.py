@@ -118,6 +118,19 @@ def test_report_builds(micro):
         assert name in html, name
 
 
+def test_decode_command_on_a_training_run(micro, tmp_path):
+    bold = sorted((micro / "resources/demo/sub-01/func").glob("*_bold.nii.gz"))[0]
+    events = str(bold).replace("_bold.nii.gz", "_events.tsv")
+    result = subprocess.run(
+        [sys.executable, "-m", "llm4brain.cli", "decode", "--subject", "sub-01", "--bold", str(bold), "--events",
+         events, "--model", str(micro / "results"), "--out", str(tmp_path / "c.tsv"), "--srt", str(tmp_path / "c.srt")],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    captions = pd.read_csv(tmp_path / "c.tsv", sep="\t")
+    assert list(captions["tr"]) == list(range(6)) and captions["caption"].str.len().gt(0).all()
+    assert (tmp_path / "c.srt").read_text().count(" --> ") == 6
+
+
 def test_rerun_has_nothing_to_do(micro):
     assert planned_rules(micro) == set()
 

@@ -32,6 +32,18 @@ def pair_run(run: Run, n_volumes: int, tr: float, hrf_lag: float) -> list[tuple[
     return pairs
 
 
+def clean_run(series: np.ndarray, params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """One run's (T, V) masked series → detrended (and z-scored) series, and the voxels that are usable
+    (finite and not constant); unusable voxels are zeroed, never divided by."""
+    finite = np.isfinite(series).all(axis=0)
+    series = np.where(finite, series, 0.0).astype(np.float32)
+    series = detrend(series, params["detrend_order"])
+    if params["zscore"]:
+        series, ok = zscore(series)
+        finite &= ok
+    return series, finite
+
+
 def preprocess_subject(
     subject: str,
     subject_dir: str | Path,
@@ -69,13 +81,7 @@ def preprocess_subject(
             affine = img.affine
         elif data.shape[:3] != mask.shape:
             raise InputError(f"{run.bold}: grid {data.shape[:3]} differs from the subject's first run {mask.shape}")
-        series = data[mask].T  # (T, V)
-        finite = np.isfinite(series).all(axis=0)
-        series[:, ~finite] = 0.0
-        series = detrend(series, params["detrend_order"])
-        if params["zscore"]:
-            series, ok = zscore(series)
-            finite &= ok
+        series, finite = clean_run(data[mask].T, params)
         usable &= finite
         for k, volume in pair_run(run, series.shape[0], tr, params["hrf_lag"]):
             samples[split_of[run.segment]][(run.segment, k)].append(series[volume])
@@ -105,5 +111,5 @@ def preprocess_subject(
             write_keys(group, [k[0] for k in keys], [k[1] for k in keys])
             LOG.info("%s %s: %d samples", subject, split, len(rows))
         f.create_dataset("mask", data=keep.astype(np.uint8))
-        set_attrs(f, {"subject": subject, "tr": tr, "hrf_lag": params["hrf_lag"], "affine": affine.tolist(),
-                      "space": "demo", "layout": "volume", "n_runs": len(runs)})
+        set_attrs(f, {"subject": subject, "tr": tr, "hrf_lag": params["hrf_lag"], "params": params,
+                      "affine": affine.tolist(), "space": "demo", "layout": "volume", "n_runs": len(runs)})

@@ -45,11 +45,14 @@ def bids_runs(subject_dir: Path) -> list[Run]:
         events = bold.with_name(re.sub(r"_bold\.nii(\.gz)?$", "_events.tsv", bold.name))
         if not events.exists():
             raise InputError(f"{bold}: no events file (expected {events.name})")
-        runs.append(_run_from_events(bold, events))
+        runs.append(read_run(bold, events))
     return runs
 
 
-def _run_from_events(bold: Path, events_path: Path) -> Run:
+def read_run(bold: Path, events_path: Path) -> Run:
+    """The run's stimulus segment, onset and duration from its events TSV (one stimulus per run)."""
+    if not events_path.exists():
+        raise InputError(f"{bold}: events file {events_path} does not exist")
     events = pd.read_csv(events_path, sep="\t")
     missing = {"onset", "duration"} - set(events.columns)
     if missing:

@@ -1,0 +1,77 @@
+"""Decode one new fMRI run with a trained pipeline: preprocess it exactly like training, caption each TR.
+
+The preprocessing settings, the kept voxels and the TR come from the subject's ``results/fmri`` artifact,
+so a run is cleaned the way that subject's training runs were.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from llm4brain.artifacts import ArtifactError, open_artifact
+from llm4brain.evaluate.decode import generate
+from llm4brain.fmri.preprocess import clean_run, pair_run
+from llm4brain.fmri.runs import InputError, check_id, load_bold, read_run
+from llm4brain.instruct.student import load_student
+
+
+def subject_preprocessing(results: Path, subject: str) -> tuple[np.ndarray, dict, float]:
+    """The kept-voxel mask, the fMRI params and the TR used for ``subject`` in training."""
+    path = results / "fmri" / f"{subject}.h5"
+    if not path.exists():
+        raise ArtifactError(
+            f"{path}: subject {subject!r} was never preprocessed with this pipeline. Add it to data.subjects "
+            f"(and to align.heldout to adapt without labels), then run `snakemake --until pretrain_adaptor` "
+            f"and `snakemake` so the encoder is adapted to it before decoding.")
+    with open_artifact(path, "fmri", ("mask",)) as f:
+        if "params" not in f.attrs:
+            raise ArtifactError(f"{path}: records no preprocessing params (older llm4brain); rerun preprocess_fmri")
+        return f["mask"][:].astype(bool), json.loads(f.attrs["params"]), float(f.attrs["tr"])
+
+
+def decode_run(subject: str, bold: str | Path, events: str | Path, results: str | Path,
+               max_new_tokens: int = 24, num_beams: int = 1, batch_size: int = 64) -> pd.DataFrame:
+    """One caption per whole TR of the stimulus shown in the run: ``segment, tr, start, end, caption``.
+
+    ``start``/``end`` are seconds from the stimulus' first frame (clip ``tr`` spans ``[tr·TR, (tr+1)·TR)``).
+    """
+    check_id(subject, "subject id")
+    results = Path(results)
+    mask, params, tr = subject_preprocessing(results, subject)
+    run = read_run(Path(bold), Path(events))
+    data, _ = load_bold(Path(bold), tr)
+    if data.shape[:3] != mask.shape:
+        raise InputError(f"{bold}: grid {data.shape[:3]} differs from {subject}'s training grid {mask.shape}")
+    series, usable = clean_run(data[mask].T, params)
+    pairs = pair_run(run, series.shape[0], tr, params["hrf_lag"])
+    volumes = np.zeros((len(pairs),) + mask.shape, np.float32)
+    volumes[:, mask] = series[[volume for _, volume in pairs]] * usable
+
+    student_dir = results / "instruct" / "model"
+    config = json.loads((student_dir / "config.json").read_text())
+    student = load_student(student_dir, config["teacher"])
+    if student.input_kind != "encoder":
+        raise ValueError(f"{student_dir}: trained on frozen latents; decoding a new run needs `instruct.input: encoder`")
+    tokens = student.encode(torch.from_numpy(volumes))
+    captions = generate(student.captioner, tokens, {"batch_size": batch_size, "max_new_tokens": max_new_tokens,
+                                                    "num_beams": num_beams, "repetition_penalty": 1.0})
+    k = np.array([k for k, _ in pairs])
+    return pd.DataFrame({"segment": run.segment, "tr": k, "start": k * tr, "end": (k + 1) * tr, "caption": captions})
+
+
+def srt_time(seconds: float) -> str:
+    """SubRip timestamp ``HH:MM:SS,mmm``."""
+    ms = int(round(seconds * 1000))
+    return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d},{ms % 1000:03d}"
+
+
+def write_srt(table: pd.DataFrame, path: str | Path) -> None:
+    """One numbered subtitle per TR, timed to the stimulus."""
+    blocks = [f"{i}\n{srt_time(row.start)} --> {srt_time(row.end)}\n{row.caption}\n"
+              for i, row in enumerate(table.itertuples(), start=1)]
+    Path(path).write_text("\n".join(blocks))
