@@ -7,10 +7,8 @@ training-split fMRI, through the domain-adaptation term.
 from __future__ import annotations
 
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import pandas as pd
 import torch

@@ -54,7 +54,8 @@ def decode_run(subject: str, bold: str | Path, events: str | Path, results: str 
 
     student_dir = results / "instruct" / "model"
     config = json.loads((student_dir / "config.json").read_text())
-    student = load_student(student_dir, config["teacher"])
+    teacher = Path(config["teacher"])  # as the workflow named it, relative to its working directory
+    student = load_student(student_dir, teacher if teacher.is_absolute() else results.parent / teacher)
     if student.input_kind != "encoder":
         raise ValueError(f"{student_dir}: trained on frozen latents; decoding a new run needs `instruct.input: encoder`")
     tokens = student.encode(torch.from_numpy(volumes))
