@@ -138,5 +138,6 @@ def final_outputs():
         "results/eval/metrics.tsv",
         "results/report/scores.png",
         "results/report/training.png",
+        "results/report/fmri_qc.png",
         *expand("results/report/gallery/{subject}.png", subject=SUBJECTS),
     ]

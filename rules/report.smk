@@ -47,3 +47,21 @@ rule plot_gallery:
         "../envs/llm4brain.yaml"
     script:
         "../workflow/scripts/plot_gallery.py"
+
+
+rule plot_fmri_qc:
+    """Temporal SNR and repeat reliability of every subject's ROI voxels."""
+    input:
+        fmri_files(),
+    output:
+        report("results/report/fmri_qc.png", caption="../report/fmri_qc.rst", category="fMRI QC"),
+    params:
+        code=CODE["evaluate"],
+    log:
+        "logs/plot_fmri_qc.log",
+    benchmark:
+        "results/benchmarks/plot_fmri_qc.tsv"
+    conda:
+        "../envs/llm4brain.yaml"
+    script:
+        "../workflow/scripts/plot_fmri_qc.py"

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import FMRI_PARAMS, TINY_DEMO, TINY_SEGMENTS
 from llm4brain.artifacts import open_artifact, read_keys
-from llm4brain.fmri.preprocess import pair_run, preprocess_subject
+from llm4brain.fmri.preprocess import pair_run, preprocess_subject, split_half_reliability
 from llm4brain.fmri.runs import InputError, Run, check_id
 from llm4brain.fmri.signal import detrend, zscore
 
@@ -31,6 +31,15 @@ def test_zscore_flags_constant_voxels():
     assert ok.tolist() == [True, False, True]
     np.testing.assert_allclose(out[:, [0, 2]].std(0, ddof=1), 1, rtol=1e-5)
     assert (out[:, 1] == 0).all()
+
+
+def test_split_half_reliability():
+    rng = np.random.default_rng(0)
+    signal = rng.normal(size=(20, 1))
+    repeats = {("seg", k): [np.array([signal[k, 0], rng.normal()]) + 0.05 * rng.normal(size=2) for _ in range(4)]
+               for k in range(20)}
+    r = split_half_reliability(repeats)
+    assert r[0] > 0.95 and abs(r[1]) < 0.6  # voxel 0 repeats its response, voxel 1 is noise
 
 
 def test_pairing_applies_lag():
@@ -52,6 +61,9 @@ def test_preprocess_subject(tiny_demo, tmp_path):
         mask = f["mask"][:].astype(bool)
         assert np.all(f["train/bold"][:][:, ~mask] == 0)
         assert f.attrs["tr"] == 2.0 and f.attrs["schema"] == "llm4brain.fmri/1"
+        n_voxels = int(mask.sum())
+        assert f["qc/tsnr"].shape == (n_voxels,) and (f["qc/tsnr"][:] > 0).all()
+        assert f["qc/reliability"].shape == (n_voxels,) and np.nanmax(np.abs(f["qc/reliability"][:])) <= 1
 
 
 def _copy_subject(tiny_demo: Path, tmp_path: Path) -> Path:

@@ -39,6 +39,30 @@ def plot_scores(metrics_tsv: str | Path, out_png: str | Path, metric: str = "CID
     plt.close(fig)
 
 
+def plot_fmri_qc(fmri_paths: list[str | Path], out_png: str | Path) -> None:
+    """Per subject: temporal SNR and split-half repeat reliability of the ROI voxels, and how many are kept."""
+    import h5py
+
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+    for path in fmri_paths:
+        with h5py.File(path, "r") as f:
+            subject, qc = str(f.attrs["subject"]), {name: f["qc"][name][:] for name in ("tsnr", "reliability", "usable")}
+        kept = int(qc["usable"].sum())
+        label = f"{subject} ({kept}/{len(qc['usable'])} voxels kept)"
+        axes[0].hist(qc["tsnr"], bins=40, histtype="step", label=label)
+        reliability = qc["reliability"][np.isfinite(qc["reliability"])]
+        axes[1].hist(reliability, bins=40, range=(-1, 1), histtype="step", label=subject)
+    axes[0].set_xlabel("temporal SNR (raw runs)")
+    axes[1].set_xlabel("split-half repeat reliability r (test clips)")
+    for ax in axes:
+        ax.set_ylabel("voxels")
+        ax.spines[["top", "right"]].set_visible(False)
+    axes[0].legend(frameon=False, fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+
+
 def plot_training(logs: dict[str, str | Path], out_png: str | Path) -> None:
     """One panel per training rule: total loss and its named terms against the step.
 

@@ -32,6 +32,25 @@ def pair_run(run: Run, n_volumes: int, tr: float, hrf_lag: float) -> list[tuple[
     return pairs
 
 
+def temporal_snr(series: np.ndarray) -> np.ndarray:
+    """Per-voxel temporal SNR of a raw (T, V) run: mean over time / standard deviation over time."""
+    std = series.std(axis=0)
+    return np.divide(series.mean(axis=0), std, out=np.zeros(series.shape[1]), where=std > 0)
+
+
+def split_half_reliability(repeats: dict[tuple[str, int], list[np.ndarray]]) -> np.ndarray:
+    """Per-voxel Pearson r, over clips, between the mean of odd and of even repeats (Wen et al.'s repeat
+    reliability); NaN where no clip was shown twice."""
+    pairs = [(np.mean(v[0::2], axis=0), np.mean(v[1::2], axis=0)) for v in repeats.values() if len(v) >= 2]
+    if len(pairs) < 3:
+        n = len(next(iter(repeats.values()))[0]) if repeats else 0
+        return np.full(n, np.nan)
+    a, b = (np.stack(x) for x in zip(*pairs))
+    a, b = a - a.mean(0), b - b.mean(0)
+    denom = np.sqrt((a**2).sum(0) * (b**2).sum(0))
+    return np.divide((a * b).sum(0), denom, out=np.full(a.shape[1], np.nan), where=denom > 0)
+
+
 def clean_run(series: np.ndarray, params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """One run's (T, V) masked series → detrended (and z-scored) series, and the voxels that are usable
     (finite and not constant); unusable voxels are zeroed, never divided by."""
@@ -72,6 +91,7 @@ def preprocess_subject(
 
     mask = None
     usable = None
+    tsnr: list[np.ndarray] = []
     samples: dict[str, dict[tuple[str, int], list[np.ndarray]]] = defaultdict(lambda: defaultdict(list))
     for run in tqdm(runs, desc=f"{subject} runs", mininterval=1.0):
         data, img = load_bold(run.bold, tr)
@@ -81,7 +101,9 @@ def preprocess_subject(
             affine = img.affine
         elif data.shape[:3] != mask.shape:
             raise InputError(f"{run.bold}: grid {data.shape[:3]} differs from the subject's first run {mask.shape}")
-        series, finite = clean_run(data[mask].T, params)
+        raw = data[mask].T
+        tsnr.append(temporal_snr(raw))
+        series, finite = clean_run(raw, params)
         usable &= finite
         for k, volume in pair_run(run, series.shape[0], tr, params["hrf_lag"]):
             samples[split_of[run.segment]][(run.segment, k)].append(series[volume])
@@ -111,5 +133,9 @@ def preprocess_subject(
             write_keys(group, [k[0] for k in keys], [k[1] for k in keys])
             LOG.info("%s %s: %d samples", subject, split, len(rows))
         f.create_dataset("mask", data=keep.astype(np.uint8))
+        qc = f.create_group("qc")  # per voxel of the ROI mask, in mask order
+        qc.create_dataset("tsnr", data=np.mean(tsnr, axis=0).astype(np.float32))
+        qc.create_dataset("reliability", data=split_half_reliability(samples["test"]).astype(np.float32))
+        qc.create_dataset("usable", data=usable.astype(np.uint8))
         set_attrs(f, {"subject": subject, "tr": tr, "hrf_lag": params["hrf_lag"], "params": params,
                       "affine": affine.tolist(), "space": "demo", "layout": "volume", "n_runs": len(runs)})
