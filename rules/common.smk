@@ -125,8 +125,8 @@ def video_llm_dir(wildcards=None):
 
 
 def training_logs():
-    """Training rule → its output holding ``train_log.tsv`` (a model folder or the log itself): the
-    teacher's (when trained here), align and instruct."""
+    """Each training step's output that holds its ``train_log.tsv`` (a model folder or the log itself), for
+    the teacher (when trained here), align and instruct."""
     logs = {} if config["video_llm"]["pretrained"] else {"train_video_llm": "results/video_llm"}
     logs["pretrain_adaptor"] = "results/align/model"
     logs["instruct_llm"] = "results/instruct/train_log.tsv"

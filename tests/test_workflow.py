@@ -151,6 +151,10 @@ def test_library_edit_reruns_that_stage(micro):
         assert planned_rules(micro) == {"instruct_llm", "decode_captions", "score_captions"} | REPORT
 
 
+def test_lint_is_clean(micro):
+    assert "Congratulations, your workflow is in a good condition!" in snakemake(micro, "--lint")
+
+
 def test_unknown_config_key_fails_at_dag_build(micro):
     with config_edit(micro, "align", "learning_rate", 0.1):
         with pytest.raises(AssertionError, match="learning_rate"):
