@@ -8,12 +8,15 @@ from pathlib import Path
 
 
 def _decode(args: argparse.Namespace) -> int:
+    from llm4brain.artifacts import atomic_path
     from llm4brain.evaluate.new_run import decode_run, write_srt
 
     table = decode_run(args.subject, args.bold, args.events, args.model, args.max_new_tokens, args.num_beams)
-    table.to_csv(args.out, sep="\t", index=False)
+    with atomic_path(args.out) as tmp:
+        table.to_csv(tmp, sep="\t", index=False)
     if args.srt:
-        write_srt(table, args.srt)
+        with atomic_path(args.srt) as tmp:
+            write_srt(table, tmp)
     print(f"{len(table)} captions → {args.out}" + (f" and {args.srt}" if args.srt else ""))
     return 0
 

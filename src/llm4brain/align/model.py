@@ -38,6 +38,12 @@ class BrainAligner(nn.Module):
         context = self.to_context(self.encoder(volumes[:, None]))
         return self.qformer.attend(context)
 
+    @torch.inference_mode()
+    def encode(self, volumes: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
+        """Aligned tokens for a stack of volumes, in eval mode and in batches."""
+        self.eval()
+        return torch.cat([self(volumes[i : i + batch_size]) for i in range(0, len(volumes), batch_size)])
+
 
 def save_aligner(directory: Path, model: BrainAligner, grid: tuple[int, ...], params: dict[str, Any], teacher: str) -> None:
     """``aligner.safetensors`` + ``config.json`` (grid, align params, the teacher it was aligned to)."""

@@ -23,13 +23,6 @@ from llm4brain.training import fit
 SPLITS = ("train", "test")
 
 
-@torch.inference_mode()
-def encode(model: BrainAligner, bold: np.ndarray, batch_size: int = 128) -> torch.Tensor:
-    """Aligned tokens for a stack of volumes, in eval mode."""
-    model.eval()
-    return torch.cat([model(torch.from_numpy(bold[i : i + batch_size])) for i in range(0, len(bold), batch_size)])
-
-
 def identification(brain: torch.Tensor, video: torch.Tensor, targets: np.ndarray, ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
     """n-way clip identification: is row i's own clip among the k most similar of all n candidate clips?"""
     sim = torch.nn.functional.normalize(brain.mean(1), dim=-1) @ torch.nn.functional.normalize(video.mean(1), dim=-1).T
@@ -70,6 +63,7 @@ def pretrain_adaptor(fmri_paths: list[str], feature_paths: list[str], teacher_di
              sorted(heldout) or "none")
 
     bold = {s: torch.from_numpy(data[s]["train"][0]) for s in subjects}
+    unlabelled = torch.cat([bold[s] for s in sorted(heldout)]) if heldout else None
     model = BrainAligner(grid, params, qformer)
     weights, batch_size = params["loss"], params["train"]["batch_size"]
     domain_loss = mmd if params["domain_method"] == "mmd" else coral
@@ -90,10 +84,9 @@ def pretrain_adaptor(fmri_paths: list[str], feature_paths: list[str], teacher_di
             "token_mse": ((brain - video.repeat(len(labelled), 1, 1)) ** 2).mean(),
             "cross_subject": cross_subject(pooled.view(len(labelled), batch_size, -1)),
         }
-        if heldout and weights["domain"] > 0:
-            target = torch.cat([bold[s] for s in sorted(heldout)])
-            idx = torch.randint(len(target), (batch_size,), generator=generator)
-            terms["domain"] = domain_loss(pooled, model(target[idx]).mean(1))
+        if unlabelled is not None and weights["domain"] > 0:
+            idx = torch.randint(len(unlabelled), (batch_size,), generator=generator)
+            terms["domain"] = domain_loss(pooled, model(unlabelled[idx]).mean(1))
         loss = sum(weights[name] * value for name, value in terms.items())
         return loss, {name: value.item() for name, value in terms.items()}
 
@@ -114,7 +107,7 @@ def write_latents(model: BrainAligner, qformer: VideoQFormer, features: dict[str
         with atomic_h5(path, "align", params) as f:
             for split in SPLITS:
                 bold, keys = data[subject][split]
-                tokens = encode(model, bold)
+                tokens = model.encode(torch.from_numpy(bold))
                 group = f.create_group(split)
                 group.create_dataset("tokens", data=tokens.numpy().astype(np.float16))
                 write_keys(group, [k[0] for k in keys], [k[1] for k in keys])

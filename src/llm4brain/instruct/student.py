@@ -37,9 +37,9 @@ class FmriStudent(nn.Module):
         """(B, X, Y, Z) volumes through the aligner, or (B, Q, H) tokens as they are."""
         return self.aligner(inputs) if self.aligner is not None else inputs
 
-    @torch.inference_mode()
-    def encode(self, inputs: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
-        return torch.cat([self.tokens(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)])
+    def encode(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Tokens for decoding: volumes through the aligner in batches, or the given tokens."""
+        return self.aligner.encode(inputs) if self.aligner is not None else inputs
 
 
 def read_inputs(kind: str, fmri_path: str, latent_path: str, split: str) -> tuple[torch.Tensor, list[tuple[str, int]]]:

@@ -73,11 +73,10 @@ def instruct_llm(fmri_paths: list[str], latent_paths: list[str], align_dir: str,
         student.train()
         idx = torch.randint(len(keys), (batch_size,), generator=generator)
         batch_texts = [texts[i] for i in idx.tolist()]
-        lm, logits, mask = student.captioner.caption_loss(student.tokens(inputs[idx]), batch_texts)
+        lm, logits, ids, mask = student.captioner.caption_loss(student.tokens(inputs[idx]), batch_texts)
         terms = {"lm": lm.item()}
         loss = lm
         if weight > 0:
-            ids = student.captioner.encode_captions(batch_texts)[0]
             with torch.no_grad():
                 teacher_logits = teacher.caption_logits(video[clip_of[idx]], ids, mask)
             kd = distillation(logits, teacher_logits, mask, temperature)

@@ -125,13 +125,15 @@ class Captioner(nn.Module):
         p = prompt.shape[1]
         return logits[:, p - 1 : p - 1 + ids.shape[1]]
 
-    def caption_loss(self, tokens: torch.Tensor, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Mean cross-entropy over caption tokens; also returns the logits and mask for distillation."""
+    def caption_loss(self, tokens: torch.Tensor,
+                     captions: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Mean cross-entropy over caption tokens; also returns the logits, caption ids and mask, which
+        distillation reuses."""
         ids, mask = self.encode_captions(captions)
         logits = self.caption_logits(tokens, ids, mask)
         labels = ids.masked_fill(mask == 0, IGNORE)
         loss = nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
-        return loss, logits, mask
+        return loss, logits, ids, mask
 
     @torch.inference_mode()
     def generate(self, tokens: torch.Tensor, max_new_tokens: int, num_beams: int = 1,

@@ -59,7 +59,7 @@ def train_video_llm(feature_paths: list[str], captions_path: str, out_dir: str |
 
     def loss_fn(step: int) -> tuple[torch.Tensor, dict[str, float]]:
         idx = torch.randint(n, (batch_size,), generator=generator)
-        loss, _, _ = captioner.caption_loss(qformer(clips[idx]), [texts[i] for i in idx.tolist()])
+        loss, *_ = captioner.caption_loss(qformer(clips[idx]), [texts[i] for i in idx.tolist()])
         return loss, {}
 
     with atomic_path(out_dir) as tmp:
