@@ -65,8 +65,8 @@ CODE = {
     "text": code_hash(*CORE, "text"),
     "video_llm": code_hash(*CORE, "models", "training.py", "video_llm"),
     "align": code_hash(*CORE, "models", "training.py", "align"),
-    "instruct": code_hash(*CORE, "models", "training.py", "instruct"),
-    "evaluate": code_hash(*CORE, "models", "evaluate"),
+    "instruct": code_hash(*CORE, "models", "training.py", "align/model.py", "instruct"),
+    "evaluate": code_hash(*CORE, "models", "align/model.py", "instruct/student.py", "evaluate"),
 }
 
 
