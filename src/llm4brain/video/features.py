@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from tqdm import tqdm
@@ -38,17 +38,14 @@ def input_config(model: "torch.nn.Module") -> dict[str, Any]:
     return data_config
 
 
-def preprocess(frames: "torch.Tensor", data_config: dict[str, Any]) -> "torch.Tensor":
-    """uint8 (N, H, W, 3) → float (N, 3, h, w) resized and normalised as the model's pretrained_cfg says."""
-    import torch
-    import torch.nn.functional as F
+def transform(data_config: dict[str, Any]) -> "Callable[[torch.Tensor], torch.Tensor]":
+    """The model's own evaluation preprocessing (timm: resize, centre crop by ``crop_pct``, normalise).
 
-    x = frames.permute(0, 3, 1, 2).float() / 255.0
-    x = F.interpolate(x, size=tuple(data_config["input_size"][1:]), mode="bilinear", antialias=True,
-                      align_corners=False)
-    mean = torch.tensor(data_config["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(data_config["std"]).view(1, 3, 1, 1)
-    return (x - mean) / std
+    timm's transforms accept batched float tensors, so frames go through them without PIL round trips."""
+    import timm
+
+    pipeline = timm.data.create_transform(**data_config, is_training=False)
+    return lambda frames: pipeline(frames.permute(0, 3, 1, 2).float() / 255.0)
 
 
 def cache_features(frames_path: str | Path, out_path: str | Path, params: dict[str, Any], seed: int) -> None:
@@ -59,6 +56,7 @@ def cache_features(frames_path: str | Path, out_path: str | Path, params: dict[s
     device = select_device(params["device"])
     model = build_vision_model(params, seed).to(device)
     data_config = input_config(model)
+    prepare = transform(data_config)
     with open_artifact(frames_path, "frames", ("frames", "tr")) as src:
         frames = src["frames"][:]
         trs = src["tr"][:]
@@ -69,7 +67,7 @@ def cache_features(frames_path: str | Path, out_path: str | Path, params: dict[s
     outputs = []
     with torch.inference_mode():
         for start in tqdm(range(0, len(flat), params["batch_size"]), desc=f"{segment} features", mininterval=1.0):
-            x = preprocess(flat[start : start + params["batch_size"]], data_config).to(device)
+            x = prepare(flat[start : start + params["batch_size"]]).to(device)
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 outputs.append(model.forward_features(x).float().cpu())
     tokens = torch.cat(outputs).numpy().astype(np.float16)
@@ -79,5 +77,6 @@ def cache_features(frames_path: str | Path, out_path: str | Path, params: dict[s
         f.create_dataset("tr", data=trs)
         set_attrs(f, {"segment": segment, "model": params["model"]["name"],
                       "weights": params["model"]["weights"] or "random-init",
-                      "input_size": list(data_config["input_size"])})
+                      "input_size": list(data_config["input_size"]), "crop_pct": data_config["crop_pct"],
+                      "interpolation": data_config["interpolation"]})
     LOG.info("%s: tokens %s", segment, tokens.shape)

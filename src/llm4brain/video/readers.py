@@ -1,0 +1,189 @@
+"""Which decoder reads a stimulus file frame-exactly, and reading chosen frames with it.
+
+decord's random access is exact only for H.264/H.265 in MP4/MOV/MKV; on MPEG-4 Part 2 with B-frames, or
+any codec in AVI, it returns neighbouring frames. Every file is therefore probed first (packets only, no
+decoding) and read by the fastest reader that is exact for it:
+
+- ``decord``: H.264/H.265 in MP4/MOV/Matroska;
+- ``pyav-seek``: every other file whose packets carry unique timestamps: seek to the keyframe before a
+  wanted frame, decode forward, match frames by timestamp;
+- ``pyav-sequential``: packets without usable timestamps (packed B-frames in AVI): decode every frame in
+  order and count; frame ``i`` starts at ``i / average_rate``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+READERS = ("decord", "pyav-seek", "pyav-sequential")
+DECORD_CODECS = {"h264", "hevc"}
+DECORD_CONTAINERS = {"mov", "mp4", "matroska"}
+
+
+class VideoError(ValueError):
+    """A stimulus file cannot be used; the message names the file."""
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """What the container says about the video stream, from its packets alone."""
+
+    path: Path
+    codec: str
+    container: str
+    starts: np.ndarray  # (n,) presentation start of each frame, seconds from the first frame, increasing
+    end: float  # end of the last frame, seconds
+    pts: np.ndarray | None  # (n,) sorted presentation timestamps in stream time base; None if unusable
+    time_base: float  # seconds per timestamp tick
+    keyframes: np.ndarray  # indices (presentation order) of frames a decoder can start from
+    reader: str
+
+    @property
+    def n_frames(self) -> int:
+        return len(self.starts)
+
+    @property
+    def variable_rate(self) -> bool:
+        durations = np.diff(np.append(self.starts, self.end))
+        return bool(np.ptp(durations) > 1.5 * self.time_base)  # beyond timestamp rounding
+
+
+def choose_reader(codec: str, container: str, pts: list[int | None]) -> str:
+    """The fastest exact reader for a stream (see module docstring)."""
+    if any(p is None for p in pts) or len(set(pts)) != len(pts):
+        return "pyav-sequential"
+    if codec in DECORD_CODECS and set(container.split(",")) & DECORD_CONTAINERS:
+        return "decord"
+    return "pyav-seek"
+
+
+def _open(path: Path) -> "av.container.InputContainer":
+    import av
+
+    try:
+        container = av.open(str(path))
+    except (av.error.FFmpegError, OSError) as err:
+        raise VideoError(f"{path}: cannot open video ({err})") from err
+    if not container.streams.video:
+        container.close()
+        raise VideoError(f"{path}: no video stream")
+    return container
+
+
+def probe(path: str | Path, reader: str = "auto") -> StreamInfo:
+    """Demux every packet of the first video stream (no decoding) and choose the reader."""
+    import av
+
+    path = Path(path)
+    with _open(path) as container:
+        stream = container.streams.video[0]
+        try:
+            packets = [(p.pts, p.duration, p.is_keyframe) for p in container.demux(stream) if p.size]
+        except av.error.FFmpegError as err:
+            raise VideoError(f"{path}: cannot read packets ({err})") from err
+        codec, fmt = stream.codec_context.name, container.format.name
+        declared, rate, time_base = stream.frames, stream.average_rate or stream.guessed_rate, stream.time_base
+    if not packets:
+        raise VideoError(f"{path}: no video frames")
+    pts = [p for p, _, _ in packets]
+    chosen = choose_reader(codec, fmt, pts) if reader == "auto" else reader
+    if chosen == "pyav-sequential":
+        if not rate:
+            raise VideoError(f"{path}: timestamps are unusable and the stream declares no frame rate")
+        n = declared or len(packets)
+        starts = np.arange(n) / float(rate)
+        return StreamInfo(path, codec, fmt, starts, n / float(rate), None, 1 / float(rate), np.array([0]), chosen)
+    if any(p is None for p in pts):
+        raise VideoError(f"{path}: packets without timestamps; only reader pyav-sequential can read it")
+    if declared and declared != len(packets):
+        raise VideoError(f"{path}: container declares {declared} frames but holds {len(packets)}")
+    order = np.argsort(pts, kind="stable")
+    sorted_pts = np.asarray(pts, dtype=np.int64)[order]
+    if np.any(np.diff(sorted_pts) <= 0):
+        raise VideoError(f"{path}: two frames share a timestamp; only reader pyav-sequential can read it")
+    tb = float(time_base)
+    starts = (sorted_pts - sorted_pts[0]) * tb
+    last = (packets[order[-1]][1] or 0) * tb
+    if last <= 0:  # some muxers leave packet durations empty
+        last = float(np.median(np.diff(starts))) if len(starts) > 1 else 1 / float(rate or 1)
+    keyframes = np.flatnonzero(np.array([k for _, _, k in packets])[order])
+    return StreamInfo(path, codec, fmt, starts, float(starts[-1] + last), sorted_pts, tb,
+                      keyframes if keyframes.size else np.array([0]), chosen)
+
+
+def read_frames(info: StreamInfo, indices: np.ndarray) -> np.ndarray:
+    """RGB frames (len(indices), H, W, 3) uint8 at the given presentation indices, in the given order."""
+    wanted = np.unique(indices)
+    if wanted.size and (wanted[0] < 0 or wanted[-1] >= info.n_frames):
+        raise VideoError(f"{info.path}: frame {int(wanted[-1])} requested but the file has {info.n_frames}")
+    read = {"decord": _read_decord, "pyav-seek": _read_seek, "pyav-sequential": _read_sequential}[info.reader]
+    frames = read(info, wanted)
+    lookup = {int(i): k for k, i in enumerate(wanted)}
+    return frames[[lookup[int(i)] for i in np.ravel(indices)]].reshape(np.shape(indices) + frames.shape[1:])
+
+
+def _read_decord(info: StreamInfo, wanted: np.ndarray) -> np.ndarray:
+    import decord
+
+    try:
+        reader = decord.VideoReader(str(info.path), ctx=decord.cpu(0), num_threads=1)
+        if len(reader) != info.n_frames:
+            raise VideoError(f"{info.path}: decord counts {len(reader)} frames, the container {info.n_frames}")
+        return reader.get_batch(wanted.tolist()).asnumpy()
+    except decord.DECORDError as err:
+        raise VideoError(f"{info.path}: decoding failed ({err})") from err
+
+
+def _read_seek(info: StreamInfo, wanted: np.ndarray) -> np.ndarray:
+    """Seek only when a keyframe lies between the last decoded frame and the next wanted one."""
+    import av
+
+    index_of = {int(p): i for i, p in enumerate(info.pts)}
+    out: list[np.ndarray] = []
+    with _open(info.path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        frames, position = None, -1
+        try:
+            for target in wanted:
+                key = int(info.keyframes[np.searchsorted(info.keyframes, target, side="right") - 1])
+                if frames is None or key > position + 1:
+                    container.seek(int(info.pts[key]), stream=stream, backward=True, any_frame=False)
+                    frames = container.decode(stream)
+                for frame in frames:
+                    position = index_of.get(frame.pts, -2)
+                    if position == target:
+                        out.append(frame.to_ndarray(format="rgb24"))
+                        break
+                    if position == -2 or position > target:
+                        raise VideoError(f"{info.path}: seeking for frame {target} gave a frame with timestamp "
+                                         f"{frame.pts}; read it with reader pyav-sequential")
+                else:
+                    raise VideoError(f"{info.path}: stream ended before frame {target}")
+        except av.error.FFmpegError as err:
+            raise VideoError(f"{info.path}: decoding failed near frame {position + 1} ({err})") from err
+    return np.stack(out)
+
+
+def _read_sequential(info: StreamInfo, wanted: np.ndarray) -> np.ndarray:
+    """Decode every frame; the decoder's output order is presentation order."""
+    import av
+
+    keep = set(wanted.tolist())
+    out: list[np.ndarray] = []
+    count = 0
+    with _open(info.path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        try:
+            for count, frame in enumerate(container.decode(stream), start=1):
+                if count - 1 in keep:
+                    out.append(frame.to_ndarray(format="rgb24"))
+        except av.error.FFmpegError as err:
+            raise VideoError(f"{info.path}: decoding failed after frame {count} ({err})") from err
+    if count != info.n_frames:
+        raise VideoError(f"{info.path}: decoded {count} frames but the container declares {info.n_frames}")
+    return np.stack(out)
