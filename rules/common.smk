@@ -20,6 +20,8 @@ ALL_SEGMENTS = SEGMENTS["train"] + SEGMENTS["test"]
 STIMULI = Path(DATA["stimuli"] or ROOT / "stimuli")
 CAPTIONS_TSV = Path(DATA["captions"] or ROOT / "captions.tsv")
 MASK = Path(DATA["mask"] or ROOT / "roi_mask.nii.gz")
+# a local vision checkpoint is an input of cache_features: missing → DAG error naming it; replaced → rerun
+VISION_WEIGHTS = [config["video"]["model"]["weights"]] if config["video"]["model"]["weights"] else []
 PACKAGE = Path(workflow.basedir) / "src" / "llm4brain"
 
 

@@ -22,6 +22,7 @@ rule cache_features:
     """Run the frozen vision model over a segment's frames and cache its tokens (float16)."""
     input:
         "results/frames/{segment}.h5",
+        VISION_WEIGHTS,
     output:
         "results/features/{segment}.h5",
     params:

@@ -15,25 +15,31 @@ import pytest
 from llm4brain.artifacts import open_artifact
 from llm4brain.video.features import cache_features
 from llm4brain.video.frames import VideoError, extract_frames, frame_indices, sample_times
+from llm4brain.video.preprocessing import data_config, geometric
 from llm4brain.video.readers import choose_reader, probe, read_frames
 
-BITS, BLOCK = 7, 8
-VIDEO = {"frames_per_tr": 4, "reader": "auto", "batch_size": 16, "device": "cpu",
+GRID, BLOCK = 4, 16  # a 4 x 4 grid of 16-pixel blocks: 16 bits per frame
+VIDEO = {"frames_per_tr": 4, "reader": "auto", "crop_pct": 1.0, "batch_size": 16, "device": "cpu",
          "model": {"name": "vit_tiny_patch16_224", "weights": None,
-                   "kwargs": {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}}}
+                   "kwargs": {"img_size": 64, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}}}
 
 
 def coded_frame(index: int) -> np.ndarray:
     """A frame whose blocks spell ``index`` in binary (white = 1); survives lossy compression."""
-    frame = np.zeros((BLOCK * 2, BLOCK * BITS, 3), np.uint8)
-    for bit in range(BITS):
+    frame = np.zeros((GRID * BLOCK, GRID * BLOCK, 3), np.uint8)
+    for bit in range(GRID * GRID):
         if index >> bit & 1:
-            frame[:, bit * BLOCK : (bit + 1) * BLOCK] = 255
+            row, col = divmod(bit, GRID)
+            frame[row * BLOCK : (row + 1) * BLOCK, col * BLOCK : (col + 1) * BLOCK] = 255
     return frame
 
 
 def read_code(frame: np.ndarray) -> int:
-    return sum(1 << bit for bit in range(BITS) if frame[:, bit * BLOCK : (bit + 1) * BLOCK].mean() > 127)
+    """Inverse of ``coded_frame``, reading the centre of each block (robust to resizing)."""
+    h, w = frame.shape[0] / GRID, frame.shape[1] / GRID
+    bits = [frame[int((r + 0.3) * h) : int((r + 0.7) * h), int((c + 0.3) * w) : int((c + 0.7) * w)].mean() > 127
+            for r in range(GRID) for c in range(GRID)]
+    return sum(1 << bit for bit, on in enumerate(bits) if on)
 
 
 def write_coded(path: Path, n_frames: int, fps: int, codec: str = "libx264", vfr: bool = False,
@@ -45,7 +51,8 @@ def write_coded(path: Path, n_frames: int, fps: int, codec: str = "libx264", vfr
     starts, t = [], 0
     with av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=fps)
-        stream.width, stream.height, stream.pix_fmt = BLOCK * BITS, BLOCK * 2, "yuv420p"
+        stream.width = stream.height = GRID * BLOCK
+        stream.pix_fmt = "yuv420p"
         stream.options = options
         if vfr:
             stream.codec_context.time_base = Fraction(1, 1000)
@@ -85,8 +92,8 @@ def test_extract_frames_is_exact(tmp_path):
 
 
 CODECS = [("x264.mp4", "libx264", False, "decord"), ("x264.mkv", "libx264", False, "decord"),
-          ("mpeg4.mp4", "mpeg4", False, "pyav-seek"), ("mpeg4.avi", "mpeg4", False, "pyav-seek"),
-          ("h264.avi", "libx264", False, "pyav-seek"), ("vfr.mp4", "libx264", True, "decord"),
+          ("mpeg4.mp4", "mpeg4", False, "pyav-seek"), ("mpeg4.avi", "mpeg4", False, "pyav-sequential"),
+          ("h264.avi", "libx264", False, "pyav-sequential"), ("vfr.mp4", "libx264", True, "decord"),
           ("vfr.mkv", "mpeg4", True, "pyav-seek")]
 
 
@@ -107,7 +114,7 @@ def test_extraction_is_frame_exact_for_every_codec(tmp_path, name, codec, vfr, r
 
 @pytest.mark.parametrize("reader", ["pyav-seek", "pyav-sequential"])
 def test_every_reader_returns_the_requested_frames_in_any_order(tmp_path, reader):
-    video = tmp_path / "mpeg4.avi"
+    video = tmp_path / "mpeg4.mp4"
     write_coded(video, n_frames=80, fps=8, codec="mpeg4", gop=6)
     info = probe(video, reader)
     wanted = np.array([[70, 3], [3, 41], [79, 0], [12, 13]])  # backwards, repeated, across keyframes
@@ -118,9 +125,10 @@ def test_reader_choice():
     assert choose_reader("h264", "mov,mp4,m4a,3gp,3g2,mj2", [0, 2, 1]) == "decord"
     assert choose_reader("hevc", "matroska,webm", [0, 1]) == "decord"
     assert choose_reader("mpeg4", "mov,mp4,m4a,3gp,3g2,mj2", [0, 2, 1]) == "pyav-seek"
-    assert choose_reader("h264", "avi", [0, 1]) == "pyav-seek"
-    assert choose_reader("mpeg4", "avi", [0, None, 1]) == "pyav-sequential"  # packed B-frames
-    assert choose_reader("mpeg4", "avi", [0, 1, 1]) == "pyav-sequential"
+    assert choose_reader("vp9", "matroska,webm", [0, 1]) == "pyav-seek"
+    assert choose_reader("h264", "avi", [0, 1]) == "pyav-sequential"
+    assert choose_reader("mpeg4", "mov,mp4,m4a,3gp,3g2,mj2", [0, None, 1]) == "pyav-sequential"
+    assert choose_reader("mpeg4", "matroska,webm", [0, 1, 1]) == "pyav-sequential"
 
 
 def test_truncated_video_names_file(tmp_path):
@@ -157,7 +165,7 @@ def test_cache_features_shape_and_determinism(tmp_path):
     cache_features(tmp_path / "frames.h5", tmp_path / "b.h5", VIDEO, seed=3)
     with open_artifact(tmp_path / "a.h5", "features", ("tokens",)) as a, open_artifact(tmp_path / "b.h5", "features") as b:
         tokens = a["tokens"][:]
-        assert tokens.dtype == np.float16 and tokens.shape == (2, 4, 1 + 16, 32)  # cls + (32/8)² patches
+        assert tokens.dtype == np.float16 and tokens.shape == (2, 4, 1 + 64, 32)  # cls + (64/8)² patches
         np.testing.assert_array_equal(tokens, b["tokens"][:])
         assert a.attrs["model"] == "vit_tiny_patch16_224"
 
@@ -184,5 +192,22 @@ def test_real_h264_matches_a_sequential_decode(real_mp4s, tmp_path):
         with open_artifact(out, "frames", ("frames", "frame_index")) as f:
             frames, indices = f["frames"][:], f["frame_index"][:]
             assert f.attrs["reader"] == "decord" and f.attrs["codec"] == "h264"
-        sequential = read_frames(probe(video, "pyav-sequential"), indices)
+        sequential = read_frames(probe(video, "pyav-sequential"), indices, geometric(data_config(VIDEO)))
         np.testing.assert_array_equal(frames, sequential, err_msg=video.name)
+
+
+def test_local_weights_file_is_loaded(tmp_path):
+    """A real checkpoint comes from a local safetensors file (timm ``pretrained_cfg_overlay``), never a hub."""
+    import torch
+    from safetensors.torch import save_file
+
+    from llm4brain.video.features import build_vision_model
+
+    trained = build_vision_model(VIDEO, seed=1)
+    save_file(trained.state_dict(), tmp_path / "vit.safetensors")
+    local = {**VIDEO, "model": {**VIDEO["model"], "weights": str(tmp_path / "vit.safetensors")}}
+    loaded = build_vision_model(local, seed=2)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded.forward_features(x), trained.forward_features(x), rtol=0, atol=0)
+        assert not torch.equal(build_vision_model(VIDEO, seed=2).forward_features(x), trained.forward_features(x))

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
 from llm4brain.artifacts import atomic_h5, open_artifact, set_attrs
 from llm4brain.runtime import LOG, autocast_dtype, select_device
+from llm4brain.video.preprocessing import data_config, model_spec, photometric
 
 
 def build_vision_model(params: dict[str, Any], seed: int) -> "torch.nn.Module":
@@ -17,35 +18,9 @@ def build_vision_model(params: dict[str, Any], seed: int) -> "torch.nn.Module":
     import timm
     import torch
 
-    spec = params["model"]
+    name, kwargs = model_spec(params)
     torch.manual_seed(seed)  # every segment's job must build the same random network
-    if spec["weights"]:
-        model = timm.create_model(spec["name"], pretrained=True, num_classes=0,
-                                  pretrained_cfg_overlay={"file": spec["weights"]}, **spec["kwargs"])
-    else:
-        model = timm.create_model(spec["name"], pretrained=False, num_classes=0, **spec["kwargs"])
-    return model.eval()
-
-
-def input_config(model: "torch.nn.Module") -> dict[str, Any]:
-    """The model's preprocessing (timm ``pretrained_cfg``), with the input size it was actually built for."""
-    import timm
-
-    data_config = timm.data.resolve_data_config({}, model=model)
-    img_size = getattr(getattr(model, "patch_embed", None), "img_size", None)
-    if img_size is not None and tuple(data_config["input_size"][1:]) != tuple(img_size):
-        data_config["input_size"] = (3, *img_size)
-    return data_config
-
-
-def transform(data_config: dict[str, Any]) -> "Callable[[torch.Tensor], torch.Tensor]":
-    """The model's own evaluation preprocessing (timm: resize, centre crop by ``crop_pct``, normalise).
-
-    timm's transforms accept batched float tensors, so frames go through them without PIL round trips."""
-    import timm
-
-    pipeline = timm.data.create_transform(**data_config, is_training=False)
-    return lambda frames: pipeline(frames.permute(0, 3, 1, 2).float() / 255.0)
+    return timm.create_model(name, pretrained=bool(params["model"]["weights"]), **kwargs).eval()
 
 
 def cache_features(frames_path: str | Path, out_path: str | Path, params: dict[str, Any], seed: int) -> None:
@@ -55,12 +30,15 @@ def cache_features(frames_path: str | Path, out_path: str | Path, params: dict[s
     torch.set_num_threads(1)
     device = select_device(params["device"])
     model = build_vision_model(params, seed).to(device)
-    data_config = input_config(model)
-    prepare = transform(data_config)
+    config = data_config(params)
+    prepare = photometric(config)
     with open_artifact(frames_path, "frames", ("frames", "tr")) as src:
         frames = src["frames"][:]
         trs = src["tr"][:]
         segment = src.attrs["segment"]
+    if tuple(frames.shape[2:4]) != tuple(config["input_size"][1:]):
+        raise ValueError(f"{frames_path}: frames are {frames.shape[2]}x{frames.shape[3]}, the model takes "
+                         f"{config['input_size'][1]}x{config['input_size'][2]}; rerun extract_frames")
     n_tr, n_f = frames.shape[:2]
     flat = torch.from_numpy(frames.reshape((n_tr * n_f,) + frames.shape[2:]))
     dtype = autocast_dtype(device)
@@ -77,6 +55,5 @@ def cache_features(frames_path: str | Path, out_path: str | Path, params: dict[s
         f.create_dataset("tr", data=trs)
         set_attrs(f, {"segment": segment, "model": params["model"]["name"],
                       "weights": params["model"]["weights"] or "random-init",
-                      "input_size": list(data_config["input_size"]), "crop_pct": data_config["crop_pct"],
-                      "interpolation": data_config["interpolation"]})
+                      "input_size": list(config["input_size"])})
     LOG.info("%s: tokens %s", segment, tokens.shape)

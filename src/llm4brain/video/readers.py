@@ -7,18 +7,21 @@ decoding) and read by the fastest reader that is exact for it:
 - ``decord``: H.264/H.265 in MP4/MOV/Matroska;
 - ``pyav-seek``: every other file whose packets carry unique timestamps: seek to the keyframe before a
   wanted frame, decode forward, match frames by timestamp;
-- ``pyav-sequential``: packets without usable timestamps (packed B-frames in AVI): decode every frame in
-  order and count; frame ``i`` starts at ``i / average_rate``.
+- ``pyav-sequential``: AVI (which stores no presentation timestamps: FFmpeg reconstructs them, wrongly
+  after a seek once B-frames reorder, and packed B-frames share one packet) and any file whose packets
+  lack unique timestamps: decode every frame in order and count; frame ``i`` starts at ``i / average_rate``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 
 READERS = ("decord", "pyav-seek", "pyav-sequential")
+CHUNK = 32  # frames decoded at full resolution before ``prepare`` shrinks them
 DECORD_CODECS = {"h264", "hevc"}
 DECORD_CONTAINERS = {"mov", "mp4", "matroska"}
 
@@ -53,7 +56,7 @@ class StreamInfo:
 
 def choose_reader(codec: str, container: str, pts: list[int | None]) -> str:
     """The fastest exact reader for a stream (see module docstring)."""
-    if any(p is None for p in pts) or len(set(pts)) != len(pts):
+    if "avi" in container.split(",") or any(p is None for p in pts) or len(set(pts)) != len(pts):
         return "pyav-sequential"
     if codec in DECORD_CODECS and set(container.split(",")) & DECORD_CONTAINERS:
         return "decord"
@@ -114,35 +117,48 @@ def probe(path: str | Path, reader: str = "auto") -> StreamInfo:
                       keyframes if keyframes.size else np.array([0]), chosen)
 
 
-def read_frames(info: StreamInfo, indices: np.ndarray) -> np.ndarray:
-    """RGB frames (len(indices), H, W, 3) uint8 at the given presentation indices, in the given order."""
+def read_frames(info: StreamInfo, indices: np.ndarray,
+                prepare: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+    """RGB frames (*indices.shape, h, w, 3) uint8 at the given presentation indices, in the given order.
+
+    ``prepare`` maps a chunk of decoded frames (k, H, W, 3) to what is kept (e.g. resized to the vision
+    model's input), so memory holds the kept frames plus one chunk at full resolution."""
     wanted = np.unique(indices)
-    if wanted.size and (wanted[0] < 0 or wanted[-1] >= info.n_frames):
+    if wanted[0] < 0 or wanted[-1] >= info.n_frames:
         raise VideoError(f"{info.path}: frame {int(wanted[-1])} requested but the file has {info.n_frames}")
-    read = {"decord": _read_decord, "pyav-seek": _read_seek, "pyav-sequential": _read_sequential}[info.reader]
-    frames = read(info, wanted)
+    decode = {"decord": _decord, "pyav-seek": _seek, "pyav-sequential": _sequential}[info.reader]
+    prepare = prepare or (lambda chunk: chunk)
+    kept, chunk = [], []
+    for frame in decode(info, wanted):
+        chunk.append(frame)
+        if len(chunk) == CHUNK:
+            kept.append(prepare(np.stack(chunk)))
+            chunk = []
+    if chunk:
+        kept.append(prepare(np.stack(chunk)))
+    frames = np.concatenate(kept)
     lookup = {int(i): k for k, i in enumerate(wanted)}
     return frames[[lookup[int(i)] for i in np.ravel(indices)]].reshape(np.shape(indices) + frames.shape[1:])
 
 
-def _read_decord(info: StreamInfo, wanted: np.ndarray) -> np.ndarray:
+def _decord(info: StreamInfo, wanted: np.ndarray) -> Iterator[np.ndarray]:
     import decord
 
     try:
         reader = decord.VideoReader(str(info.path), ctx=decord.cpu(0), num_threads=1)
         if len(reader) != info.n_frames:
             raise VideoError(f"{info.path}: decord counts {len(reader)} frames, the container {info.n_frames}")
-        return reader.get_batch(wanted.tolist()).asnumpy()
+        for start in range(0, len(wanted), CHUNK):
+            yield from reader.get_batch(wanted[start : start + CHUNK].tolist()).asnumpy()
     except decord.DECORDError as err:
         raise VideoError(f"{info.path}: decoding failed ({err})") from err
 
 
-def _read_seek(info: StreamInfo, wanted: np.ndarray) -> np.ndarray:
+def _seek(info: StreamInfo, wanted: np.ndarray) -> Iterator[np.ndarray]:
     """Seek only when a keyframe lies between the last decoded frame and the next wanted one."""
     import av
 
     index_of = {int(p): i for i, p in enumerate(info.pts)}
-    out: list[np.ndarray] = []
     with _open(info.path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
@@ -156,7 +172,7 @@ def _read_seek(info: StreamInfo, wanted: np.ndarray) -> np.ndarray:
                 for frame in frames:
                     position = index_of.get(frame.pts, -2)
                     if position == target:
-                        out.append(frame.to_ndarray(format="rgb24"))
+                        yield frame.to_ndarray(format="rgb24")
                         break
                     if position == -2 or position > target:
                         raise VideoError(f"{info.path}: seeking for frame {target} gave a frame with timestamp "
@@ -165,15 +181,13 @@ def _read_seek(info: StreamInfo, wanted: np.ndarray) -> np.ndarray:
                     raise VideoError(f"{info.path}: stream ended before frame {target}")
         except av.error.FFmpegError as err:
             raise VideoError(f"{info.path}: decoding failed near frame {position + 1} ({err})") from err
-    return np.stack(out)
 
 
-def _read_sequential(info: StreamInfo, wanted: np.ndarray) -> np.ndarray:
+def _sequential(info: StreamInfo, wanted: np.ndarray) -> Iterator[np.ndarray]:
     """Decode every frame; the decoder's output order is presentation order."""
     import av
 
     keep = set(wanted.tolist())
-    out: list[np.ndarray] = []
     count = 0
     with _open(info.path) as container:
         stream = container.streams.video[0]
@@ -181,9 +195,8 @@ def _read_sequential(info: StreamInfo, wanted: np.ndarray) -> np.ndarray:
         try:
             for count, frame in enumerate(container.decode(stream), start=1):
                 if count - 1 in keep:
-                    out.append(frame.to_ndarray(format="rgb24"))
+                    yield frame.to_ndarray(format="rgb24")
         except av.error.FFmpegError as err:
             raise VideoError(f"{info.path}: decoding failed after frame {count} ({err})") from err
     if count != info.n_frames:
         raise VideoError(f"{info.path}: decoded {count} frames but the container declares {info.n_frames}")
-    return np.stack(out)
