@@ -1,6 +1,12 @@
+import os
+
 from snakemake.utils import min_version
 
 min_version("9.0")
+
+# HDF5 file locking fails on NFS/Lustre, where cluster jobs read and write the artifacts; every artifact is
+# written under a temporary name and renamed, so no two processes ever open one file for writing.
+os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
 
 
 configfile: "config/config.yaml"

@@ -8,18 +8,20 @@ rule pretrain_adaptor:
         model=directory("results/align/model"),
         latents=expand("results/align/{subject}.h5", subject=SUBJECTS),
         metrics=report(
-            "results/align/metrics.tsv", caption="../report/identification.rst", category="Alignment"
+            "results/align/metrics.tsv",
+            caption="../report/identification.rst",
+            category="Alignment",
         ),
-    params:
-        subjects=SUBJECTS,
-        align=section("align"),
-        seed=config["seed"],
-        code=CODE["align"],
     log:
         "logs/pretrain_adaptor.log",
     benchmark:
         "results/benchmarks/pretrain_adaptor.tsv"
     conda:
         "../envs/llm4brain.yaml"
+    params:
+        subjects=SUBJECTS,
+        align=section("align"),
+        seed=config["seed"],
+        code=CODE["align"],
     script:
         "../workflow/scripts/pretrain_adaptor.py"

@@ -8,20 +8,24 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-
 validate(config, "../config/schema.yaml")
 
 DATA = config["data"]
 ROOT = Path(DATA["root"])
 SUBJECTS = list(DATA["subjects"])
 HELDOUT = list(config["align"]["heldout"])
-SEGMENTS = {"train": list(DATA["segments"]["train"]), "test": list(DATA["segments"]["test"])}
+SEGMENTS = {
+    "train": list(DATA["segments"]["train"]),
+    "test": list(DATA["segments"]["test"]),
+}
 ALL_SEGMENTS = SEGMENTS["train"] + SEGMENTS["test"]
 STIMULI = Path(DATA["stimuli"] or ROOT / "stimuli")
 CAPTIONS_TSV = Path(DATA["captions"] or ROOT / "captions.tsv")
 MASK = Path(DATA["mask"] or ROOT / "roi_mask.nii.gz")
 # a local vision checkpoint is an input of cache_features: missing → DAG error naming it; replaced → rerun
-VISION_WEIGHTS = [config["video"]["model"]["weights"]] if config["video"]["model"]["weights"] else []
+VISION_WEIGHTS = (
+    [config["video"]["model"]["weights"]] if config["video"]["model"]["weights"] else []
+)
 PACKAGE = Path(workflow.basedir) / "src" / "llm4brain"
 
 
@@ -31,7 +35,9 @@ def _check_config():
     if unknown:
         raise ValueError(f"config align.heldout names unknown subjects {unknown}")
     if not set(SUBJECTS) - set(HELDOUT):
-        raise ValueError("config align.heldout holds out every subject: nothing left to train on")
+        raise ValueError(
+            "config align.heldout holds out every subject: nothing left to train on"
+        )
     overlap = sorted(set(SEGMENTS["train"]) & set(SEGMENTS["test"]))
     if overlap:
         raise ValueError(f"config data.segments: {overlap} are both train and test")
@@ -68,7 +74,9 @@ CODE = {
     "video_llm": code_hash(*CORE, "models", "training.py", "video_llm"),
     "align": code_hash(*CORE, "models", "training.py", "align"),
     "instruct": code_hash(*CORE, "models", "training.py", "align/model.py", "instruct"),
-    "evaluate": code_hash(*CORE, "models", "align/model.py", "instruct/student.py", "evaluate"),
+    "evaluate": code_hash(
+        *CORE, "models", "align/model.py", "instruct/student.py", "evaluate"
+    ),
 }
 
 
@@ -96,7 +104,9 @@ def subject_runs(wildcards):
         return ROOT / wildcards.subject / f"{wildcards.subject}_scans.tsv"
     bolds = sorted((ROOT / wildcards.subject).glob("**/func/*_bold.nii*"))
     if not bolds:
-        raise ValueError(f"{ROOT / wildcards.subject}: no func/*_bold.nii[.gz] files for {wildcards.subject}")
+        raise ValueError(
+            f"{ROOT / wildcards.subject}: no func/*_bold.nii[.gz] files for {wildcards.subject}"
+        )
     return bolds
 
 
@@ -118,7 +128,10 @@ def fmri_files(wildcards=None):
 
 def labelled_files(stage):
     """``results/{stage}/{subject}.h5`` of the subjects whose labels are used (the nearest-train pool)."""
-    return expand(f"results/{stage}/{{subject}}.h5", subject=[s for s in SUBJECTS if s not in HELDOUT])
+    return expand(
+        f"results/{stage}/{{subject}}.h5",
+        subject=[s for s in SUBJECTS if s not in HELDOUT],
+    )
 
 
 def video_llm_dir(wildcards=None):
@@ -129,7 +142,11 @@ def video_llm_dir(wildcards=None):
 def training_logs():
     """Each training step's output that holds its ``train_log.tsv`` (a model folder or the log itself), for
     the teacher (when trained here), align and instruct."""
-    logs = {} if config["video_llm"]["pretrained"] else {"train_video_llm": "results/video_llm"}
+    logs = (
+        {}
+        if config["video_llm"]["pretrained"]
+        else {"train_video_llm": "results/video_llm"}
+    )
     logs["pretrain_adaptor"] = "results/align/model"
     logs["instruct_llm"] = "results/instruct/train_log.tsv"
     return logs

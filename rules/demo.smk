@@ -6,7 +6,15 @@ if DATA["layout"] == "demo":
             stimuli=expand(str(STIMULI / "{segment}.mp4"), segment=ALL_SEGMENTS),
             captions=CAPTIONS_TSV,
             mask=MASK,
-            scans=expand(str(ROOT / "{subject}" / "{subject}_scans.tsv"), subject=SUBJECTS),
+            scans=expand(
+                str(ROOT / "{subject}" / "{subject}_scans.tsv"), subject=SUBJECTS
+            ),
+        log:
+            "logs/simulate_demo.log",
+        benchmark:
+            "results/benchmarks/simulate_demo.tsv"
+        conda:
+            "../envs/llm4brain.yaml"
         params:
             subjects=SUBJECTS,
             segments=SEGMENTS,
@@ -14,11 +22,5 @@ if DATA["layout"] == "demo":
             demo=section("demo"),
             seed=config["seed"],
             code=CODE["demo"],
-        log:
-            "logs/simulate_demo.log",
-        benchmark:
-            "results/benchmarks/simulate_demo.tsv"
-        conda:
-            "../envs/llm4brain.yaml"
         script:
             "../workflow/scripts/simulate_demo.py"

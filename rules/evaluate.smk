@@ -11,17 +11,17 @@ rule decode_captions:
         student="results/instruct/model",
     output:
         "results/eval/{subject}.h5",
-    params:
-        heldout=HELDOUT,
-        evaluate=section("evaluate"),
-        seed=config["seed"],
-        code=CODE["evaluate"],
     log:
         "logs/decode_captions/{subject}.log",
     benchmark:
         "results/benchmarks/decode_captions/{subject}.tsv"
     conda:
         "../envs/llm4brain.yaml"
+    params:
+        heldout=HELDOUT,
+        evaluate=section("evaluate"),
+        seed=config["seed"],
+        code=CODE["evaluate"],
     script:
         "../workflow/scripts/decode_captions.py"
 
@@ -31,21 +31,31 @@ rule score_captions:
     input:
         expand("results/eval/{subject}.h5", subject=SUBJECTS),
     output:
-        metrics=report("results/eval/metrics.tsv", caption="../report/metrics.rst", category="Evaluation"),
-        identification=report(
-            "results/eval/identification.tsv", caption="../report/identification.rst", category="Evaluation"
+        metrics=report(
+            "results/eval/metrics.tsv",
+            caption="../report/metrics.rst",
+            category="Evaluation",
         ),
-        tests=report("results/eval/tests.tsv", caption="../report/tests.rst", category="Evaluation"),
-    params:
-        heldout=HELDOUT,
-        evaluate=section("evaluate"),
-        seed=config["seed"],
-        code=CODE["evaluate"],
+        identification=report(
+            "results/eval/identification.tsv",
+            caption="../report/identification.rst",
+            category="Evaluation",
+        ),
+        tests=report(
+            "results/eval/tests.tsv",
+            caption="../report/tests.rst",
+            category="Evaluation",
+        ),
     log:
         "logs/score_captions.log",
     benchmark:
         "results/benchmarks/score_captions.tsv"
     conda:
         "../envs/llm4brain.yaml"
+    params:
+        heldout=HELDOUT,
+        evaluate=section("evaluate"),
+        seed=config["seed"],
+        code=CODE["evaluate"],
     script:
         "../workflow/scripts/score_captions.py"

@@ -5,17 +5,17 @@ rule preprocess_fmri:
         mask=MASK,
     output:
         "results/fmri/{subject}.h5",
-    params:
-        subject_dir=subject_dir,
-        segments=SEGMENTS,
-        tr=DATA["tr"],
-        fmri=section("fmri"),
-        code=CODE["fmri"],
     log:
         "logs/preprocess_fmri/{subject}.log",
     benchmark:
         "results/benchmarks/preprocess_fmri/{subject}.tsv"
     conda:
         "../envs/llm4brain.yaml"
+    params:
+        subject_dir=subject_dir,
+        segments=SEGMENTS,
+        tr=DATA["tr"],
+        fmri=section("fmri"),
+        code=CODE["fmri"],
     script:
         "../workflow/scripts/preprocess_fmri.py"

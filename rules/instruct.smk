@@ -10,17 +10,17 @@ rule instruct_llm:
     output:
         model=directory("results/instruct/model"),
         log_tsv="results/instruct/train_log.tsv",
-    params:
-        subjects=SUBJECTS,
-        heldout=HELDOUT,
-        instruct=section("instruct"),
-        seed=config["seed"],
-        code=CODE["instruct"],
     log:
         "logs/instruct_llm.log",
     benchmark:
         "results/benchmarks/instruct_llm.tsv"
     conda:
         "../envs/llm4brain.yaml"
+    params:
+        subjects=SUBJECTS,
+        heldout=HELDOUT,
+        instruct=section("instruct"),
+        seed=config["seed"],
+        code=CODE["instruct"],
     script:
         "../workflow/scripts/instruct_llm.py"

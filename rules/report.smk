@@ -5,20 +5,24 @@ rule plot_results:
         logs=list(training_logs().values()),
     output:
         scores=report(
-            "results/report/scores.png", caption="../report/scores.rst", category="Evaluation"
+            "results/report/scores.png",
+            caption="../report/scores.rst",
+            category="Evaluation",
         ),
         training=report(
-            "results/report/training.png", caption="../report/training.rst", category="Training"
+            "results/report/training.png",
+            caption="../report/training.rst",
+            category="Training",
         ),
-    params:
-        names=list(training_logs().keys()),
-        code=CODE["evaluate"],
     log:
         "logs/plot_results.log",
     benchmark:
         "results/benchmarks/plot_results.tsv"
     conda:
         "../envs/llm4brain.yaml"
+    params:
+        names=list(training_logs().keys()),
+        code=CODE["evaluate"],
     script:
         "../workflow/scripts/plot_results.py"
 
@@ -35,16 +39,16 @@ rule plot_gallery:
             category="Gallery",
             subcategory="{subject}",
         ),
-    params:
-        segments=SEGMENTS["test"],
-        tr=DATA["tr"],
-        code=CODE["evaluate"],
     log:
         "logs/plot_gallery/{subject}.log",
     benchmark:
         "results/benchmarks/plot_gallery/{subject}.tsv"
     conda:
         "../envs/llm4brain.yaml"
+    params:
+        segments=SEGMENTS["test"],
+        tr=DATA["tr"],
+        code=CODE["evaluate"],
     script:
         "../workflow/scripts/plot_gallery.py"
 
@@ -54,14 +58,18 @@ rule plot_fmri_qc:
     input:
         fmri_files(),
     output:
-        report("results/report/fmri_qc.png", caption="../report/fmri_qc.rst", category="fMRI QC"),
-    params:
-        code=CODE["evaluate"],
+        report(
+            "results/report/fmri_qc.png",
+            caption="../report/fmri_qc.rst",
+            category="fMRI QC",
+        ),
     log:
         "logs/plot_fmri_qc.log",
     benchmark:
         "results/benchmarks/plot_fmri_qc.tsv"
     conda:
         "../envs/llm4brain.yaml"
+    params:
+        code=CODE["evaluate"],
     script:
         "../workflow/scripts/plot_fmri_qc.py"

@@ -4,16 +4,16 @@ rule extract_frames:
         stimulus,
     output:
         temp("results/frames/{segment}.h5"),
-    params:
-        tr=DATA["tr"],
-        video=section("video"),
-        code=CODE["video"],
     log:
         "logs/extract_frames/{segment}.log",
     benchmark:
         "results/benchmarks/extract_frames/{segment}.tsv"
     conda:
         "../envs/llm4brain.yaml"
+    params:
+        tr=DATA["tr"],
+        video=section("video"),
+        code=CODE["video"],
     script:
         "../workflow/scripts/extract_frames.py"
 
@@ -25,16 +25,16 @@ rule cache_features:
         VISION_WEIGHTS,
     output:
         "results/features/{segment}.h5",
-    params:
-        video=section("video"),
-        seed=config["seed"],
-        code=CODE["video"],
     log:
         "logs/cache_features/{segment}.log",
     benchmark:
         "results/benchmarks/cache_features/{segment}.tsv"
     conda:
         "../envs/llm4brain.yaml"
+    params:
+        video=section("video"),
+        seed=config["seed"],
+        code=CODE["video"],
     script:
         "../workflow/scripts/cache_features.py"
 
@@ -45,15 +45,15 @@ rule reference_captions:
         CAPTIONS_TSV,
     output:
         "results/text/captions.h5",
-    params:
-        segments=ALL_SEGMENTS,
-        captions=section("captions"),
-        code=CODE["text"],
     log:
         "logs/reference_captions.log",
     benchmark:
         "results/benchmarks/reference_captions.tsv"
     conda:
         "../envs/llm4brain.yaml"
+    params:
+        segments=ALL_SEGMENTS,
+        captions=section("captions"),
+        code=CODE["text"],
     script:
         "../workflow/scripts/reference_captions.py"

@@ -7,16 +7,16 @@ if not config["video_llm"]["pretrained"]:
             captions="results/text/captions.h5",
         output:
             directory("results/video_llm"),
-        params:
-            train_segments=SEGMENTS["train"],
-            video_llm=section("video_llm"),
-            seed=config["seed"],
-            code=CODE["video_llm"],
         log:
             "logs/train_video_llm.log",
         benchmark:
             "results/benchmarks/train_video_llm.tsv"
         conda:
             "../envs/llm4brain.yaml"
+        params:
+            train_segments=SEGMENTS["train"],
+            video_llm=section("video_llm"),
+            seed=config["seed"],
+            code=CODE["video_llm"],
         script:
             "../workflow/scripts/train_video_llm.py"

@@ -166,3 +166,60 @@ def test_same_seed_same_metrics(micro, tmp_path):
     snakemake(again)
     first = (micro / "results/eval/metrics.tsv").read_text()
     assert (again / "results/eval/metrics.tsv").read_text() == first
+
+
+GPU_RULES = {"cache_features", "train_video_llm", "pretrain_adaptor", "instruct_llm", "decode_captions"}
+
+
+def site_profile(workdir: Path) -> Path:
+    """profiles/slurm adapted to the one-node test cluster as the README tells a site to: memory and CPUs
+    per GPU that fit the node; everything else (executor, status command, GPUs, retries, env) as shipped."""
+    profile = yaml.safe_load((workdir / "profiles" / "slurm" / "config.yaml").read_text())
+    profile["default-resources"]["mem_mb"] = "1000 * attempt"
+    for resources in profile["set-resources"].values():
+        resources.update({"mem_mb": "1000 * attempt"}, **({"cpus_per_gpu": 1} if "gpu" in resources else {}))
+    site = workdir / "profiles" / "site"
+    site.mkdir()
+    (site / "config.yaml").write_text(yaml.safe_dump(profile))
+    return site
+
+
+def assert_same_artifacts(ours: Path, theirs: Path) -> None:
+    """Every HDF5 artifact and TSV table under results/ (benchmarks aside) equal, dataset by dataset."""
+    files = sorted(p.relative_to(theirs) for p in theirs.rglob("results/**/*") if p.suffix in {".h5", ".tsv"}
+                   and "benchmarks" not in p.parts)
+    assert files
+    for name in files:
+        if name.suffix == ".tsv":
+            assert (ours / name).read_bytes() == (theirs / name).read_bytes(), name
+            continue
+        with h5py.File(ours / name) as a, h5py.File(theirs / name) as b:
+            keys: list[str] = []
+            b.visit(lambda key: keys.append(key) if isinstance(b[key], h5py.Dataset) else None)
+            for key in keys:
+                assert a[key].dtype == b[key].dtype and (a[key][()] == b[key][()]).all(), f"{name}:{key}"
+
+
+@pytest.mark.slurm
+def test_slurm_profile_runs_every_job_on_slurm(micro, tmp_path):
+    from local_slurm import local_slurm
+
+    workdir = make_copy(tmp_path / "workflow")
+    profile = site_profile(workdir)
+    with local_slurm(tmp_path / "slurm"):
+        run = subprocess.run(["timeout", "-k", "10", "840", sys.executable, "-m", "snakemake",
+                              "--workflow-profile", str(profile)], cwd=workdir, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-6000:]
+    logs = {p: p.read_text() for p in (workdir / "logs").rglob("*.log") if "slurm" not in p.parts}
+    assert len(logs) == len(list((micro / "logs").rglob("*.log")))
+    for path, text in logs.items():
+        rule = path.relative_to(workdir / "logs").parts[0].removesuffix(".log")
+        assert "SLURM_JOB_ID=" in text and "HDF5_USE_FILE_LOCKING=FALSE" in text, path
+        assert ("CUDA_VISIBLE_DEVICES=unset" not in text) == (rule in GPU_RULES), path
+    assert_same_artifacts(workdir, micro)
+
+
+def test_snakemake_files_are_snakefmt_formatted():
+    check = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "Snakefile", "rules"], cwd=REPO,
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr

@@ -26,6 +26,10 @@ def setup_logging(log_file: str | os.PathLike | None = None) -> logging.Logger:
         handler.setFormatter(fmt)
         LOG.addHandler(handler)
     sys.excepthook = _log_uncaught
+    if "SLURM_JOB_ID" in os.environ:  # where a cluster job ran, for the user chasing a failure
+        LOG.info("SLURM_JOB_ID=%s node=%s CUDA_VISIBLE_DEVICES=%s HDF5_USE_FILE_LOCKING=%s",
+                 *(os.environ.get(k, "unset") for k in ("SLURM_JOB_ID", "SLURMD_NODENAME", "CUDA_VISIBLE_DEVICES",
+                                                         "HDF5_USE_FILE_LOCKING")))
     return LOG
 
 
