@@ -1,5 +1,6 @@
 from llm4brain.instruct.train import instruct_llm
 from llm4brain.runtime import setup_logging
+from llm4brain.training import Checkpoint
 
 setup_logging(snakemake.log[0])
 p = snakemake.params
@@ -16,4 +17,5 @@ instruct_llm(
     p.heldout,
     p.instruct,
     p.seed,
+    Checkpoint.for_job(snakemake.rule, list(snakemake.input), dict(snakemake.params.items())),
 )

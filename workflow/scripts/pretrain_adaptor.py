@@ -1,5 +1,6 @@
 from llm4brain.align.train import pretrain_adaptor
 from llm4brain.runtime import setup_logging
+from llm4brain.training import Checkpoint
 
 setup_logging(snakemake.log[0])
 p = snakemake.params
@@ -13,4 +14,5 @@ pretrain_adaptor(
     p.subjects,
     p.align,
     p.seed,
+    Checkpoint.for_job(snakemake.rule, list(snakemake.input), dict(snakemake.params.items())),
 )

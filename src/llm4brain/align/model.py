@@ -9,12 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from llm4brain.models.adaptors import add_adaptors
 from llm4brain.models.fmri_encoder import FmriEncoder
 from llm4brain.models.video_llm import VideoQFormer
+from llm4brain.models.weights import load_weights
 
 QFORMER_ADAPTOR_SITES = ("attention.output.dense", "output_query.dense")
 
@@ -58,5 +59,5 @@ def load_aligner(directory: str | Path, video_qformer: VideoQFormer) -> BrainAli
     directory = Path(directory)
     config = json.loads((directory / "config.json").read_text())
     model = BrainAligner(tuple(config["grid"]), config["align"], video_qformer)
-    model.load_state_dict(load_file(directory / "aligner.safetensors"))
+    load_weights(model, directory / "aligner.safetensors")
     return model.eval()

@@ -18,7 +18,7 @@ from llm4brain.align.model import BrainAligner, save_aligner
 from llm4brain.artifacts import ArtifactError, atomic_h5, atomic_path, read_features, read_split, set_attrs, write_keys
 from llm4brain.models.video_llm import VideoQFormer, encode_clips, load_teacher
 from llm4brain.runtime import LOG, seed_everything
-from llm4brain.training import fit
+from llm4brain.training import Checkpoint, fit
 
 SPLITS = ("train", "test")
 
@@ -37,7 +37,7 @@ def identification(brain: torch.Tensor, video: torch.Tensor, targets: np.ndarray
 
 def pretrain_adaptor(fmri_paths: list[str], feature_paths: list[str], teacher_dir: str, model_dir: str,
                      latent_paths: list[str], metrics_path: str, subjects: list[str], params: dict[str, Any],
-                     seed: int) -> None:
+                     seed: int, checkpoint: Checkpoint | None = None) -> None:
     """Train on labelled subjects (+ unlabelled held-out fMRI) and write model, latents and metrics."""
     seed_everything(seed + 20, params["train"]["threads"])
     qformer, _, _ = load_teacher(teacher_dir)
@@ -92,7 +92,8 @@ def pretrain_adaptor(fmri_paths: list[str], feature_paths: list[str], teacher_di
 
     with atomic_path(model_dir) as tmp_model:
         tmp_model.mkdir(parents=True)
-        fit(model.parameters(), loss_fn, params["train"], "pretrain_adaptor", tmp_model / "train_log.tsv")
+        fit(model.parameters(), loss_fn, params["train"], "pretrain_adaptor", tmp_model / "train_log.tsv",
+            checkpoint=checkpoint, generators=[generator])
         save_aligner(tmp_model, model, grid, params, teacher_dir)
         metrics = write_latents(model, qformer, features, data, subjects, heldout, latent_paths, params)
         metrics.to_csv(metrics_path, sep="\t", index=False, float_format="%.4f")

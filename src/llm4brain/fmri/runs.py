@@ -86,7 +86,8 @@ def load_bold(path: Path, tr: float) -> tuple[np.ndarray, nib.Nifti1Image]:
             raise InputError(f"{path}: expected a 4-D image, got shape {img.shape}")
         found = header_tr(img, path)
         if abs(found - tr) > 1e-3:
-            raise InputError(f"{path}: header TR is {found:g} s but the config says {tr:g} s")
+            hint = " (milliseconds stored as seconds? fix the header's xyzt_units)" if abs(found / 1000 - tr) < 1e-3 else ""
+            raise InputError(f"{path}: header TR is {found:g} s but the config says {tr:g} s{hint}")
         data = np.asarray(img.dataobj, dtype=np.float32)
     except InputError:
         raise

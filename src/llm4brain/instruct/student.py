@@ -13,12 +13,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from llm4brain.align.model import BrainAligner, load_aligner, save_aligner
 from llm4brain.artifacts import read_split
 from llm4brain.models.video_llm import Captioner, load_teacher
+from llm4brain.models.weights import load_weights
 
 
 class FmriStudent(nn.Module):
@@ -67,6 +68,6 @@ def load_student(directory: str | Path, teacher_dir: str | Path) -> FmriStudent:
     directory = Path(directory)
     llm_dir = directory / "llm" if (directory / "llm").is_dir() else None
     qformer, captioner, _ = load_teacher(teacher_dir, llm_dir=llm_dir)
-    captioner.projection.load_state_dict(load_file(directory / "projection.safetensors"))
+    load_weights(captioner.projection, directory / "projection.safetensors")
     aligner = load_aligner(directory / "aligner", qformer) if (directory / "aligner").is_dir() else None
     return FmriStudent(captioner, aligner).eval().requires_grad_(False)

@@ -17,7 +17,7 @@ from llm4brain.artifacts import atomic_path, read_captions, read_features
 from llm4brain.instruct.student import FmriStudent, read_inputs, save_student
 from llm4brain.models.video_llm import encode_clips, load_teacher
 from llm4brain.runtime import LOG, seed_everything
-from llm4brain.training import fit
+from llm4brain.training import Checkpoint, fit
 
 
 def distillation(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -43,7 +43,7 @@ def build_student(teacher_dir: str, align_dir: str, params: dict[str, Any]) -> F
 
 def instruct_llm(fmri_paths: list[str], latent_paths: list[str], align_dir: str, feature_paths: list[str],
                  captions_path: str, teacher_dir: str, model_dir: str, log_tsv: str, subjects: list[str],
-                 heldout: list[str], params: dict[str, Any], seed: int) -> None:
+                 heldout: list[str], params: dict[str, Any], seed: int, checkpoint: Checkpoint | None = None) -> None:
     """Train the student and save what it trained as safetensors (see ``student.save_student``)."""
     seed_everything(seed + 30, params["train"]["threads"])
     qformer, teacher, _ = load_teacher(teacher_dir)
@@ -86,5 +86,6 @@ def instruct_llm(fmri_paths: list[str], latent_paths: list[str], align_dir: str,
 
     with atomic_path(model_dir) as tmp:
         tmp.mkdir(parents=True)
-        fit(student.parameters(), loss_fn, params["train"], "instruct_llm", log_tsv)
+        fit(student.parameters(), loss_fn, params["train"], "instruct_llm", log_tsv,
+            checkpoint=checkpoint, generators=[generator])
         save_student(tmp, student.eval(), teacher_dir, align_dir, params)

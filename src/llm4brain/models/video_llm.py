@@ -14,10 +14,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from transformers import AutoModelForCausalLM, Blip2QFormerConfig, Blip2QFormerModel, LlamaConfig, LlamaForCausalLM
 from transformers import PreTrainedTokenizerFast
+
+from llm4brain.models.weights import load_weights
 
 IGNORE = -100
 
@@ -181,12 +183,12 @@ def load_teacher(directory: str | Path, device: torch.device | str = "cpu",
         raise FileNotFoundError(f"{directory}: not a video LLM directory (no config.json)")
     settings = json.loads(config_path.read_text())
     qformer = VideoQFormer(Blip2QFormerConfig(**settings["qformer"]), settings["num_frames"], settings["num_queries"])
-    qformer.load_state_dict(load_file(directory / "video_qformer.safetensors"))
+    load_weights(qformer, directory / "video_qformer.safetensors")
     tokenizer = PreTrainedTokenizerFast.from_pretrained(directory / "tokenizer")
-    llm = AutoModelForCausalLM.from_pretrained(llm_dir or directory / "llm")
+    llm = AutoModelForCausalLM.from_pretrained(llm_dir or directory / "llm", use_safetensors=True)
     captioner = Captioner(llm, tokenizer, qformer.config.hidden_size, settings["template"], settings["prompt"],
                           settings["max_caption_tokens"])
-    captioner.projection.load_state_dict(load_file(directory / "projection.safetensors"))
+    load_weights(captioner.projection, directory / "projection.safetensors")
     for module in (qformer, captioner):
         module.to(device).eval().requires_grad_(False)
     return qformer, captioner, settings

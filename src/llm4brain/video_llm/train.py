@@ -17,7 +17,7 @@ from llm4brain.artifacts import atomic_path, read_captions, read_features
 from llm4brain.models.tokenizer import train_word_tokenizer
 from llm4brain.models.video_llm import Captioner, VideoQFormer, build_llm, qformer_config, save_teacher
 from llm4brain.runtime import LOG, seed_everything
-from llm4brain.training import fit
+from llm4brain.training import Checkpoint, fit
 
 
 def clip_table(features: dict[str, np.ndarray], captions: dict[tuple[str, int], str],
@@ -35,7 +35,7 @@ def clip_table(features: dict[str, np.ndarray], captions: dict[tuple[str, int], 
 
 
 def train_video_llm(feature_paths: list[str], captions_path: str, out_dir: str | Path, train_segments: list[str],
-                    params: dict[str, Any], seed: int) -> None:
+                    params: dict[str, Any], seed: int, checkpoint: Checkpoint | None = None) -> None:
     """Train and save the teacher (see ``models.video_llm`` for the directory layout)."""
     seed_everything(seed + 10, params["train"]["threads"])
     captions = read_captions(captions_path)
@@ -64,7 +64,8 @@ def train_video_llm(feature_paths: list[str], captions_path: str, out_dir: str |
 
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)
-        fit(model.parameters(), loss_fn, params["train"], "train_video_llm", tmp / "train_log.tsv")
+        fit(model.parameters(), loss_fn, params["train"], "train_video_llm", tmp / "train_log.tsv",
+            checkpoint=checkpoint, generators=[generator])
         model.eval()
         settings = {k: params[k] for k in ("template", "prompt", "max_caption_tokens")}
         save_teacher(tmp, qformer, captioner, {**settings, "train_segments": train_segments, "vision_dim": vision_dim})

@@ -1,0 +1,31 @@
+"""Loading trained weights: safetensors only, with errors that name the file.
+
+A checkpoint that is a pickle (``torch.save``) can run code when loaded, so it is refused with a message
+that says how to convert it instead of being unpickled.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from llm4brain.artifacts import ArtifactError
+
+
+def load_weights(module: torch.nn.Module, path: str | Path) -> None:
+    """Load ``path`` (safetensors) into ``module``; every key must match in name and shape."""
+    path = Path(path)
+    if not path.exists():
+        raise ArtifactError(f"{path}: weights file does not exist")
+    try:
+        state = load_file(path)
+    except (SafetensorError, OSError) as err:
+        raise ArtifactError(f"{path}: not a safetensors file ({err}); pickled checkpoints are never loaded -- "
+                            "convert with safetensors.torch.save_file(torch.load(f, weights_only=True), out)") from err
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as err:
+        raise ArtifactError(f"{path}: does not fit {type(module).__name__}: {err}") from err

@@ -1,0 +1,82 @@
+"""The shared training loop: a job killed with SIGKILL resumes from its checkpoint and ends bit-identical."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from llm4brain.training import Checkpoint
+
+TRAIN = {"steps": 30, "batch_size": 8, "lr": 3e-3, "weight_decay": 0.01, "warmup": 5, "grad_clip": 1.0,
+         "threads": 1, "checkpoint_every": 4}
+
+SCRIPT = textwrap.dedent("""
+    import os, signal, sys
+    import torch
+    from safetensors.torch import save_file
+    from llm4brain.runtime import seed_everything
+    from llm4brain.training import Checkpoint, fit
+
+    out, kill_at = sys.argv[1], int(sys.argv[2])
+    seed_everything(0, 1)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.GELU(), torch.nn.Dropout(0.3), torch.nn.Linear(16, 1))
+    x, y = torch.randn(64, 6), torch.randn(64, 1)
+    generator = torch.Generator().manual_seed(1)
+
+    def loss_fn(step):
+        if step == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)  # what a cluster does at a time limit, mid-epoch
+        idx = torch.randint(64, (8,), generator=generator)
+        return torch.nn.functional.mse_loss(model(x[idx]), y[idx]), {}
+
+    fit(model.parameters(), loss_fn, PARAMS, "toy", out + ".tsv", checkpoint=Checkpoint(CKPT, "toy-job"),
+        generators=[generator])
+    save_file(model.state_dict(), out + ".safetensors")
+""")
+
+
+def run(tmp_path: Path, out: str, kill_at: int = -1) -> int:
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT.replace("PARAMS", repr(TRAIN)).replace("CKPT", repr(str(tmp_path / "toy.pt"))))
+    return subprocess.run([sys.executable, str(script), str(tmp_path / out), str(kill_at)],
+                          capture_output=True, text=True).returncode
+
+
+def test_sigkill_then_rerun_resumes_and_ends_bit_identical(tmp_path):
+    from safetensors.torch import load_file
+
+    assert run(tmp_path, "straight") == 0
+    assert run(tmp_path, "killed", kill_at=13) == -9
+    assert (tmp_path / "toy.pt").exists() and not (tmp_path / "killed.safetensors").exists()
+    assert torch.load(tmp_path / "toy.pt", weights_only=True)["step"] == 12
+    assert run(tmp_path, "killed") == 0
+    assert not (tmp_path / "toy.pt").exists()  # a finished job leaves no state behind
+    straight, resumed = load_file(tmp_path / "straight.safetensors"), load_file(tmp_path / "killed.safetensors")
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "straight.tsv", sep="\t"),
+                                  pd.read_csv(tmp_path / "killed.tsv", sep="\t"))
+
+
+def test_state_of_another_job_is_not_resumed(tmp_path):
+    stale = Checkpoint(tmp_path / "toy.pt", "some-other-job")
+    stale.save({"step": 12})
+    assert Checkpoint(tmp_path / "toy.pt", "toy-job").load() is None
+    assert stale.load()["step"] == 12
+
+
+def test_fingerprint_follows_params_and_inputs(tmp_path):
+    data = tmp_path / "features.h5"
+    data.write_bytes(b"x")
+    base = Checkpoint.for_job("rule", [str(data)], {"steps": 5}, root=tmp_path)
+    assert base == Checkpoint.for_job("rule", [str(data)], {"steps": 5}, root=tmp_path)
+    assert base.path == tmp_path / ".resume" / "rule.pt"
+    assert base.fingerprint != Checkpoint.for_job("rule", [str(data)], {"steps": 6}, root=tmp_path).fingerprint
+    os.utime(data, ns=(1, 1))
+    assert base.fingerprint != Checkpoint.for_job("rule", [str(data)], {"steps": 5}, root=tmp_path).fingerprint
