@@ -41,6 +41,11 @@ def _check_config():
     overlap = sorted(set(SEGMENTS["train"]) & set(SEGMENTS["test"]))
     if overlap:
         raise ValueError(f"config data.segments: {overlap} are both train and test")
+    llm = config["instruct"]["llm"]
+    if llm["quantization"] != "none" and llm["tuning"] == "full":
+        raise ValueError(
+            "config instruct.llm: a quantized LLM cannot be fully fine-tuned; use tuning lora or frozen"
+        )
     if len(set(ALL_SEGMENTS)) != len(ALL_SEGMENTS):
         raise ValueError("config data.segments lists a segment twice")
 

@@ -79,10 +79,9 @@ def fit(
 
     ``loss_fn`` draws its own batch for the step from ``generators`` (seeded by the caller) and returns the
     total loss and the named terms to log. ``params`` is a ``train`` config section. With ``checkpoint``,
-    parameters, optimiser, schedule, history and every RNG (``generators`` and torch's global one, which
+    the trainable parameters, optimiser, schedule, history and every RNG (``generators`` and torch's global one, which
     dropout uses) are saved every ``params['checkpoint_every']`` steps and restored on the next call.
     """
-    parameters = list(parameters)
     trainable = [p for p in parameters if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=params["lr"], weight_decay=params["weight_decay"])
     scheduler = cosine_with_warmup(optimizer, params["warmup"], params["steps"])
@@ -91,7 +90,7 @@ def fit(
     state = checkpoint.load() if checkpoint else None
     if state is not None:
         with torch.no_grad():
-            for p, saved in zip(parameters, state["parameters"], strict=True):
+            for p, saved in zip(trainable, state["parameters"], strict=True):
                 p.copy_(saved)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -115,7 +114,7 @@ def fit(
             bar.set_postfix(loss=f"{row['loss']:.4f}")
             LOG.info("%s step %d: %s", desc, step, " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "step"))
         if checkpoint and every and (step + 1) % every == 0 and step + 1 < params["steps"]:
-            checkpoint.save({"step": step + 1, "rows": rows, "parameters": [p.detach() for p in parameters],
+            checkpoint.save({"step": step + 1, "rows": rows, "parameters": [p.detach() for p in trainable],
                              "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                              "generators": [g.get_state() for g in generators], "torch_rng": torch.get_rng_state()})
     if checkpoint:

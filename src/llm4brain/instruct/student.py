@@ -18,6 +18,7 @@ from torch import nn
 
 from llm4brain.align.model import BrainAligner, load_aligner, save_aligner
 from llm4brain.artifacts import read_split
+from llm4brain.instruct.llm_tuning import load_adapter, load_base_llm, save_tuned
 from llm4brain.models.video_llm import Captioner, load_teacher
 from llm4brain.models.weights import load_weights
 
@@ -51,11 +52,11 @@ def read_inputs(kind: str, fmri_path: str, latent_path: str, split: str) -> tupl
 
 
 def save_student(directory: Path, student: FmriStudent, teacher_dir: str, align_dir: str, params: dict[str, Any]) -> None:
-    """Save what was trained: projection, LLM (HF format) when tuned, aligner when trained end to end."""
+    """Save what was trained: projection, the LLM or its LoRA adapter (see ``llm_tuning.save_tuned``), the
+    aligner when trained end to end; config.json names the teacher and aligner it builds on."""
     captioner = student.captioner
     save_file({k: v.contiguous() for k, v in captioner.projection.state_dict().items()}, directory / "projection.safetensors")
-    if params["train_llm"]:
-        captioner.llm.save_pretrained(directory / "llm")
+    save_tuned(captioner.llm, directory, params["llm"])
     if student.aligner is not None:
         aligner_config = json.loads((Path(align_dir) / "config.json").read_text())
         save_aligner(directory / "aligner", student.aligner, aligner_config["grid"], aligner_config["align"], teacher_dir)
@@ -66,8 +67,11 @@ def save_student(directory: Path, student: FmriStudent, teacher_dir: str, align_
 def load_student(directory: str | Path, teacher_dir: str | Path) -> FmriStudent:
     """Rebuild the student on top of the teacher's files (frozen, eval mode)."""
     directory = Path(directory)
-    llm_dir = directory / "llm" if (directory / "llm").is_dir() else None
-    qformer, captioner, _ = load_teacher(teacher_dir, llm_dir=llm_dir)
+    llm = json.loads((directory / "config.json").read_text())["instruct"]["llm"]
+    qformer, captioner, _ = load_teacher(teacher_dir, llm_dir=directory / "llm" if llm["tuning"] == "full" else None)
+    if llm["quantization"] != "none":
+        captioner.llm = load_base_llm(Path(teacher_dir) / "llm", llm)
+    captioner.llm = load_adapter(captioner.llm, directory, llm)
     load_weights(captioner.projection, directory / "projection.safetensors")
     aligner = load_aligner(directory / "aligner", qformer) if (directory / "aligner").is_dir() else None
     return FmriStudent(captioner, aligner).eval().requires_grad_(False)

@@ -1,0 +1,76 @@
+"""How the student's LLM is tuned: full fine-tune (the demo's tiny Llama), LoRA through peft on a frozen
+base, or frozen; optionally loaded in 8-bit or 4-bit NF4 through bitsandbytes (``BitsAndBytesConfig``).
+
+peft and bitsandbytes take seconds to import, so they are imported here, only when a config asks for them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, PreTrainedModel
+
+ADAPTER_DIR = "llm_adapter"
+
+
+def quantization_config(params: dict[str, Any]) -> "BitsAndBytesConfig | None":
+    """``instruct.llm.quantization``: none | 8bit | 4bit (NF4, double quantisation, fp32/bf16 compute)."""
+    kind = params["quantization"]
+    if kind == "none":
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if kind == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    compute = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute)
+
+
+def load_base_llm(llm_dir: str | Path, params: dict[str, Any], device: torch.device | str = "cpu") -> PreTrainedModel:
+    """The base causal LM from a local directory (safetensors only), quantised when configured."""
+    quantization = quantization_config(params)
+    if quantization is None:
+        return AutoModelForCausalLM.from_pretrained(llm_dir, use_safetensors=True).to(device)
+    return AutoModelForCausalLM.from_pretrained(llm_dir, use_safetensors=True, quantization_config=quantization,
+                                                device_map={"": str(device)})
+
+
+def tune(llm: PreTrainedModel, params: dict[str, Any]) -> torch.nn.Module:
+    """Set what trains: every weight (full), LoRA adapters on a frozen base (lora), nothing (frozen)."""
+    tuning = params["tuning"]
+    if tuning == "full":
+        return llm.requires_grad_(True)
+    llm.requires_grad_(False)
+    if params["gradient_checkpointing"]:
+        llm.gradient_checkpointing_enable()
+    if tuning == "frozen":
+        return llm
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if params["quantization"] != "none":
+        llm = prepare_model_for_kbit_training(llm, use_gradient_checkpointing=params["gradient_checkpointing"])
+    lora = params["lora"]
+    config = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+                        target_modules=lora["target_modules"], task_type="CAUSAL_LM")
+    return get_peft_model(llm, config)
+
+
+def save_tuned(llm: torch.nn.Module, directory: Path, params: dict[str, Any]) -> None:
+    """Only what was trained: the whole LLM (full), the LoRA adapter (lora), nothing (frozen)."""
+    if params["tuning"] == "full":
+        llm.save_pretrained(directory / "llm", safe_serialization=True)
+    elif params["tuning"] == "lora":
+        llm.save_pretrained(directory / ADAPTER_DIR, safe_serialization=True)
+
+
+def load_adapter(base: PreTrainedModel, student_dir: Path, params: dict[str, Any]) -> torch.nn.Module:
+    """The student's LLM on top of its base as ``save_tuned`` left it: the LoRA adapter applied (lora), or
+    the base as given (full: the caller loaded the tuned weights; frozen: nothing was trained)."""
+    if params["tuning"] != "lora":
+        return base
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(base, student_dir / ADAPTER_DIR)

@@ -1,0 +1,97 @@
+"""The student's LLM: LoRA on a frozen base, 8-bit / 4-bit bitsandbytes loading, saving only what trained."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+from llm4brain.instruct.student import load_student, save_student
+from llm4brain.instruct.train import build_student, distillation
+from llm4brain.models.video_llm import save_teacher
+from llm4brain.training import fit
+from test_models import CAPTIONS, PROMPT, TEMPLATE, tiny_teacher
+
+LORA = {"r": 8, "alpha": 16, "dropout": 0.0,
+        "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
+TRAIN = {"steps": 40, "lr": 3e-2, "weight_decay": 0.0, "warmup": 2, "grad_clip": 1.0, "checkpoint_every": 0}
+
+
+def instruct(tuning: str, quantization: str = "none") -> dict:
+    return {"input": "latents", "train_qformer": False, "distill_weight": 0.0, "distill_temperature": 1.0,
+            "llm": {"tuning": tuning, "quantization": quantization, "gradient_checkpointing": False, "lora": LORA}}
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory) -> Path:
+    qformer, captioner = tiny_teacher()
+    directory = tmp_path_factory.mktemp("teacher") / "video_llm"
+    save_teacher(directory, qformer, captioner, {"template": TEMPLATE, "prompt": PROMPT, "max_caption_tokens": 16})
+    return directory
+
+
+def train(student, tokens: torch.Tensor, steps: int = TRAIN["steps"]):
+    def loss_fn(step):
+        return student.captioner.caption_loss(tokens, CAPTIONS)[0], {}
+
+    student.train()
+    return fit(student.parameters(), loss_fn, {**TRAIN, "steps": steps}, "test")
+
+
+def base_weights(llm: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The base LLM's own weights (LoRA's ``base_layer`` names mapped back), for bit-identity checks."""
+    return {name.replace("base_model.model.", "").replace(".base_layer", ""): p.detach().clone()
+            for name, p in llm.named_parameters() if "lora_" not in name}
+
+
+def test_lora_trains_adapters_only_and_reloads_to_identical_logits(teacher_dir, tmp_path):
+    torch.manual_seed(0)
+    student = build_student(str(teacher_dir), "", instruct("lora"))
+    before = base_weights(student.captioner.llm)
+    trainable = {n for n, p in student.captioner.llm.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    tokens = torch.randn(3, 4, 32)
+    history = train(student, tokens)
+    assert history["loss"].iloc[-5:].mean() < 0.93 * history["loss"].iloc[0]  # adapters learn (slowly from B = 0)
+    after = base_weights(student.captioner.llm)
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+    save_student(tmp_path, student.eval(), str(teacher_dir), "", instruct("lora"))
+    assert (tmp_path / "llm_adapter" / "adapter_model.safetensors").exists() and not (tmp_path / "llm").exists()
+    reloaded = load_student(tmp_path, teacher_dir)
+    ids, mask = student.captioner.encode_captions(CAPTIONS)
+    with torch.inference_mode():
+        expected = student.captioner.caption_logits(tokens, ids, mask)
+        torch.testing.assert_close(reloaded.captioner.caption_logits(tokens, ids, mask), expected, rtol=0, atol=0)
+
+
+def test_frozen_llm_trains_nothing_in_it(teacher_dir):
+    student = build_student(str(teacher_dir), "", instruct("frozen"))
+    assert not any(p.requires_grad for p in student.captioner.llm.parameters())
+    assert all(p.requires_grad for p in student.captioner.projection.parameters())
+
+
+@pytest.mark.parametrize("quantization,layer", [("8bit", "Linear8bitLt"), ("4bit", "Linear4bit")])
+def test_quantized_base_runs_a_lora_training_step_on_cpu(teacher_dir, quantization, layer):
+    torch.manual_seed(0)
+    student = build_student(str(teacher_dir), "", instruct("lora", quantization))
+    assert layer in {type(m).__name__ for m in student.captioner.llm.modules()}
+    lora = {n: p.detach().clone() for n, p in student.captioner.llm.named_parameters() if p.requires_grad}
+    history = train(student, torch.randn(3, 4, 32), steps=3)
+    assert history["loss"].notna().all() and (history["grad_norm"] > 0).all()
+    changed = [n for n, p in student.captioner.llm.named_parameters() if p.requires_grad and not torch.equal(p, lora[n])]
+    assert changed
+
+
+def test_distillation_vanishes_when_student_sees_what_teacher_sees(teacher_dir):
+    student = build_student(str(teacher_dir), "", instruct("full"))
+    teacher = copy.deepcopy(student.captioner)
+    tokens = torch.randn(3, 4, 32)
+    ids, mask = student.captioner.encode_captions(CAPTIONS)
+    with torch.inference_mode():
+        s = student.captioner.caption_logits(tokens, ids, mask)
+        t = teacher.caption_logits(tokens, ids, mask)
+        assert distillation(s, t, mask, 2.0).item() == pytest.approx(0.0, abs=1e-6)
+        assert distillation(s, teacher.caption_logits(torch.randn(3, 4, 32), ids, mask), mask, 2.0).item() > 0.0
