@@ -107,10 +107,15 @@ def subject_runs(wildcards):
     """What tells Snakemake a subject's raw runs are there: the scans table (demo) or the BOLD files."""
     if DATA["layout"] == "demo":
         return ROOT / wildcards.subject / f"{wildcards.subject}_scans.tsv"
-    bolds = sorted((ROOT / wildcards.subject).glob("**/func/*_bold.nii*"))
+    wanted = [f"_{k}-{v}_" for k, v in DATA["bids"].items() if k != "events_root" and v]
+    bolds = [
+        bold
+        for bold in sorted((ROOT / wildcards.subject).glob("**/func/*_bold.nii*"))
+        if all(entity in bold.name for entity in wanted)
+    ]
     if not bolds:
         raise ValueError(
-            f"{ROOT / wildcards.subject}: no func/*_bold.nii[.gz] files for {wildcards.subject}"
+            f"{ROOT / wildcards.subject}: no func/*_bold.nii[.gz] files matching data.bids {DATA['bids']}"
         )
     return bolds
 

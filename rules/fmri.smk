@@ -15,6 +15,7 @@ rule preprocess_fmri:
         subject_dir=subject_dir,
         segments=SEGMENTS,
         tr=DATA["tr"],
+        bids=DATA["bids"],
         fmri=section("fmri"),
         code=CODE["fmri"],
     script:

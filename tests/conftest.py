@@ -29,4 +29,5 @@ def tiny_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-FMRI_PARAMS = {"detrend_order": 2, "zscore": True, "hrf_lag": 4.0, "average_repeats": {"train": False, "test": True}}
+FMRI_PARAMS = {"detrend_order": 2, "high_pass": None, "confounds": [], "zscore": True, "hrf_lag": 4.0,
+               "average_repeats": {"train": False, "test": True}, "reliability": {"select": False, "threshold": 0.1}}

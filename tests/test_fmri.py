@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import h5py
 import nibabel as nib
 import numpy as np
 import pandas as pd
@@ -14,7 +15,7 @@ from conftest import FMRI_PARAMS, TINY_DEMO, TINY_SEGMENTS
 from llm4brain.artifacts import open_artifact, read_keys
 from llm4brain.fmri.preprocess import pair_run, preprocess_subject, split_half_reliability
 from llm4brain.fmri.runs import InputError, Run, check_id
-from llm4brain.fmri.signal import detrend, zscore
+from llm4brain.fmri.signal import cosine_drift, detrend, regress_out, zscore
 
 
 def test_detrend_removes_polynomials():
@@ -142,3 +143,77 @@ def test_real_scanner_data(tmp_path):
     series = bold[:, kept]
     # z-scored over the whole run, of which the first n - 1 volumes are paired (lag 0)
     assert np.abs(series.mean(0)).max() < 1.0 and 0.8 < series.std(0, ddof=1).mean() < 1.1
+
+
+def test_cosine_drift_removes_slow_signals_only():
+    n, tr = 200, 2.0
+    t = np.arange(n) * tr
+    slow, fast = np.sin(2 * np.pi * 0.002 * t), np.sin(2 * np.pi * 0.1 * t)
+    out = regress_out(np.stack([slow, fast], axis=1), 0, cosine_drift(n, tr, 0.01))
+    assert out[:, 0].std() < 0.1 * slow.std()
+    assert np.corrcoef(out[:, 1], fast)[0, 1] > 0.99
+    assert cosine_drift(n, tr, 0.01).shape == (n, 8)  # frequencies below 0.01 Hz in 400 s
+
+
+def derivatives_dataset(tiny_demo: Path, root: Path, nuisance: float) -> tuple[Path, Path]:
+    """sub-01 of the demo as fMRIPrep derivatives (two spaces, confounds tables) + a raw dataset for events.
+
+    Each T1w run gets ``nuisance`` × its ``csf`` confound added in every voxel."""
+    deriv, raw = root / "derivatives" / "sub-01" / "ses-01" / "func", root / "raw" / "sub-01" / "ses-01" / "func"
+    deriv.mkdir(parents=True)
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for bold in sorted((tiny_demo / "sub-01" / "func").glob("*_bold.nii.gz")):
+        stem = bold.name.replace("sub-01_", "sub-01_ses-01_").replace("_bold.nii.gz", "")
+        img = nib.load(bold)
+        data = np.asarray(img.dataobj, dtype=np.float32)
+        csf = rng.standard_normal(data.shape[-1]).cumsum()
+        pd.DataFrame({"csf": np.r_[np.nan, csf[1:]], "trans_x": rng.standard_normal(data.shape[-1])}).to_csv(
+            deriv / f"{stem}_desc-confounds_timeseries.tsv", sep="\t", index=False, na_rep="n/a")
+        data += nuisance * np.r_[0.0, csf[1:]].astype(np.float32)
+        nib.save(nib.Nifti1Image(data, img.affine, img.header), deriv / f"{stem}_space-T1w_desc-preproc_bold.nii.gz")
+        (deriv / f"{stem}_space-MNI152NLin2009cAsym_desc-preproc_bold.nii.gz").write_bytes(b"not selected")
+        shutil.copy(str(bold).replace("_bold.nii.gz", "_events.tsv"), raw / f"{stem}_events.tsv")
+    return root / "derivatives" / "sub-01", root / "raw"
+
+
+BIDS = {"task": "movie", "space": "T1w", "desc": "preproc"}
+
+
+def test_bids_derivatives_with_confound_regression(tiny_demo, tmp_path):
+    subject, raw = derivatives_dataset(tiny_demo, tmp_path, nuisance=30.0)
+    clean = tmp_path / "clean.h5"
+    preprocess_subject("sub-01", tiny_demo / "sub-01", tiny_demo / "roi_mask.nii.gz", clean, TINY_SEGMENTS, 2.0,
+                       FMRI_PARAMS)
+    outputs = {}
+    for columns in ([], ["csf"]):
+        out = tmp_path / f"confounds-{len(columns)}.h5"
+        preprocess_subject("sub-01", subject, tiny_demo / "roi_mask.nii.gz", out, TINY_SEGMENTS, 2.0,
+                           {**FMRI_PARAMS, "confounds": columns}, {**BIDS, "events_root": str(raw)})
+        outputs[len(columns)] = out
+    with h5py.File(clean) as c, h5py.File(outputs[0]) as dirty, h5py.File(outputs[1]) as regressed:
+        assert dirty.attrs["n_runs"] == c.attrs["n_runs"]  # the MNI decoys were never read
+        reference = c["train/bold"][:].ravel()
+        r_dirty = np.corrcoef(reference, dirty["train/bold"][:].ravel())[0, 1]
+        r_regressed = np.corrcoef(reference, regressed["train/bold"][:].ravel())[0, 1]
+    assert r_regressed > 0.9 and r_dirty < 0.5, (r_regressed, r_dirty)
+
+
+def test_missing_confound_column_names_file(tiny_demo, tmp_path):
+    subject, raw = derivatives_dataset(tiny_demo, tmp_path, nuisance=0.0)
+    with pytest.raises(InputError, match=r"desc-confounds_timeseries\.tsv: missing confound columns \['rot_x'\]"):
+        preprocess_subject("sub-01", subject, tiny_demo / "roi_mask.nii.gz", tmp_path / "o.h5", TINY_SEGMENTS, 2.0,
+                           {**FMRI_PARAMS, "confounds": ["rot_x"]}, {**BIDS, "events_root": str(raw)})
+    assert not (tmp_path / "o.h5").exists()
+
+
+def test_reliability_selection_keeps_repeatable_voxels(tiny_demo, tmp_path):
+    out = tmp_path / "selected.h5"
+    params = {**FMRI_PARAMS, "reliability": {"select": True, "threshold": 0.3}}
+    preprocess_subject("sub-01", tiny_demo / "sub-01", tiny_demo / "roi_mask.nii.gz", out, TINY_SEGMENTS, 2.0, params)
+    with h5py.File(out) as f:
+        roi = nib.load(tiny_demo / "roi_mask.nii.gz").get_fdata() > 0
+        kept, reliability = f["mask"][:].astype(bool), f["qc/reliability"][:]
+        assert 0 < kept.sum() < roi.sum()
+        assert np.all(np.arctanh(reliability[kept[roi]]) >= 0.3)
+        assert np.all(f["test/bold"][:][:, ~kept] == 0)

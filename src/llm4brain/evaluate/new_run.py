@@ -16,7 +16,7 @@ import torch
 from llm4brain.artifacts import ArtifactError, open_artifact
 from llm4brain.evaluate.decode import generate
 from llm4brain.fmri.preprocess import clean_run, pair_run
-from llm4brain.fmri.runs import InputError, check_id, load_bold, read_run
+from llm4brain.fmri.runs import InputError, check_id, load_bold, read_confounds, read_run
 from llm4brain.instruct.student import load_student
 
 
@@ -47,7 +47,8 @@ def decode_run(subject: str, bold: str | Path, events: str | Path, results: str 
     data, _ = load_bold(Path(bold), tr)
     if data.shape[:3] != mask.shape:
         raise InputError(f"{bold}: grid {data.shape[:3]} differs from {subject}'s training grid {mask.shape}")
-    series, usable = clean_run(data[mask].T, params)
+    confounds = read_confounds(run, params["confounds"], data.shape[-1]) if params.get("confounds") else None
+    series, usable = clean_run(data[mask].T, params, tr, confounds)
     pairs = pair_run(run, series.shape[0], tr, params["hrf_lag"])
     volumes = np.zeros((len(pairs),) + mask.shape, np.float32)
     volumes[:, mask] = series[[volume for _, volume in pairs]] * usable

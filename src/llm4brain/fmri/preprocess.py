@@ -15,8 +15,8 @@ import numpy as np
 from tqdm import tqdm
 
 from llm4brain.artifacts import atomic_h5, set_attrs, write_keys
-from llm4brain.fmri.runs import InputError, Run, bids_runs, check_id, load_bold, load_mask
-from llm4brain.fmri.signal import detrend, zscore
+from llm4brain.fmri.runs import InputError, Run, bids_runs, check_id, load_bold, load_mask, read_confounds
+from llm4brain.fmri.signal import cosine_drift, regress_out, zscore
 from llm4brain.runtime import LOG
 
 
@@ -51,16 +51,25 @@ def split_half_reliability(repeats: dict[tuple[str, int], list[np.ndarray]]) -> 
     return np.divide((a * b).sum(0), denom, out=np.full(a.shape[1], np.nan), where=denom > 0)
 
 
-def clean_run(series: np.ndarray, params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """One run's (T, V) masked series → detrended (and z-scored) series, and the voxels that are usable
-    (finite and not constant); unusable voxels are zeroed, never divided by."""
+def clean_run(series: np.ndarray, params: dict[str, Any], tr: float,
+              confounds: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One run's (T, V) masked series → nuisance-regressed (polynomial of ``detrend_order``, cosine drifts
+    below ``high_pass`` Hz, confounds) and z-scored series, and the voxels that are usable (finite and not
+    constant); unusable voxels are zeroed, never divided by."""
     finite = np.isfinite(series).all(axis=0)
     series = np.where(finite, series, 0.0).astype(np.float32)
-    series = detrend(series, params["detrend_order"])
+    extra = [] if confounds is None else [(confounds - confounds.mean(0)) / (confounds.std(0) + 1e-8)]
+    if params["high_pass"]:
+        extra.append(cosine_drift(series.shape[0], tr, params["high_pass"]))
+    series = regress_out(series, params["detrend_order"], np.concatenate(extra, axis=1) if extra else None)
     if params["zscore"]:
         series, ok = zscore(series)
         finite &= ok
     return series, finite
+
+
+def fisher_z(r: np.ndarray) -> np.ndarray:
+    return np.arctanh(np.clip(r, -0.999999, 0.999999))
 
 
 def preprocess_subject(
@@ -71,16 +80,21 @@ def preprocess_subject(
     segments: dict[str, list[str]],
     tr: float,
     params: dict[str, Any],
+    bids: dict[str, Any] | None = None,
 ) -> None:
     """Preprocess every run of ``subject`` and write the per-split samples atomically.
 
-    ``params`` is the ``fmri`` config section: ``detrend_order``, ``zscore``, ``hrf_lag`` (seconds) and
-    ``average_repeats`` (per split).
+    ``params`` is the ``fmri`` config section (``detrend_order``, ``high_pass``, ``confounds``, ``zscore``,
+    ``hrf_lag`` in seconds, ``average_repeats`` per split, ``reliability`` selection); ``bids`` the
+    ``data.bids`` entity filters and events root.
     """
     check_id(subject, "subject id")
     subject_dir = Path(subject_dir)
     split_of = {seg: split for split, segs in segments.items() for seg in segs}
-    runs = bids_runs(subject_dir)
+    bids = bids or {}
+    entities = {key: bids.get(key) for key in ("task", "space", "desc")}
+    events_root = Path(bids["events_root"]) if bids.get("events_root") else None
+    runs = bids_runs(subject_dir, entities, events_root)
     for run in runs:
         if run.segment not in split_of:
             raise InputError(f"{run.events}: segment {run.segment!r} is not in the configured segments")
@@ -103,11 +117,21 @@ def preprocess_subject(
             raise InputError(f"{run.bold}: grid {data.shape[:3]} differs from the subject's first run {mask.shape}")
         raw = data[mask].T
         tsnr.append(temporal_snr(raw))
-        series, finite = clean_run(raw, params)
+        confounds = read_confounds(run, params["confounds"], raw.shape[0]) if params["confounds"] else None
+        series, finite = clean_run(raw, params, tr, confounds)
         usable &= finite
         for k, volume in pair_run(run, series.shape[0], tr, params["hrf_lag"]):
             samples[split_of[run.segment]][(run.segment, k)].append(series[volume])
 
+    reliability = split_half_reliability(samples["test"])
+    selection = params["reliability"]
+    if selection["select"]:
+        if not np.isfinite(reliability).any():
+            raise InputError(f"{subject_dir}: reliability selection needs test segments shown at least twice")
+        reliable = fisher_z(np.nan_to_num(reliability, nan=-1.0)) >= selection["threshold"]
+        LOG.info("%s: %d of %d voxels reach repeat reliability z >= %g", subject, int((reliable & usable).sum()),
+                 usable.size, selection["threshold"])
+        usable &= reliable
     if mask is None or not usable.any():
         raise InputError(f"{subject_dir}: no usable voxels inside {mask_path} (all non-finite or constant)")
     dropped = int((~usable).sum())
@@ -135,7 +159,7 @@ def preprocess_subject(
         f.create_dataset("mask", data=keep.astype(np.uint8))
         qc = f.create_group("qc")  # per voxel of the ROI mask, in mask order
         qc.create_dataset("tsnr", data=np.mean(tsnr, axis=0).astype(np.float32))
-        qc.create_dataset("reliability", data=split_half_reliability(samples["test"]).astype(np.float32))
+        qc.create_dataset("reliability", data=reliability.astype(np.float32))
         qc.create_dataset("usable", data=usable.astype(np.uint8))
         set_attrs(f, {"subject": subject, "tr": tr, "hrf_lag": params["hrf_lag"], "params": params,
                       "affine": affine.tolist(), "space": "demo", "layout": "volume", "n_runs": len(runs)})

@@ -19,13 +19,14 @@ class InputError(ValueError):
 
 @dataclass(frozen=True)
 class Run:
-    """One BOLD run and the stimulus segment it showed."""
+    """One BOLD run, the stimulus segment it showed and, for fMRIPrep derivatives, its confounds table."""
 
     bold: Path
     events: Path
     segment: str
     onset: float  # seconds from the first volume to the segment's first frame
     duration: float
+    confounds: Path | None = None
 
 
 def check_id(value: str, what: str) -> str:
@@ -35,18 +36,52 @@ def check_id(value: str, what: str) -> str:
     return value
 
 
-def bids_runs(subject_dir: Path) -> list[Run]:
-    """All ``*_bold.nii[.gz]`` runs under ``subject_dir/[ses-*/]func`` with their ``*_events.tsv``."""
+DERIVED = re.compile(r"_(space|res|den|desc)-[A-Za-z0-9]+")
+
+
+def select_bolds(bolds: list[Path], entities: dict[str, str | None]) -> list[Path]:
+    """The BOLD files whose name carries every configured entity (``task``, ``space``, ``desc``; None = any)."""
+    wanted = [f"_{key}-{value}_" for key, value in entities.items() if value]
+    return [b for b in bolds if all(w in b.name for w in wanted)]
+
+
+def bids_runs(subject_dir: Path, entities: dict[str, str | None] | None = None,
+              events_root: Path | None = None) -> list[Run]:
+    """The ``*_bold.nii[.gz]`` runs under ``subject_dir/[ses-*/]func`` that match ``entities``, each with its
+    ``*_events.tsv`` (named like the run without derivative entities, next to it or at the same relative
+    path under ``events_root``) and fMRIPrep's ``*_desc-confounds_timeseries.tsv`` when present."""
     bolds = sorted(subject_dir.glob("func/*_bold.nii*")) + sorted(subject_dir.glob("ses-*/func/*_bold.nii*"))
+    bolds = select_bolds(bolds, entities or {})
     if not bolds:
-        raise InputError(f"{subject_dir}: no func/*_bold.nii[.gz] runs found")
+        raise InputError(f"{subject_dir}: no func/*_bold.nii[.gz] runs found matching {entities or {}}")
     runs = []
     for bold in bolds:
-        events = bold.with_name(re.sub(r"_bold\.nii(\.gz)?$", "_events.tsv", bold.name))
+        events = bold.with_name(f"{raw_stem(bold)}_events.tsv")
+        if not events.exists() and events_root is not None:
+            events = events_root / bold.parent.relative_to(subject_dir.parent) / events.name
         if not events.exists():
-            raise InputError(f"{bold}: no events file (expected {events.name})")
+            raise InputError(f"{bold}: no events file (expected {events.name} next to it or under the events root)")
         runs.append(read_run(bold, events))
     return runs
+
+
+def raw_stem(bold: Path) -> str:
+    """The run's name without ``_bold.nii[.gz]`` and derivative entities: what its events and confounds
+    tables are named after (``sub-01_task-movie_run-1_space-T1w_desc-preproc_bold`` → ``sub-01_task-movie_run-1``)."""
+    return DERIVED.sub("", re.sub(r"_bold\.nii(\.gz)?$", "", bold.name))
+
+
+def read_confounds(run: Run, columns: list[str], n_volumes: int) -> np.ndarray:
+    """(T, C) confound regressors; fMRIPrep leaves derivatives' first rows n/a, which become 0."""
+    if run.confounds is None:
+        raise InputError(f"{run.bold}: confounds {columns} requested but no *_desc-confounds_timeseries.tsv next to it")
+    table = pd.read_csv(run.confounds, sep="\t")
+    missing = sorted(set(columns) - set(table.columns))
+    if missing:
+        raise InputError(f"{run.confounds}: missing confound columns {missing}")
+    if len(table) != n_volumes:
+        raise InputError(f"{run.confounds}: {len(table)} rows but {run.bold.name} has {n_volumes} volumes")
+    return table[columns].fillna(0.0).to_numpy(np.float64)
 
 
 def read_run(bold: Path, events_path: Path) -> Run:
@@ -65,7 +100,9 @@ def read_run(bold: Path, events_path: Path) -> Run:
         raise InputError(f"{events_path}: needs a 'segment' or 'stim_file' column naming the stimulus")
     if len(events) != 1:
         raise InputError(f"{events_path}: expected one stimulus segment per run, found {len(events)} events")
-    return Run(bold, events_path, segments.iloc[0], float(events["onset"].iloc[0]), float(events["duration"].iloc[0]))
+    confounds = bold.with_name(f"{raw_stem(bold)}_desc-confounds_timeseries.tsv")
+    return Run(bold, events_path, segments.iloc[0], float(events["onset"].iloc[0]), float(events["duration"].iloc[0]),
+               confounds if confounds.exists() else None)
 
 
 def header_tr(img: nib.Nifti1Image, path: Path) -> float:

@@ -35,3 +35,25 @@ def zscore(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     out = np.zeros_like(data, dtype=np.float32)
     out[:, ok] = ((data[:, ok] - mean[ok]) / std[ok]).astype(np.float32)
     return out, ok
+
+
+def cosine_drift(n: int, tr: float, cutoff_hz: float) -> np.ndarray:
+    """(T, K) discrete-cosine regressors of every frequency below ``cutoff_hz`` (SPM's high-pass basis)."""
+    k = int(np.floor(2 * n * tr * cutoff_hz))
+    t = np.arange(n)
+    return np.stack([np.cos(np.pi * (2 * t + 1) * j / (2 * n)) for j in range(1, k + 1)], axis=1) if k else \
+        np.zeros((n, 0))
+
+
+def regress_out(data: np.ndarray, order: int, extra: np.ndarray | None = None) -> np.ndarray:
+    """Residual of each column of ``data`` (T, V) after one least-squares fit of a Legendre polynomial of
+    ``order`` plus ``extra`` regressors (T, K) such as cosine drifts and confounds: fitting them together
+    keeps one from re-introducing what another removed."""
+    n = data.shape[0]
+    design = np.polynomial.legendre.legvander(np.linspace(-1.0, 1.0, n), order)
+    if extra is not None and extra.shape[1]:
+        design = np.concatenate([design, extra], axis=1)
+    if n <= design.shape[1]:
+        raise ValueError(f"cannot fit {design.shape[1]} nuisance regressors to {n} time points")
+    coef, *_ = np.linalg.lstsq(design, data.astype(np.float64), rcond=None)
+    return (data - design @ coef).astype(np.float32)
