@@ -27,15 +27,15 @@ from llm4brain.video.preprocessing import data_config, photometric
 
 SECONDS, FPS, WIDTH, HEIGHT, TR = 60, 30, 640, 360, 2.0
 MODELS = {
-    "demo ViT": {"name": "vit_tiny_patch16_224", "weights": None,
+    "demo ViT": {"source": "timm", "name": "vit_tiny_patch16_224", "weights": None,
                  "kwargs": {"img_size": 64, "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 2}},
-    "ViT-B/16": {"name": "vit_base_patch16_224", "weights": None, "kwargs": {}},
+    "ViT-B/16": {"source": "timm", "name": "vit_base_patch16_224", "weights": None, "kwargs": {}},
 }
 CACHE_SECONDS = {"demo ViT": SECONDS, "ViT-B/16": 8}  # ViT-B/16 on CPU: a few TRs keep the run short
 
 
 def params(model: str) -> dict:
-    return {"frames_per_tr": 8, "reader": "auto", "crop_pct": None, "batch_size": 32, "device": "cpu",
+    return {"frames_per_tr": 8, "reader": "auto", "crop_pct": None, "batch_size": 32, "device": "cpu", "cache": "vit_tokens",
             "model": MODELS[model]}
 
 

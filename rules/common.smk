@@ -41,6 +41,15 @@ def _check_config():
     overlap = sorted(set(SEGMENTS["train"]) & set(SEGMENTS["test"]))
     if overlap:
         raise ValueError(f"config data.segments: {overlap} are both train and test")
+    vision = config["video"]["model"]
+    if vision["source"] == "hf" and not vision["weights"]:
+        raise ValueError(
+            "config video.model: source hf needs weights, a local checkpoint directory"
+        )
+    if config["video"]["cache"] == "qformer" and vision["source"] != "hf":
+        raise ValueError(
+            "config video.cache: qformer needs video.model.source hf (a BLIP-2 checkpoint)"
+        )
     llm = config["instruct"]["llm"]
     if llm["quantization"] != "none" and llm["tuning"] == "full":
         raise ValueError(

@@ -9,6 +9,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import torch
 import numpy as np
 import pytest
 
@@ -19,8 +20,8 @@ from llm4brain.video.preprocessing import data_config, geometric
 from llm4brain.video.readers import choose_reader, probe, read_frames
 
 GRID, BLOCK = 4, 16  # a 4 x 4 grid of 16-pixel blocks: 16 bits per frame
-VIDEO = {"frames_per_tr": 4, "reader": "auto", "crop_pct": 1.0, "batch_size": 16, "device": "cpu",
-         "model": {"name": "vit_tiny_patch16_224", "weights": None,
+VIDEO = {"frames_per_tr": 4, "reader": "auto", "crop_pct": 1.0, "batch_size": 16, "device": "cpu", "cache": "vit_tokens",
+         "model": {"source": "timm", "name": "vit_tiny_patch16_224", "weights": None,
                    "kwargs": {"img_size": 64, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}}}
 
 
@@ -211,3 +212,48 @@ def test_local_weights_file_is_loaded(tmp_path):
     with torch.inference_mode():
         torch.testing.assert_close(loaded.forward_features(x), trained.forward_features(x), rtol=0, atol=0)
         assert not torch.equal(build_vision_model(VIDEO, seed=2).forward_features(x), trained.forward_features(x))
+
+
+@pytest.fixture(scope="module")
+def blip2_dir(tmp_path_factory) -> Path:
+    """A tiny BLIP-2 checkpoint in the Hugging Face layout (as a lab's local copy would be)."""
+    from transformers import Blip2Config, Blip2ForConditionalGeneration, BlipImageProcessor
+
+    config = Blip2Config(
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+                       "image_size": 32, "patch_size": 8},
+        qformer_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                        "num_attention_heads": 2, "encoder_hidden_size": 32},
+        text_config={"model_type": "opt", "hidden_size": 32, "ffn_dim": 64, "num_hidden_layers": 1,
+                     "num_attention_heads": 2, "vocab_size": 64, "word_embed_proj_dim": 32},
+        num_query_tokens=4)
+    torch.manual_seed(0)
+    directory = tmp_path_factory.mktemp("blip2")
+    Blip2ForConditionalGeneration(config).save_pretrained(directory)
+    BlipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(directory)
+    return directory
+
+
+@pytest.mark.parametrize("cache,tokens", [("vit_tokens", 1 + 16), ("vit_cls", 1), ("qformer", 4)])
+def test_blip2_checkpoint_vision_tower(blip2_dir, tmp_path, cache, tokens):
+    """Frames go through the checkpoint's own preprocessing and tower; the language model is never loaded."""
+    from transformers import Blip2ForConditionalGeneration, BlipImageProcessor
+
+    params = {**VIDEO, "crop_pct": None, "cache": cache, "model": {"source": "hf", "name": "blip2",
+                                                                     "weights": str(blip2_dir), "kwargs": {}}}
+    video = tmp_path / "clip.mp4"
+    write_coded(video, n_frames=40, fps=8)
+    extract_frames(video, tmp_path / "frames.h5", 2.0, params)
+    cache_features(tmp_path / "frames.h5", tmp_path / "features.h5", params, seed=0)
+    with open_artifact(tmp_path / "features.h5", "features", ("tokens",)) as f:
+        cached = f["tokens"][:]
+    assert cached.shape == (2, 4, tokens, 32)
+
+    full = Blip2ForConditionalGeneration.from_pretrained(blip2_dir).eval()
+    first = read_frames(probe(video), np.array([frame_indices(probe(video).starts, sample_times(1, 2.0, 4))[0, 0]]))
+    pixels = BlipImageProcessor.from_pretrained(blip2_dir)(list(first), return_tensors="pt")["pixel_values"]
+    with torch.inference_mode():
+        vit = full.vision_model(pixel_values=pixels).last_hidden_state
+        expected = {"vit_tokens": vit, "vit_cls": vit[:, :1],
+                    "qformer": full.qformer(query_embeds=full.query_tokens, encoder_hidden_states=vit).last_hidden_state}
+    np.testing.assert_allclose(cached[0, 0], expected[cache][0].numpy(), atol=0.05)  # float16 cache, uint8 resize

@@ -14,10 +14,15 @@ from llm4brain.video.preprocessing import data_config, model_spec, photometric
 
 
 def build_vision_model(params: dict[str, Any], seed: int) -> "torch.nn.Module":
-    """The timm model named in config: random init from ``seed`` (demo) or a local weights file."""
+    """The vision model in config: a timm model (random init from ``seed`` for the demo, or a local weights
+    file), or the vision tower (+ image Q-Former) of a local BLIP-2 / InstructBLIP directory."""
     import timm
     import torch
 
+    if params["model"]["source"] == "hf":
+        from llm4brain.video.hf_tower import HFVisionTower
+
+        return HFVisionTower(params["model"]["weights"], qformer=params["cache"] == "qformer")
     name, kwargs = model_spec(params)
     torch.manual_seed(seed)  # every segment's job must build the same random network
     return timm.create_model(name, pretrained=bool(params["model"]["weights"]), **kwargs).eval()
@@ -47,13 +52,15 @@ def cache_features(frames_path: str | Path, out_path: str | Path, params: dict[s
         for start in tqdm(range(0, len(flat), params["batch_size"]), desc=f"{segment} features", mininterval=1.0):
             x = prepare(flat[start : start + params["batch_size"]]).to(device)
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                outputs.append(model.forward_features(x).float().cpu())
+                tokens = model.forward_features(x)
+                outputs.append((tokens[:, :1] if params["cache"] == "vit_cls" else tokens).float().cpu())
     tokens = torch.cat(outputs).numpy().astype(np.float16)
     tokens = tokens.reshape((n_tr, n_f) + tokens.shape[1:])
     with atomic_h5(out_path, "features", params) as f:
         f.create_dataset("tokens", data=tokens, chunks=(1,) + tokens.shape[1:])
         f.create_dataset("tr", data=trs)
-        set_attrs(f, {"segment": segment, "model": params["model"]["name"],
+        set_attrs(f, {"segment": segment, "model": params["model"]["name"], "source": params["model"]["source"],
+                      "cache": params["cache"],
                       "weights": params["model"]["weights"] or "random-init",
                       "input_size": list(config["input_size"])})
     LOG.info("%s: tokens %s", segment, tokens.shape)

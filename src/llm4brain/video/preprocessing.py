@@ -23,10 +23,15 @@ def model_spec(params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 
 def data_config(params: dict[str, Any]) -> dict[str, Any]:
     """timm's data config for the model (built on the meta device: no weights, no memory), with the input
-    size the model is actually built for and ``crop_pct`` from config when set."""
+    size the model is actually built for and ``crop_pct`` from config when set; for an HF checkpoint, its
+    image processor's (squash to the input size, its mean/std)."""
     import timm
     import torch
 
+    if params["model"]["source"] == "hf":
+        from llm4brain.video.hf_tower import hf_data_config
+
+        return hf_data_config(params["model"]["weights"])
     name, kwargs = model_spec(params)
     with torch.device("meta"):
         model = timm.create_model(name, pretrained=False, **kwargs)
