@@ -25,3 +25,59 @@ rule pretrain_adaptor:
         code=CODE["align"],
     script:
         "../workflow/scripts/pretrain_adaptor.py"
+
+
+rule ablate_adaptor:
+    """pretrain_adaptor with one loss term switched off (align.ablations), for the ablation table."""
+    input:
+        fmri=fmri_files(),
+        features=feature_files(),
+        video_llm=video_llm_dir(),
+    output:
+        model=directory("results/align/ablations/{ablation}/model"),
+        latents=expand(
+            "results/align/ablations/{{ablation}}/{subject}.h5", subject=SUBJECTS
+        ),
+        metrics="results/align/ablations/{ablation}/metrics.tsv",
+    log:
+        "logs/ablate_adaptor/{ablation}.log",
+    benchmark:
+        "results/benchmarks/ablate_adaptor/{ablation}.tsv"
+    wildcard_constraints:
+        ablation="|".join(ABLATIONS),
+    conda:
+        "../envs/llm4brain.yaml"
+    params:
+        subjects=SUBJECTS,
+        align=ablated_align,
+        seed=config["seed"],
+        code=CODE["align"],
+    script:
+        "../workflow/scripts/pretrain_adaptor.py"
+
+
+rule ablation_table:
+    """Latent identification of the full aligner next to each ablation, per subject."""
+    input:
+        full="results/align/metrics.tsv",
+        ablations=expand(
+            "results/align/ablations/{ablation}/metrics.tsv",
+            ablation=config["align"]["ablations"],
+        ),
+    output:
+        report(
+            "results/align/ablation.tsv",
+            caption="../report/ablation.rst",
+            category="Alignment",
+        ),
+    log:
+        "logs/ablation_table.log",
+    benchmark:
+        "results/benchmarks/ablation_table.tsv"
+    conda:
+        "../envs/llm4brain.yaml"
+    params:
+        ablations=config["align"]["ablations"],
+        code=CODE["align"],
+    script:
+        "../workflow/scripts/ablation_table.py"

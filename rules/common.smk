@@ -171,8 +171,24 @@ def training_logs():
     return logs
 
 
+ABLATIONS = {
+    "no_contrastive": "contrastive",
+    "no_token_mse": "token_mse",
+    "no_cross_subject": "cross_subject",
+    "no_domain_adaptation": "domain",
+}
+
+
+def ablated_align(wildcards):
+    """The align section with the ablated loss term's weight set to zero."""
+    align = section("align")
+    return {**align, "loss": {**align["loss"], ABLATIONS[wildcards.ablation]: 0.0}}
+
+
 def final_outputs():
+    ablation = ["results/align/ablation.tsv"] if config["align"]["ablations"] else []
     return [
+        *ablation,
         "results/eval/metrics.tsv",
         "results/report/scores.png",
         "results/report/training.png",

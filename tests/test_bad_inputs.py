@@ -178,3 +178,12 @@ def test_unsafe_subject_id(workflow_copy):
 def test_missing_vision_checkpoint(workflow_copy):
     out = dag_error(workflow_copy, {"video.model.weights": "/nonexistent/eva_vit_g.safetensors"})
     assert "Missing input files" in out and "/nonexistent/eva_vit_g.safetensors" in out
+
+
+def test_stimulus_shorter_than_its_runs():
+    from llm4brain.artifacts import check_coverage
+
+    features = {"seg01": np.zeros((5, 2, 3, 4), np.float16)}
+    check_coverage(features, [("seg01", 0), ("seg01", 4)], "results/fmri/sub-01.h5")
+    with pytest.raises(ArtifactError, match=r"sub-01\.h5: pairs segment 'seg01' up to TR 7, but its stimulus covers 5"):
+        check_coverage(features, [("seg01", 7)], "results/fmri/sub-01.h5")

@@ -108,6 +108,9 @@ def test_artifacts_follow_the_contract(micro):
     tests = pd.read_csv(micro / "results/eval/tests.tsv", sep="\t")
     assert list(tests["subject"]) == ["sub-01", "sub-02"] and tests["p_value"].between(0, 1).all()
     assert (micro / "results/align/metrics.tsv").exists() and (micro / "results/video_llm/llm").is_dir()
+    ablation = pd.read_csv(micro / "results/align/ablation.tsv", sep="\t")
+    assert list(zip(ablation["model"], ablation["subject"])) == [
+        ("full", "sub-01"), ("full", "sub-02"), ("no_domain_adaptation", "sub-01"), ("no_domain_adaptation", "sub-02")]
     assert not list((micro / "results").rglob("*.bin")) and not list((micro / "results").rglob("*.pt"))
 
 
@@ -142,7 +145,8 @@ def test_evaluation_edit_reruns_only_evaluation(micro):
 
 def test_align_edit_reruns_align_and_downstream(micro):
     with config_edit(micro, "align", "temperature", 0.1):
-        assert planned_rules(micro) == {"pretrain_adaptor", "instruct_llm", "decode_captions", "score_captions"} | REPORT
+        assert planned_rules(micro) == {"pretrain_adaptor", "ablate_adaptor", "ablation_table", "instruct_llm",
+                                        "decode_captions", "score_captions"} | REPORT
 
 
 def test_library_edit_reruns_that_stage(micro):

@@ -151,6 +151,20 @@ def read_features(paths: list[str | os.PathLike]) -> dict[str, np.ndarray]:
     return features
 
 
+def check_coverage(features: dict[str, np.ndarray], keys: list[tuple[str, int]], fmri_path: str | os.PathLike) -> None:
+    """Every ``(segment, tr)`` the fMRI pairs must have cached video: a stimulus shorter than its runs (or
+    the wrong file) is named here rather than surfacing as an index error in training."""
+    last: dict[str, int] = {}
+    for segment, tr in keys:
+        last[segment] = max(last.get(segment, -1), int(tr))
+    for segment, tr in sorted(last.items()):
+        if segment not in features:
+            raise ArtifactError(f"{fmri_path}: no cached features for segment {segment!r}")
+        if tr >= len(features[segment]):
+            raise ArtifactError(f"{fmri_path}: pairs segment {segment!r} up to TR {tr}, but its stimulus covers "
+                                f"{len(features[segment])} TRs: the video is shorter than its runs' events say")
+
+
 def read_split(path: str | os.PathLike, kind: str, split: str, dataset: str) -> tuple[np.ndarray, list[tuple[str, int]]]:
     """One split's ``dataset`` and its ``(segment, tr)`` keys from an fmri or align artifact."""
     with open_artifact(path, kind, (f"{split}/{dataset}", f"{split}/segment", f"{split}/tr")) as f:

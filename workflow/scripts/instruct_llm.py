@@ -17,5 +17,6 @@ instruct_llm(
     p.heldout,
     p.instruct,
     p.seed,
-    Checkpoint.for_job(snakemake.rule, list(snakemake.input), dict(snakemake.params.items())),
+    Checkpoint.for_job("_".join([snakemake.rule, *snakemake.wildcards]), list(snakemake.input),
+                       dict(snakemake.params.items())),
 )

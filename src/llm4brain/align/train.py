@@ -15,7 +15,8 @@ import torch
 
 from llm4brain.align.losses import coral, cross_subject, info_nce, mmd
 from llm4brain.align.model import BrainAligner, save_aligner
-from llm4brain.artifacts import ArtifactError, atomic_h5, atomic_path, read_features, read_split, set_attrs, write_keys
+from llm4brain.artifacts import (ArtifactError, atomic_h5, atomic_path, check_coverage, read_features, read_split,
+                                 set_attrs, write_keys)
 from llm4brain.models.video_llm import VideoQFormer, encode_clips, load_teacher
 from llm4brain.runtime import LOG, seed_everything
 from llm4brain.training import Checkpoint, fit
@@ -44,6 +45,9 @@ def pretrain_adaptor(fmri_paths: list[str], feature_paths: list[str], teacher_di
     features = read_features(feature_paths)
     heldout = set(params["heldout"])
     data = {s: {split: read_split(path, "fmri", split, "bold") for split in SPLITS} for s, path in zip(subjects, fmri_paths)}
+    for s, path in zip(subjects, fmri_paths):
+        for split in SPLITS:
+            check_coverage(features, data[s][split][1], path)
     grid = data[subjects[0]]["train"][0].shape[1:]
     for s in subjects:
         if data[s]["train"][0].shape[1:] != grid:
@@ -55,9 +59,6 @@ def pretrain_adaptor(fmri_paths: list[str], feature_paths: list[str], teacher_di
         for i, key in enumerate(data[s]["train"][1]):
             rows_of[s][key].append(i)
     clips = sorted(set.intersection(*(set(rows_of[s]) for s in labelled)))
-    missing = [k for k in clips if k[0] not in features]
-    if missing:
-        raise ArtifactError(f"no cached features for segments {sorted({k[0] for k in missing})}")
     targets = encode_clips(qformer, features, clips)  # (n_clips, Q, H)
     LOG.info("aligning %d labelled subjects on %d clips; held out (unlabelled): %s", len(labelled), len(clips),
              sorted(heldout) or "none")
