@@ -18,6 +18,7 @@ rule pretrain_adaptor:
         "results/benchmarks/pretrain_adaptor.tsv"
     conda:
         "../envs/llm4brain.yaml"
+    threads: config["align"]["train"]["threads"]
     params:
         subjects=SUBJECTS,
         align=section("align"),
@@ -47,6 +48,7 @@ rule ablate_adaptor:
         ablation="|".join(ABLATIONS),
     conda:
         "../envs/llm4brain.yaml"
+    threads: config["align"]["train"]["threads"]
     params:
         subjects=SUBJECTS,
         align=ablated_align,

@@ -16,6 +16,7 @@ rule instruct_llm:
         "results/benchmarks/instruct_llm.tsv"
     conda:
         "../envs/llm4brain.yaml"
+    threads: config["instruct"]["train"]["threads"]
     params:
         subjects=SUBJECTS,
         heldout=HELDOUT,

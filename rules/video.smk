@@ -1,7 +1,28 @@
+rule vision_input:
+    """Resolve the vision model's input preprocessing once (size, crop, interpolation, mean/std) so the
+    per-segment extraction jobs need not import timm."""
+    input:
+        VISION_WEIGHTS,
+    output:
+        "results/features/vision_input.json",
+    log:
+        "logs/vision_input.log",
+    benchmark:
+        "results/benchmarks/vision_input.tsv"
+    conda:
+        "../envs/llm4brain.yaml"
+    params:
+        video=section("video"),
+        code=CODE["video"],
+    script:
+        "../workflow/scripts/vision_input.py"
+
+
 rule extract_frames:
     """Decode frames_per_tr frames inside each TR window of one stimulus segment, frame-exact."""
     input:
-        stimulus,
+        video=stimulus,
+        config="results/features/vision_input.json",
     output:
         temp("results/frames/{segment}.h5"),
     log:

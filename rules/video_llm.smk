@@ -13,6 +13,7 @@ if not config["video_llm"]["pretrained"]:
             "results/benchmarks/train_video_llm.tsv"
         conda:
             "../envs/llm4brain.yaml"
+        threads: config["video_llm"]["train"]["threads"]
         params:
             train_segments=SEGMENTS["train"],
             video_llm=section("video_llm"),

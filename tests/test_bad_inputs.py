@@ -27,6 +27,7 @@ from llm4brain.fmri.runs import InputError
 from llm4brain.models.weights import load_weights
 from llm4brain.video.features import cache_features
 from llm4brain.video.frames import extract_frames
+from llm4brain.video.preprocessing import data_config
 from llm4brain.video.readers import VideoError
 from test_video import VIDEO, write_coded
 from test_workflow import make_copy
@@ -109,7 +110,7 @@ def test_corrupt_video(tmp_path):
     data[: len(data) // 2] = bytes(len(data) // 2)  # header and half the stream zeroed
     video.write_bytes(bytes(data))
     with pytest.raises(VideoError, match="seg01.mp4"):
-        extract_frames(video, tmp_path / "frames.h5", 2.0, VIDEO)
+        extract_frames(video, tmp_path / "frames.h5", 2.0, VIDEO, data_config(VIDEO))
     assert_no_output(tmp_path / "frames.h5")
 
 

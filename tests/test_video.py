@@ -82,7 +82,7 @@ def test_extract_frames_is_exact(tmp_path):
     video = tmp_path / "clip.mp4"
     write_coded(video, n_frames=40, fps=8)  # 5 s: two whole TRs of 2 s
     out = tmp_path / "frames.h5"
-    extract_frames(video, out, 2.0, VIDEO)
+    extract_frames(video, out, 2.0, VIDEO, data_config(VIDEO))
     with open_artifact(out, "frames", ("frames", "tr", "frame_index")) as f:
         frames, indices = f["frames"][:], f["frame_index"][:]
         assert f["tr"][:].tolist() == [0, 1]
@@ -104,7 +104,7 @@ def test_extraction_is_frame_exact_for_every_codec(tmp_path, name, codec, vfr, r
     video = tmp_path / name
     starts = write_coded(video, n_frames=96, fps=8, codec=codec, vfr=vfr)
     out = tmp_path / "frames.h5"
-    extract_frames(video, out, 2.0, VIDEO)
+    extract_frames(video, out, 2.0, VIDEO, data_config(VIDEO))
     with open_artifact(out, "frames", ("frames", "frame_index")) as f:
         frames, indices = f["frames"][:], f["frame_index"][:]
         assert f.attrs["reader"] == reader and bool(f.attrs["variable_rate"]) == vfr
@@ -137,7 +137,7 @@ def test_truncated_video_names_file(tmp_path):
     write_coded(video, n_frames=40, fps=8)
     video.write_bytes(video.read_bytes()[: video.stat().st_size // 2])
     with pytest.raises(VideoError, match="cut.mp4"):
-        extract_frames(video, tmp_path / "out.h5", 2.0, VIDEO)
+        extract_frames(video, tmp_path / "out.h5", 2.0, VIDEO, data_config(VIDEO))
     assert not list(tmp_path.glob("out*"))
 
 
@@ -147,21 +147,21 @@ def test_video_without_frames_names_file(tmp_path):
         stream = container.add_stream("libx264", rate=8)
         stream.width, stream.height = 64, 32
     with pytest.raises(VideoError, match="empty.mkv"):
-        extract_frames(video, tmp_path / "out.h5", 2.0, VIDEO)
+        extract_frames(video, tmp_path / "out.h5", 2.0, VIDEO, data_config(VIDEO))
 
 
 def test_unreadable_video_names_file(tmp_path):
     bad = tmp_path / "broken.mp4"
     bad.write_bytes(b"not a video")
     with pytest.raises(VideoError, match="broken.mp4"):
-        extract_frames(bad, tmp_path / "out.h5", 2.0, VIDEO)
+        extract_frames(bad, tmp_path / "out.h5", 2.0, VIDEO, data_config(VIDEO))
     assert not (tmp_path / "out.h5").exists()
 
 
 def test_cache_features_shape_and_determinism(tmp_path):
     video = tmp_path / "clip.mp4"
     write_coded(video, n_frames=40, fps=8)
-    extract_frames(video, tmp_path / "frames.h5", 2.0, VIDEO)
+    extract_frames(video, tmp_path / "frames.h5", 2.0, VIDEO, data_config(VIDEO))
     cache_features(tmp_path / "frames.h5", tmp_path / "a.h5", VIDEO, seed=3)
     cache_features(tmp_path / "frames.h5", tmp_path / "b.h5", VIDEO, seed=3)
     with open_artifact(tmp_path / "a.h5", "features", ("tokens",)) as a, open_artifact(tmp_path / "b.h5", "features") as b:
@@ -189,7 +189,7 @@ def test_real_h264_matches_a_sequential_decode(real_mp4s, tmp_path):
     assert len(real_mp4s) == 4
     for video in real_mp4s:
         out = tmp_path / f"{video.stem}.h5"
-        extract_frames(video, out, 1.0, VIDEO)
+        extract_frames(video, out, 1.0, VIDEO, data_config(VIDEO))
         with open_artifact(out, "frames", ("frames", "frame_index")) as f:
             frames, indices = f["frames"][:], f["frame_index"][:]
             assert f.attrs["reader"] == "decord" and f.attrs["codec"] == "h264"
@@ -243,7 +243,7 @@ def test_blip2_checkpoint_vision_tower(blip2_dir, tmp_path, cache, tokens):
                                                                      "weights": str(blip2_dir), "kwargs": {}}}
     video = tmp_path / "clip.mp4"
     write_coded(video, n_frames=40, fps=8)
-    extract_frames(video, tmp_path / "frames.h5", 2.0, params)
+    extract_frames(video, tmp_path / "frames.h5", 2.0, params, data_config(params))
     cache_features(tmp_path / "frames.h5", tmp_path / "features.h5", params, seed=0)
     with open_artifact(tmp_path / "features.h5", "features", ("tokens",)) as f:
         cached = f["tokens"][:]

@@ -1,6 +1,7 @@
 from llm4brain.runtime import setup_logging
 from llm4brain.video.frames import extract_frames
+from llm4brain.video.preprocessing import read_config
 
 setup_logging(snakemake.log[0])
 p = snakemake.params
-extract_frames(snakemake.input[0], snakemake.output[0], p.tr, p.video)
+extract_frames(snakemake.input.video, snakemake.output[0], p.tr, p.video, read_config(snakemake.input.config))

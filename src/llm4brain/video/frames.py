@@ -14,7 +14,7 @@ import numpy as np
 
 from llm4brain.artifacts import atomic_h5, set_attrs
 from llm4brain.runtime import LOG
-from llm4brain.video.preprocessing import data_config, geometric
+from llm4brain.video.preprocessing import geometric
 from llm4brain.video.readers import VideoError, probe, read_frames
 
 __all__ = ["VideoError", "extract_frames", "frame_indices", "sample_times"]
@@ -31,17 +31,17 @@ def frame_indices(starts: np.ndarray, times: np.ndarray) -> np.ndarray:
     return np.searchsorted(starts, times, side="right") - 1
 
 
-def extract_frames(video_path: str | Path, out_path: str | Path, tr: float, params: dict[str, Any]) -> None:
+def extract_frames(video_path: str | Path, out_path: str | Path, tr: float, params: dict[str, Any],
+                   input_config: dict[str, Any]) -> None:
     """Write ``/frames`` uint8 (n_tr, F, h, w, 3), resized and cropped for the vision model, and ``/tr`` for
-    every whole TR the video covers."""
+    every whole TR the video covers. ``input_config`` is the vision model's (``preprocessing.read_config``)."""
     info = probe(video_path, params["reader"])
     n_tr = int(np.floor(info.end / tr + 1e-6))
     if n_tr == 0:
         raise VideoError(f"{info.path}: {info.end:.2f} s is shorter than one TR ({tr:g} s)")
     times = sample_times(n_tr, tr, params["frames_per_tr"])
     indices = frame_indices(info.starts, times)
-    config = data_config(params)
-    frames = read_frames(info, indices, geometric(config))
+    frames = read_frames(info, indices, geometric(input_config))
     with atomic_h5(out_path, "frames", params) as f:
         f.create_dataset("frames", data=frames, chunks=(1,) + frames.shape[1:])
         f.create_dataset("tr", data=np.arange(n_tr, dtype=np.int32))
@@ -50,7 +50,7 @@ def extract_frames(video_path: str | Path, out_path: str | Path, tr: float, para
         set_attrs(f, {"segment": info.path.stem, "source": str(info.path), "fps": info.n_frames / info.end,
                       "n_frames": info.n_frames, "duration": info.end, "tr_seconds": tr, "reader": info.reader,
                       "codec": info.codec, "container": info.container, "variable_rate": info.variable_rate,
-                      "input_size": list(config["input_size"]), "crop_pct": config["crop_pct"],
-                      "interpolation": config["interpolation"]})
+                      "input_size": list(input_config["input_size"]), "crop_pct": input_config["crop_pct"],
+                      "interpolation": input_config["interpolation"]})
     LOG.info("%s: %s in %s read with %s, %d TRs x %d frames", info.path.name, info.codec, info.container,
              info.reader, n_tr, params["frames_per_tr"])

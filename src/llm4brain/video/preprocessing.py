@@ -2,14 +2,20 @@
 
 ``extract_frames`` applies the geometric part (resize, centre crop) to each chunk of decoded frames, so an 8-minute
 1080p segment is held at the model's input size, never at full resolution; ``cache_features`` applies the
-photometric part (scale to [0, 1], normalise). Both parts are timm's evaluation transform for the model.
+photometric part (scale to [0, 1], normalise). Both follow timm's evaluation transform for the model, whose
+config is resolved once (``write_config``) so the extraction jobs import neither timm nor torch.
 """
 
 from __future__ import annotations
 
+import json
+import math
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+from llm4brain.artifacts import atomic_path
 
 
 def model_spec(params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -49,26 +55,44 @@ def _eval_transforms(config: dict[str, Any]) -> list:
     return list(timm.data.create_transform(**config, is_training=False).transforms)
 
 
-def geometric(config: dict[str, Any]) -> "Callable[[np.ndarray], np.ndarray]":
-    """uint8 frames (N, H, W, 3) → uint8 (N, h, w, 3) at the model's input size.
+def write_config(params: dict[str, Any], out_path: str | Path) -> None:
+    """``data_config`` as JSON, resolved once per workflow (importing timm costs seconds per job)."""
+    with atomic_path(out_path) as tmp:
+        tmp.write_text(json.dumps(data_config(params), indent=2))
 
-    timm builds torchvision v1 transforms, which resize uint8 through float; their v2 equivalents resize
-    uint8 directly, an order of magnitude faster, so Resize and CenterCrop run as v2."""
-    import torch
-    from torchvision.transforms import CenterCrop, Normalize, Resize, v2
 
-    as_v2 = {Resize: lambda t: v2.Resize(t.size, t.interpolation, t.max_size, antialias=True),
-             CenterCrop: lambda t: v2.CenterCrop(t.size)}
-    steps = [as_v2.get(type(t), lambda t: t)(t) for t in _eval_transforms(config)
-             if not isinstance(t, Normalize) and type(t).__name__ != "MaybeToTensor"]
+def read_config(path: str | Path) -> dict[str, Any]:
+    config = json.loads(Path(path).read_text())
+    return {**config, "input_size": tuple(config["input_size"])}
 
-    def apply(frames: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # channels-last view
-        for step in steps:
-            x = step(x)
-        return x.permute(0, 2, 3, 1).contiguous().numpy()
 
-    return apply
+def geometric(config: dict[str, Any]) -> Callable[[np.ndarray], np.ndarray]:
+    """uint8 frames (N, H, W, 3) → uint8 (N, h, w, 3) at the model's input size, with PIL, as timm's
+    evaluation transform does for a PIL image: resize (shortest edge to ``size / crop_pct``, or both edges
+    for ``crop_mode: squash`` and non-square inputs) with the configured interpolation, then centre crop.
+
+    PIL rather than timm's tensor pipeline keeps the per-segment extraction jobs free of torch, whose
+    import costs more than decoding a demo segment."""
+    from PIL import Image
+
+    height, width = config["input_size"][1:]
+    scale = (math.floor(height / config["crop_pct"]), math.floor(width / config["crop_pct"]))
+    resample = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST,
+                "lanczos": Image.LANCZOS}[config["interpolation"]]
+    squash = config.get("crop_mode") == "squash" or height != width
+
+    def one(frame: np.ndarray) -> np.ndarray:
+        image = Image.fromarray(frame)
+        if squash:
+            size = (scale[1], scale[0])
+        else:  # shortest edge to the scale size, aspect kept
+            short = min(image.size)
+            size = (round(image.width * scale[0] / short), round(image.height * scale[0] / short))
+        image = image.resize(size, resample) if size != image.size else image
+        left, top = (image.width - width) // 2, (image.height - height) // 2
+        return np.asarray(image.crop((left, top, left + width, top + height)))
+
+    return lambda frames: np.stack([one(frame) for frame in frames])
 
 
 def photometric(config: dict[str, Any]) -> "Callable[[torch.Tensor], torch.Tensor]":

@@ -1,0 +1,5 @@
+from llm4brain.runtime import setup_logging
+from llm4brain.video.preprocessing import write_config
+
+setup_logging(snakemake.log[0])
+write_config(snakemake.params.video, snakemake.output[0])
