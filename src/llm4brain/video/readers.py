@@ -14,6 +14,8 @@ decoding) and read by the fastest reader that is exact for it:
 
 from __future__ import annotations
 
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -22,6 +24,7 @@ import numpy as np
 
 READERS = ("decord", "pyav-seek", "pyav-sequential")
 CHUNK = 32  # frames decoded at full resolution before ``prepare`` shrinks them
+SEEK_GAP = 48  # frames; below this, decoding through is cheaper than seeking
 DECORD_CODECS = {"h264", "hevc"}
 DECORD_CONTAINERS = {"mov", "mp4", "matroska"}
 
@@ -122,20 +125,27 @@ def read_frames(info: StreamInfo, indices: np.ndarray,
     """RGB frames (*indices.shape, h, w, 3) uint8 at the given presentation indices, in the given order.
 
     ``prepare`` maps a chunk of decoded frames (k, H, W, 3) to what is kept (e.g. resized to the vision
-    model's input), so memory holds the kept frames plus one chunk at full resolution."""
+    model's input) in a worker thread while the next chunk decodes; memory holds the kept frames plus at
+    most three chunks at full resolution."""
     wanted = np.unique(indices)
     if wanted[0] < 0 or wanted[-1] >= info.n_frames:
         raise VideoError(f"{info.path}: frame {int(wanted[-1])} requested but the file has {info.n_frames}")
     decode = {"decord": _decord, "pyav-seek": _seek, "pyav-sequential": _sequential}[info.reader]
     prepare = prepare or (lambda chunk: chunk)
-    kept, chunk = [], []
-    for frame in decode(info, wanted):
-        chunk.append(frame)
-        if len(chunk) == CHUNK:
-            kept.append(prepare(np.stack(chunk)))
-            chunk = []
-    if chunk:
-        kept.append(prepare(np.stack(chunk)))
+    kept: list[np.ndarray] = []
+    pending: deque[Future] = deque()
+    chunk: list[np.ndarray] = []
+    with ThreadPoolExecutor(max_workers=1) as pool:  # resizing (GIL released) overlaps decoding
+        for frame in decode(info, wanted):
+            chunk.append(frame)
+            if len(chunk) == CHUNK:
+                pending.append(pool.submit(prepare, np.stack(chunk)))
+                chunk = []
+                if len(pending) > 2:  # at most three full-resolution chunks in memory
+                    kept.append(pending.popleft().result())
+        if chunk:
+            pending.append(pool.submit(prepare, np.stack(chunk)))
+        kept += [future.result() for future in pending]
     frames = np.concatenate(kept)
     lookup = {int(i): k for k, i in enumerate(wanted)}
     return frames[[lookup[int(i)] for i in np.ravel(indices)]].reshape(np.shape(indices) + frames.shape[1:])
@@ -155,7 +165,8 @@ def _decord(info: StreamInfo, wanted: np.ndarray) -> Iterator[np.ndarray]:
 
 
 def _seek(info: StreamInfo, wanted: np.ndarray) -> Iterator[np.ndarray]:
-    """Seek only when a keyframe lies between the last decoded frame and the next wanted one."""
+    """Targets come in presentation order; seek only when the next one's keyframe lies more than
+    ``SEEK_GAP`` frames ahead (a seek and decoder flush cost more than decoding a few frames through)."""
     import av
 
     index_of = {int(p): i for i, p in enumerate(info.pts)}
@@ -166,7 +177,7 @@ def _seek(info: StreamInfo, wanted: np.ndarray) -> Iterator[np.ndarray]:
         try:
             for target in wanted:
                 key = int(info.keyframes[np.searchsorted(info.keyframes, target, side="right") - 1])
-                if frames is None or key > position + 1:
+                if frames is None or key - position > SEEK_GAP:
                     container.seek(int(info.pts[key]), stream=stream, backward=True, any_frame=False)
                     frames = container.decode(stream)
                 for frame in frames:
