@@ -16,7 +16,8 @@ from test_models import CAPTIONS, PROMPT, TEMPLATE, tiny_teacher
 
 LORA = {"r": 8, "alpha": 16, "dropout": 0.0,
         "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
-TRAIN = {"steps": 40, "lr": 3e-2, "weight_decay": 0.0, "warmup": 2, "grad_clip": 1.0, "checkpoint_every": 0}
+TRAIN = {"steps": 40, "lr": 3e-2, "weight_decay": 0.0, "warmup": 2, "grad_clip": 1.0, "checkpoint_every": 0,
+         "accumulate": 1}
 
 
 def instruct(tuning: str, quantization: str = "none") -> dict:

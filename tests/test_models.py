@@ -46,7 +46,7 @@ def test_teacher_learns_and_round_trips(tmp_path):
     model = torch.nn.ModuleDict({"q": qformer, "c": captioner}).train()
     history = fit(model.parameters(), lambda step: (captioner.caption_loss(qformer(clips), CAPTIONS)[0], {}),
                   {"steps": 150, "lr": 3e-3, "weight_decay": 0.0, "warmup": 2, "grad_clip": 1.0,
-                   "checkpoint_every": 0}, "test")
+                   "checkpoint_every": 0, "accumulate": 1}, "test")
     assert history["loss"].iloc[-5:].mean() < 0.5 * history["loss"].iloc[0]
     model.eval()
     save_teacher(tmp_path / "teacher", qformer, captioner, {"template": TEMPLATE, "prompt": PROMPT, "max_caption_tokens": 16})

@@ -14,7 +14,7 @@ import torch
 from llm4brain.training import Checkpoint
 
 TRAIN = {"steps": 30, "batch_size": 8, "lr": 3e-3, "weight_decay": 0.01, "warmup": 5, "grad_clip": 1.0,
-         "threads": 1, "checkpoint_every": 4}
+         "threads": 1, "checkpoint_every": 4, "accumulate": 1}
 
 SCRIPT = textwrap.dedent("""
     import os, signal, sys
@@ -80,3 +80,26 @@ def test_fingerprint_follows_params_and_inputs(tmp_path):
     assert base.fingerprint != Checkpoint.for_job("rule", [str(data)], {"steps": 6}, root=tmp_path).fingerprint
     os.utime(data, ns=(1, 1))
     assert base.fingerprint != Checkpoint.for_job("rule", [str(data)], {"steps": 5}, root=tmp_path).fingerprint
+
+
+def test_accumulated_micro_batches_make_one_step_on_their_union():
+    from llm4brain.training import fit
+
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 3), torch.randn(8, 1)
+    accumulated = torch.nn.Linear(3, 1)
+    whole = torch.nn.Linear(3, 1)
+    whole.load_state_dict(accumulated.state_dict())
+    params = {**TRAIN, "steps": 1, "grad_clip": 1e6, "checkpoint_every": 0, "accumulate": 2}
+    halves = iter([slice(0, 4), slice(4, 8)])
+
+    def half(step):
+        rows = next(halves)
+        return torch.nn.functional.mse_loss(accumulated(x[rows]), y[rows]), {}
+
+    history = fit(accumulated.parameters(), half, params, "accumulated")
+    fit(whole.parameters(), lambda step: (torch.nn.functional.mse_loss(whole(x), y), {}),
+        {**params, "accumulate": 1}, "whole")
+    torch.testing.assert_close(accumulated.weight, whole.weight)
+    torch.testing.assert_close(accumulated.bias, whole.bias)
+    assert len(history) == 1

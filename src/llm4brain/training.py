@@ -101,14 +101,21 @@ def fit(
         LOG.info("%s: resuming from step %d (%s)", desc, start, checkpoint.path)
     every = params["checkpoint_every"]
     bar = tqdm(range(start, params["steps"]), desc=desc, mininterval=1.0, initial=start, total=params["steps"])
+    micro = params["accumulate"]
     for step in bar:
-        loss, terms = loss_fn(step)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        losses, parts = [], []
+        for _ in range(micro):  # gradient accumulation: micro-batches of batch_size, one optimiser step
+            loss, terms = loss_fn(step)
+            (loss / micro).backward()
+            losses.append(loss.item())
+            parts.append(terms)
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, params["grad_clip"])
         optimizer.step()
         scheduler.step()
-        row = {"step": step, "loss": loss.item(), "grad_norm": grad_norm.item(), "lr": scheduler.get_last_lr()[0], **terms}
+        terms = {key: sum(p[key] for p in parts) / micro for key in parts[0]}
+        row = {"step": step, "loss": sum(losses) / micro, "grad_norm": grad_norm.item(),
+               "lr": scheduler.get_last_lr()[0], **terms}
         rows.append(row)
         if step % log_every == 0 or step == params["steps"] - 1:
             bar.set_postfix(loss=f"{row['loss']:.4f}")
