@@ -8,6 +8,8 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
+from llm4brain.fmri.bids import select_bolds
+
 validate(config, "../config/schema.yaml")
 
 DATA = config["data"]
@@ -116,12 +118,10 @@ def subject_runs(wildcards):
     """What tells Snakemake a subject's raw runs are there: the scans table (demo) or the BOLD files."""
     if DATA["layout"] == "demo":
         return ROOT / wildcards.subject / f"{wildcards.subject}_scans.tsv"
-    wanted = [f"_{k}-{v}_" for k, v in DATA["bids"].items() if k != "events_root" and v]
-    bolds = [
-        bold
-        for bold in sorted((ROOT / wildcards.subject).glob("**/func/*_bold.nii*"))
-        if all(entity in bold.name for entity in wanted)
-    ]
+    entities = {k: v for k, v in DATA["bids"].items() if k != "events_root"}
+    bolds = select_bolds(
+        sorted((ROOT / wildcards.subject).glob("**/func/*_bold.nii*")), entities
+    )
     if not bolds:
         raise ValueError(
             f"{ROOT / wildcards.subject}: no func/*_bold.nii[.gz] files matching data.bids {DATA['bids']}"

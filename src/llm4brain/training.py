@@ -42,12 +42,17 @@ class Checkpoint:
         object.__setattr__(self, "path", Path(self.path))
 
     @classmethod
-    def for_job(cls, rule: str, inputs: Sequence[str], params: dict[str, Any], root: str | Path = "results") -> "Checkpoint":
-        """``{root}/.resume/{rule}.pt``, valid only for the same params and the same input files (path,
+    def for_job(cls, name: str, inputs: Sequence[str], params: dict[str, Any], root: str | Path = "results") -> "Checkpoint":
+        """``{root}/.resume/{name}.pt``, valid only for the same params and the same input files (path,
         size, mtime): a state left by a killed job is never resumed after its inputs or config changed."""
         stats = [(str(p), os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in inputs]
-        blob = json.dumps({"rule": rule, "params": params, "inputs": stats}, sort_keys=True, default=str)
-        return cls(Path(root) / ".resume" / f"{rule}.pt", hashlib.sha256(blob.encode()).hexdigest())
+        blob = json.dumps({"rule": name, "params": params, "inputs": stats}, sort_keys=True, default=str)
+        return cls(Path(root) / ".resume" / f"{name}.pt", hashlib.sha256(blob.encode()).hexdigest())
+
+    @classmethod
+    def for_snakemake(cls, job: Any) -> "Checkpoint":
+        """For the running Snakemake job (``snakemake`` in a script): named by rule and wildcards."""
+        return cls.for_job("_".join([job.rule, *job.wildcards]), list(job.input), dict(job.params.items()))
 
     def load(self) -> dict[str, Any] | None:
         if not self.path.exists():

@@ -17,6 +17,5 @@ instruct_llm(
     p.heldout,
     p.instruct,
     p.seed,
-    Checkpoint.for_job("_".join([snakemake.rule, *snakemake.wildcards]), list(snakemake.input),
-                       dict(snakemake.params.items())),
+    Checkpoint.for_snakemake(snakemake),
 )

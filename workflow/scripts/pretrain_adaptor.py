@@ -14,6 +14,5 @@ pretrain_adaptor(
     p.subjects,
     p.align,
     p.seed,
-    Checkpoint.for_job("_".join([snakemake.rule, *snakemake.wildcards]), list(snakemake.input),
-                       dict(snakemake.params.items())),
+    Checkpoint.for_snakemake(snakemake),
 )

@@ -6,6 +6,5 @@ setup_logging(snakemake.log[0])
 p = snakemake.params
 train_video_llm(
     snakemake.input.features, snakemake.input.captions, snakemake.output[0], p.train_segments, p.video_llm, p.seed,
-    Checkpoint.for_job("_".join([snakemake.rule, *snakemake.wildcards]), list(snakemake.input),
-                       dict(snakemake.params.items())),
+    Checkpoint.for_snakemake(snakemake),
 )

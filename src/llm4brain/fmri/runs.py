@@ -10,6 +10,8 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from llm4brain.fmri.bids import raw_stem, select_bolds
+
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
 
@@ -36,15 +38,6 @@ def check_id(value: str, what: str) -> str:
     return value
 
 
-DERIVED = re.compile(r"_(space|res|den|desc)-[A-Za-z0-9]+")
-
-
-def select_bolds(bolds: list[Path], entities: dict[str, str | None]) -> list[Path]:
-    """The BOLD files whose name carries every configured entity (``task``, ``space``, ``desc``; None = any)."""
-    wanted = [f"_{key}-{value}_" for key, value in entities.items() if value]
-    return [b for b in bolds if all(w in b.name for w in wanted)]
-
-
 def bids_runs(subject_dir: Path, entities: dict[str, str | None] | None = None,
               events_root: Path | None = None) -> list[Run]:
     """The ``*_bold.nii[.gz]`` runs under ``subject_dir/[ses-*/]func`` that match ``entities``, each with its
@@ -63,12 +56,6 @@ def bids_runs(subject_dir: Path, entities: dict[str, str | None] | None = None,
             raise InputError(f"{bold}: no events file (expected {events.name} next to it or under the events root)")
         runs.append(read_run(bold, events))
     return runs
-
-
-def raw_stem(bold: Path) -> str:
-    """The run's name without ``_bold.nii[.gz]`` and derivative entities: what its events and confounds
-    tables are named after (``sub-01_task-movie_run-1_space-T1w_desc-preproc_bold`` → ``sub-01_task-movie_run-1``)."""
-    return DERIVED.sub("", re.sub(r"_bold\.nii(\.gz)?$", "", bold.name))
 
 
 def read_confounds(run: Run, columns: list[str], n_volumes: int) -> np.ndarray:

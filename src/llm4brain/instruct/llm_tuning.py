@@ -15,26 +15,21 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 ADAPTER_DIR = "llm_adapter"
 
 
-def quantization_config(params: dict[str, Any]) -> "BitsAndBytesConfig | None":
-    """``instruct.llm.quantization``: none | 8bit | 4bit (NF4, double quantisation, fp32/bf16 compute)."""
+def quantized_llm(llm_dir: str | Path, params: dict[str, Any], device: torch.device | str = "cpu") -> PreTrainedModel | None:
+    """The base causal LM loaded in 8-bit or 4-bit NF4 through bitsandbytes (``instruct.llm.quantization``;
+    double quantisation, bf16 compute on CUDA), or None when not quantised: the teacher's own copy is used."""
     kind = params["quantization"]
     if kind == "none":
         return None
     from transformers import BitsAndBytesConfig
 
     if kind == "8bit":
-        return BitsAndBytesConfig(load_in_8bit=True)
-    compute = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=compute)
-
-
-def load_base_llm(llm_dir: str | Path, params: dict[str, Any], device: torch.device | str = "cpu") -> PreTrainedModel:
-    """The base causal LM from a local directory (safetensors only), quantised when configured."""
-    quantization = quantization_config(params)
-    if quantization is None:
-        return AutoModelForCausalLM.from_pretrained(llm_dir, use_safetensors=True).to(device)
-    return AutoModelForCausalLM.from_pretrained(llm_dir, use_safetensors=True, quantization_config=quantization,
+        config = BitsAndBytesConfig(load_in_8bit=True)
+    else:
+        compute = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+        config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                    bnb_4bit_compute_dtype=compute)
+    return AutoModelForCausalLM.from_pretrained(llm_dir, use_safetensors=True, quantization_config=config,
                                                 device_map={"": str(device)})
 
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from llm4brain.align.model import BrainAligner, load_aligner, save_aligner
 from llm4brain.artifacts import read_split
-from llm4brain.instruct.llm_tuning import load_adapter, load_base_llm, save_tuned
+from llm4brain.instruct.llm_tuning import load_adapter, quantized_llm, save_tuned
 from llm4brain.models.video_llm import Captioner, load_teacher
 from llm4brain.models.weights import load_weights
 
@@ -68,9 +68,8 @@ def load_student(directory: str | Path, teacher_dir: str | Path) -> FmriStudent:
     """Rebuild the student on top of the teacher's files (frozen, eval mode)."""
     directory = Path(directory)
     llm = json.loads((directory / "config.json").read_text())["instruct"]["llm"]
-    qformer, captioner, _ = load_teacher(teacher_dir, llm_dir=directory / "llm" if llm["tuning"] == "full" else None)
-    if llm["quantization"] != "none":
-        captioner.llm = load_base_llm(Path(teacher_dir) / "llm", llm)
+    qformer, captioner, _ = load_teacher(teacher_dir, llm_dir=directory / "llm" if llm["tuning"] == "full" else None,
+                                         llm=quantized_llm(Path(teacher_dir) / "llm", llm))
     captioner.llm = load_adapter(captioner.llm, directory, llm)
     load_weights(captioner.projection, directory / "projection.safetensors")
     aligner = load_aligner(directory / "aligner", qformer) if (directory / "aligner").is_dir() else None

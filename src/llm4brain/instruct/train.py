@@ -15,7 +15,7 @@ from torch.nn import functional as F
 
 from llm4brain.align.model import load_aligner
 from llm4brain.artifacts import atomic_path, read_captions, read_features
-from llm4brain.instruct.llm_tuning import load_base_llm, tune
+from llm4brain.instruct.llm_tuning import quantized_llm, tune
 from llm4brain.instruct.student import FmriStudent, read_inputs, save_student
 from llm4brain.models.video_llm import encode_clips, load_teacher
 from llm4brain.runtime import LOG, seed_everything
@@ -32,12 +32,9 @@ def distillation(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tenso
 
 def build_student(teacher_dir: str, align_dir: str, params: dict[str, Any]) -> FmriStudent:
     """The teacher's captioner (+ the aligned encoder) with the parts ``params`` trains unfrozen."""
-    qformer, captioner, _ = load_teacher(teacher_dir)
+    qformer, captioner, _ = load_teacher(teacher_dir, llm=quantized_llm(Path(teacher_dir) / "llm", params["llm"]))
     captioner.projection.requires_grad_(True)
-    llm = captioner.llm
-    if params["llm"]["quantization"] != "none":
-        llm = load_base_llm(Path(teacher_dir) / "llm", params["llm"])
-    captioner.llm = tune(llm, params["llm"])
+    captioner.llm = tune(captioner.llm, params["llm"])
     aligner = None
     if params["input"] == "encoder":
         aligner = load_aligner(align_dir, qformer)

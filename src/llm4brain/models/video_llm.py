@@ -171,11 +171,12 @@ def save_teacher(directory: Path, qformer: VideoQFormer, captioner: Captioner, s
     captioner.tokenizer.save_pretrained(directory / "tokenizer")
 
 
-def load_teacher(directory: str | Path, device: torch.device | str = "cpu",
-                 llm_dir: str | Path | None = None) -> tuple[VideoQFormer, Captioner, dict[str, Any]]:
+def load_teacher(directory: str | Path, device: torch.device | str = "cpu", llm_dir: str | Path | None = None,
+                 llm: nn.Module | None = None) -> tuple[VideoQFormer, Captioner, dict[str, Any]]:
     """Load a teacher directory written by :func:`save_teacher`, frozen and in eval mode.
 
-    ``llm_dir`` swaps in another LLM of the same architecture (the fMRI student's tuned copy).
+    ``llm_dir`` swaps in another LLM of the same architecture (the fMRI student's tuned copy); ``llm``, one
+    already loaded (e.g. quantised), so the directory's copy is never read.
     """
     directory = Path(directory)
     config_path = directory / "config.json"
@@ -185,7 +186,8 @@ def load_teacher(directory: str | Path, device: torch.device | str = "cpu",
     qformer = VideoQFormer(Blip2QFormerConfig(**settings["qformer"]), settings["num_frames"], settings["num_queries"])
     load_weights(qformer, directory / "video_qformer.safetensors")
     tokenizer = PreTrainedTokenizerFast.from_pretrained(directory / "tokenizer")
-    llm = AutoModelForCausalLM.from_pretrained(llm_dir or directory / "llm", use_safetensors=True)
+    if llm is None:
+        llm = AutoModelForCausalLM.from_pretrained(llm_dir or directory / "llm", use_safetensors=True)
     captioner = Captioner(llm, tokenizer, qformer.config.hidden_size, settings["template"], settings["prompt"],
                           settings["max_caption_tokens"])
     load_weights(captioner.projection, directory / "projection.safetensors")

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from llm4brain.artifacts import atomic_path
+from llm4brain.artifacts import ArtifactError, atomic_path
 
 
 def model_spec(params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -49,12 +49,6 @@ def data_config(params: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
-def _eval_transforms(config: dict[str, Any]) -> list:
-    import timm
-
-    return list(timm.data.create_transform(**config, is_training=False).transforms)
-
-
 def write_config(params: dict[str, Any], out_path: str | Path) -> None:
     """``data_config`` as JSON, resolved once per workflow (importing timm costs seconds per job)."""
     with atomic_path(out_path) as tmp:
@@ -62,8 +56,11 @@ def write_config(params: dict[str, Any], out_path: str | Path) -> None:
 
 
 def read_config(path: str | Path) -> dict[str, Any]:
-    config = json.loads(Path(path).read_text())
-    return {**config, "input_size": tuple(config["input_size"])}
+    try:
+        config = json.loads(Path(path).read_text())
+        return {**config, "input_size": tuple(config["input_size"])}
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ArtifactError(f"{path}: not a vision input config ({err}); rerun rule vision_input") from err
 
 
 def geometric(config: dict[str, Any]) -> Callable[[np.ndarray], np.ndarray]:
@@ -95,9 +92,10 @@ def geometric(config: dict[str, Any]) -> Callable[[np.ndarray], np.ndarray]:
     return lambda frames: np.stack([one(frame) for frame in frames])
 
 
-def photometric(config: dict[str, Any]) -> "Callable[[torch.Tensor], torch.Tensor]":
+def photometric(config: dict[str, Any]) -> Callable[["torch.Tensor"], "torch.Tensor"]:
     """uint8 frames (N, h, w, 3) already at input size → normalised float (N, 3, h, w)."""
-    from torchvision.transforms import Normalize
+    import torch
 
-    normalize = next(t for t in _eval_transforms(config) if isinstance(t, Normalize))
-    return lambda frames: normalize(frames.permute(0, 3, 1, 2).float() / 255.0)
+    mean = torch.tensor(config["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(config["std"]).view(1, 3, 1, 1)
+    return lambda frames: (frames.permute(0, 3, 1, 2).float() / 255.0 - mean) / std

@@ -1,0 +1,23 @@
+"""BIDS file names: which runs a config selects and what their side tables are called.
+
+Imports nothing heavy, so the workflow's input functions use the same selection as the library.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+DERIVED = re.compile(r"_(space|res|den|desc)-[A-Za-z0-9]+")
+
+
+def select_bolds(bolds: list[Path], entities: dict[str, str | None]) -> list[Path]:
+    """The BOLD files whose name carries every configured entity (``task``, ``space``, ``desc``; None = any)."""
+    wanted = [f"_{key}-{value}_" for key, value in entities.items() if value]
+    return [b for b in bolds if all(w in b.name for w in wanted)]
+
+
+def raw_stem(bold: Path) -> str:
+    """The run's name without ``_bold.nii[.gz]`` and derivative entities: what its events and confounds
+    tables are named after (``sub-01_task-movie_run-1_space-T1w_desc-preproc_bold`` → ``sub-01_task-movie_run-1``)."""
+    return DERIVED.sub("", re.sub(r"_bold\.nii(\.gz)?$", "", bold.name))
