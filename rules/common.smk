@@ -8,7 +8,8 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-from llm4brain.fmri.bids import select_bolds
+from llm4brain.fmri.bids import bids_bolds, select_bolds
+from llm4brain.fmri.wen2018 import wen_bolds
 
 validate(config, "../config/schema.yaml")
 
@@ -116,17 +117,26 @@ def section(name):
 
 def subject_runs(wildcards):
     """What tells Snakemake a subject's raw runs are there: the scans table (demo) or the BOLD files."""
+    subject = ROOT / wildcards.subject
     if DATA["layout"] == "demo":
-        return ROOT / wildcards.subject / f"{wildcards.subject}_scans.tsv"
+        return [subject / f"{wildcards.subject}_scans.tsv"]
+    if DATA["layout"] == "wen2018":
+        found = wen_bolds(subject, ALL_SEGMENTS, DATA["wen2018"]["images"])
+        return [bold for bolds in found.values() for bold in bolds]
     entities = {k: v for k, v in DATA["bids"].items() if k != "events_root"}
-    bolds = select_bolds(
-        sorted((ROOT / wildcards.subject).glob("**/func/*_bold.nii*")), entities
-    )
+    bolds = select_bolds(bids_bolds(subject), entities)
     if not bolds:
         raise ValueError(
-            f"{ROOT / wildcards.subject}: no func/*_bold.nii[.gz] files matching data.bids {DATA['bids']}"
+            f"{subject}: no func/*_bold.nii[.gz] or *_bold.dtseries.nii files matching data.bids {DATA['bids']}"
         )
     return bolds
+
+
+def fmri_inputs(wildcards):
+    """The subject's runs, and the ROI mask unless every run is CIFTI (grayordinates need none)."""
+    runs = subject_runs(wildcards)
+    cifti = all(str(run).endswith(".dtseries.nii") for run in runs)
+    return {"runs": runs} if cifti and DATA["layout"] != "demo" else {"runs": runs, "mask": MASK}
 
 
 def subject_dir(wildcards):

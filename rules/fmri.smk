@@ -1,8 +1,7 @@
 rule preprocess_fmri:
     """Mask, detrend, z-score and lag one subject's runs, paired to (segment, tr)."""
     input:
-        runs=subject_runs,
-        mask=MASK,
+        unpack(fmri_inputs),
     output:
         "results/fmri/{subject}.h5",
     log:
@@ -15,7 +14,7 @@ rule preprocess_fmri:
         subject_dir=subject_dir,
         segments=SEGMENTS,
         tr=DATA["tr"],
-        bids=DATA["bids"],
+        layout={key: DATA[key] for key in ("layout", "bids", "wen2018")},
         fmri=section("fmri"),
         code=CODE["fmri"],
     script:

@@ -30,4 +30,6 @@ def tiny_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 FMRI_PARAMS = {"detrend_order": 2, "high_pass": None, "confounds": [], "zscore": True, "hrf_lag": 4.0,
-               "average_repeats": {"train": False, "test": True}, "reliability": {"select": False, "threshold": 0.1}}
+               "average_repeats": {"train": False, "test": True}, "reliability": {"select": False, "threshold": 0.1},
+               "trim": {"start": 0, "end": 0, "keep": None}, "unpaired_clips": "error", "mask_labels": None,
+               "resample": False, "cifti_structures": ["CIFTI_STRUCTURE_CORTEX_LEFT", "CIFTI_STRUCTURE_CORTEX_RIGHT"]}

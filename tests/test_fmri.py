@@ -13,33 +13,43 @@ import pytest
 
 from conftest import FMRI_PARAMS, TINY_DEMO, TINY_SEGMENTS
 from llm4brain.artifacts import open_artifact, read_keys
-from llm4brain.fmri.preprocess import pair_run, preprocess_subject, split_half_reliability
+from llm4brain.fmri.preprocess import SplitHalf, pair_run, preprocess_subject
 from llm4brain.fmri.runs import InputError, Run, check_id
-from llm4brain.fmri.signal import cosine_drift, detrend, regress_out, zscore
+from llm4brain.fmri.signal import cosine_drift, regress_out, zscore
 
 
-def test_detrend_removes_polynomials():
-    t = np.linspace(0, 1, 50)[:, None]
-    data = (3 + 2 * t - 5 * t**2).repeat(4, axis=1)
-    np.testing.assert_allclose(detrend(data, 2), 0, atol=1e-5)
-    assert np.abs(detrend(data, 1)).max() > 0.1
+@pytest.mark.parametrize("order", [0, 1, 2, 4])
+def test_polynomial_detrend_matches_numpy_polynomial(order):
+    """The residual equals data minus numpy.polynomial's least-squares fit of the same order, per voxel."""
+    rng = np.random.default_rng(order)
+    t = np.arange(120.0)
+    data = (rng.normal(size=(120, 5)) + np.outer(t, rng.normal(size=5)) * 0.05 + np.outer((t / 60) ** 3, rng.normal(size=5)))
+    out = regress_out(data.astype(np.float32), order)
+    for v in range(5):
+        fit = np.polynomial.Polynomial.fit(t, data[:, v], order)
+        np.testing.assert_allclose(out[:, v], data[:, v] - fit(t), atol=2e-5)
 
 
 def test_zscore_flags_constant_voxels():
     data = np.random.default_rng(0).normal(size=(30, 3)).astype(np.float32)
     data[:, 1] = 7.0
-    out, ok = zscore(data)
+    ok = zscore(data)
     assert ok.tolist() == [True, False, True]
-    np.testing.assert_allclose(out[:, [0, 2]].std(0, ddof=1), 1, rtol=1e-5)
-    assert (out[:, 1] == 0).all()
+    np.testing.assert_allclose(data[:, [0, 2]].std(0, ddof=1), 1, rtol=1e-5)
+    assert (data[:, 1] == 0).all()
 
 
-def test_split_half_reliability():
+def test_split_half_reliability_streams_pearson():
+    """Accumulated block by block, r equals numpy's correlation of the odd- and even-repeat means."""
     rng = np.random.default_rng(0)
     signal = rng.normal(size=(20, 1))
-    repeats = {("seg", k): [np.array([signal[k, 0], rng.normal()]) + 0.05 * rng.normal(size=2) for _ in range(4)]
-               for k in range(20)}
-    r = split_half_reliability(repeats)
+    odd = np.concatenate([signal, rng.normal(size=(20, 1))], axis=1) + 0.05 * rng.normal(size=(20, 2))
+    even = np.concatenate([signal, rng.normal(size=(20, 1))], axis=1) + 0.05 * rng.normal(size=(20, 2))
+    half = SplitHalf(2)
+    for block in (slice(0, 7), slice(7, 20)):
+        half.add(odd[block], even[block])
+    r = half.r()
+    np.testing.assert_allclose(r, [np.corrcoef(odd[:, v], even[:, v])[0, 1] for v in range(2)], atol=1e-10)
     assert r[0] > 0.95 and abs(r[1]) < 0.6  # voxel 0 repeats its response, voxel 1 is noise
 
 
@@ -107,7 +117,7 @@ def test_missing_segment_runs(tiny_demo, tmp_path):
 def test_mask_grid_mismatch(tiny_demo, tmp_path):
     mask = tmp_path / "mask.nii.gz"
     nib.save(nib.Nifti1Image(np.ones((4, 4, 4), np.uint8), np.eye(4)), mask)
-    with pytest.raises(InputError, match="mask shape"):
+    with pytest.raises(InputError, match="grid .* differs from the mask"):
         preprocess_subject("sub-01", tiny_demo / "sub-01", mask, tmp_path / "o.h5", TINY_SEGMENTS, 2.0, FMRI_PARAMS)
 
 
@@ -189,7 +199,7 @@ def test_bids_derivatives_with_confound_regression(tiny_demo, tmp_path):
     for columns in ([], ["csf"]):
         out = tmp_path / f"confounds-{len(columns)}.h5"
         preprocess_subject("sub-01", subject, tiny_demo / "roi_mask.nii.gz", out, TINY_SEGMENTS, 2.0,
-                           {**FMRI_PARAMS, "confounds": columns}, {**BIDS, "events_root": str(raw)})
+                           {**FMRI_PARAMS, "confounds": columns}, {"layout": "bids", "bids": {**BIDS, "events_root": str(raw)}})
         outputs[len(columns)] = out
     with h5py.File(clean) as c, h5py.File(outputs[0]) as dirty, h5py.File(outputs[1]) as regressed:
         assert dirty.attrs["n_runs"] == c.attrs["n_runs"]  # the MNI decoys were never read
@@ -203,7 +213,7 @@ def test_missing_confound_column_names_file(tiny_demo, tmp_path):
     subject, raw = derivatives_dataset(tiny_demo, tmp_path, nuisance=0.0)
     with pytest.raises(InputError, match=r"desc-confounds_timeseries\.tsv: missing confound columns \['rot_x'\]"):
         preprocess_subject("sub-01", subject, tiny_demo / "roi_mask.nii.gz", tmp_path / "o.h5", TINY_SEGMENTS, 2.0,
-                           {**FMRI_PARAMS, "confounds": ["rot_x"]}, {**BIDS, "events_root": str(raw)})
+                           {**FMRI_PARAMS, "confounds": ["rot_x"]}, {"layout": "bids", "bids": {**BIDS, "events_root": str(raw)}})
     assert not (tmp_path / "o.h5").exists()
 
 

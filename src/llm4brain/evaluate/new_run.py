@@ -15,13 +15,14 @@ import torch
 
 from llm4brain.artifacts import ArtifactError, open_artifact
 from llm4brain.evaluate.decode import generate
-from llm4brain.fmri.preprocess import clean_run, pair_run
-from llm4brain.fmri.runs import InputError, check_id, load_bold, read_confounds, read_run
+from llm4brain.fmri.images import SurfaceSpace, VolumeSpace, space_from_artifact
+from llm4brain.fmri.preprocess import clean_run, kept_volumes, pair_run
+from llm4brain.fmri.runs import check_id, read_confounds, read_run
 from llm4brain.instruct.student import load_student
 
 
-def subject_preprocessing(results: Path, subject: str) -> tuple[np.ndarray, dict, float]:
-    """The kept-voxel mask, the fMRI params and the TR used for ``subject`` in training."""
+def subject_preprocessing(results: Path, subject: str) -> tuple[VolumeSpace | SurfaceSpace, np.ndarray, dict, float]:
+    """The space and usable voxels, the fMRI params and the TR used for ``subject`` in training."""
     path = results / "fmri" / f"{subject}.h5"
     if not path.exists():
         raise ArtifactError(
@@ -31,7 +32,7 @@ def subject_preprocessing(results: Path, subject: str) -> tuple[np.ndarray, dict
     with open_artifact(path, "fmri", ("mask",)) as f:
         if "params" not in f.attrs:
             raise ArtifactError(f"{path}: records no preprocessing params (older llm4brain); rerun preprocess_fmri")
-        return f["mask"][:].astype(bool), json.loads(f.attrs["params"]), float(f.attrs["tr"])
+        return *space_from_artifact(f), json.loads(f.attrs["params"]), float(f.attrs["tr"])
 
 
 def decode_run(subject: str, bold: str | Path, events: str | Path, results: str | Path,
@@ -41,17 +42,16 @@ def decode_run(subject: str, bold: str | Path, events: str | Path, results: str 
     ``start``/``end`` are seconds from the stimulus' first frame (clip ``tr`` spans ``[tr·TR, (tr+1)·TR)``).
     """
     check_id(subject, "subject id")
-    results = Path(results)
-    mask, params, tr = subject_preprocessing(results, subject)
-    run = read_run(Path(bold), Path(events))
-    data, _ = load_bold(Path(bold), tr)
-    if data.shape[:3] != mask.shape:
-        raise InputError(f"{bold}: grid {data.shape[:3]} differs from {subject}'s training grid {mask.shape}")
-    confounds = read_confounds(run, params["confounds"], data.shape[-1]) if params.get("confounds") else None
-    series, usable = clean_run(data[mask].T, params, tr, confounds)
-    pairs = pair_run(run, series.shape[0], tr, params["hrf_lag"])
-    volumes = np.zeros((len(pairs),) + mask.shape, np.float32)
-    volumes[:, mask] = series[[volume for _, volume in pairs]] * usable
+    results, bold = Path(results), Path(bold)
+    space, usable, params, tr = subject_preprocessing(results, subject)
+    run = read_run(bold, Path(events))
+    n = space.n_volumes(bold, tr)
+    start, stop = kept_volumes(bold, n, params["trim"])
+    series = space.read(bold, start, stop)
+    confounds = read_confounds(run, params["confounds"], n)[start:stop] if params["confounds"] else None
+    usable = usable & clean_run(series, params, tr, confounds)
+    pairs = pair_run(run, stop - start, tr, params["hrf_lag"], start, params["unpaired_clips"] == "drop")
+    volumes = space.samples(series[[volume for _, volume in pairs]], usable)
 
     student_dir = results / "instruct" / "model"
     config = json.loads((student_dir / "config.json").read_text())

@@ -1,165 +1,296 @@
-"""``preprocess_fmri``: one subject's runs → ``results/fmri/{subject}.h5``.
+"""``preprocess_fmri``: one subject's runs → ``results/fmri/{subject}.h5``, streamed run by run.
 
-Per run: mask, polynomial detrend, z-score per voxel, then pair volume ``(onset + tr·TR + hrf_lag) / TR``
-with the clip ``(segment, tr)``.  Repeats of a segment are averaged where the config asks (test, by
-default: it is what makes test responses reliable).
+Per run: read the kept volumes into the subject's space (ROI voxels or CIFTI grayordinates), regress out a
+polynomial trend (+ cosine drifts and confounds), z-score per voxel, then pair volume
+``(onset + tr·TR + hrf_lag) / TR`` with the clip ``(segment, tr)``. Each run's samples go straight to a
+scratch HDF5 file (repeats that are averaged are summed there), so memory holds about one run, never the
+subject; the artifact is written from the scratch once the usable voxels are known.
 """
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 from tqdm import tqdm
 
 from llm4brain.artifacts import atomic_h5, set_attrs, write_keys
-from llm4brain.fmri.runs import InputError, Run, bids_runs, check_id, load_bold, load_mask, read_confounds
-from llm4brain.fmri.signal import cosine_drift, regress_out, zscore
+from llm4brain.fmri.images import SurfaceSpace, VolumeSpace, make_space
+from llm4brain.fmri.runs import InputError, Run, check_id, find_runs, read_confounds
+from llm4brain.fmri.signal import column_blocks, cosine_drift, regress_out, zscore
 from llm4brain.runtime import LOG
 
+ROWS = 64  # samples moved between scratch and artifact at a time
 
-def pair_run(run: Run, n_volumes: int, tr: float, hrf_lag: float) -> list[tuple[int, int]]:
-    """``(tr index, volume index)`` pairs for one run: clip k is seen in volume (onset + k·TR + lag) / TR."""
-    n_tr = int(np.floor(run.duration / tr + 1e-6))
-    pairs = [(k, int(round((run.onset + k * tr + hrf_lag) / tr))) for k in range(n_tr)]
-    if n_tr == 0 or pairs[-1][1] >= n_volumes:
+def kept_volumes(path: Path, n: int, trim: dict[str, Any]) -> tuple[int, int]:
+    """The ``[start, stop)`` volumes a run keeps: ``trim.end`` dropped at the end, and at the start either
+    ``trim.start`` volumes or, with ``trim.keep``, whatever exceeds ``keep`` (Wen et al.'s official code:
+    245/246-volume runs lose 1/2 leading and 4 trailing volumes, keeping 240)."""
+    keep, end = trim["keep"], trim["end"]
+    start = n - end - keep if keep else trim["start"]
+    if start < 0 or start >= n - end:
+        want = f"{keep} + {end} trailing" if keep else f"{trim['start']} leading + {end} trailing"
+        raise InputError(f"{path}: run has {n} volumes, too few to trim ({want} volumes)")
+    return start, n - end
+
+
+def pair_run(run: Run, n_volumes: int, tr: float, hrf_lag: float, start: int = 0,
+             drop_unpaired: bool = False) -> list[tuple[int, int]]:
+    """``(tr index, volume index)`` pairs for one run of ``n_volumes`` kept volumes, the first of which is
+    volume ``start`` of the file: clip k is seen in volume (onset + k·TR + lag) / TR. Clips whose volume is
+    past the run's end are an error (the run is shorter than its segment) unless ``drop_unpaired``."""
+    onset = 0.0 if run.onset is None else run.onset - start * tr
+    if onset < -1e-6:
+        raise InputError(f"{run.events}: segment {run.segment!r} starts at {run.onset:g} s, before the first kept "
+                         f"volume ({start} trimmed at {tr:g} s)")
+    n_tr = n_volumes if run.duration is None else int(np.floor(run.duration / tr + 1e-6))
+    pairs = [(k, int(round((onset + k * tr + hrf_lag) / tr))) for k in range(n_tr)]
+    inside = [(k, v) for k, v in pairs if v < n_volumes]
+    if not inside or (len(inside) < n_tr and not drop_unpaired):
         raise InputError(
-            f"{run.bold}: run has {n_volumes} volumes but segment {run.segment!r} (onset {run.onset:g} s, "
+            f"{run.bold}: run has {n_volumes} volumes but segment {run.segment!r} (onset {onset:g} s, "
             f"{n_tr} TRs, lag {hrf_lag:g} s) needs volume {pairs[-1][1] if pairs else 0}"
         )
-    return pairs
+    return inside
 
 
 def temporal_snr(series: np.ndarray) -> np.ndarray:
     """Per-voxel temporal SNR of a raw (T, V) run: mean over time / standard deviation over time."""
-    std = series.std(axis=0)
-    return np.divide(series.mean(axis=0), std, out=np.zeros(series.shape[1]), where=std > 0)
+    out = np.zeros(series.shape[1])
+    for cols in column_blocks(series.shape[1]):
+        block = series[:, cols].astype(np.float64)
+        mean, std = block.mean(axis=0), block.std(axis=0)
+        out[cols] = np.divide(mean, std, out=np.zeros_like(mean), where=std > 0)
+    return out
 
 
-def split_half_reliability(repeats: dict[tuple[str, int], list[np.ndarray]]) -> np.ndarray:
-    """Per-voxel Pearson r, over clips, between the mean of odd and of even repeats (Wen et al.'s repeat
-    reliability); NaN where no clip was shown twice."""
-    pairs = [(np.mean(v[0::2], axis=0), np.mean(v[1::2], axis=0)) for v in repeats.values() if len(v) >= 2]
-    if len(pairs) < 3:
-        n = len(next(iter(repeats.values()))[0]) if repeats else 0
-        return np.full(n, np.nan)
-    a, b = (np.stack(x) for x in zip(*pairs))
-    a, b = a - a.mean(0), b - b.mean(0)
-    denom = np.sqrt((a**2).sum(0) * (b**2).sum(0))
-    return np.divide((a * b).sum(0), denom, out=np.full(a.shape[1], np.nan), where=denom > 0)
-
-
-def clean_run(series: np.ndarray, params: dict[str, Any], tr: float,
-              confounds: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """One run's (T, V) masked series → nuisance-regressed (polynomial of ``detrend_order``, cosine drifts
-    below ``high_pass`` Hz, confounds) and z-scored series, and the voxels that are usable (finite and not
-    constant); unusable voxels are zeroed, never divided by."""
+def clean_run(series: np.ndarray, params: dict[str, Any], tr: float, confounds: np.ndarray | None = None) -> np.ndarray:
+    """Clean one run's (T, V) float32 series in place: nuisance-regress (polynomial of ``detrend_order``,
+    cosine drifts below ``high_pass`` Hz, confounds) and z-score. Returns the usable voxels (finite and not
+    constant); unusable ones are zeroed, never divided by."""
     finite = np.isfinite(series).all(axis=0)
-    series = np.where(finite, series, 0.0).astype(np.float32)
+    if not finite.all():
+        series[:, ~finite] = 0.0
     extra = [] if confounds is None else [(confounds - confounds.mean(0)) / (confounds.std(0) + 1e-8)]
     if params["high_pass"]:
         extra.append(cosine_drift(series.shape[0], tr, params["high_pass"]))
-    series = regress_out(series, params["detrend_order"], np.concatenate(extra, axis=1) if extra else None)
+    regress_out(series, params["detrend_order"], np.concatenate(extra, axis=1) if extra else None)
     if params["zscore"]:
-        series, ok = zscore(series)
-        finite &= ok
-    return series, finite
+        finite &= zscore(series)
+    return finite
 
 
 def fisher_z(r: np.ndarray) -> np.ndarray:
     return np.arctanh(np.clip(r, -0.999999, 0.999999))
 
 
+class SplitHalf:
+    """Per-voxel Pearson r, over clips, between the mean of odd and of even repeats (Wen et al.'s repeat
+    reliability), accumulated block by block of clips so the repeats never sit in memory together."""
+
+    def __init__(self, n_voxels: int) -> None:
+        self.sums = np.zeros((5, n_voxels))  # a, b, ab, aa, bb
+        self.n = 0
+
+    def add(self, a: np.ndarray, b: np.ndarray) -> None:
+        a, b = a.astype(np.float64), b.astype(np.float64)
+        self.sums += np.stack([a.sum(0), b.sum(0), (a * b).sum(0), (a * a).sum(0), (b * b).sum(0)])
+        self.n += len(a)
+
+    def r(self) -> np.ndarray:
+        """NaN where fewer than 3 clips were shown twice or a voxel does not vary."""
+        if self.n < 3:
+            return np.full(self.sums.shape[1], np.nan)
+        sa, sb, sab, saa, sbb = self.sums
+        cov, va, vb = self.n * sab - sa * sb, self.n * saa - sa**2, self.n * sbb - sb**2
+        denom = np.sqrt(np.clip(va, 0, None) * np.clip(vb, 0, None))
+        return np.divide(cov, denom, out=np.full_like(cov, np.nan), where=denom > 1e-12 * (self.n * (saa + sbb) + 1))
+
+
+@dataclass
+class SplitRows:
+    """Where each run's samples go in one split: keys (one per row) and, per run, ``(first row, volumes)``;
+    rows of an averaged split are shared by the repeats and count how many were added."""
+
+    average: bool
+    keys: list[tuple[str, int]] = field(default_factory=list)
+    counts: list[int] = field(default_factory=list)
+    targets: dict[int, tuple[int, list[int]]] = field(default_factory=dict)
+
+
+def plan_rows(runs: list[Run], pairs: list[list[tuple[int, int]]], split_of: dict[str, str],
+              average: dict[str, bool]) -> dict[str, SplitRows]:
+    """Rows ordered by segment, then (unaveraged) run, then TR. One run's rows are always contiguous."""
+    plan = {split: SplitRows(average[split]) for split in average}
+    by_segment: dict[str, list[int]] = defaultdict(list)
+    for i, run in enumerate(runs):
+        by_segment[run.segment].append(i)
+    for segment in sorted(by_segment):
+        rows = plan[split_of[segment]]
+        if rows.average:
+            n = max(k for i in by_segment[segment] for k, _ in pairs[i]) + 1
+            first = len(rows.keys)
+            rows.keys += [(segment, k) for k in range(n)]
+            rows.counts += [0] * n
+            for i in by_segment[segment]:
+                rows.targets[i] = (first, [v for _, v in pairs[i]])
+                for k, _ in pairs[i]:
+                    rows.counts[first + k] += 1
+        else:
+            for i in by_segment[segment]:
+                rows.targets[i] = (len(rows.keys), [v for _, v in pairs[i]])
+                rows.keys += [(segment, k) for k, _ in pairs[i]]
+                rows.counts += [1] * len(pairs[i])
+    return plan
+
+
+def add_rows(dataset: h5py.Dataset, first: int, values: np.ndarray) -> None:
+    """``dataset[first:first + len(values)] += values``, a block of rows at a time."""
+    for r in range(0, len(values), ROWS):
+        block = slice(first + r, first + min(r + ROWS, len(values)))
+        dataset[block] = dataset[block] + values[r:r + ROWS]
+
+
 def preprocess_subject(
     subject: str,
     subject_dir: str | Path,
-    mask_path: str | Path,
+    mask_path: str | Path | None,
     out_path: str | Path,
     segments: dict[str, list[str]],
     tr: float,
     params: dict[str, Any],
-    bids: dict[str, Any] | None = None,
+    layout: dict[str, Any] | None = None,
 ) -> None:
     """Preprocess every run of ``subject`` and write the per-split samples atomically.
 
-    ``params`` is the ``fmri`` config section (``detrend_order``, ``high_pass``, ``confounds``, ``zscore``,
-    ``hrf_lag`` in seconds, ``average_repeats`` per split, ``reliability`` selection); ``bids`` the
-    ``data.bids`` entity filters and events root.
+    ``params`` is the ``fmri`` config section; ``layout`` the data section's ``layout``, ``bids`` and
+    ``wen2018`` entries (default: BIDS-like, as the demo writes).
     """
     check_id(subject, "subject id")
-    subject_dir = Path(subject_dir)
+    subject_dir, out_path = Path(subject_dir), Path(out_path)
+    data = {"layout": "bids", "bids": {}, **(layout or {}), "segments": segments}
     split_of = {seg: split for split, segs in segments.items() for seg in segs}
-    bids = bids or {}
-    entities = {key: bids.get(key) for key in ("task", "space", "desc")}
-    events_root = Path(bids["events_root"]) if bids.get("events_root") else None
-    runs = bids_runs(subject_dir, entities, events_root)
+    runs = find_runs(subject_dir, data)
     for run in runs:
         if run.segment not in split_of:
             raise InputError(f"{run.events}: segment {run.segment!r} is not in the configured segments")
-    shown = {run.segment for run in runs}
-    missing = sorted(set(split_of) - shown)
+    missing = sorted(set(split_of) - {run.segment for run in runs})
     if missing:
         raise InputError(f"{subject_dir}: no runs for segments {missing}")
 
-    mask = None
-    usable = None
-    tsnr: list[np.ndarray] = []
-    samples: dict[str, dict[tuple[str, int], list[np.ndarray]]] = defaultdict(lambda: defaultdict(list))
-    for run in tqdm(runs, desc=f"{subject} runs", mininterval=1.0):
-        data, img = load_bold(run.bold, tr)
-        if mask is None:
-            mask = load_mask(Path(mask_path), img, run.bold)
-            usable = np.ones(int(mask.sum()), bool)
-            affine = img.affine
-        elif data.shape[:3] != mask.shape:
-            raise InputError(f"{run.bold}: grid {data.shape[:3]} differs from the subject's first run {mask.shape}")
-        raw = data[mask].T
-        tsnr.append(temporal_snr(raw))
-        confounds = read_confounds(run, params["confounds"], raw.shape[0]) if params["confounds"] else None
-        series, finite = clean_run(raw, params, tr, confounds)
-        usable &= finite
-        for k, volume in pair_run(run, series.shape[0], tr, params["hrf_lag"]):
-            samples[split_of[run.segment]][(run.segment, k)].append(series[volume])
+    space = make_space(runs[0].bold, mask_path, params)
+    kept, pairs = [], []
+    for run in runs:  # headers only: every run is checked before any is processed
+        n = space.n_volumes(run.bold, tr)
+        start, stop = kept_volumes(run.bold, n, params["trim"])
+        kept.append((start, stop, n))
+        pairs.append(pair_run(run, stop - start, tr, params["hrf_lag"], start, params["unpaired_clips"] == "drop"))
+    plan = plan_rows(runs, pairs, split_of, params["average_repeats"])
+    n_voxels = int(np.prod(space.shape)) if isinstance(space, SurfaceSpace) else int(space.mask.sum())
 
-    reliability = split_half_reliability(samples["test"])
+    scratch_path = out_path.with_name(f".{out_path.name}.scratch-{os.getpid()}.h5")
+    try:
+        with h5py.File(scratch_path, "w") as scratch:
+            usable, tsnr, reliability = stream_runs(subject, runs, kept, pairs, plan, space, scratch, n_voxels, tr, params)
+            write_artifact(subject, out_path, runs, plan, space, scratch, usable, tsnr, reliability, tr, params, data)
+    finally:
+        scratch_path.unlink(missing_ok=True)
+
+
+def stream_runs(subject: str, runs: list[Run], kept: list[tuple[int, int, int]], pairs: list[list[tuple[int, int]]],
+                plan: dict[str, SplitRows], space: VolumeSpace | SurfaceSpace, scratch: h5py.File, n_voxels: int,
+                tr: float, params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Clean each run and add its samples to the scratch sums (and to the odd/even repeat halves of the
+    test segments); return the usable voxels, the mean tSNR and the split-half reliability."""
+    sums = {split: scratch.create_dataset(split, (len(rows.keys), n_voxels), np.float32, chunks=(1, n_voxels))
+            for split, rows in plan.items() if rows.keys}
+    test = plan.get("test", SplitRows(True))
+    halves = scratch.create_dataset("halves", (2, max(len(test.keys), 1), n_voxels), np.float32,
+                                    chunks=(1, 1, n_voxels))
+    half_counts = np.zeros((2, max(len(test.keys), 1)))
+    shown: dict[str, int] = defaultdict(int)
+    usable = np.ones(n_voxels, bool)
+    tsnr = np.zeros(n_voxels)
+    for i, run in enumerate(tqdm(runs, desc=f"{subject} runs", mininterval=1.0)):
+        start, stop, n = kept[i]
+        series = space.read(run.bold, start, stop)
+        tsnr += temporal_snr(series)
+        confounds = read_confounds(run, params["confounds"], n)[start:stop] if params["confounds"] else None
+        usable &= clean_run(series, params, tr, confounds)
+        for split, rows in plan.items():
+            if i in rows.targets:
+                first, volumes = rows.targets[i]
+                add_rows(sums[split], first, series[volumes])
+        if i in test.targets:  # odd and even repeats of a test segment, for the split-half reliability
+            first, volumes = test.targets[i]
+            parity = shown[run.segment] % 2
+            shown[run.segment] += 1
+            for r in range(0, len(volumes), ROWS):
+                block = slice(first + r, first + min(r + ROWS, len(volumes)))
+                halves[parity, block] = halves[parity, block] + series[volumes[r:r + ROWS]]
+                half_counts[parity, block] += 1
+    split_half = SplitHalf(n_voxels)
+    both = np.flatnonzero((half_counts > 0).all(axis=0))
+    for r in range(0, len(both), ROWS):
+        rows = both[r:r + ROWS]
+        split_half.add(*(halves[h, rows] / half_counts[h, rows, None] for h in (0, 1)))
+    return usable, tsnr / len(runs), split_half.r()
+
+
+def write_artifact(subject: str, out_path: Path, runs: list[Run], plan: dict[str, SplitRows],
+                   space: VolumeSpace | SurfaceSpace, scratch: h5py.File, usable: np.ndarray, tsnr: np.ndarray,
+                   reliability: np.ndarray, tr: float, params: dict[str, Any], data: dict[str, Any]) -> None:
+    """Select voxels (usable, optionally reliable), then copy the scratch rows (sums / counts) into the
+    artifact's ``/{split}/bold`` a block at a time."""
     selection = params["reliability"]
     if selection["select"]:
         if not np.isfinite(reliability).any():
-            raise InputError(f"{subject_dir}: reliability selection needs test segments shown at least twice")
+            raise InputError(f"{runs[0].bold.parent}: reliability selection needs test segments shown at least twice")
         reliable = fisher_z(np.nan_to_num(reliability, nan=-1.0)) >= selection["threshold"]
         LOG.info("%s: %d of %d voxels reach repeat reliability z >= %g", subject, int((reliable & usable).sum()),
                  usable.size, selection["threshold"])
         usable &= reliable
-    if mask is None or not usable.any():
-        raise InputError(f"{subject_dir}: no usable voxels inside {mask_path} (all non-finite or constant)")
+    if not usable.any():
+        where = space.mask_path if isinstance(space, VolumeSpace) else f"the {space.structures} grayordinates"
+        raise InputError(f"{subject}: no usable voxels in {where} (all non-finite or constant in some run "
+                         f"under {runs[0].bold.parent})")
     dropped = int((~usable).sum())
     if dropped:
         LOG.warning("%s: dropped %d of %d voxels (non-finite or constant in some run)", subject, dropped, usable.size)
-    keep = mask.copy()
-    keep[mask] = usable
     with atomic_h5(out_path, "fmri", params) as f:
-        for split in segments:
-            keys, rows = [], []
-            for key, values in sorted(samples[split].items()):
-                if params["average_repeats"][split]:
-                    keys.append(key)
-                    rows.append(np.mean(values, axis=0))
-                else:
-                    keys += [key] * len(values)
-                    rows += values
-            bold = np.zeros((len(rows),) + mask.shape, np.float32)
-            if rows:
-                bold[:, mask] = np.stack(rows) * usable
+        for split, rows in plan.items():
             group = f.create_group(split)
-            group.create_dataset("bold", data=bold, chunks=(1,) + mask.shape if rows else None)
-            write_keys(group, [k[0] for k in keys], [k[1] for k in keys])
-            LOG.info("%s %s: %d samples", subject, split, len(rows))
+            bold = group.create_dataset("bold", (len(rows.keys),) + space.shape, np.float32,
+                                        chunks=(1,) + space.shape if rows.keys else None)
+            counts = np.array(rows.counts, np.float32)
+            for r in range(0, len(rows.keys), ROWS):
+                block = slice(r, min(r + ROWS, len(rows.keys)))
+                bold[block] = space.samples(scratch[split][block] / counts[block, None], usable)
+            write_keys(group, [k[0] for k in rows.keys], [k[1] for k in rows.keys])
+            LOG.info("%s %s: %d samples", subject, split, len(rows.keys))
+        if isinstance(space, VolumeSpace):
+            keep = space.mask.copy()
+            keep[space.mask] = usable
+        else:
+            keep = usable
         f.create_dataset("mask", data=keep.astype(np.uint8))
-        qc = f.create_group("qc")  # per voxel of the ROI mask, in mask order
-        qc.create_dataset("tsnr", data=np.mean(tsnr, axis=0).astype(np.float32))
+        qc = f.create_group("qc")  # per voxel of the ROI mask / selected grayordinate
+        qc.create_dataset("tsnr", data=tsnr.astype(np.float32))
         qc.create_dataset("reliability", data=reliability.astype(np.float32))
         qc.create_dataset("usable", data=usable.astype(np.uint8))
         set_attrs(f, {"subject": subject, "tr": tr, "hrf_lag": params["hrf_lag"], "params": params,
-                      "affine": affine.tolist(), "space": "demo", "layout": "volume", "n_runs": len(runs)})
+                      "space": space_name(data, space), "n_runs": len(runs), **space.attrs()})
+
+
+def space_name(data: dict[str, Any], space: VolumeSpace | SurfaceSpace) -> str:
+    """What coordinates the samples are in, for readers of the artifact."""
+    if isinstance(space, SurfaceSpace):
+        return "CIFTI grayordinates (" + ", ".join(space.structures) + ")"
+    if data["layout"] == "wen2018":
+        return "MNI152"
+    return data.get("bids", {}).get("space") or data["layout"]

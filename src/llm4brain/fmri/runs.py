@@ -10,7 +10,8 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from llm4brain.fmri.bids import raw_stem, select_bolds
+from llm4brain.fmri.bids import bids_bolds, raw_stem, select_bolds
+from llm4brain.fmri.wen2018 import wen_bolds
 
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
@@ -26,8 +27,8 @@ class Run:
     bold: Path
     events: Path
     segment: str
-    onset: float  # seconds from the first volume to the segment's first frame
-    duration: float
+    onset: float | None  # seconds from the file's first volume to the segment's first frame; None = first kept volume
+    duration: float | None  # seconds; None = until the last kept volume
     confounds: Path | None = None
 
 
@@ -43,8 +44,7 @@ def bids_runs(subject_dir: Path, entities: dict[str, str | None] | None = None,
     """The ``*_bold.nii[.gz]`` runs under ``subject_dir/[ses-*/]func`` that match ``entities``, each with its
     ``*_events.tsv`` (named like the run without derivative entities, next to it or at the same relative
     path under ``events_root``) and fMRIPrep's ``*_desc-confounds_timeseries.tsv`` when present."""
-    bolds = sorted(subject_dir.glob("func/*_bold.nii*")) + sorted(subject_dir.glob("ses-*/func/*_bold.nii*"))
-    bolds = select_bolds(bolds, entities or {})
+    bolds = select_bolds(bids_bolds(subject_dir), entities or {})
     if not bolds:
         raise InputError(f"{subject_dir}: no func/*_bold.nii[.gz] runs found matching {entities or {}}")
     runs = []
@@ -56,6 +56,24 @@ def bids_runs(subject_dir: Path, entities: dict[str, str | None] | None = None,
             raise InputError(f"{bold}: no events file (expected {events.name} next to it or under the events root)")
         runs.append(read_run(bold, events))
     return runs
+
+
+def wen_runs(subject_dir: Path, segments: list[str], images: str) -> list[Run]:
+    """Wen 2018 runs: one segment per file, shown from the first kept volume to the last (no events tables)."""
+    try:
+        found = wen_bolds(subject_dir, segments, images)
+    except FileNotFoundError as err:
+        raise InputError(str(err)) from err
+    return [Run(bold, bold, segment, None, None) for segment, bolds in found.items() for bold in bolds]
+
+
+def find_runs(subject_dir: Path, data: dict) -> list[Run]:
+    """A subject's runs in the configured layout (``data`` is the config's data section)."""
+    if data["layout"] == "wen2018":
+        return wen_runs(subject_dir, data["segments"]["train"] + data["segments"]["test"], data["wen2018"]["images"])
+    bids = data.get("bids", {})
+    events_root = Path(bids["events_root"]) if bids.get("events_root") else None
+    return bids_runs(subject_dir, {key: bids.get(key) for key in ("task", "space", "desc")}, events_root)
 
 
 def read_confounds(run: Run, columns: list[str], n_volumes: int) -> np.ndarray:

@@ -5,36 +5,28 @@ from __future__ import annotations
 import numpy as np
 
 
-def detrend(data: np.ndarray, order: int = 2) -> np.ndarray:
-    """Remove a polynomial trend of ``order`` from each column of ``data`` (T, V); order 0 removes the mean.
-
-    The fit uses a Legendre basis on [-1, 1], which is well conditioned for the orders used in fMRI (≤ 4
-    in Wen et al.'s official code).
-    """
-    if data.ndim != 2:
-        raise ValueError(f"detrend expects (time, voxels), got shape {data.shape}")
-    if order < 0:
-        raise ValueError(f"detrend order must be >= 0, got {order}")
-    n = data.shape[0]
-    if n <= order:
-        raise ValueError(f"cannot fit an order-{order} trend to {n} time points")
-    basis = np.polynomial.legendre.legvander(np.linspace(-1.0, 1.0, n), order)  # (T, order + 1)
-    coef, *_ = np.linalg.lstsq(basis, data.astype(np.float64), rcond=None)
-    return (data - basis @ coef).astype(np.float32)
+COLUMNS = 4096  # voxels cleaned at a time: float64 work arrays stay small next to the run itself
 
 
-def zscore(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Z-score each column over time (sample std, ddof=1); return the data and a mask of usable columns.
+def column_blocks(n: int) -> list[slice]:
+    return [slice(c, min(c + COLUMNS, n)) for c in range(0, n, COLUMNS)]
+
+
+def zscore(data: np.ndarray) -> np.ndarray:
+    """Z-score each column of ``data`` (T, V) over time in place (sample std, ddof=1, as nilearn's
+    ``zscore_sample``); return the mask of usable columns.
 
     Constant columns cannot be standardised: they are set to zero and flagged ``False`` rather than
     divided by zero.
     """
-    mean = data.mean(axis=0, dtype=np.float64)
-    std = data.std(axis=0, ddof=1, dtype=np.float64)
-    ok = np.isfinite(std) & (std > 1e-8 * (np.abs(mean) + 1.0))
-    out = np.zeros_like(data, dtype=np.float32)
-    out[:, ok] = ((data[:, ok] - mean[ok]) / std[ok]).astype(np.float32)
-    return out, ok
+    ok = np.zeros(data.shape[1], bool)
+    for cols in column_blocks(data.shape[1]):
+        block = data[:, cols].astype(np.float64)
+        mean, std = block.mean(axis=0), block.std(axis=0, ddof=1)
+        good = np.isfinite(std) & (std > 1e-8 * (np.abs(mean) + 1.0))
+        data[:, cols] = np.where(good, (block - mean) / np.where(good, std, 1.0), 0.0)
+        ok[cols] = good
+    return ok
 
 
 def cosine_drift(n: int, tr: float, cutoff_hz: float) -> np.ndarray:
@@ -46,14 +38,19 @@ def cosine_drift(n: int, tr: float, cutoff_hz: float) -> np.ndarray:
 
 
 def regress_out(data: np.ndarray, order: int, extra: np.ndarray | None = None) -> np.ndarray:
-    """Residual of each column of ``data`` (T, V) after one least-squares fit of a Legendre polynomial of
-    ``order`` plus ``extra`` regressors (T, K) such as cosine drifts and confounds: fitting them together
-    keeps one from re-introducing what another removed."""
+    """Replace each column of ``data`` (T, V), in place, by its residual after one least-squares fit of a
+    Legendre polynomial of ``order`` plus ``extra`` regressors (T, K) such as cosine drifts and confounds:
+    fitting them together keeps one from re-introducing what another removed. Collinear regressors are
+    fine (the fit projects onto the span of the design)."""
     n = data.shape[0]
     design = np.polynomial.legendre.legvander(np.linspace(-1.0, 1.0, n), order)
     if extra is not None and extra.shape[1]:
         design = np.concatenate([design, extra], axis=1)
     if n <= design.shape[1]:
         raise ValueError(f"cannot fit {design.shape[1]} nuisance regressors to {n} time points")
-    coef, *_ = np.linalg.lstsq(design, data.astype(np.float64), rcond=None)
-    return (data - design @ coef).astype(np.float32)
+    u, sv, _ = np.linalg.svd(design, full_matrices=False)
+    basis = u[:, sv > sv[0] * n * np.finfo(float).eps]
+    for cols in column_blocks(data.shape[1]):
+        block = data[:, cols].astype(np.float64)
+        data[:, cols] = block - basis @ (basis.T @ block)
+    return data
