@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 
 from llm4brain.align.model import BrainAligner, load_aligner, save_aligner
@@ -19,7 +20,7 @@ CAPTIONS = ["one small red circle moving left on a black background",
 TEMPLATE, PROMPT = "###Human: <Video>{video}</Video> {prompt} ###Assistant:", "Describe the clip."
 QFORMER = {"num_queries": 4, "hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64}
 LLM = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64}
-ALIGN = {"tokenizer": {"channels": 4, "patch": 4}, "encoder": {"dim": 32, "depth": 1, "num_heads": 2, "mlp_ratio": 2.0,
+ALIGN = {"tokenizer": {"channels": 4, "patch": 4, "vector_patch": 4}, "encoder": {"dim": 32, "depth": 1, "num_heads": 2, "mlp_ratio": 2.0,
          "dropout": 0.0}, "adaptor": {"bottleneck": 8, "scale_init": 1e-3}, "temperature": 0.07}
 
 
@@ -76,11 +77,23 @@ def test_encoder_tokens_shape():
     assert tokens.shape == (3, 3 * 2 * 2, 32)  # grid padded to (12, 8, 8) → 3 × 2 × 2 patches
 
 
-def test_aligner_round_trip(tmp_path):
+def test_vector_tokenizer_patches_like_mind_vis():
+    """Grayordinate vectors get MinD-Vis' 1-D patches: ceil(V / p) tokens, each from p consecutive voxels."""
+    encoder = FmriEncoder((10,), 1, 4, 4, 32, 1, 2, 2.0, 0.0, vector_patch=4)
+    assert encoder(torch.randn(3, 1, 10)).shape == (3, 3, 32)  # padded to 12 → 3 patches
+    x = torch.zeros(1, 1, 10)
+    base = encoder.tokenizer(x)
+    x[0, 0, 5] = 1.0  # voxel 5 lies in patch 1 only
+    changed = (encoder.tokenizer(x) - base).abs().sum(-1)[0]
+    assert changed[1] > 0 and changed[0] == 0 and changed[2] == 0
+
+
+@pytest.mark.parametrize("grid", [(8, 8, 4), (37,)])
+def test_aligner_round_trip(tmp_path, grid):
     qformer, _ = tiny_teacher()
-    aligner = BrainAligner((8, 8, 4), ALIGN, qformer).eval()
-    volumes = torch.randn(2, 8, 8, 4)
-    save_aligner(tmp_path / "aligner", aligner, (8, 8, 4), ALIGN, "teacher")
+    aligner = BrainAligner(grid, ALIGN, qformer).eval()
+    volumes = torch.randn(2, *grid)
+    save_aligner(tmp_path / "aligner", aligner, grid, ALIGN, "teacher")
     again = load_aligner(tmp_path / "aligner", qformer)
     with torch.no_grad():
         out = aligner(volumes)

@@ -21,13 +21,13 @@ QFORMER_ADAPTOR_SITES = ("attention.output.dense", "output_query.dense")
 
 
 class BrainAligner(nn.Module):
-    """(B, X, Y, Z) volumes → (B, Q, H) tokens in the teacher's video-token space."""
+    """(B, X, Y, Z) volumes or (B, V) vectors → (B, Q, H) tokens in the teacher's video-token space."""
 
-    def __init__(self, grid: tuple[int, int, int], params: dict[str, Any], video_qformer: VideoQFormer) -> None:
+    def __init__(self, grid: tuple[int, ...], params: dict[str, Any], video_qformer: VideoQFormer) -> None:
         super().__init__()
         tok, enc, ada = params["tokenizer"], params["encoder"], params["adaptor"]
         self.encoder = FmriEncoder(grid, 1, tok["channels"], tok["patch"], enc["dim"], enc["depth"],
-                                   enc["num_heads"], enc["mlp_ratio"], enc["dropout"])
+                                   enc["num_heads"], enc["mlp_ratio"], enc["dropout"], tok["vector_patch"])
         self.to_context = nn.Linear(enc["dim"], video_qformer.config.encoder_hidden_size)
         self.qformer = copy.deepcopy(video_qformer)
         sites = add_adaptors(self.qformer, QFORMER_ADAPTOR_SITES, ada["bottleneck"], ada["scale_init"])

@@ -1,7 +1,9 @@
-"""fMRI encoder: a 3-D CNN tokenizer over volumes + an SC-MBM-style (ViT) transformer.
+"""fMRI encoder: a 3-D CNN tokenizer over volumes (or MinD-Vis' 1-D patches over a voxel / grayordinate
+vector) + an SC-MBM-style (ViT) transformer.
 
 MinD-Vis patches a 1-D voxel vector; LLM4Brain replaces that with a 3-D CNN over the volume, so tokens keep
-their spatial neighbourhood. Blocks are timm's ViT blocks.
+their spatial neighbourhood. Samples without a grid (CIFTI grayordinates) keep the 1-D patches. Blocks are
+timm's ViT blocks.
 """
 
 from __future__ import annotations
@@ -39,13 +41,33 @@ class VolumeTokenizer(nn.Module):
         return x.flatten(2).transpose(1, 2) + self.pos_embed
 
 
-class FmriEncoder(nn.Module):
-    """Tokenizer + transformer blocks + final norm: (B, W, X, Y, Z) → (B, N, D)."""
+class VectorTokenizer(nn.Module):
+    """(B, W, V) window of W voxel vectors → (B, N, D) tokens: MinD-Vis' ``Conv1d(W, D, p, stride=p)`` over
+    non-overlapping runs of ``p`` voxels (the vector zero-padded to a multiple of ``p``), + 1-D positions."""
 
-    def __init__(self, grid: tuple[int, int, int], window: int, channels: int, patch: int, dim: int, depth: int,
-                 num_heads: int, mlp_ratio: float, dropout: float) -> None:
+    def __init__(self, length: int, window: int, patch: int, dim: int) -> None:
         super().__init__()
-        self.tokenizer = VolumeTokenizer(grid, window, channels, patch, dim)
+        self.padded = math.ceil(length / patch) * patch
+        self.proj = nn.Conv1d(window, dim, kernel_size=patch, stride=patch)
+        self.pos_embed = nn.Parameter(torch.randn(1, self.padded // patch, dim) * 0.02)
+
+    def forward(self, vectors: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.pad(vectors, [0, self.padded - vectors.shape[-1]])
+        return self.proj(x).transpose(1, 2) + self.pos_embed
+
+
+class FmriEncoder(nn.Module):
+    """Tokenizer + transformer blocks + final norm: (B, W, X, Y, Z) volumes or (B, W, V) vectors → (B, N, D)."""
+
+    def __init__(self, grid: tuple[int, ...], window: int, channels: int, patch: int, dim: int, depth: int,
+                 num_heads: int, mlp_ratio: float, dropout: float, vector_patch: int = 16) -> None:
+        super().__init__()
+        if len(grid) == 1:
+            self.tokenizer = VectorTokenizer(grid[0], window, vector_patch, dim)
+        elif len(grid) == 3:
+            self.tokenizer = VolumeTokenizer(grid, window, channels, patch, dim)
+        else:
+            raise ValueError(f"fMRI samples must be volumes (X, Y, Z) or vectors (V,), got shape {grid}")
         self.blocks = nn.Sequential(*[
             Block(dim, num_heads, mlp_ratio, qkv_bias=True, proj_drop=dropout, attn_drop=dropout) for _ in range(depth)
         ])
