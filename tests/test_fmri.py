@@ -227,3 +227,137 @@ def test_reliability_selection_keeps_repeatable_voxels(tiny_demo, tmp_path):
         assert 0 < kept.sum() < roi.sum()
         assert np.all(np.arctanh(reliability[kept[roi]]) >= 0.3)
         assert np.all(f["test/bold"][:][:, ~kept] == 0)
+
+
+WEN_SEGMENTS = {"train": ["seg1", "seg2"], "test": ["test1"]}
+WEN_PARAMS = {**FMRI_PARAMS, "detrend_order": 4, "trim": {"start": 0, "end": 4, "keep": 20}, "unpaired_clips": "drop"}
+WEN_CIFTI = {"layout": "wen2018", "wen2018": {"images": "cifti"}}
+
+
+def expected_clip(run: Path, lead: int, keep: int, order: int, volume: int, columns: np.ndarray) -> np.ndarray:
+    """One cleaned volume computed independently: numpy.polynomial detrend + sample z-score of the kept volumes."""
+    series = np.asarray(nib.load(run).dataobj, dtype=np.float64)[lead:lead + keep][:, columns]
+    t = np.arange(keep)
+    resid = np.stack([series[:, v] - np.polynomial.Polynomial.fit(t, series[:, v], order)(t) for v in range(series.shape[1])], 1)
+    return ((resid - resid.mean(0)) / resid.std(0, ddof=1))[volume]
+
+
+def test_wen2018_cifti_layout(tmp_path):
+    """The release layout: CIFTI cortex grayordinates, trimmed like the official code, lagged, repeats of
+    the test segment averaged; the NaN volumes the trim removes never reach the output."""
+    from wen2018 import write_wen2018
+
+    write_wen2018(tmp_path, ["subject1"], WEN_SEGMENTS, keep=20)
+    out = tmp_path / "subject1.h5"
+    preprocess_subject("subject1", tmp_path / "subject1", None, out, WEN_SEGMENTS, 2.0, WEN_PARAMS, WEN_CIFTI)
+    with open_artifact(out, "fmri", ("train/bold", "test/bold", "mask")) as f:
+        assert f.attrs["layout"] == "vector" and f.attrs["n_runs"] == 2 + 2 + 3
+        assert f["train/bold"].shape == (2 * 2 * 18, 40)  # 20 kept volumes, the last 2 clips lack a lagged volume
+        assert f["test/bold"].shape == (18, 40) and f["mask"][:].all()
+        train_keys, test_keys = read_keys(f["train"]), read_keys(f["test"])
+        test = f["test/bold"][:]
+        train = f["train/bold"][:]
+    assert test_keys == [("test1", k) for k in range(18)]
+    assert train_keys[:18] == [("seg1", k) for k in range(18)] and train_keys[18:36] == train_keys[:18]
+    columns = np.arange(40)  # the cortical grayordinates come first in the fixture's brain-model axis
+    runs = sorted((tmp_path / "subject1/fmri/test1/cifti").glob("*.dtseries.nii"))
+    for k in (0, 9, 17):
+        expected = np.mean([expected_clip(run, 1 + (r % 2), 20, 4, k + 2, columns) for r, run in enumerate(runs, 1)], 0)
+        np.testing.assert_allclose(test[k], expected, atol=1e-4)
+    second_run = sorted((tmp_path / "subject1/fmri/seg1/cifti").glob("*.dtseries.nii"))[1]
+    np.testing.assert_allclose(train[18 + 5], expected_clip(second_run, 1, 20, 4, 7, columns), atol=1e-4)
+
+
+def test_wen2018_trimming_and_pairing_errors(tmp_path):
+    from wen2018 import write_wen2018
+
+    write_wen2018(tmp_path, ["subject1"], WEN_SEGMENTS, keep=20)
+    subject = tmp_path / "subject1"
+    with pytest.raises(InputError, match=r"seg1_1_Atlas\.dtseries\.nii: run has 26 volumes, too few to trim"):
+        preprocess_subject("subject1", subject, None, tmp_path / "o.h5", WEN_SEGMENTS, 2.0,
+                           {**WEN_PARAMS, "trim": {"start": 0, "end": 4, "keep": 30}}, WEN_CIFTI)
+    with pytest.raises(InputError, match=r"seg1_1_Atlas\.dtseries\.nii: run has 20 volumes but segment 'seg1'"):
+        preprocess_subject("subject1", subject, None, tmp_path / "o.h5", WEN_SEGMENTS, 2.0,
+                           {**WEN_PARAMS, "unpaired_clips": "error"}, WEN_CIFTI)
+    with pytest.raises(InputError, match="no usable voxels"):  # untrimmed: the NaN volumes spoil every voxel
+        preprocess_subject("subject1", subject, None, tmp_path / "o.h5", WEN_SEGMENTS, 2.0,
+                           {**WEN_PARAMS, "trim": {"start": 0, "end": 0, "keep": None}}, WEN_CIFTI)
+    with pytest.raises(InputError, match=r"fmri/test2: no \*_Atlas\.dtseries\.nii runs"):
+        preprocess_subject("subject1", subject, None, tmp_path / "o.h5", {**WEN_SEGMENTS, "test": ["test2"]}, 2.0,
+                           WEN_PARAMS, WEN_CIFTI)
+    with pytest.raises(InputError, match=r"header TR is 2 s but the config says 1\.5 s"):
+        preprocess_subject("subject1", subject, None, tmp_path / "o.h5", WEN_SEGMENTS, 1.5, WEN_PARAMS, WEN_CIFTI)
+    assert not list(tmp_path.glob("*.h5"))  # neither an artifact nor a scratch file is left behind
+
+
+def test_wen2018_mni_volumes(tmp_path):
+    from wen2018 import GRID, write_wen2018
+
+    write_wen2018(tmp_path, ["subject1"], WEN_SEGMENTS, keep=20)
+    out = tmp_path / "subject1.h5"
+    preprocess_subject("subject1", tmp_path / "subject1", tmp_path / "mni_mask.nii.gz", out, WEN_SEGMENTS, 2.0,
+                       WEN_PARAMS, {"layout": "wen2018", "wen2018": {"images": "mni"}})
+    with open_artifact(out, "fmri", ("train/bold",)) as f:
+        assert f.attrs["layout"] == "volume" and f.attrs["space"] == "MNI152"
+        assert f["train/bold"].shape == (72,) + GRID and f["mask"][:].sum() == 24
+
+
+def test_cleaning_equals_nilearn_signal_clean():
+    """Linear detrend + z-score equals nilearn's signal.clean(detrend=True, standardize='zscore_sample') on
+    real EPI (nibabel's functional.nii)."""
+    from nilearn.signal import clean
+
+    img = nib.load(Path(nib.__file__).parent / "tests" / "data" / "functional.nii")
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    series = data[data.mean(-1) > 0].T.copy()  # (T, V) brain voxels
+    expected = clean(series.astype(np.float64), detrend=True, standardize="zscore_sample", t_r=2.0)
+    ours = series.copy()
+    from llm4brain.fmri.preprocess import clean_run
+
+    usable = clean_run(ours, {**FMRI_PARAMS, "detrend_order": 1}, 2.0)
+    assert usable.all()
+    np.testing.assert_allclose(ours, expected, atol=1e-5)
+
+
+def test_resample_runs_onto_the_mask_grid(tmp_path):
+    """A mask on a grid shifted by one voxel: without resample the run is refused; with it, each voxel of the
+    output is the run's neighbour (trilinear interpolation at integer offsets is exact)."""
+    src = Path(nib.__file__).parent / "tests" / "data" / "functional.nii"
+    img = nib.load(src)
+    func = tmp_path / "sub-01" / "func"
+    func.mkdir(parents=True)
+    shutil.copy(src, func / "sub-01_task-movie_run-01_bold.nii")
+    pd.DataFrame({"onset": [0.0], "duration": [36.0], "segment": ["clip"]}).to_csv(
+        func / "sub-01_task-movie_run-01_events.tsv", sep="\t", index=False)
+    shifted = img.affine.copy()
+    shifted[:3, 3] += img.affine[:3, 0]  # the mask's voxel i is the run's voxel i + 1 along x
+    brain = np.asarray(img.dataobj).mean(-1) > 0
+    mask = np.zeros(brain.shape, bool)
+    mask[:-1] = brain[1:] & brain[:-1]
+    nib.save(nib.Nifti1Image(mask.astype(np.uint8), shifted), tmp_path / "mask.nii.gz")
+    same = tmp_path / "same.nii.gz"
+    nib.save(nib.Nifti1Image(np.roll(mask, 1, axis=0).astype(np.uint8), img.affine), same)
+    params = {**FMRI_PARAMS, "hrf_lag": 0.0, "detrend_order": 1}
+    segments = {"train": ["clip"], "test": []}
+    with pytest.raises(InputError, match=r"affine differs from the mask .*fmri.resample: true"):
+        preprocess_subject("sub-01", tmp_path / "sub-01", tmp_path / "mask.nii.gz", tmp_path / "r.h5", segments, 2.0, params)
+    preprocess_subject("sub-01", tmp_path / "sub-01", tmp_path / "mask.nii.gz", tmp_path / "r.h5", segments, 2.0,
+                       {**params, "resample": True})
+    preprocess_subject("sub-01", tmp_path / "sub-01", same, tmp_path / "s.h5", segments, 2.0, params)
+    with h5py.File(tmp_path / "r.h5") as r, h5py.File(tmp_path / "s.h5") as s:
+        assert np.abs(s["train/bold"][:]).sum() > 0
+        np.testing.assert_allclose(r["train/bold"][:][:, :-1], s["train/bold"][:][:, 1:], atol=1e-4)
+
+
+def test_atlas_labels_select_the_mask(tiny_demo, tmp_path):
+    roi = nib.load(tiny_demo / "roi_mask.nii.gz")
+    atlas = (np.asarray(roi.dataobj) > 0) * (1 + (np.indices(roi.shape)[0] % 3))  # labels 1, 2, 3 in x stripes
+    nib.save(nib.Nifti1Image(atlas.astype(np.int16), roi.affine), tmp_path / "atlas.nii.gz")
+    out = tmp_path / "o.h5"
+    preprocess_subject("sub-01", tiny_demo / "sub-01", tmp_path / "atlas.nii.gz", out, TINY_SEGMENTS, 2.0,
+                       {**FMRI_PARAMS, "mask_labels": [2]})
+    with h5py.File(out) as f:
+        assert (f["mask"][:].astype(bool) == (atlas == 2)).all()
+    with pytest.raises(InputError, match=r"atlas\.nii\.gz: mask selects no voxels \(labels \[9\]\)"):
+        preprocess_subject("sub-01", tiny_demo / "sub-01", tmp_path / "atlas.nii.gz", out, TINY_SEGMENTS, 2.0,
+                           {**FMRI_PARAMS, "mask_labels": [9]})

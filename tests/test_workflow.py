@@ -227,3 +227,28 @@ def test_snakemake_files_are_snakefmt_formatted():
     check = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "Snakefile", "rules"], cwd=REPO,
                            capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
+
+
+def test_wen2018_config_on_a_miniature_release(micro, tmp_path_factory):
+    """config/wen2018.yaml, shrunk to micro sizes, on a miniature of the release (CIFTI runs, trimmed like the
+    official code): grayordinate vectors flow through every stage to the scores. The stimuli and captions
+    are the micro demo's."""
+    from wen2018 import write_wen2018
+
+    workdir = make_copy(tmp_path_factory.mktemp("wen"))
+    small = yaml.safe_load((REPO / ".test" / "micro.yaml").read_text())
+    keep = small["demo"]["trs_per_segment"]
+    write_wen2018(workdir / "wen", ["subject1", "subject2"], small["data"]["segments"], keep=keep)
+    config = yaml.safe_load((REPO / "config" / "wen2018.yaml").read_text())
+    config["data"].update(root="wen", stimuli=str(micro / "resources/demo/stimuli"), subjects=["subject1", "subject2"],
+                          captions=str(micro / "resources/demo/captions.tsv"), segments=small["data"]["segments"])
+    config["fmri"].update(trim={"start": 0, "end": 4, "keep": keep}, detrend_order=2)
+    config.update({section: small[section] for section in ("video", "video_llm", "instruct", "evaluate")})
+    config["align"] = {**small["align"], "heldout": ["subject2"], "ablations": [], "tokenizer": {"vector_patch": 4}}
+    (workdir / "wen.yaml").write_text(yaml.safe_dump(config))
+    snakemake(workdir, "--configfile", "wen.yaml")
+    with h5py.File(workdir / "results/fmri/subject1.h5") as f:
+        assert f.attrs["layout"] == "vector" and f["train/bold"].shape == (2 * 2 * (keep - 2), 40)
+    metrics = pd.read_csv(workdir / "results/eval/metrics.tsv", sep="\t")
+    assert set(metrics["subject"]) == {"subject1", "subject2"}
+    assert not (workdir / "resources").exists()  # nothing of the demo was simulated
