@@ -60,10 +60,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_h5(path: str | os.PathLike, kind: str, params: Any = None) -> Iterator[h5py.File]:
-    """Open a new HDF5 artifact of ``kind`` for writing; it appears under ``path`` only when complete."""
+def atomic_h5(path: str | os.PathLike, kind: str, params: Any = None, **options: Any) -> Iterator[h5py.File]:
+    """Open a new HDF5 artifact of ``kind`` for writing (``options`` go to ``h5py.File``); it appears under
+    ``path`` only when complete."""
     with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w", track_order=True) as f:
+        with h5py.File(tmp, "w", track_order=True, **options) as f:
             f.attrs["schema"] = SCHEMAS[kind]
             f.attrs["stage"] = kind
             f.attrs["created_by"] = f"llm4brain {__version__}"

@@ -49,7 +49,8 @@ def decode_run(subject: str, bold: str | Path, events: str | Path, results: str 
     start, stop = kept_volumes(bold, n, params["trim"])
     series = space.read(bold, start, stop)
     confounds = read_confounds(run, params["confounds"], n)[start:stop] if params["confounds"] else None
-    usable = usable & clean_run(series, params, tr, confounds)
+    ok, _ = clean_run(series, params, tr, confounds)
+    usable = usable & ok
     pairs = pair_run(run, stop - start, tr, params["hrf_lag"], start, params["unpaired_clips"] == "drop")
     volumes = space.samples(series[[volume for _, volume in pairs]], usable)
 

@@ -17,8 +17,9 @@ import numpy as np
 from nibabel import cifti2
 
 from llm4brain.fmri.runs import InputError, header_tr
+from llm4brain.fmri.signal import column_blocks
 
-CHUNK = 32  # volumes read per slice of the file
+CHUNK = 8  # volumes of a NIfTI run read at a time (a whole-brain MNI 2 mm volume is 3.6 MB)
 CORTEX = ["CIFTI_STRUCTURE_CORTEX_LEFT", "CIFTI_STRUCTURE_CORTEX_RIGHT"]
 
 
@@ -40,18 +41,14 @@ def check_tr(found: float, tr: float, path: Path) -> None:
         raise InputError(f"{path}: header TR is {found:g} s but the config says {tr:g} s{hint}")
 
 
-def read_rows(path: Path, read: Any, n: int, start: int, stop: int, width: int) -> np.ndarray:
-    """``read(t0, t1)`` → (t1 - t0, width) rows, called chunk by chunk; decode errors name the file."""
-    out = np.empty((stop - start, width), np.float32)
+def guarded(path: Path, read: Any) -> np.ndarray:
+    """Run ``read()``; a decode error (truncated or corrupt data) becomes an InputError naming the file."""
     try:
-        for t0 in range(start, stop, CHUNK):
-            t1 = min(t0 + CHUNK, stop)
-            out[t0 - start:t1 - start] = read(t0, t1)
+        return read()
     except InputError:
         raise
     except Exception as err:
-        raise InputError(f"{path}: cannot read volumes {start}..{stop} of {n} ({type(err).__name__}: {err})") from err
-    return out
+        raise InputError(f"{path}: cannot read the data ({type(err).__name__}: {err})") from err
 
 
 class VolumeSpace:
@@ -78,6 +75,10 @@ class VolumeSpace:
         space.mask_path, space.mask, space.affine, space.resample, space.shape = Path(name), mask, affine, False, mask.shape
         return space
 
+    @property
+    def n_voxels(self) -> int:
+        return int(self.mask.sum())
+
     def samples(self, rows: np.ndarray, usable: np.ndarray) -> np.ndarray:
         """(n, V) rows → (n, X, Y, Z) grids, zero outside the mask and at unusable voxels."""
         out = np.zeros((len(rows),) + self.shape, np.float32)
@@ -100,20 +101,47 @@ class VolumeSpace:
         img = open_image(path)
         same = img.shape[:3] == self.shape and np.allclose(img.affine, self.affine, atol=1e-3)
 
-        def read(t0: int, t1: int) -> np.ndarray:
-            block = np.asarray(img.dataobj[..., t0:t1], dtype=np.float32)
-            if not same:
-                from nibabel.processing import resample_from_to
+        def read() -> np.ndarray:
+            out = np.empty((stop - start, int(self.mask.sum())), np.float32)
+            for t0 in range(start, stop, CHUNK):  # NIfTI stores time slowest: a chunk of volumes is contiguous
+                block = np.asarray(img.dataobj[..., t0:min(t0 + CHUNK, stop)], dtype=np.float32)
+                if not same:
+                    from nibabel.processing import resample_from_to
 
-                block = np.stack([resample_from_to(nib.Nifti1Image(block[..., t], img.affine),
-                                                   (self.shape, self.affine), order=1).get_fdata(dtype=np.float32)
-                                  for t in range(block.shape[-1])], axis=-1)
-            return block[self.mask].T
+                    block = np.stack([resample_from_to(nib.Nifti1Image(block[..., t], img.affine),
+                                                       (self.shape, self.affine), order=1).get_fdata(dtype=np.float32)
+                                      for t in range(block.shape[-1])], axis=-1)
+                out[t0 - start:t0 - start + block.shape[-1]] = block[self.mask].T
+            return out
 
-        return read_rows(path, read, img.shape[3], start, stop, int(self.mask.sum()))
+        return guarded(path, read)
 
     def attrs(self) -> dict[str, Any]:
         return {"layout": self.layout, "affine": self.affine.tolist(), "mask_file": str(self.mask_path)}
+
+
+def open_cifti(path: Path, header: bool = True) -> tuple[cifti2.Cifti2Header | None, Any]:
+    """A CIFTI-2 file's header (its XML matrix, parsed only if ``header``) and its data proxy.
+
+    Read as the NIfTI-2 image it is: ``nib.load`` would also build brain-model axes from every vertex, which
+    costs more than reading and cleaning the run; the header is checked from the parsed XML instead.
+    """
+    try:
+        img = nib.Nifti2Image.from_filename(path, mmap=False)
+        cifti = [ext for ext in img.header.extensions if ext.get_code() == 32]
+        content = cifti[0].get_content() if cifti and header else None
+    except Exception as err:
+        raise InputError(f"{path}: cannot read as CIFTI-2 ({type(err).__name__}: {err})") from err
+    if not cifti or len(img.shape) != 6 or img.shape[:4] != (1, 1, 1, 1):
+        raise InputError(f"{path}: not a 2-D CIFTI dense time series (NIfTI-2 shape {img.shape})")
+    return content, img.dataobj
+
+
+def brain_model_signature(index_map: Any) -> list[tuple]:
+    """What makes two brain-model axes the same grayordinates: structures, offsets and vertices/voxels."""
+    return [(bm.brain_structure, bm.model_type, bm.index_offset, bm.index_count, bm.surface_number_of_vertices,
+             np.asarray(bm.vertex_indices if bm.vertex_indices is not None else bm.voxel_indices_ijk).tobytes())
+            for bm in index_map.brain_models]
 
 
 class SurfaceSpace:
@@ -124,46 +152,61 @@ class SurfaceSpace:
 
     def __init__(self, structures: list[str]) -> None:
         self.structures = structures
-        self.axis: cifti2.BrainModelAxis | None = None
+        self.signature: list[tuple] | None = None
         self.first: Path | None = None
+        self.n_grayordinates = 0
         self.columns = np.zeros(0, np.int64)
         self.shape: tuple[int, ...] = (0,)
 
     def n_volumes(self, path: Path, tr: float) -> int:
-        img = open_image(path)
-        if not isinstance(img, cifti2.Cifti2Image) or len(img.shape) != 2:
-            raise InputError(f"{path}: expected a 2-D CIFTI dense time series, got {type(img).__name__} {img.shape}")
-        series, models = img.header.get_axis(0), img.header.get_axis(1)
-        if not isinstance(series, cifti2.SeriesAxis) or not isinstance(models, cifti2.BrainModelAxis):
+        """Time points of a run, after checking its TR and that its grayordinates are the first run's."""
+        header, data = open_cifti(path)
+        series, models = header.get_index_map(0), header.get_index_map(1)
+        if series.indices_map_to_data_type != "CIFTI_INDEX_TYPE_SERIES" or \
+                models.indices_map_to_data_type != "CIFTI_INDEX_TYPE_BRAIN_MODELS":
             raise InputError(f"{path}: expected (series, brain models) axes, got "
-                             f"({type(series).__name__}, {type(models).__name__})")
-        scale = {"SECOND": 1.0, "MSEC": 1e-3}.get(series.unit.upper())
+                             f"({series.indices_map_to_data_type}, {models.indices_map_to_data_type})")
+        scale = {"SECOND": 1.0, "MSEC": 1e-3}.get(str(series.series_unit).upper())
         if scale is None:
-            raise InputError(f"{path}: series axis unit is {series.unit}, not time")
-        check_tr(series.step * scale, tr, path)
-        if self.axis is None:
-            self.axis, self.first = models, path
-            self.columns = np.flatnonzero(np.isin(models.name, self.structures))
+            raise InputError(f"{path}: series axis unit is {series.series_unit}, not time")
+        check_tr(series.series_step * scale, tr, path)
+        signature = brain_model_signature(models)
+        if self.signature is None:
+            axis = cifti2.BrainModelAxis.from_index_mapping(models)
+            self.columns = np.flatnonzero(np.isin(axis.name, self.structures))
             if not self.columns.size:
                 raise InputError(f"{path}: none of the structures {self.structures} is in the file "
-                                 f"(it has {sorted(set(models.name))})")
+                                 f"(it has {sorted(set(axis.name))})")
+            self.signature, self.first, self.n_grayordinates = signature, path, len(axis)
             self.shape = (self.columns.size,)
-        elif models != self.axis:
+        elif signature != self.signature:
             raise InputError(f"{path}: its grayordinates differ from {self.first}'s (another CIFTI space?)")
-        return img.shape[0]
+        return int(data.shape[4])
 
     def read(self, path: Path, start: int, stop: int) -> np.ndarray:
-        img = open_image(path)
-        columns = self.columns
-        return read_rows(path, lambda t0, t1: np.asarray(img.dataobj[t0:t1], dtype=np.float32)[:, columns],
-                         img.shape[0], start, stop, columns.size)
+        """Volumes ``start:stop`` of the selected grayordinates, (T, V)."""
+        _, proxy = open_cifti(path, header=False)  # checked by n_volumes
+
+        def read() -> np.ndarray:
+            out = np.empty((stop - start, self.columns.size), np.float32)
+            for block in column_blocks(self.columns.size):  # time varies fastest on disk: read by columns
+                columns = self.columns[block]
+                lo, hi = int(columns[0]), int(columns[-1]) + 1
+                out[:, block] = np.asarray(proxy[0, 0, 0, 0, start:stop, lo:hi], dtype=np.float32)[:, columns - lo]
+            return out
+
+        return guarded(path, read)
+
+    @property
+    def n_voxels(self) -> int:
+        return int(self.columns.size)
 
     def samples(self, rows: np.ndarray, usable: np.ndarray) -> np.ndarray:
         """(n, V) rows over the selected grayordinates, zero at unusable ones."""
         return (rows * usable).astype(np.float32)
 
     def attrs(self) -> dict[str, Any]:
-        return {"layout": self.layout, "structures": self.structures, "grayordinates": len(self.axis)}
+        return {"layout": self.layout, "structures": self.structures, "grayordinates": self.n_grayordinates}
 
 
 def make_space(first_run: Path, mask_path: str | Path | None, params: dict[str, Any]) -> VolumeSpace | SurfaceSpace:
@@ -181,4 +224,4 @@ def space_from_artifact(f: h5py.File) -> tuple[VolumeSpace | SurfaceSpace, np.nd
     if f.attrs.get("layout") == "vector":
         return SurfaceSpace(json.loads(f.attrs["structures"])), f["mask"][:].astype(bool)
     space = VolumeSpace.from_mask(f["mask"][:].astype(bool), np.array(json.loads(f.attrs["affine"])), f.filename)
-    return space, np.ones(int(space.mask.sum()), bool)
+    return space, np.ones(space.n_voxels, bool)

@@ -22,10 +22,10 @@ from tqdm import tqdm
 from llm4brain.artifacts import atomic_h5, set_attrs, write_keys
 from llm4brain.fmri.images import SurfaceSpace, VolumeSpace, make_space
 from llm4brain.fmri.runs import InputError, Run, check_id, find_runs, read_confounds
-from llm4brain.fmri.signal import column_blocks, cosine_drift, regress_out, zscore
+from llm4brain.fmri.signal import column_blocks, cosine_drift, nuisance_basis, residualize, standardize
 from llm4brain.runtime import LOG
 
-ROWS = 64  # samples moved between scratch and artifact at a time
+ROWS = 16  # samples moved between scratch and artifact at a time (temporaries stay a few MB)
 
 def kept_volumes(path: Path, n: int, trim: dict[str, Any]) -> tuple[int, int]:
     """The ``[start, stop)`` volumes a run keeps: ``trim.end`` dropped at the end, and at the start either
@@ -59,30 +59,29 @@ def pair_run(run: Run, n_volumes: int, tr: float, hrf_lag: float, start: int = 0
     return inside
 
 
-def temporal_snr(series: np.ndarray) -> np.ndarray:
-    """Per-voxel temporal SNR of a raw (T, V) run: mean over time / standard deviation over time."""
-    out = np.zeros(series.shape[1])
-    for cols in column_blocks(series.shape[1]):
-        block = series[:, cols].astype(np.float64)
-        mean, std = block.mean(axis=0), block.std(axis=0)
-        out[cols] = np.divide(mean, std, out=np.zeros_like(mean), where=std > 0)
-    return out
-
-
-def clean_run(series: np.ndarray, params: dict[str, Any], tr: float, confounds: np.ndarray | None = None) -> np.ndarray:
+def clean_run(series: np.ndarray, params: dict[str, Any], tr: float,
+              confounds: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Clean one run's (T, V) float32 series in place: nuisance-regress (polynomial of ``detrend_order``,
-    cosine drifts below ``high_pass`` Hz, confounds) and z-score. Returns the usable voxels (finite and not
-    constant); unusable ones are zeroed, never divided by."""
-    finite = np.isfinite(series).all(axis=0)
-    if not finite.all():
-        series[:, ~finite] = 0.0
+    cosine drifts below ``high_pass`` Hz, confounds) and z-score, in one float64 pass over blocks of voxels.
+    Returns the usable voxels (finite and not constant; unusable ones are zeroed, never divided by) and
+    each voxel's temporal SNR before cleaning (mean / standard deviation over time)."""
     extra = [] if confounds is None else [(confounds - confounds.mean(0)) / (confounds.std(0) + 1e-8)]
     if params["high_pass"]:
         extra.append(cosine_drift(series.shape[0], tr, params["high_pass"]))
-    regress_out(series, params["detrend_order"], np.concatenate(extra, axis=1) if extra else None)
-    if params["zscore"]:
-        finite &= zscore(series)
-    return finite
+    basis = nuisance_basis(series.shape[0], params["detrend_order"], np.concatenate(extra, axis=1) if extra else None)
+    finite, tsnr = np.ones(series.shape[1], bool), np.zeros(series.shape[1])
+    for cols in column_blocks(series.shape[1]):
+        block = series[:, cols].astype(np.float64)
+        finite[cols] = np.isfinite(block).all(axis=0)
+        block[:, ~finite[cols]] = 0.0
+        mean = block.mean(axis=0)
+        std = np.sqrt(np.clip(np.einsum("tv,tv->v", block, block) / len(block) - mean**2, 0.0, None))
+        tsnr[cols] = np.divide(mean, std, out=np.zeros_like(mean), where=std > 1e-8 * (np.abs(mean) + 1.0))
+        residualize(block, basis)
+        if params["zscore"]:
+            finite[cols] &= standardize(block)
+        series[:, cols] = block
+    return finite, tsnr
 
 
 def fisher_z(r: np.ndarray) -> np.ndarray:
@@ -149,11 +148,13 @@ def plan_rows(runs: list[Run], pairs: list[list[tuple[int, int]]], split_of: dic
     return plan
 
 
-def add_rows(dataset: h5py.Dataset, first: int, values: np.ndarray) -> None:
-    """``dataset[first:first + len(values)] += values``, a block of rows at a time."""
-    for r in range(0, len(values), ROWS):
-        block = slice(first + r, first + min(r + ROWS, len(values)))
-        dataset[block] = dataset[block] + values[r:r + ROWS]
+def add_rows(dataset: h5py.Dataset, first: int, volumes: list[int], rows_of: Any, accumulate: bool) -> None:
+    """``dataset[first:first + len(volumes)] (+)= rows_of(volumes)``, a block of rows at a time; rows that
+    only one run fills are written, not read back."""
+    for r in range(0, len(volumes), ROWS):
+        block = slice(first + r, first + min(r + ROWS, len(volumes)))
+        values = rows_of(volumes[r:r + ROWS])
+        dataset[block] = dataset[block] + values if accumulate else values
 
 
 def preprocess_subject(
@@ -191,27 +192,51 @@ def preprocess_subject(
         kept.append((start, stop, n))
         pairs.append(pair_run(run, stop - start, tr, params["hrf_lag"], start, params["unpaired_clips"] == "drop"))
     plan = plan_rows(runs, pairs, split_of, params["average_repeats"])
-    n_voxels = int(np.prod(space.shape)) if isinstance(space, SurfaceSpace) else int(space.mask.sum())
 
     scratch_path = out_path.with_name(f".{out_path.name}.scratch-{os.getpid()}.h5")
     try:
-        with h5py.File(scratch_path, "w") as scratch:
-            usable, tsnr, reliability = stream_runs(subject, runs, kept, pairs, plan, space, scratch, n_voxels, tr, params)
-            write_artifact(subject, out_path, runs, plan, space, scratch, usable, tsnr, reliability, tr, params, data)
+        # Every write covers whole chunks (one row each) and each row is read back at most once per run:
+        # HDF5's chunk cache would only hold memory (about a run's worth over a subject).
+        with atomic_h5(out_path, "fmri", params, rdcc_nbytes=0) as f, \
+                h5py.File(scratch_path, "w", rdcc_nbytes=0) as scratch:
+            bold = {}
+            for split, rows in plan.items():
+                group = f.create_group(split)
+                bold[split] = group.create_dataset("bold", (len(rows.keys),) + space.shape, np.float32,
+                                                   chunks=(1,) + space.shape if rows.keys else None)
+                write_keys(group, [k[0] for k in rows.keys], [k[1] for k in rows.keys])
+                LOG.info("%s %s: %d samples", subject, split, len(rows.keys))
+            usable, tsnr, reliability = stream_runs(subject, runs, kept, plan, space, bold, scratch, tr, params)
+            usable = select_voxels(subject, runs, space, usable, reliability, params["reliability"])
+            keep = space.samples(np.ones((1, usable.size), np.float32), usable)[0]
+            for split, rows in plan.items():
+                if rows.average or not usable.all():  # sums → means; dropped voxels → 0
+                    counts = np.array(rows.counts, np.float32).reshape((-1,) + (1,) * keep.ndim)
+                    for r in range(0, len(rows.keys), ROWS):
+                        block = slice(r, min(r + ROWS, len(rows.keys)))
+                        bold[split][block] = bold[split][block] / counts[block] * keep
+            f.create_dataset("mask", data=(keep > 0).astype(np.uint8))
+            qc = f.create_group("qc")  # per voxel of the ROI mask / selected grayordinate
+            qc.create_dataset("tsnr", data=tsnr.astype(np.float32))
+            qc.create_dataset("reliability", data=reliability.astype(np.float32))
+            qc.create_dataset("usable", data=usable.astype(np.uint8))
+            set_attrs(f, {"subject": subject, "tr": tr, "hrf_lag": params["hrf_lag"], "params": params,
+                          "space": space_name(data, space), "n_runs": len(runs), **space.attrs()})
     finally:
         scratch_path.unlink(missing_ok=True)
 
 
-def stream_runs(subject: str, runs: list[Run], kept: list[tuple[int, int, int]], pairs: list[list[tuple[int, int]]],
-                plan: dict[str, SplitRows], space: VolumeSpace | SurfaceSpace, scratch: h5py.File, n_voxels: int,
-                tr: float, params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Clean each run and add its samples to the scratch sums (and to the odd/even repeat halves of the
-    test segments); return the usable voxels, the mean tSNR and the split-half reliability."""
-    sums = {split: scratch.create_dataset(split, (len(rows.keys), n_voxels), np.float32, chunks=(1, n_voxels))
-            for split, rows in plan.items() if rows.keys}
+def stream_runs(subject: str, runs: list[Run], kept: list[tuple[int, int, int]], plan: dict[str, SplitRows],
+                space: VolumeSpace | SurfaceSpace, bold: dict[str, h5py.Dataset], scratch: h5py.File, tr: float,
+                params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Clean each run and write its samples into ``bold`` (summed where repeats are averaged) and into the
+    scratch's odd/even repeat halves of the test segments; return the usable voxels, the mean tSNR and the
+    split-half reliability."""
+    n_voxels = space.n_voxels
+    everything = np.ones(n_voxels, bool)
     test = plan.get("test", SplitRows(True))
-    halves = scratch.create_dataset("halves", (2, max(len(test.keys), 1), n_voxels), np.float32,
-                                    chunks=(1, 1, n_voxels))
+    halves = [scratch.create_dataset(f"half{h}", (max(len(test.keys), 1), n_voxels), np.float32,
+                                     chunks=(1, n_voxels)) for h in (0, 1)]
     half_counts = np.zeros((2, max(len(test.keys), 1)))
     shown: dict[str, int] = defaultdict(int)
     usable = np.ones(n_voxels, bool)
@@ -219,72 +244,47 @@ def stream_runs(subject: str, runs: list[Run], kept: list[tuple[int, int, int]],
     for i, run in enumerate(tqdm(runs, desc=f"{subject} runs", mininterval=1.0)):
         start, stop, n = kept[i]
         series = space.read(run.bold, start, stop)
-        tsnr += temporal_snr(series)
         confounds = read_confounds(run, params["confounds"], n)[start:stop] if params["confounds"] else None
-        usable &= clean_run(series, params, tr, confounds)
+        ok, run_tsnr = clean_run(series, params, tr, confounds)
+        usable &= ok
+        tsnr += run_tsnr
         for split, rows in plan.items():
             if i in rows.targets:
                 first, volumes = rows.targets[i]
-                add_rows(sums[split], first, series[volumes])
+                add_rows(bold[split], first, volumes, lambda v: space.samples(series[v], everything), rows.average)
         if i in test.targets:  # odd and even repeats of a test segment, for the split-half reliability
             first, volumes = test.targets[i]
             parity = shown[run.segment] % 2
             shown[run.segment] += 1
-            for r in range(0, len(volumes), ROWS):
-                block = slice(first + r, first + min(r + ROWS, len(volumes)))
-                halves[parity, block] = halves[parity, block] + series[volumes[r:r + ROWS]]
-                half_counts[parity, block] += 1
+            add_rows(halves[parity], first, volumes, lambda v: series[v], accumulate=True)
+            half_counts[parity, first:first + len(volumes)] += 1
+        del series  # before the next run is read: one run in memory, not two
     split_half = SplitHalf(n_voxels)
     both = np.flatnonzero((half_counts > 0).all(axis=0))
     for r in range(0, len(both), ROWS):
         rows = both[r:r + ROWS]
-        split_half.add(*(halves[h, rows] / half_counts[h, rows, None] for h in (0, 1)))
+        split_half.add(*(halves[h][rows] / half_counts[h, rows, None] for h in (0, 1)))
     return usable, tsnr / len(runs), split_half.r()
 
 
-def write_artifact(subject: str, out_path: Path, runs: list[Run], plan: dict[str, SplitRows],
-                   space: VolumeSpace | SurfaceSpace, scratch: h5py.File, usable: np.ndarray, tsnr: np.ndarray,
-                   reliability: np.ndarray, tr: float, params: dict[str, Any], data: dict[str, Any]) -> None:
-    """Select voxels (usable, optionally reliable), then copy the scratch rows (sums / counts) into the
-    artifact's ``/{split}/bold`` a block at a time."""
-    selection = params["reliability"]
+def select_voxels(subject: str, runs: list[Run], space: VolumeSpace | SurfaceSpace, usable: np.ndarray,
+                  reliability: np.ndarray, selection: dict[str, Any]) -> np.ndarray:
+    """Usable voxels, narrowed to the reliable ones when configured; none left is an error."""
     if selection["select"]:
         if not np.isfinite(reliability).any():
             raise InputError(f"{runs[0].bold.parent}: reliability selection needs test segments shown at least twice")
         reliable = fisher_z(np.nan_to_num(reliability, nan=-1.0)) >= selection["threshold"]
         LOG.info("%s: %d of %d voxels reach repeat reliability z >= %g", subject, int((reliable & usable).sum()),
                  usable.size, selection["threshold"])
-        usable &= reliable
+        usable = usable & reliable
     if not usable.any():
         where = space.mask_path if isinstance(space, VolumeSpace) else f"the {space.structures} grayordinates"
         raise InputError(f"{subject}: no usable voxels in {where} (all non-finite or constant in some run "
                          f"under {runs[0].bold.parent})")
     dropped = int((~usable).sum())
     if dropped:
-        LOG.warning("%s: dropped %d of %d voxels (non-finite or constant in some run)", subject, dropped, usable.size)
-    with atomic_h5(out_path, "fmri", params) as f:
-        for split, rows in plan.items():
-            group = f.create_group(split)
-            bold = group.create_dataset("bold", (len(rows.keys),) + space.shape, np.float32,
-                                        chunks=(1,) + space.shape if rows.keys else None)
-            counts = np.array(rows.counts, np.float32)
-            for r in range(0, len(rows.keys), ROWS):
-                block = slice(r, min(r + ROWS, len(rows.keys)))
-                bold[block] = space.samples(scratch[split][block] / counts[block, None], usable)
-            write_keys(group, [k[0] for k in rows.keys], [k[1] for k in rows.keys])
-            LOG.info("%s %s: %d samples", subject, split, len(rows.keys))
-        if isinstance(space, VolumeSpace):
-            keep = space.mask.copy()
-            keep[space.mask] = usable
-        else:
-            keep = usable
-        f.create_dataset("mask", data=keep.astype(np.uint8))
-        qc = f.create_group("qc")  # per voxel of the ROI mask / selected grayordinate
-        qc.create_dataset("tsnr", data=tsnr.astype(np.float32))
-        qc.create_dataset("reliability", data=reliability.astype(np.float32))
-        qc.create_dataset("usable", data=usable.astype(np.uint8))
-        set_attrs(f, {"subject": subject, "tr": tr, "hrf_lag": params["hrf_lag"], "params": params,
-                      "space": space_name(data, space), "n_runs": len(runs), **space.attrs()})
+        LOG.warning("%s: dropped %d of %d voxels (non-finite, constant or unreliable)", subject, dropped, usable.size)
+    return usable
 
 
 def space_name(data: dict[str, Any], space: VolumeSpace | SurfaceSpace) -> str:

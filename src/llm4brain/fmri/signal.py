@@ -5,28 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 
-COLUMNS = 4096  # voxels cleaned at a time: float64 work arrays stay small next to the run itself
+COLUMNS = 2048  # voxels cleaned at a time: float64 work arrays stay small next to the run itself
 
 
 def column_blocks(n: int) -> list[slice]:
     return [slice(c, min(c + COLUMNS, n)) for c in range(0, n, COLUMNS)]
-
-
-def zscore(data: np.ndarray) -> np.ndarray:
-    """Z-score each column of ``data`` (T, V) over time in place (sample std, ddof=1, as nilearn's
-    ``zscore_sample``); return the mask of usable columns.
-
-    Constant columns cannot be standardised: they are set to zero and flagged ``False`` rather than
-    divided by zero.
-    """
-    ok = np.zeros(data.shape[1], bool)
-    for cols in column_blocks(data.shape[1]):
-        block = data[:, cols].astype(np.float64)
-        mean, std = block.mean(axis=0), block.std(axis=0, ddof=1)
-        good = np.isfinite(std) & (std > 1e-8 * (np.abs(mean) + 1.0))
-        data[:, cols] = np.where(good, (block - mean) / np.where(good, std, 1.0), 0.0)
-        ok[cols] = good
-    return ok
 
 
 def cosine_drift(n: int, tr: float, cutoff_hz: float) -> np.ndarray:
@@ -37,20 +20,32 @@ def cosine_drift(n: int, tr: float, cutoff_hz: float) -> np.ndarray:
         np.zeros((n, 0))
 
 
-def regress_out(data: np.ndarray, order: int, extra: np.ndarray | None = None) -> np.ndarray:
-    """Replace each column of ``data`` (T, V), in place, by its residual after one least-squares fit of a
-    Legendre polynomial of ``order`` plus ``extra`` regressors (T, K) such as cosine drifts and confounds:
-    fitting them together keeps one from re-introducing what another removed. Collinear regressors are
-    fine (the fit projects onto the span of the design)."""
-    n = data.shape[0]
+def nuisance_basis(n: int, order: int, extra: np.ndarray | None = None) -> np.ndarray:
+    """(T, K) orthonormal basis of a Legendre polynomial of ``order`` plus ``extra`` regressors (cosine
+    drifts, confounds). Fitting them together keeps one from re-introducing what another removed; collinear
+    regressors are fine (the basis spans the design, whatever its rank)."""
     design = np.polynomial.legendre.legvander(np.linspace(-1.0, 1.0, n), order)
     if extra is not None and extra.shape[1]:
         design = np.concatenate([design, extra], axis=1)
     if n <= design.shape[1]:
         raise ValueError(f"cannot fit {design.shape[1]} nuisance regressors to {n} time points")
     u, sv, _ = np.linalg.svd(design, full_matrices=False)
-    basis = u[:, sv > sv[0] * n * np.finfo(float).eps]
-    for cols in column_blocks(data.shape[1]):
-        block = data[:, cols].astype(np.float64)
-        data[:, cols] = block - basis @ (basis.T @ block)
-    return data
+    return u[:, sv > sv[0] * n * np.finfo(float).eps]
+
+
+def residualize(block: np.ndarray, basis: np.ndarray) -> None:
+    """Replace the float64 (T, v) ``block`` by its least-squares residual on ``basis``, in place."""
+    block -= basis @ (basis.T @ block)
+
+
+def standardize(block: np.ndarray) -> np.ndarray:
+    """Z-score the float64 (T, v) ``block`` per column in place (sample std, ddof=1, as nilearn's
+    ``zscore_sample``); return the usable columns. Constant columns are set to zero and flagged ``False``
+    rather than divided by zero."""
+    mean = block.mean(axis=0)
+    block -= mean
+    std = np.sqrt(np.einsum("tv,tv->v", block, block) / (len(block) - 1))
+    good = np.isfinite(std) & (std > 1e-8 * (np.abs(mean) + 1.0))
+    block /= np.where(good, std, 1.0)
+    block[:, ~good] = 0.0
+    return good
