@@ -136,7 +136,11 @@ def fmri_inputs(wildcards):
     """The subject's runs, and the ROI mask unless every run is CIFTI (grayordinates need none)."""
     runs = subject_runs(wildcards)
     cifti = all(str(run).endswith(".dtseries.nii") for run in runs)
-    return {"runs": runs} if cifti and DATA["layout"] != "demo" else {"runs": runs, "mask": MASK}
+    return (
+        {"runs": runs}
+        if cifti and DATA["layout"] != "demo"
+        else {"runs": runs, "mask": MASK}
+    )
 
 
 def subject_dir(wildcards):
