@@ -1,9 +1,34 @@
+if config["scmbm"]["pretrain"] and not config["scmbm"]["checkpoint"]:
+
+    rule pretrain_scmbm:
+        """Masked brain modelling of the fMRI encoder on every subject's training fMRI (no labels)."""
+        input:
+            fmri=fmri_files(),
+        output:
+            directory("results/scmbm"),
+        log:
+            "logs/pretrain_scmbm.log",
+        benchmark:
+            "results/benchmarks/pretrain_scmbm.tsv"
+        conda:
+            "../envs/llm4brain.yaml"
+        threads: config["scmbm"]["train"]["threads"]
+        params:
+            encoder=section("encoder"),
+            scmbm=section("scmbm"),
+            seed=config["seed"],
+            code=CODE["scmbm"],
+        script:
+            "../workflow/scripts/pretrain_scmbm.py"
+
+
 rule pretrain_adaptor:
     """Align fMRI tokens with the teacher's video tokens (contrastive + cross-subject + domain adaptation)."""
     input:
         fmri=fmri_files(),
         features=feature_files(),
         video_llm=video_llm_dir(),
+        pretrained=pretrained_encoder(),
     output:
         model=directory("results/align/model"),
         latents=expand("results/align/{subject}.h5", subject=SUBJECTS),
@@ -21,6 +46,7 @@ rule pretrain_adaptor:
     threads: config["align"]["train"]["threads"]
     params:
         subjects=SUBJECTS,
+        encoder=section("encoder"),
         align=section("align"),
         seed=config["seed"],
         code=CODE["align"],
@@ -34,6 +60,7 @@ rule ablate_adaptor:
         fmri=fmri_files(),
         features=feature_files(),
         video_llm=video_llm_dir(),
+        pretrained=pretrained_encoder(),
     output:
         model=directory("results/align/ablations/{ablation}/model"),
         latents=expand(
@@ -51,6 +78,7 @@ rule ablate_adaptor:
     threads: config["align"]["train"]["threads"]
     params:
         subjects=SUBJECTS,
+        encoder=section("encoder"),
         align=ablated_align,
         seed=config["seed"],
         code=CODE["align"],

@@ -58,6 +58,13 @@ def _check_config():
         raise ValueError(
             "config instruct.llm: a quantized LLM cannot be fully fine-tuned; use tuning lora or frozen"
         )
+    if config["align"]["encoder_tuning"] == "adaptor" and not (
+        config["scmbm"]["pretrain"] or config["scmbm"]["checkpoint"]
+    ):
+        raise ValueError(
+            "config align.encoder_tuning: adaptor freezes the encoder, which needs pretrained weights "
+            "(scmbm.pretrain: true or scmbm.checkpoint)"
+        )
     if len(set(ALL_SEGMENTS)) != len(ALL_SEGMENTS):
         raise ValueError("config data.segments lists a segment twice")
 
@@ -89,10 +96,20 @@ CODE = {
     "video": code_hash(*CORE, "video"),
     "text": code_hash(*CORE, "text"),
     "video_llm": code_hash(*CORE, "models", "training.py", "video_llm"),
+    "scmbm": code_hash(
+        *CORE, "models", "training.py", "align/scmbm.py", "align/windows.py"
+    ),
     "align": code_hash(*CORE, "models", "training.py", "align"),
-    "instruct": code_hash(*CORE, "models", "training.py", "align/model.py", "instruct"),
+    "instruct": code_hash(
+        *CORE, "models", "training.py", "align/model.py", "align/windows.py", "instruct"
+    ),
     "evaluate": code_hash(
-        *CORE, "models", "align/model.py", "instruct/student.py", "evaluate"
+        *CORE,
+        "models",
+        "align/model.py",
+        "align/windows.py",
+        "instruct/student.py",
+        "evaluate",
     ),
 }
 
@@ -172,6 +189,14 @@ def video_llm_dir(wildcards=None):
     return config["video_llm"]["pretrained"] or "results/video_llm"
 
 
+def pretrained_encoder():
+    """The encoder pretrain_adaptor starts from: a configured checkpoint, pretrain_scmbm's, or none."""
+    scmbm = config["scmbm"]
+    if scmbm["checkpoint"]:
+        return [scmbm["checkpoint"]]
+    return ["results/scmbm"] if scmbm["pretrain"] else []
+
+
 def training_logs():
     """Each training step's output that holds its ``train_log.tsv`` (a model folder or the log itself), for
     the teacher (when trained here), align and instruct."""
@@ -180,6 +205,8 @@ def training_logs():
         if config["video_llm"]["pretrained"]
         else {"train_video_llm": "results/video_llm"}
     )
+    if config["scmbm"]["pretrain"] and not config["scmbm"]["checkpoint"]:
+        logs["pretrain_scmbm"] = "results/scmbm"
     logs["pretrain_adaptor"] = "results/align/model"
     logs["instruct_llm"] = "results/instruct/train_log.tsv"
     return logs

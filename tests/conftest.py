@@ -10,6 +10,21 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def schema_defaults() -> dict:
+    """Every section of config/schema.yaml with its defaults, as the workflow fills them at DAG build."""
+    from snakemake.utils import validate
+
+    config = {"data": {"segments": {"train": ["seg01"], "test": ["test01"]}}}
+    validate(config, str(REPO / "config" / "schema.yaml"))
+    return config
+
+
+DEFAULTS = schema_defaults()
+TRAIN_DEFAULTS = DEFAULTS["align"]["train"]
+
 TINY_DEMO = {
     "trs_per_segment": 8, "fps": 4, "frame_size": 32, "grid": [8, 8, 6], "scene_trs": [1, 2],
     "train_repeats": [2, 1], "test_repeats": 2, "rest_trs": [2, 4], "subject_variability": 0.3,

@@ -40,3 +40,16 @@ def test_identification_perfect_and_chance():
     video = torch.eye(6)[:, None, :]
     scores = identification(video.clone(), video, torch.arange(6).numpy())
     assert scores["top1"] == 1.0 and scores["chance_top1"] == 1 / 6 and scores["n_way"] == 6
+
+
+def test_n_way_identification():
+    """Perfect tokens are identified at any n; random ones near chance; n above the clip count means all."""
+    video = torch.randn(80, 4, 16, generator=torch.Generator().manual_seed(0))
+    targets = torch.arange(80).numpy()
+    perfect = identification(video.clone(), video, targets, n_way=50)
+    assert perfect["n_way"] == 50 and perfect["top1"] == 1.0 and perfect["chance_top1"] == 1 / 50
+    noise = torch.randn(80, 4, 16, generator=torch.Generator().manual_seed(1))
+    chance = identification(noise, video, targets, n_way=50, trials=200)
+    assert abs(chance["top5"] - 5 / 50) < 0.03
+    assert identification(noise, video, targets, n_way=50, seed=3) == identification(noise, video, targets, n_way=50, seed=3)
+    assert identification(noise, video, targets, n_way=500)["n_way"] == 80

@@ -13,10 +13,11 @@ from llm4brain.instruct.train import build_student, distillation
 from llm4brain.models.video_llm import save_teacher
 from llm4brain.training import fit
 from test_models import CAPTIONS, PROMPT, TEMPLATE, tiny_teacher
+from conftest import TRAIN_DEFAULTS
 
 LORA = {"r": 8, "alpha": 16, "dropout": 0.0,
         "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
-TRAIN = {"steps": 40, "lr": 3e-2, "weight_decay": 0.0, "warmup": 2, "grad_clip": 1.0, "checkpoint_every": 0,
+TRAIN = {**TRAIN_DEFAULTS, "steps": 40, "lr": 3e-2, "weight_decay": 0.0, "warmup": 2, "grad_clip": 1.0, "checkpoint_every": 0,
          "accumulate": 1}
 
 

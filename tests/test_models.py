@@ -13,6 +13,7 @@ from llm4brain.models.fmri_encoder import FmriEncoder
 from llm4brain.models.tokenizer import train_word_tokenizer
 from llm4brain.models.video_llm import Captioner, VideoQFormer, build_llm, load_teacher, qformer_config, save_teacher
 from llm4brain.training import fit
+from conftest import TRAIN_DEFAULTS
 
 CAPTIONS = ["one small red circle moving left on a black background",
             "two large blue squares moving up on a white background",
@@ -20,8 +21,10 @@ CAPTIONS = ["one small red circle moving left on a black background",
 TEMPLATE, PROMPT = "###Human: <Video>{video}</Video> {prompt} ###Assistant:", "Describe the clip."
 QFORMER = {"num_queries": 4, "hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64}
 LLM = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64}
-ALIGN = {"tokenizer": {"channels": 4, "patch": 4, "vector_patch": 4}, "encoder": {"dim": 32, "depth": 1, "num_heads": 2, "mlp_ratio": 2.0,
-         "dropout": 0.0}, "adaptor": {"bottleneck": 8, "scale_init": 1e-3}, "temperature": 0.07}
+ENCODER = {"window": 1, "tokenizer": {"channels": 4, "patch": 4, "vector_patch": 4}, "dim": 32, "depth": 1,
+           "num_heads": 2, "mlp_ratio": 2.0, "dropout": 0.0}
+ALIGN = {"encoder_tuning": "full", "temperature": 0.07,
+         "adaptor": {"kind": "bottleneck", "bottleneck": 8, "scale_init": 1e-3, "lora_r": 4, "lora_alpha": 8}}
 
 
 def tiny_teacher(seed: int = 0) -> tuple[VideoQFormer, Captioner]:
@@ -46,7 +49,7 @@ def test_teacher_learns_and_round_trips(tmp_path):
     clips = torch.randn(3, 2, 5, 16)
     model = torch.nn.ModuleDict({"q": qformer, "c": captioner}).train()
     history = fit(model.parameters(), lambda step: (captioner.caption_loss(qformer(clips), CAPTIONS)[0], {}),
-                  {"steps": 150, "lr": 3e-3, "weight_decay": 0.0, "warmup": 2, "grad_clip": 1.0,
+                  {**TRAIN_DEFAULTS, "steps": 150, "lr": 3e-3, "weight_decay": 0.0, "warmup": 2, "grad_clip": 1.0,
                    "checkpoint_every": 0, "accumulate": 1}, "test")
     assert history["loss"].iloc[-5:].mean() < 0.5 * history["loss"].iloc[0]
     model.eval()
@@ -77,23 +80,12 @@ def test_encoder_tokens_shape():
     assert tokens.shape == (3, 3 * 2 * 2, 32)  # grid padded to (12, 8, 8) → 3 × 2 × 2 patches
 
 
-def test_vector_tokenizer_patches_like_mind_vis():
-    """Grayordinate vectors get MinD-Vis' 1-D patches: ceil(V / p) tokens, each from p consecutive voxels."""
-    encoder = FmriEncoder((10,), 1, 4, 4, 32, 1, 2, 2.0, 0.0, vector_patch=4)
-    assert encoder(torch.randn(3, 1, 10)).shape == (3, 3, 32)  # padded to 12 → 3 patches
-    x = torch.zeros(1, 1, 10)
-    base = encoder.tokenizer(x)
-    x[0, 0, 5] = 1.0  # voxel 5 lies in patch 1 only
-    changed = (encoder.tokenizer(x) - base).abs().sum(-1)[0]
-    assert changed[1] > 0 and changed[0] == 0 and changed[2] == 0
-
-
 @pytest.mark.parametrize("grid", [(8, 8, 4), (37,)])
 def test_aligner_round_trip(tmp_path, grid):
     qformer, _ = tiny_teacher()
-    aligner = BrainAligner(grid, ALIGN, qformer).eval()
-    volumes = torch.randn(2, *grid)
-    save_aligner(tmp_path / "aligner", aligner, grid, ALIGN, "teacher")
+    aligner = BrainAligner(grid, ENCODER, ALIGN, qformer).eval()
+    volumes = torch.randn(2, 1, *grid)
+    save_aligner(tmp_path / "aligner", aligner, "teacher")
     again = load_aligner(tmp_path / "aligner", qformer)
     with torch.no_grad():
         out = aligner(volumes)

@@ -9,11 +9,13 @@ import textwrap
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import torch
 
-from llm4brain.training import Checkpoint
+from llm4brain.training import Checkpoint, fit
+from conftest import TRAIN_DEFAULTS
 
-TRAIN = {"steps": 30, "batch_size": 8, "lr": 3e-3, "weight_decay": 0.01, "warmup": 5, "grad_clip": 1.0,
+TRAIN = {**TRAIN_DEFAULTS, "steps": 30, "batch_size": 8, "lr": 3e-3, "weight_decay": 0.01, "warmup": 5, "grad_clip": 1.0,
          "threads": 1, "checkpoint_every": 4, "accumulate": 1}
 
 SCRIPT = textwrap.dedent("""
@@ -103,3 +105,21 @@ def test_accumulated_micro_batches_make_one_step_on_their_union():
     torch.testing.assert_close(accumulated.weight, whole.weight)
     torch.testing.assert_close(accumulated.bias, whole.bias)
     assert len(history) == 1
+
+
+def test_validation_stops_early_and_keeps_the_best_weights():
+    """Training pulls w toward 1 while the validation loss wants 0.3: validation improves, then worsens;
+    with patience 2 the run stops early and w is left at its best validated value."""
+    w = torch.nn.Parameter(torch.tensor(-1.0))
+    seen: list[tuple[int, float, float]] = []
+
+    def validate() -> float:
+        seen.append((len(seen), w.item(), (w.item() - 0.3) ** 2))
+        return seen[-1][2]
+
+    params = {**TRAIN_DEFAULTS, "steps": 200, "lr": 0.05, "warmup": 0, "weight_decay": 0.0, "checkpoint_every": 0,
+              "eval_every": 5, "patience": 2}
+    history = fit([w], lambda step: ((w - 1.0) ** 2, {}), params, "val", validate=validate)
+    best = min(seen, key=lambda s: s[2])
+    assert len(history) < 200 and history["val_loss"].notna().sum() == len(seen) == best[0] + 3
+    assert w.item() == best[1] and abs(best[1] - 0.3) < 0.1

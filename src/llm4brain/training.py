@@ -79,6 +79,7 @@ def fit(
     log_every: int = 25,
     checkpoint: Checkpoint | None = None,
     generators: Sequence[torch.Generator] = (),
+    validate: Callable[[], float] | None = None,
 ) -> pd.DataFrame:
     """Run ``params['steps']`` optimiser steps of ``loss_fn(step)`` and return the per-step history.
 
@@ -86,12 +87,16 @@ def fit(
     total loss and the named terms to log. ``params`` is a ``train`` config section. With ``checkpoint``,
     the trainable parameters, optimiser, schedule, history and every RNG (``generators`` and torch's global one, which
     dropout uses) are saved every ``params['checkpoint_every']`` steps and restored on the next call.
+    With ``validate`` (the loss on held-out data), it runs every ``params['eval_every']`` steps and at the
+    end; training stops after ``params['patience']`` validations without a new best (0 = never), and the
+    best validated weights are the ones left in the model.
     """
     trainable = [p for p in parameters if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=params["lr"], weight_decay=params["weight_decay"])
     scheduler = cosine_with_warmup(optimizer, params["warmup"], params["steps"])
     rows: list[dict[str, float]] = []
     start = 0
+    best: dict[str, Any] = {"loss": float("inf"), "parameters": None, "stale": 0}
     state = checkpoint.load() if checkpoint else None
     if state is not None:
         with torch.no_grad():
@@ -102,7 +107,7 @@ def fit(
         for generator, saved in zip(generators, state["generators"], strict=True):
             generator.set_state(saved)
         torch.set_rng_state(state["torch_rng"])
-        rows, start = state["rows"], state["step"]
+        rows, start, best = state["rows"], state["step"], state["best"]
         LOG.info("%s: resuming from step %d (%s)", desc, start, checkpoint.path)
     every = params["checkpoint_every"]
     bar = tqdm(range(start, params["steps"]), desc=desc, mininterval=1.0, initial=start, total=params["steps"])
@@ -122,13 +127,31 @@ def fit(
         row = {"step": step, "loss": sum(losses) / micro, "grad_norm": grad_norm.item(),
                "lr": scheduler.get_last_lr()[0], **terms}
         rows.append(row)
-        if step % log_every == 0 or step == params["steps"] - 1:
+        last = step == params["steps"] - 1
+        if validate is not None and ((step + 1) % params["eval_every"] == 0 or last):
+            with torch.no_grad():
+                row["val_loss"] = validate()
+            if row["val_loss"] < best["loss"]:
+                best = {"loss": row["val_loss"], "parameters": [p.detach().clone() for p in trainable], "stale": 0}
+            else:
+                best["stale"] += 1
+        if step % log_every == 0 or last or "val_loss" in row:
             bar.set_postfix(loss=f"{row['loss']:.4f}")
             LOG.info("%s step %d: %s", desc, step, " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "step"))
+        if params["patience"] and best["stale"] >= params["patience"]:
+            LOG.info("%s: stopping at step %d, no better validation loss in %d validations (best %.4g)", desc, step,
+                     best["stale"], best["loss"])
+            break
         if checkpoint and every and (step + 1) % every == 0 and step + 1 < params["steps"]:
             checkpoint.save({"step": step + 1, "rows": rows, "parameters": [p.detach() for p in trainable],
                              "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                             "generators": [g.get_state() for g in generators], "torch_rng": torch.get_rng_state()})
+                             "generators": [g.get_state() for g in generators], "torch_rng": torch.get_rng_state(),
+                             "best": best})
+    if best["parameters"] is not None:
+        with torch.no_grad():
+            for p, saved in zip(trainable, best["parameters"], strict=True):
+                p.copy_(saved)
+        LOG.info("%s: kept the weights of the best validation loss %.4g", desc, best["loss"])
     if checkpoint:
         checkpoint.path.unlink(missing_ok=True)
     history = pd.DataFrame(rows)

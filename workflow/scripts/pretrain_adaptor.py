@@ -12,7 +12,9 @@ pretrain_adaptor(
     snakemake.output.latents,
     snakemake.output.metrics,
     p.subjects,
+    p.encoder,
     p.align,
     p.seed,
+    snakemake.input.pretrained[0] if snakemake.input.pretrained else None,
     Checkpoint.for_snakemake(snakemake),
 )

@@ -15,6 +15,7 @@ import torch
 
 from llm4brain.align.losses import coral, cross_subject, info_nce, mmd
 from llm4brain.align.model import BrainAligner, save_aligner
+from llm4brain.align.windows import windows
 from llm4brain.artifacts import (ArtifactError, atomic_h5, atomic_path, check_coverage, read_features, read_split,
                                  set_attrs, write_keys)
 from llm4brain.models.video_llm import VideoQFormer, encode_clips, load_teacher
@@ -24,34 +25,55 @@ from llm4brain.training import Checkpoint, fit
 SPLITS = ("train", "test")
 
 
-def identification(brain: torch.Tensor, video: torch.Tensor, targets: np.ndarray, ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
-    """n-way clip identification: is row i's own clip among the k most similar of all n candidate clips?"""
+def identification(brain: torch.Tensor, video: torch.Tensor, targets: np.ndarray, n_way: int | None = None,
+                   ks: tuple[int, ...] = (1, 5), trials: int = 100, seed: int = 0) -> dict[str, float]:
+    """n-way clip identification: is row i's own clip among the k most similar of n candidate clips?
+
+    ``n_way`` None uses all clips as candidates; otherwise (MinD-Vis' protocol) each row's own clip and
+    ``n_way - 1`` random others, drawn ``trials`` times (seeded), and the hit rates are averaged.
+    """
     sim = torch.nn.functional.normalize(brain.mean(1), dim=-1) @ torch.nn.functional.normalize(video.mean(1), dim=-1).T
-    rank = (sim > sim[torch.arange(len(targets)), torch.from_numpy(targets)][:, None]).sum(1)
-    n = video.shape[0]
+    own = sim[torch.arange(len(targets)), torch.from_numpy(targets)]
+    n_clips = video.shape[0]
+    n = n_clips if n_way is None or n_way >= n_clips else n_way
+    if n == n_clips:
+        ranks = (sim > own[:, None]).sum(1)[None]
+    else:
+        rng = np.random.default_rng(seed)
+        others = [np.delete(np.arange(n_clips), t) for t in targets]
+        picks = torch.from_numpy(np.stack([[rng.choice(o, n - 1, replace=False) for o in others]
+                                           for _ in range(trials)]))  # (trials, rows, n - 1)
+        ranks = (sim[torch.arange(len(targets))[None, :, None], picks] > own[None, :, None]).sum(-1)
     out = {"n_way": n}
     for k in ks:
-        out[f"top{k}"] = float((rank < k).float().mean())
+        out[f"top{k}"] = float((ranks < k).float().mean())
         out[f"chance_top{k}"] = min(k, n) / n
     return out
 
 
 def pretrain_adaptor(fmri_paths: list[str], feature_paths: list[str], teacher_dir: str, model_dir: str,
-                     latent_paths: list[str], metrics_path: str, subjects: list[str], params: dict[str, Any],
-                     seed: int, checkpoint: Checkpoint | None = None) -> None:
-    """Train on labelled subjects (+ unlabelled held-out fMRI) and write model, latents and metrics."""
+                     latent_paths: list[str], metrics_path: str, subjects: list[str], encoder_params: dict[str, Any],
+                     params: dict[str, Any], seed: int, pretrained: str | None = None,
+                     checkpoint: Checkpoint | None = None) -> None:
+    """Train on labelled subjects (+ unlabelled held-out fMRI) and write model, latents and metrics.
+
+    ``pretrained`` is an encoder to start from (pretrain_scmbm's, or a MinD-Vis checkpoint).
+    """
     seed_everything(seed + 20, params["train"]["threads"])
     qformer, _, _ = load_teacher(teacher_dir)
     features = read_features(feature_paths)
     heldout = set(params["heldout"])
-    data = {s: {split: read_split(path, "fmri", split, "bold") for split in SPLITS} for s, path in zip(subjects, fmri_paths)}
+    data = {}
     for s, path in zip(subjects, fmri_paths):
+        data[s] = {}
         for split in SPLITS:
-            check_coverage(features, data[s][split][1], path)
-    grid = data[subjects[0]]["train"][0].shape[1:]
+            bold, keys = read_split(path, "fmri", split, "bold")
+            check_coverage(features, keys, path)
+            data[s][split] = (windows(bold, keys, encoder_params["window"]), keys)
+    grid = data[subjects[0]]["train"][0].shape[2:]
     for s in subjects:
-        if data[s]["train"][0].shape[1:] != grid:
-            raise ArtifactError(f"{s}: fMRI grid {data[s]['train'][0].shape[1:]} differs from {subjects[0]}'s {grid}")
+        if data[s]["train"][0].shape[2:] != grid:
+            raise ArtifactError(f"{s}: fMRI grid {data[s]['train'][0].shape[2:]} differs from {subjects[0]}'s {grid}")
 
     labelled = [s for s in subjects if s not in heldout]
     rows_of: dict[str, dict[tuple[str, int], list[int]]] = {s: defaultdict(list) for s in labelled}
@@ -59,51 +81,73 @@ def pretrain_adaptor(fmri_paths: list[str], feature_paths: list[str], teacher_di
         for i, key in enumerate(data[s]["train"][1]):
             rows_of[s][key].append(i)
     clips = sorted(set.intersection(*(set(rows_of[s]) for s in labelled)))
+    generator = torch.Generator().manual_seed(seed + 21)
+    n_val = int(round(len(clips) * params["train"]["val_fraction"]))
+    val_clips: list[tuple[str, int]] = []
+    if n_val:  # whole clips held out, for every labelled subject
+        order = torch.randperm(len(clips), generator=generator).tolist()
+        val_clips, clips = sorted(clips[i] for i in order[:n_val]), sorted(clips[i] for i in order[n_val:])
     targets = encode_clips(qformer, features, clips)  # (n_clips, Q, H)
-    LOG.info("aligning %d labelled subjects on %d clips; held out (unlabelled): %s", len(labelled), len(clips),
-             sorted(heldout) or "none")
+    LOG.info("aligning %d labelled subjects on %d clips (%d more to validate on); held out (unlabelled): %s",
+             len(labelled), len(clips), len(val_clips), sorted(heldout) or "none")
 
     bold = {s: torch.from_numpy(data[s]["train"][0]) for s in subjects}
     unlabelled = torch.cat([bold[s] for s in sorted(heldout)]) if heldout else None
-    model = BrainAligner(grid, params, qformer)
+    model = BrainAligner(grid, encoder_params, params, qformer, pretrained)
     weights, batch_size = params["loss"], params["train"]["batch_size"]
     domain_loss = mmd if params["domain_method"] == "mmd" else coral
-    generator = torch.Generator().manual_seed(seed + 21)
+
+    def alignment_terms(pick: torch.Tensor, rows: list[list[int]],
+                        video: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """The labelled terms for clips ``pick`` seen by every labelled subject (``rows`` per subject), and
+        the pooled brain tokens."""
+        brain = model(torch.cat([bold[s][r] for s, r in zip(labelled, rows)]))  # (S·B, Q, H)
+        pooled = brain.mean(1)
+        same = pick[None, :] == pick[:, None]
+        return {
+            "contrastive": info_nce(pooled, video.mean(1), same.repeat(len(labelled), 1), model.logit_scale),
+            "token_mse": ((brain - video.repeat(len(labelled), 1, 1)) ** 2).mean(),
+            "cross_subject": cross_subject(pooled.view(len(labelled), len(pick), -1)),
+        }, pooled
 
     def loss_fn(step: int) -> tuple[torch.Tensor, dict[str, float]]:
         model.train()
         pick = torch.randint(len(clips), (batch_size,), generator=generator)
         rows = [[rows_of[s][clips[c]][int(torch.randint(len(rows_of[s][clips[c]]), (1,), generator=generator))]
                  for c in pick.tolist()] for s in labelled]
-        volumes = torch.cat([bold[s][r] for s, r in zip(labelled, rows)])
-        brain = model(volumes)  # (S·B, Q, H)
-        video = targets[pick]
-        pooled = brain.mean(1)
-        same = pick[None, :] == pick[:, None]
-        terms = {
-            "contrastive": info_nce(pooled, video.mean(1), same.repeat(len(labelled), 1), model.logit_scale),
-            "token_mse": ((brain - video.repeat(len(labelled), 1, 1)) ** 2).mean(),
-            "cross_subject": cross_subject(pooled.view(len(labelled), batch_size, -1)),
-        }
+        terms, pooled = alignment_terms(pick, rows, targets[pick])
         if unlabelled is not None and weights["domain"] > 0:
             idx = torch.randint(len(unlabelled), (batch_size,), generator=generator)
             terms["domain"] = domain_loss(pooled, model(unlabelled[idx]).mean(1))
         loss = sum(weights[name] * value for name, value in terms.items())
         return loss, {name: value.item() for name, value in terms.items()}
 
+    validate = None
+    if val_clips:
+        val_targets = encode_clips(qformer, features, val_clips)
+        val_rows = [[rows_of[s][clip][0] for clip in val_clips] for s in labelled]
+
+        def validate() -> float:
+            """The labelled terms on the held-out clips (first repeat of each), in eval mode."""
+            model.eval()
+            terms, _ = alignment_terms(torch.arange(len(val_clips)), val_rows, val_targets)
+            return float(sum(weights[name] * value for name, value in terms.items()))
+
     with atomic_path(model_dir) as tmp_model:
         tmp_model.mkdir(parents=True)
         fit(model.parameters(), loss_fn, params["train"], "pretrain_adaptor", tmp_model / "train_log.tsv",
-            checkpoint=checkpoint, generators=[generator])
-        save_aligner(tmp_model, model, grid, params, teacher_dir)
-        metrics = write_latents(model, qformer, features, data, subjects, heldout, latent_paths, params)
+            checkpoint=checkpoint, generators=[generator], validate=validate)
+        save_aligner(tmp_model, model, teacher_dir)
+        metrics = write_latents(model, qformer, features, data, subjects, heldout, latent_paths, params, seed)
         metrics.to_csv(metrics_path, sep="\t", index=False, float_format="%.4f")
     LOG.info("identification:\n%s", metrics.to_string(index=False))
 
 
 def write_latents(model: BrainAligner, qformer: VideoQFormer, features: dict[str, np.ndarray], data: dict,
-                  subjects: list[str], heldout: set[str], latent_paths: list[str], params: dict[str, Any]) -> pd.DataFrame:
-    """``/{split}/tokens`` for every subject, and test-split identification against the video tokens."""
+                  subjects: list[str], heldout: set[str], latent_paths: list[str], params: dict[str, Any],
+                  seed: int) -> pd.DataFrame:
+    """``/{split}/tokens`` for every subject, and test-split identification against the video tokens
+    (50-way, as MinD-Vis reports, and among all test clips)."""
     rows = []
     for subject, path in zip(subjects, latent_paths):
         with atomic_h5(path, "align", params) as f:
@@ -116,9 +160,11 @@ def write_latents(model: BrainAligner, qformer: VideoQFormer, features: dict[str
                 if split == "test":
                     candidates = sorted(set(keys))
                     index = {k: i for i, k in enumerate(candidates)}
-                    scores = identification(tokens, encode_clips(qformer, features, candidates),
-                                            np.array([index[k] for k in keys]))
-                    set_attrs(group, scores)
-                    rows.append({"subject": subject, "heldout": subject in heldout, "split": split, **scores})
+                    video = encode_clips(qformer, features, candidates)
+                    targets = np.array([index[k] for k in keys])
+                    for n_way in (50, None):
+                        scores = identification(tokens, video, targets, n_way, seed=seed)
+                        rows.append({"subject": subject, "heldout": subject in heldout, "split": split, **scores})
+                    set_attrs(group, scores)  # among all test clips
             set_attrs(f, {"subject": subject, "heldout": subject in heldout})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).drop_duplicates(["subject", "n_way"])

@@ -49,7 +49,7 @@ def decode_captions(subject: str, fmri_path: str, latent_path: str, pool_fmri: l
     seed_everything(seed + 40, 1)
     captions = read_captions(captions_path)
     student = load_student(student_dir, teacher_dir)
-    inputs, keys = read_inputs(student.input_kind, fmri_path, latent_path, "test")
+    inputs, keys = read_inputs(student.input_kind, fmri_path, latent_path, "test", student.window)
     tokens = student.encode(inputs)
     missing = sorted({k for k in keys if k not in captions})
     if missing:
@@ -57,7 +57,7 @@ def decode_captions(subject: str, fmri_path: str, latent_path: str, pool_fmri: l
     qformer, teacher, _ = load_teacher(teacher_dir)
     pool, pool_keys = [], []
     for fmri, latents in zip(pool_fmri, pool_latents):
-        data, split_keys = read_inputs(student.input_kind, fmri, latents, "train")
+        data, split_keys = read_inputs(student.input_kind, fmri, latents, "train", student.window)
         pool.append(student.encode(data))
         pool_keys += split_keys
     pool_tokens = torch.cat(pool)

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from llm4brain.align.windows import run_windows
 from llm4brain.artifacts import ArtifactError, open_artifact
 from llm4brain.evaluate.decode import generate
 from llm4brain.fmri.images import SurfaceSpace, VolumeSpace, space_from_artifact
@@ -52,7 +53,6 @@ def decode_run(subject: str, bold: str | Path, events: str | Path, results: str 
     ok, _ = clean_run(series, params, tr, confounds)
     usable = usable & ok
     pairs = pair_run(run, stop - start, tr, params["hrf_lag"], start, params["unpaired_clips"] == "drop")
-    volumes = space.samples(series[[volume for _, volume in pairs]], usable)
 
     student_dir = results / "instruct" / "model"
     config = json.loads((student_dir / "config.json").read_text())
@@ -60,7 +60,9 @@ def decode_run(subject: str, bold: str | Path, events: str | Path, results: str 
     student = load_student(student_dir, teacher if teacher.is_absolute() else results.parent / teacher)
     if student.input_kind != "encoder":
         raise ValueError(f"{student_dir}: trained on frozen latents; decoding a new run needs `instruct.input: encoder`")
-    tokens = student.encode(torch.from_numpy(volumes))
+    index = run_windows([volume for _, volume in pairs], stop - start, student.window)  # (n, W)
+    samples = space.samples(series[index.ravel()], usable)
+    tokens = student.encode(torch.from_numpy(samples.reshape(index.shape + samples.shape[1:])))
     captions = generate(student.captioner, tokens, {"batch_size": batch_size, "max_new_tokens": max_new_tokens,
                                                     "num_beams": num_beams, "repetition_penalty": 1.0})
     k = np.array([k for k, _ in pairs])

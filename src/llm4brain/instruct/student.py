@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from llm4brain.align.model import BrainAligner, load_aligner, save_aligner
+from llm4brain.align.windows import windows
 from llm4brain.artifacts import read_split
 from llm4brain.instruct.llm_tuning import load_adapter, quantized_llm, save_tuned
 from llm4brain.models.video_llm import Captioner, load_teacher
@@ -35,19 +36,29 @@ class FmriStudent(nn.Module):
     def input_kind(self) -> str:
         return "encoder" if self.aligner is not None else "latents"
 
+    @property
+    def window(self) -> int:
+        """TR volumes per encoder input (1 for latents)."""
+        return self.aligner.config["encoder"]["window"] if self.aligner is not None else 1
+
     def tokens(self, inputs: torch.Tensor) -> torch.Tensor:
-        """(B, X, Y, Z) volumes through the aligner, or (B, Q, H) tokens as they are."""
+        """(B, W, ...) fMRI windows through the aligner, or (B, Q, H) tokens as they are."""
         return self.aligner(inputs) if self.aligner is not None else inputs
 
     def encode(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Tokens for decoding: volumes through the aligner in batches, or the given tokens."""
+        """Tokens for decoding: fMRI windows through the aligner in batches, or the given tokens."""
         return self.aligner.encode(inputs) if self.aligner is not None else inputs
 
 
-def read_inputs(kind: str, fmri_path: str, latent_path: str, split: str) -> tuple[torch.Tensor, list[tuple[str, int]]]:
-    """A subject's student inputs for ``split``: preprocessed volumes (encoder) or aligned tokens (latents)."""
-    data, keys = read_split(fmri_path, "fmri", split, "bold") if kind == "encoder" else \
-        read_split(latent_path, "align", split, "tokens")
+def read_inputs(kind: str, fmri_path: str, latent_path: str, split: str,
+                window: int = 1) -> tuple[torch.Tensor, list[tuple[str, int]]]:
+    """A subject's student inputs for ``split``: windows of preprocessed fMRI (encoder) or aligned tokens
+    (latents)."""
+    if kind == "encoder":
+        data, keys = read_split(fmri_path, "fmri", split, "bold")
+        data = windows(data, keys, window)
+    else:
+        data, keys = read_split(latent_path, "align", split, "tokens")
     return torch.from_numpy(data.astype(np.float32)), keys
 
 
@@ -58,8 +69,7 @@ def save_student(directory: Path, student: FmriStudent, teacher_dir: str, align_
     save_file({k: v.contiguous() for k, v in captioner.projection.state_dict().items()}, directory / "projection.safetensors")
     save_tuned(captioner.llm, directory, params["llm"])
     if student.aligner is not None:
-        aligner_config = json.loads((Path(align_dir) / "config.json").read_text())
-        save_aligner(directory / "aligner", student.aligner, aligner_config["grid"], aligner_config["align"], teacher_dir)
+        save_aligner(directory / "aligner", student.aligner, teacher_dir)
     config = {"teacher": str(teacher_dir), "align": str(align_dir), "input": student.input_kind, "instruct": params}
     (directory / "config.json").write_text(json.dumps(config, indent=2))
 

@@ -55,7 +55,7 @@ def instruct_llm(fmri_paths: list[str], latent_paths: list[str], align_dir: str,
     for subject, fmri_path, latent_path in zip(subjects, fmri_paths, latent_paths):
         if subject in heldout:
             continue
-        data, split_keys = read_inputs(params["input"], fmri_path, latent_path, "train")
+        data, split_keys = read_inputs(params["input"], fmri_path, latent_path, "train", student.window)
         keep = [i for i, key in enumerate(split_keys) if key in captions]
         inputs.append(data[keep])
         keys += [split_keys[i] for i in keep]

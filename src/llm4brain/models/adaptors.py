@@ -1,4 +1,4 @@
-"""Nonlinear residual bottleneck adaptors (Houlsby et al. 2019) inserted into frozen models."""
+"""Adaptors inserted into frozen models: nonlinear residual bottlenecks (Houlsby et al. 2019) or LoRA (peft)."""
 
 from __future__ import annotations
 
@@ -35,8 +35,7 @@ class Adapted(nn.Module):
 def add_adaptors(model: nn.Module, suffixes: tuple[str, ...], bottleneck: int, scale_init: float) -> list[str]:
     """Freeze ``model`` and wrap every ``nn.Linear`` whose name ends with one of ``suffixes``.
 
-    Returns the wrapped names (an empty list means the suffixes matched nothing, which callers treat as an
-    error: adaptors that are never inserted would silently turn the method into a frozen baseline).
+    Returns the wrapped names.
     """
     for param in model.parameters():
         param.requires_grad_(False)
@@ -45,4 +44,30 @@ def add_adaptors(model: nn.Module, suffixes: tuple[str, ...], bottleneck: int, s
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, Adapted(getattr(parent, child), bottleneck, scale_init))
+    return names
+
+
+def add_lora(model: nn.Module, suffixes: tuple[str, ...], r: int, alpha: float) -> list[str]:
+    """Freeze ``model`` and give every ``nn.Linear`` whose name ends with one of ``suffixes`` a peft LoRA
+    adapter (zero-initialised up-projection, so the model starts unchanged). Returns the adapted names."""
+    from peft import LoraConfig, inject_adapter_in_model  # peft takes seconds to import: only when used
+
+    names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear) and name.endswith(suffixes)]
+    if names:
+        inject_adapter_in_model(LoraConfig(r=r, lora_alpha=alpha, target_modules=names), model)
+    for name, param in model.named_parameters():
+        param.requires_grad_("lora_" in name)
+    return names
+
+
+def adapt(model: nn.Module, suffixes: tuple[str, ...], params: dict) -> list[str]:
+    """Freeze ``model`` and train only adaptors on the named linear layers: bottleneck or LoRA, as the
+    config's ``align.adaptor`` section says. Matching nothing is an error (the method would silently
+    become a frozen baseline)."""
+    if params["kind"] == "lora":
+        names = add_lora(model, suffixes, params["lora_r"], params["lora_alpha"])
+    else:
+        names = add_adaptors(model, suffixes, params["bottleneck"], params["scale_init"])
+    if not names:
+        raise ValueError(f"no adaptor sites ending with {suffixes} in {type(model).__name__}")
     return names

@@ -9,6 +9,7 @@ timm's ViT blocks.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from timm.models.vision_transformer import Block
@@ -27,18 +28,29 @@ class VolumeTokenizer(nn.Module):
         if patch < 2 or patch % 2:
             raise ValueError(f"tokenizer patch must be an even number >= 2, got {patch}")
         self.padded = tuple(math.ceil(g / patch) * patch for g in grid)
+        self.patch, self.patch_values = patch, window * patch**3
         self.stem = nn.Sequential(nn.Conv3d(window, channels, 3, stride=2, padding=1), nn.GELU())
         self.proj = nn.Conv3d(channels, dim, kernel_size=patch // 2, stride=patch // 2)
         n_tokens = math.prod(p // patch for p in self.padded)
         self.pos_embed = nn.Parameter(torch.randn(1, n_tokens, dim) * 0.02)
 
-    def forward(self, volumes: torch.Tensor) -> torch.Tensor:
+    def pad(self, volumes: torch.Tensor) -> torch.Tensor:
         pad = []
         for size, target in zip(reversed(volumes.shape[2:]), reversed(self.padded)):
             pad += [0, target - size]
-        x = nn.functional.pad(volumes, pad)
-        x = self.proj(self.stem(x))  # (B, D, X/p, Y/p, Z/p)
+        return nn.functional.pad(volumes, pad)
+
+    def forward(self, volumes: torch.Tensor) -> torch.Tensor:
+        x = self.proj(self.stem(self.pad(volumes)))  # (B, D, X/p, Y/p, Z/p)
         return x.flatten(2).transpose(1, 2) + self.pos_embed
+
+    def patchify(self, volumes: torch.Tensor) -> torch.Tensor:
+        """(B, W, X, Y, Z) → (B, N, W·p³): each token's voxels, in token order (masked modelling targets)."""
+        x = self.pad(volumes)
+        b, w, p = x.shape[0], x.shape[1], self.patch
+        nx, ny, nz = (size // p for size in self.padded)
+        x = x.reshape(b, w, nx, p, ny, p, nz, p).permute(0, 2, 4, 6, 1, 3, 5, 7)
+        return x.reshape(b, nx * ny * nz, self.patch_values)
 
 
 class VectorTokenizer(nn.Module):
@@ -48,12 +60,19 @@ class VectorTokenizer(nn.Module):
     def __init__(self, length: int, window: int, patch: int, dim: int) -> None:
         super().__init__()
         self.padded = math.ceil(length / patch) * patch
+        self.patch, self.patch_values = patch, window * patch
         self.proj = nn.Conv1d(window, dim, kernel_size=patch, stride=patch)
         self.pos_embed = nn.Parameter(torch.randn(1, self.padded // patch, dim) * 0.02)
 
     def forward(self, vectors: torch.Tensor) -> torch.Tensor:
         x = nn.functional.pad(vectors, [0, self.padded - vectors.shape[-1]])
         return self.proj(x).transpose(1, 2) + self.pos_embed
+
+    def patchify(self, vectors: torch.Tensor) -> torch.Tensor:
+        """(B, W, V) → (B, N, W·p): each token's voxels, in token order (masked modelling targets)."""
+        x = nn.functional.pad(vectors, [0, self.padded - vectors.shape[-1]])
+        b, w = x.shape[:2]
+        return x.reshape(b, w, -1, self.patch).permute(0, 2, 1, 3).reshape(b, -1, self.patch_values)
 
 
 class FmriEncoder(nn.Module):
@@ -73,10 +92,23 @@ class FmriEncoder(nn.Module):
         ])
         self.norm = nn.LayerNorm(dim)
 
-    def forward(self, volumes: torch.Tensor) -> torch.Tensor:
-        # Each sample is standardised over its voxels: single trials and repeat averages (lower variance)
-        # then look alike to the network.
+    @staticmethod
+    def standardize(volumes: torch.Tensor) -> torch.Tensor:
+        """Each sample standardised over its voxels: single trials and repeat averages (lower variance) then
+        look alike to the network."""
+        shape = (-1,) + (1,) * (volumes.dim() - 1)
         flat = volumes.flatten(1)
-        volumes = (volumes - flat.mean(1).view(-1, *[1] * (volumes.dim() - 1))) / (
-            flat.std(1).view(-1, *[1] * (volumes.dim() - 1)) + 1e-6)
-        return self.norm(self.blocks(self.tokenizer(volumes)))
+        return (volumes - flat.mean(1).view(shape)) / (flat.std(1).view(shape) + 1e-6)
+
+    def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.blocks(tokens))
+
+    def forward(self, volumes: torch.Tensor) -> torch.Tensor:
+        return self.encode_tokens(self.tokenizer(self.standardize(volumes)))
+
+
+def build_encoder(grid: tuple[int, ...], params: dict[str, Any]) -> FmriEncoder:
+    """The encoder of the config's ``encoder`` section for samples of shape ``grid``."""
+    tok = params["tokenizer"]
+    return FmriEncoder(grid, params["window"], tok["channels"], tok["patch"], params["dim"], params["depth"],
+                       params["num_heads"], params["mlp_ratio"], params["dropout"], tok["vector_patch"])
