@@ -149,6 +149,12 @@ def test_align_edit_reruns_align_and_downstream(micro):
                                         "decode_captions", "score_captions"} | REPORT
 
 
+def test_masked_modelling_edit_reruns_it_and_everything_it_feeds(micro):
+    with config_edit(micro, "scmbm", "mask_ratio", 0.5):
+        assert planned_rules(micro) == {"pretrain_scmbm", "pretrain_adaptor", "ablate_adaptor", "ablation_table",
+                                        "instruct_llm", "decode_captions", "score_captions"} | REPORT
+
+
 def test_library_edit_reruns_that_stage(micro):
     module = micro / "src" / "llm4brain" / "instruct" / "train.py"
     with edited(module, module.read_text() + "\n# a comment changes the stage's code hash\n"):
@@ -171,7 +177,7 @@ def test_rerun_from_scratch_gives_identical_artifacts(micro, tmp_path):
     assert_same_artifacts(again, micro)
 
 
-GPU_RULES = {"cache_features", "train_video_llm", "pretrain_adaptor", "instruct_llm", "decode_captions"}
+GPU_RULES = {"cache_features", "train_video_llm", "pretrain_scmbm", "pretrain_adaptor", "instruct_llm", "decode_captions"}
 
 
 def site_profile(workdir: Path) -> Path:
@@ -243,8 +249,9 @@ def test_wen2018_config_on_a_miniature_release(micro, tmp_path_factory):
     config["data"].update(root="wen", stimuli=str(micro / "resources/demo/stimuli"), subjects=["subject1", "subject2"],
                           captions=str(micro / "resources/demo/captions.tsv"), segments=small["data"]["segments"])
     config["fmri"].update(trim={"start": 0, "end": 4, "keep": keep}, detrend_order=2)
-    config.update({section: small[section] for section in ("video", "video_llm", "instruct", "evaluate")})
-    config["align"] = {**small["align"], "heldout": ["subject2"], "ablations": [], "tokenizer": {"vector_patch": 4}}
+    config.update({section: small[section] for section in ("video", "video_llm", "scmbm", "instruct", "evaluate")})
+    config["encoder"] = {**small["encoder"], "tokenizer": {"vector_patch": 4}}
+    config["align"] = {**small["align"], "heldout": ["subject2"], "ablations": [], "encoder_tuning": "adaptor"}
     (workdir / "wen.yaml").write_text(yaml.safe_dump(config))
     snakemake(workdir, "--configfile", "wen.yaml")
     with h5py.File(workdir / "results/fmri/subject1.h5") as f:
