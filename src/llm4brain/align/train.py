@@ -51,6 +51,43 @@ def identification(brain: torch.Tensor, video: torch.Tensor, targets: np.ndarray
     return out
 
 
+class AlignBatches:
+    """The input pipeline of pretrain_adaptor: each step, ``batch_size`` clips, each clip's fMRI window from
+    every labelled subject (a random repeat), and as many unlabelled held-out windows (domain adaptation)."""
+
+    def __init__(self, bold: dict[str, torch.Tensor], rows_of: dict[str, dict[tuple[str, int], list[int]]],
+                 labelled: list[str], clips: list[tuple[str, int]], unlabelled: torch.Tensor | None,
+                 batch_size: int, generator: torch.Generator) -> None:
+        self.bold, self.labelled, self.unlabelled = bold, labelled, unlabelled
+        self.rows = [[rows_of[s][clip] for clip in clips] for s in labelled]  # per subject, per clip: repeats
+        self.n_clips, self.batch_size, self.generator = len(clips), batch_size, generator
+
+    def draw(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Clip indices (B,), labelled windows (S·B, W, ...), held-out windows (B, W, ...) or None."""
+        pick = torch.randint(self.n_clips, (self.batch_size,), generator=self.generator)
+        rows = [[repeats[c][int(torch.randint(len(repeats[c]), (1,), generator=self.generator))]
+                 for c in pick.tolist()] for repeats in self.rows]
+        inputs = torch.cat([self.bold[s][r] for s, r in zip(self.labelled, rows)])
+        target = None
+        if self.unlabelled is not None:
+            target = self.unlabelled[torch.randint(len(self.unlabelled), (self.batch_size,), generator=self.generator)]
+        return pick, inputs, target
+
+
+def alignment_terms(model: BrainAligner, n_subjects: int, pick: torch.Tensor, inputs: torch.Tensor,
+                    video: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The labelled loss terms for clips ``pick`` seen by each of ``n_subjects`` (``inputs`` stacked subject
+    by subject), and the pooled brain tokens."""
+    brain = model(inputs)  # (S·B, Q, H)
+    pooled = brain.mean(1)
+    same = pick[None, :] == pick[:, None]
+    return {
+        "contrastive": info_nce(pooled, video.mean(1), same.repeat(n_subjects, 1), model.logit_scale),
+        "token_mse": ((brain - video.repeat(n_subjects, 1, 1)) ** 2).mean(),
+        "cross_subject": cross_subject(pooled.view(n_subjects, len(pick), -1)),
+    }, pooled
+
+
 def pretrain_adaptor(fmri_paths: list[str], feature_paths: list[str], teacher_dir: str, model_dir: str,
                      latent_paths: list[str], metrics_path: str, subjects: list[str], encoder_params: dict[str, Any],
                      params: dict[str, Any], seed: int, pretrained: str | None = None,
@@ -97,28 +134,15 @@ def pretrain_adaptor(fmri_paths: list[str], feature_paths: list[str], teacher_di
     weights, batch_size = params["loss"], params["train"]["batch_size"]
     domain_loss = mmd if params["domain_method"] == "mmd" else coral
 
-    def alignment_terms(pick: torch.Tensor, rows: list[list[int]],
-                        video: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """The labelled terms for clips ``pick`` seen by every labelled subject (``rows`` per subject), and
-        the pooled brain tokens."""
-        brain = model(torch.cat([bold[s][r] for s, r in zip(labelled, rows)]))  # (S·B, Q, H)
-        pooled = brain.mean(1)
-        same = pick[None, :] == pick[:, None]
-        return {
-            "contrastive": info_nce(pooled, video.mean(1), same.repeat(len(labelled), 1), model.logit_scale),
-            "token_mse": ((brain - video.repeat(len(labelled), 1, 1)) ** 2).mean(),
-            "cross_subject": cross_subject(pooled.view(len(labelled), len(pick), -1)),
-        }, pooled
+    batches = AlignBatches(bold, rows_of, labelled, clips, unlabelled if weights["domain"] > 0 else None,
+                           batch_size, generator)
 
     def loss_fn(step: int) -> tuple[torch.Tensor, dict[str, float]]:
         model.train()
-        pick = torch.randint(len(clips), (batch_size,), generator=generator)
-        rows = [[rows_of[s][clips[c]][int(torch.randint(len(rows_of[s][clips[c]]), (1,), generator=generator))]
-                 for c in pick.tolist()] for s in labelled]
-        terms, pooled = alignment_terms(pick, rows, targets[pick])
-        if unlabelled is not None and weights["domain"] > 0:
-            idx = torch.randint(len(unlabelled), (batch_size,), generator=generator)
-            terms["domain"] = domain_loss(pooled, model(unlabelled[idx]).mean(1))
+        pick, inputs, target_domain = batches.draw()
+        terms, pooled = alignment_terms(model, len(labelled), pick, inputs, targets[pick])
+        if target_domain is not None:
+            terms["domain"] = domain_loss(pooled, model(target_domain).mean(1))
         loss = sum(weights[name] * value for name, value in terms.items())
         return loss, {name: value.item() for name, value in terms.items()}
 
@@ -130,7 +154,8 @@ def pretrain_adaptor(fmri_paths: list[str], feature_paths: list[str], teacher_di
         def validate() -> float:
             """The labelled terms on the held-out clips (first repeat of each), in eval mode."""
             model.eval()
-            terms, _ = alignment_terms(torch.arange(len(val_clips)), val_rows, val_targets)
+            inputs = torch.cat([bold[s][r] for s, r in zip(labelled, val_rows)])
+            terms, _ = alignment_terms(model, len(labelled), torch.arange(len(val_clips)), inputs, val_targets)
             return float(sum(weights[name] * value for name, value in terms.items()))
 
     with atomic_path(model_dir) as tmp_model:
