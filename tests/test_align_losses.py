@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from llm4brain.align.losses import coral, cross_subject, info_nce, mmd
@@ -53,3 +54,17 @@ def test_n_way_identification():
     assert abs(chance["top5"] - 5 / 50) < 0.03
     assert identification(noise, video, targets, n_way=50, seed=3) == identification(noise, video, targets, n_way=50, seed=3)
     assert identification(noise, video, targets, n_way=500)["n_way"] == 80
+
+
+def test_losses_equal_hand_computed_values():
+    """InfoNCE, MMD and CORAL on inputs small enough to compute by hand."""
+    import math
+
+    eye = torch.eye(2)
+    # logits = cos similarity at scale e^0 = 1: each direction is -log(e / (e + 1))
+    assert float(info_nce(eye, eye, eye.bool(), torch.tensor(0.0))) == pytest.approx(math.log(1 + math.exp(-1)), abs=1e-6)
+    # source 0, target 1: squared distance 1 is also the median; kernels sum exp(-1 / s) over the scales
+    k_st = sum(math.exp(-1 / s) for s in (0.25, 0.5, 1.0, 2.0, 4.0))
+    assert float(mmd(torch.zeros(1, 1), torch.ones(1, 1))) == pytest.approx(5 + 5 - 2 * k_st, abs=1e-5)
+    # variances 2 (samples 0 and 2) and 0: (2 - 0)² / (4 · 1²)
+    assert float(coral(torch.tensor([[0.0], [2.0]]), torch.zeros(2, 1))) == pytest.approx(1.0)
