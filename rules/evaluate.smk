@@ -27,9 +27,10 @@ rule decode_captions:
 
 
 rule score_captions:
-    """Score every subject x source against the references with pycocoevalcap."""
+    """Score every subject x source against all references with pycocoevalcap."""
     input:
-        expand("results/eval/{subject}.h5", subject=SUBJECTS),
+        decoded=expand("results/eval/{subject}.h5", subject=SUBJECTS),
+        captions="results/text/captions.h5",
     output:
         metrics=report(
             "results/eval/metrics.tsv",

@@ -77,7 +77,46 @@ def test_caption_identification():
     from llm4brain.evaluate.stats import caption_identification
 
     refs = [r[0] for r in REFS.values()]
-    perfect = caption_identification(refs, refs)
+    perfect = caption_identification(refs, [[r] for r in refs])
     assert perfect["top1"] == 1.0 and perfect["n_way"] == 3 and perfect["chance_top1"] == 1 / 3
-    rotated = caption_identification(refs[1:] + refs[:1], refs)
+    rotated = caption_identification(refs[1:] + refs[:1], [[r] for r in refs])
     assert rotated["top1"] == 0.0
+    # with two references per clip, a caption matching only the second reference still finds its clip
+    second = ["a white background with one large blue square moving up", "red circles moving left",
+              "green triangles moving down"]
+    both = [[r, s] for r, s in zip(refs, [second[1], second[0], second[2]])]
+    assert caption_identification([second[1], second[0], second[2]], both)["top1"] == 1.0
+
+
+def test_every_reference_counts(tmp_path):
+    """Several references per clip go into the scores: the metrics equal pycocoevalcap's with all of them,
+    and a caption that matches only a second annotator's reference scores as well as one matching the first."""
+    import h5py
+    import pandas as pd
+
+    from llm4brain.artifacts import atomic_h5, read_captions, write_keys, write_strings
+    from llm4brain.evaluate.score import score_captions
+    from llm4brain.text.captions import reference_captions
+
+    second = {"a:0": "a black background with two small red circles going left",
+              "a:1": "a white background and one large blue square going up",
+              "b:0": "a gray background with three small green triangles going down"}
+    rows = [(i.split(":")[0], int(i.split(":")[1]), c) for i, refs in REFS.items() for c in (refs[0], second[i])]
+    pd.DataFrame(rows, columns=["segment", "tr", "caption"]).to_csv(tmp_path / "refs.tsv", sep="\t", index=False)
+    reference_captions(tmp_path / "refs.tsv", tmp_path / "captions.h5", ["a", "b"], {})
+    assert read_captions(tmp_path / "captions.h5")[("a", 1)] == REFS["a:1"][0]  # training uses the first
+    ids = list(REFS)
+    with atomic_h5(tmp_path / "sub-01.h5", "eval") as f:
+        write_keys(f, [i.split(":")[0] for i in ids] * 2, [int(i.split(":")[1]) for i in ids] * 2)
+        write_strings(f, "source", ["first"] * 3 + ["second"] * 3)
+        write_strings(f, "caption", [REFS[i][0] for i in ids] + [second[i] for i in ids])
+        write_strings(f, "reference", [REFS[i][0] for i in ids] * 2)
+        f.attrs["subject"] = "sub-01"
+    score_captions([str(tmp_path / "sub-01.h5")], tmp_path / "captions.h5", tmp_path / "m.tsv", tmp_path / "i.tsv",
+                   tmp_path / "t.tsv", [], {"n_bootstrap": 10, "n_permutations": 10}, 0)
+    metrics = pd.read_csv(tmp_path / "m.tsv", sep="\t").set_index("source")
+    assert metrics.loc["first", "BLEU-4"] == pytest.approx(metrics.loc["second", "BLEU-4"]) == pytest.approx(1.0, abs=1e-6)
+    direct = CocoScorer().score({i: [REFS[i][0], second[i]] for i in ids}, {i: second[i] for i in ids})
+    assert metrics.loc["second", "CIDEr"] == pytest.approx(direct["CIDEr"], abs=1e-4)
+    with h5py.File(tmp_path / "captions.h5") as f:
+        assert len(f["caption"]) == 6

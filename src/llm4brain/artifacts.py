@@ -125,14 +125,23 @@ def _is_numeric_sequence(value: Any) -> bool:
 # ---- readers: how downstream stages load each artifact -------------------------------------------------
 
 
-def read_captions(path: str | os.PathLike) -> dict[tuple[str, int], str]:
-    """``(segment, tr) → caption`` from ``results/text/captions.h5``."""
+def read_references(path: str | os.PathLike) -> dict[tuple[str, int], list[str]]:
+    """``(segment, tr) → every reference caption`` (several annotators or captioners), in file order, from
+    ``results/text/captions.h5``."""
     with open_artifact(path, "captions", ("segment", "tr", "caption")) as f:
         keys = read_keys(f)
         captions = f["caption"].asstr()[:]
     if not keys:
         raise ArtifactError(f"{path}: no captions")
-    return {key: str(c) for key, c in zip(keys, captions)}
+    references: dict[tuple[str, int], list[str]] = {}
+    for key, caption in zip(keys, captions):
+        references.setdefault(key, []).append(str(caption))
+    return references
+
+
+def read_captions(path: str | os.PathLike) -> dict[tuple[str, int], str]:
+    """``(segment, tr) → caption``: each clip's first reference, the one models are trained on."""
+    return {key: refs[0] for key, refs in read_references(path).items()}
 
 
 def read_features(paths: list[str | os.PathLike]) -> dict[str, np.ndarray]:

@@ -4,4 +4,7 @@ from llm4brain.runtime import setup_logging
 setup_logging(snakemake.log[0])
 p = snakemake.params
 out = snakemake.output
-score_captions(snakemake.input, out.metrics, out.identification, out.tests, p.heldout, p.evaluate, p.seed)
+score_captions(
+    snakemake.input.decoded, snakemake.input.captions, out.metrics, out.identification, out.tests, p.heldout,
+    p.evaluate, p.seed,
+)

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from llm4brain.artifacts import open_artifact
+from llm4brain.artifacts import open_artifact, read_references
 from llm4brain.evaluate.stats import bootstrap_ci, caption_identification, paired_permutation
 from llm4brain.runtime import LOG
 
@@ -81,10 +81,13 @@ def read_decoded(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     return table, attrs
 
 
-def score_captions(eval_paths: list[str], out_path: str | Path, identification_path: str | Path,
-                   tests_path: str | Path, heldout: list[str], params: dict[str, Any], seed: int) -> None:
+def score_captions(eval_paths: list[str], captions_path: str | Path, out_path: str | Path,
+                   identification_path: str | Path, tests_path: str | Path, heldout: list[str], params: dict[str, Any],
+                   seed: int) -> None:
     """Write ``metrics.tsv`` (one row per subject × source, with 95 % bootstrap CIs), ``identification.tsv``
-    (clip identification from the decoded text) and ``tests.tsv`` (fMRI vs shuffled fMRI, paired)."""
+    (clip identification from the decoded text) and ``tests.tsv`` (fMRI vs shuffled fMRI, paired). Every
+    reference of a clip in ``captions_path`` counts (several annotators or captioners)."""
+    references = read_references(captions_path)
     spice = spice_status()
     if spice:
         LOG.warning("SPICE %s", spice)
@@ -97,7 +100,8 @@ def score_captions(eval_paths: list[str], out_path: str | Path, identification_p
         cider = {}
         for source, group in table.groupby("source", sort=False):
             ids = [f"{s}:{t}" for s, t in zip(group["segment"], group["tr"])]
-            gts, res = scorer.tokenize({i: [r] for i, r in zip(ids, group["reference"])}, dict(zip(ids, group["caption"])))
+            gts, res = scorer.tokenize({i: references[(s, int(t))] for i, s, t in zip(ids, group["segment"], group["tr"])},
+                                       dict(zip(ids, group["caption"])))
             scores, per_clip = scorer.compute(gts, res)
             cider[source] = per_clip["CIDEr"]
             ci = bootstrap_ci(scorer.scorers, gts, res, per_clip, params["n_bootstrap"], seed)
@@ -105,7 +109,7 @@ def score_captions(eval_paths: list[str], out_path: str | Path, identification_p
             rows.append({**flags, "source": source, "n": len(ids), **scores,
                          **({"SPICE": "unavailable"} if spice else {}), **bounds})
             identification.append({**flags, "source": source, **caption_identification(
-                [res[i][0] for i in ids], [gts[i][0] for i in ids])})
+                [res[i][0] for i in ids], [gts[i] for i in ids])})
             LOG.info("%s %-13s CIDEr %.3f [%.3f, %.3f]", subject, source, scores["CIDEr"], *ci["CIDEr"])
         if {"fmri", "shuffled"} <= set(cider):
             tests.append({**flags, "comparison": "fmri > shuffled", "metric": "CIDEr", "n": len(cider["fmri"]),

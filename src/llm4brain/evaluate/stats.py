@@ -50,22 +50,24 @@ def paired_permutation(a: np.ndarray, b: np.ndarray, n_perm: int, seed: int) -> 
     return float((1 + np.sum(null >= d.mean())) / (1 + n_perm))
 
 
-def caption_identification(candidates: list[str], references: list[str], ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
-    """Is each decoded caption closest (CIDEr-D) to its own clip's reference among all distinct references?
+def caption_identification(candidates: list[str], references: list[list[str]],
+                           ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
+    """Is each decoded caption closest (CIDEr-D against all of a clip's references) to its own clip among
+    all distinct clips?
 
-    Captions and references are PTB-tokenized strings; ``candidates[i]`` belongs to ``references[i]``.
-    Returns top-k accuracies next to chance (k / n, n = number of distinct references).
+    Captions and references are PTB-tokenized strings; ``candidates[i]`` belongs to the clip whose
+    references are ``references[i]``. Returns top-k accuracies next to chance (k / n, n = distinct clips).
     """
     from pycocoevalcap.cider.cider_scorer import CiderScorer
 
-    pool = sorted(set(references))
+    pool = sorted({tuple(refs) for refs in references})
     scorer = CiderScorer(n=4, sigma=6.0)
     for caption in candidates:
-        for ref in pool:
-            scorer.cook_append(caption, [ref])
+        for refs in pool:
+            scorer.cook_append(caption, list(refs))
     _, scores = scorer.compute_score()  # per pair, in the order appended
     sim = np.asarray(scores).reshape(len(candidates), len(pool))
-    own = np.array([pool.index(r) for r in references])
+    own = np.array([pool.index(tuple(refs)) for refs in references])
     rank = (sim > sim[np.arange(len(own)), own][:, None]).sum(1)
     out = {"n_way": len(pool)}
     for k in ks:

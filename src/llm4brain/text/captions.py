@@ -12,7 +12,8 @@ from llm4brain.runtime import LOG
 
 
 def reference_captions(tsv: str | Path, out_path: str | Path, segments: list[str], params: dict[str, Any]) -> None:
-    """Keep the captions of the configured segments, one row per ``(segment, tr)``, sorted."""
+    """Keep the captions of the configured segments, sorted by ``(segment, tr)``. A clip may have several
+    rows (annotators, captioners): all are references for scoring, the first is the one models train on."""
     table = pd.read_csv(tsv, sep="\t", dtype={"segment": str})
     missing = {"segment", "tr", "caption"} - set(table.columns)
     if missing:
@@ -21,12 +22,13 @@ def reference_captions(tsv: str | Path, out_path: str | Path, segments: list[str
     absent = sorted(set(segments) - set(table["segment"]))
     if absent:
         raise ValueError(f"{tsv}: no captions for segments {absent}")
-    if table.duplicated(["segment", "tr"]).any():
-        raise ValueError(f"{tsv}: more than one caption for some (segment, tr)")
-    if table["caption"].isna().any():
+    if table["caption"].isna().any() or (table["caption"].astype(str).str.strip() == "").any():
         raise ValueError(f"{tsv}: empty captions")
+    if table.duplicated(["segment", "tr", "caption"]).any():
+        raise ValueError(f"{tsv}: the same caption twice for some (segment, tr)")
     with atomic_h5(out_path, "captions", params) as f:
         write_keys(f, table["segment"].tolist(), table["tr"].tolist())
         write_strings(f, "caption", table["caption"].astype(str).tolist())
-    LOG.info("%d captions for %d segments", len(table), len(segments))
+    LOG.info("%d captions of %d clips in %d segments", len(table), len(table.drop_duplicates(["segment", "tr"])),
+             len(segments))
 
