@@ -26,10 +26,41 @@ rule decode_captions:
         "../workflow/scripts/decode_captions.py"
 
 
+rule decode_ablation:
+    """A held-out subject's test fMRI decoded by the student of an ablated aligner (source fmri-{ablation})."""
+    input:
+        fmri="results/fmri/{subject}.h5",
+        latents="results/align/ablations/{ablation}/{subject}.h5",
+        captions="results/text/captions.h5",
+        video_llm=video_llm_dir(),
+        student="results/instruct/ablations/{ablation}/model",
+    output:
+        "results/eval/ablations/{ablation}/{subject}.h5",
+    log:
+        "logs/decode_ablation/{ablation}/{subject}.log",
+    benchmark:
+        "results/benchmarks/decode_ablation/{ablation}/{subject}.tsv"
+    wildcard_constraints:
+        ablation="|".join(ABLATIONS),
+    conda:
+        "../envs/llm4brain.yaml"
+    params:
+        evaluate=section("evaluate"),
+        seed=config["seed"],
+        code=CODE["evaluate"],
+    script:
+        "../workflow/scripts/decode_ablation.py"
+
+
 rule score_captions:
     """Score every subject x source against all references with pycocoevalcap."""
     input:
         decoded=expand("results/eval/{subject}.h5", subject=SUBJECTS),
+        ablated=expand(
+            "results/eval/ablations/{ablation}/{subject}.h5",
+            ablation=config["align"]["ablations"],
+            subject=HELDOUT,
+        ),
         captions="results/text/captions.h5",
     output:
         metrics=report(

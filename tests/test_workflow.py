@@ -98,15 +98,18 @@ def test_artifacts_follow_the_contract(micro):
         assert f["tokens"].dtype == "float16" and f["tokens"].shape[:2] == (6, 2)
     assert not (micro / "results/frames").exists() or not list((micro / "results/frames").glob("*.h5"))  # temp()
     metrics = pd.read_csv(micro / "results/eval/metrics.tsv", sep="\t")
-    assert len(metrics) == 2 * 4
-    assert set(metrics["source"]) == {"fmri", "video-teacher", "shuffled", "nearest-train"}
+    assert len(metrics) == 2 * 4 + 1  # + the held-out sub-02 decoded without domain adaptation
+    assert set(metrics["source"]) == {"fmri", "video-teacher", "shuffled", "nearest-train", "fmri-no_domain_adaptation"}
+    assert metrics[metrics["source"] == "fmri-no_domain_adaptation"]["subject"].tolist() == ["sub-02"]
     assert metrics.set_index("subject")["heldout"].to_dict() == {"sub-01": False, "sub-02": True}
     assert {"BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE", "CIDEr_ci_low", "CIDEr_ci_high"} <= set(metrics.columns)
     assert (metrics["CIDEr_ci_low"] <= metrics["CIDEr_ci_high"]).all()
     identification = pd.read_csv(micro / "results/eval/identification.tsv", sep="\t")
-    assert len(identification) == 8 and identification["top1"].between(0, 1).all()
+    assert len(identification) == 9 and identification["top1"].between(0, 1).all()
     tests = pd.read_csv(micro / "results/eval/tests.tsv", sep="\t")
-    assert list(tests["subject"]) == ["sub-01", "sub-02"] and tests["p_value"].between(0, 1).all()
+    assert list(zip(tests["subject"], tests["comparison"])) == [
+        ("sub-01", "fmri > shuffled"), ("sub-02", "fmri > shuffled"), ("sub-02", "fmri > fmri-no_domain_adaptation")]
+    assert tests["p_value"].between(0, 1).all()
     assert (micro / "results/align/metrics.tsv").exists() and (micro / "results/video_llm/llm").is_dir()
     ablation = pd.read_csv(micro / "results/align/ablation.tsv", sep="\t")
     assert list(zip(ablation["model"], ablation["subject"])) == [
@@ -140,25 +143,27 @@ def test_rerun_has_nothing_to_do(micro):
 
 def test_evaluation_edit_reruns_only_evaluation(micro):
     with config_edit(micro, "evaluate", "max_new_tokens", 6):
-        assert planned_rules(micro) == {"decode_captions", "score_captions"} | REPORT
+        assert planned_rules(micro) == {"decode_captions", "decode_ablation", "score_captions"} | REPORT
 
 
 def test_align_edit_reruns_align_and_downstream(micro):
     with config_edit(micro, "align", "temperature", 0.1):
         assert planned_rules(micro) == {"pretrain_adaptor", "ablate_adaptor", "ablation_table", "instruct_llm",
-                                        "decode_captions", "score_captions"} | REPORT
+                                        "ablate_instruct", "decode_captions", "decode_ablation", "score_captions"} | REPORT
 
 
 def test_masked_modelling_edit_reruns_it_and_everything_it_feeds(micro):
     with config_edit(micro, "scmbm", "mask_ratio", 0.5):
         assert planned_rules(micro) == {"pretrain_scmbm", "pretrain_adaptor", "ablate_adaptor", "ablation_table",
-                                        "instruct_llm", "decode_captions", "score_captions"} | REPORT
+                                        "instruct_llm", "ablate_instruct", "decode_captions", "decode_ablation",
+                                        "score_captions"} | REPORT
 
 
 def test_library_edit_reruns_that_stage(micro):
     module = micro / "src" / "llm4brain" / "instruct" / "train.py"
     with edited(module, module.read_text() + "\n# a comment changes the stage's code hash\n"):
-        assert planned_rules(micro) == {"instruct_llm", "decode_captions", "score_captions"} | REPORT
+        assert planned_rules(micro) == {"instruct_llm", "ablate_instruct", "decode_captions", "decode_ablation",
+                                        "score_captions"} | REPORT
 
 
 def test_lint_is_clean(micro):

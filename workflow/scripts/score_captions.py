@@ -5,6 +5,12 @@ setup_logging(snakemake.log[0])
 p = snakemake.params
 out = snakemake.output
 score_captions(
-    snakemake.input.decoded, snakemake.input.captions, out.metrics, out.identification, out.tests, p.heldout,
-    p.evaluate, p.seed,
+    snakemake.input.decoded + snakemake.input.ablated,
+    snakemake.input.captions,
+    out.metrics,
+    out.identification,
+    out.tests,
+    p.heldout,
+    p.evaluate,
+    p.seed,
 )

@@ -6,6 +6,9 @@
   language prior);
 - ``nearest-train``: the reference caption of the most similar training sample (cosine of pooled tokens)
   among the labelled subjects (tokens from the same student input) — what retrieval alone achieves.
+
+``decode_ablation`` adds ``fmri-{ablation}`` for the held-out subjects: their fMRI decoded by a student
+built on an aligner trained with one loss term off (``no_domain_adaptation``: without domain adaptation).
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ from llm4brain.instruct.student import load_student, read_inputs
 from llm4brain.models.video_llm import Captioner, encode_clips, load_teacher
 from llm4brain.runtime import LOG, seed_everything
 
-SOURCES = ("fmri", "video-teacher", "shuffled", "nearest-train")
 
 
 def generate(captioner: Captioner, tokens: torch.Tensor, params: dict[str, Any]) -> list[str]:
@@ -41,6 +43,39 @@ def nearest_captions(query: torch.Tensor, pool: torch.Tensor, pool_keys: list[tu
     return [captions[pool_keys[i]] for i in (q @ p.T).argmax(1).tolist()]
 
 
+def student_tokens(student_dir: str, teacher_dir: str, fmri_path: str, latent_path: str,
+                   captions: dict[tuple[str, int], str], captions_path: str) -> tuple[Any, torch.Tensor, list]:
+    """The trained student, and its tokens for the subject's test samples (each must have a reference)."""
+    student = load_student(student_dir, teacher_dir)
+    inputs, keys = read_inputs(student.input_kind, fmri_path, latent_path, "test", student.window)
+    missing = sorted({k for k in keys if k not in captions})
+    if missing:
+        raise ValueError(f"{captions_path}: no reference caption for test samples {missing[:5]}")
+    return student, student.encode(inputs), keys
+
+
+def write_decoded(out_path: str | Path, subject: str, heldout: bool, keys: list[tuple[str, int]],
+                  decoded: dict[str, list[str]], captions: dict[tuple[str, int], str], params: dict[str, Any]) -> None:
+    """``/segment, /tr, /source, /caption, /reference``: one row per test sample × source."""
+    with atomic_h5(out_path, "eval", params) as f:
+        rows = [(key, source, text) for source, texts in decoded.items() for key, text in zip(keys, texts)]
+        write_keys(f, [r[0][0] for r in rows], [r[0][1] for r in rows])
+        write_strings(f, "source", [r[1] for r in rows])
+        write_strings(f, "caption", [r[2] for r in rows])
+        write_strings(f, "reference", [captions[r[0]] for r in rows])
+        set_attrs(f, {"subject": subject, "heldout": heldout, "sources": list(decoded)})
+
+
+def decode_ablation(subject: str, ablation: str, fmri_path: str, latent_path: str, captions_path: str,
+                    teacher_dir: str, student_dir: str, out_path: str | Path, params: dict[str, Any], seed: int) -> None:
+    """A held-out subject's test fMRI decoded by the student of an ablated aligner: source ``fmri-{ablation}``."""
+    seed_everything(seed + 40, 1)
+    captions = read_captions(captions_path)
+    student, tokens, keys = student_tokens(student_dir, teacher_dir, fmri_path, latent_path, captions, captions_path)
+    write_decoded(out_path, subject, True, keys, {f"fmri-{ablation}": generate(student.captioner, tokens, params)},
+                  captions, params)
+
+
 def decode_captions(subject: str, fmri_path: str, latent_path: str, pool_fmri: list[str], pool_latents: list[str],
                     feature_paths: list[str],
                     captions_path: str, teacher_dir: str, student_dir: str, out_path: str | Path,
@@ -48,12 +83,7 @@ def decode_captions(subject: str, fmri_path: str, latent_path: str, pool_fmri: l
     """Write ``/segment, /tr, /source, /caption, /reference`` for every test sample × source."""
     seed_everything(seed + 40, 1)
     captions = read_captions(captions_path)
-    student = load_student(student_dir, teacher_dir)
-    inputs, keys = read_inputs(student.input_kind, fmri_path, latent_path, "test", student.window)
-    tokens = student.encode(inputs)
-    missing = sorted({k for k in keys if k not in captions})
-    if missing:
-        raise ValueError(f"{captions_path}: no reference caption for test samples {missing[:5]}")
+    student, tokens, keys = student_tokens(student_dir, teacher_dir, fmri_path, latent_path, captions, captions_path)
     qformer, teacher, _ = load_teacher(teacher_dir)
     pool, pool_keys = [], []
     for fmri, latents in zip(pool_fmri, pool_latents):
@@ -69,13 +99,7 @@ def decode_captions(subject: str, fmri_path: str, latent_path: str, pool_fmri: l
         "shuffled": generate(student.captioner, tokens[permutation], params),
         "nearest-train": nearest_captions(tokens, pool_tokens, pool_keys, captions),
     }
-    with atomic_h5(out_path, "eval", params) as f:
-        rows = [(key, source, text) for source in SOURCES for key, text in zip(keys, decoded[source])]
-        write_keys(f, [r[0][0] for r in rows], [r[0][1] for r in rows])
-        write_strings(f, "source", [r[1] for r in rows])
-        write_strings(f, "caption", [r[2] for r in rows])
-        write_strings(f, "reference", [captions[r[0]] for r in rows])
-        set_attrs(f, {"subject": subject, "heldout": subject in heldout, "sources": list(SOURCES)})
+    write_decoded(out_path, subject, subject in heldout, keys, decoded, captions, params)
     for i in range(min(3, len(keys))):
         LOG.info("%s %s: fmri %r | teacher %r | reference %r", subject, keys[i], decoded["fmri"][i],
                  decoded["video-teacher"][i], captions[keys[i]])

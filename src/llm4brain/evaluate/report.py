@@ -21,11 +21,12 @@ def plot_scores(metrics_tsv: str | Path, out_png: str | Path, metric: str = "CID
     """Grouped bars of ``metric`` per subject × source with their 95 % bootstrap CIs."""
     table = pd.read_csv(metrics_tsv, sep="\t")
     subjects = list(dict.fromkeys(table["subject"]))
-    sources = [s for s in SOURCE_ORDER if s in set(table["source"])]
+    present = list(dict.fromkeys(table["source"]))
+    sources = [s for s in SOURCE_ORDER if s in present] + [s for s in present if s not in SOURCE_ORDER]
     width = 0.8 / len(sources)
     fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(subjects), 3.4))
     for i, source in enumerate(sources):
-        rows = table[table["source"] == source].set_index("subject").loc[subjects]
+        rows = table[table["source"] == source].set_index("subject").reindex(subjects)  # fmri-{ablation}: held out only
         x = np.arange(len(subjects)) + (i - (len(sources) - 1) / 2) * width
         err = np.vstack([rows[metric] - rows[f"{metric}_ci_low"], rows[f"{metric}_ci_high"] - rows[metric]])
         ax.bar(x, rows[metric], width, yerr=err, capsize=3, label=source)

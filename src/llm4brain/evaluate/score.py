@@ -93,9 +93,12 @@ def score_captions(eval_paths: list[str], captions_path: str | Path, out_path: s
         LOG.warning("SPICE %s", spice)
     scorer = CocoScorer(spice=not spice)
     rows, identification, tests = [], [], []
-    for path in eval_paths:
+    tables: dict[str, list[pd.DataFrame]] = {}
+    for path in eval_paths:  # a subject's main file, and for held-out subjects the ablated students' files
         table, attrs = read_decoded(path)
-        subject = str(attrs["subject"])
+        tables.setdefault(str(attrs["subject"]), []).append(table)
+    for subject, parts in tables.items():
+        table = pd.concat(parts, ignore_index=True)
         flags = {"subject": subject, "heldout": subject in heldout}
         cider = {}
         for source, group in table.groupby("source", sort=False):
@@ -103,7 +106,7 @@ def score_captions(eval_paths: list[str], captions_path: str | Path, out_path: s
             gts, res = scorer.tokenize({i: references[(s, int(t))] for i, s, t in zip(ids, group["segment"], group["tr"])},
                                        dict(zip(ids, group["caption"])))
             scores, per_clip = scorer.compute(gts, res)
-            cider[source] = per_clip["CIDEr"]
+            cider[source] = dict(zip(ids, per_clip["CIDEr"]))
             ci = bootstrap_ci(scorer.scorers, gts, res, per_clip, params["n_bootstrap"], seed)
             bounds = {f"{name}_{end}": ci[name][j] for name in scores for j, end in enumerate(("ci_low", "ci_high"))}
             rows.append({**flags, "source": source, "n": len(ids), **scores,
@@ -111,10 +114,13 @@ def score_captions(eval_paths: list[str], captions_path: str | Path, out_path: s
             identification.append({**flags, "source": source, **caption_identification(
                 [res[i][0] for i in ids], [gts[i] for i in ids])})
             LOG.info("%s %-13s CIDEr %.3f [%.3f, %.3f]", subject, source, scores["CIDEr"], *ci["CIDEr"])
-        if {"fmri", "shuffled"} <= set(cider):
-            tests.append({**flags, "comparison": "fmri > shuffled", "metric": "CIDEr", "n": len(cider["fmri"]),
-                          "mean_difference": float(np.mean(cider["fmri"] - cider["shuffled"])),
-                          "p_value": paired_permutation(cider["fmri"], cider["shuffled"], params["n_permutations"], seed)})
+        others = ["shuffled"] + [s for s in cider if s.startswith("fmri-")]
+        for other in [s for s in others if "fmri" in cider and s in cider]:
+            ids = sorted(cider["fmri"])
+            a, b = np.array([cider["fmri"][i] for i in ids]), np.array([cider[other][i] for i in ids])
+            tests.append({**flags, "comparison": f"fmri > {other}", "metric": "CIDEr", "n": len(ids),
+                          "mean_difference": float(np.mean(a - b)),
+                          "p_value": paired_permutation(a, b, params["n_permutations"], seed)})
     pd.DataFrame(rows).to_csv(out_path, sep="\t", index=False, float_format="%.4f")
     pd.DataFrame(identification).to_csv(identification_path, sep="\t", index=False, float_format="%.4f")
     pd.DataFrame(tests).to_csv(tests_path, sep="\t", index=False, float_format="%.4g")
