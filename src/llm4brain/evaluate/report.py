@@ -24,7 +24,7 @@ def plot_scores(metrics_tsv: str | Path, out_png: str | Path, metric: str = "CID
     present = list(dict.fromkeys(table["source"]))
     sources = [s for s in SOURCE_ORDER if s in present] + [s for s in present if s not in SOURCE_ORDER]
     width = 0.8 / len(sources)
-    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(subjects), 3.4))
+    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(subjects), 4.0))
     for i, source in enumerate(sources):
         rows = table[table["source"] == source].set_index("subject").reindex(subjects)  # fmri-{ablation}: held out only
         x = np.arange(len(subjects)) + (i - (len(sources) - 1) / 2) * width
@@ -33,7 +33,7 @@ def plot_scores(metrics_tsv: str | Path, out_png: str | Path, metric: str = "CID
     labels = [f"{s}\n(held out)" if table[table["subject"] == s]["heldout"].iloc[0] else s for s in subjects]
     ax.set_xticks(np.arange(len(subjects)), labels)
     ax.set_ylabel(f"{metric} (95 % bootstrap CI)")
-    ax.legend(frameon=False, fontsize=8, ncols=2)
+    ax.legend(frameon=False, fontsize=8, ncols=3, loc="upper center", bbox_to_anchor=(0.5, -0.2))  # below: never on a bar
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
     fig.savefig(out_png, dpi=120)
