@@ -111,6 +111,10 @@ def test_artifacts_follow_the_contract(micro):
         ("sub-01", "fmri > shuffled"), ("sub-02", "fmri > shuffled"), ("sub-02", "fmri > fmri-no_domain_adaptation")]
     assert tests["p_value"].between(0, 1).all()
     assert (micro / "results/align/metrics.tsv").exists() and (micro / "results/video_llm/llm").is_dir()
+    align_log = pd.read_csv(micro / "results/align/model/train_log.tsv", sep="\t")
+    assert {"domain", "target_mbm", "val_loss"} <= set(align_log.columns) and align_log["target_mbm"].notna().all()
+    ablated_log = pd.read_csv(micro / "results/align/ablations/no_domain_adaptation/model/train_log.tsv", sep="\t")
+    assert not {"domain", "target_mbm"} & set(ablated_log.columns)
     ablation = pd.read_csv(micro / "results/align/ablation.tsv", sep="\t")
     assert list(zip(ablation["model"], ablation["subject"])) == [
         ("full", "sub-01"), ("full", "sub-02"), ("no_domain_adaptation", "sub-01"), ("no_domain_adaptation", "sub-02")]

@@ -18,6 +18,7 @@ from llm4brain.align.model import BrainAligner, save_aligner
 from llm4brain.align.windows import windows
 from llm4brain.artifacts import (ArtifactError, atomic_h5, atomic_path, check_coverage, read_features, read_split,
                                  set_attrs, write_keys)
+from llm4brain.models.mbm import MaskedBrainModel
 from llm4brain.models.video_llm import VideoQFormer, encode_clips, load_teacher
 from llm4brain.runtime import LOG, seed_everything
 from llm4brain.training import Checkpoint, fit
@@ -134,15 +135,25 @@ def pretrain_adaptor(fmri_paths: list[str], feature_paths: list[str], teacher_di
     weights, batch_size = params["loss"], params["train"]["batch_size"]
     domain_loss = mmd if params["domain_method"] == "mmd" else coral
 
-    batches = AlignBatches(bold, rows_of, labelled, clips, unlabelled if weights["domain"] > 0 else None,
-                           batch_size, generator)
+    uses_target = weights["domain"] > 0 or weights["target_mbm"] > 0
+    batches = AlignBatches(bold, rows_of, labelled, clips, unlabelled if uses_target else None, batch_size, generator)
+
+    trainable = list(model.parameters())
+    target_mbm = None
+    if unlabelled is not None and weights["target_mbm"] > 0:  # masked modelling of the held-out windows
+        head = params["target_mbm"]
+        target_mbm = MaskedBrainModel(model.encoder, head["decoder"]["dim"], head["decoder"]["depth"],
+                                      head["decoder"]["num_heads"], head["mask_ratio"])
+        trainable += [p for name, p in target_mbm.named_parameters() if not name.startswith("encoder.")]
 
     def loss_fn(step: int) -> tuple[torch.Tensor, dict[str, float]]:
         model.train()
         pick, inputs, target_domain = batches.draw()
         terms, pooled = alignment_terms(model, len(labelled), pick, inputs, targets[pick])
-        if target_domain is not None:
+        if target_domain is not None and weights["domain"] > 0:
             terms["domain"] = domain_loss(pooled, model(target_domain).mean(1))
+        if target_mbm is not None:
+            terms["target_mbm"] = target_mbm.train()(target_domain, generator)[0]
         loss = sum(weights[name] * value for name, value in terms.items())
         return loss, {name: value.item() for name, value in terms.items()}
 
@@ -160,7 +171,7 @@ def pretrain_adaptor(fmri_paths: list[str], feature_paths: list[str], teacher_di
 
     with atomic_path(model_dir) as tmp_model:
         tmp_model.mkdir(parents=True)
-        fit(model.parameters(), loss_fn, params["train"], "pretrain_adaptor", tmp_model / "train_log.tsv",
+        fit(trainable, loss_fn, params["train"], "pretrain_adaptor", tmp_model / "train_log.tsv",
             checkpoint=checkpoint, generators=[generator], validate=validate)
         save_aligner(tmp_model, model, teacher_dir)
         metrics = write_latents(model, qformer, features, data, subjects, heldout, latent_paths, params, seed)
