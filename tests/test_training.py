@@ -9,7 +9,6 @@ import textwrap
 from pathlib import Path
 
 import pandas as pd
-import pytest
 import torch
 
 from llm4brain.training import Checkpoint, fit

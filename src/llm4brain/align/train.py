@@ -157,22 +157,20 @@ def pretrain_adaptor(fmri_paths: list[str], feature_paths: list[str], teacher_di
         loss = sum(weights[name] * value for name, value in terms.items())
         return loss, {name: value.item() for name, value in terms.items()}
 
-    validate = None
-    if val_clips:
-        val_targets = encode_clips(qformer, features, val_clips)
-        val_rows = [[rows_of[s][clip][0] for clip in val_clips] for s in labelled]
+    val_targets = encode_clips(qformer, features, val_clips) if val_clips else None
+    val_rows = [[rows_of[s][clip][0] for clip in val_clips] for s in labelled]
 
-        def validate() -> float:
-            """The labelled terms on the held-out clips (first repeat of each), in eval mode."""
-            model.eval()
-            inputs = torch.cat([bold[s][r] for s, r in zip(labelled, val_rows)])
-            terms, _ = alignment_terms(model, len(labelled), torch.arange(len(val_clips)), inputs, val_targets)
-            return float(sum(weights[name] * value for name, value in terms.items()))
+    def validate() -> float:
+        """The labelled terms on the held-out clips (first repeat of each), in eval mode."""
+        model.eval()
+        inputs = torch.cat([bold[s][r] for s, r in zip(labelled, val_rows)])
+        terms, _ = alignment_terms(model, len(labelled), torch.arange(len(val_clips)), inputs, val_targets)
+        return float(sum(weights[name] * value for name, value in terms.items()))
 
     with atomic_path(model_dir) as tmp_model:
         tmp_model.mkdir(parents=True)
         fit(trainable, loss_fn, params["train"], "pretrain_adaptor", tmp_model / "train_log.tsv",
-            checkpoint=checkpoint, generators=[generator], validate=validate)
+            checkpoint=checkpoint, generators=[generator], validate=validate if val_clips else None)
         save_aligner(tmp_model, model, teacher_dir)
         metrics = write_latents(model, qformer, features, data, subjects, heldout, latent_paths, params, seed)
         metrics.to_csv(metrics_path, sep="\t", index=False, float_format="%.4f")

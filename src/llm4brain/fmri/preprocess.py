@@ -258,7 +258,7 @@ def stream_runs(subject: str, runs: list[Run], kept: list[tuple[int, int, int]],
             shown[run.segment] += 1
             add_rows(halves[parity], first, volumes, lambda v: series[v], accumulate=True)
             half_counts[parity, first:first + len(volumes)] += 1
-        del series  # before the next run is read: one run in memory, not two
+        series = None  # released before the next run is read: one run in memory, not two
     split_half = SplitHalf(n_voxels)
     both = np.flatnonzero((half_counts > 0).all(axis=0))
     for r in range(0, len(both), ROWS):
