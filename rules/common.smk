@@ -199,7 +199,7 @@ def pretrained_encoder():
 
 def training_logs():
     """Each training step's output that holds its ``train_log.tsv`` (a model folder or the log itself), for
-    the teacher (when trained here), align and instruct."""
+    the teacher (when trained here), SC-MBM, align, instruct and their ablation runs."""
     logs = (
         {}
         if config["video_llm"]["pretrained"]
@@ -209,6 +209,12 @@ def training_logs():
         logs["pretrain_scmbm"] = "results/scmbm"
     logs["pretrain_adaptor"] = "results/align/model"
     logs["instruct_llm"] = "results/instruct/train_log.tsv"
+    for ablation in config["align"]["ablations"]:
+        logs[f"ablate_adaptor {ablation}"] = f"results/align/ablations/{ablation}/model"
+        if HELDOUT:  # decode_ablation needs the student of the ablated aligner
+            logs[f"ablate_instruct {ablation}"] = (
+                f"results/instruct/ablations/{ablation}/train_log.tsv"
+            )
     return logs
 
 

@@ -69,8 +69,12 @@ def plot_training(logs: dict[str, str | Path], out_png: str | Path) -> None:
 
     ``logs`` maps a rule to its ``train_log.tsv`` or to the model folder that holds one.
     """
-    fig, axes = plt.subplots(1, len(logs), figsize=(4 * len(logs), 3.2), squeeze=False)
-    for ax, (name, path) in zip(axes[0], logs.items()):
+    columns = min(3, len(logs))
+    rows = -(-len(logs) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3.2 * rows), squeeze=False)
+    for ax in axes.flat[len(logs):]:
+        ax.set_visible(False)
+    for ax, (name, path) in zip(axes.flat, logs.items()):
         path = Path(path)
         log = pd.read_csv(path / "train_log.tsv" if path.is_dir() else path, sep="\t")
         terms = [c for c in log.columns if c not in ("step", "grad_norm", "lr")]
