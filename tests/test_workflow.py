@@ -124,7 +124,8 @@ def test_artifacts_follow_the_contract(micro):
 def test_report_builds(micro):
     snakemake(micro, "--report", "report.html")
     html = (micro / "report.html").read_text(errors="replace")
-    for name in ("scores.png", "training.png", "fmri_qc.png", "sub-01.png", "metrics.tsv", "identification.tsv", "tests.tsv"):
+    for name in ("scores.png", "training.png", "fmri_qc.png", "sub-01.png", "metrics.tsv", "identification.tsv", "tests.tsv",
+                 "ablation.tsv"):
         assert name in html, name
 
 
