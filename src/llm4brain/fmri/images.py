@@ -16,11 +16,10 @@ import nibabel as nib
 import numpy as np
 from nibabel import cifti2
 
-from llm4brain.fmri.runs import InputError, header_tr
+from llm4brain.fmri.runs import InputError
 from llm4brain.fmri.signal import column_blocks
 
 CHUNK = 8  # volumes of a NIfTI run read at a time (a whole-brain MNI 2 mm volume is 3.6 MB)
-CORTEX = ["CIFTI_STRUCTURE_CORTEX_LEFT", "CIFTI_STRUCTURE_CORTEX_RIGHT"]
 
 
 def is_cifti(path: Path) -> bool:
@@ -28,11 +27,21 @@ def is_cifti(path: Path) -> bool:
 
 
 def open_image(path: Path) -> Any:
-    """The image with its file kept open, so chunked reads of a ``.nii.gz`` only ever seek forward."""
+    """A NIfTI image with its file kept open, so chunked reads of a ``.nii.gz`` only ever seek forward."""
     try:
-        return nib.load(path, keep_file_open=True) if not is_cifti(path) else nib.load(path)
+        return nib.load(path, keep_file_open=True)
     except Exception as err:  # nibabel raises many kinds for truncated or corrupt files
         raise InputError(f"{path}: cannot read image ({type(err).__name__}: {err})") from err
+
+
+def header_tr(img: nib.Nifti1Image, path: Path) -> float:
+    """The TR in seconds from the NIfTI header (``pixdim[4]`` with its time unit)."""
+    zooms = img.header.get_zooms()
+    if len(zooms) < 4:
+        raise InputError(f"{path}: header has no time step (zooms {zooms})")
+    unit = img.header.get_xyzt_units()[1]
+    scale = {"msec": 1e-3, "usec": 1e-6}.get(unit, 1.0)
+    return float(zooms[3]) * scale
 
 
 def check_tr(found: float, tr: float, path: Path) -> None:
@@ -85,12 +94,16 @@ class VolumeSpace:
         out[:, self.mask] = rows * usable
         return out
 
+    def on_grid(self, img: Any) -> bool:
+        """Whether a run shares the mask's grid and affine (otherwise it is resampled, or refused)."""
+        return img.shape[:3] == self.shape and np.allclose(img.affine, self.affine, atol=1e-3)
+
     def n_volumes(self, path: Path, tr: float) -> int:
         img = open_image(path)
         if len(img.shape) != 4:
             raise InputError(f"{path}: expected a 4-D image, got shape {img.shape}")
         check_tr(header_tr(img, path), tr, path)
-        if not self.resample and (img.shape[:3] != self.shape or not np.allclose(img.affine, self.affine, atol=1e-3)):
+        if not self.resample and not self.on_grid(img):
             what = f"grid {img.shape[:3]}" if img.shape[:3] != self.shape else "affine"
             raise InputError(f"{path}: {what} differs from the mask {self.mask_path} ({self.shape}); set "
                              f"fmri.resample: true to resample runs onto the mask's grid")
@@ -99,10 +112,10 @@ class VolumeSpace:
     def read(self, path: Path, start: int, stop: int) -> np.ndarray:
         """Volumes ``start:stop`` inside the mask, (T, V); resampled (trilinear) onto the mask's grid if the run's differs."""
         img = open_image(path)
-        same = img.shape[:3] == self.shape and np.allclose(img.affine, self.affine, atol=1e-3)
+        same = self.on_grid(img)
 
         def read() -> np.ndarray:
-            out = np.empty((stop - start, int(self.mask.sum())), np.float32)
+            out = np.empty((stop - start, self.n_voxels), np.float32)
             for t0 in range(start, stop, CHUNK):  # NIfTI stores time slowest: a chunk of volumes is contiguous
                 block = np.asarray(img.dataobj[..., t0:min(t0 + CHUNK, stop)], dtype=np.float32)
                 if not same:

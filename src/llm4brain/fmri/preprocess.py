@@ -2,9 +2,10 @@
 
 Per run: read the kept volumes into the subject's space (ROI voxels or CIFTI grayordinates), regress out a
 polynomial trend (+ cosine drifts and confounds), z-score per voxel, then pair volume
-``(onset + tr·TR + hrf_lag) / TR`` with the clip ``(segment, tr)``. Each run's samples go straight to a
-scratch HDF5 file (repeats that are averaged are summed there), so memory holds about one run, never the
-subject; the artifact is written from the scratch once the usable voxels are known.
+``(onset + tr·TR + hrf_lag) / TR`` with the clip ``(segment, tr)``. Each run's samples go straight into
+the artifact (summed where repeats are averaged; the test segments' odd and even repeats also into a
+scratch file, for the split-half reliability), so memory holds about one run, never the subject. Once
+the usable voxels are known, one pass turns sums into means and zeroes the dropped voxels.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from llm4brain.fmri.runs import InputError, Run, check_id, find_runs, read_confo
 from llm4brain.fmri.signal import column_blocks, cosine_drift, nuisance_basis, residualize, standardize
 from llm4brain.runtime import LOG
 
-ROWS = 16  # samples moved between scratch and artifact at a time (temporaries stay a few MB)
+ROWS = 16  # samples written or read back at a time (temporaries stay a few MB)
+
 
 def kept_volumes(path: Path, n: int, trim: dict[str, Any]) -> tuple[int, int]:
     """The ``[start, stop)`` volumes a run keeps: ``trim.end`` dropped at the end, and at the start either

@@ -1,4 +1,4 @@
-"""Find and load one subject's runs: the BOLD image, its events and the mask, with checks that name files."""
+"""Find one subject's runs and their side tables (events, confounds), with checks that name files."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
 
@@ -108,41 +107,3 @@ def read_run(bold: Path, events_path: Path) -> Run:
     confounds = bold.with_name(f"{raw_stem(bold)}_desc-confounds_timeseries.tsv")
     return Run(bold, events_path, segments.iloc[0], float(events["onset"].iloc[0]), float(events["duration"].iloc[0]),
                confounds if confounds.exists() else None)
-
-
-def header_tr(img: nib.Nifti1Image, path: Path) -> float:
-    """The TR in seconds from the NIfTI header (``pixdim[4]`` with its time unit)."""
-    zooms = img.header.get_zooms()
-    if len(zooms) < 4:
-        raise InputError(f"{path}: header has no time step (zooms {zooms})")
-    unit = img.header.get_xyzt_units()[1]
-    scale = {"msec": 1e-3, "usec": 1e-6}.get(unit, 1.0)
-    return float(zooms[3]) * scale
-
-
-def load_bold(path: Path, tr: float) -> tuple[np.ndarray, nib.Nifti1Image]:
-    """Load a 4-D run as float32 after checking its dimensionality and TR."""
-    try:
-        img = nib.load(path)
-        if len(img.shape) != 4:
-            raise InputError(f"{path}: expected a 4-D image, got shape {img.shape}")
-        found = header_tr(img, path)
-        if abs(found - tr) > 1e-3:
-            hint = " (milliseconds stored as seconds? fix the header's xyzt_units)" if abs(found / 1000 - tr) < 1e-3 else ""
-            raise InputError(f"{path}: header TR is {found:g} s but the config says {tr:g} s{hint}")
-        data = np.asarray(img.dataobj, dtype=np.float32)
-    except InputError:
-        raise
-    except Exception as err:  # nibabel raises many kinds for truncated or corrupt files
-        raise InputError(f"{path}: cannot read image ({type(err).__name__}: {err})") from err
-    return data, img
-
-
-def load_mask(path: Path, reference: nib.Nifti1Image, reference_path: Path) -> np.ndarray:
-    """A boolean 3-D mask that must share the run's grid and affine."""
-    mask_img = nib.load(path)
-    if mask_img.shape[:3] != reference.shape[:3]:
-        raise InputError(f"{path}: mask shape {mask_img.shape[:3]} differs from {reference_path} {reference.shape[:3]}")
-    if not np.allclose(mask_img.affine, reference.affine, atol=1e-3):
-        raise InputError(f"{path}: mask affine differs from {reference_path}")
-    return np.asarray(mask_img.dataobj) > 0
