@@ -8,7 +8,7 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-from llm4brain.fmri.bids import bids_bolds, select_bolds
+from llm4brain.fmri.bids import bids_bolds, is_cifti, select_bolds
 from llm4brain.fmri.wen2018 import wen_bolds
 
 validate(config, "../config/schema.yaml")
@@ -152,7 +152,7 @@ def subject_runs(wildcards):
 def fmri_inputs(wildcards):
     """The subject's runs, and the ROI mask unless every run is CIFTI (grayordinates need none)."""
     runs = subject_runs(wildcards)
-    cifti = all(str(run).endswith(".dtseries.nii") for run in runs)
+    cifti = all(is_cifti(run) for run in runs)
     return (
         {"runs": runs}
         if cifti and DATA["layout"] != "demo"

@@ -17,8 +17,8 @@ from llm4brain.align.windows import run_windows
 from llm4brain.artifacts import ArtifactError, open_artifact
 from llm4brain.evaluate.decode import generate
 from llm4brain.fmri.images import SurfaceSpace, VolumeSpace, space_from_artifact
-from llm4brain.fmri.preprocess import clean_run, kept_volumes, pair_run
-from llm4brain.fmri.runs import check_id, read_confounds, read_run
+from llm4brain.fmri.preprocess import plan_run, read_clean_run
+from llm4brain.fmri.runs import check_id, read_run
 from llm4brain.instruct.student import load_student
 
 
@@ -46,13 +46,9 @@ def decode_run(subject: str, bold: str | Path, events: str | Path, results: str 
     results, bold = Path(results), Path(bold)
     space, usable, params, tr = subject_preprocessing(results, subject)
     run = read_run(bold, Path(events))
-    n = space.n_volumes(bold, tr)
-    start, stop = kept_volumes(bold, n, params["trim"])
-    series = space.read(bold, start, stop)
-    confounds = read_confounds(run, params["confounds"], n)[start:stop] if params["confounds"] else None
-    ok, _ = clean_run(series, params, tr, confounds)
+    kept, pairs = plan_run(space, run, tr, params)
+    series, ok, _ = read_clean_run(space, run, kept, tr, params)
     usable = usable & ok
-    pairs = pair_run(run, stop - start, tr, params["hrf_lag"], start, params["unpaired_clips"] == "drop")
 
     student_dir = results / "instruct" / "model"
     config = json.loads((student_dir / "config.json").read_text())
@@ -60,7 +56,7 @@ def decode_run(subject: str, bold: str | Path, events: str | Path, results: str 
     student = load_student(student_dir, teacher if teacher.is_absolute() else results.parent / teacher)
     if student.input_kind != "encoder":
         raise ValueError(f"{student_dir}: trained on frozen latents; decoding a new run needs `instruct.input: encoder`")
-    index = run_windows([volume for _, volume in pairs], stop - start, student.window)  # (n, W)
+    index = run_windows([volume for _, volume in pairs], len(series), student.window)  # (n, W)
     samples = space.samples(series[index.ravel()], usable)
     tokens = student.encode(torch.from_numpy(samples.reshape(index.shape + samples.shape[1:])))
     captions = generate(student.captioner, tokens, {"batch_size": batch_size, "max_new_tokens": max_new_tokens,

@@ -11,6 +11,11 @@ from pathlib import Path
 DERIVED = re.compile(r"_(space|res|den|desc)-[A-Za-z0-9]+")
 
 
+def is_cifti(path: Path | str) -> bool:
+    """A CIFTI dense time series (``*.dtseries.nii``), read as grayordinates rather than a volume."""
+    return str(path).endswith(".dtseries.nii")
+
+
 def bids_bolds(subject_dir: Path) -> list[Path]:
     """Every BOLD run of a subject: NIfTI ``*_bold.nii[.gz]`` or CIFTI ``*_bold.dtseries.nii`` under
     ``[ses-*/]func`` (not fMRIPrep's ``*_boldref`` images)."""

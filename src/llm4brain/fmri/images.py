@@ -16,14 +16,11 @@ import nibabel as nib
 import numpy as np
 from nibabel import cifti2
 
+from llm4brain.fmri.bids import is_cifti
 from llm4brain.fmri.runs import InputError
 from llm4brain.fmri.signal import column_blocks
 
 CHUNK = 8  # volumes of a NIfTI run read at a time (a whole-brain MNI 2 mm volume is 3.6 MB)
-
-
-def is_cifti(path: Path) -> bool:
-    return Path(path).name.endswith(".dtseries.nii")
 
 
 def open_image(path: Path) -> Any:

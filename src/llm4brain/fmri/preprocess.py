@@ -61,6 +61,24 @@ def pair_run(run: Run, n_volumes: int, tr: float, hrf_lag: float, start: int = 0
     return inside
 
 
+def plan_run(space: VolumeSpace | SurfaceSpace, run: Run, tr: float,
+             params: dict[str, Any]) -> tuple[tuple[int, int, int], list[tuple[int, int]]]:
+    """From the run's header only: its kept volumes ``(start, stop, n)`` and its ``(tr, volume)`` pairs."""
+    n = space.n_volumes(run.bold, tr)
+    start, stop = kept_volumes(run.bold, n, params["trim"])
+    pairs = pair_run(run, stop - start, tr, params["hrf_lag"], start, params["unpaired_clips"] == "drop")
+    return (start, stop, n), pairs
+
+
+def read_clean_run(space: VolumeSpace | SurfaceSpace, run: Run, kept: tuple[int, int, int], tr: float,
+                   params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The run's kept volumes in ``space``, cleaned (``clean_run``): series, usable voxels, tSNR."""
+    start, stop, n = kept
+    series = space.read(run.bold, start, stop)
+    confounds = read_confounds(run, params["confounds"], n)[start:stop] if params["confounds"] else None
+    return series, *clean_run(series, params, tr, confounds)
+
+
 def clean_run(series: np.ndarray, params: dict[str, Any], tr: float,
               confounds: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Clean one run's (T, V) float32 series in place: nuisance-regress (polynomial of ``detrend_order``,
@@ -124,7 +142,7 @@ class SplitRows:
     targets: dict[int, tuple[int, list[int]]] = field(default_factory=dict)
 
 
-def plan_rows(runs: list[Run], pairs: list[list[tuple[int, int]]], split_of: dict[str, str],
+def plan_rows(runs: list[Run], pairs: tuple[list[tuple[int, int]], ...], split_of: dict[str, str],
               average: dict[str, bool]) -> dict[str, SplitRows]:
     """Rows ordered by segment, then (unaveraged) run, then TR. One run's rows are always contiguous."""
     plan = {split: SplitRows(average[split]) for split in average}
@@ -187,12 +205,7 @@ def preprocess_subject(
         raise InputError(f"{subject_dir}: no runs for segments {missing}")
 
     space = make_space(runs[0].bold, mask_path, params)
-    kept, pairs = [], []
-    for run in runs:  # headers only: every run is checked before any is processed
-        n = space.n_volumes(run.bold, tr)
-        start, stop = kept_volumes(run.bold, n, params["trim"])
-        kept.append((start, stop, n))
-        pairs.append(pair_run(run, stop - start, tr, params["hrf_lag"], start, params["unpaired_clips"] == "drop"))
+    kept, pairs = zip(*[plan_run(space, run, tr, params) for run in runs])  # every header checked first
     plan = plan_rows(runs, pairs, split_of, params["average_repeats"])
 
     scratch_path = out_path.with_name(f".{out_path.name}.scratch-{os.getpid()}.h5")
@@ -228,7 +241,7 @@ def preprocess_subject(
         scratch_path.unlink(missing_ok=True)
 
 
-def stream_runs(subject: str, runs: list[Run], kept: list[tuple[int, int, int]], plan: dict[str, SplitRows],
+def stream_runs(subject: str, runs: list[Run], kept: tuple[tuple[int, int, int], ...], plan: dict[str, SplitRows],
                 space: VolumeSpace | SurfaceSpace, bold: dict[str, h5py.Dataset], scratch: h5py.File, tr: float,
                 params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Clean each run and write its samples into ``bold`` (summed where repeats are averaged) and into the
@@ -244,10 +257,7 @@ def stream_runs(subject: str, runs: list[Run], kept: list[tuple[int, int, int]],
     usable = np.ones(n_voxels, bool)
     tsnr = np.zeros(n_voxels)
     for i, run in enumerate(tqdm(runs, desc=f"{subject} runs", mininterval=1.0)):
-        start, stop, n = kept[i]
-        series = space.read(run.bold, start, stop)
-        confounds = read_confounds(run, params["confounds"], n)[start:stop] if params["confounds"] else None
-        ok, run_tsnr = clean_run(series, params, tr, confounds)
+        series, ok, run_tsnr = read_clean_run(space, run, kept[i], tr, params)
         usable &= ok
         tsnr += run_tsnr
         for split, rows in plan.items():

@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from llm4brain.fmri.bids import is_cifti
+
 
 def _repeat_order(path: Path) -> list[int | str]:
     """Natural order, so ``seg1_10`` comes after ``seg1_9``."""
@@ -23,7 +25,7 @@ def wen_bolds(subject_dir: Path, segments: list[str], images: str) -> dict[str, 
         folder = subject_dir / "fmri" / segment
         files = sorted(folder.glob("**/*.nii*"), key=_repeat_order)
         cifti = [f for f in files if f.name.endswith("_Atlas.dtseries.nii")]
-        chosen = cifti if images == "cifti" else [f for f in files if not f.name.endswith(".dtseries.nii")]
+        chosen = cifti if images == "cifti" else [f for f in files if not is_cifti(f)]
         if not chosen:
             kind = "*_Atlas.dtseries.nii" if images == "cifti" else "NIfTI (*.nii[.gz], not CIFTI)"
             raise FileNotFoundError(f"{folder}: no {kind} runs for segment {segment}")
