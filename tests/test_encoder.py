@@ -77,14 +77,18 @@ def test_masking_ratio_is_honoured():
     assert torch.isfinite(loss) and model.encoder.tokenizer.proj.weight.grad is not None
 
 
-def test_masked_modelling_learns_structure():
-    """On samples that share a spatial pattern, the masked loss falls well below its start in a few steps."""
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_masked_modelling_learns_structure(precision):
+    """On samples that share a spatial pattern, the masked loss falls well below its start in a few steps, in
+    full precision and under bf16 autocast (what ``precision: auto`` gives on a GPU; CPU autocast here)."""
     generator = torch.Generator().manual_seed(0)
     pattern = torch.randn(1, 1, 8, 8, 4, generator=generator)
     data = pattern * torch.randn(64, 1, 1, 1, 1, generator=generator) + 0.1 * torch.randn(64, 1, 8, 8, 4, generator=generator)
     model = MaskedBrainModel(build_encoder((8, 8, 4), ENCODER), 16, 1, 2, mask_ratio=0.5)
     history = fit(model.parameters(), lambda step: (model(data[torch.randint(64, (16,), generator=generator)], generator)[0], {}),
-                  {**TRAIN_DEFAULTS, "steps": 200, "lr": 3e-3, "warmup": 5, "checkpoint_every": 0}, "mbm")
+                  {**TRAIN_DEFAULTS, "steps": 200, "lr": 3e-3, "warmup": 5, "checkpoint_every": 0,
+                   "precision": precision}, "mbm")
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast keeps fp32 master weights
     assert history["loss"].iloc[-10:].mean() < 0.3 * history["loss"].iloc[:5].mean()
 
 
@@ -170,3 +174,25 @@ def test_aligner_reloads_with_encoder_adaptors(tmp_path):
     x = torch.randn(2, 2, 8, 8, 4)
     with torch.no_grad():
         torch.testing.assert_close(aligner.eval()(x), again(x), rtol=0, atol=0)
+
+
+def test_alignment_step_under_bf16_autocast():
+    """One alignment loss (InfoNCE, token MSE, cross-subject, MMD to held-out windows) under bf16 autocast:
+    the aligner's linear layers run in bf16, the domain term is computed in fp32, and every gradient is finite."""
+    from llm4brain.align.losses import mmd
+    from llm4brain.align.train import alignment_terms
+    from llm4brain.runtime import autocast
+
+    qformer, _ = tiny_teacher()
+    aligner = BrainAligner((8, 8, 4), ENCODER, DEFAULTS["align"], qformer).train()
+    x, target = torch.randn(8, 1, 8, 8, 4), torch.randn(4, 1, 8, 8, 4)
+    video = torch.randn(4, *aligner(target).shape[1:])
+    seen = []
+    aligner.to_context.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    with autocast(torch.device("cpu"), "bf16"):
+        terms, pooled = alignment_terms(aligner, 2, torch.arange(4), x, video)
+        terms["domain"] = mmd(pooled, aligner(target).mean(1))
+    assert set(seen) == {torch.bfloat16} and terms["domain"].dtype == torch.float32
+    sum(terms.values()).backward()
+    grads = [p.grad for p in aligner.parameters() if p.requires_grad and p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() and g.dtype == torch.float32 for g in grads)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from llm4brain.runtime import autocast_dtype
 from llm4brain.training import Checkpoint, fit
 from conftest import TRAIN_DEFAULTS
 
@@ -122,3 +123,21 @@ def test_validation_stops_early_and_keeps_the_best_weights():
     best = min(seen, key=lambda s: s[2])
     assert len(history) < 200 and history["val_loss"].notna().sum() == len(seen) == best[0] + 3
     assert w.item() == best[1] and abs(best[1] - 0.3) < 0.1
+
+
+def test_precision_setting_picks_the_autocast():
+    """``auto`` autocasts only on a CUDA device with bf16 (CPU runs stay bit-reproducible); ``bf16`` forces it."""
+    cpu = torch.device("cpu")
+    assert autocast_dtype(cpu, "auto") is None and autocast_dtype(cpu, "fp32") is None
+    assert autocast_dtype(cpu, "bf16") == torch.bfloat16
+    seen = {}
+    model = torch.nn.Linear(4, 1)
+
+    def loss_fn(step):
+        out = model(torch.ones(2, 4))
+        seen[step] = out.dtype
+        return out.float().pow(2).mean(), {}
+
+    for precision, dtype in [("auto", torch.float32), ("bf16", torch.bfloat16)]:
+        fit(model.parameters(), loss_fn, {**TRAIN, "steps": 2, "checkpoint_every": 0, "precision": precision}, "p")
+        assert set(seen.values()) == {dtype} and model.weight.dtype == torch.float32

@@ -59,10 +59,20 @@ def select_device(requested: str = "auto") -> "torch.device":
     return torch.device(requested)
 
 
-def autocast_dtype(device: "torch.device") -> "torch.dtype | None":
-    """bf16 autocast on CUDA devices that support it; full precision on CPU (bit-reproducible)."""
+def autocast_dtype(device: "torch.device", precision: str = "auto") -> "torch.dtype | None":
+    """The autocast dtype for ``precision``: ``auto`` is bf16 on CUDA devices that support it and full
+    precision elsewhere (CPU runs stay bit-reproducible); ``bf16`` forces it (CPU autocast included);
+    ``fp32`` never autocasts."""
     import torch
 
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()):
         return torch.bfloat16
     return None
+
+
+def autocast(device: "torch.device", precision: str = "auto") -> "torch.autocast":
+    """The ``torch.autocast`` context for ``device`` and ``precision`` (disabled when full precision)."""
+    import torch
+
+    dtype = autocast_dtype(device, precision)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)

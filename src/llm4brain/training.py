@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from llm4brain.runtime import LOG
+from llm4brain.runtime import LOG, autocast
 
 
 def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup: int, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
@@ -57,7 +57,7 @@ class Checkpoint:
     def load(self) -> dict[str, Any] | None:
         if not self.path.exists():
             return None
-        state = torch.load(self.path, weights_only=True)  # our own file, still never unpickled freely
+        state = torch.load(self.path, map_location="cpu", weights_only=True)  # ours, still never unpickled freely
         if state.get("fingerprint") != self.fingerprint:
             LOG.info("%s belongs to another job (inputs or config changed); starting from step 0", self.path)
             return None
@@ -70,6 +70,11 @@ class Checkpoint:
         os.replace(tmp, self.path)  # a kill while writing leaves the previous checkpoint intact
 
 
+def cuda_rng(device: torch.device) -> dict[str, torch.Tensor]:
+    """The CUDA device's RNG state (dropout on the GPU draws from it), for a checkpoint; nothing on CPU."""
+    return {"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}
+
+
 def fit(
     parameters: Iterable[torch.nn.Parameter],
     loss_fn: Callable[[int], tuple[torch.Tensor, dict[str, float]]],
@@ -80,13 +85,16 @@ def fit(
     checkpoint: Checkpoint | None = None,
     generators: Sequence[torch.Generator] = (),
     validate: Callable[[], float] | None = None,
+    device: torch.device = torch.device("cpu"),
 ) -> pd.DataFrame:
     """Run ``params['steps']`` optimiser steps of ``loss_fn(step)`` and return the per-step history.
 
     ``loss_fn`` draws its own batch for the step from ``generators`` (seeded by the caller) and returns the
     total loss and the named terms to log. ``params`` is a ``train`` config section. With ``checkpoint``,
-    the trainable parameters, optimiser, schedule, history and every RNG (``generators`` and torch's global one, which
-    dropout uses) are saved every ``params['checkpoint_every']`` steps and restored on the next call.
+    the trainable parameters, optimiser, schedule, history and every RNG (``generators`` and torch's global
+    ones, CPU and ``device``'s, which dropout uses) are saved every ``params['checkpoint_every']`` steps and
+    restored on the next call. ``loss_fn`` and ``validate`` run under ``params['precision']``'s autocast on
+    ``device`` (where the caller placed the model); the backward pass and the optimiser stay in fp32.
     With ``validate`` (the loss on held-out data), it runs every ``params['eval_every']`` steps and at the
     end; training stops after ``params['patience']`` validations without a new best (0 = never), and the
     best validated weights are the ones left in the model.
@@ -107,6 +115,8 @@ def fit(
         for generator, saved in zip(generators, state["generators"], strict=True):
             generator.set_state(saved)
         torch.set_rng_state(state["torch_rng"])
+        if device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
         rows, start, best = state["rows"], state["step"], state["best"]
         LOG.info("%s: resuming from step %d (%s)", desc, start, checkpoint.path)
     every = params["checkpoint_every"]
@@ -116,7 +126,8 @@ def fit(
         optimizer.zero_grad(set_to_none=True)
         losses, parts = [], []
         for _ in range(micro):  # gradient accumulation: micro-batches of batch_size, one optimiser step
-            loss, terms = loss_fn(step)
+            with autocast(device, params["precision"]):
+                loss, terms = loss_fn(step)
             (loss / micro).backward()
             losses.append(loss.item())
             parts.append(terms)
@@ -129,7 +140,7 @@ def fit(
         rows.append(row)
         last = step == params["steps"] - 1
         if validate is not None and ((step + 1) % params["eval_every"] == 0 or last):
-            with torch.no_grad():
+            with torch.no_grad(), autocast(device, params["precision"]):
                 row["val_loss"] = validate()
             if row["val_loss"] < best["loss"]:
                 best = {"loss": row["val_loss"], "parameters": [p.detach().clone() for p in trainable], "stale": 0}
@@ -146,7 +157,7 @@ def fit(
             checkpoint.save({"step": step + 1, "rows": rows, "parameters": [p.detach() for p in trainable],
                              "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                              "generators": [g.get_state() for g in generators], "torch_rng": torch.get_rng_state(),
-                             "best": best})
+                             "best": best, **cuda_rng(device)})
     if best["parameters"] is not None:
         with torch.no_grad():
             for p, saved in zip(trainable, best["parameters"], strict=True):

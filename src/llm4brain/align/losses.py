@@ -32,7 +32,13 @@ def cross_subject(latents: torch.Tensor) -> torch.Tensor:
 
 
 def mmd(source: torch.Tensor, target: torch.Tensor, scales: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)) -> torch.Tensor:
-    """Multi-kernel RBF maximum mean discrepancy; bandwidths are multiples of the median pairwise distance."""
+    """Multi-kernel RBF maximum mean discrepancy; bandwidths are multiples of the median pairwise distance.
+    Computed in fp32 whatever the autocast (exponentials of bf16 distances lose the small discrepancies)."""
+    with torch.autocast(source.device.type, enabled=False):
+        return _mmd(source.float(), target.float(), scales)
+
+
+def _mmd(source: torch.Tensor, target: torch.Tensor, scales: tuple[float, ...]) -> torch.Tensor:
     x = torch.cat([source, target])
     d2 = torch.cdist(x, x).pow(2)
     median = d2.detach()[d2.detach() > 0].median().clamp(min=1e-6)
@@ -42,7 +48,9 @@ def mmd(source: torch.Tensor, target: torch.Tensor, scales: tuple[float, ...] = 
 
 
 def coral(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """CORAL: squared Frobenius distance between the two feature covariances, scaled by 1 / (4 D²)."""
+    """CORAL: squared Frobenius distance between the two feature covariances, scaled by 1 / (4 D²); in fp32
+    whatever the autocast."""
     d = source.shape[1]
-    cs, ct = torch.cov(source.T), torch.cov(target.T)
-    return ((cs - ct) ** 2).sum() / (4 * d * d)
+    with torch.autocast(source.device.type, enabled=False):
+        cs, ct = torch.cov(source.float().T), torch.cov(target.float().T)
+        return ((cs - ct) ** 2).sum() / (4 * d * d)

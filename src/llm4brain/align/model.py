@@ -9,14 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from llm4brain.models.adaptors import adapt
 from llm4brain.models.fmri_encoder import build_encoder
 from llm4brain.models.pretrained_encoder import load_pretrained_encoder
 from llm4brain.models.video_llm import VideoQFormer
-from llm4brain.models.weights import load_weights
+from llm4brain.models.weights import load_weights, save_weights
 
 QFORMER_ADAPTOR_SITES = ("attention.output.dense", "output_query.dense")
 ENCODER_ADAPTOR_SITES = ("attn.proj", "mlp.fc2")  # after attention and after the MLP of every encoder block
@@ -49,15 +48,18 @@ class BrainAligner(nn.Module):
 
     @torch.inference_mode()
     def encode(self, windows: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
-        """Aligned tokens for a stack of windows, in eval mode and in batches."""
+        """Aligned tokens for a stack of windows, in eval mode and in batches on the model's device; returned
+        on the CPU in float32."""
         self.eval()
-        return torch.cat([self(windows[i : i + batch_size]) for i in range(0, len(windows), batch_size)])
+        device = self.logit_scale.device
+        return torch.cat([self(windows[i : i + batch_size].to(device)).float().cpu()
+                          for i in range(0, len(windows), batch_size)])
 
 
 def save_aligner(directory: Path, model: BrainAligner, teacher: str) -> None:
     """``aligner.safetensors`` + ``config.json`` (grid, encoder and align params, the teacher it was aligned to)."""
     directory.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, directory / "aligner.safetensors")
+    save_weights(model, directory / "aligner.safetensors")
     (directory / "config.json").write_text(json.dumps({**model.config, "teacher": str(teacher)}, indent=2))
 
 

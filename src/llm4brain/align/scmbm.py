@@ -13,13 +13,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
 from llm4brain.align.windows import windows
 from llm4brain.artifacts import ArtifactError, atomic_path, read_split
 from llm4brain.models.fmri_encoder import build_encoder
 from llm4brain.models.mbm import MaskedBrainModel
-from llm4brain.runtime import LOG, seed_everything
+from llm4brain.models.weights import save_weights
+from llm4brain.runtime import LOG, seed_everything, select_device
 from llm4brain.training import Checkpoint, fit
 
 
@@ -45,29 +45,31 @@ def pretrain_scmbm(fmri_paths: list[str], out_dir: str, encoder_params: dict[str
     order = torch.randperm(len(samples), generator=generator) if n_val else torch.arange(len(samples))
     train, val = samples[order[n_val:]], samples[order[:n_val]]
     decoder = params["decoder"]
+    device = select_device(params["train"]["device"])
     model = MaskedBrainModel(build_encoder(grid, encoder_params), decoder["dim"], decoder["depth"],
-                             decoder["num_heads"], params["mask_ratio"])
+                             decoder["num_heads"], params["mask_ratio"]).to(device)
     LOG.info("masked brain modelling on %d samples of grid %s (%d to validate on), mask ratio %g", len(train),
              grid, len(val), params["mask_ratio"])
     batch_size = params["train"]["batch_size"]
 
     def loss_fn(step: int) -> tuple[torch.Tensor, dict[str, float]]:
         model.train()
-        loss, _ = model(train[torch.randint(len(train), (batch_size,), generator=generator)], generator)
+        batch = train[torch.randint(len(train), (batch_size,), generator=generator)].to(device)
+        loss, _ = model(batch, generator)
         return loss, {"masked_mse": loss.item()}
 
     def validate() -> float:
         """The masked loss on the held-out samples, with the same masks every time."""
         model.eval()
         masks = torch.Generator().manual_seed(seed + 17)
-        losses = [model(val[i:i + batch_size], masks)[0] * len(val[i:i + batch_size])
+        losses = [model(val[i:i + batch_size].to(device), masks)[0] * len(val[i:i + batch_size])
                   for i in range(0, len(val), batch_size)]
         return float(sum(losses) / len(val))
 
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)
         fit(model.parameters(), loss_fn, params["train"], "pretrain_scmbm", tmp / "train_log.tsv",
-            checkpoint=checkpoint, generators=[generator], validate=validate if n_val else None)
-        save_file({k: v.contiguous() for k, v in model.encoder.state_dict().items()}, tmp / "encoder.safetensors")
+            checkpoint=checkpoint, generators=[generator], validate=validate if n_val else None, device=device)
+        save_weights(model.encoder, tmp / "encoder.safetensors")
         (Path(tmp) / "config.json").write_text(json.dumps({"grid": list(grid), "encoder": encoder_params,
                                                            "scmbm": params}, indent=2))

@@ -20,7 +20,7 @@ from llm4brain.artifacts import (ArtifactError, atomic_h5, atomic_path, check_co
                                  set_attrs, write_keys)
 from llm4brain.models.mbm import MaskedBrainModel
 from llm4brain.models.video_llm import VideoQFormer, encode_clips, load_teacher
-from llm4brain.runtime import LOG, seed_everything
+from llm4brain.runtime import LOG, seed_everything, select_device
 from llm4brain.training import Checkpoint, fit
 
 SPLITS = ("train", "test")
@@ -98,7 +98,8 @@ def pretrain_adaptor(fmri_paths: list[str], feature_paths: list[str], teacher_di
     ``pretrained`` is an encoder to start from (pretrain_scmbm's, or a MinD-Vis checkpoint).
     """
     seed_everything(seed + 20, params["train"]["threads"])
-    qformer, _, _ = load_teacher(teacher_dir)
+    device = select_device(params["train"]["device"])
+    qformer, _, _ = load_teacher(teacher_dir, device)
     features = read_features(feature_paths)
     heldout = set(params["heldout"])
     data = {}
@@ -125,13 +126,13 @@ def pretrain_adaptor(fmri_paths: list[str], feature_paths: list[str], teacher_di
     if n_val:  # whole clips held out, for every labelled subject
         order = torch.randperm(len(clips), generator=generator).tolist()
         val_clips, clips = sorted(clips[i] for i in order[:n_val]), sorted(clips[i] for i in order[n_val:])
-    targets = encode_clips(qformer, features, clips)  # (n_clips, Q, H)
+    targets = encode_clips(qformer, features, clips).to(device)  # (n_clips, Q, H)
     LOG.info("aligning %d labelled subjects on %d clips (%d more to validate on); held out (unlabelled): %s",
              len(labelled), len(clips), len(val_clips), sorted(heldout) or "none")
 
     bold = {s: torch.from_numpy(data[s]["train"][0]) for s in subjects}
     unlabelled = torch.cat([bold[s] for s in sorted(heldout)]) if heldout else None
-    model = BrainAligner(grid, encoder_params, params, qformer, pretrained)
+    model = BrainAligner(grid, encoder_params, params, qformer, pretrained).to(device)
     weights, batch_size = params["loss"], params["train"]["batch_size"]
     domain_loss = mmd if params["domain_method"] == "mmd" else coral
 
@@ -143,12 +144,12 @@ def pretrain_adaptor(fmri_paths: list[str], feature_paths: list[str], teacher_di
     if unlabelled is not None and weights["target_mbm"] > 0:  # masked modelling of the held-out windows
         head = params["target_mbm"]
         target_mbm = MaskedBrainModel(model.encoder, head["decoder"]["dim"], head["decoder"]["depth"],
-                                      head["decoder"]["num_heads"], head["mask_ratio"])
+                                      head["decoder"]["num_heads"], head["mask_ratio"]).to(device)
         trainable += [p for name, p in target_mbm.named_parameters() if not name.startswith("encoder.")]
 
     def loss_fn(step: int) -> tuple[torch.Tensor, dict[str, float]]:
         model.train()
-        pick, inputs, target_domain = batches.draw()
+        pick, inputs, target_domain = (None if x is None else x.to(device) for x in batches.draw())
         terms, pooled = alignment_terms(model, len(labelled), pick, inputs, targets[pick])
         if target_domain is not None and weights["domain"] > 0:
             terms["domain"] = domain_loss(pooled, model(target_domain).mean(1))
@@ -157,20 +158,22 @@ def pretrain_adaptor(fmri_paths: list[str], feature_paths: list[str], teacher_di
         loss = sum(weights[name] * value for name, value in terms.items())
         return loss, {name: value.item() for name, value in terms.items()}
 
-    val_targets = encode_clips(qformer, features, val_clips) if val_clips else None
+    val_targets = encode_clips(qformer, features, val_clips).to(device) if val_clips else None
     val_rows = [[rows_of[s][clip][0] for clip in val_clips] for s in labelled]
 
     def validate() -> float:
         """The labelled terms on the held-out clips (first repeat of each), in eval mode."""
         model.eval()
-        inputs = torch.cat([bold[s][r] for s, r in zip(labelled, val_rows)])
-        terms, _ = alignment_terms(model, len(labelled), torch.arange(len(val_clips)), inputs, val_targets)
+        inputs = torch.cat([bold[s][r] for s, r in zip(labelled, val_rows)]).to(device)
+        terms, _ = alignment_terms(model, len(labelled), torch.arange(len(val_clips), device=device), inputs,
+                                   val_targets)
         return float(sum(weights[name] * value for name, value in terms.items()))
 
     with atomic_path(model_dir) as tmp_model:
         tmp_model.mkdir(parents=True)
         fit(trainable, loss_fn, params["train"], "pretrain_adaptor", tmp_model / "train_log.tsv",
-            checkpoint=checkpoint, generators=[generator], validate=validate if val_clips else None)
+            checkpoint=checkpoint, generators=[generator], validate=validate if val_clips else None,
+            device=device)
         save_aligner(tmp_model, model, teacher_dir)
         metrics = write_latents(model, qformer, features, data, subjects, heldout, latent_paths, params, seed)
         metrics.to_csv(metrics_path, sep="\t", index=False, float_format="%.4f")

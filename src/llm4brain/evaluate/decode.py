@@ -22,16 +22,17 @@ import torch
 from llm4brain.artifacts import atomic_h5, read_captions, read_features, set_attrs, write_keys, write_strings
 from llm4brain.instruct.student import load_student, read_inputs
 from llm4brain.models.video_llm import Captioner, encode_clips, load_teacher
-from llm4brain.runtime import LOG, seed_everything
-
+from llm4brain.runtime import LOG, autocast, seed_everything, select_device
 
 
 def generate(captioner: Captioner, tokens: torch.Tensor, params: dict[str, Any]) -> list[str]:
-    """Batched generation with the configured decoding settings."""
+    """Batched generation with the configured decoding settings, on the captioner's device (bf16 autocast
+    on CUDA)."""
     out: list[str] = []
-    for start in range(0, len(tokens), params["batch_size"]):
-        out += captioner.generate(tokens[start : start + params["batch_size"]], params["max_new_tokens"],
-                                  params["num_beams"], params["repetition_penalty"])
+    with autocast(captioner.prefix_ids.device):
+        for start in range(0, len(tokens), params["batch_size"]):
+            out += captioner.generate(tokens[start : start + params["batch_size"]], params["max_new_tokens"],
+                                      params["num_beams"], params["repetition_penalty"])
     return out
 
 
@@ -44,9 +45,11 @@ def nearest_captions(query: torch.Tensor, pool: torch.Tensor, pool_keys: list[tu
 
 
 def student_tokens(student_dir: str, teacher_dir: str, fmri_path: str, latent_path: str,
-                   captions: dict[tuple[str, int], str], captions_path: str) -> tuple[Any, torch.Tensor, list]:
-    """The trained student, and its tokens for the subject's test samples (each must have a reference)."""
-    student = load_student(student_dir, teacher_dir)
+                   captions: dict[tuple[str, int], str], captions_path: str,
+                   device: torch.device) -> tuple[Any, torch.Tensor, list]:
+    """The trained student on ``device``, and its tokens for the subject's test samples (each must have a
+    reference)."""
+    student = load_student(student_dir, teacher_dir, device)
     inputs, keys = read_inputs(student.input_kind, fmri_path, latent_path, "test", student.window)
     missing = sorted({k for k in keys if k not in captions})
     if missing:
@@ -71,7 +74,8 @@ def decode_ablation(subject: str, ablation: str, fmri_path: str, latent_path: st
     """A held-out subject's test fMRI decoded by the student of an ablated aligner: source ``fmri-{ablation}``."""
     seed_everything(seed + 40, 1)
     captions = read_captions(captions_path)
-    student, tokens, keys = student_tokens(student_dir, teacher_dir, fmri_path, latent_path, captions, captions_path)
+    student, tokens, keys = student_tokens(student_dir, teacher_dir, fmri_path, latent_path, captions, captions_path,
+                                           select_device(params["device"]))
     write_decoded(out_path, subject, True, keys, {f"fmri-{ablation}": generate(student.captioner, tokens, params)},
                   captions, params)
 
@@ -83,8 +87,10 @@ def decode_captions(subject: str, fmri_path: str, latent_path: str, pool_fmri: l
     """Write ``/segment, /tr, /source, /caption, /reference`` for every test sample × source."""
     seed_everything(seed + 40, 1)
     captions = read_captions(captions_path)
-    student, tokens, keys = student_tokens(student_dir, teacher_dir, fmri_path, latent_path, captions, captions_path)
-    qformer, teacher, _ = load_teacher(teacher_dir)
+    device = select_device(params["device"])
+    student, tokens, keys = student_tokens(student_dir, teacher_dir, fmri_path, latent_path, captions, captions_path,
+                                           device)
+    qformer, teacher, _ = load_teacher(teacher_dir, device)
     pool, pool_keys = [], []
     for fmri, latents in zip(pool_fmri, pool_latents):
         data, split_keys = read_inputs(student.input_kind, fmri, latents, "train", student.window)

@@ -20,6 +20,7 @@ from llm4brain.fmri.images import SurfaceSpace, VolumeSpace, space_from_artifact
 from llm4brain.fmri.preprocess import plan_run, read_clean_run
 from llm4brain.fmri.runs import check_id, read_run
 from llm4brain.instruct.student import load_student
+from llm4brain.runtime import select_device
 
 
 def subject_preprocessing(results: Path, subject: str) -> tuple[VolumeSpace | SurfaceSpace, np.ndarray, dict, float]:
@@ -53,7 +54,8 @@ def decode_run(subject: str, bold: str | Path, events: str | Path, results: str 
     student_dir = results / "instruct" / "model"
     config = json.loads((student_dir / "config.json").read_text())
     teacher = Path(config["teacher"])  # as the workflow named it, relative to its working directory
-    student = load_student(student_dir, teacher if teacher.is_absolute() else results.parent / teacher)
+    student = load_student(student_dir, teacher if teacher.is_absolute() else results.parent / teacher,
+                           select_device())
     if student.input_kind != "encoder":
         raise ValueError(f"{student_dir}: trained on frozen latents; decoding a new run needs `instruct.input: encoder`")
     index = run_windows([volume for _, volume in pairs], len(series), student.window)  # (n, W)

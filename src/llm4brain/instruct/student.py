@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from llm4brain.align.model import BrainAligner, load_aligner, save_aligner
@@ -21,7 +20,7 @@ from llm4brain.align.windows import windows
 from llm4brain.artifacts import read_split
 from llm4brain.instruct.llm_tuning import load_adapter, quantized_llm, save_tuned
 from llm4brain.models.video_llm import Captioner, load_teacher
-from llm4brain.models.weights import load_weights
+from llm4brain.models.weights import load_weights, save_weights
 
 
 class FmriStudent(nn.Module):
@@ -66,7 +65,7 @@ def save_student(directory: Path, student: FmriStudent, teacher_dir: str, align_
     """Save what was trained: projection, the LLM or its LoRA adapter (see ``llm_tuning.save_tuned``), the
     aligner when trained end to end; config.json names the teacher and aligner it builds on."""
     captioner = student.captioner
-    save_file({k: v.contiguous() for k, v in captioner.projection.state_dict().items()}, directory / "projection.safetensors")
+    save_weights(captioner.projection, directory / "projection.safetensors")
     save_tuned(captioner.llm, directory, params["llm"])
     if student.aligner is not None:
         save_aligner(directory / "aligner", student.aligner, teacher_dir)
@@ -74,13 +73,15 @@ def save_student(directory: Path, student: FmriStudent, teacher_dir: str, align_
     (directory / "config.json").write_text(json.dumps(config, indent=2))
 
 
-def load_student(directory: str | Path, teacher_dir: str | Path) -> FmriStudent:
-    """Rebuild the student on top of the teacher's files (frozen, eval mode)."""
+def load_student(directory: str | Path, teacher_dir: str | Path,
+                 device: torch.device = torch.device("cpu")) -> FmriStudent:
+    """Rebuild the student on top of the teacher's files, on ``device`` (frozen, eval mode)."""
     directory = Path(directory)
     llm = json.loads((directory / "config.json").read_text())["instruct"]["llm"]
-    qformer, captioner, _ = load_teacher(teacher_dir, llm_dir=directory / "llm" if llm["tuning"] == "full" else None,
-                                         llm=quantized_llm(Path(teacher_dir) / "llm", llm))
+    qformer, captioner, _ = load_teacher(teacher_dir, device,
+                                         llm_dir=directory / "llm" if llm["tuning"] == "full" else None,
+                                         llm=quantized_llm(Path(teacher_dir) / "llm", llm, device))
     captioner.llm = load_adapter(captioner.llm, directory, llm)
     load_weights(captioner.projection, directory / "projection.safetensors")
-    aligner = load_aligner(directory / "aligner", qformer) if (directory / "aligner").is_dir() else None
+    aligner = load_aligner(directory / "aligner", qformer).to(device) if (directory / "aligner").is_dir() else None
     return FmriStudent(captioner, aligner).eval().requires_grad_(False)

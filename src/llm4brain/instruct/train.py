@@ -18,7 +18,7 @@ from llm4brain.artifacts import atomic_path, read_captions, read_features
 from llm4brain.instruct.llm_tuning import quantized_llm, tune
 from llm4brain.instruct.student import FmriStudent, read_inputs, save_student
 from llm4brain.models.video_llm import encode_clips, load_teacher
-from llm4brain.runtime import LOG, seed_everything
+from llm4brain.runtime import LOG, seed_everything, select_device
 from llm4brain.training import Checkpoint, fit
 
 
@@ -30,14 +30,16 @@ def distillation(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tenso
     return temperature**2 * (kl * mask).sum() / mask.sum().clamp(min=1)
 
 
-def build_student(teacher_dir: str, align_dir: str, params: dict[str, Any]) -> FmriStudent:
-    """The teacher's captioner (+ the aligned encoder) with the parts ``params`` trains unfrozen."""
-    qformer, captioner, _ = load_teacher(teacher_dir, llm=quantized_llm(Path(teacher_dir) / "llm", params["llm"]))
+def build_student(teacher_dir: str, align_dir: str, params: dict[str, Any],
+                  device: torch.device = torch.device("cpu")) -> FmriStudent:
+    """The teacher's captioner (+ the aligned encoder) on ``device``, with the parts ``params`` trains unfrozen."""
+    llm = quantized_llm(Path(teacher_dir) / "llm", params["llm"], device)
+    qformer, captioner, _ = load_teacher(teacher_dir, device, llm=llm)
     captioner.projection.requires_grad_(True)
     captioner.llm = tune(captioner.llm, params["llm"])
     aligner = None
     if params["input"] == "encoder":
-        aligner = load_aligner(align_dir, qformer)
+        aligner = load_aligner(align_dir, qformer).to(device)
         for name, param in aligner.named_parameters():
             param.requires_grad_(params["train_qformer"] or not name.startswith("qformer.") or ".adaptor." in name)
     return FmriStudent(captioner, aligner)
@@ -48,8 +50,9 @@ def instruct_llm(fmri_paths: list[str], latent_paths: list[str], align_dir: str,
                  heldout: list[str], params: dict[str, Any], seed: int, checkpoint: Checkpoint | None = None) -> None:
     """Train the student and save what it trained as safetensors (see ``student.save_student``)."""
     seed_everything(seed + 30, params["train"]["threads"])
-    qformer, teacher, _ = load_teacher(teacher_dir)
-    student = build_student(teacher_dir, align_dir, params)
+    device = select_device(params["train"]["device"])
+    qformer, teacher, _ = load_teacher(teacher_dir, device)
+    student = build_student(teacher_dir, align_dir, params, device)
     captions = read_captions(captions_path)
     inputs, keys = [], []
     for subject, fmri_path, latent_path in zip(subjects, fmri_paths, latent_paths):
@@ -61,9 +64,9 @@ def instruct_llm(fmri_paths: list[str], latent_paths: list[str], align_dir: str,
         keys += [split_keys[i] for i in keep]
     inputs = torch.cat(inputs)
     unique = sorted(set(keys))
-    video = encode_clips(qformer, read_features(feature_paths), unique)
+    video = encode_clips(qformer, read_features(feature_paths), unique).to(device)
     index = {k: i for i, k in enumerate(unique)}
-    clip_of = torch.tensor([index[k] for k in keys])
+    clip_of = torch.tensor([index[k] for k in keys], device=device)
     texts = [captions[k] for k in keys]
     LOG.info("student (%s input): %d fMRI samples of %d clips from %s", params["input"], len(keys), len(unique),
              [s for s in subjects if s not in heldout])
@@ -75,7 +78,7 @@ def instruct_llm(fmri_paths: list[str], latent_paths: list[str], align_dir: str,
         student.train()
         idx = torch.randint(len(keys), (batch_size,), generator=generator)
         batch_texts = [texts[i] for i in idx.tolist()]
-        lm, logits, ids, mask = student.captioner.caption_loss(student.tokens(inputs[idx]), batch_texts)
+        lm, logits, ids, mask = student.captioner.caption_loss(student.tokens(inputs[idx].to(device)), batch_texts)
         terms = {"lm": lm.item()}
         loss = lm
         if weight > 0:
@@ -89,5 +92,5 @@ def instruct_llm(fmri_paths: list[str], latent_paths: list[str], align_dir: str,
     with atomic_path(model_dir) as tmp:
         tmp.mkdir(parents=True)
         fit(student.parameters(), loss_fn, params["train"], "instruct_llm", log_tsv,
-            checkpoint=checkpoint, generators=[generator])
+            checkpoint=checkpoint, generators=[generator], device=device)
         save_student(tmp, student.eval(), teacher_dir, align_dir, params)

@@ -44,7 +44,7 @@ class MaskedBrainModel(nn.Module):
         keep = self.kept_tokens(b, n, generator)
         latent = self.encoder.encode_tokens(tokens.gather(1, keep[..., None].expand(-1, -1, d)))
         decoded = self.decoder_embed(latent)
-        full = self.mask_token.expand(b, n, -1).clone()
+        full = self.mask_token.to(decoded.dtype).expand(b, n, -1).clone()  # bf16 under autocast
         full.scatter_(1, keep[..., None].expand(-1, -1, decoded.shape[-1]), decoded)
         prediction = self.predict(self.decoder_norm(self.decoder_blocks(full + self.decoder_pos)))
         mask = torch.ones(b, n, device=tokens.device).scatter_(1, keep, 0.0)

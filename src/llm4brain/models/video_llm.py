@@ -14,12 +14,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 from torch import nn
 from transformers import AutoModelForCausalLM, Blip2QFormerConfig, Blip2QFormerModel, LlamaConfig, LlamaForCausalLM
 from transformers import PreTrainedTokenizerFast
 
-from llm4brain.models.weights import load_weights
+from llm4brain.models.weights import load_weights, save_weights
 
 IGNORE = -100
 
@@ -51,11 +50,13 @@ class VideoQFormer(nn.Module):
 @torch.inference_mode()
 def encode_clips(qformer: VideoQFormer, features: dict[str, np.ndarray], keys: list[tuple[str, int]],
                  batch_size: int = 128) -> torch.Tensor:
-    """The video tokens (n, Q, H) of each ``(segment, tr)`` clip in ``keys``, from cached vision features."""
+    """The video tokens (n, Q, H) of each ``(segment, tr)`` clip in ``keys``, from cached vision features;
+    computed on the Q-Former's device, returned on the CPU in float32."""
+    device = next(qformer.parameters()).device
     out = []
     for start in range(0, len(keys), batch_size):
         clips = np.stack([features[s][t] for s, t in keys[start : start + batch_size]]).astype(np.float32)
-        out.append(qformer(torch.from_numpy(clips)))
+        out.append(qformer(torch.from_numpy(clips).to(device)).float().cpu())
     return torch.cat(out)
 
 
@@ -140,8 +141,8 @@ class Captioner(nn.Module):
     @torch.inference_mode()
     def generate(self, tokens: torch.Tensor, max_new_tokens: int, num_beams: int = 1,
                  repetition_penalty: float = 1.0) -> list[str]:
-        """Greedy (or beam) captions for a batch of token sets."""
-        embeds = self.prompt_embeds(tokens)
+        """Greedy (or beam) captions for a batch of token sets (moved to the captioner's device)."""
+        embeds = self.prompt_embeds(tokens.to(self.prefix_ids.device))
         attention = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
         out = self.llm.generate(
             inputs_embeds=embeds, attention_mask=attention, max_new_tokens=max_new_tokens, num_beams=num_beams,
@@ -165,8 +166,8 @@ def save_teacher(directory: Path, qformer: VideoQFormer, captioner: Captioner, s
     config = {**settings, "qformer": qformer.config.to_dict(), "num_frames": qformer.num_frames,
               "num_queries": qformer.query_tokens.shape[1]}
     (directory / "config.json").write_text(json.dumps(config, indent=2, default=str))
-    save_file({k: v.contiguous() for k, v in qformer.state_dict().items()}, directory / "video_qformer.safetensors")
-    save_file({k: v.contiguous() for k, v in captioner.projection.state_dict().items()}, directory / "projection.safetensors")
+    save_weights(qformer, directory / "video_qformer.safetensors")
+    save_weights(captioner.projection, directory / "projection.safetensors")
     captioner.llm.save_pretrained(directory / "llm")
     captioner.tokenizer.save_pretrained(directory / "tokenizer")
 

@@ -1,4 +1,4 @@
-"""Loading trained weights: safetensors only, with errors that name the file.
+"""Saving and loading trained weights: safetensors only, with errors that name the file.
 
 A checkpoint that is a pickle (``torch.save``) can run code when loaded, so it is refused with a message
 that says how to convert it instead of being unpickled.
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from llm4brain.artifacts import ArtifactError
 
@@ -29,3 +29,8 @@ def load_weights(module: torch.nn.Module, path: str | Path) -> None:
         module.load_state_dict(state)
     except RuntimeError as err:
         raise ArtifactError(f"{path}: does not fit {type(module).__name__}: {err}") from err
+
+
+def save_weights(module: torch.nn.Module, path: str | Path) -> None:
+    """``module``'s state dict as safetensors, moved to CPU (a CUDA-trained model saves like a CPU one)."""
+    save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, Path(path))

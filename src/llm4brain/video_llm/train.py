@@ -16,7 +16,7 @@ from torch import nn
 from llm4brain.artifacts import atomic_path, read_captions, read_features
 from llm4brain.models.tokenizer import train_word_tokenizer
 from llm4brain.models.video_llm import Captioner, VideoQFormer, build_llm, qformer_config, save_teacher
-from llm4brain.runtime import LOG, seed_everything
+from llm4brain.runtime import LOG, seed_everything, select_device
 from llm4brain.training import Checkpoint, fit
 
 
@@ -52,24 +52,25 @@ def train_video_llm(feature_paths: list[str], captions_path: str, out_dir: str |
     max_positions = 2 * (q["num_queries"] + len(template.split()) + len(params["prompt"].split())) + params["max_caption_tokens"] + 16
     llm = build_llm(params["llm"], tokenizer, max_positions)
     captioner = Captioner(llm, tokenizer, q["hidden_size"], template, params["prompt"], params["max_caption_tokens"])
-    model = nn.ModuleDict({"qformer": qformer, "captioner": captioner}).train()
+    device = select_device(params["train"]["device"])
+    model = nn.ModuleDict({"qformer": qformer, "captioner": captioner}).to(device).train()
 
     generator = torch.Generator().manual_seed(seed + 11)
     batch_size = params["train"]["batch_size"]
 
     def loss_fn(step: int) -> tuple[torch.Tensor, dict[str, float]]:
         idx = torch.randint(n, (batch_size,), generator=generator)
-        loss, *_ = captioner.caption_loss(qformer(clips[idx]), [texts[i] for i in idx.tolist()])
+        loss, *_ = captioner.caption_loss(qformer(clips[idx].to(device)), [texts[i] for i in idx.tolist()])
         return loss, {}
 
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)
         fit(model.parameters(), loss_fn, params["train"], "train_video_llm", tmp / "train_log.tsv",
-            checkpoint=checkpoint, generators=[generator])
+            checkpoint=checkpoint, generators=[generator], device=device)
         model.eval()
         settings = {k: params[k] for k in ("template", "prompt", "max_caption_tokens")}
         save_teacher(tmp, qformer, captioner, {**settings, "train_segments": train_segments, "vision_dim": vision_dim})
         with torch.inference_mode():
-            sample = captioner.generate(qformer(clips[:4]), params["max_caption_tokens"])
+            sample = captioner.generate(qformer(clips[:4].to(device)), params["max_caption_tokens"])
         for key, text in zip(keys[:4], sample):
             LOG.info("teacher on %s: %r (reference %r)", key, text, captions[key])
