@@ -65,6 +65,13 @@ def _check_config():
             "config align.encoder_tuning: adaptor freezes the encoder, which needs pretrained weights "
             "(scmbm.pretrain: true or scmbm.checkpoint)"
         )
+    if (
+        config["captions"]["source"] == "teacher"
+        and not config["video_llm"]["pretrained"]
+    ):
+        raise ValueError(
+            "config captions.source: teacher needs video_llm.pretrained (the tiny teacher learns from captions)"
+        )
     if len(set(ALL_SEGMENTS)) != len(ALL_SEGMENTS):
         raise ValueError("config data.segments lists a segment twice")
 
@@ -185,8 +192,8 @@ def labelled_files(stage):
 
 
 def video_llm_dir(wildcards=None):
-    """The teacher: a configured local checkpoint, or the one train_video_llm builds."""
-    return config["video_llm"]["pretrained"] or "results/video_llm"
+    """The teacher: the one train_video_llm builds, or import_video_llm's pointer to a local checkpoint."""
+    return "results/video_llm"
 
 
 def pretrained_encoder():

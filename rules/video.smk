@@ -60,21 +60,45 @@ rule cache_features:
         "../workflow/scripts/cache_features.py"
 
 
-rule reference_captions:
-    """Collect one reference caption per (segment, tr) into the text artifact."""
-    input:
-        CAPTIONS_TSV,
-    output:
-        "results/text/captions.h5",
-    log:
-        "logs/reference_captions.log",
-    benchmark:
-        "results/benchmarks/reference_captions.tsv"
-    conda:
-        "../envs/llm4brain.yaml"
-    params:
-        segments=ALL_SEGMENTS,
-        captions=section("captions"),
-        code=CODE["text"],
-    script:
-        "../workflow/scripts/reference_captions.py"
+if config["captions"]["source"] == "file":
+
+    rule reference_captions:
+        """Collect one reference caption per (segment, tr) into the text artifact."""
+        input:
+            CAPTIONS_TSV,
+        output:
+            "results/text/captions.h5",
+        log:
+            "logs/reference_captions.log",
+        benchmark:
+            "results/benchmarks/reference_captions.tsv"
+        conda:
+            "../envs/llm4brain.yaml"
+        params:
+            segments=ALL_SEGMENTS,
+            captions=section("captions"),
+            code=CODE["text"],
+        script:
+            "../workflow/scripts/reference_captions.py"
+
+else:
+
+    rule teacher_captions:
+        """The pretrained teacher captions every clip: the references of a dataset that ships none."""
+        input:
+            features=feature_files(),
+            video_llm=video_llm_dir(),
+        output:
+            "results/text/captions.h5",
+        log:
+            "logs/teacher_captions.log",
+        benchmark:
+            "results/benchmarks/teacher_captions.tsv"
+        conda:
+            "../envs/llm4brain.yaml"
+        params:
+            segments=ALL_SEGMENTS,
+            captions=section("captions"),
+            code=CODE["video_llm"],
+        script:
+            "../workflow/scripts/teacher_captions.py"

@@ -1,4 +1,23 @@
-if not config["video_llm"]["pretrained"]:
+if config["video_llm"]["pretrained"]:
+
+    rule import_video_llm:
+        """Check the configured InstructBLIP(-Video) checkpoint; results/video_llm names it."""
+        input:
+            config["video_llm"]["pretrained"],
+        output:
+            directory("results/video_llm"),
+        log:
+            "logs/import_video_llm.log",
+        conda:
+            "../envs/llm4brain.yaml"
+        params:
+            video_llm=section("video_llm"),
+            frames_per_tr=config["video"]["frames_per_tr"],
+            code=CODE["video_llm"],
+        script:
+            "../workflow/scripts/import_video_llm.py"
+
+else:
 
     rule train_video_llm:
         """Teach the tiny video Q-Former + LLM to caption clips: the demo's stand-in for Video-LLaMA."""

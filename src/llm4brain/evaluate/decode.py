@@ -21,19 +21,8 @@ import torch
 
 from llm4brain.artifacts import atomic_h5, read_captions, read_features, set_attrs, write_keys, write_strings
 from llm4brain.instruct.student import load_student, read_inputs
-from llm4brain.models.video_llm import Captioner, encode_clips, load_teacher
-from llm4brain.runtime import LOG, autocast, seed_everything, select_device
-
-
-def generate(captioner: Captioner, tokens: torch.Tensor, params: dict[str, Any]) -> list[str]:
-    """Batched generation with the configured decoding settings, on the captioner's device (bf16 autocast
-    on CUDA)."""
-    out: list[str] = []
-    with autocast(captioner.prefix_ids.device):
-        for start in range(0, len(tokens), params["batch_size"]):
-            out += captioner.generate(tokens[start : start + params["batch_size"]], params["max_new_tokens"],
-                                      params["num_beams"], params["repetition_penalty"])
-    return out
+from llm4brain.models.video_llm import encode_clips, generate_captions, load_teacher
+from llm4brain.runtime import LOG, seed_everything, select_device
 
 
 def nearest_captions(query: torch.Tensor, pool: torch.Tensor, pool_keys: list[tuple[str, int]],
@@ -76,8 +65,8 @@ def decode_ablation(subject: str, ablation: str, fmri_path: str, latent_path: st
     captions = read_captions(captions_path)
     student, tokens, keys = student_tokens(student_dir, teacher_dir, fmri_path, latent_path, captions, captions_path,
                                            select_device(params["device"]))
-    write_decoded(out_path, subject, True, keys, {f"fmri-{ablation}": generate(student.captioner, tokens, params)},
-                  captions, params)
+    decoded = {f"fmri-{ablation}": generate_captions(student.captioner, tokens, params)}
+    write_decoded(out_path, subject, True, keys, decoded, captions, params)
 
 
 def decode_captions(subject: str, fmri_path: str, latent_path: str, pool_fmri: list[str], pool_latents: list[str],
@@ -100,9 +89,9 @@ def decode_captions(subject: str, fmri_path: str, latent_path: str, pool_fmri: l
     permutation = torch.from_numpy(np.random.default_rng(params["shuffle_seed"]).permutation(len(keys)))
 
     decoded = {
-        "fmri": generate(student.captioner, tokens, params),
-        "video-teacher": generate(teacher, encode_clips(qformer, read_features(feature_paths), keys), params),
-        "shuffled": generate(student.captioner, tokens[permutation], params),
+        "fmri": generate_captions(student.captioner, tokens, params),
+        "video-teacher": generate_captions(teacher, encode_clips(qformer, read_features(feature_paths), keys), params),
+        "shuffled": generate_captions(student.captioner, tokens[permutation], params),
         "nearest-train": nearest_captions(tokens, pool_tokens, pool_keys, captions),
     }
     write_decoded(out_path, subject, subject in heldout, keys, decoded, captions, params)

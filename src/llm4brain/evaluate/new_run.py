@@ -15,11 +15,11 @@ import torch
 
 from llm4brain.align.windows import run_windows
 from llm4brain.artifacts import ArtifactError, open_artifact
-from llm4brain.evaluate.decode import generate
 from llm4brain.fmri.images import SurfaceSpace, VolumeSpace, space_from_artifact
 from llm4brain.fmri.preprocess import plan_run, read_clean_run
 from llm4brain.fmri.runs import check_id, read_run
 from llm4brain.instruct.student import load_student
+from llm4brain.models.video_llm import generate_captions
 from llm4brain.runtime import select_device
 
 
@@ -61,8 +61,9 @@ def decode_run(subject: str, bold: str | Path, events: str | Path, results: str 
     index = run_windows([volume for _, volume in pairs], len(series), student.window)  # (n, W)
     samples = space.samples(series[index.ravel()], usable)
     tokens = student.encode(torch.from_numpy(samples.reshape(index.shape + samples.shape[1:])))
-    captions = generate(student.captioner, tokens, {"batch_size": batch_size, "max_new_tokens": max_new_tokens,
-                                                    "num_beams": num_beams, "repetition_penalty": 1.0})
+    settings = {"batch_size": batch_size, "max_new_tokens": max_new_tokens, "num_beams": num_beams,
+                "repetition_penalty": 1.0}
+    captions = generate_captions(student.captioner, tokens, settings)
     k = np.array([k for k, _ in pairs])
     return pd.DataFrame({"segment": run.segment, "tr": k, "start": k * tr, "end": (k + 1) * tr, "caption": captions})
 

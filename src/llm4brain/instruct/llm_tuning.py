@@ -1,7 +1,7 @@
 """How the student's LLM is tuned: full fine-tune (the demo's tiny Llama), LoRA through peft on a frozen
-base, or frozen; optionally loaded in 8-bit or 4-bit NF4 through bitsandbytes (``BitsAndBytesConfig``).
+base, or frozen (the base may be loaded in 8-bit or 4-bit: ``models.quantization``).
 
-peft and bitsandbytes take seconds to import, so they are imported here, only when a config asks for them.
+peft takes seconds to import, so it is imported here, only when a config asks for it.
 """
 
 from __future__ import annotations
@@ -10,27 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers import PreTrainedModel
 
 ADAPTER_DIR = "llm_adapter"
-
-
-def quantized_llm(llm_dir: str | Path, params: dict[str, Any], device: torch.device | str = "cpu") -> PreTrainedModel | None:
-    """The base causal LM loaded in 8-bit or 4-bit NF4 through bitsandbytes (``instruct.llm.quantization``;
-    double quantisation, bf16 compute on CUDA), or None when not quantised: the teacher's own copy is used."""
-    kind = params["quantization"]
-    if kind == "none":
-        return None
-    from transformers import BitsAndBytesConfig
-
-    if kind == "8bit":
-        config = BitsAndBytesConfig(load_in_8bit=True)
-    else:
-        compute = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-        config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                    bnb_4bit_compute_dtype=compute)
-    return AutoModelForCausalLM.from_pretrained(llm_dir, use_safetensors=True, quantization_config=config,
-                                                device_map={"": str(device)})
 
 
 def tune(llm: PreTrainedModel, params: dict[str, Any]) -> torch.nn.Module:

@@ -18,7 +18,7 @@ from torch import nn
 from llm4brain.align.model import BrainAligner, load_aligner, save_aligner
 from llm4brain.align.windows import windows
 from llm4brain.artifacts import read_split
-from llm4brain.instruct.llm_tuning import load_adapter, quantized_llm, save_tuned
+from llm4brain.instruct.llm_tuning import load_adapter, save_tuned
 from llm4brain.models.video_llm import Captioner, load_teacher
 from llm4brain.models.weights import load_weights, save_weights
 
@@ -80,7 +80,7 @@ def load_student(directory: str | Path, teacher_dir: str | Path,
     llm = json.loads((directory / "config.json").read_text())["instruct"]["llm"]
     qformer, captioner, _ = load_teacher(teacher_dir, device,
                                          llm_dir=directory / "llm" if llm["tuning"] == "full" else None,
-                                         llm=quantized_llm(Path(teacher_dir) / "llm", llm, device))
+                                         quantization=llm["quantization"])
     captioner.llm = load_adapter(captioner.llm, directory, llm)
     load_weights(captioner.projection, directory / "projection.safetensors")
     aligner = load_aligner(directory / "aligner", qformer).to(device) if (directory / "aligner").is_dir() else None

@@ -7,7 +7,6 @@ taught to say what the video-conditioned model says.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,7 +14,7 @@ from torch.nn import functional as F
 
 from llm4brain.align.model import load_aligner
 from llm4brain.artifacts import atomic_path, read_captions, read_features
-from llm4brain.instruct.llm_tuning import quantized_llm, tune
+from llm4brain.instruct.llm_tuning import tune
 from llm4brain.instruct.student import FmriStudent, read_inputs, save_student
 from llm4brain.models.video_llm import encode_clips, load_teacher
 from llm4brain.runtime import LOG, seed_everything, select_device
@@ -33,8 +32,7 @@ def distillation(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tenso
 def build_student(teacher_dir: str, align_dir: str, params: dict[str, Any],
                   device: torch.device = torch.device("cpu")) -> FmriStudent:
     """The teacher's captioner (+ the aligned encoder) on ``device``, with the parts ``params`` trains unfrozen."""
-    llm = quantized_llm(Path(teacher_dir) / "llm", params["llm"], device)
-    qformer, captioner, _ = load_teacher(teacher_dir, device, llm=llm)
+    qformer, captioner, _ = load_teacher(teacher_dir, device, quantization=params["llm"]["quantization"])
     captioner.projection.requires_grad_(True)
     captioner.llm = tune(captioner.llm, params["llm"])
     aligner = None

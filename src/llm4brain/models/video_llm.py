@@ -18,6 +18,8 @@ from torch import nn
 from transformers import AutoModelForCausalLM, Blip2QFormerConfig, Blip2QFormerModel, LlamaConfig, LlamaForCausalLM
 from transformers import PreTrainedTokenizerFast
 
+from llm4brain.models.quantization import quantized_loading
+from llm4brain.runtime import autocast
 from llm4brain.models.weights import load_weights, save_weights
 
 IGNORE = -100
@@ -85,7 +87,7 @@ class Captioner(nn.Module):
     """Projection + causal LM around an instruction template whose ``{video}`` slot holds the tokens."""
 
     def __init__(self, llm: nn.Module, tokenizer: PreTrainedTokenizerFast, token_dim: int, template: str,
-                 prompt: str, max_caption_tokens: int) -> None:
+                 prompt: str, max_caption_tokens: int, bos_first: bool = True) -> None:
         super().__init__()
         self.llm = llm
         self.tokenizer = tokenizer
@@ -93,9 +95,9 @@ class Captioner(nn.Module):
         self.max_caption_tokens = max_caption_tokens
         if template.count("{video}") != 1:
             raise ValueError(f"instruction template must contain '{{video}}' exactly once: {template!r}")
-        before, after = template.split("{video}")
-        self.register_buffer("prefix_ids", self._ids(before, bos=True), persistent=False)
-        self.register_buffer("suffix_ids", self._ids(after.format(prompt=prompt)), persistent=False)
+        before, after = template.split("{video}")  # BOS opens the prompt, or (InstructBLIP) follows the video
+        self.register_buffer("prefix_ids", self._ids(before, bos=bos_first), persistent=False)
+        self.register_buffer("suffix_ids", self._ids(after.format(prompt=prompt), bos=not bos_first), persistent=False)
 
     def _ids(self, text: str, bos: bool = False) -> torch.Tensor:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -109,7 +111,7 @@ class Captioner(nn.Module):
         b = tokens.shape[0]
         prefix = embed(self.prefix_ids).expand(b, -1, -1)
         suffix = embed(self.suffix_ids).expand(b, -1, -1)
-        return torch.cat([prefix, self.projection(tokens), suffix], dim=1)
+        return torch.cat([prefix, self.projection(tokens).to(prefix.dtype), suffix], dim=1)
 
     def encode_captions(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Caption ids + EOS, right-padded, and their attention mask."""
@@ -152,6 +154,17 @@ class Captioner(nn.Module):
         return [text.strip() for text in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
 
 
+def generate_captions(captioner: Captioner, tokens: torch.Tensor, params: dict[str, Any]) -> list[str]:
+    """Batched generation with the decoding settings in ``params`` (``batch_size``, ``max_new_tokens``,
+    ``num_beams``, ``repetition_penalty``), on the captioner's device (bf16 autocast on CUDA)."""
+    out: list[str] = []
+    with autocast(captioner.prefix_ids.device):
+        for start in range(0, len(tokens), params["batch_size"]):
+            out += captioner.generate(tokens[start : start + params["batch_size"]], params["max_new_tokens"],
+                                      params["num_beams"], params["repetition_penalty"])
+    return out
+
+
 # ---- the teacher directory -------------------------------------------------------------------------------
 #   config.json              llm4brain settings (frames, queries, template, prompt, Q-Former config)
 #   video_qformer.safetensors  VideoQFormer weights
@@ -173,22 +186,28 @@ def save_teacher(directory: Path, qformer: VideoQFormer, captioner: Captioner, s
 
 
 def load_teacher(directory: str | Path, device: torch.device | str = "cpu", llm_dir: str | Path | None = None,
-                 llm: nn.Module | None = None) -> tuple[VideoQFormer, Captioner, dict[str, Any]]:
-    """Load a teacher directory written by :func:`save_teacher`, frozen and in eval mode.
+                 quantization: str = "none") -> tuple[nn.Module, Captioner, dict[str, Any]]:
+    """Load the teacher, frozen and in eval mode on ``device``: a directory written by :func:`save_teacher`,
+    or one ``import_video_llm`` wrote, whose ``config.json`` names a local checkpoint
+    (``models.instructblip_video``).
 
-    ``llm_dir`` swaps in another LLM of the same architecture (the fMRI student's tuned copy); ``llm``, one
-    already loaded (e.g. quantised), so the directory's copy is never read.
+    ``llm_dir`` swaps in another LLM of the same architecture (the fMRI student's fully tuned copy);
+    ``quantization`` (``none``, ``8bit``, ``4bit``) loads the LLM through bitsandbytes.
     """
     directory = Path(directory)
     config_path = directory / "config.json"
     if not config_path.exists():
         raise FileNotFoundError(f"{directory}: not a video LLM directory (no config.json)")
     settings = json.loads(config_path.read_text())
+    if "checkpoint" in settings:
+        from llm4brain.models.instructblip_video import load_instructblip_video
+
+        return load_instructblip_video(settings, device, llm_dir, quantization)
     qformer = VideoQFormer(Blip2QFormerConfig(**settings["qformer"]), settings["num_frames"], settings["num_queries"])
     load_weights(qformer, directory / "video_qformer.safetensors")
     tokenizer = PreTrainedTokenizerFast.from_pretrained(directory / "tokenizer")
-    if llm is None:
-        llm = AutoModelForCausalLM.from_pretrained(llm_dir or directory / "llm", use_safetensors=True)
+    llm = AutoModelForCausalLM.from_pretrained(llm_dir or directory / "llm", use_safetensors=True,
+                                               **quantized_loading(quantization, device))
     captioner = Captioner(llm, tokenizer, qformer.config.hidden_size, settings["template"], settings["prompt"],
                           settings["max_caption_tokens"])
     load_weights(captioner.projection, directory / "projection.safetensors")

@@ -1,0 +1,35 @@
+"""``teacher_captions``: the pretrained teacher captions every clip, the references of a dataset that ships
+none (Wen 2018 has no captions). Writes ``results/text/captions.h5`` as ``reference_captions`` does, so
+training and scoring read it the same way."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from llm4brain.artifacts import atomic_h5, read_features, set_attrs, write_keys, write_strings
+from llm4brain.models.video_llm import encode_clips, generate_captions, load_teacher
+from llm4brain.runtime import LOG, select_device
+
+
+def teacher_captions(feature_paths: list[str], teacher_dir: str | Path, out_path: str | Path, segments: list[str],
+                     params: dict[str, Any]) -> None:
+    """One caption per ``(segment, tr)`` of ``segments`` from the teacher on the clip's cached features
+    (``params``: the ``captions`` section's decoding settings). An empty caption is an error: a reference
+    must say something."""
+    qformer, captioner, settings = load_teacher(teacher_dir, select_device(params["device"]))
+    features = read_features(feature_paths)
+    keys, captions = [], []
+    for segment in segments:  # a segment at a time: the video tokens of a whole dataset need not fit in memory
+        clips = [(segment, k) for k in range(features[segment].shape[0])]
+        keys += clips
+        captions += generate_captions(captioner, encode_clips(qformer, features, clips), params)
+        LOG.info("%s: %d captions, first %r", segment, len(clips), captions[-len(clips)])
+    empty = [key for key, text in zip(keys, captions) if not text.strip()]
+    if empty:
+        raise ValueError(f"{teacher_dir}: the teacher wrote empty captions for {len(empty)} clips, e.g. {empty[:3]}")
+    with atomic_h5(out_path, "captions", params) as f:
+        write_keys(f, [k[0] for k in keys], [k[1] for k in keys])
+        write_strings(f, "caption", captions)
+        set_attrs(f, {"source": "teacher", "teacher": settings.get("checkpoint", str(teacher_dir))})
+    LOG.info("%d teacher captions of %d segments", len(keys), len(segments))
