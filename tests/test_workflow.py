@@ -46,9 +46,9 @@ def snakemake(workdir: Path, *args: str) -> str:
     return result.stdout + result.stderr
 
 
-def planned_rules(workdir: Path) -> set[str]:
+def planned_rules(workdir: Path, *args: str) -> set[str]:
     """Rules a dry run would execute (from its job-stats table)."""
-    out = snakemake(workdir, "--dry-run", "--quiet", "rules")
+    out = snakemake(workdir, "--dry-run", "--quiet", "rules", *args)
     if "Nothing to be done" in out:
         return set()
     table = out.split("Job stats:")[1].split("total")[0]
@@ -245,27 +245,59 @@ def test_snakemake_files_are_snakefmt_formatted():
     assert check.returncode == 0, check.stderr
 
 
-def test_wen2018_config_on_a_miniature_release(micro, tmp_path_factory):
-    """config/wen2018.yaml, shrunk to micro sizes, on a miniature of the release (CIFTI runs, trimmed like the
-    official code): grayordinate vectors flow through every stage to the scores. The stimuli and captions
-    are the micro demo's."""
+def wen_config(name: str, workdir: Path, micro: Path) -> dict:
+    """``config/{name}``, shrunk to micro sizes, on a miniature of the Wen 2018 release in ``workdir/wen``
+    (CIFTI runs, trimmed like the official code); stimuli and captions are the micro demo's."""
     from wen2018 import write_wen2018
 
-    workdir = make_copy(tmp_path_factory.mktemp("wen"))
     small = yaml.safe_load((REPO / ".test" / "micro.yaml").read_text())
     keep = small["demo"]["trs_per_segment"]
     write_wen2018(workdir / "wen", ["subject1", "subject2"], small["data"]["segments"], keep=keep)
-    config = yaml.safe_load((REPO / "config" / "wen2018.yaml").read_text())
+    config = yaml.safe_load((REPO / "config" / name).read_text())
     config["data"].update(root="wen", stimuli=str(micro / "resources/demo/stimuli"), subjects=["subject1", "subject2"],
                           captions=str(micro / "resources/demo/captions.tsv"), segments=small["data"]["segments"])
     config["fmri"].update(trim={"start": 0, "end": 4, "keep": keep}, detrend_order=2)
-    config.update({section: small[section] for section in ("video", "video_llm", "scmbm", "instruct", "evaluate")})
     config["encoder"] = {**small["encoder"], "tokenizer": {"vector_patch": 4}}
     config["align"] = {**small["align"], "heldout": ["subject2"], "ablations": [], "encoder_tuning": "adaptor"}
+    config["scmbm"], config["evaluate"] = small["scmbm"], small["evaluate"]
+    return config
+
+
+def test_wen2018_config_builds_its_dag(micro, tmp_path):
+    """config/wen2018.yaml (the tiny teacher trained on a captions file), shrunk: the DAG builds with every
+    stage planned. The real-checkpoint variant below runs the same data path end to end."""
+    config = wen_config("wen2018.yaml", tmp_path, micro)
+    config["video"]["model"]["weights"] = None  # random init: no local ViT checkpoint here
+    (tmp_path / "wen.yaml").write_text(yaml.safe_dump(config))
+    make_copy(tmp_path)
+    assert {"train_video_llm", "reference_captions", "preprocess_fmri", "pretrain_scmbm", "decode_captions",
+            "score_captions"} <= planned_rules(tmp_path, "--configfile", "wen.yaml")
+
+
+def test_real_vicuna7b_config_on_a_miniature_release_and_checkpoint(micro, tmp_path_factory):
+    """config/real-vicuna7b.yaml, shrunk, with a tiny InstructBLIP-Video checkpoint in place of the 7B one:
+    its vision tower caches the frames, it writes the references (captions.source teacher), the student
+    tunes LoRA on a 4-bit copy of its LLM, and grayordinate vectors flow through every stage to the scores."""
+    from test_instructblip_video import tiny_instructblip_video
+
+    workdir = make_copy(tmp_path_factory.mktemp("wen"))
+    tiny_instructblip_video(workdir / "checkpoint")
+    config = wen_config("real-vicuna7b.yaml", workdir, micro)
+    config["video"].update(batch_size=16, model={"source": "hf", "weights": "checkpoint"})
+    config["video_llm"].update(pretrained="checkpoint", dtype="float32", max_caption_tokens=8)
+    config["captions"].update(max_new_tokens=6, num_beams=1, device="cpu")
+    config["instruct"]["train"] = small_train = {"steps": 4, "batch_size": 4, "accumulate": 2}
+    config["align"]["train"] = {**config["align"]["train"], **small_train}
     (workdir / "wen.yaml").write_text(yaml.safe_dump(config))
     snakemake(workdir, "--configfile", "wen.yaml")
+    keep = yaml.safe_load((REPO / ".test" / "micro.yaml").read_text())["demo"]["trs_per_segment"]
     with h5py.File(workdir / "results/fmri/subject1.h5") as f:
         assert f.attrs["layout"] == "vector" and f["train/bold"].shape == (2 * 2 * (keep - 2), 40)
+    with h5py.File(workdir / "results/text/captions.h5") as f:
+        assert f.attrs["source"] == "teacher" and len(f["caption"]) == 3 * keep
+    with h5py.File(workdir / "results/features/seg01.h5") as f:
+        assert f["tokens"].shape[1:] == (4, 5, 24)  # 4 frames x (CLS + 2 x 2 patches) x the tower's width
+    assert (workdir / "results/instruct/model/llm_adapter/adapter_model.safetensors").exists()
     metrics = pd.read_csv(workdir / "results/eval/metrics.tsv", sep="\t")
     assert set(metrics["subject"]) == {"subject1", "subject2"}
     assert not (workdir / "resources").exists()  # nothing of the demo was simulated
