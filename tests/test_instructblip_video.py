@@ -14,7 +14,7 @@ from conftest import DEFAULTS
 from llm4brain.align.model import BrainAligner
 from llm4brain.artifacts import ArtifactError
 from llm4brain.models.tokenizer import train_word_tokenizer
-from llm4brain.models.video_llm import load_teacher
+from llm4brain.models.video_llm import load_teacher, load_video_qformer
 from llm4brain.video_llm.checkpoint import checkpoint_settings
 from test_models import CAPTIONS, ENCODER
 
@@ -71,12 +71,14 @@ def teacher_pointer(checkpoint: Path, tmp_path: Path) -> Path:
 
 
 def test_teacher_reproduces_the_checkpoint(checkpoint, tmp_path):
-    """Video tokens = ``get_video_features`` of the checkpoint; caption logits = its own forward on the
-    processor's layout (4·Q video tokens, BOS, prompt, caption)."""
+    """Video tokens = ``get_video_features`` of the checkpoint (also from the Q-Former alone, as alignment
+    loads it); caption logits = its own forward on the processor's layout (4·Q video tokens, BOS, prompt,
+    caption)."""
     from transformers import AutoTokenizer, InstructBlipVideoForConditionalGeneration
 
     model = InstructBlipVideoForConditionalGeneration.from_pretrained(checkpoint).eval()
-    qformer, captioner, _ = load_teacher(teacher_pointer(checkpoint, tmp_path))
+    pointer = teacher_pointer(checkpoint, tmp_path)
+    qformer, captioner, _ = load_teacher(pointer)
     pixels = torch.randn(2, 4, 3, 16, 16)
     instruction = AutoTokenizer.from_pretrained(checkpoint / "qformer_tokenizer")([PROMPT] * 2, return_tensors="pt")
     with torch.no_grad():
@@ -85,6 +87,7 @@ def test_teacher_reproduces_the_checkpoint(checkpoint, tmp_path):
         vit = model.vision_model(pixel_values=pixels.flatten(0, 1)).last_hidden_state
         tokens = qformer(vit.reshape(2, 4, *vit.shape[1:]))
         assert tokens.shape == (2, 4 * QUERIES, 32)
+        torch.testing.assert_close(load_video_qformer(pointer)(vit.reshape(2, 4, *vit.shape[1:])), tokens, rtol=0, atol=0)
         torch.testing.assert_close(captioner.projection(tokens), expected, rtol=1e-5, atol=1e-5)
 
         captions = CAPTIONS[:2]

@@ -19,7 +19,7 @@ from llm4brain.align.windows import windows
 from llm4brain.artifacts import (ArtifactError, atomic_h5, atomic_path, check_coverage, read_features, read_split,
                                  set_attrs, write_keys)
 from llm4brain.models.mbm import MaskedBrainModel
-from llm4brain.models.video_llm import VideoQFormer, encode_clips, load_teacher
+from llm4brain.models.video_llm import VideoQFormer, encode_clips, load_video_qformer
 from llm4brain.runtime import LOG, seed_everything, select_device
 from llm4brain.training import Checkpoint, fit
 
@@ -99,7 +99,7 @@ def pretrain_adaptor(fmri_paths: list[str], feature_paths: list[str], teacher_di
     """
     seed_everything(seed + 20, params["train"]["threads"])
     device = select_device(params["train"]["device"])
-    qformer, _, _ = load_teacher(teacher_dir, device)
+    qformer = load_video_qformer(teacher_dir).to(device)  # the teacher's LLM is not needed here
     features = read_features(feature_paths)
     heldout = set(params["heldout"])
     data = {}

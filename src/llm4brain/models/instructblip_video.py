@@ -22,6 +22,7 @@ from torch import nn
 
 from llm4brain.models.quantization import quantized_loading
 from llm4brain.models.video_llm import Captioner
+from llm4brain.models.weights import load_state, read_prefixed
 
 MODEL_TYPES = ("instructblip", "instructblipvideo")  # the video model loads image InstructBLIP weights as they are
 FRAMES = 4  # InstructBLIP-Video is trained on 4 frames per clip and lays out 4 x num_query_tokens video tokens
@@ -63,6 +64,26 @@ class InstructionQFormer(nn.Module):
         return out.reshape(b, f * out.shape[1], out.shape[2])
 
 
+def instruction_ids(directory: Path, settings: dict[str, Any]) -> torch.Tensor:
+    """The prompt in the Q-Former's own (BERT) tokens, as ``InstructBlipVideoProcessor`` gives them."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(directory / "qformer_tokenizer")(settings["prompt"], return_tensors="pt")["input_ids"]
+
+
+def load_instruction_qformer(settings: dict[str, Any]) -> InstructionQFormer:
+    """Only the checkpoint's Q-Former and query tokens (fp32, frozen), read from its safetensors shards:
+    alignment needs nothing else, and a 7B LLM is never loaded for it."""
+    from transformers import InstructBlipVideoConfig, InstructBlipVideoQFormerModel
+
+    directory = Path(settings["checkpoint"])
+    qformer = InstructBlipVideoQFormerModel(InstructBlipVideoConfig.from_pretrained(directory).qformer_config)
+    load_state(qformer, read_prefixed(directory, "qformer."), directory)
+    query_tokens = read_prefixed(directory, "query_tokens")[""]
+    module = InstructionQFormer(qformer.float(), query_tokens, instruction_ids(directory, settings), settings["num_frames"])
+    return module.eval().requires_grad_(False)
+
+
 def load_instructblip_video(settings: dict[str, Any], device: torch.device | str = "cpu",
                             llm_dir: str | Path | None = None,
                             quantization: str = "none") -> tuple[InstructionQFormer, Captioner, dict[str, Any]]:
@@ -81,8 +102,7 @@ def load_instructblip_video(settings: dict[str, Any], device: torch.device | str
     tokenizer = AutoTokenizer.from_pretrained(directory)
     if tokenizer.pad_token is None:  # LLaMA tokenizers ship without one; captions are right-padded and masked
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
-    instruction = AutoTokenizer.from_pretrained(directory / "qformer_tokenizer")(settings["prompt"], return_tensors="pt")
-    qformer = InstructionQFormer(model.qformer.float(), model.query_tokens, instruction["input_ids"],
+    qformer = InstructionQFormer(model.qformer.float(), model.query_tokens, instruction_ids(directory, settings),
                                  settings["num_frames"])
     llm = AutoModelForCausalLM.from_pretrained(llm_dir, use_safetensors=True) if llm_dir else model.language_model
     captioner = Captioner(llm, tokenizer, model.config.qformer_config.hidden_size, settings["template"],

@@ -203,8 +203,7 @@ def load_teacher(directory: str | Path, device: torch.device | str = "cpu", llm_
         from llm4brain.models.instructblip_video import load_instructblip_video
 
         return load_instructblip_video(settings, device, llm_dir, quantization)
-    qformer = VideoQFormer(Blip2QFormerConfig(**settings["qformer"]), settings["num_frames"], settings["num_queries"])
-    load_weights(qformer, directory / "video_qformer.safetensors")
+    qformer = load_video_qformer(directory)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(directory / "tokenizer")
     llm = AutoModelForCausalLM.from_pretrained(llm_dir or directory / "llm", use_safetensors=True,
                                                **quantized_loading(quantization, device))
@@ -214,6 +213,19 @@ def load_teacher(directory: str | Path, device: torch.device | str = "cpu", llm_
     for module in (qformer, captioner):
         module.to(device).eval().requires_grad_(False)
     return qformer, captioner, settings
+
+
+def load_video_qformer(directory: str | Path) -> nn.Module:
+    """Only the teacher's video Q-Former (frozen, eval mode, CPU), for the stages that never run its LLM."""
+    directory = Path(directory)
+    settings = json.loads((directory / "config.json").read_text())
+    if "checkpoint" in settings:
+        from llm4brain.models.instructblip_video import load_instruction_qformer
+
+        return load_instruction_qformer(settings)
+    qformer = VideoQFormer(Blip2QFormerConfig(**settings["qformer"]), settings["num_frames"], settings["num_queries"])
+    load_weights(qformer, directory / "video_qformer.safetensors")
+    return qformer.eval().requires_grad_(False)
 
 
 def build_llm(params: dict[str, Any], tokenizer: PreTrainedTokenizerFast, max_positions: int) -> LlamaForCausalLM:

@@ -14,28 +14,11 @@ import torch
 from torch import nn
 
 from llm4brain.artifacts import ArtifactError
+from llm4brain.models.weights import load_state, read_prefixed
 
 TOWERS = {"blip-2": ("Blip2VisionModel", "Blip2QFormerModel"),
           "instructblip": ("InstructBlipVisionModel", None),  # its Q-Former needs the instruction text
           "instructblipvideo": ("InstructBlipVideoVisionModel", None)}
-
-
-def read_prefixed(directory: Path, prefix: str) -> dict[str, torch.Tensor]:
-    """Every tensor whose name starts with ``prefix`` (prefix removed), from all safetensors shards."""
-    from safetensors import safe_open
-
-    shards = sorted(directory.glob("*.safetensors"))
-    if not shards:
-        raise ArtifactError(f"{directory}: no *.safetensors shards (pickled checkpoints are never loaded)")
-    tensors = {}
-    for shard in shards:
-        with safe_open(shard, framework="pt") as f:
-            for key in f.keys():
-                if key.startswith(prefix):
-                    tensors[key[len(prefix):]] = f.get_tensor(key)
-    if not tensors:
-        raise ArtifactError(f"{directory}: no tensors named {prefix}* in its safetensors shards")
-    return tensors
 
 
 class HFVisionTower(nn.Module):
@@ -51,23 +34,16 @@ class HFVisionTower(nn.Module):
             raise ArtifactError(f"{directory}: model_type {config.model_type!r} is not one of {sorted(TOWERS)}")
         vision_cls, qformer_cls = TOWERS[config.model_type]
         self.vision = getattr(transformers, vision_cls)(config.vision_config)
-        self._load(self.vision, read_prefixed(directory, "vision_model."), directory)
+        load_state(self.vision, read_prefixed(directory, "vision_model."), directory)
         self.qformer = None
         if qformer:
             if qformer_cls is None:
                 raise ArtifactError(f"{directory}: the {config.model_type} Q-Former is conditioned on the "
                                     "instruction; cache vit_tokens and let the video Q-Former read them")
             self.qformer = getattr(transformers, qformer_cls)(config.qformer_config)
-            self._load(self.qformer, read_prefixed(directory, "qformer."), directory)
+            load_state(self.qformer, read_prefixed(directory, "qformer."), directory)
             self.query_tokens = nn.Parameter(read_prefixed(directory, "query_tokens")[""])
         self.eval().requires_grad_(False)
-
-    @staticmethod
-    def _load(module: nn.Module, state: dict[str, torch.Tensor], directory: Path) -> None:
-        try:
-            module.load_state_dict(state)
-        except RuntimeError as err:
-            raise ArtifactError(f"{directory}: weights do not fit {type(module).__name__}: {err}") from err
 
     def forward_features(self, pixels: torch.Tensor) -> torch.Tensor:
         tokens = self.vision(pixel_values=pixels).last_hidden_state
