@@ -98,7 +98,7 @@ rule ablation_table:
         report(
             "results/align/ablation.tsv",
             caption="../report/ablation.rst",
-            category="Alignment",
+            category="Ablations",
         ),
     log:
         "logs/ablation_table.log",

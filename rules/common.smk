@@ -132,8 +132,11 @@ def _canonical(value):
 
 
 def section(name):
-    """One stage's config section, passed as params so that only its rules rerun when it changes."""
-    return _canonical(lookup(dpath=name, within=config))
+    """One stage's config section, passed as params so that only its rules rerun when it changes. Its
+    ``ablations`` list shapes the DAG (extra runs) and is left out: adding one reruns nothing else.
+    """
+    values = lookup(dpath=name, within=config)
+    return _canonical({k: v for k, v in values.items() if k != "ablations"})
 
 
 # ---- inputs -----------------------------------------------------------------------------------------
@@ -218,10 +221,10 @@ def training_logs():
     logs["instruct_llm"] = "results/instruct/train_log.tsv"
     for ablation in config["align"]["ablations"]:
         logs[f"ablate_adaptor {ablation}"] = f"results/align/ablations/{ablation}/model"
-        if HELDOUT:  # decode_ablation needs the student of the ablated aligner
-            logs[f"ablate_instruct {ablation}"] = (
-                f"results/instruct/ablations/{ablation}/train_log.tsv"
-            )
+    for ablation in STUDENT_ABLATIONS:
+        logs[f"ablate_instruct {ablation}"] = (
+            f"results/instruct/ablations/{ablation}/train_log.tsv"
+        )
     return logs
 
 
@@ -231,6 +234,40 @@ ABLATIONS = {  # each ablation switches these loss terms off
     "no_cross_subject": ("cross_subject",),
     "no_domain_adaptation": ("domain", "target_mbm"),
 }
+
+
+INSTRUCT_ABLATIONS = (
+    {  # each instruct ablation trains the student with these instruct keys changed
+        "no_distillation": {"distill_weight": 0.0},
+    }
+)
+# students trained for an ablation: on an ablated aligner (decoded for the held-out subjects, whom domain
+# adaptation is for) or with an instruct term off (decoded for every subject)
+STUDENT_ABLATIONS = {
+    **{a: HELDOUT for a in config["align"]["ablations"] if HELDOUT},
+    **{a: SUBJECTS for a in config["instruct"]["ablations"]},
+}
+
+
+def ablation_aligner(wildcards):
+    """The aligner an ablated student builds on: the ablated one, or the full one for instruct ablations."""
+    if wildcards.ablation in INSTRUCT_ABLATIONS:
+        return "results/align"
+    return f"results/align/ablations/{wildcards.ablation}"
+
+
+def ablated_instruct(wildcards):
+    """The instruct section with an instruct ablation's changes (unchanged for align ablations)."""
+    return {**section("instruct"), **INSTRUCT_ABLATIONS.get(wildcards.ablation, {})}
+
+
+def ablation_decodes():
+    """Every ablated student's decoded test captions, one file per ablation x subject it decodes."""
+    return [
+        f"results/eval/ablations/{ablation}/{subject}.h5"
+        for ablation, subjects in STUDENT_ABLATIONS.items()
+        for subject in subjects
+    ]
 
 
 def ablated_align(wildcards):

@@ -27,10 +27,10 @@ rule decode_captions:
 
 
 rule decode_ablation:
-    """A held-out subject's test fMRI decoded by the student of an ablated aligner (source fmri-{ablation})."""
+    """A subject's test fMRI decoded by an ablated student (source fmri-{ablation})."""
     input:
         fmri="results/fmri/{subject}.h5",
-        latents="results/align/ablations/{ablation}/{subject}.h5",
+        latents=lambda w: f"{ablation_aligner(w)}/{w.subject}.h5",
         captions="results/text/captions.h5",
         video_llm=video_llm_dir(),
         student="results/instruct/ablations/{ablation}/model",
@@ -41,10 +41,11 @@ rule decode_ablation:
     benchmark:
         "results/benchmarks/decode_ablation/{ablation}/{subject}.tsv"
     wildcard_constraints:
-        ablation="|".join(ABLATIONS),
+        ablation="|".join([*ABLATIONS, *INSTRUCT_ABLATIONS]),
     conda:
         "../envs/llm4brain.yaml"
     params:
+        heldout=HELDOUT,
         evaluate=section("evaluate"),
         seed=config["seed"],
         code=CODE["evaluate"],
@@ -56,11 +57,7 @@ rule score_captions:
     """Score every subject x source against all references with pycocoevalcap."""
     input:
         decoded=expand("results/eval/{subject}.h5", subject=SUBJECTS),
-        ablated=expand(
-            "results/eval/ablations/{ablation}/{subject}.h5",
-            ablation=config["align"]["ablations"],
-            subject=HELDOUT,
-        ),
+        ablated=ablation_decodes(),
         captions="results/text/captions.h5",
     output:
         metrics=report(
@@ -77,6 +74,11 @@ rule score_captions:
             "results/eval/tests.tsv",
             caption="../report/tests.rst",
             category="Evaluation",
+        ),
+        ablation=report(
+            "results/eval/ablation.tsv",
+            caption="../report/caption_ablation.rst",
+            category="Ablations",
         ),
     log:
         "logs/score_captions.log",

@@ -28,13 +28,14 @@ rule instruct_llm:
 
 
 rule ablate_instruct:
-    """instruct_llm on an align ablation's aligner, so held-out subjects can be decoded without that term."""
+    """instruct_llm for an ablation: on an align ablation's aligner (to decode held-out subjects without that
+    term), or on the full aligner with an instruct term off (instruct.ablations)."""
     input:
         fmri=fmri_files(),
-        latents=expand(
-            "results/align/ablations/{{ablation}}/{subject}.h5", subject=SUBJECTS
+        latents=lambda w: expand(
+            "{align}/{subject}.h5", align=ablation_aligner(w), subject=SUBJECTS
         ),
-        align="results/align/ablations/{ablation}/model",
+        align=lambda w: f"{ablation_aligner(w)}/model",
         features=feature_files(),
         captions="results/text/captions.h5",
         video_llm=video_llm_dir(),
@@ -46,14 +47,14 @@ rule ablate_instruct:
     benchmark:
         "results/benchmarks/ablate_instruct/{ablation}.tsv"
     wildcard_constraints:
-        ablation="|".join(ABLATIONS),
+        ablation="|".join([*ABLATIONS, *INSTRUCT_ABLATIONS]),
     conda:
         "../envs/llm4brain.yaml"
     threads: config["instruct"]["train"]["threads"]
     params:
         subjects=SUBJECTS,
         heldout=HELDOUT,
-        instruct=section("instruct"),
+        instruct=ablated_instruct,
         seed=config["seed"],
         code=CODE["instruct"],
     script:

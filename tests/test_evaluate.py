@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llm4brain.evaluate.score import CocoScorer, spice_status
+from llm4brain.evaluate.score import CocoScorer, ablation_table, spice_status
 
 REFS = {"a:0": ["two small red circles moving left on a black background"],
         "a:1": ["one large blue square moving up on a white background"],
@@ -113,10 +113,28 @@ def test_every_reference_counts(tmp_path):
         write_strings(f, "reference", [REFS[i][0] for i in ids] * 2)
         f.attrs["subject"] = "sub-01"
     score_captions([str(tmp_path / "sub-01.h5")], tmp_path / "captions.h5", tmp_path / "m.tsv", tmp_path / "i.tsv",
-                   tmp_path / "t.tsv", [], {"n_bootstrap": 10, "n_permutations": 10}, 0)
+                   tmp_path / "t.tsv", tmp_path / "a.tsv", [], {"n_bootstrap": 10, "n_permutations": 10}, 0)
     metrics = pd.read_csv(tmp_path / "m.tsv", sep="\t").set_index("source")
     assert metrics.loc["first", "BLEU-4"] == pytest.approx(metrics.loc["second", "BLEU-4"]) == pytest.approx(1.0, abs=1e-6)
     direct = CocoScorer().score({i: [REFS[i][0], second[i]] for i in ids}, {i: second[i] for i in ids})
     assert metrics.loc["second", "CIDEr"] == pytest.approx(direct["CIDEr"], abs=1e-4)
     with h5py.File(tmp_path / "captions.h5") as f:
         assert len(f["caption"]) == 6
+
+
+def test_ablation_table_puts_each_ablated_student_next_to_the_full_one():
+    import pandas as pd
+
+    metrics = pd.DataFrame({"subject": ["s1"] * 4 + ["s2"] * 2, "heldout": [False] * 4 + [True] * 2,
+                            "source": ["fmri", "shuffled", "fmri-no_distillation", "video-teacher", "fmri",
+                                       "fmri-no_domain_adaptation"],
+                            "n": 10, "CIDEr": [1.0, 0.4, 0.8, 2.0, 0.9, 0.5], "CIDEr_ci_low": 0.1,
+                            "CIDEr_ci_high": 2.0, "METEOR": 0.2})
+    tests = pd.DataFrame({"subject": ["s1", "s1", "s2"], "comparison": ["fmri > shuffled", "fmri > fmri-no_distillation",
+                                                                       "fmri > fmri-no_domain_adaptation"],
+                          "mean_difference": [0.6, 0.2, 0.4], "p_value": [0.001, 0.04, 0.2]})
+    table = ablation_table(metrics, tests)
+    assert list(zip(table["subject"], table["model"])) == [("s1", "full"), ("s1", "no_distillation"),
+                                                           ("s2", "full"), ("s2", "no_domain_adaptation")]
+    assert table["cider_gain_of_full"].tolist()[1::2] == [0.2, 0.4] and table["p_value"].tolist()[1::2] == [0.04, 0.2]
+    assert table["cider_gain_of_full"].isna().tolist()[::2] == [True, True]

@@ -98,23 +98,32 @@ def test_artifacts_follow_the_contract(micro):
         assert f["tokens"].dtype == "float16" and f["tokens"].shape[:2] == (6, 2)
     assert not (micro / "results/frames").exists() or not list((micro / "results/frames").glob("*.h5"))  # temp()
     metrics = pd.read_csv(micro / "results/eval/metrics.tsv", sep="\t")
-    assert len(metrics) == 2 * 4 + 1  # + the held-out sub-02 decoded without domain adaptation
-    assert set(metrics["source"]) == {"fmri", "video-teacher", "shuffled", "nearest-train", "fmri-no_domain_adaptation"}
+    assert len(metrics) == 2 * 5 + 1  # + each subject without distillation, the held-out one without adaptation
+    assert set(metrics["source"]) == {"fmri", "video-teacher", "shuffled", "nearest-train", "fmri-no_distillation",
+                                      "fmri-no_domain_adaptation"}
     assert metrics[metrics["source"] == "fmri-no_domain_adaptation"]["subject"].tolist() == ["sub-02"]
     assert metrics.set_index("subject")["heldout"].to_dict() == {"sub-01": False, "sub-02": True}
     assert {"BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE", "CIDEr_ci_low", "CIDEr_ci_high"} <= set(metrics.columns)
     assert (metrics["CIDEr_ci_low"] <= metrics["CIDEr_ci_high"]).all()
     identification = pd.read_csv(micro / "results/eval/identification.tsv", sep="\t")
-    assert len(identification) == 9 and identification["top1"].between(0, 1).all()
+    assert len(identification) == 11 and identification["top1"].between(0, 1).all()
     tests = pd.read_csv(micro / "results/eval/tests.tsv", sep="\t")
     assert list(zip(tests["subject"], tests["comparison"])) == [
-        ("sub-01", "fmri > shuffled"), ("sub-02", "fmri > shuffled"), ("sub-02", "fmri > fmri-no_domain_adaptation")]
+        ("sub-01", "fmri > shuffled"), ("sub-01", "fmri > fmri-no_distillation"), ("sub-02", "fmri > shuffled"),
+        ("sub-02", "fmri > fmri-no_domain_adaptation"), ("sub-02", "fmri > fmri-no_distillation")]
     assert tests["p_value"].between(0, 1).all()
     assert (micro / "results/align/metrics.tsv").exists() and (micro / "results/video_llm/llm").is_dir()
     align_log = pd.read_csv(micro / "results/align/model/train_log.tsv", sep="\t")
     assert {"domain", "target_mbm", "val_loss"} <= set(align_log.columns) and align_log["target_mbm"].notna().all()
     ablated_log = pd.read_csv(micro / "results/align/ablations/no_domain_adaptation/model/train_log.tsv", sep="\t")
     assert not {"domain", "target_mbm"} & set(ablated_log.columns)
+    captions = pd.read_csv(micro / "results/eval/ablation.tsv", sep="\t")
+    assert set(zip(captions["model"], captions["subject"])) == {
+        ("full", "sub-01"), ("full", "sub-02"), ("no_distillation", "sub-01"), ("no_distillation", "sub-02"),
+        ("no_domain_adaptation", "sub-02")}  # domain adaptation only for the held-out subject
+    assert captions.loc[captions["model"] != "full", "p_value"].notna().all()
+    no_kd = pd.read_csv(micro / "results/instruct/ablations/no_distillation/train_log.tsv", sep="\t")
+    assert "distill" not in no_kd.columns and "distill" in pd.read_csv(micro / "results/instruct/train_log.tsv", sep="\t")
     ablation = pd.read_csv(micro / "results/align/ablation.tsv", sep="\t")
     assert list(zip(ablation["model"], ablation["subject"])) == [
         ("full", "sub-01"), ("full", "sub-02"), ("no_domain_adaptation", "sub-01"), ("no_domain_adaptation", "sub-02")]
@@ -162,6 +171,12 @@ def test_masked_modelling_edit_reruns_it_and_everything_it_feeds(micro):
         assert planned_rules(micro) == {"pretrain_scmbm", "pretrain_adaptor", "ablate_adaptor", "ablation_table",
                                         "instruct_llm", "ablate_instruct", "decode_captions", "decode_ablation",
                                         "score_captions"} | REPORT
+
+
+def test_dropping_an_ablation_retrains_nothing(micro):
+    """An ablations list shapes the DAG, not a stage's params: the full models stay as they are."""
+    with config_edit(micro, "instruct", "ablations", []):
+        assert planned_rules(micro) == {"score_captions", "plot_results"}
 
 
 def test_library_edit_reruns_that_stage(micro):

@@ -12,6 +12,7 @@ decode_ablation(
     snakemake.input.video_llm,
     snakemake.input.student,
     snakemake.output[0],
+    p.heldout,
     p.evaluate,
     p.seed,
 )

@@ -10,6 +10,7 @@ score_captions(
     out.metrics,
     out.identification,
     out.tests,
+    out.ablation,
     p.heldout,
     p.evaluate,
     p.seed,

@@ -7,8 +7,9 @@
 - ``nearest-train``: the reference caption of the most similar training sample (cosine of pooled tokens)
   among the labelled subjects (tokens from the same student input) — what retrieval alone achieves.
 
-``decode_ablation`` adds ``fmri-{ablation}`` for the held-out subjects: their fMRI decoded by a student
-built on an aligner trained with one loss term off (``no_domain_adaptation``: without domain adaptation).
+``decode_ablation`` adds ``fmri-{ablation}``: the fMRI decoded by a student built on an aligner trained with
+one loss term off (``no_domain_adaptation``, for the held-out subjects), or trained itself with one term off
+(``no_distillation``, for every subject).
 """
 
 from __future__ import annotations
@@ -59,14 +60,16 @@ def write_decoded(out_path: str | Path, subject: str, heldout: bool, keys: list[
 
 
 def decode_ablation(subject: str, ablation: str, fmri_path: str, latent_path: str, captions_path: str,
-                    teacher_dir: str, student_dir: str, out_path: str | Path, params: dict[str, Any], seed: int) -> None:
-    """A held-out subject's test fMRI decoded by the student of an ablated aligner: source ``fmri-{ablation}``."""
+                    teacher_dir: str, student_dir: str, out_path: str | Path, heldout: list[str],
+                    params: dict[str, Any], seed: int) -> None:
+    """A subject's test fMRI decoded by an ablated student (on an ablated aligner, or trained with an instruct
+    term off): source ``fmri-{ablation}``."""
     seed_everything(seed + 40, 1)
     captions = read_captions(captions_path)
     student, tokens, keys = student_tokens(student_dir, teacher_dir, fmri_path, latent_path, captions, captions_path,
                                            select_device(params["device"]))
     decoded = {f"fmri-{ablation}": generate_captions(student.captioner, tokens, params)}
-    write_decoded(out_path, subject, True, keys, decoded, captions, params)
+    write_decoded(out_path, subject, subject in heldout, keys, decoded, captions, params)
 
 
 def decode_captions(subject: str, fmri_path: str, latent_path: str, pool_fmri: list[str], pool_latents: list[str],

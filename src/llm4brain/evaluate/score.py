@@ -82,11 +82,12 @@ def read_decoded(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
 
 
 def score_captions(eval_paths: list[str], captions_path: str | Path, out_path: str | Path,
-                   identification_path: str | Path, tests_path: str | Path, heldout: list[str], params: dict[str, Any],
-                   seed: int) -> None:
+                   identification_path: str | Path, tests_path: str | Path, ablation_path: str | Path,
+                   heldout: list[str], params: dict[str, Any], seed: int) -> None:
     """Write ``metrics.tsv`` (one row per subject × source, with 95 % bootstrap CIs), ``identification.tsv``
-    (clip identification from the decoded text) and ``tests.tsv`` (fMRI vs shuffled fMRI, paired). Every
-    reference of a clip in ``captions_path`` counts (several annotators or captioners)."""
+    (clip identification from the decoded text), ``tests.tsv`` (fMRI vs shuffled fMRI and vs each ablated
+    student, paired) and ``ablation.tsv`` (see :func:`ablation_table`). Every reference of a clip in
+    ``captions_path`` counts (several annotators or captioners)."""
     references = read_references(captions_path)
     spice = spice_status()
     if spice:
@@ -121,6 +122,22 @@ def score_captions(eval_paths: list[str], captions_path: str | Path, out_path: s
             tests.append({**flags, "comparison": f"fmri > {other}", "metric": "CIDEr", "n": len(ids),
                           "mean_difference": float(np.mean(a - b)),
                           "p_value": paired_permutation(a, b, params["n_permutations"], seed)})
-    pd.DataFrame(rows).to_csv(out_path, sep="\t", index=False, float_format="%.4f")
+    metrics, tests = pd.DataFrame(rows), pd.DataFrame(tests)
+    metrics.to_csv(out_path, sep="\t", index=False, float_format="%.4f")
     pd.DataFrame(identification).to_csv(identification_path, sep="\t", index=False, float_format="%.4f")
-    pd.DataFrame(tests).to_csv(tests_path, sep="\t", index=False, float_format="%.4g")
+    tests.to_csv(tests_path, sep="\t", index=False, float_format="%.4g")
+    ablation_table(metrics, tests).to_csv(ablation_path, sep="\t", index=False, float_format="%.4g")
+
+
+def ablation_table(metrics: pd.DataFrame, tests: pd.DataFrame) -> pd.DataFrame:
+    """fMRI captions of the full model next to each ablated student's (sources ``fmri-{ablation}``), per
+    subject: CIDEr with its CI, METEOR, and the paired test of full > ablation."""
+    fmri = metrics[metrics["source"].str.startswith("fmri")].copy()
+    fmri.insert(0, "model", fmri.pop("source").str.removeprefix("fmri").str.removeprefix("-").replace("", "full"))
+    fmri = fmri[["model", "subject", "heldout", "n", "CIDEr", "CIDEr_ci_low", "CIDEr_ci_high", "METEOR"]]
+    if tests.empty:
+        return fmri.assign(cider_gain_of_full=np.nan, p_value=np.nan)
+    paired = tests[tests["comparison"].str.startswith("fmri > fmri-")]
+    paired = paired.assign(model=paired["comparison"].str.removeprefix("fmri > fmri-"))
+    paired = paired.rename(columns={"mean_difference": "cider_gain_of_full"})[["model", "subject", "cider_gain_of_full", "p_value"]]
+    return fmri.merge(paired, on=["model", "subject"], how="left").sort_values(["subject", "model"], kind="stable")
