@@ -86,6 +86,7 @@ rule score_captions:
         "results/benchmarks/score_captions.tsv"
     conda:
         "../envs/llm4brain.yaml"
+    threads: 2
     params:
         heldout=HELDOUT,
         evaluate=section("evaluate"),

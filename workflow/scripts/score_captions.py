@@ -14,4 +14,5 @@ score_captions(
     p.heldout,
     p.evaluate,
     p.seed,
+    snakemake.threads,
 )

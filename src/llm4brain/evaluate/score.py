@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -81,44 +82,72 @@ def read_decoded(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     return table, attrs
 
 
+_WORKER: dict[str, Any] = {}
+
+
+def _start_worker(spice: bool) -> None:
+    """One scorer (and METEOR's Java process) per worker process, reused for every group it scores."""
+    _WORKER["scorer"] = CocoScorer(spice=spice)
+
+
+def score_group(references: dict[str, list[str]], candidates: dict[str, str], n_bootstrap: int,
+                seed: int) -> tuple[dict[str, float], dict[str, tuple[float, float]], dict[str, float], dict[str, float]]:
+    """One subject × source: corpus scores, their bootstrap CIs, caption identification and per-clip CIDEr."""
+    scorer = _WORKER["scorer"]
+    gts, res = scorer.tokenize(references, candidates)
+    scores, per_clip = scorer.compute(gts, res)
+    ci = bootstrap_ci(scorer.scorers, gts, res, per_clip, n_bootstrap, seed)
+    ids = list(references)
+    identification = caption_identification([res[i][0] for i in ids], [gts[i] for i in ids])
+    return scores, ci, identification, dict(zip(ids, per_clip["CIDEr"]))
+
+
 def score_captions(eval_paths: list[str], captions_path: str | Path, out_path: str | Path,
                    identification_path: str | Path, tests_path: str | Path, ablation_path: str | Path,
-                   heldout: list[str], params: dict[str, Any], seed: int) -> None:
+                   heldout: list[str], params: dict[str, Any], seed: int, workers: int = 1) -> None:
     """Write ``metrics.tsv`` (one row per subject × source, with 95 % bootstrap CIs), ``identification.tsv``
     (clip identification from the decoded text), ``tests.tsv`` (fMRI vs shuffled fMRI and vs each ablated
     student, paired) and ``ablation.tsv`` (see :func:`ablation_table`). Every reference of a clip in
-    ``captions_path`` counts (several annotators or captioners)."""
+    ``captions_path`` counts (several annotators or captioners). The subject × source groups are scored in
+    ``workers`` processes (the bootstrap dominates); the results do not depend on how many."""
     references = read_references(captions_path)
     spice = spice_status()
     if spice:
         LOG.warning("SPICE %s", spice)
-    scorer = CocoScorer(spice=not spice)
-    rows, identification, tests = [], [], []
     tables: dict[str, list[pd.DataFrame]] = {}
-    for path in eval_paths:  # a subject's main file, and for held-out subjects the ablated students' files
+    for path in eval_paths:  # a subject's main file, and the ablated students' files
         table, attrs = read_decoded(path)
         tables.setdefault(str(attrs["subject"]), []).append(table)
+    groups = []
     for subject, parts in tables.items():
         table = pd.concat(parts, ignore_index=True)
-        flags = {"subject": subject, "heldout": subject in heldout}
-        cider = {}
         for source, group in table.groupby("source", sort=False):
             ids = [f"{s}:{t}" for s, t in zip(group["segment"], group["tr"])]
-            gts, res = scorer.tokenize({i: references[(s, int(t))] for i, s, t in zip(ids, group["segment"], group["tr"])},
-                                       dict(zip(ids, group["caption"])))
-            scores, per_clip = scorer.compute(gts, res)
-            cider[source] = dict(zip(ids, per_clip["CIDEr"]))
-            ci = bootstrap_ci(scorer.scorers, gts, res, per_clip, params["n_bootstrap"], seed)
-            bounds = {f"{name}_{end}": ci[name][j] for name in scores for j, end in enumerate(("ci_low", "ci_high"))}
-            rows.append({**flags, "source": source, "n": len(ids), **scores,
-                         **({"SPICE": "unavailable"} if spice else {}), **bounds})
-            identification.append({**flags, "source": source, **caption_identification(
-                [res[i][0] for i in ids], [gts[i] for i in ids])})
-            LOG.info("%s %-13s CIDEr %.3f [%.3f, %.3f]", subject, source, scores["CIDEr"], *ci["CIDEr"])
-        others = ["shuffled"] + [s for s in cider if s.startswith("fmri-")]
-        for other in [s for s in others if "fmri" in cider and s in cider]:
-            ids = sorted(cider["fmri"])
-            a, b = np.array([cider["fmri"][i] for i in ids]), np.array([cider[other][i] for i in ids])
+            refs = {i: references[(s, int(t))] for i, s, t in zip(ids, group["segment"], group["tr"])}
+            groups.append((subject, source, refs, dict(zip(ids, group["caption"]))))
+    jobs = [(refs, candidates, params["n_bootstrap"], seed) for _, _, refs, candidates in groups]
+    if workers > 1:
+        with ProcessPoolExecutor(workers, initializer=_start_worker, initargs=(not spice,)) as pool:
+            results = list(pool.map(score_group, *zip(*jobs)))
+    else:
+        _start_worker(not spice)
+        results = [score_group(*job) for job in jobs]
+    rows, identification, tests = [], [], []
+    cider: dict[str, dict[str, dict[str, float]]] = {}
+    for (subject, source, refs, _), (scores, ci, ident, per_clip) in zip(groups, results):
+        flags = {"subject": subject, "heldout": subject in heldout}
+        bounds = {f"{name}_{end}": ci[name][j] for name in scores for j, end in enumerate(("ci_low", "ci_high"))}
+        rows.append({**flags, "source": source, "n": len(refs), **scores,
+                     **({"SPICE": "unavailable"} if spice else {}), **bounds})
+        identification.append({**flags, "source": source, **ident})
+        cider.setdefault(subject, {})[source] = per_clip
+        LOG.info("%s %-13s CIDEr %.3f [%.3f, %.3f]", subject, source, scores["CIDEr"], *ci["CIDEr"])
+    for subject, by_source in cider.items():
+        flags = {"subject": subject, "heldout": subject in heldout}
+        others = ["shuffled"] + [s for s in by_source if s.startswith("fmri-")]
+        for other in [s for s in others if "fmri" in by_source and s in by_source]:
+            ids = sorted(by_source["fmri"])
+            a, b = np.array([by_source["fmri"][i] for i in ids]), np.array([by_source[other][i] for i in ids])
             tests.append({**flags, "comparison": f"fmri > {other}", "metric": "CIDEr", "n": len(ids),
                           "mean_difference": float(np.mean(a - b)),
                           "p_value": paired_permutation(a, b, params["n_permutations"], seed)})

@@ -11,8 +11,9 @@ import numpy as np
 
 Tokenized = dict[str, list[str]]
 
-# METEOR runs in Java at ~0.4 s per call: its CI resamples the per-clip scores instead of re-running it.
-PER_CLIP_ONLY = ("METEOR",)
+# Metrics whose CI resamples per-clip scores instead of recomputing the corpus score: METEOR runs in Java at
+# ~0.4 s per call; ROUGE-L's corpus score is the mean of its per-clip scores, so resampling them is exact.
+PER_CLIP_ONLY = ("METEOR", "ROUGE-L")
 
 
 def resample(tokens: Tokenized, ids: list[str], pick: np.ndarray) -> Tokenized:
@@ -23,7 +24,7 @@ def resample(tokens: Tokenized, ids: list[str], pick: np.ndarray) -> Tokenized:
 def bootstrap_ci(scorers: list[tuple[Any, list[str]]], gts: Tokenized, res: Tokenized,
                  per_clip: dict[str, np.ndarray], n_boot: int, seed: int, level: float = 0.95) -> dict[str, tuple[float, float]]:
     """Percentile CIs over test clips: each resample redraws the clips with replacement and recomputes the
-    corpus-level metric (IDF and brevity penalty included); METEOR resamples its per-clip scores."""
+    corpus-level metric (IDF and brevity penalty included); METEOR and ROUGE-L resample per-clip scores."""
     ids = list(gts)
     rng = np.random.default_rng(seed)
     picks = rng.integers(len(ids), size=(n_boot, len(ids)))
