@@ -10,6 +10,7 @@ from snakemake.utils import validate
 
 from llm4brain.fmri.bids import bids_bolds, is_cifti, select_bolds
 from llm4brain.fmri.wen2018 import wen_bolds
+from llm4brain.video.sampling import frames_per_tr
 
 validate(config, "../config/schema.yaml")
 
@@ -72,6 +73,7 @@ def _check_config():
         raise ValueError(
             "config captions.source: teacher needs video_llm.pretrained (the tiny teacher learns from captions)"
         )
+    frames_per_tr(config["video"], DATA["tr"])  # a rate that gives no whole frames per TR fails here
     if len(set(ALL_SEGMENTS)) != len(ALL_SEGMENTS):
         raise ValueError("config data.segments lists a segment twice")
 

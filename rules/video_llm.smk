@@ -12,7 +12,7 @@ if config["video_llm"]["pretrained"]:
             "../envs/llm4brain.yaml"
         params:
             video_llm=section("video_llm"),
-            frames_per_tr=config["video"]["frames_per_tr"],
+            frames_per_tr=frames_per_tr(config["video"], DATA["tr"]),
             code=CODE["video_llm"],
         script:
             "../workflow/scripts/import_video_llm.py"

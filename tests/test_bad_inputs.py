@@ -176,6 +176,11 @@ def test_unsafe_subject_id(workflow_copy):
     assert "'../../etc' does not match" in out
 
 
+def test_config_combinations_refused_at_dag_build(workflow_copy):
+    assert "the rate must give a whole number of frames per TR" in dag_error(workflow_copy, {"video.fps": 0.75})
+    assert "captions.source: teacher needs video_llm.pretrained" in dag_error(workflow_copy, {"captions.source": "teacher"})
+
+
 def test_missing_vision_checkpoint(workflow_copy):
     out = dag_error(workflow_copy, {"video.model.weights": "/nonexistent/eva_vit_g.safetensors"})
     assert "Missing input files" in out and "/nonexistent/eva_vit_g.safetensors" in out

@@ -16,11 +16,12 @@ import pytest
 from llm4brain.artifacts import open_artifact
 from llm4brain.video.features import cache_features
 from llm4brain.video.frames import VideoError, extract_frames, frame_indices, sample_times
+from llm4brain.video.sampling import frames_per_tr
 from llm4brain.video.preprocessing import data_config, geometric
 from llm4brain.video.readers import choose_reader, probe, read_frames
 
 GRID, BLOCK = 4, 16  # a 4 x 4 grid of 16-pixel blocks: 16 bits per frame
-VIDEO = {"frames_per_tr": 4, "reader": "auto", "crop_pct": 1.0, "batch_size": 16, "device": "cpu", "cache": "vit_tokens",
+VIDEO = {"frames_per_tr": 4, "fps": None, "reader": "auto", "crop_pct": 1.0, "batch_size": 16, "device": "cpu", "cache": "vit_tokens",
          "model": {"source": "timm", "name": "vit_tiny_patch16_224", "weights": None,
                    "kwargs": {"img_size": 64, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}}}
 
@@ -73,6 +74,16 @@ def test_sample_times_are_window_centres():
     np.testing.assert_allclose(times, [[0.25, 0.75, 1.25, 1.75], [2.25, 2.75, 3.25, 3.75]])
 
 
+def test_fixed_rate_sampling():
+    """``video.fps`` gives fps x TR frames per TR at the same window-centred instants; a rate that gives no
+    whole number of frames per TR is refused (the workflow checks it at DAG build)."""
+    assert frames_per_tr({"fps": None, "frames_per_tr": 8}, 2.0) == 8
+    assert frames_per_tr({"fps": 2.5, "frames_per_tr": 8}, 2.0) == 5
+    np.testing.assert_allclose(sample_times(1, 2.0, 5)[0], np.arange(5) / 2.5 + 0.2)  # every 0.4 s from 0.2 s
+    with pytest.raises(ValueError, match="video.fps: 3 frames/s x TR 1.5 s = 4.5"):
+        frames_per_tr({"fps": 3.0, "frames_per_tr": 8}, 1.5)
+
+
 def test_frame_indices_follow_timestamps_not_fps():
     starts = np.array([0.0, 0.1, 0.5, 0.6, 1.0])  # variable frame rate
     assert frame_indices(starts, np.array([0.05, 0.3, 0.55, 0.99, 1.2])).tolist() == [0, 1, 2, 3, 4]
@@ -90,6 +101,10 @@ def test_extract_frames_is_exact(tmp_path):
     assert indices.tolist() == expected.tolist()
     decoded = [[read_code(frames[k, j]) for j in range(4)] for k in range(2)]
     assert decoded == expected.tolist()
+    extract_frames(video, out, 2.0, {**VIDEO, "fps": 1.0}, data_config(VIDEO))  # one frame per second
+    with open_artifact(out, "frames", ("frames", "frame_index")) as f:
+        assert f["frame_index"][:].tolist() == [[4, 12], [20, 28]]  # at 0.5, 1.5, 2.5, 3.5 s
+        assert [[read_code(frame) for frame in clip] for clip in f["frames"][:]] == [[4, 12], [20, 28]]
 
 
 CODECS = [("x264.mp4", "libx264", False, "decord"), ("x264.mkv", "libx264", False, "decord"),

@@ -1,6 +1,7 @@
 """``extract_frames``: F frames per TR window of one stimulus, chosen from the stream's own timestamps.
 
-Frame ``j`` of TR ``k`` is the frame on screen at ``t = (k + (j + 0.5) / F) · TR`` seconds, i.e. the frame
+Frame ``j`` of TR ``k`` is the frame on screen at ``t = (k + (j + 0.5) / F) · TR`` seconds (F from
+``video.frames_per_tr``, or ``video.fps`` × TR: see ``video.sampling``), i.e. the frame
 whose presentation interval ``[start, end)`` contains ``t``. Indices come from the container's timestamps,
 never from an assumed frame rate, so variable-frame-rate files map correctly.
 """
@@ -16,19 +17,9 @@ from llm4brain.artifacts import atomic_h5, set_attrs
 from llm4brain.runtime import LOG
 from llm4brain.video.preprocessing import geometric
 from llm4brain.video.readers import VideoError, probe, read_frames
+from llm4brain.video.sampling import frame_indices, frames_per_tr, sample_times
 
 __all__ = ["VideoError", "extract_frames", "frame_indices", "sample_times"]
-
-
-def sample_times(n_tr: int, tr: float, frames_per_tr: int) -> np.ndarray:
-    """(n_tr, F) times in seconds, evenly spaced inside each TR window (centres of F equal bins)."""
-    offsets = (np.arange(frames_per_tr) + 0.5) / frames_per_tr
-    return (np.arange(n_tr)[:, None] + offsets[None, :]) * tr
-
-
-def frame_indices(starts: np.ndarray, times: np.ndarray) -> np.ndarray:
-    """Index of the frame shown at each time, given the frames' presentation start times (sorted)."""
-    return np.searchsorted(starts, times, side="right") - 1
 
 
 def extract_frames(video_path: str | Path, out_path: str | Path, tr: float, params: dict[str, Any],
@@ -39,7 +30,8 @@ def extract_frames(video_path: str | Path, out_path: str | Path, tr: float, para
     n_tr = int(np.floor(info.end / tr + 1e-6))
     if n_tr == 0:
         raise VideoError(f"{info.path}: {info.end:.2f} s is shorter than one TR ({tr:g} s)")
-    times = sample_times(n_tr, tr, params["frames_per_tr"])
+    per_tr = frames_per_tr(params, tr)
+    times = sample_times(n_tr, tr, per_tr)
     indices = frame_indices(info.starts, times)
     frames = read_frames(info, indices, geometric(input_config))
     with atomic_h5(out_path, "frames", params) as f:
@@ -53,4 +45,4 @@ def extract_frames(video_path: str | Path, out_path: str | Path, tr: float, para
                       "input_size": list(input_config["input_size"]), "crop_pct": input_config["crop_pct"],
                       "interpolation": input_config["interpolation"]})
     LOG.info("%s: %s in %s read with %s, %d TRs x %d frames", info.path.name, info.codec, info.container,
-             info.reader, n_tr, params["frames_per_tr"])
+             info.reader, n_tr, per_tr)
