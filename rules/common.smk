@@ -73,9 +73,8 @@ def _check_config():
         raise ValueError(
             "config captions.source: teacher needs video_llm.pretrained (the tiny teacher learns from captions)"
         )
-    frames_per_tr(
-        config["video"], DATA["tr"]
-    )  # a rate that gives no whole frames per TR fails here
+    # a video.fps that gives no whole number of frames per TR fails here
+    frames_per_tr(config["video"], DATA["tr"])
     if len(set(ALL_SEGMENTS)) != len(ALL_SEGMENTS):
         raise ValueError("config data.segments lists a segment twice")
 
