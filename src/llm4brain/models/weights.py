@@ -55,4 +55,4 @@ def load_state(module: torch.nn.Module, state: dict[str, torch.Tensor], source: 
     try:
         module.load_state_dict(state)
     except RuntimeError as err:
-        raise ArtifactError(f"{source}: weights do not fit {type(module).__name__}: {err}") from err
+        raise ArtifactError(f"{source}: does not fit {type(module).__name__}: {err}") from err
