@@ -35,7 +35,7 @@ CACHE_SECONDS = {"demo ViT": SECONDS, "ViT-B/16": 8}  # ViT-B/16 on CPU: a few T
 
 
 def params(model: str) -> dict:
-    return {"frames_per_tr": 8, "fps": None, "reader": "auto", "crop_pct": None, "batch_size": 32, "device": "cpu", "cache": "vit_tokens",
+    return {"frames_per_tr": 8, "fps": None, "reader": "auto", "crop_pct": None, "batch_size": 32, "workers": 1, "device": "cpu", "cache": "vit_tokens",
             "model": MODELS[model]}
 
 

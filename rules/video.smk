@@ -52,6 +52,7 @@ rule cache_features:
         "results/benchmarks/cache_features/{segment}.tsv"
     conda:
         "../envs/llm4brain.yaml"
+    threads: 1 + config["video"]["workers"]
     params:
         video=section("video"),
         seed=config["seed"],

@@ -21,7 +21,7 @@ from llm4brain.video.preprocessing import data_config, geometric
 from llm4brain.video.readers import choose_reader, probe, read_frames
 
 GRID, BLOCK = 4, 16  # a 4 x 4 grid of 16-pixel blocks: 16 bits per frame
-VIDEO = {"frames_per_tr": 4, "fps": None, "reader": "auto", "crop_pct": 1.0, "batch_size": 16, "device": "cpu", "cache": "vit_tokens",
+VIDEO = {"frames_per_tr": 4, "fps": None, "reader": "auto", "crop_pct": 1.0, "batch_size": 16, "workers": 0, "device": "cpu", "cache": "vit_tokens",
          "model": {"source": "timm", "name": "vit_tiny_patch16_224", "weights": None,
                    "kwargs": {"img_size": 64, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}}}
 
@@ -174,11 +174,13 @@ def test_unreadable_video_names_file(tmp_path):
 
 
 def test_cache_features_shape_and_determinism(tmp_path):
+    """Same tokens on a rerun, and whether a DataLoader worker or the job itself reads the frames (batches
+    of 6 frames: one whole 4-frame clip per batch)."""
     video = tmp_path / "clip.mp4"
     write_coded(video, n_frames=40, fps=8)
     extract_frames(video, tmp_path / "frames.h5", 2.0, VIDEO, data_config(VIDEO))
     cache_features(tmp_path / "frames.h5", tmp_path / "a.h5", VIDEO, seed=3)
-    cache_features(tmp_path / "frames.h5", tmp_path / "b.h5", VIDEO, seed=3)
+    cache_features(tmp_path / "frames.h5", tmp_path / "b.h5", {**VIDEO, "workers": 1, "batch_size": 6}, seed=3)
     with open_artifact(tmp_path / "a.h5", "features", ("tokens",)) as a, open_artifact(tmp_path / "b.h5", "features") as b:
         tokens = a["tokens"][:]
         assert tokens.dtype == np.float16 and tokens.shape == (2, 4, 1 + 64, 32)  # cls + (64/8)² patches

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+import h5py
 import numpy as np
 from tqdm import tqdm
 
@@ -28,34 +29,58 @@ def build_vision_model(params: dict[str, Any], seed: int) -> "torch.nn.Module":
     return timm.create_model(name, pretrained=bool(params["model"]["weights"]), **kwargs).eval()
 
 
+class ClipBatches:
+    """Whole TR clips of a frames artifact, normalised for the model: a map-style dataset whose items are
+    batches, so DataLoader workers read and normalise the next batches while the model runs."""
+
+    def __init__(self, path: str | Path, frames_per_batch: int, prepare: Callable) -> None:
+        with open_artifact(path, "frames", ("frames", "tr")) as f:
+            self.n_tr, self.n_f = f["frames"].shape[:2]
+        self.path, self.prepare = path, prepare
+        self.clips = max(1, frames_per_batch // self.n_f)
+        self.file: h5py.File | None = None  # opened in the process that reads (a worker, after the fork)
+
+    def __len__(self) -> int:
+        return -(-self.n_tr // self.clips)
+
+    def __getitem__(self, i: int) -> "torch.Tensor":
+        import torch
+
+        if self.file is None:
+            self.file = h5py.File(self.path, "r")
+        frames = torch.from_numpy(self.file["frames"][i * self.clips : (i + 1) * self.clips])
+        return self.prepare(frames.flatten(0, 1))
+
+
 def cache_features(frames_path: str | Path, out_path: str | Path, params: dict[str, Any], seed: int) -> None:
-    """Write ``/tokens`` float16 (n_tr, F, T, D) and ``/tr``; one HDF5 chunk per TR-clip."""
+    """Write ``/tokens`` float16 (n_tr, F, T, D) and ``/tr``; one HDF5 chunk per TR-clip. ``video.workers``
+    DataLoader processes read and normalise frames while the model runs (0: in this process)."""
     import torch
 
     torch.set_num_threads(1)
     device = select_device(params["device"])
     model = build_vision_model(params, seed).to(device)
     config = data_config(params)
-    prepare = photometric(config)
     with open_artifact(frames_path, "frames", ("frames", "tr")) as src:
-        frames = src["frames"][:]
+        shape = src["frames"].shape
         trs = src["tr"][:]
         segment = src.attrs["segment"]
-    if tuple(frames.shape[2:4]) != tuple(config["input_size"][1:]):
-        raise ValueError(f"{frames_path}: frames are {frames.shape[2]}x{frames.shape[3]}, the model takes "
+    if tuple(shape[2:4]) != tuple(config["input_size"][1:]):
+        raise ValueError(f"{frames_path}: frames are {shape[2]}x{shape[3]}, the model takes "
                          f"{config['input_size'][1]}x{config['input_size'][2]}; rerun extract_frames")
-    n_tr, n_f = frames.shape[:2]
-    flat = torch.from_numpy(frames.reshape((n_tr * n_f,) + frames.shape[2:]))
+    batches = ClipBatches(frames_path, params["batch_size"], photometric(config))
+    workers = params["workers"]
+    loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=workers,
+                                         prefetch_factor=2 if workers else None, pin_memory=device.type == "cuda")
     dtype = autocast_dtype(device)
     outputs = []
     with torch.inference_mode():
-        for start in tqdm(range(0, len(flat), params["batch_size"]), desc=f"{segment} features", mininterval=1.0):
-            x = prepare(flat[start : start + params["batch_size"]]).to(device)
+        for x in tqdm(loader, desc=f"{segment} features", mininterval=1.0):
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                tokens = model.forward_features(x)
+                tokens = model.forward_features(x.to(device, non_blocking=True))
                 outputs.append((tokens[:, :1] if params["cache"] == "vit_cls" else tokens).float().cpu())
     tokens = torch.cat(outputs).numpy().astype(np.float16)
-    tokens = tokens.reshape((n_tr, n_f) + tokens.shape[1:])
+    tokens = tokens.reshape(tuple(shape[:2]) + tokens.shape[1:])
     with atomic_h5(out_path, "features", params) as f:
         f.create_dataset("tokens", data=tokens, chunks=(1,) + tokens.shape[1:])
         f.create_dataset("tr", data=trs)
