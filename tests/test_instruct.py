@@ -97,3 +97,27 @@ def test_distillation_vanishes_when_student_sees_what_teacher_sees(teacher_dir):
         t = teacher.caption_logits(tokens, ids, mask)
         assert distillation(s, t, mask, 2.0).item() == pytest.approx(0.0, abs=1e-6)
         assert distillation(s, teacher.caption_logits(torch.randn(3, 4, 32), ids, mask), mask, 2.0).item() > 0.0
+
+
+def test_lora_student_shares_the_teachers_llm_and_distils_from_its_frozen_base(teacher_dir):
+    """LoRA on an unquantised base: one LLM serves teacher and student; with the adapters switched off it
+    gives exactly a separate teacher copy's logits, while training moves the student's."""
+    from llm4brain.instruct.train import frozen_logits, shares_base
+    from llm4brain.models.video_llm import load_teacher
+
+    params = instruct("lora")
+    assert shares_base(params["llm"]) and not shares_base(instruct("lora", "4bit")["llm"])
+    qformer, teacher, _ = load_teacher(teacher_dir)
+    torch.manual_seed(0)
+    student = build_student(str(teacher_dir), "", params, teacher=(qformer, teacher))
+    assert student.captioner.llm.get_base_model() is teacher.llm
+    assert student.captioner.projection is not teacher.projection
+    tokens = torch.randn(3, 4, 32)
+    train(student, tokens, steps=5)
+    separate = load_teacher(teacher_dir)[1]
+    ids, mask = student.captioner.encode_captions(CAPTIONS)
+    student.train()  # as inside the training loop
+    with torch.no_grad():
+        expected = separate.caption_logits(tokens, ids, mask)
+        torch.testing.assert_close(frozen_logits(teacher, student, tokens, ids, mask), expected, rtol=0, atol=0)
+        assert not torch.allclose(student.captioner.caption_logits(tokens, ids, mask), expected)

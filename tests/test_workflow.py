@@ -292,7 +292,8 @@ def test_wen2018_config_builds_its_dag(micro, tmp_path):
 def test_real_vicuna7b_config_on_a_miniature_release_and_checkpoint(micro, tmp_path_factory):
     """config/real-vicuna7b.yaml, shrunk, with a tiny InstructBLIP-Video checkpoint in place of the 7B one:
     its vision tower caches the frames, it writes the references (captions.source teacher), the student
-    tunes LoRA on a 4-bit copy of its LLM, and grayordinate vectors flow through every stage to the scores."""
+    tunes LoRA on its LLM (shared with the teacher), and grayordinate vectors flow through every stage to the
+    scores."""
     from test_instructblip_video import tiny_instructblip_video
 
     workdir = make_copy(tmp_path_factory.mktemp("wen"))

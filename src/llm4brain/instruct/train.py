@@ -7,16 +7,19 @@ taught to say what the video-conditioned model says.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 from typing import Any
 
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from llm4brain.align.model import load_aligner
 from llm4brain.artifacts import atomic_path, read_captions, read_features
 from llm4brain.instruct.llm_tuning import tune
 from llm4brain.instruct.student import FmriStudent, read_inputs, save_student
-from llm4brain.models.video_llm import encode_clips, load_teacher
+from llm4brain.models.video_llm import Captioner, encode_clips, load_teacher
 from llm4brain.runtime import LOG, seed_everything, select_device
 from llm4brain.training import Checkpoint, fit
 
@@ -29,10 +32,23 @@ def distillation(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tenso
     return temperature**2 * (kl * mask).sum() / mask.sum().clamp(min=1)
 
 
-def build_student(teacher_dir: str, align_dir: str, params: dict[str, Any],
-                  device: torch.device = torch.device("cpu")) -> FmriStudent:
-    """The teacher's captioner (+ the aligned encoder) on ``device``, with the parts ``params`` trains unfrozen."""
-    qformer, captioner, _ = load_teacher(teacher_dir, device, quantization=params["llm"]["quantization"])
+def shares_base(params: dict[str, Any]) -> bool:
+    """LoRA on an unquantised base leaves the base exactly the teacher's LLM: one copy serves both."""
+    return params["tuning"] == "lora" and params["quantization"] == "none"
+
+
+def build_student(teacher_dir: str, align_dir: str, params: dict[str, Any], device: torch.device = torch.device("cpu"),
+                  teacher: tuple[nn.Module, Captioner] | None = None) -> FmriStudent:
+    """The teacher's captioner (+ the aligned encoder) on ``device``, with the parts ``params`` trains unfrozen.
+
+    ``teacher`` (its Q-Former and captioner, loaded already) is copied instead of loaded again, its LLM
+    shared, not copied: only for :func:`shares_base` settings, where the student's LLM is LoRA on it.
+    """
+    if teacher is not None:
+        qformer, base = teacher
+        captioner = copy.deepcopy(base, memo={id(base.llm): base.llm})
+    else:
+        qformer, captioner, _ = load_teacher(teacher_dir, device, quantization=params["llm"]["quantization"])
     captioner.projection.requires_grad_(True)
     captioner.llm = tune(captioner.llm, params["llm"])
     aligner = None
@@ -43,6 +59,17 @@ def build_student(teacher_dir: str, align_dir: str, params: dict[str, Any],
     return FmriStudent(captioner, aligner)
 
 
+@torch.no_grad()
+def frozen_logits(teacher: Captioner, student: FmriStudent, tokens: torch.Tensor, ids: torch.Tensor,
+                  mask: torch.Tensor) -> torch.Tensor:
+    """The teacher's caption logits. When it shares its LLM with the student's LoRA model, the adapters are
+    switched off around the call, so these are the frozen base's logits, as from a separate copy."""
+    llm = student.captioner.llm
+    shared = hasattr(llm, "disable_adapter") and llm.get_base_model() is teacher.llm
+    with llm.disable_adapter() if shared else contextlib.nullcontext():
+        return teacher.caption_logits(tokens, ids, mask)
+
+
 def instruct_llm(fmri_paths: list[str], latent_paths: list[str], align_dir: str, feature_paths: list[str],
                  captions_path: str, teacher_dir: str, model_dir: str, log_tsv: str, subjects: list[str],
                  heldout: list[str], params: dict[str, Any], seed: int, checkpoint: Checkpoint | None = None) -> None:
@@ -50,7 +77,8 @@ def instruct_llm(fmri_paths: list[str], latent_paths: list[str], align_dir: str,
     seed_everything(seed + 30, params["train"]["threads"])
     device = select_device(params["train"]["device"])
     qformer, teacher, _ = load_teacher(teacher_dir, device)
-    student = build_student(teacher_dir, align_dir, params, device)
+    shared = shares_base(params["llm"]) and params["distill_weight"] > 0
+    student = build_student(teacher_dir, align_dir, params, device, (qformer, teacher) if shared else None)
     captions = read_captions(captions_path)
     inputs, keys = [], []
     for subject, fmri_path, latent_path in zip(subjects, fmri_paths, latent_paths):
@@ -80,8 +108,7 @@ def instruct_llm(fmri_paths: list[str], latent_paths: list[str], align_dir: str,
         terms = {"lm": lm.item()}
         loss = lm
         if weight > 0:
-            with torch.no_grad():
-                teacher_logits = teacher.caption_logits(video[clip_of[idx]], ids, mask)
+            teacher_logits = frozen_logits(teacher, student, video[clip_of[idx]], ids, mask)
             kd = distillation(logits, teacher_logits, mask, temperature)
             loss = loss + weight * kd
             terms["distill"] = kd.item()
