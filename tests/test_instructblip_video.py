@@ -22,12 +22,15 @@ PROMPT = "Describe the clip."
 QUERIES = 4
 
 
-def tiny_instructblip_video(directory: Path) -> None:
+def tiny_instructblip_video(directory: Path, video: bool = True) -> None:
     """An InstructBLIP-Video checkpoint directory of random weights, laid out as ``save_pretrained`` and
     ``InstructBlipVideoProcessor.save_pretrained`` leave it (model, LLM tokenizer, ``qformer_tokenizer/``,
-    image processor)."""
-    from transformers import (BertTokenizerFast, BlipImageProcessor, InstructBlipVideoConfig,
-                              InstructBlipVideoForConditionalGeneration, LlamaConfig)
+    image processor); ``video=False`` saves the image model (``instructblip``) the same way, as
+    ``Salesforce/instructblip-vicuna-7b`` is published."""
+    import transformers
+    from transformers import BertTokenizerFast, BlipImageProcessor, LlamaConfig
+
+    kind = "InstructBlipVideo" if video else "InstructBlip"
 
     torch.manual_seed(0)
     tokenizer = train_word_tokenizer(CAPTIONS + [PROMPT])
@@ -41,14 +44,14 @@ def tiny_instructblip_video(directory: Path) -> None:
                        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
                        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                        eos_token_id=tokenizer.eos_token_id)
-    config = InstructBlipVideoConfig(
+    token = {"video_token_index" if video else "image_token_index": tokenizer.convert_tokens_to_ids("<video>")}
+    config = getattr(transformers, f"{kind}Config")(
         vision_config={"hidden_size": 24, "intermediate_size": 48, "num_hidden_layers": 1, "num_attention_heads": 2,
                        "image_size": 16, "patch_size": 8},
         qformer_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
                         "encoder_hidden_size": 24, "vocab_size": len(qformer_tokenizer), "cross_attention_frequency": 1},
-        text_config=text.to_dict(), num_query_tokens=QUERIES,
-        video_token_index=tokenizer.convert_tokens_to_ids("<video>"))
-    InstructBlipVideoForConditionalGeneration(config).save_pretrained(directory)
+        text_config=text.to_dict(), num_query_tokens=QUERIES, **token)
+    getattr(transformers, f"{kind}ForConditionalGeneration")(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     qformer_tokenizer.save_pretrained(directory / "qformer_tokenizer")
     BlipImageProcessor(size={"height": 16, "width": 16}).save_pretrained(directory)
@@ -105,6 +108,25 @@ def test_teacher_reproduces_the_checkpoint(checkpoint, tmp_path):
         keep = mask.bool()
         torch.testing.assert_close(ours[keep], logits[:, p - 1 : p - 1 + ids.shape[1]][keep], rtol=1e-4, atol=1e-4)
     assert len(captioner.generate(tokens, 5)) == 2
+
+
+def test_image_instructblip_checkpoint_runs_as_the_video_teacher(tmp_path):
+    """An image InstructBLIP checkpoint (model_type instructblip, as published) loads as it is: each frame's
+    tokens are what the image model gives that frame alone, frames laid out one after the other."""
+    from transformers import AutoTokenizer, InstructBlipForConditionalGeneration
+
+    tiny_instructblip_video(tmp_path / "image", video=False)
+    assert json.loads((tmp_path / "image" / "config.json").read_text())["model_type"] == "instructblip"
+    model = InstructBlipForConditionalGeneration.from_pretrained(tmp_path / "image").eval()
+    qformer, captioner, _ = load_teacher(teacher_pointer(tmp_path / "image", tmp_path))
+    pixels = torch.randn(2 * 4, 3, 16, 16)  # 2 clips of 4 frames
+    instruction = AutoTokenizer.from_pretrained(tmp_path / "image" / "qformer_tokenizer")([PROMPT] * 8, return_tensors="pt")
+    with torch.no_grad():
+        per_frame = model.get_image_features(pixels, qformer_input_ids=instruction["input_ids"],
+                                             qformer_attention_mask=instruction["attention_mask"]).pooler_output
+        vit = model.vision_model(pixel_values=pixels).last_hidden_state
+        ours = captioner.projection(qformer(vit.reshape(2, 4, *vit.shape[1:])))
+    torch.testing.assert_close(ours, per_frame.reshape(2, 4 * QUERIES, -1), rtol=1e-5, atol=1e-5)
 
 
 def test_aligner_and_adaptors_fit_the_instruction_qformer(checkpoint, tmp_path):
