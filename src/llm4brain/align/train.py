@@ -186,6 +186,7 @@ def write_latents(model: BrainAligner, qformer: VideoQFormer, features: dict[str
     """``/{split}/tokens`` for every subject, and test-split identification against the video tokens
     (50-way, as MinD-Vis reports, and among all test clips)."""
     rows = []
+    videos: dict[tuple, torch.Tensor] = {}  # subjects share their test clips: encode each set once
     for subject, path in zip(subjects, latent_paths):
         with atomic_h5(path, "align", params) as f:
             for split in SPLITS:
@@ -195,9 +196,11 @@ def write_latents(model: BrainAligner, qformer: VideoQFormer, features: dict[str
                 group.create_dataset("tokens", data=tokens.numpy().astype(np.float16))
                 write_keys(group, [k[0] for k in keys], [k[1] for k in keys])
                 if split == "test":
-                    candidates = sorted(set(keys))
+                    candidates = tuple(sorted(set(keys)))
                     index = {k: i for i, k in enumerate(candidates)}
-                    video = encode_clips(qformer, features, candidates)
+                    if candidates not in videos:
+                        videos[candidates] = encode_clips(qformer, features, list(candidates))
+                    video = videos[candidates]
                     targets = np.array([index[k] for k in keys])
                     for n_way in (50, None):
                         scores = identification(tokens, video, targets, n_way, seed=seed)

@@ -203,7 +203,7 @@ def load_teacher(directory: str | Path, device: torch.device | str = "cpu", llm_
         from llm4brain.models.instructblip_video import load_instructblip_video
 
         return load_instructblip_video(settings, device, llm_dir, quantization)
-    qformer = load_video_qformer(directory)
+    qformer = _own_qformer(directory, settings)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(directory / "tokenizer")
     llm = AutoModelForCausalLM.from_pretrained(llm_dir or directory / "llm", use_safetensors=True,
                                                **quantized_loading(quantization, device))
@@ -223,6 +223,11 @@ def load_video_qformer(directory: str | Path) -> nn.Module:
         from llm4brain.models.instructblip_video import load_instruction_qformer
 
         return load_instruction_qformer(settings)
+    return _own_qformer(directory, settings)
+
+
+def _own_qformer(directory: Path, settings: dict[str, Any]) -> VideoQFormer:
+    """The ``VideoQFormer`` of a directory written by :func:`save_teacher` (frozen, eval mode, CPU)."""
     qformer = VideoQFormer(Blip2QFormerConfig(**settings["qformer"]), settings["num_frames"], settings["num_queries"])
     load_weights(qformer, directory / "video_qformer.safetensors")
     return qformer.eval().requires_grad_(False)

@@ -10,7 +10,7 @@ import numpy as np
 from tqdm import tqdm
 
 from llm4brain.artifacts import atomic_h5, open_artifact, set_attrs
-from llm4brain.runtime import LOG, autocast_dtype, select_device
+from llm4brain.runtime import LOG, autocast, select_device
 from llm4brain.video.preprocessing import data_config, model_spec, photometric
 
 
@@ -72,11 +72,10 @@ def cache_features(frames_path: str | Path, out_path: str | Path, params: dict[s
     workers = params["workers"]
     loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=workers,
                                          prefetch_factor=2 if workers else None, pin_memory=device.type == "cuda")
-    dtype = autocast_dtype(device)
     outputs = []
     with torch.inference_mode():
         for x in tqdm(loader, desc=f"{segment} features", mininterval=1.0):
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            with autocast(device):
                 tokens = model.forward_features(x.to(device, non_blocking=True))
                 outputs.append((tokens[:, :1] if params["cache"] == "vit_cls" else tokens).float().cpu())
     tokens = torch.cat(outputs).numpy().astype(np.float16)
