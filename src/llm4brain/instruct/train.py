@@ -76,8 +76,10 @@ def instruct_llm(fmri_paths: list[str], latent_paths: list[str], align_dir: str,
     """Train the student and save what it trained as safetensors (see ``student.save_student``)."""
     seed_everything(seed + 30, params["train"]["threads"])
     device = select_device(params["train"]["device"])
-    qformer, teacher, _ = load_teacher(teacher_dir, device)
-    shared = shares_base(params["llm"]) and params["distill_weight"] > 0
+    batch_size, weight, temperature = params["train"]["batch_size"], params["distill_weight"], params["distill_temperature"]
+    # the frozen teacher only serves distillation: without it (the no_distillation ablation) it is not loaded
+    qformer, teacher, _ = load_teacher(teacher_dir, device) if weight > 0 else (None, None, None)
+    shared = teacher is not None and shares_base(params["llm"])
     student = build_student(teacher_dir, align_dir, params, device, (qformer, teacher) if shared else None)
     captions = read_captions(captions_path)
     inputs, keys = [], []
@@ -90,15 +92,15 @@ def instruct_llm(fmri_paths: list[str], latent_paths: list[str], align_dir: str,
         keys += [split_keys[i] for i in keep]
     inputs = torch.cat(inputs)
     unique = sorted(set(keys))
-    video = encode_clips(qformer, read_features(feature_paths), unique).to(device)
-    index = {k: i for i, k in enumerate(unique)}
-    clip_of = torch.tensor([index[k] for k in keys], device=device)
+    if teacher is not None:  # the video tokens the teacher captions each training clip from
+        video = encode_clips(qformer, read_features(feature_paths), unique).to(device)
+        index = {k: i for i, k in enumerate(unique)}
+        clip_of = torch.tensor([index[k] for k in keys], device=device)
     texts = [captions[k] for k in keys]
     LOG.info("student (%s input): %d fMRI samples of %d clips from %s", params["input"], len(keys), len(unique),
              [s for s in subjects if s not in heldout])
 
     generator = torch.Generator().manual_seed(seed + 31)
-    batch_size, weight, temperature = params["train"]["batch_size"], params["distill_weight"], params["distill_temperature"]
 
     def loss_fn(step: int) -> tuple[torch.Tensor, dict[str, float]]:
         student.train()
@@ -107,7 +109,7 @@ def instruct_llm(fmri_paths: list[str], latent_paths: list[str], align_dir: str,
         lm, logits, ids, mask = student.captioner.caption_loss(student.tokens(inputs[idx].to(device)), batch_texts)
         terms = {"lm": lm.item()}
         loss = lm
-        if weight > 0:
+        if teacher is not None:
             teacher_logits = frozen_logits(teacher, student, video[clip_of[idx]], ids, mask)
             kd = distillation(logits, teacher_logits, mask, temperature)
             loss = loss + weight * kd
