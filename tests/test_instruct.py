@@ -12,7 +12,7 @@ from llm4brain.instruct.student import load_student, save_student
 from llm4brain.instruct.train import build_student, distillation
 from llm4brain.models.video_llm import save_teacher
 from llm4brain.training import fit
-from test_models import CAPTIONS, PROMPT, TEMPLATE, tiny_teacher
+from test_models import ALIGN, CAPTIONS, ENCODER, PROMPT, TEMPLATE, tiny_teacher
 from conftest import TRAIN_DEFAULTS
 
 LORA = {"r": 8, "alpha": 16, "dropout": 0.0,
@@ -22,8 +22,8 @@ TRAIN = {**TRAIN_DEFAULTS, "steps": 40, "lr": 3e-2, "weight_decay": 0.0, "warmup
 
 
 def instruct(tuning: str, quantization: str = "none") -> dict:
-    return {"input": "latents", "train_qformer": False, "distill_weight": 0.0, "distill_temperature": 1.0,
-            "llm": {"tuning": tuning, "quantization": quantization, "gradient_checkpointing": False, "lora": LORA}}
+    return {"input": "latents", "train_qformer": False, "train_encoder": True, "distill_weight": 0.0,
+            "distill_temperature": 1.0, "llm": {"tuning": tuning, "quantization": quantization, "gradient_checkpointing": False, "lora": LORA}}
 
 
 @pytest.fixture(scope="module")
@@ -121,3 +121,29 @@ def test_lora_student_shares_the_teachers_llm_and_distils_from_its_frozen_base(t
         expected = separate.caption_logits(tokens, ids, mask)
         torch.testing.assert_close(frozen_logits(teacher, student, tokens, ids, mask), expected, rtol=0, atol=0)
         assert not torch.allclose(student.captioner.caption_logits(tokens, ids, mask), expected)
+
+
+@pytest.mark.parametrize("train_encoder", [True, False])
+def test_end_to_end_student_tunes_the_aligned_encoder_only_when_asked(teacher_dir, tmp_path, train_encoder):
+    """``train_encoder: false`` keeps the align stage's encoder (and its map into the Q-Former) bit-identical
+    while the Q-Former, projection and LLM learn; true tunes it too."""
+    from llm4brain.align.model import BrainAligner, save_aligner
+    from llm4brain.models.video_llm import load_video_qformer
+
+    torch.manual_seed(0)
+    grid = (8, 8, 4)
+    save_aligner(tmp_path / "align", BrainAligner(grid, ENCODER, ALIGN, load_video_qformer(teacher_dir)), "teacher")
+    params = {**instruct("full"), "input": "encoder", "train_qformer": True, "train_encoder": train_encoder}
+    student = build_student(str(teacher_dir), str(tmp_path / "align"), params)
+    volumes = torch.randn(3, 1, *grid)
+    before = {n: p.detach().clone() for n, p in student.aligner.named_parameters()}
+
+    def loss_fn(step):
+        return student.captioner.caption_loss(student.tokens(volumes), CAPTIONS)[0], {}
+
+    student.train()
+    fit(student.parameters(), loss_fn, {**TRAIN, "steps": 3}, "test")
+    moved = {n for n, p in student.aligner.named_parameters() if not torch.equal(p, before[n])}
+    encoder_side = {n for n in before if n.startswith(("encoder.", "to_context."))}
+    assert any(n.startswith("qformer.") for n in moved)
+    assert (moved & encoder_side) == (encoder_side if train_encoder else set())

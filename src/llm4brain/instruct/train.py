@@ -55,7 +55,10 @@ def build_student(teacher_dir: str, align_dir: str, params: dict[str, Any], devi
     if params["input"] == "encoder":
         aligner = load_aligner(align_dir, qformer).to(device)
         for name, param in aligner.named_parameters():
-            param.requires_grad_(params["train_qformer"] or not name.startswith("qformer.") or ".adaptor." in name)
+            if name.startswith(("encoder.", "to_context.")):
+                param.requires_grad_(params["train_encoder"])
+            else:
+                param.requires_grad_(params["train_qformer"] or not name.startswith("qformer.") or ".adaptor." in name)
     return FmriStudent(captioner, aligner)
 
 
