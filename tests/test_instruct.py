@@ -23,7 +23,8 @@ TRAIN = {**TRAIN_DEFAULTS, "steps": 40, "lr": 3e-2, "weight_decay": 0.0, "warmup
 
 def instruct(tuning: str, quantization: str = "none") -> dict:
     return {"input": "latents", "train_qformer": False, "train_encoder": True, "distill_weight": 0.0,
-            "distill_temperature": 1.0, "llm": {"tuning": tuning, "quantization": quantization, "gradient_checkpointing": False, "lora": LORA}}
+            "distill_temperature": 1.0,
+            "llm": {"tuning": tuning, "quantization": quantization, "gradient_checkpointing": False, "lora": LORA}}
 
 
 @pytest.fixture(scope="module")

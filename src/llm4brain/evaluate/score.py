@@ -128,16 +128,17 @@ def score_captions(eval_paths: list[str], captions_path: str | Path, out_path: s
     # the video teacher captions the same test clips for every subject: each distinct group is scored once
     # (with the same bootstrap seed, a copy would get exactly the same numbers)
     signatures = [repr((sorted(refs.items()), sorted(candidates.items()))) for _, _, refs, candidates in groups]
-    first = {sig: i for i, sig in reversed(list(enumerate(signatures)))}
-    distinct = sorted(set(first.values()))
-    jobs = [(groups[i][2], groups[i][3], params["n_bootstrap"], seed) for i in distinct]
+    first: dict[str, int] = {}  # each distinct group's first index
+    for i, signature in enumerate(signatures):
+        first.setdefault(signature, i)
+    jobs = [(groups[i][2], groups[i][3], params["n_bootstrap"], seed) for i in first.values()]
     if workers > 1:
         with ProcessPoolExecutor(workers, initializer=_start_worker, initargs=(not spice,)) as pool:
-            scored = dict(zip(distinct, pool.map(score_group, *zip(*jobs))))
+            scored = dict(zip(first, pool.map(score_group, *zip(*jobs))))
     else:
         _start_worker(not spice)
-        scored = {i: score_group(*job) for i, job in zip(distinct, jobs)}
-    results = [scored[first[sig]] for sig in signatures]
+        scored = {signature: score_group(*job) for signature, job in zip(first, jobs)}
+    results = [scored[signature] for signature in signatures]
     rows, identification, tests = [], [], []
     cider: dict[str, dict[str, dict[str, float]]] = {}
     for (subject, source, refs, _), (scores, ci, ident, per_clip) in zip(groups, results):
