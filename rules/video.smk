@@ -31,6 +31,7 @@ rule extract_frames:
         "results/benchmarks/extract_frames/{segment}.tsv"
     conda:
         "../envs/llm4brain.yaml"
+    threads: config["video"]["extract_threads"]
     params:
         tr=DATA["tr"],
         video=section("video"),

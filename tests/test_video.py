@@ -174,18 +174,21 @@ def test_unreadable_video_names_file(tmp_path):
 
 
 def test_cache_features_shape_and_determinism(tmp_path):
-    """Same tokens on a rerun, and whether a DataLoader worker or the job itself reads the frames (batches
-    of 6 frames: one whole 4-frame clip per batch)."""
+    """Same tokens on a rerun, and whether a DataLoader worker or a thread of the job reads the frames, in
+    whatever batches (6 frames: one whole 4-frame clip per batch, more batches than the thread reads ahead)."""
     video = tmp_path / "clip.mp4"
-    write_coded(video, n_frames=40, fps=8)
+    write_coded(video, n_frames=80, fps=8)
     extract_frames(video, tmp_path / "frames.h5", 2.0, VIDEO, data_config(VIDEO))
     cache_features(tmp_path / "frames.h5", tmp_path / "a.h5", VIDEO, seed=3)
+    cache_features(tmp_path / "frames.h5", tmp_path / "c.h5", {**VIDEO, "batch_size": 6}, seed=3)
     cache_features(tmp_path / "frames.h5", tmp_path / "b.h5", {**VIDEO, "workers": 1, "batch_size": 6}, seed=3)
     with open_artifact(tmp_path / "a.h5", "features", ("tokens",)) as a, open_artifact(tmp_path / "b.h5", "features") as b:
         tokens = a["tokens"][:]
-        assert tokens.dtype == np.float16 and tokens.shape == (2, 4, 1 + 64, 32)  # cls + (64/8)² patches
+        assert tokens.dtype == np.float16 and tokens.shape == (5, 4, 1 + 64, 32)  # cls + (64/8)² patches
         np.testing.assert_array_equal(tokens, b["tokens"][:])
         assert a.attrs["model"] == "vit_tiny_patch16_224"
+    with open_artifact(tmp_path / "c.h5", "features", ("tokens",)) as c:
+        np.testing.assert_array_equal(tokens, c["tokens"][:])
 
 
 @pytest.fixture(scope="module")
@@ -203,6 +206,7 @@ def real_mp4s(tmp_path_factory) -> list[Path]:
 
 
 def test_real_h264_matches_a_sequential_decode(real_mp4s, tmp_path):
+    """decord's random access (one resizing thread) against every frame decoded in order (three threads)."""
     assert len(real_mp4s) == 4
     for video in real_mp4s:
         out = tmp_path / f"{video.stem}.h5"
@@ -210,7 +214,7 @@ def test_real_h264_matches_a_sequential_decode(real_mp4s, tmp_path):
         with open_artifact(out, "frames", ("frames", "frame_index")) as f:
             frames, indices = f["frames"][:], f["frame_index"][:]
             assert f.attrs["reader"] == "decord" and f.attrs["codec"] == "h264"
-        sequential = read_frames(probe(video, "pyav-sequential"), indices, geometric(data_config(VIDEO)))
+        sequential = read_frames(probe(video, "pyav-sequential"), indices, geometric(data_config(VIDEO)), threads=3)
         np.testing.assert_array_equal(frames, sequential, err_msg=video.name)
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import h5py
-import numpy as np
 from tqdm import tqdm
 
 from llm4brain.artifacts import atomic_h5, open_artifact, set_attrs
@@ -52,9 +53,21 @@ class ClipBatches:
         return self.prepare(frames.flatten(0, 1))
 
 
+def prefetched(batches: ClipBatches, ahead: int = 2) -> Iterator["torch.Tensor"]:
+    """The batches in order, each read and normalised in a thread while the model runs on the one before:
+    for a small model, a DataLoader process costs more to start and feed than it saves."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = deque(pool.submit(batches.__getitem__, i) for i in range(min(ahead, len(batches))))
+        for i in range(ahead, len(batches) + ahead):
+            batch = pending.popleft().result()
+            if i < len(batches):
+                pending.append(pool.submit(batches.__getitem__, i))
+            yield batch
+
+
 def cache_features(frames_path: str | Path, out_path: str | Path, params: dict[str, Any], seed: int) -> None:
     """Write ``/tokens`` float16 (n_tr, F, T, D) and ``/tr``; one HDF5 chunk per TR-clip. ``video.workers``
-    DataLoader processes read and normalise frames while the model runs (0: in this process)."""
+    DataLoader processes read and normalise frames while the model runs (0: a thread of this process)."""
     import torch
 
     torch.set_num_threads(1)
@@ -70,15 +83,15 @@ def cache_features(frames_path: str | Path, out_path: str | Path, params: dict[s
                          f"{config['input_size'][1]}x{config['input_size'][2]}; rerun extract_frames")
     batches = ClipBatches(frames_path, params["batch_size"], photometric(config))
     workers = params["workers"]
-    loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=workers,
-                                         prefetch_factor=2 if workers else None, pin_memory=device.type == "cuda")
+    loader = (torch.utils.data.DataLoader(batches, batch_size=None, num_workers=workers, prefetch_factor=2,
+                                          pin_memory=device.type == "cuda") if workers else prefetched(batches))
     outputs = []
     with torch.inference_mode():
         for x in tqdm(loader, desc=f"{segment} features", mininterval=1.0):
             with autocast(device):
                 tokens = model.forward_features(x.to(device, non_blocking=True))
-                outputs.append((tokens[:, :1] if params["cache"] == "vit_cls" else tokens).float().cpu())
-    tokens = torch.cat(outputs).numpy().astype(np.float16)
+                outputs.append((tokens[:, :1] if params["cache"] == "vit_cls" else tokens).to(torch.float16).cpu())
+    tokens = torch.cat(outputs).numpy()
     tokens = tokens.reshape(tuple(shape[:2]) + tokens.shape[1:])
     with atomic_h5(out_path, "features", params) as f:
         f.create_dataset("tokens", data=tokens, chunks=(1,) + tokens.shape[1:])

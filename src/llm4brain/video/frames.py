@@ -23,9 +23,10 @@ __all__ = ["VideoError", "extract_frames", "frame_indices", "sample_times"]
 
 
 def extract_frames(video_path: str | Path, out_path: str | Path, tr: float, params: dict[str, Any],
-                   input_config: dict[str, Any]) -> None:
+                   input_config: dict[str, Any], threads: int = 1) -> None:
     """Write ``/frames`` uint8 (n_tr, F, h, w, 3), resized and cropped for the vision model, and ``/tr`` for
-    every whole TR the video covers. ``input_config`` is the vision model's (``preprocessing.read_config``)."""
+    every whole TR the video covers. ``input_config`` is the vision model's (``preprocessing.read_config``);
+    ``threads`` resize while decoding goes on."""
     info = probe(video_path, params["reader"])
     n_tr = int(np.floor(info.end / tr + 1e-6))
     if n_tr == 0:
@@ -33,7 +34,7 @@ def extract_frames(video_path: str | Path, out_path: str | Path, tr: float, para
     per_tr = frames_per_tr(params, tr)
     times = sample_times(n_tr, tr, per_tr)
     indices = frame_indices(info.starts, times)
-    frames = read_frames(info, indices, geometric(input_config))
+    frames = read_frames(info, indices, geometric(input_config), threads)
     with atomic_h5(out_path, "frames", params) as f:
         f.create_dataset("frames", data=frames, chunks=(1,) + frames.shape[1:])
         f.create_dataset("tr", data=np.arange(n_tr, dtype=np.int32))

@@ -121,12 +121,13 @@ def probe(path: str | Path, reader: str = "auto") -> StreamInfo:
 
 
 def read_frames(info: StreamInfo, indices: np.ndarray,
-                prepare: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+                prepare: Callable[[np.ndarray], np.ndarray] | None = None, threads: int = 1) -> np.ndarray:
     """RGB frames (*indices.shape, h, w, 3) uint8 at the given presentation indices, in the given order.
 
     ``prepare`` maps a chunk of decoded frames (k, H, W, 3) to what is kept (e.g. resized to the vision
-    model's input) in a worker thread while the next chunk decodes; memory holds the kept frames plus at
-    most three chunks at full resolution."""
+    model's input) in ``threads`` worker threads while the next chunks decode: a bicubic resize of a large
+    frame costs more than decoding it, so one thread would bound the reader. Memory holds the kept frames
+    plus at most ``threads + 2`` chunks at full resolution."""
     wanted = np.unique(indices)
     if wanted[0] < 0 or wanted[-1] >= info.n_frames:
         raise VideoError(f"{info.path}: frame {int(wanted[-1])} requested but the file has {info.n_frames}")
@@ -135,13 +136,13 @@ def read_frames(info: StreamInfo, indices: np.ndarray,
     kept: list[np.ndarray] = []
     pending: deque[Future] = deque()
     chunk: list[np.ndarray] = []
-    with ThreadPoolExecutor(max_workers=1) as pool:  # resizing (GIL released) overlaps decoding
+    with ThreadPoolExecutor(max_workers=threads) as pool:  # resizing (GIL released) overlaps decoding
         for frame in decode(info, wanted):
             chunk.append(frame)
             if len(chunk) == CHUNK:
                 pending.append(pool.submit(prepare, np.stack(chunk)))
                 chunk = []
-                if len(pending) > 2:  # at most three full-resolution chunks in memory
+                if len(pending) > threads + 1:  # bounded full-resolution chunks in memory
                     kept.append(pending.popleft().result())
         if chunk:
             pending.append(pool.submit(prepare, np.stack(chunk)))
