@@ -2,14 +2,15 @@
 
     .venv/bin/python benchmarks/video.py
 
-Extraction: ``extract_frames`` (8 frames per 2 s TR, resized for ViT-B/16 in ``EXTRACT_THREADS`` threads, the
-rule's default) on a 60 s 640×360 30 fps clip,
-H.264 in MP4 (decord), MPEG-4 Part 2 with B-frames in MP4 (PyAV seek) and in AVI (sequential PyAV), against
-a sequential PyAV decode to RGB of every frame of the same file; goal ≥ 0.8× its frames/s. Caching:
-``cache_features`` (HDF5 in and out, normalisation in a DataLoader worker for ViT-B/16, forward)
-against the bare model forward on preloaded, preprocessed tensors; goal ≥ 0.9×, for the demo ViT (an
-8-minute segment, as real stimuli are) and a ViT-B/16-size model (a few TRs: it runs at ~1 frame/s on CPU). Each timing is the median of ``REPEATS`` runs
-(one for ViT-B/16), its baseline's too: single runs vary by ±15 % on a shared 2-core machine. Frames/s are source frames covered per second; ratios ≥ 1.0 of the goal meet it.
+Extraction: ``extract_frames`` (8 frames per 2 s TR, resized for ViT-B/16 in ``EXTRACT_THREADS`` threads,
+the rule's default) on a 60 s 640×360 30 fps clip, H.264 in MP4 (decord), MPEG-4 Part 2 with B-frames in MP4
+(PyAV seek) and in AVI (sequential PyAV), against a sequential PyAV decode to RGB of every frame of the same
+file; goal ≥ 0.8× its frames/s. Caching: ``cache_features`` (HDF5 in and out, normalisation in a DataLoader
+worker for ViT-B/16, in a thread for the demo ViT, forward) against the bare model forward on preloaded,
+preprocessed tensors; goal ≥ 0.9×, for the demo ViT (an 8-minute segment, as real stimuli are) and a
+ViT-B/16-size model (a few TRs: it runs at ~1 frame/s on CPU). Each timing is the median of ``REPEATS``
+runs, its baseline's too: single runs vary by ±15 % on a shared 2-core machine. Frames/s are source frames
+covered per second; ratios ≥ 1.0 of the goal meet it.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ EXTRACT_THREADS = 2  # video.extract_threads default
 REPEATS = {"extract": 5, "demo ViT": 3, "ViT-B/16": 1}
 
 
-WORKERS = {"demo ViT": 0, "ViT-B/16": 1}  # as configured: the demo reads in the job, real models in a worker
+WORKERS = {"demo ViT": 0, "ViT-B/16": 1}  # as configured: the demo reads in a thread, real models in a worker
 
 
 def params(model: str) -> dict:
