@@ -54,6 +54,13 @@ def _check_config():
         raise ValueError(
             "config video.cache: qformer needs video.model.source hf (a BLIP-2 checkpoint)"
         )
+    if (
+        config["instruct"]["encoder_tokens"]
+        and config["instruct"]["input"] != "encoder"
+    ):
+        raise ValueError(
+            "config instruct.encoder_tokens needs input: encoder (the latents are the Q-Former's tokens only)"
+        )
     llm = config["instruct"]["llm"]
     if llm["quantization"] != "none" and llm["tuning"] == "full":
         raise ValueError(

@@ -22,7 +22,7 @@ TRAIN = {**TRAIN_DEFAULTS, "steps": 40, "lr": 3e-2, "weight_decay": 0.0, "warmup
 
 
 def instruct(tuning: str, quantization: str = "none") -> dict:
-    return {"input": "latents", "train_qformer": False, "train_encoder": True, "distill_weight": 0.0,
+    return {"input": "latents", "train_qformer": False, "train_encoder": True, "encoder_tokens": False, "distill_weight": 0.0,
             "distill_temperature": 1.0,
             "llm": {"tuning": tuning, "quantization": quantization, "gradient_checkpointing": False, "lora": LORA}}
 
@@ -148,3 +148,42 @@ def test_end_to_end_student_tunes_the_aligned_encoder_only_when_asked(teacher_di
     encoder_side = {n for n in before if n.startswith(("encoder.", "to_context."))}
     assert any(n.startswith("qformer.") for n in moved)
     assert (moved & encoder_side) == (encoder_side if train_encoder else set())
+
+
+def test_encoder_tokens_reach_the_llm_after_the_aligned_ones_and_reload_identically(teacher_dir, tmp_path):
+    """``encoder_tokens``: the LLM's prefix is the Q-Former's Q tokens, then the encoder's N tokens mapped into
+    the same space by a trained linear map, which is saved (safetensors) and reloaded to identical captions'
+    logits; the frozen-latents student cannot have it."""
+    from llm4brain.align.model import BrainAligner, save_aligner
+    from llm4brain.models.video_llm import load_video_qformer
+
+    torch.manual_seed(0)
+    grid = (8, 8, 4)
+    save_aligner(tmp_path / "align", BrainAligner(grid, ENCODER, ALIGN, load_video_qformer(teacher_dir)), "teacher")
+    params = {**instruct("full"), "input": "encoder", "encoder_tokens": True}
+    student = build_student(str(teacher_dir), str(tmp_path / "align"), params)
+    volumes = torch.randn(3, 1, *grid)
+    n_encoder = student.aligner.encoder(volumes).shape[1]
+    aligned = student.aligner(volumes)
+    tokens = student.tokens(volumes)
+    assert tokens.shape == (3, aligned.shape[1] + n_encoder, aligned.shape[2])
+    torch.testing.assert_close(tokens[:, : aligned.shape[1]], aligned, rtol=0, atol=0)
+    before = student.direct.weight.detach().clone()
+
+    def loss_fn(step):
+        return student.captioner.caption_loss(student.tokens(volumes), CAPTIONS)[0], {}
+
+    student.train()
+    fit(student.parameters(), loss_fn, {**TRAIN, "steps": 3}, "test")
+    assert not torch.equal(student.direct.weight, before)
+    (tmp_path / "student").mkdir()
+    save_student(tmp_path / "student", student.eval(), str(teacher_dir), str(tmp_path / "align"), params)
+    assert (tmp_path / "student" / "encoder_tokens.safetensors").exists()
+    reloaded = load_student(tmp_path / "student", teacher_dir)
+    ids, mask = student.captioner.encode_captions(CAPTIONS)
+    with torch.no_grad():
+        expected = student.captioner.caption_logits(student.tokens(volumes), ids, mask)
+    torch.testing.assert_close(reloaded.captioner.caption_logits(reloaded.encode(volumes), ids, mask), expected,
+                               rtol=0, atol=0)
+    with pytest.raises(ValueError, match="encoder_tokens needs the end-to-end student"):
+        build_student(str(teacher_dir), "", {**instruct("full"), "encoder_tokens": True})

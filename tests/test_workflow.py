@@ -196,6 +196,12 @@ def test_unknown_config_key_fails_at_dag_build(micro):
             planned_rules(micro)
 
 
+def test_encoder_tokens_without_the_end_to_end_student_fails_at_dag_build(micro):
+    with config_edit(micro, "instruct", "input", "latents"):  # the micro config reads the encoder's tokens too
+        with pytest.raises(AssertionError, match="encoder_tokens needs input: encoder"):
+            planned_rules(micro)
+
+
 def test_rerun_from_scratch_gives_identical_artifacts(micro, tmp_path):
     again = make_copy(tmp_path)
     snakemake(again)

@@ -43,8 +43,12 @@ class BrainAligner(nn.Module):
         adapt(self.qformer, QFORMER_ADAPTOR_SITES, params["adaptor"])
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / params["temperature"])))
 
+    def align(self, encoded: torch.Tensor) -> torch.Tensor:
+        """Encoder tokens (B, N, D) → the Q-Former's (B, Q, H) tokens in the video-token space."""
+        return self.qformer.attend(self.to_context(encoded))
+
     def forward(self, windows: torch.Tensor) -> torch.Tensor:
-        return self.qformer.attend(self.to_context(self.encoder(windows)))
+        return self.align(self.encoder(windows))
 
     @torch.inference_mode()
     def encode(self, windows: torch.Tensor, batch_size: int = 128) -> torch.Tensor:

@@ -2,7 +2,10 @@
 
 ``input: encoder`` trains end to end from fMRI volumes through the aligner (encoder + adaptors; the
 Q-Former base stays frozen), so the caption loss can use what the brain encodes beyond the video tokens.
-``input: latents`` reads the frozen tokens the align stage wrote.
+``input: latents`` reads the frozen tokens the align stage wrote. ``encoder_tokens`` (end to end only) also
+hands the LLM the encoder's own tokens, mapped into the Q-Former's output space, after the aligned ones: the
+Q-Former's queries learnt to keep what the video tokens hold, and the brain may encode more (on the demo, the
+shape, motion and count that the random-init ViT cannot see).
 """
 
 from __future__ import annotations
@@ -26,10 +29,14 @@ from llm4brain.models.weights import load_weights, save_weights
 class FmriStudent(nn.Module):
     """fMRI input (volumes or aligned tokens) → tokens → captions."""
 
-    def __init__(self, captioner: Captioner, aligner: BrainAligner | None) -> None:
+    def __init__(self, captioner: Captioner, aligner: BrainAligner | None, encoder_tokens: bool = False) -> None:
         super().__init__()
+        if encoder_tokens and aligner is None:
+            raise ValueError("encoder_tokens needs the end-to-end student (input: encoder)")
         self.captioner = captioner
         self.aligner = aligner
+        self.direct = (nn.Linear(aligner.config["encoder"]["dim"], aligner.qformer.config.hidden_size,
+                                 device=aligner.logit_scale.device) if encoder_tokens else None)
 
     @property
     def input_kind(self) -> str:
@@ -41,12 +48,24 @@ class FmriStudent(nn.Module):
         return self.aligner.config["encoder"]["window"] if self.aligner is not None else 1
 
     def tokens(self, inputs: torch.Tensor) -> torch.Tensor:
-        """(B, W, ...) fMRI windows through the aligner, or (B, Q, H) tokens as they are."""
-        return self.aligner(inputs) if self.aligner is not None else inputs
+        """(B, W, ...) fMRI windows through the aligner (+ the encoder's tokens, mapped), or (B, Q, H) tokens
+        as they are."""
+        if self.aligner is None:
+            return inputs
+        encoded = self.aligner.encoder(inputs)
+        aligned = self.aligner.align(encoded)
+        return aligned if self.direct is None else torch.cat([aligned, self.direct(encoded)], dim=1)
 
-    def encode(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Tokens for decoding: fMRI windows through the aligner in batches, or the given tokens."""
-        return self.aligner.encode(inputs) if self.aligner is not None else inputs
+    @torch.inference_mode()
+    def encode(self, inputs: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
+        """Tokens for decoding, in eval mode: fMRI windows in batches on the model's device (returned on the
+        CPU in float32), or the given tokens."""
+        if self.aligner is None:
+            return inputs
+        self.eval()
+        device = self.captioner.prefix_ids.device
+        return torch.cat([self.tokens(inputs[i : i + batch_size].to(device)).float().cpu()
+                          for i in range(0, len(inputs), batch_size)])
 
 
 def read_inputs(kind: str, fmri_path: str, latent_path: str, split: str,
@@ -69,6 +88,8 @@ def save_student(directory: Path, student: FmriStudent, teacher_dir: str, align_
     save_tuned(captioner.llm, directory, params["llm"])
     if student.aligner is not None:
         save_aligner(directory / "aligner", student.aligner, teacher_dir)
+    if student.direct is not None:
+        save_weights(student.direct, directory / "encoder_tokens.safetensors")
     config = {"teacher": str(teacher_dir), "align": str(align_dir), "input": student.input_kind, "instruct": params}
     (directory / "config.json").write_text(json.dumps(config, indent=2))
 
@@ -77,11 +98,15 @@ def load_student(directory: str | Path, teacher_dir: str | Path,
                  device: torch.device = torch.device("cpu")) -> FmriStudent:
     """Rebuild the student on top of the teacher's files, on ``device`` (frozen, eval mode)."""
     directory = Path(directory)
-    llm = json.loads((directory / "config.json").read_text())["instruct"]["llm"]
+    params = json.loads((directory / "config.json").read_text())["instruct"]
+    llm = params["llm"]
     qformer, captioner, _ = load_teacher(teacher_dir, device,
                                          llm_dir=directory / "llm" if llm["tuning"] == "full" else None,
                                          quantization=llm["quantization"])
     captioner.llm = load_adapter(captioner.llm, directory, llm)
     load_weights(captioner.projection, directory / "projection.safetensors")
     aligner = load_aligner(directory / "aligner", qformer).to(device) if (directory / "aligner").is_dir() else None
-    return FmriStudent(captioner, aligner).eval().requires_grad_(False)
+    student = FmriStudent(captioner, aligner, params["encoder_tokens"])
+    if student.direct is not None:
+        load_weights(student.direct, directory / "encoder_tokens.safetensors")
+    return student.eval().requires_grad_(False)

@@ -59,7 +59,7 @@ def build_student(teacher_dir: str, align_dir: str, params: dict[str, Any], devi
                 param.requires_grad_(params["train_encoder"])
             else:
                 param.requires_grad_(params["train_qformer"] or not name.startswith("qformer.") or ".adaptor." in name)
-    return FmriStudent(captioner, aligner)
+    return FmriStudent(captioner, aligner, params["encoder_tokens"])
 
 
 @torch.no_grad()
