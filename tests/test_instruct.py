@@ -168,14 +168,14 @@ def test_encoder_tokens_reach_the_llm_after_the_aligned_ones_and_reload_identica
     tokens = student.tokens(volumes)
     assert tokens.shape == (3, aligned.shape[1] + n_encoder, aligned.shape[2])
     torch.testing.assert_close(tokens[:, : aligned.shape[1]], aligned, rtol=0, atol=0)
-    before = student.direct.weight.detach().clone()
+    before = student.encoder_map.weight.detach().clone()
 
     def loss_fn(step):
         return student.captioner.caption_loss(student.tokens(volumes), CAPTIONS)[0], {}
 
     student.train()
     fit(student.parameters(), loss_fn, {**TRAIN, "steps": 3}, "test")
-    assert not torch.equal(student.direct.weight, before)
+    assert not torch.equal(student.encoder_map.weight, before)
     (tmp_path / "student").mkdir()
     save_student(tmp_path / "student", student.eval(), str(teacher_dir), str(tmp_path / "align"), params)
     assert (tmp_path / "student" / "encoder_tokens.safetensors").exists()

@@ -35,8 +35,9 @@ class FmriStudent(nn.Module):
             raise ValueError("encoder_tokens needs the end-to-end student (input: encoder)")
         self.captioner = captioner
         self.aligner = aligner
-        self.direct = (nn.Linear(aligner.config["encoder"]["dim"], aligner.qformer.config.hidden_size,
-                                 device=aligner.logit_scale.device) if encoder_tokens else None)
+        # encoder_tokens: the encoder's tokens into the Q-Former's output space, which the projection takes
+        self.encoder_map = (nn.Linear(aligner.config["encoder"]["dim"], aligner.qformer.config.hidden_size,
+                                      device=aligner.logit_scale.device) if encoder_tokens else None)
 
     @property
     def input_kind(self) -> str:
@@ -54,7 +55,7 @@ class FmriStudent(nn.Module):
             return inputs
         encoded = self.aligner.encoder(inputs)
         aligned = self.aligner.align(encoded)
-        return aligned if self.direct is None else torch.cat([aligned, self.direct(encoded)], dim=1)
+        return aligned if self.encoder_map is None else torch.cat([aligned, self.encoder_map(encoded)], dim=1)
 
     @torch.inference_mode()
     def encode(self, inputs: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
@@ -88,8 +89,8 @@ def save_student(directory: Path, student: FmriStudent, teacher_dir: str, align_
     save_tuned(captioner.llm, directory, params["llm"])
     if student.aligner is not None:
         save_aligner(directory / "aligner", student.aligner, teacher_dir)
-    if student.direct is not None:
-        save_weights(student.direct, directory / "encoder_tokens.safetensors")
+    if student.encoder_map is not None:
+        save_weights(student.encoder_map, directory / "encoder_tokens.safetensors")
     config = {"teacher": str(teacher_dir), "align": str(align_dir), "input": student.input_kind, "instruct": params}
     (directory / "config.json").write_text(json.dumps(config, indent=2))
 
@@ -107,6 +108,6 @@ def load_student(directory: str | Path, teacher_dir: str | Path,
     load_weights(captioner.projection, directory / "projection.safetensors")
     aligner = load_aligner(directory / "aligner", qformer).to(device) if (directory / "aligner").is_dir() else None
     student = FmriStudent(captioner, aligner, params["encoder_tokens"])
-    if student.direct is not None:
-        load_weights(student.direct, directory / "encoder_tokens.safetensors")
+    if student.encoder_map is not None:
+        load_weights(student.encoder_map, directory / "encoder_tokens.safetensors")
     return student.eval().requires_grad_(False)
