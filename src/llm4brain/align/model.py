@@ -6,7 +6,7 @@ import copy
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -50,14 +50,19 @@ class BrainAligner(nn.Module):
     def forward(self, windows: torch.Tensor) -> torch.Tensor:
         return self.align(self.encoder(windows))
 
-    @torch.inference_mode()
     def encode(self, windows: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
         """Aligned tokens for a stack of windows, in eval mode and in batches on the model's device; returned
         on the CPU in float32."""
-        self.eval()
-        device = self.logit_scale.device
-        return torch.cat([self(windows[i : i + batch_size].to(device)).float().cpu()
-                          for i in range(0, len(windows), batch_size)])
+        return in_batches(self.eval(), windows, self.logit_scale.device, batch_size)
+
+
+@torch.inference_mode()
+def in_batches(fn: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, device: torch.device,
+               batch_size: int = 128) -> torch.Tensor:
+    """``fn`` over ``inputs`` in batches moved to ``device`` (a subject's windows need not fit it at once),
+    gathered on the CPU in float32."""
+    return torch.cat([fn(inputs[i : i + batch_size].to(device)).float().cpu()
+                      for i in range(0, len(inputs), batch_size)])
 
 
 def save_aligner(directory: Path, model: BrainAligner, teacher: str) -> None:

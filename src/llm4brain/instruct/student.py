@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from llm4brain.align.model import BrainAligner, load_aligner, save_aligner
+from llm4brain.align.model import BrainAligner, in_batches, load_aligner, save_aligner
 from llm4brain.align.windows import windows
 from llm4brain.artifacts import read_split
 from llm4brain.instruct.llm_tuning import load_adapter, save_tuned
@@ -57,16 +57,12 @@ class FmriStudent(nn.Module):
         aligned = self.aligner.align(encoded)
         return aligned if self.encoder_map is None else torch.cat([aligned, self.encoder_map(encoded)], dim=1)
 
-    @torch.inference_mode()
     def encode(self, inputs: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
         """Tokens for decoding, in eval mode: fMRI windows in batches on the model's device (returned on the
         CPU in float32), or the given tokens."""
         if self.aligner is None:
             return inputs
-        self.eval()
-        device = self.captioner.prefix_ids.device
-        return torch.cat([self.tokens(inputs[i : i + batch_size].to(device)).float().cpu()
-                          for i in range(0, len(inputs), batch_size)])
+        return in_batches(self.eval().tokens, inputs, self.captioner.prefix_ids.device, batch_size)
 
 
 def read_inputs(kind: str, fmri_path: str, latent_path: str, split: str,
