@@ -46,12 +46,17 @@ def dry_run_seconds(workdir: Path, overrides: dict | None) -> float:
     return time.perf_counter() - start
 
 
+def copy_workflow(workdir: Path) -> None:
+    """What the workflow needs to run, without results or data: a fresh start in ``workdir``."""
+    for name in COPY:
+        src = REPO / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, workdir / name)
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        for name in COPY:
-            src = REPO / name
-            (shutil.copytree if src.is_dir() else shutil.copy)(src, workdir / name)
+        copy_workflow(workdir)
         print(f"{'design':10s} {'seconds':>8s} {'goal':>6s} {'ratio':>6s}")
         for name, (overrides, goal) in SIZES.items():
             seconds = min(dry_run_seconds(workdir, overrides) for _ in range(2))
