@@ -10,7 +10,8 @@ worker for ViT-B/16, in a thread for the demo ViT, forward) against the bare mod
 preprocessed tensors; goal ≥ 0.9×, for the demo ViT (an 8-minute segment, as real stimuli are) and a
 ViT-B/16-size model (a few TRs: it runs at ~1 frame/s on CPU). Each timing is the median of ``REPEATS``
 runs, its baseline's too: single runs vary by ±15 % on a shared 2-core machine. Frames/s are source frames
-covered per second; ratios ≥ 1.0 of the goal meet it.
+covered per second; ratios ≥ 1.0 of the goal meet it. Between the two tables: what one frame costs to resize
+exactly (PIL bicubic, as timm's transform) against the sequential decode's wall time per frame.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import torch
 from llm4brain.artifacts import open_artifact
 from llm4brain.video.features import build_vision_model, cache_features
 from llm4brain.video.frames import extract_frames
-from llm4brain.video.preprocessing import data_config, photometric
+from llm4brain.video.preprocessing import data_config, geometric, photometric
 
 SECONDS, FPS, WIDTH, HEIGHT, TR = 60, 30, 640, 360, 2.0
 MODELS = {
@@ -103,6 +104,7 @@ def main() -> None:
         clips = {"H.264 MP4": (tmp / "h264.mp4", "libx264", {"preset": "veryfast", "bf": "2"}),
                  "MPEG-4 Part 2 MP4": (tmp / "mpeg4.mp4", "mpeg4", {"bf": "2", "qscale": "3"}),
                  "MPEG-4 Part 2 AVI": (tmp / "mpeg4.avi", "mpeg4", {"bf": "2", "qscale": "3"})}
+        decode_ms: dict[str, float] = {}
         for name, (path, codec, options) in clips.items():
             write_clip(path, codec, options)
             n = SECONDS * FPS
@@ -111,6 +113,12 @@ def main() -> None:
             extract = n / seconds(lambda: extract_frames(path, tmp / "frames.h5", TR, params("ViT-B/16"), config,
                                                          EXTRACT_THREADS), REPEATS["extract"])
             row(f"extract {name} (ViT-B/16 input)", extract, baseline, 0.8)
+            decode_ms[name] = 1000 / baseline
+        frame = np.random.default_rng(0).integers(0, 256, (1, HEIGHT, WIDTH, 3), dtype=np.uint8)
+        resize = geometric(data_config(params("ViT-B/16")))
+        resize_ms = 1000 * seconds(lambda: resize(frame), 50)
+        print(f"\nper {WIDTH}x{HEIGHT} frame: exact resize to the ViT-B/16 input {resize_ms:.1f} ms; sequential "
+              "decode to RGB " + ", ".join(f"{name} {ms:.1f} ms" for name, ms in decode_ms.items()) + "\n")
         for k, name in enumerate(MODELS):
             clip, source = tmp / f"model{k}.mp4", tmp / f"model{k}.h5"
             write_clip(clip, "libx264", {"preset": "veryfast"}, CACHE_SECONDS[name], CACHE_SIZE[name])
