@@ -124,16 +124,22 @@ def test_lora_student_shares_the_teachers_llm_and_distils_from_its_frozen_base(t
         assert not torch.allclose(student.captioner.caption_logits(tokens, ids, mask), expected)
 
 
+def save_tiny_aligner(teacher_dir: Path, directory: Path) -> tuple[int, int, int]:
+    """An aligner around the teacher's Q-Former, saved where build_student looks; returns its fMRI grid."""
+    from llm4brain.align.model import BrainAligner, save_aligner
+    from llm4brain.models.video_llm import load_video_qformer
+
+    grid = (8, 8, 4)
+    save_aligner(directory, BrainAligner(grid, ENCODER, ALIGN, load_video_qformer(teacher_dir)), "teacher")
+    return grid
+
+
 @pytest.mark.parametrize("train_encoder", [True, False])
 def test_end_to_end_student_tunes_the_aligned_encoder_only_when_asked(teacher_dir, tmp_path, train_encoder):
     """``train_encoder: false`` keeps the align stage's encoder (and its map into the Q-Former) bit-identical
     while the Q-Former, projection and LLM learn; true tunes it too."""
-    from llm4brain.align.model import BrainAligner, save_aligner
-    from llm4brain.models.video_llm import load_video_qformer
-
     torch.manual_seed(0)
-    grid = (8, 8, 4)
-    save_aligner(tmp_path / "align", BrainAligner(grid, ENCODER, ALIGN, load_video_qformer(teacher_dir)), "teacher")
+    grid = save_tiny_aligner(teacher_dir, tmp_path / "align")
     params = {**instruct("full"), "input": "encoder", "train_qformer": True, "train_encoder": train_encoder}
     student = build_student(str(teacher_dir), str(tmp_path / "align"), params)
     volumes = torch.randn(3, 1, *grid)
@@ -154,12 +160,8 @@ def test_encoder_tokens_reach_the_llm_after_the_aligned_ones_and_reload_identica
     """``encoder_tokens``: the LLM's prefix is the Q-Former's Q tokens, then the encoder's N tokens mapped into
     the same space by a trained linear map, which is saved (safetensors) and reloaded to identical captions'
     logits; the frozen-latents student cannot have it."""
-    from llm4brain.align.model import BrainAligner, save_aligner
-    from llm4brain.models.video_llm import load_video_qformer
-
     torch.manual_seed(0)
-    grid = (8, 8, 4)
-    save_aligner(tmp_path / "align", BrainAligner(grid, ENCODER, ALIGN, load_video_qformer(teacher_dir)), "teacher")
+    grid = save_tiny_aligner(teacher_dir, tmp_path / "align")
     params = {**instruct("full"), "input": "encoder", "encoder_tokens": True}
     student = build_student(str(teacher_dir), str(tmp_path / "align"), params)
     volumes = torch.randn(3, 1, *grid)
