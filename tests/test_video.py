@@ -12,12 +12,13 @@ import av
 import torch
 import numpy as np
 import pytest
+from PIL import Image
 
 from llm4brain.artifacts import open_artifact
 from llm4brain.video.features import cache_features
 from llm4brain.video.frames import VideoError, extract_frames, frame_indices, sample_times
 from llm4brain.video.sampling import frames_per_tr
-from llm4brain.video.preprocessing import data_config, geometric
+from llm4brain.video.preprocessing import data_config, geometric, photometric
 from llm4brain.video.readers import choose_reader, probe, read_frames
 
 GRID, BLOCK = 4, 16  # a 4 x 4 grid of 16-pixel blocks: 16 bits per frame
@@ -105,6 +106,29 @@ def test_extract_frames_is_exact(tmp_path):
     with open_artifact(out, "frames", ("frames", "frame_index")) as f:
         assert f["frame_index"][:].tolist() == [[4, 12], [20, 28]]  # at 0.5, 1.5, 2.5, 3.5 s
         assert [[read_code(frame) for frame in clip] for clip in f["frames"][:]] == [[4, 12], [20, 28]]
+
+
+SHAPES = {"vit_base_patch16_224": {}, "vit_base_patch16_clip_224": {}, "vit_base_patch16_384": {},
+          "vit_tiny_patch16_224": {"img_size": (64, 48), "patch_size": 8}}  # crop_pct .9, .95, 1; non-square
+
+
+@pytest.mark.parametrize("name", SHAPES)
+@pytest.mark.parametrize("crop", [None, 1.0, "squash"])
+def test_resize_and_crop_match_timm_eval_transform(name, crop):
+    """Bit-identical to timm's own evaluation transform on PIL images (same resized size, rounding and crop
+    offsets), for landscape, portrait, square, odd and upscaled frames; normalisation too."""
+    import timm
+
+    params = {**VIDEO, "crop_pct": None if crop == "squash" else crop,
+              "model": {**VIDEO["model"], "name": name, "kwargs": SHAPES[name]}}
+    config = {**data_config(params), **({"crop_mode": "squash"} if crop == "squash" else {})}
+    transform = timm.data.create_transform(**config)
+    rng = np.random.default_rng(0)
+    for width, height in [(640, 360), (1920, 1080), (300, 400), (500, 500), (721, 405), (90, 160)]:
+        frame = rng.integers(0, 256, (1, height, width, 3), dtype=np.uint8)
+        ours = photometric(config)(torch.from_numpy(geometric(config)(frame)))[0]
+        torch.testing.assert_close(ours, transform(Image.fromarray(frame[0])), rtol=0, atol=0,
+                                   msg=f"{name} {crop} {width}x{height}")
 
 
 CODECS = [("x264.mp4", "libx264", False, "decord"), ("x264.mkv", "libx264", False, "decord"),

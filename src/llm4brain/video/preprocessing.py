@@ -63,33 +63,63 @@ def read_config(path: str | Path) -> dict[str, Any]:
         raise ArtifactError(f"{path}: not a vision input config ({err}); rerun rule vision_input") from err
 
 
-def geometric(config: dict[str, Any]) -> Callable[[np.ndarray], np.ndarray]:
-    """uint8 frames (N, H, W, 3) → uint8 (N, h, w, 3) at the model's input size, with PIL, as timm's
-    evaluation transform does for a PIL image: resize (shortest edge to ``size / crop_pct``, or both edges
-    for ``crop_mode: squash`` and non-square inputs) with the configured interpolation, then centre crop.
+DEFAULT_CROP_PCT = 0.875  # timm's, for a config without one
 
-    PIL rather than timm's tensor pipeline keeps the per-segment extraction jobs free of torch, whose
-    import costs more than decoding a demo segment."""
+
+def geometric(config: dict[str, Any]) -> Callable[[np.ndarray], np.ndarray]:
+    """uint8 frames (N, H, W, 3) → uint8 (N, h, w, 3) at the model's input size, bit-identical to timm's
+    evaluation transform on a PIL image (``create_transform(**config)`` up to ``ToTensor``; tested): the same
+    resized size (``resized_size``), the same PIL resize, the same centre crop (``crop_offsets``).
+
+    Resizing only the crop's area (PIL's ``box``) would halve the work but is not identical: PIL passes the
+    box to C as float32, which moves the filter taps. PIL rather than timm's tensor pipeline keeps the
+    per-segment extraction jobs free of torch, whose import costs more than decoding a demo segment."""
     from PIL import Image
 
     height, width = config["input_size"][1:]
-    scale = (math.floor(height / config["crop_pct"]), math.floor(width / config["crop_pct"]))
     resample = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST,
                 "lanczos": Image.LANCZOS}[config["interpolation"]]
-    squash = config.get("crop_mode") == "squash" or height != width
 
     def one(frame: np.ndarray) -> np.ndarray:
         image = Image.fromarray(frame)
-        if squash:
-            size = (scale[1], scale[0])
-        else:  # shortest edge to the scale size, aspect kept
-            short = min(image.size)
-            size = (round(image.width * scale[0] / short), round(image.height * scale[0] / short))
-        image = image.resize(size, resample) if size != image.size else image
-        left, top = (image.width - width) // 2, (image.height - height) // 2
+        size = resized_size(config, image.size)
+        left, top = crop_offsets(size, (width, height))
+        if size != image.size:  # torchvision leaves an image of the target size as it is
+            image = image.resize(size, resample)
         return np.asarray(image.crop((left, top, left + width, top + height)))
 
     return lambda frames: np.stack([one(frame) for frame in frames])
+
+
+def resized_size(config: dict[str, Any], image_size: tuple[int, int]) -> tuple[int, int]:
+    """(width, height) timm's evaluation transform resizes an image of ``image_size`` (width, height) to
+    before its centre crop: ``squash`` both edges to ``size / crop_pct``; ``center`` with a square input
+    torchvision's ``Resize(int)`` (shortest edge to ``size / crop_pct``, the other truncated), with a
+    non-square one timm's ``ResizeKeepRatio`` (the edge that needs less scaling fits, sizes rounded)."""
+    height, width = config["input_size"][1:]
+    crop_pct = config["crop_pct"] or DEFAULT_CROP_PCT
+    scale_h, scale_w = math.floor(height / crop_pct), math.floor(width / crop_pct)
+    mode = config.get("crop_mode") or "center"
+    w, h = image_size
+    if mode == "squash":
+        return scale_w, scale_h
+    if mode != "center":
+        raise ValueError(f"crop_mode {mode!r} is not supported (center or squash); set video.crop_pct and a "
+                         "model whose pretrained config crops centre or squashes")
+    if scale_h == scale_w:
+        short, long = min(w, h), max(w, h)
+        new_long = int(scale_h * long / short)
+        return (scale_h, new_long) if w <= h else (new_long, scale_h)
+    ratio = min(h / scale_h, w / scale_w)
+    return round(w / ratio), round(h / ratio)
+
+
+def crop_offsets(size: tuple[int, int], crop: tuple[int, int]) -> tuple[int, int]:
+    """(left, top) of torchvision's ``CenterCrop`` of ``crop`` (width, height) from an image of ``size``."""
+    if crop[0] > size[0] or crop[1] > size[1]:
+        raise ValueError(f"a {size[0]}x{size[1]} resized frame is smaller than the {crop[0]}x{crop[1]} input "
+                         "(crop_pct > 1 pads, which is not supported)")
+    return int(round((size[0] - crop[0]) / 2.0)), int(round((size[1] - crop[1]) / 2.0))
 
 
 def photometric(config: dict[str, Any]) -> Callable[["torch.Tensor"], "torch.Tensor"]:
