@@ -161,6 +161,25 @@ def test_every_reader_returns_the_requested_frames_in_any_order(tmp_path, reader
     assert [[read_code(x) for x in row] for row in read_frames(info, wanted)] == wanted.tolist()
 
 
+def test_skipped_b_frames_change_no_pixel(tmp_path):
+    """MPEG-4 Part 2: the seek reader drops unwanted B-frames undecoded; what it returns is what a full
+    sequential decode gives, pixel for pixel, B-frames among it."""
+    import av
+
+    from llm4brain.video.readers import _decoded
+
+    video = tmp_path / "mpeg4.mp4"
+    write_coded(video, n_frames=120, fps=8, codec="mpeg4", gop=12)
+    wanted = np.arange(1, 120, 7)
+    seek, sequential = probe(video), probe(video, "pyav-sequential")
+    assert seek.reader == "pyav-seek"
+    np.testing.assert_array_equal(read_frames(seek, wanted), read_frames(sequential, wanted))
+    with av.open(str(video)) as container:
+        stream = container.streams.video[0]
+        kept = [frame.pts for frame in _decoded(container, stream, {int(seek.pts[i]) for i in wanted})]
+    assert set(seek.pts[wanted].tolist()) <= set(kept) and len(kept) < 120 * 0.6  # two in three are B-frames
+
+
 def test_reader_choice():
     assert choose_reader("h264", "mov,mp4,m4a,3gp,3g2,mj2", [0, 2, 1]) == "decord"
     assert choose_reader("hevc", "matroska,webm", [0, 1]) == "decord"

@@ -66,14 +66,15 @@ def prefetched(batches: ClipBatches, ahead: int = 2) -> Iterator["torch.Tensor"]
 
 
 def cache_features(frames_path: str | Path, out_path: str | Path, params: dict[str, Any], seed: int) -> None:
-    """Write ``/tokens`` float16 (n_tr, F, T, D) and ``/tr``; one HDF5 chunk per TR-clip. ``video.workers``
-    DataLoader processes read and normalise frames while the model runs (0: a thread of this process)."""
+    """Write ``/tokens`` float16 (n_tr, F, T, D) and ``/tr``; one HDF5 chunk per TR-clip, written batch by
+    batch (a segment's ViT-g tokens would take gigabytes held whole). ``video.workers`` DataLoader processes
+    read and normalise frames while the model runs (0: a thread of this process)."""
     import torch
 
     torch.set_num_threads(1)
     device = select_device(params["device"])
     model = build_vision_model(params, seed).to(device)
-    config = data_config(params)
+    config = data_config(params, model)
     with open_artifact(frames_path, "frames", ("frames", "tr")) as src:
         shape = src["frames"].shape
         trs = src["tr"][:]
@@ -85,19 +86,21 @@ def cache_features(frames_path: str | Path, out_path: str | Path, params: dict[s
     workers = params["workers"]
     loader = (torch.utils.data.DataLoader(batches, batch_size=None, num_workers=workers, prefetch_factor=2,
                                           pin_memory=device.type == "cuda") if workers else prefetched(batches))
-    outputs = []
-    with torch.inference_mode():
+    with atomic_h5(out_path, "features", params) as f, torch.inference_mode():
+        done, tokens = 0, None
         for x in tqdm(loader, desc=f"{segment} features", mininterval=1.0):
             with autocast(device):
-                tokens = model.forward_features(x.to(device, non_blocking=True))
-                outputs.append((tokens[:, :1] if params["cache"] == "vit_cls" else tokens).to(torch.float16).cpu())
-    tokens = torch.cat(outputs).numpy()
-    tokens = tokens.reshape(tuple(shape[:2]) + tokens.shape[1:])
-    with atomic_h5(out_path, "features", params) as f:
-        f.create_dataset("tokens", data=tokens, chunks=(1,) + tokens.shape[1:])
+                out = model.forward_features(x.to(device, non_blocking=True))
+            out = (out[:, :1] if params["cache"] == "vit_cls" else out).to(torch.float16).cpu().numpy()
+            out = out.reshape((-1, shape[1]) + out.shape[1:])
+            if tokens is None:
+                tokens = f.create_dataset("tokens", shape=tuple(shape[:2]) + out.shape[2:], dtype=out.dtype,
+                                          chunks=(1,) + out.shape[1:])
+            tokens[done : done + len(out)] = out
+            done += len(out)
         f.create_dataset("tr", data=trs)
         set_attrs(f, {"segment": segment, "model": params["model"]["name"], "source": params["model"]["source"],
                       "cache": params["cache"],
                       "weights": params["model"]["weights"] or "random-init",
                       "input_size": list(config["input_size"])})
-    LOG.info("%s: tokens %s", segment, tokens.shape)
+        LOG.info("%s: tokens %s", segment, tokens.shape)

@@ -27,10 +27,10 @@ def model_spec(params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return spec["name"], kwargs
 
 
-def data_config(params: dict[str, Any]) -> dict[str, Any]:
-    """timm's data config for the model (built on the meta device: no weights, no memory), with the input
-    size the model is actually built for and ``crop_pct`` from config when set; for an HF checkpoint, its
-    image processor's (squash to the input size, its mean/std)."""
+def data_config(params: dict[str, Any], model: "torch.nn.Module | None" = None) -> dict[str, Any]:
+    """timm's data config for the model (``model`` if built already, else built on the meta device: no
+    weights, no memory), with the input size the model is actually built for and ``crop_pct`` from config
+    when set; for an HF checkpoint, its image processor's (squash to the input size, its mean/std)."""
     import timm
     import torch
 
@@ -38,9 +38,10 @@ def data_config(params: dict[str, Any]) -> dict[str, Any]:
         from llm4brain.video.hf_tower import hf_data_config
 
         return hf_data_config(params["model"]["weights"])
-    name, kwargs = model_spec(params)
-    with torch.device("meta"):
-        model = timm.create_model(name, pretrained=False, **kwargs)
+    if model is None:
+        name, kwargs = model_spec(params)
+        with torch.device("meta"):
+            model = timm.create_model(name, pretrained=False, **kwargs)
     overrides = {} if params["crop_pct"] is None else {"crop_pct": params["crop_pct"]}
     config = timm.data.resolve_data_config(overrides, model=model)
     img_size = getattr(getattr(model, "patch_embed", None), "img_size", None)
@@ -123,9 +124,10 @@ def crop_offsets(size: tuple[int, int], crop: tuple[int, int]) -> tuple[int, int
 
 
 def photometric(config: dict[str, Any]) -> Callable[["torch.Tensor"], "torch.Tensor"]:
-    """uint8 frames (N, h, w, 3) already at input size → normalised float (N, 3, h, w)."""
+    """uint8 frames (N, h, w, 3) already at input size → normalised float (N, 3, h, w), the values of timm's
+    ``ToTensor`` + ``Normalize``; in place on one contiguous buffer (each new buffer costs page faults)."""
     import torch
 
     mean = torch.tensor(config["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(config["std"]).view(1, 3, 1, 1)
-    return lambda frames: (frames.permute(0, 3, 1, 2).float() / 255.0 - mean) / std
+    return lambda frames: frames.permute(0, 3, 1, 2).contiguous().float().div_(255.0).sub_(mean).div_(std)

@@ -6,7 +6,7 @@ decoding) and read by the fastest reader that is exact for it:
 
 - ``decord``: H.264/H.265 in MP4/MOV/Matroska;
 - ``pyav-seek``: every other file whose packets carry unique timestamps: seek to the keyframe before a
-  wanted frame, decode forward, match frames by timestamp;
+  wanted frame, decode forward (MPEG-4 Part 2: skipping the B-frames not wanted), match frames by timestamp;
 - ``pyav-sequential``: AVI (which stores no presentation timestamps: FFmpeg reconstructs them, wrongly
   after a seek once B-frames reorder, and packed B-frames share one packet) and any file whose packets
   lack unique timestamps: decode every frame in order and count; frame ``i`` starts at ``i / average_rate``.
@@ -27,6 +27,7 @@ CHUNK = 32  # frames decoded at full resolution before ``prepare`` shrinks them
 SEEK_GAP = 48  # frames; below this, decoding through is cheaper than seeking
 DECORD_CODECS = {"h264", "hevc"}
 DECORD_CONTAINERS = {"mov", "mp4", "matroska"}
+SKIP_NONREF_CODECS = {"mpeg4"}  # B-frames are never references: unwanted ones need not be decoded
 
 
 class VideoError(ValueError):
@@ -171,6 +172,7 @@ def _seek(info: StreamInfo, wanted: np.ndarray) -> Iterator[np.ndarray]:
     import av
 
     index_of = {int(p): i for i, p in enumerate(info.pts)}
+    keep = {int(info.pts[i]) for i in wanted} if info.codec in SKIP_NONREF_CODECS else None
     with _open(info.path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
@@ -180,7 +182,7 @@ def _seek(info: StreamInfo, wanted: np.ndarray) -> Iterator[np.ndarray]:
                 key = int(info.keyframes[np.searchsorted(info.keyframes, target, side="right") - 1])
                 if frames is None or key - position > SEEK_GAP:
                     container.seek(int(info.pts[key]), stream=stream, backward=True, any_frame=False)
-                    frames = container.decode(stream)
+                    frames = _decoded(container, stream, keep)
                 for frame in frames:
                     position = index_of.get(frame.pts, -2)
                     if position == target:
@@ -193,6 +195,18 @@ def _seek(info: StreamInfo, wanted: np.ndarray) -> Iterator[np.ndarray]:
                     raise VideoError(f"{info.path}: stream ended before frame {target}")
         except av.error.FFmpegError as err:
             raise VideoError(f"{info.path}: decoding failed near frame {position + 1} ({err})") from err
+
+
+def _decoded(container: "av.container.InputContainer", stream: "av.video.stream.VideoStream",
+             keep: set[int] | None) -> Iterator["av.VideoFrame"]:
+    """``container.decode(stream)``; with ``keep``, the decoder drops each non-reference frame (a B-frame
+    in MPEG-4 Part 2) whose timestamp is not kept, after parsing only its header. Nothing refers to such a
+    frame, so every other frame decodes exactly as in a full decode, for about a third less work."""
+    context = stream.codec_context
+    for packet in container.demux(stream):
+        if keep is not None:
+            context.skip_frame = "NONREF" if packet.size and packet.pts not in keep else "DEFAULT"
+        yield from packet.decode()
 
 
 def _sequential(info: StreamInfo, wanted: np.ndarray) -> Iterator[np.ndarray]:
