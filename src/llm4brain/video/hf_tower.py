@@ -53,13 +53,21 @@ class HFVisionTower(nn.Module):
         return self.qformer(query_embeds=queries, encoder_hidden_states=tokens).last_hidden_state
 
 
+RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic"}  # PIL's resampling filter codes
+
+
 def hf_data_config(directory: str | Path) -> dict[str, Any]:
     """timm-style data config from the checkpoint's image processor: BLIP squashes the frame to the input
-    size (no crop), bicubic, with its own mean/std."""
+    size (no crop) with its resampling filter and its own mean/std, which ``preprocessing`` applies exactly
+    as the processor's PIL backend (LAVIS' evaluation transform) does; tested."""
     from transformers import AutoImageProcessor
 
     processor = AutoImageProcessor.from_pretrained(directory)
     size = processor.size
     height, width = (size["height"], size["width"]) if "height" in size else (size["shortest_edge"],) * 2
-    return {"input_size": (3, height, width), "interpolation": "bicubic", "mean": tuple(processor.image_mean),
-            "std": tuple(processor.image_std), "crop_pct": 1.0, "crop_mode": "squash"}
+    resample = int(getattr(processor, "resample", 3))
+    if resample not in RESAMPLE:
+        raise ArtifactError(f"{directory}: image processor resample {resample} is not one of {RESAMPLE}")
+    return {"input_size": (3, height, width), "interpolation": RESAMPLE[resample],
+            "mean": tuple(processor.image_mean), "std": tuple(processor.image_std), "crop_pct": 1.0,
+            "crop_mode": "squash"}
