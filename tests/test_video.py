@@ -131,6 +131,18 @@ def test_resize_and_crop_match_timm_eval_transform(name, crop):
                                    msg=f"{name} {crop} {width}x{height}")
 
 
+def test_padding_crop_modes_are_refused_when_the_config_is_resolved():
+    """timm's ``border`` mode (or crop_pct > 1) pads frames, which extraction does not: say so before any
+    segment is decoded, naming the model."""
+    import timm
+
+    with torch.device("meta"):
+        model = timm.create_model("vit_tiny_patch16_224", pretrained=False, **VIDEO["model"]["kwargs"])
+    model.pretrained_cfg = {**model.pretrained_cfg, "crop_mode": "border"}
+    with pytest.raises(ValueError, match="vit_tiny_patch16_224: crop_mode 'border'"):
+        data_config(VIDEO, model)
+
+
 CODECS = [("x264.mp4", "libx264", False, "decord"), ("x264.mkv", "libx264", False, "decord"),
           ("mpeg4.mp4", "mpeg4", False, "pyav-seek"), ("mpeg4.avi", "mpeg4", False, "pyav-sequential"),
           ("h264.avi", "libx264", False, "pyav-sequential"), ("vfr.mp4", "libx264", True, "decord"),

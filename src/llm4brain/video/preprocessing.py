@@ -47,6 +47,10 @@ def data_config(params: dict[str, Any], model: "torch.nn.Module | None" = None) 
     img_size = getattr(getattr(model, "patch_embed", None), "img_size", None)
     if img_size is not None:
         config["input_size"] = (3, *img_size)
+    if (config.get("crop_mode") or "center") not in ("center", "squash") or config["crop_pct"] > 1:
+        raise ValueError(f"video.model {params['model']['name']}: crop_mode {config.get('crop_mode')!r} with "
+                         f"crop_pct {config['crop_pct']} pads the frame, which extraction does not do; only centre "
+                         "crops and squashing with crop_pct <= 1 are supported (set video.crop_pct)")
     return config
 
 
@@ -62,9 +66,6 @@ def read_config(path: str | Path) -> dict[str, Any]:
         return {**config, "input_size": tuple(config["input_size"])}
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ArtifactError(f"{path}: not a vision input config ({err}); rerun rule vision_input") from err
-
-
-DEFAULT_CROP_PCT = 0.875  # timm's, for a config without one
 
 
 def geometric(config: dict[str, Any]) -> Callable[[np.ndarray], np.ndarray]:
@@ -94,19 +95,15 @@ def geometric(config: dict[str, Any]) -> Callable[[np.ndarray], np.ndarray]:
 
 def resized_size(config: dict[str, Any], image_size: tuple[int, int]) -> tuple[int, int]:
     """(width, height) timm's evaluation transform resizes an image of ``image_size`` (width, height) to
-    before its centre crop: ``squash`` both edges to ``size / crop_pct``; ``center`` with a square input
-    torchvision's ``Resize(int)`` (shortest edge to ``size / crop_pct``, the other truncated), with a
-    non-square one timm's ``ResizeKeepRatio`` (the edge that needs less scaling fits, sizes rounded)."""
+    before its centre crop (``crop_mode`` center or squash: see ``data_config``): ``squash`` both edges to
+    ``size / crop_pct``; ``center`` with a square input torchvision's ``Resize(int)`` (shortest edge to
+    ``size / crop_pct``, the other truncated), with a non-square one timm's ``ResizeKeepRatio`` (the edge
+    that needs less scaling fits, sizes rounded)."""
     height, width = config["input_size"][1:]
-    crop_pct = config["crop_pct"] or DEFAULT_CROP_PCT
-    scale_h, scale_w = math.floor(height / crop_pct), math.floor(width / crop_pct)
-    mode = config.get("crop_mode") or "center"
+    scale_h, scale_w = math.floor(height / config["crop_pct"]), math.floor(width / config["crop_pct"])
     w, h = image_size
-    if mode == "squash":
+    if config.get("crop_mode") == "squash":
         return scale_w, scale_h
-    if mode != "center":
-        raise ValueError(f"crop_mode {mode!r} is not supported (center or squash); set video.crop_pct and a "
-                         "model whose pretrained config crops centre or squashes")
     if scale_h == scale_w:
         short, long = min(w, h), max(w, h)
         new_long = int(scale_h * long / short)
@@ -116,10 +113,8 @@ def resized_size(config: dict[str, Any], image_size: tuple[int, int]) -> tuple[i
 
 
 def crop_offsets(size: tuple[int, int], crop: tuple[int, int]) -> tuple[int, int]:
-    """(left, top) of torchvision's ``CenterCrop`` of ``crop`` (width, height) from an image of ``size``."""
-    if crop[0] > size[0] or crop[1] > size[1]:
-        raise ValueError(f"a {size[0]}x{size[1]} resized frame is smaller than the {crop[0]}x{crop[1]} input "
-                         "(crop_pct > 1 pads, which is not supported)")
+    """(left, top) of torchvision's ``CenterCrop`` of ``crop`` (width, height) from an image of ``size``, which
+    is never smaller with ``crop_pct`` <= 1 (checked by ``data_config``)."""
     return int(round((size[0] - crop[0]) / 2.0)), int(round((size[1] - crop[1]) / 2.0))
 
 
