@@ -12,7 +12,8 @@ stimuli are) and a ViT-B/16-size model (8 TRs, 64 frames: it runs at ~2.5 frames
 median of ``REPEATS`` runs and its baseline's of as many, the two run in turn: single runs vary by ±15 % on a
 shared 2-core machine. Frames/s are source frames covered per second; ratios ≥ 1.0 of the goal meet it.
 Between the two tables: what one frame costs to resize exactly (PIL bicubic, as timm's transform) against the
-sequential decode's wall time per frame.
+sequential decode's wall time per frame; after them, what a caching job spends building the model and writing
+its tokens.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 import av
+import h5py
 import numpy as np
 import torch
 
@@ -103,6 +105,14 @@ def bare_forward(model: torch.nn.Module, batches: list[torch.Tensor]) -> None:
             model.forward_features(x)
 
 
+def write_tokens(features: Path, out: Path) -> None:
+    """The HDF5 write ``cache_features`` does: a features artifact's tokens, one chunk per TR clip."""
+    with open_artifact(features, "features", ("tokens",)) as f:
+        tokens = f["tokens"][:]
+    with h5py.File(out, "w") as f:
+        f.create_dataset("tokens", data=tokens, chunks=(1,) + tokens.shape[1:])
+
+
 def row(name: str, measured: float, baseline: float, goal: float) -> None:
     ratio = measured / baseline
     print(f"{name:40s} {measured:10.1f} {baseline:10.1f} {ratio:6.2f} {goal:5.2f} {ratio / goal:6.2f}")
@@ -132,6 +142,7 @@ def main() -> None:
         resize_ms = 1000 * seconds(lambda: resize(frame), 50)
         print(f"\nper {WIDTH}x{HEIGHT} frame: exact resize to the ViT-B/16 input {resize_ms:.1f} ms; sequential "
               "decode to RGB " + ", ".join(f"{name} {ms:.1f} ms" for name, ms in decode_ms.items()) + "\n")
+        costs: dict[str, tuple[float, float, float]] = {}
         for k, name in enumerate(MODELS):
             clip, source = tmp / f"model{k}.mp4", tmp / f"model{k}.h5"
             write_clip(clip, "libx264", {"preset": "veryfast"}, CACHE_SECONDS[name], CACHE_SIZE[name])
@@ -145,6 +156,12 @@ def main() -> None:
             cache, bare = paired(lambda: cache_features(source, tmp / "features.h5", params(name), seed=0),
                                  lambda: bare_forward(model, batches), REPEATS[name], tmp / "features.h5")
             row(f"cache {name}", len(flat) / cache, len(flat) / bare, 0.9)
+            costs[name] = (seconds(lambda: build_vision_model(params(name), seed=0), 1),
+                           seconds(lambda: write_tokens(tmp / "features.h5", tmp / "copy.h5"), 1), cache)
+        print("\nwhat caching does beyond the forward (share of its wall time above)")
+        for name, (build, write, cache) in costs.items():
+            print(f"  {name:10s} building the model {build:6.2f} s ({build / cache:4.0%}), writing its float16 tokens "
+                  f"to HDF5 {write:6.2f} s ({write / cache:4.0%})")
 
 
 if __name__ == "__main__":
