@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from llm4brain.artifacts import open_artifact
-from llm4brain.video.features import cache_features
+from llm4brain.video.features import build_vision_model, cache_features
 from llm4brain.video.frames import VideoError, extract_frames, frame_indices, sample_times
 from llm4brain.video.sampling import frames_per_tr
 from llm4brain.video.preprocessing import data_config, geometric, photometric
@@ -229,17 +229,24 @@ def test_unreadable_video_names_file(tmp_path):
 
 
 def test_cache_features_shape_and_determinism(tmp_path):
-    """Same tokens on a rerun, and whether a DataLoader worker or a thread of the job reads the frames, in
-    whatever batches (6 frames: one whole 4-frame clip per batch, more batches than the thread reads ahead)."""
+    """Each TR clip's tokens are the model's on that clip's frames; the same whether a DataLoader worker or a
+    thread of the job reads the frames, in whatever batches (6 frames: one whole 4-frame clip per batch, more
+    batches than the thread reads ahead)."""
     video = tmp_path / "clip.mp4"
     write_coded(video, n_frames=80, fps=8)
     extract_frames(video, tmp_path / "frames.h5", 2.0, VIDEO, data_config(VIDEO))
     cache_features(tmp_path / "frames.h5", tmp_path / "a.h5", VIDEO, seed=3)
+    with open_artifact(tmp_path / "frames.h5", "frames", ("frames",)) as f:
+        frames = torch.from_numpy(f["frames"][:])
+    with torch.inference_mode():
+        model = build_vision_model(VIDEO, seed=3)
+        expected = model.forward_features(photometric(data_config(VIDEO))(frames.flatten(0, 1))).half()
     cache_features(tmp_path / "frames.h5", tmp_path / "c.h5", {**VIDEO, "batch_size": 6}, seed=3)
     cache_features(tmp_path / "frames.h5", tmp_path / "b.h5", {**VIDEO, "workers": 1, "batch_size": 6}, seed=3)
     with open_artifact(tmp_path / "a.h5", "features", ("tokens",)) as a, open_artifact(tmp_path / "b.h5", "features") as b:
         tokens = a["tokens"][:]
         assert tokens.dtype == np.float16 and tokens.shape == (5, 4, 1 + 64, 32)  # cls + (64/8)² patches
+        np.testing.assert_array_equal(tokens, expected.unflatten(0, (5, 4)).numpy())
         np.testing.assert_array_equal(tokens, b["tokens"][:])
         assert a.attrs["model"] == "vit_tiny_patch16_224"
     with open_artifact(tmp_path / "c.h5", "features", ("tokens",)) as c:
@@ -275,10 +282,7 @@ def test_real_h264_matches_a_sequential_decode(real_mp4s, tmp_path):
 
 def test_local_weights_file_is_loaded(tmp_path):
     """A real checkpoint comes from a local safetensors file (timm ``pretrained_cfg_overlay``), never a hub."""
-    import torch
     from safetensors.torch import save_file
-
-    from llm4brain.video.features import build_vision_model
 
     trained = build_vision_model(VIDEO, seed=1)
     save_file(trained.state_dict(), tmp_path / "vit.safetensors")
