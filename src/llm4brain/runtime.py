@@ -1,7 +1,8 @@
-"""Process-level set-up shared by every stage: logging to the rule's log file, seeding, device choice."""
+"""Process-level set-up shared by every stage: logging to the rule's log file, memory reuse, seeding, device choice."""
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import random
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 LOG = logging.getLogger("llm4brain")
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc mallopt parameters (malloc.h)
 
 
 def setup_logging(log_file: str | os.PathLike | None = None) -> logging.Logger:
@@ -31,6 +33,21 @@ def setup_logging(log_file: str | os.PathLike | None = None) -> logging.Logger:
                  *(os.environ.get(k, "unset") for k in ("SLURM_JOB_ID", "SLURMD_NODENAME", "CUDA_VISIBLE_DEVICES",
                                                          "HDF5_USE_FILE_LOCKING")))
     return LOG
+
+
+def keep_freed_memory() -> None:
+    """Have glibc keep freed memory for the next allocation instead of unmapping it, in a job that runs a
+    model batch after batch. By default every buffer over 128 KB-32 MB is mapped fresh from the kernel and
+    unmapped when freed, so the activations are page-faulted in again at every batch: a quarter of the demo
+    ViT's CPU forward and 9 % of ViT-B/16's. The price is peak resident memory (+15 % for ViT-B/16 on CPU):
+    freed buffers are reused rather than returned. The demo's training jobs, dominated by start-up, gain
+    nothing from it. No effect off glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.mallopt(M_MMAP_MAX, 0)  # large buffers come from the heap too, where freed ones are reused
+    libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)  # and the heap's free top is not handed back
 
 
 def _log_uncaught(kind: type[BaseException], value: BaseException, tb: object) -> None:

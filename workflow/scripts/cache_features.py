@@ -1,6 +1,7 @@
-from llm4brain.runtime import setup_logging
+from llm4brain.runtime import keep_freed_memory, setup_logging
 from llm4brain.video.features import cache_features
 
 setup_logging(snakemake.log[0])
+keep_freed_memory()
 p = snakemake.params
 cache_features(snakemake.input[0], snakemake.output[0], p.video, p.seed)
