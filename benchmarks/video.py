@@ -15,12 +15,15 @@ by ±15 % on a shared 2-core machine, in spells that hit both runs of a pair ali
 meet it.
 Between the two tables: what one frame costs to resize exactly (PIL bicubic, as timm's transform) against the
 sequential decode's wall time per frame; after them, what a caching job spends building the model and writing
-its tokens.
+its tokens, and what keeping freed memory (as the job does) changes for the bare forward.
 """
 
 from __future__ import annotations
 
+import resource
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -169,6 +172,43 @@ def main() -> None:
             print(f"  {name:10s} building the model {build:6.2f} s ({build / cache:4.0%}), writing its float16 tokens "
                   f"to HDF5 {write:6.2f} s ({write / cache:4.0%})")
 
+    print("\nthe bare forward (batches of 32, one thread) in a fresh process, glibc's default allocator against "
+          "kept freed memory")
+    for name in MODELS:
+        default, kept = (allocator_run(name, mode) for mode in ("default", "keep"))
+        print(f"  {name:10s} {default[0]:7.2f} s, {default[1]:8d} page faults, peak {default[2]:5d} MB -> "
+              f"{kept[0]:7.2f} s, {kept[1]:8d} page faults, peak {kept[2]:5d} MB ({kept[0] / default[0] - 1:+.0%} "
+              f"time, {kept[2] / default[2] - 1:+.0%} memory)")
+
+
+ALLOCATOR_BATCHES = {"demo ViT": 60, "ViT-B/16": 2}  # as many as the caching measurement above runs
+
+
+def allocator_run(name: str, mode: str) -> tuple[float, int, int]:
+    """Seconds, page faults and peak resident MB of the bare forward over ``ALLOCATOR_BATCHES`` batches, after
+    one warm-up batch, in a child process (the allocator's settings are per process)."""
+    out = subprocess.run([sys.executable, __file__, "allocator", name, mode], capture_output=True, text=True,
+                         check=True).stdout.split()
+    return float(out[0]), int(out[1]), int(out[2])
+
+
+def allocator_child(name: str, mode: str) -> None:
+    torch.set_num_threads(1)
+    if mode == "keep":
+        keep_freed_memory()
+    model = build_vision_model(params(name), seed=0)
+    x = torch.randn((32,) + tuple(data_config(params(name))["input_size"]), generator=torch.Generator().manual_seed(0))
+    bare_forward(model, [x])
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    start = time.perf_counter()
+    bare_forward(model, [x] * ALLOCATOR_BATCHES[name])
+    elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    print(elapsed, after.ru_minflt - before.ru_minflt, after.ru_maxrss // 1024)
+
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["allocator"]:
+        allocator_child(*sys.argv[2:4])
+    else:
+        main()

@@ -38,10 +38,9 @@ def setup_logging(log_file: str | os.PathLike | None = None) -> logging.Logger:
 def keep_freed_memory() -> None:
     """Have glibc keep freed memory for the next allocation instead of unmapping it, in a job that runs a
     model batch after batch. By default every buffer over 128 KB-32 MB is mapped fresh from the kernel and
-    unmapped when freed, so the activations are page-faulted in again at every batch: a quarter of the demo
-    ViT's CPU forward and 9 % of ViT-B/16's. The price is peak resident memory (+15 % for ViT-B/16 on CPU):
-    freed buffers are reused rather than returned. The demo's training jobs, dominated by start-up, gain
-    nothing from it. No effect off glibc."""
+    unmapped when freed, so the activations are page-faulted in again at every batch; the price of keeping
+    them is peak resident memory (freed buffers are reused rather than returned). benchmarks/video.py prints
+    both for the bare forward. No effect off glibc."""
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:

@@ -68,7 +68,7 @@ def prefetched(batches: ClipBatches, ahead: int = 2) -> Iterator["torch.Tensor"]
 
 def write_clips(tokens: h5py.Dataset, first: int, clips: np.ndarray) -> None:
     """Store ``clips`` as TR clips ``first``, ``first + 1``, …: each is one whole unfiltered chunk, written as
-    is (half the time of a sliced write, which goes through HDF5's selection and chunk cache)."""
+    is, without the selection and chunk cache a sliced write goes through."""
     for i, clip in enumerate(clips):
         tokens.id.write_direct_chunk((first + i,) + (0,) * clip.ndim, clip)
 
