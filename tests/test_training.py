@@ -12,7 +12,8 @@ import pandas as pd
 import torch
 
 from llm4brain.runtime import autocast_dtype
-from llm4brain.training import Checkpoint, fit
+from llm4brain.resume import Checkpoint
+from llm4brain.training import fit
 from conftest import TRAIN_DEFAULTS
 
 TRAIN = {**TRAIN_DEFAULTS, "steps": 30, "batch_size": 8, "lr": 3e-3, "weight_decay": 0.01, "warmup": 5, "grad_clip": 1.0,
@@ -23,7 +24,8 @@ SCRIPT = textwrap.dedent("""
     import torch
     from safetensors.torch import save_file
     from llm4brain.runtime import seed_everything
-    from llm4brain.training import Checkpoint, fit
+    from llm4brain.resume import Checkpoint
+    from llm4brain.training import fit
 
     out, kill_at = sys.argv[1], int(sys.argv[2])
     seed_everything(0, 1)

@@ -9,8 +9,9 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
-import torch
+import h5py
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
@@ -251,6 +252,94 @@ def test_cache_features_shape_and_determinism(tmp_path):
         assert a.attrs["model"] == "vit_tiny_patch16_224"
     with open_artifact(tmp_path / "c.h5", "features", ("tokens",)) as c:
         np.testing.assert_array_equal(tokens, c["tokens"][:])
+
+
+KILLED_CACHING = """
+import json, os, signal, sys
+from llm4brain.video import features
+
+features.RECORD_SECONDS = 0.0  # record after every batch
+build = features.build_vision_model
+
+
+def build_killed_at_batch_3(params, seed):
+    model, calls = build(params, seed), []
+    forward = model.forward_features
+
+    def forward_features(x):
+        calls.append(x)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGKILL)  # what a cluster does at a time limit
+        return forward(x)
+
+    model.forward_features = forward_features
+    return model
+
+
+features.build_vision_model = build_killed_at_batch_3
+features.cache_features(sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), seed=3)
+"""
+
+
+def counted_forwards(monkeypatch) -> list[int]:
+    """Patch ``cache_features``'s model so that each forward appends its batch size to the returned list."""
+    from llm4brain.video import features
+
+    calls: list[int] = []
+    build = features.build_vision_model
+
+    def counting(params, seed):
+        model = build(params, seed)
+        forward = model.forward_features
+        model.forward_features = lambda x: calls.append(len(x)) or forward(x)
+        return model
+
+    monkeypatch.setattr(features, "build_vision_model", counting)
+    return calls
+
+
+@pytest.mark.parametrize("workers, then", [(0, "rerun"), (1, "rerun"), (0, "inputs changed"),
+                                           (0, "partial file damaged")])
+def test_caching_killed_midway_resumes_where_it_stopped(tmp_path, monkeypatch, workers, then):
+    """kill -9 on the third of five batches (one clip each): the rerun computes only the last three (read by
+    the job's thread or by a DataLoader worker) and ends with the tokens of an uninterrupted run; a changed
+    input or an unreadable partial file starts over."""
+    import json
+
+    video, frames, out = tmp_path / "clip.mp4", tmp_path / "frames.h5", tmp_path / "features.h5"
+    write_coded(video, n_frames=80, fps=8)
+    extract_frames(video, frames, 2.0, VIDEO, data_config(VIDEO))
+    params = {**VIDEO, "batch_size": 4, "workers": workers}
+    cache_features(frames, tmp_path / "uninterrupted.h5", params, seed=3)
+    killed = subprocess.run([sys.executable, "-c", KILLED_CACHING, str(frames), str(out), json.dumps(params)])
+    assert killed.returncode == -9 and not out.exists()
+    partial = tmp_path / ".resume" / "cache_features_features.h5"
+    assert json.loads(partial.with_name(partial.name + ".json").read_text())["done"] == 2
+    if then == "inputs changed":
+        frames.touch()
+    elif then == "partial file damaged":
+        partial.write_bytes(partial.read_bytes()[:1000])
+    calls = counted_forwards(monkeypatch)
+    cache_features(frames, out, params, seed=3)
+    assert calls == [4] * (3 if then == "rerun" else 5)
+    with open_artifact(out, "features", ("tokens", "tr")) as a, h5py.File(tmp_path / "uninterrupted.h5") as b:
+        np.testing.assert_array_equal(a["tokens"][:], b["tokens"][:])
+        np.testing.assert_array_equal(a["tr"][:], b["tr"][:])
+        np.testing.assert_equal(dict(a.attrs), dict(b.attrs))
+    assert not any((tmp_path / ".resume").iterdir())
+
+
+def test_caching_that_fails_before_recording_leaves_nothing(tmp_path, monkeypatch):
+    """A failure before the first record leaves neither the artifact nor a partial file to resume."""
+    from llm4brain.video import features
+
+    video, frames = tmp_path / "clip.mp4", tmp_path / "frames.h5"
+    write_coded(video, n_frames=80, fps=8)
+    extract_frames(video, frames, 2.0, VIDEO, data_config(VIDEO))
+    monkeypatch.setattr(features, "write_clips", lambda *args: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        cache_features(frames, tmp_path / "features.h5", VIDEO, seed=3)
+    assert not (tmp_path / "features.h5").exists() and not any((tmp_path / ".resume").iterdir())
 
 
 FAULTS = """

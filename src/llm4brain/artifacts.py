@@ -65,11 +65,16 @@ def atomic_h5(path: str | os.PathLike, kind: str, params: Any = None, **options:
     ``path`` only when complete."""
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w", track_order=True, **options) as f:
-            f.attrs["schema"] = SCHEMAS[kind]
-            f.attrs["stage"] = kind
-            f.attrs["created_by"] = f"llm4brain {__version__}"
-            f.attrs["config_hash"] = config_hash(params)
+            write_header(f, kind, params)
             yield f
+
+
+def write_header(f: h5py.File, kind: str, params: Any) -> None:
+    """The attrs every artifact of ``kind`` starts with."""
+    f.attrs["schema"] = SCHEMAS[kind]
+    f.attrs["stage"] = kind
+    f.attrs["created_by"] = f"llm4brain {__version__}"
+    f.attrs["config_hash"] = config_hash(params)
 
 
 def open_artifact(path: str | os.PathLike, kind: str, required: tuple[str, ...] = ()) -> h5py.File:

@@ -4,11 +4,7 @@ stopped and ends bit-identical to an uninterrupted run."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -16,6 +12,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from llm4brain.resume import Checkpoint
 from llm4brain.runtime import LOG, autocast
 
 
@@ -29,45 +26,6 @@ def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup: int, steps: int
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    """Where a training job keeps its resumable state, and the job that state belongs to."""
-
-    path: Path
-    fingerprint: str
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "path", Path(self.path))
-
-    @classmethod
-    def for_job(cls, name: str, inputs: Sequence[str], params: dict[str, Any], root: str | Path = "results") -> "Checkpoint":
-        """``{root}/.resume/{name}.pt``, valid only for the same params and the same input files (path,
-        size, mtime): a state left by a killed job is never resumed after its inputs or config changed."""
-        stats = [(str(p), os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in inputs]
-        blob = json.dumps({"rule": name, "params": params, "inputs": stats}, sort_keys=True, default=str)
-        return cls(Path(root) / ".resume" / f"{name}.pt", hashlib.sha256(blob.encode()).hexdigest())
-
-    @classmethod
-    def for_snakemake(cls, job: Any) -> "Checkpoint":
-        """For the running Snakemake job (``snakemake`` in a script): named by rule and wildcards."""
-        return cls.for_job("_".join([job.rule, *job.wildcards]), list(job.input), dict(job.params.items()))
-
-    def load(self) -> dict[str, Any] | None:
-        if not self.path.exists():
-            return None
-        state = torch.load(self.path, map_location="cpu", weights_only=True)  # ours, still never unpickled freely
-        if state.get("fingerprint") != self.fingerprint:
-            LOG.info("%s belongs to another job (inputs or config changed); starting from step 0", self.path)
-            return None
-        return state
-
-    def save(self, state: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        torch.save({**state, "fingerprint": self.fingerprint}, tmp)
-        os.replace(tmp, self.path)  # a kill while writing leaves the previous checkpoint intact
 
 
 def cuda_rng(device: torch.device) -> dict[str, torch.Tensor]:

@@ -1,6 +1,6 @@
 from llm4brain.align.train import pretrain_adaptor
 from llm4brain.runtime import setup_logging
-from llm4brain.training import Checkpoint
+from llm4brain.resume import Checkpoint
 
 setup_logging(snakemake.log[0])
 p = snakemake.params

@@ -1,5 +1,5 @@
 from llm4brain.runtime import setup_logging
-from llm4brain.training import Checkpoint
+from llm4brain.resume import Checkpoint
 from llm4brain.video_llm.train import train_video_llm
 
 setup_logging(snakemake.log[0])

@@ -20,7 +20,8 @@ from llm4brain.models.fmri_encoder import build_encoder
 from llm4brain.models.mbm import MaskedBrainModel
 from llm4brain.models.weights import save_weights
 from llm4brain.runtime import LOG, seed_everything, select_device
-from llm4brain.training import Checkpoint, fit
+from llm4brain.resume import Checkpoint
+from llm4brain.training import fit
 
 
 def training_windows(fmri_paths: list[str], window: int) -> np.ndarray:

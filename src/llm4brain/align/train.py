@@ -21,7 +21,8 @@ from llm4brain.artifacts import (ArtifactError, atomic_h5, atomic_path, check_co
 from llm4brain.models.mbm import MaskedBrainModel
 from llm4brain.models.video_llm import VideoQFormer, encode_clips, load_video_qformer
 from llm4brain.runtime import LOG, seed_everything, select_device
-from llm4brain.training import Checkpoint, fit
+from llm4brain.resume import Checkpoint
+from llm4brain.training import fit
 
 SPLITS = ("train", "test")
 

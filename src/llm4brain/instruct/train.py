@@ -21,7 +21,8 @@ from llm4brain.instruct.llm_tuning import tune
 from llm4brain.instruct.student import FmriStudent, read_inputs, save_student
 from llm4brain.models.video_llm import Captioner, encode_clips, load_teacher
 from llm4brain.runtime import LOG, seed_everything, select_device
-from llm4brain.training import Checkpoint, fit
+from llm4brain.resume import Checkpoint
+from llm4brain.training import fit
 
 
 def distillation(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor, temperature: float) -> torch.Tensor:

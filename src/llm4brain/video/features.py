@@ -11,9 +11,12 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from llm4brain.artifacts import atomic_h5, open_artifact, set_attrs
+from llm4brain.artifacts import open_artifact, set_attrs
+from llm4brain.resume import Checkpoint, ResumableH5
 from llm4brain.runtime import LOG, autocast, select_device
 from llm4brain.video.preprocessing import data_config, model_spec, photometric
+
+RECORD_SECONDS = 60.0  # a kill loses at most this much of a segment's forward passes
 
 
 def build_vision_model(params: dict[str, Any], seed: int) -> "torch.nn.Module":
@@ -54,12 +57,12 @@ class ClipBatches:
         return self.prepare(frames.flatten(0, 1))
 
 
-def prefetched(batches: ClipBatches, ahead: int = 2) -> Iterator["torch.Tensor"]:
-    """The batches in order, each read and normalised in a thread while the model runs on the one before:
-    for a small model, a DataLoader process costs more to start and feed than it saves."""
+def prefetched(batches: ClipBatches, start: int = 0, ahead: int = 2) -> Iterator["torch.Tensor"]:
+    """Batches ``start``, ``start + 1``, … in order, each read and normalised in a thread while the model runs
+    on the one before: for a small model, a DataLoader process costs more to start and feed than it saves."""
     with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = deque(pool.submit(batches.__getitem__, i) for i in range(min(ahead, len(batches))))
-        for i in range(ahead, len(batches) + ahead):
+        pending = deque(pool.submit(batches.__getitem__, i) for i in range(start, min(start + ahead, len(batches))))
+        for i in range(start + ahead, len(batches) + ahead):
             batch = pending.popleft().result()
             if i < len(batches):
                 pending.append(pool.submit(batches.__getitem__, i))
@@ -73,10 +76,13 @@ def write_clips(tokens: h5py.Dataset, first: int, clips: np.ndarray) -> None:
         tokens.id.write_direct_chunk((first + i,) + (0,) * clip.ndim, clip)
 
 
-def cache_features(frames_path: str | Path, out_path: str | Path, params: dict[str, Any], seed: int) -> None:
+def cache_features(frames_path: str | Path, out_path: str | Path, params: dict[str, Any], seed: int,
+                   checkpoint: Checkpoint | None = None) -> None:
     """Write ``/tokens`` float16 (n_tr, F, T, D) and ``/tr``; one HDF5 chunk per TR-clip, written batch by
-    batch (a segment's ViT-g tokens would take gigabytes held whole). ``video.workers`` DataLoader processes
-    read and normalise frames while the model runs (0: a thread of this process)."""
+    batch (a segment's ViT-g tokens would take gigabytes held whole) into the artifact's resumable copy at
+    ``checkpoint.path`` (default: ``.resume/`` beside ``out_path``): a rerun after a kill computes only the
+    clips not yet recorded there (every ``RECORD_SECONDS``). ``video.workers`` DataLoader processes read and
+    normalise frames while the model runs (0: a thread of this process)."""
     import torch
 
     torch.set_num_threads(1)
@@ -91,24 +97,30 @@ def cache_features(frames_path: str | Path, out_path: str | Path, params: dict[s
         raise ValueError(f"{frames_path}: frames are {shape[2]}x{shape[3]}, the model takes "
                          f"{config['input_size'][1]}x{config['input_size'][2]}; rerun extract_frames")
     batches = ClipBatches(frames_path, params["batch_size"], photometric(config))
+    checkpoint = checkpoint or Checkpoint.for_job(f"cache_features_{Path(out_path).stem}", [str(frames_path)],
+                                                  {"video": params, "seed": seed}, Path(out_path).parent, ".h5")
+    out = ResumableH5(out_path, "features", params, checkpoint, RECORD_SECONDS)
+    first = out.done // batches.clips
     workers = params["workers"]
-    loader = (torch.utils.data.DataLoader(batches, batch_size=None, num_workers=workers, prefetch_factor=2,
-                                          pin_memory=device.type == "cuda") if workers else prefetched(batches))
-    with atomic_h5(out_path, "features", params) as f, torch.inference_mode():
-        done, tokens = 0, None
-        for x in tqdm(loader, desc=f"{segment} features", mininterval=1.0):
+    loader = (iter(torch.utils.data.DataLoader(batches, batch_size=None, sampler=range(first, len(batches)),
+                                               num_workers=workers, prefetch_factor=2,
+                                               pin_memory=device.type == "cuda"))
+              if workers else prefetched(batches, first))  # workers start now, not holding the file below
+    with out, torch.inference_mode():
+        f = out.file
+        if not out.done:  # everything but the tokens is written before the first record
+            f.create_dataset("tr", data=trs)
+            set_attrs(f, {"segment": segment, "model": params["model"]["name"], "source": params["model"]["source"],
+                          "cache": params["cache"], "weights": params["model"]["weights"] or "random-init",
+                          "input_size": list(config["input_size"])})
+        done = first * batches.clips
+        for x in tqdm(loader, desc=f"{segment} features", mininterval=1.0, initial=first, total=len(batches)):
             with autocast(device):
-                out = model.forward_features(x.to(device, non_blocking=True))
-            out = (out[:, :1] if params["cache"] == "vit_cls" else out).to(torch.float16).cpu().numpy()
-            out = out.reshape((-1, shape[1]) + out.shape[1:])
-            if tokens is None:
-                tokens = f.create_dataset("tokens", shape=tuple(shape[:2]) + out.shape[2:], dtype=out.dtype,
-                                          chunks=(1,) + out.shape[1:])
-            write_clips(tokens, done, out)
-            done += len(out)
-        f.create_dataset("tr", data=trs)
-        set_attrs(f, {"segment": segment, "model": params["model"]["name"], "source": params["model"]["source"],
-                      "cache": params["cache"],
-                      "weights": params["model"]["weights"] or "random-init",
-                      "input_size": list(config["input_size"])})
-        LOG.info("%s: tokens %s", segment, tokens.shape)
+                tokens = model.forward_features(x.to(device, non_blocking=True))
+            tokens = (tokens[:, :1] if params["cache"] == "vit_cls" else tokens).to(torch.float16).cpu().numpy()
+            tokens = tokens.reshape((-1, shape[1]) + tokens.shape[1:])
+            dataset = out.allocate("tokens", tuple(shape[:2]) + tokens.shape[2:], tokens.dtype, (1,) + tokens.shape[1:])
+            write_clips(dataset, done, tokens)
+            done += len(tokens)
+            out.advance(done)
+        LOG.info("%s: tokens %s", segment, f["tokens"].shape)

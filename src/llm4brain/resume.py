@@ -1,0 +1,142 @@
+"""Resumable jobs: a job killed by a cluster (time limit, preemption, kill -9) continues where it stopped on
+the next run, from state kept under ``results/.resume/`` and valid only for the same job with the same params
+and unchanged inputs. Training keeps a torch checkpoint (:class:`Checkpoint`); feature caching fills its
+artifact in place (:class:`ResumableH5`)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import h5py
+
+from llm4brain.artifacts import write_header
+from llm4brain.runtime import LOG
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Where a job keeps its resumable state, and the job that state belongs to."""
+
+    path: Path
+    fingerprint: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    @classmethod
+    def for_job(cls, name: str, inputs: Sequence[str], params: dict[str, Any], root: str | Path = "results",
+                suffix: str = ".pt") -> "Checkpoint":
+        """``{root}/.resume/{name}{suffix}``, valid only for the same params and the same input files (path,
+        size, mtime): a state left by a killed job is never resumed after its inputs or config changed."""
+        stats = [(str(p), os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in inputs]
+        blob = json.dumps({"rule": name, "params": params, "inputs": stats}, sort_keys=True, default=str)
+        return cls(Path(root) / ".resume" / f"{name}{suffix}", hashlib.sha256(blob.encode()).hexdigest())
+
+    @classmethod
+    def for_snakemake(cls, job: Any, suffix: str = ".pt") -> "Checkpoint":
+        """For the running Snakemake job (``snakemake`` in a script): named by rule and wildcards."""
+        return cls.for_job("_".join([job.rule, *job.wildcards]), list(job.input), dict(job.params.items()),
+                           suffix=suffix)
+
+    def load(self) -> dict[str, Any] | None:
+        """The torch state saved by this job, or None (none saved, or saved by another job)."""
+        import torch
+
+        if not self.path.exists():
+            return None
+        state = torch.load(self.path, map_location="cpu", weights_only=True)  # ours, still never unpickled freely
+        if state.get("fingerprint") != self.fingerprint:
+            LOG.info("%s belongs to another job (inputs or config changed); starting from step 0", self.path)
+            return None
+        return state
+
+    def save(self, state: dict[str, Any]) -> None:
+        import torch
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        torch.save({**state, "fingerprint": self.fingerprint}, tmp)
+        os.replace(tmp, self.path)  # a kill while writing leaves the previous checkpoint intact
+
+
+class ResumableH5:
+    """An HDF5 artifact that a long job fills item by item in ``checkpoint.path`` and renames onto ``path``
+    when complete. :meth:`advance` records, at most every ``every`` seconds, how many items are done (in
+    ``checkpoint.path`` + ``.json``, after the file is flushed to disk); a rerun of the same job after a kill
+    reopens the file and skips them. Safe because everything but the items' data is written before the first
+    record: datasets made by :meth:`allocate` get all their storage at creation, so later writes only fill it
+    in place and a kill mid-write leaves the file's structure as recorded."""
+
+    def __init__(self, path: str | Path, kind: str, params: Any, checkpoint: Checkpoint, every: float) -> None:
+        self.path, self.kind, self.params, self.checkpoint, self.every = Path(path), kind, params, checkpoint, every
+        self.record = checkpoint.path.with_name(checkpoint.path.name + ".json")
+        self.done = self._recorded()  # known before the file is opened: processes forked then do not hold it
+        self.file: h5py.File | None = None
+        self.recorded_at = time.monotonic()
+
+    def __enter__(self) -> "ResumableH5":
+        self.checkpoint.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.done:
+            self.file = h5py.File(self.checkpoint.path, "r+")
+            LOG.info("%s: resuming after %d items done by a killed run (%s)", self.path, self.done,
+                     self.checkpoint.path)
+        else:
+            self.record.unlink(missing_ok=True)  # the record would describe a file about to be overwritten
+            self.file = h5py.File(self.checkpoint.path, "w", track_order=True)
+            write_header(self.file, self.kind, self.params)
+        return self
+
+    def _recorded(self) -> int:
+        """Items done by a killed run of this same job whose file is still readable; 0 if none."""
+        try:
+            record = json.loads(self.record.read_text())
+        except (OSError, ValueError):
+            return 0
+        if record.get("fingerprint") != self.checkpoint.fingerprint:
+            LOG.info("%s belongs to another job (inputs or config changed); starting over", self.checkpoint.path)
+            return 0
+        try:
+            h5py.File(self.checkpoint.path, "r").close()
+        except OSError as err:
+            LOG.warning("%s: unreadable (%s); starting over", self.checkpoint.path, err)
+            return 0
+        return int(record["done"])
+
+    def allocate(self, name: str, shape: tuple[int, ...], dtype: Any, chunks: tuple[int, ...]) -> h5py.Dataset:
+        """Dataset ``name`` with all its chunks allocated now (and none filled: writes fill them), or the one a
+        resumed file already has."""
+        assert self.file is not None
+        if name in self.file:
+            return self.file[name]
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+        return self.file.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks, dcpl=dcpl, fill_time="never")
+
+    def advance(self, done: int) -> None:
+        """``done`` items are written; record it if ``every`` seconds passed since the last record."""
+        if time.monotonic() - self.recorded_at < self.every:
+            return
+        assert self.file is not None
+        self.file.flush()
+        os.fsync(self.file.id.get_vfd_handle())
+        tmp = self.record.with_name(f".{self.record.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps({"fingerprint": self.checkpoint.fingerprint, "done": done}))
+        os.replace(tmp, self.record)
+        self.recorded_at = time.monotonic()
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        assert self.file is not None
+        self.file.close()
+        if kind is not None:
+            if not self.record.exists():  # nothing recorded: nothing to resume
+                self.checkpoint.path.unlink(missing_ok=True)
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self.checkpoint.path, self.path)
+        self.record.unlink(missing_ok=True)
