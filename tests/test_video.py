@@ -262,6 +262,10 @@ features.RECORD_SECONDS = 0.0  # record after every batch
 build = features.build_vision_model
 
 
+def killed(*_):
+    os.kill(os.getpid(), signal.SIGKILL)  # what a cluster does at a time limit
+
+
 def build_killed_at_batch_3(params, seed):
     model, calls = build(params, seed), []
     forward = model.forward_features
@@ -269,14 +273,17 @@ def build_killed_at_batch_3(params, seed):
     def forward_features(x):
         calls.append(x)
         if len(calls) == 3:
-            os.kill(os.getpid(), signal.SIGKILL)  # what a cluster does at a time limit
+            killed()
         return forward(x)
 
     model.forward_features = forward_features
     return model
 
 
-features.build_vision_model = build_killed_at_batch_3
+if sys.argv[4] == "batch 3":
+    features.build_vision_model = build_killed_at_batch_3
+else:  # once every batch is written, before the file is renamed into place
+    features.ResumableH5.__exit__ = killed
 features.cache_features(sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), seed=3)
 """
 
@@ -298,12 +305,13 @@ def counted_forwards(monkeypatch) -> list[int]:
     return calls
 
 
-@pytest.mark.parametrize("workers, then", [(0, "rerun"), (1, "rerun"), (0, "inputs changed"),
-                                           (0, "partial file damaged")])
-def test_caching_killed_midway_resumes_where_it_stopped(tmp_path, monkeypatch, workers, then):
+@pytest.mark.parametrize("workers, killed_at, then", [(0, "batch 3", "rerun"), (1, "batch 3", "rerun"),
+                                                      (0, "batch 3", "inputs changed"),
+                                                      (0, "batch 3", "partial file damaged"), (0, "exit", "rerun")])
+def test_caching_killed_midway_resumes_where_it_stopped(tmp_path, monkeypatch, workers, killed_at, then):
     """kill -9 on the third of five batches (one clip each): the rerun computes only the last three (read by
     the job's thread or by a DataLoader worker) and ends with the tokens of an uninterrupted run; a changed
-    input or an unreadable partial file starts over."""
+    input or an unreadable partial file starts over; killed after the last, the rerun computes nothing."""
     import json
 
     video, frames, out = tmp_path / "clip.mp4", tmp_path / "frames.h5", tmp_path / "features.h5"
@@ -311,17 +319,19 @@ def test_caching_killed_midway_resumes_where_it_stopped(tmp_path, monkeypatch, w
     extract_frames(video, frames, 2.0, VIDEO, data_config(VIDEO))
     params = {**VIDEO, "batch_size": 4, "workers": workers}
     cache_features(frames, tmp_path / "uninterrupted.h5", params, seed=3)
-    killed = subprocess.run([sys.executable, "-c", KILLED_CACHING, str(frames), str(out), json.dumps(params)])
+    killed = subprocess.run([sys.executable, "-c", KILLED_CACHING, str(frames), str(out), json.dumps(params),
+                             killed_at])
     assert killed.returncode == -9 and not out.exists()
     partial = tmp_path / ".resume" / "cache_features_features.h5"
-    assert json.loads(partial.with_name(partial.name + ".json").read_text())["done"] == 2
+    done = json.loads(partial.with_name(partial.name + ".json").read_text())["done"]
+    assert done == (2 if killed_at == "batch 3" else 5)
     if then == "inputs changed":
         frames.touch()
     elif then == "partial file damaged":
         partial.write_bytes(partial.read_bytes()[:1000])
     calls = counted_forwards(monkeypatch)
     cache_features(frames, out, params, seed=3)
-    assert calls == [4] * (3 if then == "rerun" else 5)
+    assert calls == [4] * (5 - done if then == "rerun" else 5)
     with open_artifact(out, "features", ("tokens", "tr")) as a, h5py.File(tmp_path / "uninterrupted.h5") as b:
         np.testing.assert_array_equal(a["tokens"][:], b["tokens"][:])
         np.testing.assert_array_equal(a["tr"][:], b["tr"][:])

@@ -109,11 +109,8 @@ class ResumableH5:
         return int(record["done"])
 
     def allocate(self, name: str, shape: tuple[int, ...], dtype: Any, chunks: tuple[int, ...]) -> h5py.Dataset:
-        """Dataset ``name`` with all its chunks allocated now (and none filled: writes fill them), or the one a
-        resumed file already has."""
+        """Dataset ``name`` with all its chunks allocated now (and none filled: writes fill them)."""
         assert self.file is not None
-        if name in self.file:
-            return self.file[name]
         dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
         dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
         return self.file.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks, dcpl=dcpl, fill_time="never")

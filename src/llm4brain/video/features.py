@@ -113,14 +113,16 @@ def cache_features(frames_path: str | Path, out_path: str | Path, params: dict[s
             set_attrs(f, {"segment": segment, "model": params["model"]["name"], "source": params["model"]["source"],
                           "cache": params["cache"], "weights": params["model"]["weights"] or "random-init",
                           "input_size": list(config["input_size"])})
-        done = first * batches.clips
+        done, dataset = first * batches.clips, f["tokens"] if out.done else None
         for x in tqdm(loader, desc=f"{segment} features", mininterval=1.0, initial=first, total=len(batches)):
             with autocast(device):
                 tokens = model.forward_features(x.to(device, non_blocking=True))
             tokens = (tokens[:, :1] if params["cache"] == "vit_cls" else tokens).to(torch.float16).cpu().numpy()
             tokens = tokens.reshape((-1, shape[1]) + tokens.shape[1:])
-            dataset = out.allocate("tokens", tuple(shape[:2]) + tokens.shape[2:], tokens.dtype, (1,) + tokens.shape[1:])
+            if dataset is None:  # its shape is known from the first batch
+                dataset = out.allocate("tokens", tuple(shape[:2]) + tokens.shape[2:], tokens.dtype,
+                                       (1,) + tokens.shape[1:])
             write_clips(dataset, done, tokens)
             done += len(tokens)
             out.advance(done)
-        LOG.info("%s: tokens %s", segment, f["tokens"].shape)
+        LOG.info("%s: tokens %s", segment, dataset.shape)
