@@ -43,7 +43,7 @@ class ClipBatches:
             self.n_tr, self.n_f = f["frames"].shape[:2]
         self.path, self.prepare = path, prepare
         self.clips = max(1, frames_per_batch // self.n_f)
-        self.file: h5py.File | None = None  # opened in the process that reads (a worker, after the fork)
+        self.frames: h5py.Dataset | None = None  # opened in the process that reads (a worker, after the fork)
 
     def __len__(self) -> int:
         return -(-self.n_tr // self.clips)
@@ -51,9 +51,9 @@ class ClipBatches:
     def __getitem__(self, i: int) -> "torch.Tensor":
         import torch
 
-        if self.file is None:
-            self.file = h5py.File(self.path, "r")
-        frames = torch.from_numpy(self.file["frames"][i * self.clips : (i + 1) * self.clips])
+        if self.frames is None:  # looked up once: an h5py lookup holds the GIL the model's forward needs
+            self.frames = h5py.File(self.path, "r")["frames"]
+        frames = torch.from_numpy(self.frames[i * self.clips : (i + 1) * self.clips])
         return self.prepare(frames.flatten(0, 1))
 
 
@@ -106,7 +106,7 @@ def cache_features(frames_path: str | Path, out_path: str | Path, params: dict[s
                                                num_workers=workers, prefetch_factor=2,
                                                pin_memory=device.type == "cuda"))
               if workers else prefetched(batches, first))  # workers start now, not holding the file below
-    with out, torch.inference_mode():
+    with out, torch.inference_mode(), autocast(device):
         f = out.file
         if not out.done:  # everything but the tokens is written before the first record
             f.create_dataset("tr", data=trs)
@@ -115,8 +115,7 @@ def cache_features(frames_path: str | Path, out_path: str | Path, params: dict[s
                           "input_size": list(config["input_size"])})
         done, dataset = first * batches.clips, f["tokens"] if out.done else None
         for x in tqdm(loader, desc=f"{segment} features", mininterval=1.0, initial=first, total=len(batches)):
-            with autocast(device):
-                tokens = model.forward_features(x.to(device, non_blocking=True))
+            tokens = model.forward_features(x.to(device, non_blocking=True))
             tokens = (tokens[:, :1] if params["cache"] == "vit_cls" else tokens).to(torch.float16).cpu().numpy()
             tokens = tokens.reshape((-1, shape[1]) + tokens.shape[1:])
             if dataset is None:  # its shape is known from the first batch
