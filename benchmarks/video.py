@@ -204,7 +204,14 @@ def allocator_child(name: str, mode: str) -> None:
     bare_forward(model, [x] * ALLOCATOR_BATCHES[name])
     elapsed = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_SELF)
-    print(elapsed, after.ru_minflt - before.ru_minflt, after.ru_maxrss // 1024)
+    print(elapsed, after.ru_minflt - before.ru_minflt, peak_resident_mb())
+
+
+def peak_resident_mb() -> int:
+    """This process's peak resident memory (Linux VmHWM): unlike ``ru_maxrss``, which keeps the peak of the
+    parent's memory this child was forked from, it starts afresh at exec."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) // 1024 for line in status if line.startswith("VmHWM:"))
 
 
 if __name__ == "__main__":
