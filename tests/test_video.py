@@ -221,6 +221,40 @@ def test_video_without_frames_names_file(tmp_path):
         extract_frames(video, tmp_path / "out.h5", 2.0, VIDEO, data_config(VIDEO))
 
 
+def faststart(src: Path, out: Path) -> None:
+    """Remux ``src`` with its index (moov) before the frames, as streaming MP4s are: a cut file still opens."""
+    with av.open(str(src)) as source, av.open(str(out), "w", options={"movflags": "faststart"}) as remuxed:
+        stream = remuxed.add_stream_from_template(source.streams.video[0])
+        for packet in source.demux(source.streams.video[0]):
+            if packet.dts is not None:  # not the demuxer's empty flush packet
+                packet.stream = stream
+                remuxed.mux(packet)
+
+
+@pytest.mark.parametrize("container, error", [("avi", "decoded 40 frames but the container declares 48"),
+                                              ("mp4", "container declares 40 frames but holds 1[0-9]")])
+def test_frame_count_disagreeing_with_the_container_names_file(tmp_path, container, error):
+    """An AVI whose header claims 48 frames for the 40 it holds; a streaming MP4 cut at 80 %, whose index
+    lists 40 frames."""
+    import struct
+
+    video = tmp_path / f"bad.{container}"
+    if container == "avi":
+        write_coded(video, n_frames=40, fps=8, codec="mpeg4")
+        data = bytearray(video.read_bytes())
+        struct.pack_into("<I", data, data.index(b"strh") + 40, 48)  # the stream header's dwLength
+        struct.pack_into("<I", data, data.index(b"avih") + 24, 48)  # the main header's dwTotalFrames
+    else:
+        write_coded(tmp_path / "whole.mp4", n_frames=40, fps=8)
+        faststart(tmp_path / "whole.mp4", tmp_path / "streaming.mp4")
+        data = (tmp_path / "streaming.mp4").read_bytes()
+        data = data[: len(data) * 4 // 5]
+    video.write_bytes(bytes(data))
+    with pytest.raises(VideoError, match=rf"bad\.{container}: {error}"):
+        extract_frames(video, tmp_path / "out.h5", 2.0, VIDEO, data_config(VIDEO))
+    assert not list(tmp_path.glob("out*"))
+
+
 def test_unreadable_video_names_file(tmp_path):
     bad = tmp_path / "broken.mp4"
     bad.write_bytes(b"not a video")
