@@ -97,7 +97,8 @@ def cache_features(frames_path: str | Path, out_path: str | Path, params: dict[s
         raise ValueError(f"{frames_path}: frames are {shape[2]}x{shape[3]}, the model takes "
                          f"{config['input_size'][1]}x{config['input_size'][2]}; rerun extract_frames")
     batches = ClipBatches(frames_path, params["batch_size"], photometric(config))
-    checkpoint = checkpoint or Checkpoint.for_job(f"cache_features_{Path(out_path).stem}", [str(frames_path)],
+    inputs = [str(frames_path)] + ([params["model"]["weights"]] if params["model"]["weights"] else [])
+    checkpoint = checkpoint or Checkpoint.for_job(f"cache_features_{Path(out_path).stem}", inputs,
                                                   {"video": params, "seed": seed}, Path(out_path).parent, ".h5")
     out = ResumableH5(out_path, "features", params, checkpoint, RECORD_SECONDS)
     first = out.done // batches.clips
