@@ -110,15 +110,26 @@ CORE = ("__init__.py", "artifacts.py", "runtime.py")
 CODE = {
     "demo": code_hash(*CORE, "demo"),
     "fmri": code_hash(*CORE, "fmri"),
-    "video": code_hash(*CORE, "video"),
+    "video": code_hash(*CORE, "models/weights.py", "resume.py", "video"),
     "text": code_hash(*CORE, "text"),
-    "video_llm": code_hash(*CORE, "models", "training.py", "video_llm"),
+    "video_llm": code_hash(*CORE, "models", "resume.py", "training.py", "video_llm"),
     "scmbm": code_hash(
-        *CORE, "models", "training.py", "align/scmbm.py", "align/windows.py"
+        *CORE,
+        "models",
+        "resume.py",
+        "training.py",
+        "align/scmbm.py",
+        "align/windows.py",
     ),
-    "align": code_hash(*CORE, "models", "training.py", "align"),
+    "align": code_hash(*CORE, "models", "resume.py", "training.py", "align"),
     "instruct": code_hash(
-        *CORE, "models", "training.py", "align/model.py", "align/windows.py", "instruct"
+        *CORE,
+        "models",
+        "resume.py",
+        "training.py",
+        "align/model.py",
+        "align/windows.py",
+        "instruct",
     ),
     "evaluate": code_hash(
         *CORE,
@@ -126,6 +137,7 @@ CODE = {
         "align/model.py",
         "align/windows.py",
         "instruct/student.py",
+        "instruct/llm_tuning.py",
         "evaluate",
     ),
 }

@@ -323,3 +323,49 @@ def test_real_vicuna7b_config_on_a_miniature_release_and_checkpoint(micro, tmp_p
     metrics = pd.read_csv(workdir / "results/eval/metrics.tsv", sep="\t")
     assert set(metrics["subject"]) == {"subject1", "subject2"}
     assert not (workdir / "resources").exists()  # nothing of the demo was simulated
+
+
+def imported_modules(path: Path, package: Path) -> set[Path]:
+    """The files of ``package`` (llm4brain) that ``path`` imports, directly or through one another, lazy
+    imports inside functions included."""
+    import ast
+
+    seen: set[Path] = set()
+    todo = [path]
+    while todo:
+        tree = ast.parse(todo.pop().read_text())
+        for node in ast.walk(tree):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [f"{node.module}.{a.name}" for a in node.names] + [node.module]
+                     if isinstance(node, ast.ImportFrom) and node.module else [])
+            for name in names:
+                if name.split(".")[0] != "llm4brain":
+                    continue
+                base = package.joinpath(*name.split(".")[1:])
+                for file in (base.with_suffix(".py"), base / "__init__.py"):
+                    if file.is_file() and file not in seen:
+                        seen.add(file)
+                        todo.append(file)
+    return seen
+
+
+def test_every_rule_code_hash_covers_the_library_code_its_script_imports():
+    """``params.code`` reruns a rule when library code it runs changes: each rule's stage hash
+    (``CODE[...]`` in rules/common.smk) must cover every llm4brain module its script imports."""
+    common = (REPO / "rules" / "common.smk").read_text()
+    core = re.findall(r'"([^"]+)"', re.search(r"^CORE = \((.*?)\)$", common, re.M).group(1))
+    parts = {key: re.findall(r'"([^"]+)"', args) + (core if "*CORE" in args else [])
+             for key, args in re.findall(r'^    "(\w+)": code_hash\((.*?)\),$', common, re.M | re.S)}
+    package = REPO / "src" / "llm4brain"
+    checked, misses = 0, []
+    for smk in sorted((REPO / "rules").glob("*.smk")):
+        for name, body in re.findall(r"^ *rule (\w+):\n(.*?)(?=^ *rule |\Z)", smk.read_text(), re.M | re.S):
+            code, script = re.search(r'code=CODE\["(\w+)"\]', body), re.search(r'"\.\./(workflow/scripts/\w+\.py)"', body)
+            if not (code and script):
+                continue
+            covered = [package / part for part in parts[code.group(1)]]
+            missed = [str(file.relative_to(package)) for file in imported_modules(REPO / script.group(1), package)
+                      if not any(file == part or part in file.parents for part in covered)]
+            misses += [f"rule {name}: CODE[{code.group(1)!r}] misses {missed}"] if missed else []
+            checked += 1
+    assert not misses and checked >= 20, misses

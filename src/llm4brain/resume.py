@@ -44,6 +44,12 @@ class Checkpoint:
         return cls.for_job("_".join([job.rule, *job.wildcards]), list(job.input), dict(job.params.items()),
                            suffix=suffix)
 
+    def where(self, *context: str) -> "Checkpoint":
+        """The same checkpoint, valid only in the same ``context`` too (e.g. the device a config's ``auto``
+        resolved to: a job requeued onto another kind of node must not mix its numerics into the state)."""
+        blob = json.dumps([self.fingerprint, *context])
+        return Checkpoint(self.path, hashlib.sha256(blob.encode()).hexdigest())
+
     def load(self) -> dict[str, Any] | None:
         """The torch state saved by this job, or None (none saved, or saved by another job)."""
         import torch
@@ -71,14 +77,16 @@ class ResumableH5:
     ``checkpoint.path`` + ``.json``, after the file is flushed to disk); a rerun of the same job after a kill
     reopens the file and skips them. Safe because everything but the items' data is written before the first
     record: datasets made by :meth:`allocate` get all their storage at creation, so later writes only fill it
-    in place and a kill mid-write leaves the file's structure as recorded."""
+    in place and a kill mid-write leaves the file's structure as recorded. A file that was ever recorded is
+    fsynced again before it is renamed: its structure is on disk already, so after a machine crash the clips
+    written since would otherwise read back as zeros from a file that looks complete."""
 
     def __init__(self, path: str | Path, kind: str, params: Any, checkpoint: Checkpoint, every: float) -> None:
         self.path, self.kind, self.params, self.checkpoint, self.every = Path(path), kind, params, checkpoint, every
         self.record = checkpoint.path.with_name(checkpoint.path.name + ".json")
         self.done = self._recorded()  # known before the file is opened: processes forked then do not hold it
         self.file: h5py.File | None = None
-        self.recorded_at = time.monotonic()
+        self.recorded_at, self.recorded = time.monotonic(), bool(self.done)
 
     def __enter__(self) -> "ResumableH5":
         self.checkpoint.path.parent.mkdir(parents=True, exist_ok=True)
@@ -94,6 +102,8 @@ class ResumableH5:
 
     def _recorded(self) -> int:
         """Items done by a killed run of this same job whose file is still readable; 0 if none."""
+        if not self.checkpoint.path.exists():  # none, or renamed into place by a run killed just after
+            return 0
         try:
             record = json.loads(self.record.read_text())
         except (OSError, ValueError):
@@ -110,7 +120,7 @@ class ResumableH5:
 
     def allocate(self, name: str, shape: tuple[int, ...], dtype: Any, chunks: tuple[int, ...]) -> h5py.Dataset:
         """Dataset ``name`` with all its chunks allocated now (and none filled: writes fill them)."""
-        assert self.file is not None
+        assert self.file is not None and not self.recorded, "allocate every dataset before the first record"
         dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
         dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
         return self.file.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks, dcpl=dcpl, fill_time="never")
@@ -119,16 +129,21 @@ class ResumableH5:
         """``done`` items are written; record it if ``every`` seconds passed since the last record."""
         if time.monotonic() - self.recorded_at < self.every:
             return
+        self._sync()
+        tmp = self.record.with_name(f".{self.record.name}.tmp")  # one job per record: a kill's leftover is reused
+        tmp.write_text(json.dumps({"fingerprint": self.checkpoint.fingerprint, "done": done}))
+        os.replace(tmp, self.record)
+        self.recorded_at, self.recorded = time.monotonic(), True
+
+    def _sync(self) -> None:
         assert self.file is not None
         self.file.flush()
         os.fsync(self.file.id.get_vfd_handle())
-        tmp = self.record.with_name(f".{self.record.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps({"fingerprint": self.checkpoint.fingerprint, "done": done}))
-        os.replace(tmp, self.record)
-        self.recorded_at = time.monotonic()
 
     def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
         assert self.file is not None
+        if kind is None and self.recorded:
+            self._sync()
         self.file.close()
         if kind is not None:
             if not self.record.exists():  # nothing recorded: nothing to resume

@@ -13,10 +13,10 @@ from tqdm import tqdm
 
 from llm4brain.artifacts import open_artifact, set_attrs
 from llm4brain.resume import Checkpoint, ResumableH5
-from llm4brain.runtime import LOG, autocast, select_device
+from llm4brain.runtime import LOG, autocast, autocast_dtype, select_device
 from llm4brain.video.preprocessing import data_config, model_spec, photometric
 
-RECORD_SECONDS = 60.0  # a kill loses at most this much of a segment's forward passes
+RECORD_SECONDS = 60.0  # a kill loses at most this much of a segment's forward passes (+ the batch running)
 
 
 def build_vision_model(params: dict[str, Any], seed: int) -> "torch.nn.Module":
@@ -100,7 +100,8 @@ def cache_features(frames_path: str | Path, out_path: str | Path, params: dict[s
     inputs = [str(frames_path)] + ([params["model"]["weights"]] if params["model"]["weights"] else [])
     checkpoint = checkpoint or Checkpoint.for_job(f"cache_features_{Path(out_path).stem}", inputs,
                                                   {"video": params, "seed": seed}, Path(out_path).parent, ".h5")
-    out = ResumableH5(out_path, "features", params, checkpoint, RECORD_SECONDS)
+    out = ResumableH5(out_path, "features", params, checkpoint.where(str(device), str(autocast_dtype(device))),
+                      RECORD_SECONDS)
     first = out.done // batches.clips
     workers = params["workers"]
     loader = (iter(torch.utils.data.DataLoader(batches, batch_size=None, sampler=range(first, len(batches)),
