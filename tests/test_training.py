@@ -9,6 +9,7 @@ import textwrap
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import torch
 
 from llm4brain.runtime import autocast_dtype
@@ -86,6 +87,30 @@ def test_fingerprint_follows_params_and_inputs(tmp_path):
     assert len({base.fingerprint, base.where("cpu").fingerprint, base.where("cuda:0").fingerprint}) == 3
     os.utime(data, ns=(1, 1))
     assert base.fingerprint != Checkpoint.for_job("rule", [str(data)], {"steps": 5}, root=tmp_path).fingerprint
+
+
+def test_training_state_is_kept_per_device(tmp_path):
+    """fit keys its state by the kind of device and the autocast dtype it ran with: a job that a cluster
+    requeues from a GPU node onto a CPU one starts over rather than resuming bf16 state (whose CUDA RNG
+    state a CPU run cannot restore)."""
+    from llm4brain.training import fit
+
+    checkpoint, model = Checkpoint(tmp_path / "toy.pt", "toy-job"), torch.nn.Linear(3, 1)
+    params = {**TRAIN, "steps": 5, "checkpoint_every": 2}
+
+    def preempted_at_step_3(step):
+        if step == 3:
+            raise RuntimeError("preempted")
+        return model(torch.ones(2, 3)).square().mean(), {}
+
+    with pytest.raises(RuntimeError, match="preempted"):
+        fit(model.parameters(), preempted_at_step_3, params, "toy", checkpoint=checkpoint)
+    saved = torch.load(checkpoint.path, weights_only=True)
+    assert saved["step"] == 2 and saved["fingerprint"] == checkpoint.where("cpu", "None").fingerprint
+    checkpoint.where("cuda", "torch.bfloat16").save({"step": 4})  # what the job would leave on a GPU node
+    history = fit(model.parameters(), lambda step: (model(torch.ones(2, 3)).square().mean(), {}), params, "toy",
+                  checkpoint=checkpoint)
+    assert len(history) == 5 and not checkpoint.path.exists()
 
 
 def test_accumulated_micro_batches_make_one_step_on_their_union():

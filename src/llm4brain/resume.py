@@ -58,7 +58,7 @@ class Checkpoint:
             return None
         state = torch.load(self.path, map_location="cpu", weights_only=True)  # ours, still never unpickled freely
         if state.get("fingerprint") != self.fingerprint:
-            LOG.info("%s belongs to another job (inputs or config changed); starting from step 0", self.path)
+            LOG.info("%s belongs to another job (inputs, config or device changed); starting from step 0", self.path)
             return None
         return state
 
@@ -109,7 +109,8 @@ class ResumableH5:
         except (OSError, ValueError):
             return 0
         if record.get("fingerprint") != self.checkpoint.fingerprint:
-            LOG.info("%s belongs to another job (inputs or config changed); starting over", self.checkpoint.path)
+            LOG.info("%s belongs to another job (inputs, config or device changed); starting over",
+                     self.checkpoint.path)
             return 0
         try:
             h5py.File(self.checkpoint.path, "r").close()

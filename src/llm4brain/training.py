@@ -13,7 +13,7 @@ import torch
 from tqdm import tqdm
 
 from llm4brain.resume import Checkpoint
-from llm4brain.runtime import LOG, autocast
+from llm4brain.runtime import LOG, autocast, autocast_dtype
 
 
 def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup: int, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
@@ -63,6 +63,8 @@ def fit(
     rows: list[dict[str, float]] = []
     start = 0
     best: dict[str, Any] = {"loss": float("inf"), "parameters": None, "stale": 0}
+    if checkpoint:  # a job requeued onto another kind of device starts over: its numerics (and RNGs) differ
+        checkpoint = checkpoint.where(device.type, str(autocast_dtype(device, params["precision"])))
     state = checkpoint.load() if checkpoint else None
     if state is not None:
         with torch.no_grad():

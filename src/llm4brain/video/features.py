@@ -100,7 +100,7 @@ def cache_features(frames_path: str | Path, out_path: str | Path, params: dict[s
     inputs = [str(frames_path)] + ([params["model"]["weights"]] if params["model"]["weights"] else [])
     checkpoint = checkpoint or Checkpoint.for_job(f"cache_features_{Path(out_path).stem}", inputs,
                                                   {"video": params, "seed": seed}, Path(out_path).parent, ".h5")
-    out = ResumableH5(out_path, "features", params, checkpoint.where(str(device), str(autocast_dtype(device))),
+    out = ResumableH5(out_path, "features", params, checkpoint.where(device.type, str(autocast_dtype(device))),
                       RECORD_SECONDS)
     first = out.done // batches.clips
     workers = params["workers"]
