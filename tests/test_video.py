@@ -263,13 +263,18 @@ def test_unreadable_video_names_file(tmp_path):
     assert not (tmp_path / "out.h5").exists()
 
 
+def extracted_clip(tmp_path: Path) -> Path:
+    """The frames artifact of an 80-frame coded clip at 8 fps: 5 TRs of 4 frames."""
+    write_coded(tmp_path / "clip.mp4", n_frames=80, fps=8)
+    extract_frames(tmp_path / "clip.mp4", tmp_path / "frames.h5", 2.0, VIDEO, data_config(VIDEO))
+    return tmp_path / "frames.h5"
+
+
 def test_cache_features_shape_and_determinism(tmp_path):
     """Each TR clip's tokens are the model's on that clip's frames; the same whether a DataLoader worker or a
     thread of the job reads the frames, in whatever batches (6 frames: one whole 4-frame clip per batch, more
     batches than the thread reads ahead)."""
-    video = tmp_path / "clip.mp4"
-    write_coded(video, n_frames=80, fps=8)
-    extract_frames(video, tmp_path / "frames.h5", 2.0, VIDEO, data_config(VIDEO))
+    extracted_clip(tmp_path)
     cache_features(tmp_path / "frames.h5", tmp_path / "a.h5", VIDEO, seed=3)
     with open_artifact(tmp_path / "frames.h5", "frames", ("frames",)) as f:
         frames = torch.from_numpy(f["frames"][:])
@@ -348,9 +353,7 @@ def test_caching_killed_midway_resumes_where_it_stopped(tmp_path, monkeypatch, w
     input or an unreadable partial file starts over; killed after the last, the rerun computes nothing."""
     import json
 
-    video, frames, out = tmp_path / "clip.mp4", tmp_path / "frames.h5", tmp_path / "features.h5"
-    write_coded(video, n_frames=80, fps=8)
-    extract_frames(video, frames, 2.0, VIDEO, data_config(VIDEO))
+    frames, out = extracted_clip(tmp_path), tmp_path / "features.h5"
     params = {**VIDEO, "batch_size": 4, "workers": workers}
     cache_features(frames, tmp_path / "uninterrupted.h5", params, seed=3)
     killed = subprocess.run([sys.executable, "-c", KILLED_CACHING, str(frames), str(out), json.dumps(params),
@@ -377,9 +380,7 @@ def test_caching_that_fails_before_recording_leaves_nothing(tmp_path, monkeypatc
     """A failure before the first record leaves neither the artifact nor a partial file to resume."""
     from llm4brain.video import features
 
-    video, frames = tmp_path / "clip.mp4", tmp_path / "frames.h5"
-    write_coded(video, n_frames=80, fps=8)
-    extract_frames(video, frames, 2.0, VIDEO, data_config(VIDEO))
+    frames = extracted_clip(tmp_path)
     monkeypatch.setattr(features, "write_clips", lambda *args: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         cache_features(frames, tmp_path / "features.h5", VIDEO, seed=3)

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import h5py
 
-from llm4brain.artifacts import write_header
+from llm4brain.artifacts import atomic_path, write_header
 from llm4brain.runtime import LOG
 
 
@@ -65,10 +65,8 @@ class Checkpoint:
     def save(self, state: dict[str, Any]) -> None:
         import torch
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        torch.save({**state, "fingerprint": self.fingerprint}, tmp)
-        os.replace(tmp, self.path)  # a kill while writing leaves the previous checkpoint intact
+        with atomic_path(self.path) as tmp:  # a kill while writing leaves the previous checkpoint intact
+            torch.save({**state, "fingerprint": self.fingerprint}, tmp)
 
 
 class ResumableH5:
@@ -131,9 +129,8 @@ class ResumableH5:
         if time.monotonic() - self.recorded_at < self.every:
             return
         self._sync()
-        tmp = self.record.with_name(f".{self.record.name}.tmp")  # one job per record: a kill's leftover is reused
-        tmp.write_text(json.dumps({"fingerprint": self.checkpoint.fingerprint, "done": done}))
-        os.replace(tmp, self.record)
+        with atomic_path(self.record) as tmp:
+            tmp.write_text(json.dumps({"fingerprint": self.checkpoint.fingerprint, "done": done}))
         self.recorded_at, self.recorded = time.monotonic(), True
 
     def _sync(self) -> None:
