@@ -121,7 +121,7 @@ CODE = {
         "align/scmbm.py",
         "align/windows.py",
     ),
-    "align": code_hash(*CORE, "models", "resume.py", "training.py", "align"),
+    "align": code_hash(*CORE, "models", "ranking.py", "resume.py", "training.py", "align"),
     "instruct": code_hash(
         *CORE,
         "models",
@@ -138,6 +138,7 @@ CODE = {
         "align/windows.py",
         "instruct/student.py",
         "instruct/llm_tuning.py",
+        "ranking.py",
         "evaluate",
     ),
 }

@@ -43,6 +43,16 @@ def test_identification_perfect_and_chance():
     assert scores["top1"] == 1.0 and scores["chance_top1"] == 1 / 6 and scores["n_way"] == 6
 
 
+def test_identification_of_equal_similarities_is_chance():
+    """Zero tokens are equally similar (0) to every clip: chance, not a perfect score, at any n."""
+    video = torch.randn(12, 4, 16, generator=torch.Generator().manual_seed(0))
+    brain, targets = torch.zeros(12, 4, 16), torch.arange(12).numpy()
+    every = identification(brain, video, targets)
+    assert every["top1"] == pytest.approx(1 / 12) and every["top5"] == pytest.approx(5 / 12)
+    sampled = identification(brain, video, targets, n_way=4, ks=(1, 2))
+    assert sampled["top1"] == pytest.approx(1 / 4) and sampled["top2"] == pytest.approx(2 / 4)
+
+
 def test_n_way_identification():
     """Perfect tokens are identified at any n; random ones near chance; n above the clip count means all."""
     video = torch.randn(80, 4, 16, generator=torch.Generator().manual_seed(0))

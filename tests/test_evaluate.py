@@ -88,6 +88,32 @@ def test_caption_identification():
     assert caption_identification([second[1], second[0], second[2]], both)["top1"] == 1.0
 
 
+def test_caption_identification_counts_ties_at_chance():
+    """A caption that scores the same against every clip (0 CIDEr-D: it shares no n-gram) is not a hit: ties
+    are broken at random in expectation, so three such captions among three clips score chance."""
+    from llm4brain.evaluate.stats import caption_identification
+
+    refs = [[r[0]] for r in REFS.values()]
+    scores = caption_identification(["zzz qqq"] * 3, refs, ks=(1, 2, 3))
+    assert scores["top1"] == pytest.approx(1 / 3) and scores["top2"] == pytest.approx(2 / 3)
+    assert scores["top3"] == 1.0 and scores["chance_top1"] == pytest.approx(1 / 3)
+
+
+def test_topk_hits_under_random_tie_breaking():
+    """Two better and two tied others: the own candidate's rank is uniform on 2, 3 or 4."""
+    import numpy as np
+
+    from llm4brain.ranking import topk_accuracy, topk_hits
+
+    others = np.array([[3.0, 2.0, 1.0, 1.0, 0.0]])
+    assert topk_hits(others, np.array([1.0]), 1)[0] == 0.0
+    assert topk_hits(others, np.array([1.0]), 3)[0] == pytest.approx(1 / 3)
+    assert topk_hits(others, np.array([1.0]), 4)[0] == pytest.approx(2 / 3)
+    assert topk_hits(others, np.array([1.0]), 5)[0] == 1.0
+    flat = topk_accuracy(np.zeros((7, 7)), np.arange(7), ks=(1, 5))
+    assert flat["top1"] == pytest.approx(1 / 7) and flat["top5"] == pytest.approx(5 / 7)
+
+
 def test_every_reference_counts(tmp_path):
     """Several references per clip go into the scores: the metrics equal pycocoevalcap's with all of them,
     and a caption that matches only a second annotator's reference scores as well as one matching the first."""

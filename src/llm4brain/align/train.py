@@ -18,6 +18,7 @@ from llm4brain.align.model import BrainAligner, save_aligner
 from llm4brain.align.windows import windows
 from llm4brain.artifacts import (ArtifactError, atomic_h5, atomic_path, check_coverage, read_features, read_split,
                                  set_attrs, write_keys)
+from llm4brain.ranking import topk_accuracy, topk_hits
 from llm4brain.models.mbm import MaskedBrainModel
 from llm4brain.models.video_llm import VideoQFormer, encode_clips, load_video_qformer
 from llm4brain.runtime import LOG, seed_everything, select_device
@@ -32,23 +33,22 @@ def identification(brain: torch.Tensor, video: torch.Tensor, targets: np.ndarray
     """n-way clip identification: is row i's own clip among the k most similar of n candidate clips?
 
     ``n_way`` None uses all clips as candidates; otherwise (MinD-Vis' protocol) each row's own clip and
-    ``n_way - 1`` random others, drawn ``trials`` times (seeded), and the hit rates are averaged.
+    ``n_way - 1`` random others, drawn ``trials`` times (seeded), and the hit rates are averaged. Ties are
+    broken at random, in expectation (:mod:`llm4brain.ranking`).
     """
-    sim = torch.nn.functional.normalize(brain.mean(1), dim=-1) @ torch.nn.functional.normalize(video.mean(1), dim=-1).T
-    own = sim[torch.arange(len(targets)), torch.from_numpy(targets)]
+    normalize = torch.nn.functional.normalize
+    sim = (normalize(brain.mean(1), dim=-1) @ normalize(video.mean(1), dim=-1).T).detach().float().cpu().numpy()
     n_clips = video.shape[0]
     n = n_clips if n_way is None or n_way >= n_clips else n_way
     if n == n_clips:
-        ranks = (sim > own[:, None]).sum(1)[None]
-    else:
-        rng = np.random.default_rng(seed)
-        others = [np.delete(np.arange(n_clips), t) for t in targets]
-        picks = torch.from_numpy(np.stack([[rng.choice(o, n - 1, replace=False) for o in others]
-                                           for _ in range(trials)]))  # (trials, rows, n - 1)
-        ranks = (sim[torch.arange(len(targets))[None, :, None], picks] > own[None, :, None]).sum(-1)
+        return topk_accuracy(sim, targets, ks)
+    rng = np.random.default_rng(seed)
+    others = [np.delete(np.arange(n_clips), t) for t in targets]
+    picks = np.stack([[rng.choice(o, n - 1, replace=False) for o in others] for _ in range(trials)])
+    candidates = sim[np.arange(len(targets))[None, :, None], picks]  # (trials, rows, n - 1)
     out = {"n_way": n}
     for k in ks:
-        out[f"top{k}"] = float((ranks < k).float().mean())
+        out[f"top{k}"] = float(topk_hits(candidates, sim[np.arange(len(targets)), targets][None, :], k).mean())
         out[f"chance_top{k}"] = min(k, n) / n
     return out
 

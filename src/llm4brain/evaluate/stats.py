@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from llm4brain.ranking import topk_accuracy
+
 Tokenized = dict[str, list[str]]
 
 # Metrics whose CI resamples per-clip scores instead of recomputing the corpus score: METEOR runs in Java at
@@ -57,7 +59,9 @@ def caption_identification(candidates: list[str], references: list[list[str]],
     all distinct clips?
 
     Captions and references are PTB-tokenized strings; ``candidates[i]`` belongs to the clip whose
-    references are ``references[i]``. Returns top-k accuracies next to chance (k / n, n = distinct clips).
+    references are ``references[i]``. Returns top-k accuracies next to chance (k / n, n = distinct clips);
+    a caption that scores the same against several clips is ranked among them at random (in expectation),
+    so a caption that matches nothing scores chance, not a hit.
     """
     from pycocoevalcap.cider.cider_scorer import CiderScorer
 
@@ -69,9 +73,4 @@ def caption_identification(candidates: list[str], references: list[list[str]],
     _, scores = scorer.compute_score()  # per pair, in the order appended
     sim = np.asarray(scores).reshape(len(candidates), len(pool))
     own = np.array([pool.index(tuple(refs)) for refs in references])
-    rank = (sim > sim[np.arange(len(own)), own][:, None]).sum(1)
-    out = {"n_way": len(pool)}
-    for k in ks:
-        out[f"top{k}"] = float((rank < k).mean())
-        out[f"chance_top{k}"] = min(k, len(pool)) / len(pool)
-    return out
+    return topk_accuracy(sim, own, ks)
