@@ -14,8 +14,11 @@ from llm4brain.ranking import topk_accuracy
 Tokenized = dict[str, list[str]]
 
 # Metrics whose CI resamples per-clip scores instead of recomputing the corpus score: METEOR runs in Java at
-# ~0.4 s per call; ROUGE-L's corpus score is the mean of its per-clip scores, so resampling them is exact.
-PER_CLIP_ONLY = ("METEOR", "ROUGE-L")
+# ~0.4 s per call; ROUGE-L's and CIDEr-D's corpus scores are the means of their per-clip scores. CIDEr-D keeps
+# the document frequencies of the whole test set's references: recomputed on a resample, the duplicated clips'
+# n-grams look common, their IDF drops, and every resample scores lower (the point estimate fell at the top of
+# its own interval).
+PER_CLIP_ONLY = ("METEOR", "ROUGE-L", "CIDEr")
 
 
 def resample(tokens: Tokenized, ids: list[str], pick: np.ndarray) -> Tokenized:
@@ -26,7 +29,7 @@ def resample(tokens: Tokenized, ids: list[str], pick: np.ndarray) -> Tokenized:
 def bootstrap_ci(scorers: list[tuple[Any, list[str]]], gts: Tokenized, res: Tokenized,
                  per_clip: dict[str, np.ndarray], n_boot: int, seed: int, level: float = 0.95) -> dict[str, tuple[float, float]]:
     """Percentile CIs over test clips: each resample redraws the clips with replacement and recomputes the
-    corpus-level metric (IDF and brevity penalty included); METEOR and ROUGE-L resample per-clip scores."""
+    corpus-level metric (BLEU's brevity penalty included); METEOR, ROUGE-L and CIDEr-D resample per-clip scores."""
     ids = list(gts)
     rng = np.random.default_rng(seed)
     picks = rng.integers(len(ids), size=(n_boot, len(ids)))
