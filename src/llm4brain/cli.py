@@ -11,7 +11,8 @@ def _decode(args: argparse.Namespace) -> int:
     from llm4brain.artifacts import atomic_path
     from llm4brain.evaluate.new_run import decode_run, write_srt
 
-    table = decode_run(args.subject, args.bold, args.events, args.model, args.max_new_tokens, args.num_beams)
+    table = decode_run(args.subject, args.bold, args.events, args.model,
+                       max_new_tokens=args.max_new_tokens, num_beams=args.num_beams)
     with atomic_path(args.out) as tmp:
         table.to_csv(tmp, sep="\t", index=False)
     if args.srt:

@@ -4,15 +4,15 @@ from llm4brain.runtime import setup_logging
 setup_logging(snakemake.log[0])
 p = snakemake.params
 decode_ablation(
-    snakemake.wildcards.subject,
-    snakemake.wildcards.ablation,
-    snakemake.input.fmri,
-    snakemake.input.latents,
-    snakemake.input.captions,
-    snakemake.input.video_llm,
-    snakemake.input.student,
-    snakemake.output[0],
-    p.heldout,
-    p.evaluate,
-    p.seed,
+    subject=snakemake.wildcards.subject,
+    ablation=snakemake.wildcards.ablation,
+    fmri_path=snakemake.input.fmri,
+    latent_path=snakemake.input.latents,
+    captions_path=snakemake.input.captions,
+    teacher_dir=snakemake.input.video_llm,
+    student_dir=snakemake.input.student,
+    out_path=snakemake.output[0],
+    heldout=p.heldout,
+    params=p.evaluate,
+    seed=p.seed,
 )

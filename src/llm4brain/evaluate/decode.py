@@ -59,7 +59,7 @@ def write_decoded(out_path: str | Path, subject: str, heldout: bool, keys: list[
         set_attrs(f, {"subject": subject, "heldout": heldout, "sources": list(decoded)})
 
 
-def decode_ablation(subject: str, ablation: str, fmri_path: str, latent_path: str, captions_path: str,
+def decode_ablation(*, subject: str, ablation: str, fmri_path: str, latent_path: str, captions_path: str,
                     teacher_dir: str, student_dir: str, out_path: str | Path, heldout: list[str],
                     params: dict[str, Any], seed: int) -> None:
     """A subject's test fMRI decoded by an ablated student (on an ablated aligner, or trained with an instruct
@@ -72,7 +72,7 @@ def decode_ablation(subject: str, ablation: str, fmri_path: str, latent_path: st
     write_decoded(out_path, subject, subject in heldout, keys, decoded, captions, params)
 
 
-def decode_captions(subject: str, fmri_path: str, latent_path: str, pool_fmri: list[str], pool_latents: list[str],
+def decode_captions(*, subject: str, fmri_path: str, latent_path: str, pool_fmri: list[str], pool_latents: list[str],
                     feature_paths: list[str],
                     captions_path: str, teacher_dir: str, student_dir: str, out_path: str | Path,
                     heldout: list[str], params: dict[str, Any], seed: int) -> None:

@@ -37,20 +37,30 @@ def subject_preprocessing(results: Path, subject: str) -> tuple[VolumeSpace | Su
         return *space_from_artifact(f), json.loads(f.attrs["params"]), float(f.attrs["tr"])
 
 
-def decode_run(subject: str, bold: str | Path, events: str | Path, results: str | Path,
+def preprocess_new_run(subject: str, bold: str | Path, events: str | Path,
+                       results: str | Path, window: int) -> tuple[np.ndarray, str, np.ndarray, float]:
+    """A run's encoder inputs, cleaned as ``subject``'s training runs were: ``(n, window, *sample)`` float32
+    windows of the volumes paired to the whole TRs of its stimulus, the stimulus' segment, those TRs, and
+    the TR in seconds. Separate from decoding so that a test can hold it against ``results/fmri``."""
+    check_id(subject, "subject id")
+    space, usable, params, tr = subject_preprocessing(Path(results), subject)
+    run = read_run(Path(bold), Path(events))
+    kept, pairs = plan_run(space, run, tr, params)
+    series, ok, _ = read_clean_run(space, run, kept, tr, params)
+    index = run_windows([volume for _, volume in pairs], len(series), window)  # (n, W)
+    samples = space.samples(series[index.ravel()], usable & ok)
+    return samples.reshape(index.shape + samples.shape[1:]), run.segment, np.array([k for k, _ in pairs]), tr
+
+
+def decode_run(subject: str, bold: str | Path, events: str | Path, results: str | Path, *,
                max_new_tokens: int = 24, num_beams: int = 1, batch_size: int = 64) -> pd.DataFrame:
     """One caption per whole TR of the stimulus shown in the run: ``segment, tr, start, end, caption``.
 
     ``start``/``end`` are seconds from the stimulus' first frame (clip ``tr`` spans ``[tr·TR, (tr+1)·TR)``).
     """
     check_id(subject, "subject id")
-    results, bold = Path(results), Path(bold)
-    space, usable, params, tr = subject_preprocessing(results, subject)
-    run = read_run(bold, Path(events))
-    kept, pairs = plan_run(space, run, tr, params)
-    series, ok, _ = read_clean_run(space, run, kept, tr, params)
-    usable = usable & ok
-
+    results = Path(results)
+    subject_preprocessing(results, subject)  # a subject never preprocessed is named before any model loads
     student_dir = results / "instruct" / "model"
     config = json.loads((student_dir / "config.json").read_text())
     teacher = Path(config["teacher"])  # as the workflow named it, relative to its working directory
@@ -58,14 +68,12 @@ def decode_run(subject: str, bold: str | Path, events: str | Path, results: str 
                            select_device())
     if student.input_kind != "encoder":
         raise ValueError(f"{student_dir}: trained on frozen latents; decoding a new run needs `instruct.input: encoder`")
-    index = run_windows([volume for _, volume in pairs], len(series), student.window)  # (n, W)
-    samples = space.samples(series[index.ravel()], usable)
-    tokens = student.encode(torch.from_numpy(samples.reshape(index.shape + samples.shape[1:])))
+    samples, segment, k, tr = preprocess_new_run(subject, bold, events, results, student.window)
+    tokens = student.encode(torch.from_numpy(samples))
     settings = {"batch_size": batch_size, "max_new_tokens": max_new_tokens, "num_beams": num_beams,
                 "repetition_penalty": 1.0}
     captions = generate_captions(student.captioner, tokens, settings)
-    k = np.array([k for k, _ in pairs])
-    return pd.DataFrame({"segment": run.segment, "tr": k, "start": k * tr, "end": (k + 1) * tr, "caption": captions})
+    return pd.DataFrame({"segment": segment, "tr": k, "start": k * tr, "end": (k + 1) * tr, "caption": captions})
 
 
 def srt_time(seconds: float) -> str:

@@ -74,7 +74,7 @@ def frozen_logits(teacher: Captioner, student: FmriStudent, tokens: torch.Tensor
         return teacher.caption_logits(tokens, ids, mask)
 
 
-def instruct_llm(fmri_paths: list[str], latent_paths: list[str], align_dir: str, feature_paths: list[str],
+def instruct_llm(*, fmri_paths: list[str], latent_paths: list[str], align_dir: str, feature_paths: list[str],
                  captions_path: str, teacher_dir: str, model_dir: str, log_tsv: str, subjects: list[str],
                  heldout: list[str], params: dict[str, Any], seed: int, checkpoint: Checkpoint | None = None) -> None:
     """Train the student and save what it trained as safetensors (see ``student.save_student``)."""

@@ -1,0 +1,42 @@
+"""Library entry points with many parameters take them by keyword, and the workflow scripts call them with
+names those signatures have: swapping two paths cannot pass silently, and a renamed parameter fails here
+rather than in the middle of a workflow run."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+from pathlib import Path
+
+import pytest
+
+from llm4brain.evaluate.decode import decode_ablation, decode_captions
+from llm4brain.evaluate.new_run import decode_run
+from llm4brain.instruct.train import instruct_llm
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "workflow" / "scripts"
+ENTRY_POINTS = {"instruct_llm.py": instruct_llm, "decode_captions.py": decode_captions,
+                "decode_ablation.py": decode_ablation}
+
+
+@pytest.mark.parametrize("function", ENTRY_POINTS.values(), ids=lambda f: f.__name__)
+def test_entry_point_parameters_are_keyword_only(function):
+    kinds = {p.name: p.kind for p in inspect.signature(function).parameters.values()}
+    assert set(kinds.values()) == {inspect.Parameter.KEYWORD_ONLY}, kinds
+    with pytest.raises(TypeError, match="positional"):
+        function(*range(len(kinds)))
+
+
+@pytest.mark.parametrize("script", ENTRY_POINTS, ids=str)
+def test_workflow_script_calls_its_entry_point_by_valid_names(script):
+    function = ENTRY_POINTS[script]
+    calls = [node for node in ast.walk(ast.parse((SCRIPTS / script).read_text()))
+             if isinstance(node, ast.Call) and getattr(node.func, "id", None) == function.__name__]
+    assert len(calls) == 1 and not calls[0].args
+    inspect.signature(function).bind(**{keyword.arg: None for keyword in calls[0].keywords})  # TypeError if not
+
+
+def test_decode_run_options_are_keyword_only():
+    parameters = inspect.signature(decode_run).parameters
+    assert [p.name for p in parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY] == [
+        "max_new_tokens", "num_beams", "batch_size"]
