@@ -1,10 +1,10 @@
-"""Scoring equals a direct pycocoevalcap computation; SPICE is reported, never silently dropped."""
+"""Scoring equals a direct pycocoevalcap computation (SPICE: tests/test_spice.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from llm4brain.evaluate.score import CocoScorer, ablation_table, spice_status
+from llm4brain.evaluate.score import CocoScorer, ablation_table
 
 REFS = {"a:0": ["two small red circles moving left on a black background"],
         "a:1": ["one large blue square moving up on a white background"],
@@ -42,11 +42,6 @@ def test_perfect_captions_beat_wrong_ones(scorer):
     wrong = scorer.score(REFS, {"a:0": HYPS["b:0"], "a:1": HYPS["a:0"], "b:0": HYPS["a:1"]})
     assert perfect["BLEU-4"] == pytest.approx(1.0, abs=1e-6)
     assert all(perfect[m] > wrong[m] for m in ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr"))
-
-
-def test_spice_status_explains():
-    status = spice_status()
-    assert status == "" or status.startswith("unavailable: ")
 
 
 def test_bootstrap_ci_contains_estimate_and_is_seeded(scorer):

@@ -80,7 +80,10 @@ def test_frozen_llm_trains_nothing_in_it(teacher_dir):
 def test_quantized_base_runs_a_lora_training_step_on_cpu(teacher_dir, quantization, layer):
     torch.manual_seed(0)
     student = build_student(str(teacher_dir), "", instruct("lora", quantization))
-    assert layer in {type(m).__name__ for m in student.captioner.llm.modules()}
+    layers = {name: type(m).__name__ for name, m in student.captioner.llm.named_modules()}
+    assert layer in layers.values()
+    assert [kind for name, kind in layers.items() if name.endswith("lm_head")] == ["Linear"]  # never quantised
+    assert type(student.captioner.projection) is torch.nn.Linear
     lora = {n: p.detach().clone() for n, p in student.captioner.llm.named_parameters() if p.requires_grad}
     history = train(student, torch.randn(3, 4, 32), steps=3)
     assert history["loss"].notna().all() and (history["grad_norm"] > 0).all()

@@ -141,13 +141,40 @@ def test_aligner_and_adaptors_fit_the_instruction_qformer(checkpoint, tmp_path):
     assert trainable and all(".adaptor." in n for n in trainable)
 
 
-def test_quantized_student_keeps_qformer_and_projection_in_full_precision(checkpoint, tmp_path):
-    """4-bit NF4 through bitsandbytes quantises the LLM's linear layers only; a LoRA step runs on CPU."""
+QUANTIZED = {"4bit": "Linear4bit", "8bit": "Linear8bitLt"}
+
+
+@pytest.mark.parametrize("kind", ["4bit", "8bit"])
+def test_quantization_leaves_vision_tower_qformer_projection_and_lm_head_in_full_precision(checkpoint, kind):
+    """The whole checkpoint as ``load_instructblip_video`` loads it: bitsandbytes layers only inside the
+    language model's decoder; its ``lm_head``, the vision tower, the Q-Former and the projection stay
+    ``nn.Linear``."""
+    from transformers import InstructBlipVideoForConditionalGeneration
+
+    from llm4brain.models.instructblip_video import FULL_PRECISION
+    from llm4brain.models.quantization import quantized_loading
+
+    model = InstructBlipVideoForConditionalGeneration.from_pretrained(
+        checkpoint, use_safetensors=True, **quantized_loading(kind, "cpu", FULL_PRECISION))
+    linear = {name: type(m).__name__ for name, m in model.named_modules() if "Linear" in type(m).__name__}
+    quantized = {name for name, layer in linear.items() if layer == QUANTIZED[kind]}
+    assert quantized and all(name.startswith("language_model.") and "lm_head" not in name for name in quantized)
+    for part in ("vision_model.", "qformer.", "language_projection", "language_model.lm_head"):
+        layers = {name: layer for name, layer in linear.items() if name.startswith(part)}
+        assert layers and set(layers.values()) == {"Linear"}, part
+
+
+@pytest.mark.parametrize("kind", ["4bit", "8bit"])
+def test_quantized_student_keeps_qformer_and_projection_in_full_precision(checkpoint, tmp_path, kind):
+    """8-bit or 4-bit NF4 through bitsandbytes quantises the LLM's decoder layers only; a LoRA step runs on
+    CPU."""
     from test_instruct import instruct, train
     from llm4brain.instruct.train import build_student
 
-    student = build_student(str(teacher_pointer(checkpoint, tmp_path)), "", instruct("lora", "4bit"))
-    assert "Linear4bit" in {type(m).__name__ for m in student.captioner.llm.modules()}
+    student = build_student(str(teacher_pointer(checkpoint, tmp_path)), "", instruct("lora", kind))
+    layers = {name: type(m).__name__ for name, m in student.captioner.llm.named_modules()}
+    assert QUANTIZED[kind] in layers.values()
+    assert [layer for name, layer in layers.items() if name.endswith("lm_head")] == ["Linear"]
     assert type(student.captioner.projection) is torch.nn.Linear
     history = train(student, torch.randn(3, 4 * QUERIES, 32), steps=2)
     assert history["loss"].notna().all() and (history["grad_norm"] > 0).all()

@@ -64,6 +64,8 @@ class CocoScorer:
             values = value if isinstance(value, list) else [value]
             clip_values = clip_values if isinstance(value, list) else [clip_values]
             for name, v, per in zip(names, values, clip_values):
+                if name == "SPICE":  # per clip, a dict of F/precision/recall per semantic category
+                    per = [clip["All"]["f"] for clip in per]
                 scores[name] = float(v)
                 per_clip[name] = np.asarray(per, dtype=float)
         return scores, per_clip

@@ -17,8 +17,8 @@ Tokenized = dict[str, list[str]]
 # ~0.4 s per call; ROUGE-L's and CIDEr-D's corpus scores are the means of their per-clip scores. CIDEr-D keeps
 # the document frequencies of the whole test set's references: recomputed on a resample, the duplicated clips'
 # n-grams look common, their IDF drops, and every resample scores lower (the point estimate fell at the top of
-# its own interval).
-PER_CLIP_ONLY = ("METEOR", "ROUGE-L", "CIDEr")
+# its own interval). SPICE (a JVM run per call, too) is the mean of its per-clip F-scores.
+PER_CLIP_ONLY = ("METEOR", "ROUGE-L", "CIDEr", "SPICE")
 
 
 def resample(tokens: Tokenized, ids: list[str], pick: np.ndarray) -> Tokenized:
