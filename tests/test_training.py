@@ -83,7 +83,8 @@ def test_fingerprint_follows_params_and_inputs(tmp_path):
     assert base == Checkpoint.for_job("rule", [str(data)], {"steps": 5}, root=tmp_path)
     assert base.path == tmp_path / ".resume" / "rule.pt"
     assert base.fingerprint != Checkpoint.for_job("rule", [str(data)], {"steps": 6}, root=tmp_path).fingerprint
-    assert base.where("cpu") == base.where("cpu") and base.where("cpu").path == base.path
+    same_job = Checkpoint.for_job("rule", [str(data)], {"steps": 5}, root=tmp_path)
+    assert same_job.where("cpu") == base.where("cpu") and base.where("cpu").path == base.path  # a rerun finds it
     assert len({base.fingerprint, base.where("cpu").fingerprint, base.where("cuda:0").fingerprint}) == 3
     os.utime(data, ns=(1, 1))
     assert base.fingerprint != Checkpoint.for_job("rule", [str(data)], {"steps": 5}, root=tmp_path).fingerprint
