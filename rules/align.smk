@@ -17,7 +17,7 @@ if config["scmbm"]["pretrain"] and not config["scmbm"]["checkpoint"]:
             encoder=section("encoder"),
             scmbm=section("scmbm"),
             seed=config["seed"],
-            code=CODE["scmbm"],
+            code=CODE["pretrain_scmbm"],
         script:
             "../workflow/scripts/pretrain_scmbm.py"
 
@@ -49,18 +49,13 @@ rule pretrain_adaptor:
         encoder=section("encoder"),
         align=section("align"),
         seed=config["seed"],
-        code=CODE["align"],
+        code=CODE["pretrain_adaptor"],
     script:
         "../workflow/scripts/pretrain_adaptor.py"
 
 
-rule ablate_adaptor:
-    """pretrain_adaptor with one loss term switched off (align.ablations), for the ablation table."""
-    input:
-        fmri=fmri_files(),
-        features=feature_files(),
-        video_llm=video_llm_dir(),
-        pretrained=pretrained_encoder(),
+# pretrain_adaptor with one loss term switched off (align.ablations), for the ablation table
+use rule pretrain_adaptor as ablate_adaptor with:
     output:
         model=directory("results/align/ablations/{ablation}/model"),
         latents=expand(
@@ -73,17 +68,8 @@ rule ablate_adaptor:
         "results/benchmarks/ablate_adaptor/{ablation}.tsv"
     wildcard_constraints:
         ablation="|".join(ABLATIONS),
-    conda:
-        "../envs/llm4brain.yaml"
-    threads: config["align"]["train"]["threads"]
     params:
-        subjects=SUBJECTS,
-        encoder=section("encoder"),
         align=ablated_align,
-        seed=config["seed"],
-        code=CODE["align"],
-    script:
-        "../workflow/scripts/pretrain_adaptor.py"
 
 
 rule ablation_table:
@@ -108,6 +94,6 @@ rule ablation_table:
         "../envs/llm4brain.yaml"
     params:
         ablations=config["align"]["ablations"],
-        code=CODE["align"],
+        code=CODE["ablation_table"],
     script:
         "../workflow/scripts/ablation_table.py"

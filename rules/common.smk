@@ -3,11 +3,11 @@
 Imports no torch/transformers: every job (and every SLURM job) re-parses this file.
 """
 
-import hashlib
 from pathlib import Path
 
 from snakemake.utils import validate
 
+from llm4brain.code_hash import script_code_hashes
 from llm4brain.fmri.bids import bids_bolds, is_cifti, select_bolds
 from llm4brain.fmri.wen2018 import wen_bolds
 from llm4brain.video.sampling import frames_per_tr
@@ -94,54 +94,9 @@ wildcard_constraints:
     segment="|".join(ALL_SEGMENTS),
 
 
-def code_hash(*parts):
-    """Content hash of library sub-packages/modules a stage imports, so a code edit reruns that stage."""
-    digest = hashlib.sha256()
-    for part in parts:
-        path = PACKAGE / part
-        files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
-        for file in files:
-            digest.update(str(file.relative_to(PACKAGE)).encode())
-            digest.update(file.read_bytes())
-    return digest.hexdigest()[:16]
-
-
-CORE = ("__init__.py", "artifacts.py", "runtime.py")
-CODE = {
-    "demo": code_hash(*CORE, "demo"),
-    "fmri": code_hash(*CORE, "fmri"),
-    "video": code_hash(*CORE, "models/weights.py", "resume.py", "video"),
-    "text": code_hash(*CORE, "text"),
-    "video_llm": code_hash(*CORE, "models", "resume.py", "training.py", "video_llm"),
-    "scmbm": code_hash(
-        *CORE,
-        "models",
-        "resume.py",
-        "training.py",
-        "align/scmbm.py",
-        "align/windows.py",
-    ),
-    "align": code_hash(*CORE, "models", "ranking.py", "resume.py", "training.py", "align"),
-    "instruct": code_hash(
-        *CORE,
-        "models",
-        "resume.py",
-        "training.py",
-        "align/model.py",
-        "align/windows.py",
-        "instruct",
-    ),
-    "evaluate": code_hash(
-        *CORE,
-        "models",
-        "align/model.py",
-        "align/windows.py",
-        "instruct/student.py",
-        "instruct/llm_tuning.py",
-        "ranking.py",
-        "evaluate",
-    ),
-}
+# each rule's code param: the hash of the library files its script imports (read with ast, transitively, lazy
+# imports included), so a library edit reruns exactly the rules whose scripts reach it
+CODE = script_code_hashes(Path(workflow.basedir) / "workflow" / "scripts", PACKAGE)
 
 
 def _canonical(value):
@@ -277,6 +232,18 @@ def ablation_aligner(wildcards):
     if wildcards.ablation in INSTRUCT_ABLATIONS:
         return "results/align"
     return f"results/align/ablations/{wildcards.ablation}"
+
+
+def ablation_latents(wildcards):
+    """Every subject's tokens from the aligner an ablated student builds on."""
+    return expand(
+        "{align}/{subject}.h5", align=ablation_aligner(wildcards), subject=SUBJECTS
+    )
+
+
+def ablation_aligner_model(wildcards):
+    """The model folder of the aligner an ablated student builds on."""
+    return f"{ablation_aligner(wildcards)}/model"
 
 
 def ablated_instruct(wildcards):

@@ -21,6 +21,6 @@ if DATA["layout"] == "demo":
             tr=DATA["tr"],
             demo=section("demo"),
             seed=config["seed"],
-            code=CODE["demo"],
+            code=CODE["simulate_demo"],
         script:
             "../workflow/scripts/simulate_demo.py"

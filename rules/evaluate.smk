@@ -21,7 +21,7 @@ rule decode_captions:
         heldout=HELDOUT,
         evaluate=section("evaluate"),
         seed=config["seed"],
-        code=CODE["evaluate"],
+        code=CODE["decode_captions"],
     script:
         "../workflow/scripts/decode_captions.py"
 
@@ -48,7 +48,7 @@ rule decode_ablation:
         heldout=HELDOUT,
         evaluate=section("evaluate"),
         seed=config["seed"],
-        code=CODE["evaluate"],
+        code=CODE["decode_ablation"],
     script:
         "../workflow/scripts/decode_ablation.py"
 
@@ -91,6 +91,6 @@ rule score_captions:
         heldout=HELDOUT,
         evaluate=section("evaluate"),
         seed=config["seed"],
-        code=CODE["evaluate"],
+        code=CODE["score_captions"],
     script:
         "../workflow/scripts/score_captions.py"

@@ -16,6 +16,6 @@ rule preprocess_fmri:
         tr=DATA["tr"],
         layout={key: DATA[key] for key in ("layout", "bids", "wen2018")},
         fmri=section("fmri"),
-        code=CODE["fmri"],
+        code=CODE["preprocess_fmri"],
     script:
         "../workflow/scripts/preprocess_fmri.py"

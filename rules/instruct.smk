@@ -22,20 +22,18 @@ rule instruct_llm:
         heldout=HELDOUT,
         instruct=section("instruct"),
         seed=config["seed"],
-        code=CODE["instruct"],
+        code=CODE["instruct_llm"],
     script:
         "../workflow/scripts/instruct_llm.py"
 
 
-rule ablate_instruct:
-    """instruct_llm for an ablation: on an align ablation's aligner (to decode held-out subjects without that
-    term), or on the full aligner with an instruct term off (instruct.ablations)."""
+# instruct_llm for an ablation: on an align ablation's aligner (to decode held-out subjects without that term),
+# or on the full aligner with an instruct term off (instruct.ablations)
+use rule instruct_llm as ablate_instruct with:
     input:
         fmri=fmri_files(),
-        latents=lambda w: expand(
-            "{align}/{subject}.h5", align=ablation_aligner(w), subject=SUBJECTS
-        ),
-        align=lambda w: f"{ablation_aligner(w)}/model",
+        latents=ablation_latents,
+        align=ablation_aligner_model,
         features=feature_files(),
         captions="results/text/captions.h5",
         video_llm=video_llm_dir(),
@@ -48,14 +46,5 @@ rule ablate_instruct:
         "results/benchmarks/ablate_instruct/{ablation}.tsv"
     wildcard_constraints:
         ablation="|".join([*ABLATIONS, *INSTRUCT_ABLATIONS]),
-    conda:
-        "../envs/llm4brain.yaml"
-    threads: config["instruct"]["train"]["threads"]
     params:
-        subjects=SUBJECTS,
-        heldout=HELDOUT,
         instruct=ablated_instruct,
-        seed=config["seed"],
-        code=CODE["instruct"],
-    script:
-        "../workflow/scripts/instruct_llm.py"

@@ -22,7 +22,7 @@ rule plot_results:
         "../envs/llm4brain.yaml"
     params:
         names=list(training_logs().keys()),
-        code=CODE["evaluate"],
+        code=CODE["plot_results"],
     script:
         "../workflow/scripts/plot_results.py"
 
@@ -48,7 +48,7 @@ rule plot_gallery:
     params:
         segments=SEGMENTS["test"],
         tr=DATA["tr"],
-        code=CODE["evaluate"],
+        code=CODE["plot_gallery"],
     script:
         "../workflow/scripts/plot_gallery.py"
 
@@ -70,6 +70,6 @@ rule plot_fmri_qc:
     conda:
         "../envs/llm4brain.yaml"
     params:
-        code=CODE["evaluate"],
+        code=CODE["plot_fmri_qc"],
     script:
         "../workflow/scripts/plot_fmri_qc.py"

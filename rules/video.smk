@@ -13,7 +13,7 @@ rule vision_input:
         "../envs/llm4brain.yaml"
     params:
         video=section("video"),
-        code=CODE["video"],
+        code=CODE["vision_input"],
     script:
         "../workflow/scripts/vision_input.py"
 
@@ -35,7 +35,7 @@ rule extract_frames:
     params:
         tr=DATA["tr"],
         video=section("video"),
-        code=CODE["video"],
+        code=CODE["extract_frames"],
     script:
         "../workflow/scripts/extract_frames.py"
 
@@ -57,7 +57,7 @@ rule cache_features:
     params:
         video=section("video"),
         seed=config["seed"],
-        code=CODE["video"],
+        code=CODE["cache_features"],
     script:
         "../workflow/scripts/cache_features.py"
 
@@ -79,7 +79,7 @@ if config["captions"]["source"] == "file":
         params:
             segments=ALL_SEGMENTS,
             captions=section("captions"),
-            code=CODE["text"],
+            code=CODE["reference_captions"],
         script:
             "../workflow/scripts/reference_captions.py"
 
@@ -101,6 +101,6 @@ else:
         params:
             segments=ALL_SEGMENTS,
             captions=section("captions"),
-            code=CODE["video_llm"],
+            code=CODE["teacher_captions"],
         script:
             "../workflow/scripts/teacher_captions.py"

@@ -13,7 +13,7 @@ if config["video_llm"]["pretrained"]:
         params:
             video_llm=section("video_llm"),
             frames_per_tr=frames_per_tr(config["video"], DATA["tr"]),
-            code=CODE["video_llm"],
+            code=CODE["import_video_llm"],
         script:
             "../workflow/scripts/import_video_llm.py"
 
@@ -37,6 +37,6 @@ else:
             train_segments=SEGMENTS["train"],
             video_llm=section("video_llm"),
             seed=config["seed"],
-            code=CODE["video_llm"],
+            code=CODE["train_video_llm"],
         script:
             "../workflow/scripts/train_video_llm.py"

@@ -1,0 +1,86 @@
+"""Which library files a workflow script runs, read from its imports, and their content hash.
+
+Each rule passes the hash of the code its script reaches as a param, so editing a module reruns exactly the
+rules whose scripts import it (directly, through other modules, or lazily inside a function) and what depends
+on them. The import graph is read with ``ast``, never by importing: the DAG build must not import torch.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+from functools import cache
+from pathlib import Path
+
+
+def module_files(package: Path, module: str) -> list[Path]:
+    """The files Python runs to import ``module`` (dotted, from the package's own name): every enclosing
+    package's ``__init__.py`` and the module itself. Empty when it is not part of the package."""
+    parts = module.split(".")
+    if parts[0] != package.name:
+        return []
+    files = [package / "__init__.py"]
+    for depth in range(2, len(parts) + 1):
+        base = package.joinpath(*parts[1:depth])
+        if (base / "__init__.py").is_file():
+            files.append(base / "__init__.py")
+        elif base.with_suffix(".py").is_file():
+            files.append(base.with_suffix(".py"))
+            break
+        else:  # a name the module defines, not a module
+            break
+    return files
+
+
+def module_name(package: Path, file: Path) -> str:
+    """``llm4brain.align.model`` for ``<package>/align/model.py``; a package for its ``__init__.py``."""
+    parts = file.relative_to(package).with_suffix("").parts
+    return ".".join((package.name, *(parts[:-1] if parts[-1] == "__init__" else parts)))
+
+
+@cache
+def direct_imports(package: Path, file: Path) -> tuple[Path, ...]:
+    """Package files that ``file`` imports itself, wherever the import statement is."""
+    own = module_name(package, file) if file.is_relative_to(package) else ""
+    is_package = file.name == "__init__.py"
+    found: list[Path] = []
+    for node in ast.walk(ast.parse(file.read_bytes(), filename=str(file))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                found += module_files(package, alias.name)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from the importing module's package
+                anchor = own.split(".")[: len(own.split(".")) - node.level + is_package]
+                base = ".".join([*anchor, *([base] if base else [])])
+            found += module_files(package, base)
+            for alias in node.names:  # `from pkg import submodule`
+                found += module_files(package, f"{base}.{alias.name}")
+    return tuple(dict.fromkeys(found))
+
+
+def imported_files(script: Path, package: Path) -> list[Path]:
+    """Every file of ``package`` that running ``script`` can import, transitively, sorted."""
+    package, seen = package.resolve(), set()
+    todo = [script.resolve()]
+    while todo:
+        for file in direct_imports(package, todo.pop()):
+            if file not in seen:
+                seen.add(file)
+                todo.append(file)
+    return sorted(seen)
+
+
+def code_hash(script: Path, package: Path) -> str:
+    """Content hash of the package files ``script`` reaches (paths and bytes): the rule's ``code`` param."""
+    package = package.resolve()
+    digest = hashlib.sha256()
+    for file in imported_files(script, package):
+        digest.update(str(file.relative_to(package)).encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def script_code_hashes(scripts: Path, package: Path) -> dict[str, str]:
+    """``{script name: code hash}`` for every ``*.py`` in ``scripts`` (the workflow's rule scripts)."""
+    return {script.stem: code_hash(script, package) for script in sorted(scripts.glob("*.py"))}
