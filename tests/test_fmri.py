@@ -229,7 +229,7 @@ def test_bids_derivatives_with_confound_regression(tiny_demo, tmp_path):
 
 def test_missing_confound_column_names_file(tiny_demo, tmp_path):
     subject, raw = derivatives_dataset(tiny_demo, tmp_path, nuisance=0.0)
-    with pytest.raises(InputError, match=r"desc-confounds_timeseries\.tsv: missing confound columns \['rot_x'\]"):
+    with pytest.raises(InputError, match=r"desc-confounds_timeseries\.tsv: missing columns \['rot_x'\]"):
         preprocess_subject("sub-01", subject, tiny_demo / "roi_mask.nii.gz", tmp_path / "o.h5", TINY_SEGMENTS, 2.0,
                            {**FMRI_PARAMS, "confounds": ["rot_x"]}, {"layout": "bids", "bids": {**BIDS, "events_root": str(raw)}})
     assert not (tmp_path / "o.h5").exists()

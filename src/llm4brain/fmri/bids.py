@@ -34,3 +34,9 @@ def raw_stem(bold: Path) -> str:
     """The run's name without ``_bold.nii[.gz]`` and derivative entities: what its events and confounds
     tables are named after (``sub-01_task-movie_run-1_space-T1w_desc-preproc_bold`` → ``sub-01_task-movie_run-1``)."""
     return DERIVED.sub("", re.sub(r"_bold(\.dtseries)?\.nii(\.gz)?$", "", bold.name))
+
+
+def confounds_file(bold: Path) -> Path | None:
+    """fMRIPrep's ``*_desc-confounds_timeseries.tsv`` of a run, when it is next to it."""
+    confounds = bold.with_name(f"{raw_stem(bold)}_desc-confounds_timeseries.tsv")
+    return confounds if confounds.exists() else None

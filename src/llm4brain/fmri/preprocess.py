@@ -61,22 +61,31 @@ def pair_run(run: Run, n_volumes: int, tr: float, hrf_lag: float, start: int = 0
     return inside
 
 
+def run_extent(space: VolumeSpace | SurfaceSpace, run: Run, tr: float, trim: dict[str, Any]) -> tuple[int, int, int]:
+    """From the run's header only (TR and grid checked): its kept volumes ``(start, stop, n)``."""
+    n = space.n_volumes(run.bold, tr)
+    return *kept_volumes(run.bold, n, trim), n
+
+
 def plan_run(space: VolumeSpace | SurfaceSpace, run: Run, tr: float,
              params: dict[str, Any]) -> tuple[tuple[int, int, int], list[tuple[int, int]]]:
     """From the run's header only: its kept volumes ``(start, stop, n)`` and its ``(tr, volume)`` pairs."""
-    n = space.n_volumes(run.bold, tr)
-    start, stop = kept_volumes(run.bold, n, params["trim"])
+    start, stop, n = run_extent(space, run, tr, params["trim"])
     pairs = pair_run(run, stop - start, tr, params["hrf_lag"], start, params["unpaired_clips"] == "drop")
     return (start, stop, n), pairs
 
 
 def read_clean_run(space: VolumeSpace | SurfaceSpace, run: Run, kept: tuple[int, int, int], tr: float,
                    params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The run's kept volumes in ``space``, cleaned (``clean_run``): series, usable voxels, tSNR."""
+    """The run's kept volumes in ``space``, cleaned (``clean_run``): series, usable voxels, tSNR. The one
+    per-run cleaning of task subjects, new runs to decode and unlabelled collections."""
     start, stop, n = kept
     series = space.read(run.bold, start, stop)
     confounds = read_confounds(run, params["confounds"], n)[start:stop] if params["confounds"] else None
-    return series, *clean_run(series, params, tr, confounds)
+    try:
+        return series, *clean_run(series, params, tr, confounds)
+    except ValueError as err:  # fewer kept volumes than nuisance regressors
+        raise InputError(f"{run.bold}: {err}") from err
 
 
 def clean_run(series: np.ndarray, params: dict[str, Any], tr: float,
@@ -168,6 +177,16 @@ def plan_rows(runs: list[Run], pairs: tuple[list[tuple[int, int]], ...], split_o
     return plan
 
 
+def scale_rows(dataset: h5py.Dataset, keep: np.ndarray, counts: np.ndarray | None = None) -> None:
+    """``dataset[r] = dataset[r] / counts[r] * keep``, a block of rows at a time: turns sums of repeats into
+    means and zeroes the voxels dropped once every run was seen."""
+    counts = np.ones(len(dataset), np.float32) if counts is None else counts
+    counts = counts.reshape((-1,) + (1,) * keep.ndim)
+    for r in range(0, len(dataset), ROWS):
+        block = slice(r, min(r + ROWS, len(dataset)))
+        dataset[block] = dataset[block] / counts[block] * keep
+
+
 def add_rows(dataset: h5py.Dataset, first: int, volumes: list[int], rows_of: Any, accumulate: bool) -> None:
     """``dataset[first:first + len(volumes)] (+)= rows_of(volumes)``, a block of rows at a time; rows that
     only one run fills are written, not read back."""
@@ -226,10 +245,7 @@ def preprocess_subject(
             keep = space.samples(np.ones((1, usable.size), np.float32), usable)[0]
             for split, rows in plan.items():
                 if rows.average or not usable.all():  # sums → means; dropped voxels → 0
-                    counts = np.array(rows.counts, np.float32).reshape((-1,) + (1,) * keep.ndim)
-                    for r in range(0, len(rows.keys), ROWS):
-                        block = slice(r, min(r + ROWS, len(rows.keys)))
-                        bold[split][block] = bold[split][block] / counts[block] * keep
+                    scale_rows(bold[split], keep, np.array(rows.counts, np.float32))
             f.create_dataset("mask", data=(keep > 0).astype(np.uint8))
             qc = f.create_group("qc")  # per voxel of the ROI mask / selected grayordinate
             qc.create_dataset("tsnr", data=tsnr.astype(np.float32))

@@ -7,16 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from llm4brain.fmri.bids import bids_bolds, raw_stem, select_bolds
+from llm4brain.fmri.bids import bids_bolds, confounds_file, raw_stem, select_bolds
 from llm4brain.fmri.wen2018 import wen_bolds
+from llm4brain.tables import InputError, read_tsv
 
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
-
-
-class InputError(ValueError):
-    """Bad input data; the message names the file and the problem."""
 
 
 @dataclass(frozen=True)
@@ -79,10 +75,7 @@ def read_confounds(run: Run, columns: list[str], n_volumes: int) -> np.ndarray:
     """(T, C) confound regressors; fMRIPrep leaves derivatives' first rows n/a, which become 0."""
     if run.confounds is None:
         raise InputError(f"{run.bold}: confounds {columns} requested but no *_desc-confounds_timeseries.tsv next to it")
-    table = pd.read_csv(run.confounds, sep="\t")
-    missing = sorted(set(columns) - set(table.columns))
-    if missing:
-        raise InputError(f"{run.confounds}: missing confound columns {missing}")
+    table = read_tsv(run.confounds, columns=dict.fromkeys(columns, float), nullable=columns)
     if len(table) != n_volumes:
         raise InputError(f"{run.confounds}: {len(table)} rows but {run.bold.name} has {n_volumes} volumes")
     return table[columns].fillna(0.0).to_numpy(np.float64)
@@ -92,18 +85,15 @@ def read_run(bold: Path, events_path: Path) -> Run:
     """The run's stimulus segment, onset and duration from its events TSV (one stimulus per run)."""
     if not events_path.exists():
         raise InputError(f"{bold}: events file {events_path} does not exist")
-    events = pd.read_csv(events_path, sep="\t")
-    missing = {"onset", "duration"} - set(events.columns)
-    if missing:
-        raise InputError(f"{events_path}: missing columns {sorted(missing)}")
+    events = read_tsv(events_path, columns={"onset": float, "duration": float},
+                      optional={"segment": str, "stim_file": str})
     if "segment" in events.columns:
-        segments = events["segment"].astype(str)
+        segments = events["segment"]
     elif "stim_file" in events.columns:
-        segments = events["stim_file"].astype(str).map(lambda s: Path(s).name.split(".")[0])
+        segments = events["stim_file"].map(lambda s: Path(s).name.split(".")[0])
     else:
         raise InputError(f"{events_path}: needs a 'segment' or 'stim_file' column naming the stimulus")
     if len(events) != 1:
         raise InputError(f"{events_path}: expected one stimulus segment per run, found {len(events)} events")
-    confounds = bold.with_name(f"{raw_stem(bold)}_desc-confounds_timeseries.tsv")
     return Run(bold, events_path, segments.iloc[0], float(events["onset"].iloc[0]), float(events["duration"].iloc[0]),
-               confounds if confounds.exists() else None)
+               confounds_file(bold))
