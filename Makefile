@@ -3,12 +3,14 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
 CORES  ?= all
 
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
+export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: install demo test lint clean
+.PHONY: install install-dev demo test docs lint style clean
 
 install: $(STAMP)
 
@@ -18,14 +20,33 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/pip install --disable-pip-version-check --no-deps -e .
 	touch $(STAMP)
 
+# development tools (docs site, ruff, mypy, pre-commit): `make test` needs them, `make demo` does not
+install-dev: $(DEV_STAMP)
+
+$(DEV_STAMP): requirements-dev.txt $(STAMP)
+	$(BIN)/pip install --disable-pip-version-check -r requirements-dev.txt
+	touch $(DEV_STAMP)
+
 demo: install
 	$(BIN)/snakemake --cores $(CORES)
 
-test: install
+test: install-dev
+	$(BIN)/mkdocs build --strict
 	$(BIN)/pytest -q
+
+# the documentation site at http://127.0.0.1:8000, rebuilt on every edit
+docs: install-dev
+	$(BIN)/mkdocs serve
 
 lint: install
 	$(BIN)/snakemake --lint
 
+# formatting and static checks, as pre-commit runs them
+style: install-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/snakefmt --check Snakefile rules
+	$(BIN)/mypy
+
 clean:
-	rm -rf results logs resources/demo .snakemake
+	rm -rf results logs resources/demo .snakemake site

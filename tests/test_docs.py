@@ -1,0 +1,64 @@
+"""The configuration reference is generated from config/schema.yaml and documents every key."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tools"))
+
+import config_reference  # noqa: E402
+
+
+def rows(page: str) -> dict[str, list[str]]:
+    """``{key: [type, default, description]}`` of every table row of the page."""
+    found = {}
+    for line in page.splitlines():
+        match = re.match(r"^\| `([^`]+)` \| (.*) \|$", line)
+        if match:
+            found[match.group(1)] = re.split(r"(?<!\\) \| ", match.group(2))
+    return found
+
+
+def test_every_schema_key_has_a_description():
+    schema = config_reference.load_schema()
+    keys = config_reference.leaf_keys(schema)
+    missing = [key for key, node in keys if not str(node.get("description", "")).strip()]
+    assert len(keys) > 150 and not missing, f"config/schema.yaml keys without a description: {missing}"
+
+
+def test_generated_page_lists_every_key_with_type_default_and_description():
+    schema = config_reference.load_schema()
+    table = rows(config_reference.render(schema))
+    keys = config_reference.leaf_keys(schema)
+    assert sorted(table) == sorted(key for key, _ in keys)
+    for key, node in keys:
+        kind, default, description = table[key]
+        assert kind and description == config_reference.cell(node["description"]), key
+        if "default" in node:
+            assert default == f"`{json.dumps(node['default'], ensure_ascii=False)}`", key
+    assert table["evaluate.n_bootstrap"][:2] == ["integer (≥ 10)", "`100`"]
+    assert table["data.layout"][0] == r"`demo` \| `bids` \| `wen2018`"
+    assert table["data.segments.train"][1] == "**required**"
+
+
+def test_nested_keys_and_lists_of_objects_are_walked(tmp_path):
+    schema = {"type": "object", "properties": {
+        "a": {"type": "object", "properties": {"b": {"type": "integer", "default": 1}}},
+        "c": {"type": "array", "items": {"type": "object", "properties": {"d": {"type": "string"}}}},
+    }}
+    keys = [key for key, _ in config_reference.leaf_keys(schema)]
+    assert keys == ["a.b", "c", "c[].d"]
+    assert set(rows(config_reference.render(schema))) == {"a.b", "c", "c[].d"}
+
+
+def test_the_site_generates_the_page_at_build_time():
+    config = yaml.load((REPO / "mkdocs.yml").read_text(), Loader=yaml.BaseLoader)
+    assert "tools/config_reference.py" in config["hooks"] and config["strict"] == "true"
+    assert {"Configuration reference": config_reference.PAGE} in config["nav"]
+    assert not (REPO / "docs" / config_reference.PAGE).exists()  # never a stale hand-kept copy
