@@ -20,6 +20,7 @@ report: "report/workflow.rst"
 
 
 include: "rules/common.smk"
+include: "rules/collections.smk"
 include: "rules/demo.smk"
 include: "rules/fmri.smk"
 include: "rules/video.smk"

@@ -1,9 +1,12 @@
 if config["scmbm"]["pretrain"] and not config["scmbm"]["checkpoint"]:
 
     rule pretrain_scmbm:
-        """Masked brain modelling of the fMRI encoder on every subject's training fMRI (no labels)."""
+        """Masked brain modelling of the fMRI encoder on every subject's training fMRI and the unlabelled
+        collections (no labels)."""
         input:
             fmri=fmri_files(),
+            collections=collection_files(),
+            collection_qc=collection_qc_tables(),
         output:
             directory("results/scmbm"),
         log:

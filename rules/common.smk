@@ -35,6 +35,14 @@ PACKAGE = Path(workflow.basedir) / "src" / "llm4brain"
 
 def _check_config():
     """Cross-key checks a JSON schema cannot express; raised at DAG build time."""
+    for key, values in (
+        ("data.subjects", SUBJECTS),
+        ("data.segments", ALL_SEGMENTS),
+        ("align.heldout", HELDOUT),
+    ):
+        twice = sorted({value for value in values if values.count(value) > 1})
+        if twice:
+            raise ValueError(f"config {key} lists {twice} more than once")
     unknown = sorted(set(HELDOUT) - set(SUBJECTS))
     if unknown:
         raise ValueError(f"config align.heldout names unknown subjects {unknown}")
@@ -82,8 +90,6 @@ def _check_config():
         )
     # a video.fps that gives no whole number of frames per TR fails here
     frames_per_tr(config["video"], DATA["tr"])
-    if len(set(ALL_SEGMENTS)) != len(ALL_SEGMENTS):
-        raise ValueError("config data.segments lists a segment twice")
 
 
 _check_config()

@@ -19,3 +19,55 @@ rule preprocess_fmri:
         code=CODE["preprocess_fmri"],
     script:
         "../workflow/scripts/preprocess_fmri.py"
+
+
+rule preprocess_collection:
+    """Clean one subject of an unlabelled collection like a task subject; every kept volume is a sample."""
+    input:
+        unpack(collection_inputs),
+    output:
+        bold="results/collections/{collection}/{participant}.h5",
+        qc="results/collections/{collection}/qc/{participant}.tsv",
+    log:
+        "logs/preprocess_collection/{collection}/{participant}.log",
+    benchmark:
+        "results/benchmarks/preprocess_collection/{collection}/{participant}.tsv"
+    wildcard_constraints:
+        collection="|".join(COLLECTIONS),
+        participant="[A-Za-z0-9][A-Za-z0-9_-]*",
+    conda:
+        "../envs/llm4brain.yaml"
+    params:
+        runs=collection_runs,
+        tr=collection_tr,
+        on_bad_run=collection_on_bad_run,
+        fmri=collection_cleaning,
+        layout={key: DATA[key] for key in ("layout", "bids", "wen2018")},
+        code=CODE["preprocess_collection"],
+    script:
+        "../workflow/scripts/preprocess_collection.py"
+
+
+rule collection_qc:
+    """Every run of a collection, used or skipped (with the reason and the file)."""
+    input:
+        collection_subject_qc,
+    output:
+        report(
+            "results/collections/{collection}/qc.tsv",
+            caption="../report/collection_qc.rst",
+            category="fMRI QC",
+            subcategory="{collection}",
+        ),
+    log:
+        "logs/collection_qc/{collection}.log",
+    benchmark:
+        "results/benchmarks/collection_qc/{collection}.tsv"
+    wildcard_constraints:
+        collection="|".join(COLLECTIONS),
+    conda:
+        "../envs/llm4brain.yaml"
+    params:
+        code=CODE["collection_qc"],
+    script:
+        "../workflow/scripts/collection_qc.py"

@@ -7,6 +7,7 @@ in a temporary copy of the workflow, where the error must come before any job ru
 from __future__ import annotations
 
 import errno
+import re
 import shutil
 import subprocess
 import sys
@@ -79,6 +80,16 @@ def test_events_without_onset(tiny_demo, tmp_path):
     subject, _, events = subject_copy(tiny_demo, tmp_path)
     pd.read_csv(events, sep="\t").drop(columns="onset").to_csv(events, sep="\t", index=False)
     with pytest.raises(InputError, match=rf"{events.name}: missing columns \['onset'\]"):
+        preprocess(tiny_demo, subject, tmp_path / "out.h5")
+    assert_no_output(tmp_path / "out.h5")
+
+
+def test_events_with_a_non_numeric_onset(tiny_demo, tmp_path):
+    subject, _, events = subject_copy(tiny_demo, tmp_path)
+    table = pd.read_csv(events, sep="\t").astype({"onset": object})
+    table.loc[0, "onset"] = "4 s"
+    table.to_csv(events, sep="\t", index=False)
+    with pytest.raises(InputError, match=rf"{events.name}: row 2, column 'onset': '4 s' is not a finite number"):
         preprocess(tiny_demo, subject, tmp_path / "out.h5")
     assert_no_output(tmp_path / "out.h5")
 
@@ -193,3 +204,32 @@ def test_stimulus_shorter_than_its_runs():
     check_coverage(features, [("seg01", 0), ("seg01", 4)], "results/fmri/sub-01.h5")
     with pytest.raises(ArtifactError, match=r"sub-01\.h5: pairs segment 'seg01' up to TR 7, but its stimulus covers 5"):
         check_coverage(features, [("seg01", 7)], "results/fmri/sub-01.h5")
+
+
+def test_duplicate_ids_refused_at_dag_build(workflow_copy):
+    assert "config data.subjects lists ['sub-01'] more than once" in dag_error(
+        workflow_copy, {"data.subjects": ["sub-01", "sub-02", "sub-01"]})
+    assert "config data.segments lists ['seg01'] more than once" in dag_error(
+        workflow_copy, {"data.segments": {"train": ["seg01", "seg02"], "test": ["seg01"]}})
+
+
+def test_collection_config_refused_at_dag_build(workflow_copy, tmp_path):
+    rest = {"name": "rest", "root": str(tmp_path), "layout": "bids"}
+    assert "names ['rest'] are used more than once" in dag_error(workflow_copy, {"scmbm.collections": [rest, rest]})
+    assert "'hours' was unexpected" in dag_error(workflow_copy, {"scmbm.collections": [{**rest, "hours": 2}]})
+    assert "'xnat' is not one of ['bids', 'fmriprep', 'hcp']" in dag_error(
+        workflow_copy, {"scmbm.collections": [{**rest, "layout": "xnat"}]})
+    assert "collection rest: no volume runs under" in dag_error(workflow_copy, {"scmbm.collections": [rest]})
+    assert "scmbm.collections are for pretrain_scmbm" in dag_error(
+        workflow_copy, {"scmbm.collections": [rest], "scmbm.checkpoint": "mind-vis.safetensors"})
+
+
+def test_a_collection_holding_a_task_subjects_runs_is_refused(tmp_path):
+    """The task's own runs, test segments among them, never enter a collection (and so never pretraining)."""
+    workdir = make_copy(tmp_path / "workflow")
+    func = workdir / "resources" / "demo" / "sub-01" / "func"
+    func.mkdir(parents=True)
+    (func / "sub-01_task-movie_run-1_bold.nii.gz").write_bytes(b"")  # discovery reads names, not images
+    out = dag_error(workdir, {"scmbm.collections": [{"name": "own", "root": "resources/demo", "layout": "bids"}]})
+    assert re.search(r"own: resources/demo/sub-01/func/sub-01_task-movie_run-1_bold\.nii\.gz is a run of task subject "
+                     r"sub-01", out), out[-2000:]
