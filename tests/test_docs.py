@@ -62,3 +62,20 @@ def test_the_site_generates_the_page_at_build_time():
     assert "tools/config_reference.py" in config["hooks"] and config["strict"] == "true"
     assert {"Configuration reference": config_reference.PAGE} in config["nav"]
     assert not (REPO / "docs" / config_reference.PAGE).exists()  # never a stale hand-kept copy
+
+
+def test_site_checker_finds_broken_links_anchors_and_images(tmp_path):
+    import check_site
+
+    (tmp_path / "page").mkdir()
+    (tmp_path / "page" / "index.html").write_text('<h2 id="here">x</h2><a href="../">home</a>')
+    (tmp_path / "ok.svg").write_text('<svg xmlns="http://www.w3.org/2000/svg"/>')
+    (tmp_path / "bad.svg").write_text("<svg")
+    (tmp_path / "index.html").write_text(
+        '<a href="page/">ok</a><a href="page/#here">ok</a><a href="https://example.org">not fetched</a>'
+        '<img src="ok.svg"><a href="page/#gone">bad anchor</a><a href="missing/">bad link</a>'
+        '<img src="bad.svg"><img src="nowhere.png">')
+    problems, external = check_site.check_links(tmp_path)
+    assert external == {"https://example.org"}
+    assert sorted(problem.split(" ")[2] for problem in problems) == [
+        "bad.svg", "missing/", "nowhere.png", "page/#gone"]
