@@ -42,6 +42,9 @@ def _collections():
     found = {}
     for entry in entries:
         found[entry["name"]] = runs = discover(entry, kind)
+        root = Path(entry["root"]).resolve()
+        if not any(d.is_relative_to(root) or root.is_relative_to(d) for d in task_dirs):
+            continue  # no task subject's folder in or around this collection: no file to check
         for files in runs.values():
             for path in files.values():
                 for folder in path.resolve().parents:
