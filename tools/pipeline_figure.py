@@ -57,7 +57,7 @@ def arrow(start: str, end: str, route: str) -> FancyArrowPatch:
 def draw(out: Path = OUT) -> Path:
     plt.rcParams.update({"svg.hashsalt": "llm4brain", "svg.fonttype": "none", "font.size": 8.5})
     fig, ax = plt.subplots(figsize=(12, 3.5))
-    ax.set_xlim(-0.1, 14.1)
+    ax.set_xlim(-0.2, 14.4)
     ax.set_ylim(0.0, 3.7)
     ax.axis("off")
     for name, (_, _, text, colour) in BOXES.items():
