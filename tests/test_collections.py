@@ -19,15 +19,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from nibabel import cifti2
-
 from conftest import FMRI_PARAMS, REPO, TINY_SEGMENTS
+from nibabel import cifti2
+from wen2018 import brain_models
+
 from llm4brain.artifacts import open_artifact, read_keys
 from llm4brain.fmri.collections import collection_qc, preprocess_collection_subject
 from llm4brain.fmri.discover import discover
 from llm4brain.fmri.preprocess import pair_run, preprocess_subject
 from llm4brain.fmri.runs import InputError, find_runs
-from wen2018 import brain_models
 
 FUNCTIONAL = Path(nib.__file__).parent / "tests" / "data" / "functional.nii"  # real EPI: 17 x 21 x 3, 20 TRs of 2 s
 CLEANING = {**{k: FMRI_PARAMS[k] for k in ("detrend_order", "high_pass", "zscore", "mask_labels", "cifti_structures")},
@@ -42,7 +42,8 @@ def entry(name: str, root: Path, layout: str, **keys) -> dict:
             "trim": {"start": 0, "end": 0}, "confounds": [], "on_bad_run": "error", **keys}
 
 
-def volume_run(path: Path, *, n: int = 24, shape=(10, 9, 7), voxel: float = 3.0, tr: float = 2.0, seed: int = 0) -> Path:
+def volume_run(path: Path, *, n: int = 24, shape=(10, 9, 7), voxel: float = 3.0, tr: float = 2.0,
+               seed: int = 0) -> Path:
     """A random 4-D run centred on the origin, TR in its header."""
     rng = np.random.default_rng(seed)
     affine = np.diag([voxel, voxel, voxel, 1.0])
@@ -191,8 +192,9 @@ def test_cifti_volumes_and_resampled_volumes(tmp_path, tiny_demo):
     np.testing.assert_allclose(bold.std(0, ddof=1), 1, rtol=1e-4)
     runs = discover(entry("rest", rest, "bids", filters={"task": "rest"}), "volume")["sub-B"]
     out = tmp_path / "rest.h5"
-    preprocess_collection_subject(collection="rest", subject="sub-B", runs=runs, mask_path=tiny_demo / "roi_mask.nii.gz",
-                                  out_path=out, qc_path=tmp_path / "rest.tsv", tr=2.0, params=CLEANING, layout=LAYOUT)
+    mask = tiny_demo / "roi_mask.nii.gz"
+    preprocess_collection_subject(collection="rest", subject="sub-B", runs=runs, mask_path=mask, out_path=out,
+                                  qc_path=tmp_path / "rest.tsv", tr=2.0, params=CLEANING, layout=LAYOUT)
     grid = nib.load(tiny_demo / "roi_mask.nii.gz").shape
     with h5py.File(out) as f:
         assert f["train/bold"].shape == (24 + 20, *grid)  # both runs resampled onto the task mask's grid
@@ -213,8 +215,9 @@ def test_on_bad_run_error_names_the_file(tiny_demo, tmp_path):
     runs = broken_collection(tmp_path / "raw")
     out = tmp_path / "c" / "sub-X.h5"
     with pytest.raises(InputError, match=r"cut\.nii\.gz: cannot read"):
-        preprocess_collection_subject(collection="c", subject="sub-X", runs=runs, mask_path=tiny_demo / "roi_mask.nii.gz",
-                                      out_path=out, qc_path=tmp_path / "c" / "qc.tsv", tr=2.0, params=CLEANING,
+        preprocess_collection_subject(collection="c", subject="sub-X", runs=runs,
+                                      mask_path=tiny_demo / "roi_mask.nii.gz", out_path=out,
+                                      qc_path=tmp_path / "c" / "qc.tsv", tr=2.0, params=CLEANING,
                                       layout=LAYOUT)
     assert not out.exists() and not (tmp_path / "c" / "qc.tsv").exists()
     assert not list(out.parent.glob(".*tmp-*"))
@@ -291,12 +294,13 @@ def test_collections_run_through_the_workflow_into_pretrain_scmbm(tmp_path):
         entry("hcp", folder, "hcp", filters={"task": "rfMRI_*"}, tr=None)]}}
     run_to_scmbm(volumes, config)
     qc = pd.read_csv(volumes / "results/collections/rest/qc.tsv", sep="\t")
-    assert sorted(zip(qc["subject"], qc["run"], qc["status"])) == [
+    assert sorted(zip(qc["subject"], qc["run"], qc["status"], strict=True)) == [
         ("sub-A", "task-rest_run-1", "ok"), ("sub-A", "task-rest_run-2", "skipped"),
         ("sub-B", "ses-1_task-rest_run-1", "ok"), ("sub-B", "ses-1_task-rest_run-2", "ok")]
     assert qc.loc[qc["status"] == "skipped", "reason"].str.contains("sub-A_task-rest_run-2_bold.nii.gz").all()
-    with h5py.File(volumes / "results/collections/hcp/100307.h5") as f, h5py.File(volumes / "results/fmri/sub-01.h5") as t:
-        assert f["train/bold"].shape == (20,) + t["train/bold"].shape[1:]  # functional.nii on the task's grid
+    with h5py.File(volumes / "results/collections/hcp/100307.h5") as f, \
+            h5py.File(volumes / "results/fmri/sub-01.h5") as task:
+        assert f["train/bold"].shape == (20,) + task["train/bold"].shape[1:]  # functional.nii on the task's grid
     assert (volumes / "results/scmbm/encoder.safetensors").exists()
 
     grayordinates = make_copy(tmp_path / "grayordinates")

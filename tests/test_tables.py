@@ -48,7 +48,7 @@ def test_malformed_tables_name_file_row_and_column(tmp_path, text, columns, mess
 
 
 def test_bytes_that_are_not_utf8(tmp_path):
-    path = write(tmp_path / "captions.tsv", "segment\ttr\tcaption\nseg01\t0\ta dog\n".encode() +
+    path = write(tmp_path / "captions.tsv", b"segment\ttr\tcaption\nseg01\t0\ta dog\n" +
                  b"seg01\t1\ta caf\xe9\n")  # Latin-1
     with pytest.raises(TableError, match=re.escape(f"{path}: row 3, column 'caption': bytes b'\\xe9' are not UTF-8")):
         read_tsv(path, columns={"caption": str})
@@ -57,7 +57,8 @@ def test_bytes_that_are_not_utf8(tmp_path):
 
 def test_events_tables(tmp_path):
     bold = tmp_path / "sub-01_task-movie_run-1_bold.nii.gz"
-    events = write(tmp_path / "sub-01_task-movie_run-1_events.tsv", "onset\tduration\tstim_file\n4.0\t12\tclips/seg01.mp4\n")
+    events = write(tmp_path / "sub-01_task-movie_run-1_events.tsv",
+                   "onset\tduration\tstim_file\n4.0\t12\tclips/seg01.mp4\n")
     run = read_run(bold, events)
     assert (run.segment, run.onset, run.duration, run.confounds) == ("seg01", 4.0, 12.0, None)
     write(events, "onset\tduration\tsegment\n4,0\t12\tseg01\n")  # a decimal comma

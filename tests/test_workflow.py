@@ -22,6 +22,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.workflow
 REPORT = {"plot_results", "plot_gallery"}
+ATTRIBUTES = {"score_attributes", "plot_attributes"}  # the demo's attribute accuracy, rerun with every new caption
 COPY = ("Snakefile", "rules", "workflow", "src", "config/schema.yaml", "profiles", "envs", "requirements.txt", "report")
 
 
@@ -104,9 +105,13 @@ def test_artifacts_follow_the_contract(micro):
     assert metrics[metrics["source"] == "fmri-no_domain_adaptation"]["subject"].tolist() == ["sub-02"]
     assert metrics.set_index("subject")["heldout"].to_dict() == {"sub-01": False, "sub-02": True}
     assert {"BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE", "CIDEr_ci_low", "CIDEr_ci_high"} <= set(metrics.columns)
+    assert (metrics["BERTScore-F1"] == "unavailable").all() and (metrics["embedding-cosine"] == "unavailable").all()
     assert (metrics["CIDEr_ci_low"] <= metrics["CIDEr_ci_high"]).all()
     identification = pd.read_csv(micro / "results/eval/identification.tsv", sep="\t")
-    assert len(identification) == 11 and identification["top1"].between(0, 1).all()
+    assert len(identification) == 11 * 3 and identification["top1"].between(0, 1).all()
+    assert set(identification["metric"]) == {"CIDEr-D", "BLEU-4", "ROUGE-L"}  # no semantic checkpoint configured
+    attributes = pd.read_csv(micro / "results/eval/attributes.tsv", sep="\t")
+    assert len(attributes) == 11 * 6 and attributes["accuracy"].between(0, 1).all()
     tests = pd.read_csv(micro / "results/eval/tests.tsv", sep="\t")
     assert list(zip(tests["subject"], tests["comparison"])) == [
         ("sub-01", "fmri > shuffled"), ("sub-01", "fmri > fmri-no_distillation"), ("sub-02", "fmri > shuffled"),
@@ -134,7 +139,7 @@ def test_report_builds(micro):
     snakemake(micro, "--report", "report.html")
     html = (micro / "report.html").read_text(errors="replace")
     for name in ("scores.png", "training.png", "fmri_qc.png", "sub-01.png", "metrics.tsv", "identification.tsv", "tests.tsv",
-                 "ablation.tsv"):
+                 "ablation.tsv", "attributes.tsv", "attributes.png"):
         assert name in html, name
 
 
@@ -157,20 +162,27 @@ def test_rerun_has_nothing_to_do(micro):
 
 def test_evaluation_edit_reruns_only_evaluation(micro):
     with config_edit(micro, "evaluate", "max_new_tokens", 6):
-        assert planned_rules(micro) == {"decode_captions", "decode_ablation", "score_captions"} | REPORT
+        assert planned_rules(micro) == {"decode_captions", "decode_ablation", "score_captions"} | REPORT | ATTRIBUTES
+
+
+def test_scoring_edit_decodes_nothing_again(micro):
+    """Keys only scoring reads (resamples, a semantic metric's checkpoint) are left out of the decoding rules'
+    params: changing them rescores the captions without generating them again."""
+    with config_edit(micro, "evaluate", "n_bootstrap", 20):
+        assert planned_rules(micro) == {"score_captions", "plot_results"}
 
 
 def test_align_edit_reruns_align_and_downstream(micro):
     with config_edit(micro, "align", "temperature", 0.1):
         assert planned_rules(micro) == {"pretrain_adaptor", "ablate_adaptor", "ablation_table", "instruct_llm",
-                                        "ablate_instruct", "decode_captions", "decode_ablation", "score_captions"} | REPORT
+                                        "ablate_instruct", "decode_captions", "decode_ablation", "score_captions"} | REPORT | ATTRIBUTES
 
 
 def test_masked_modelling_edit_reruns_it_and_everything_it_feeds(micro):
     with config_edit(micro, "scmbm", "mask_ratio", 0.5):
         assert planned_rules(micro) == {"pretrain_scmbm", "pretrain_adaptor", "ablate_adaptor", "ablation_table",
                                         "instruct_llm", "ablate_instruct", "decode_captions", "decode_ablation",
-                                        "score_captions"} | REPORT
+                                        "score_captions"} | REPORT | ATTRIBUTES
 
 
 def test_dropping_an_ablation_retrains_nothing(micro):
@@ -183,7 +195,7 @@ def test_library_edit_reruns_that_stage(micro):
     module = micro / "src" / "llm4brain" / "instruct" / "train.py"
     with edited(module, module.read_text() + "\n# a comment changes the stage's code hash\n"):
         assert planned_rules(micro) == {"instruct_llm", "ablate_instruct", "decode_captions", "decode_ablation",
-                                        "score_captions"} | REPORT
+                                        "score_captions"} | REPORT | ATTRIBUTES
 
 
 def test_lint_is_clean(micro):

@@ -50,7 +50,8 @@ def preprocess_collection_subject(*, collection: str, subject: str, runs: dict[s
         group = f.create_group("train")
         bold: h5py.Dataset | None = None
         keys: list[tuple[str, int]] = []
-        usable = tsnr = None
+        usable_runs: list[np.ndarray] = []  # per good run: its usable voxels and their tSNR
+        tsnr_runs: list[np.ndarray] = []
         for run in items:
             try:
                 kept = run_extent(space, run, tr, params["trim"])
@@ -66,22 +67,23 @@ def preprocess_collection_subject(*, collection: str, subject: str, runs: dict[s
             if bold is None:  # the first good run fixes the grayordinates of a CIFTI space
                 bold = group.create_dataset("bold", (0,) + space.shape, np.float32, maxshape=(None,) + space.shape,
                                             chunks=(1,) + space.shape)
-                usable, tsnr = np.ones(space.n_voxels, bool), np.zeros(space.n_voxels)
             everything = np.ones(space.n_voxels, bool)
             first = len(keys)
             bold.resize(first + len(series), axis=0)
             for r in range(0, len(series), ROWS):
                 bold[first + r:first + r + ROWS] = space.samples(series[r:r + ROWS], everything)
             keys += [(run.segment, v) for v in range(len(series))]
-            usable &= ok
-            tsnr += run_tsnr
+            usable_runs.append(ok)
+            tsnr_runs.append(run_tsnr)
             qc.append(qc_row(collection, subject, run, "ok", len(series), ""))
-            series = None  # released before the next run is read
-        n_ok = sum(row["status"] == "ok" for row in qc)
+            del series  # released before the next run is read
+        n_ok = len(usable_runs)
         if bold is None:  # every run skipped: an empty shard, so the collection goes on (and its QC says why)
             bold = group.create_dataset("bold", (0,) + space.shape, np.float32)
             usable, tsnr = np.zeros(space.n_voxels, bool), np.zeros(space.n_voxels)
-        elif not usable.any():
+        else:
+            usable, tsnr = np.logical_and.reduce(usable_runs), np.mean(tsnr_runs, axis=0)
+        if n_ok and not usable.any():
             raise InputError(f"collection {collection}: subject {subject} has no voxel usable in every run")
         keep = space.samples(np.ones((1, usable.size), np.float32), usable)[0]
         if n_ok and not usable.all():
@@ -89,7 +91,7 @@ def preprocess_collection_subject(*, collection: str, subject: str, runs: dict[s
         write_keys(group, [k[0] for k in keys], [k[1] for k in keys])
         f.create_dataset("mask", data=(keep > 0).astype(np.uint8))
         group_qc = f.create_group("qc")
-        group_qc.create_dataset("tsnr", data=(tsnr / max(n_ok, 1)).astype(np.float32))
+        group_qc.create_dataset("tsnr", data=tsnr.astype(np.float32))
         group_qc.create_dataset("usable", data=usable.astype(np.uint8))
         set_attrs(f, {"subject": subject, "collection": collection, "tr": tr, "params": params,
                       "space": space_name(layout, space), "n_runs": n_ok, "n_skipped": len(qc) - n_ok,
@@ -115,7 +117,8 @@ def collection_qc(name: str, qc_paths: list[str | Path], out_path: str | Path) -
     table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=list(QC_COLUMNS))
     if not (table["status"] == "ok").any():
         reasons = "; ".join(table["reason"].dropna().head(3))
-        raise InputError(f"collection {name}: no usable run among {len(table)} ({reasons}{' ...' if len(table) > 3 else ''})")
+        more = " ..." if len(table) > 3 else ""
+        raise InputError(f"collection {name}: no usable run among {len(table)} ({reasons}{more})")
     skipped = int((table["status"] == "skipped").sum())
     if skipped:
         LOG.warning("collection %s: %d of %d runs skipped (see %s)", name, skipped, len(table), out_path)

@@ -16,11 +16,13 @@ def reference_captions(tsv: str | Path, out_path: str | Path, segments: list[str
     table = read_tsv(tsv, columns={"segment": str, "tr": int, "caption": str})
     negative = table.index[table["tr"] < 0]
     if len(negative):
-        raise TableError(f"{tsv}: row {row_of(table, negative[0])}, column 'tr': {table['tr'][negative[0]]} is negative")
+        first = negative[0]
+        raise TableError(f"{tsv}: row {row_of(table, first)}, column 'tr': {table['tr'][first]} is negative")
     twice = table.index[table.duplicated(["segment", "tr", "caption"])]
     if len(twice):
-        raise TableError(f"{tsv}: row {row_of(table, twice[0])}: the same caption twice for ({table['segment'][twice[0]]}, "
-                         f"{table['tr'][twice[0]]})")
+        first = twice[0]
+        raise TableError(f"{tsv}: row {row_of(table, first)}: the same caption twice for "
+                         f"({table['segment'][first]}, {table['tr'][first]})")
     table = table[table["segment"].isin(segments)].sort_values(["segment", "tr"], kind="stable")
     absent = sorted(set(segments) - set(table["segment"]))
     if absent:
