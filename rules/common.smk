@@ -25,6 +25,13 @@ SEGMENTS = {
 ALL_SEGMENTS = SEGMENTS["train"] + SEGMENTS["test"]
 STIMULI = Path(DATA["stimuli"] or ROOT / "stimuli")
 CAPTIONS_TSV = Path(DATA["captions"] or ROOT / "captions.tsv")
+# scene ground truth (and its scenes.json sidecar): the demo writes it; score_attributes reads it
+SCENES_TSV = ROOT / "scenes.tsv"
+SCORE_ATTRIBUTES = (
+    DATA["layout"] == "demo"
+    if config["evaluate"]["attributes"] is None
+    else config["evaluate"]["attributes"]
+)
 MASK = Path(DATA["mask"] or ROOT / "roi_mask.nii.gz")
 # a local vision checkpoint is an input of cache_features: missing → DAG error naming it; replaced → rerun
 VISION_WEIGHTS = (
@@ -273,6 +280,29 @@ def ablated_align(wildcards):
     return {**align, "loss": {**align["loss"], **off}}
 
 
+# evaluate keys that only scoring reads: left out of the decoding rules' params
+SCORING_KEYS = (
+    "n_bootstrap",
+    "n_permutations",
+    "bertscore",
+    "sentence_embedding",
+    "attributes",
+)
+
+
+def decoding_params():
+    """The evaluate section less the scoring keys: a new metric or checkpoint does not decode again."""
+    return {k: v for k, v in section("evaluate").items() if k not in SCORING_KEYS}
+
+
+def semantic_checkpoints():
+    """The local BERTScore / sentence-embedding checkpoints scoring reads: missing → DAG error; replaced → rerun."""
+    models = [
+        config["evaluate"][key]["model"] for key in ("bertscore", "sentence_embedding")
+    ]
+    return [model for model in models if model]
+
+
 def final_outputs():
     ablation = ["results/align/ablation.tsv"] if config["align"]["ablations"] else []
     return [
@@ -281,5 +311,6 @@ def final_outputs():
         "results/report/scores.png",
         "results/report/training.png",
         "results/report/fmri_qc.png",
+        *(["results/report/attributes.png"] if SCORE_ATTRIBUTES else []),
         *expand("results/report/gallery/{subject}.png", subject=SUBJECTS),
     ]

@@ -5,6 +5,8 @@ if DATA["layout"] == "demo":
         output:
             stimuli=expand(str(STIMULI / "{segment}.mp4"), segment=ALL_SEGMENTS),
             captions=CAPTIONS_TSV,
+            scenes=SCENES_TSV,
+            levels=SCENES_TSV.with_suffix(".json"),
             mask=MASK,
             scans=expand(
                 str(ROOT / "{subject}" / "{subject}_scans.tsv"), subject=SUBJECTS

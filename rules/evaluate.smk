@@ -19,7 +19,7 @@ rule decode_captions:
         "../envs/llm4brain.yaml"
     params:
         heldout=HELDOUT,
-        evaluate=section("evaluate"),
+        evaluate=decoding_params(),
         seed=config["seed"],
         code=CODE["decode_captions"],
     script:
@@ -46,7 +46,7 @@ rule decode_ablation:
         "../envs/llm4brain.yaml"
     params:
         heldout=HELDOUT,
-        evaluate=section("evaluate"),
+        evaluate=decoding_params(),
         seed=config["seed"],
         code=CODE["decode_ablation"],
     script:
@@ -59,6 +59,7 @@ rule score_captions:
         decoded=expand("results/eval/{subject}.h5", subject=SUBJECTS),
         ablated=ablation_decodes(),
         captions="results/text/captions.h5",
+        checkpoints=semantic_checkpoints(),
     output:
         metrics=report(
             "results/eval/metrics.tsv",
@@ -94,3 +95,31 @@ rule score_captions:
         code=CODE["score_captions"],
     script:
         "../workflow/scripts/score_captions.py"
+
+
+if SCORE_ATTRIBUTES:
+
+    rule score_attributes:
+        """Accuracy of each scene attribute (count, size, colour, shape, motion, background) the captions name."""
+        input:
+            decoded=expand("results/eval/{subject}.h5", subject=SUBJECTS),
+            ablated=ablation_decodes(),
+            scenes=SCENES_TSV,
+            levels=SCENES_TSV.with_suffix(".json"),
+        output:
+            report(
+                "results/eval/attributes.tsv",
+                caption="../report/attributes.rst",
+                category="Evaluation",
+            ),
+        log:
+            "logs/score_attributes.log",
+        benchmark:
+            "results/benchmarks/score_attributes.tsv"
+        conda:
+            "../envs/llm4brain.yaml"
+        params:
+            heldout=HELDOUT,
+            code=CODE["score_attributes"],
+        script:
+            "../workflow/scripts/score_attributes.py"

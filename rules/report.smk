@@ -27,6 +27,30 @@ rule plot_results:
         "../workflow/scripts/plot_results.py"
 
 
+if SCORE_ATTRIBUTES:
+
+    rule plot_attributes:
+        """Per subject, the accuracy of each scene attribute in each source's captions, with chance."""
+        input:
+            "results/eval/attributes.tsv",
+        output:
+            report(
+                "results/report/attributes.png",
+                caption="../report/attributes_plot.rst",
+                category="Evaluation",
+            ),
+        log:
+            "logs/plot_attributes.log",
+        benchmark:
+            "results/benchmarks/plot_attributes.tsv"
+        conda:
+            "../envs/llm4brain.yaml"
+        params:
+            code=CODE["plot_attributes"],
+        script:
+            "../workflow/scripts/plot_attributes.py"
+
+
 rule plot_gallery:
     """Test clips of one subject with reference, fMRI-decoded and teacher captions."""
     input:

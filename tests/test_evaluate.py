@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from conftest import DEFAULTS
 
 from llm4brain.evaluate.score import CocoScorer, ablation_table
 
@@ -82,6 +83,39 @@ def test_caption_identification():
     assert caption_identification([second[1], second[0], second[2]], both)["top1"] == 1.0
 
 
+@pytest.mark.parametrize("metric", ["CIDEr-D", "BLEU-4", "ROUGE-L"])
+def test_caption_identification_by_each_ngram_metric(metric):
+    from llm4brain.evaluate.stats import caption_identification, coco_similarity, reference_pool
+
+    refs = [r[0] for r in REFS.values()]
+    perfect = caption_identification(refs, [[r] for r in refs], metric=metric)
+    assert perfect["top1"] == 1.0 and perfect["pairwise"] == 1.0 and perfect["chance_pairwise"] == 0.5
+    assert caption_identification(refs[1:] + refs[:1], [[r] for r in refs], metric=metric)["top1"] == 0.0
+    # the similarity is the package's own per-pair score
+    pool, own = reference_pool([[r] for r in refs])
+    sim = coco_similarity(metric, [HYPS["a:0"]], pool)
+    if metric == "ROUGE-L":
+        from pycocoevalcap.rouge.rouge import Rouge
+
+        assert sim[0, own[0]] == pytest.approx(Rouge().calc_score([HYPS["a:0"]], [refs[0]]))
+    if metric == "BLEU-4":
+        from pycocoevalcap.bleu.bleu import Bleu
+
+        _, per = Bleu(4).compute_score({"x": [refs[0]]}, {"x": [HYPS["a:0"]]})
+        assert sim[0, own[0]] == pytest.approx(per[3][0])
+
+
+def test_pairwise_identification_counts_a_tie_as_half():
+    import numpy as np
+
+    from llm4brain.evaluate.stats import identification
+
+    sim = np.array([[1.0, 0.5, 1.0], [0.0, 0.2, 0.9], [0.3, 0.3, 0.3]])  # own clip on the diagonal
+    scores = identification(sim, np.arange(3), ks=(1,))
+    assert scores["pairwise"] == pytest.approx(((1 + 0.5) / 2 + (1 + 0) / 2 + (0.5 + 0.5) / 2) / 3)
+    assert scores["top1"] == pytest.approx((0.5 + 0 + 1 / 3) / 3) and scores["chance_top1"] == pytest.approx(1 / 3)
+
+
 def test_caption_identification_counts_ties_at_chance():
     """A caption that scores the same against every clip (0 CIDEr-D: it shares no n-gram) is not a hit: ties
     are broken at random in expectation, so three such captions among three clips score chance."""
@@ -133,7 +167,8 @@ def test_every_reference_counts(tmp_path):
         write_strings(f, "reference", [REFS[i][0] for i in ids] * 2)
         f.attrs["subject"] = "sub-01"
     score_captions([str(tmp_path / "sub-01.h5")], tmp_path / "captions.h5", tmp_path / "m.tsv", tmp_path / "i.tsv",
-                   tmp_path / "t.tsv", tmp_path / "a.tsv", [], {"n_bootstrap": 10, "n_permutations": 10}, 0)
+                   tmp_path / "t.tsv", tmp_path / "a.tsv", [],
+                   {**DEFAULTS["evaluate"], "n_bootstrap": 10, "n_permutations": 10}, 0)
     metrics = pd.read_csv(tmp_path / "m.tsv", sep="\t").set_index("source")
     assert metrics.loc["first", "BLEU-4"] == pytest.approx(metrics.loc["second", "BLEU-4"]) == pytest.approx(1.0, abs=1e-6)
     direct = CocoScorer().score({i: [REFS[i][0], second[i]] for i in ids}, {i: second[i] for i in ids})
@@ -152,7 +187,9 @@ def test_ablation_table_puts_each_ablated_student_next_to_the_full_one():
                             "CIDEr_ci_high": 2.0, "METEOR": 0.2})
     tests = pd.DataFrame({"subject": ["s1", "s1", "s2"], "comparison": ["fmri > shuffled", "fmri > fmri-no_distillation",
                                                                        "fmri > fmri-no_domain_adaptation"],
-                          "mean_difference": [0.6, 0.2, 0.4], "p_value": [0.001, 0.04, 0.2]})
+                          "metric": "CIDEr", "mean_difference": [0.6, 0.2, 0.4], "p_value": [0.001, 0.04, 0.2]})
+    # the same comparison by another metric (BERTScore) does not enter the CIDEr gain
+    tests = pd.concat([tests, tests.assign(metric="BERTScore-F1", mean_difference=9.0, p_value=0.5)])
     table = ablation_table(metrics, tests)
     assert list(zip(table["subject"], table["model"])) == [("s1", "full"), ("s1", "no_distillation"),
                                                            ("s2", "full"), ("s2", "no_domain_adaptation")]

@@ -14,7 +14,7 @@ import pandas as pd
 
 from llm4brain.demo.brain import clip_features, make_subject, roi_mask, simulate_run, template_maps
 from llm4brain.demo.render import render_segment, write_mp4
-from llm4brain.demo.scenes import sample_timeline
+from llm4brain.demo.scenes import ATTRIBUTES, sample_timeline
 from llm4brain.runtime import LOG
 
 VOXEL_MM = 3.0
@@ -44,6 +44,15 @@ def presentations(segments: dict[str, list[str]], train_repeats: list[int], test
     return runs
 
 
+def write_scenes(rows: list[tuple], path: Path) -> None:
+    """The ground truth of every clip, ``(segment, tr, count, size, colour, shape, motion, background)``, and
+    its BIDS sidecar (``scenes.json``) whose ``Levels`` list every value an attribute can take."""
+    pd.DataFrame(rows, columns=["segment", "tr", *ATTRIBUTES]).to_csv(path, sep="\t", index=False)
+    sidecar = {name: {"Description": f"the scene's {name} (drawn uniformly from the levels)",
+                      "Levels": {value: value for value in values}} for name, values in ATTRIBUTES.items()}
+    path.with_suffix(".json").write_text(json.dumps(sidecar, indent=2))
+
+
 def simulate_demo(
     out_dir: str | os.PathLike,
     subjects: list[str],
@@ -68,15 +77,17 @@ def simulate_demo(
 
     rng = np.random.default_rng(seed)
     features: dict[str, np.ndarray] = {}
-    rows = []
+    rows, scenes = [], []
     for segment in segments["train"] + segments["test"]:
         timeline = sample_timeline(rng, trs_per_segment, tuple(params["scene_trs"]))
         frames = render_segment(timeline, tr, fps, params["frame_size"], seed=int(rng.integers(2**31)))
         write_mp4(frames, tmp / "stimuli" / f"{segment}.mp4", fps)
         features[segment] = clip_features(frames, timeline, frames_per_tr)
         rows += [(segment, k, scene.caption()) for k, scene in enumerate(timeline)]
+        scenes += [(segment, k, *(getattr(scene, name) for name in ATTRIBUTES)) for k, scene in enumerate(timeline)]
         LOG.info("rendered %s: %d frames", segment, len(frames))
     pd.DataFrame(rows, columns=["segment", "tr", "caption"]).to_csv(tmp / "captions.tsv", sep="\t", index=False)
+    write_scenes(scenes, tmp / "scenes.tsv")
 
     mask = roi_mask(grid)
     affine = _affine(grid)

@@ -1,4 +1,5 @@
-"""``plot_results``: figures for ``snakemake --report`` — scores with CIs, training curves, a caption gallery."""
+"""``plot_results``: figures for ``snakemake --report`` — scores with CIs, training curves, a caption gallery,
+attribute accuracy on the demo."""
 
 from __future__ import annotations
 
@@ -36,6 +37,37 @@ def plot_scores(metrics_tsv: str | Path, out_png: str | Path, metric: str = "CID
     ax.legend(frameon=False, fontsize=8, ncols=3, loc="upper center", bbox_to_anchor=(0.5, -0.2))  # below: never on a bar
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+
+
+def plot_attributes(attributes_tsv: str | Path, out_png: str | Path) -> None:
+    """Per subject, the accuracy of each scene attribute in each source's captions, with chance marked."""
+    table = pd.read_csv(attributes_tsv, sep="\t")
+    subjects = list(dict.fromkeys(table["subject"]))
+    attributes = list(dict.fromkeys(table["attribute"]))
+    present = list(dict.fromkeys(table["source"]))
+    sources = [s for s in SOURCE_ORDER if s in present] + [s for s in present if s not in SOURCE_ORDER]
+    width = 0.8 / len(sources)
+    x = np.arange(len(attributes))
+    fig, axes = plt.subplots(1, len(subjects), figsize=(1.2 + 3.6 * len(subjects), 3.6), sharey=True, squeeze=False)
+    for ax, subject in zip(axes[0], subjects):
+        rows = table[table["subject"] == subject]
+        for i, source in enumerate(sources):
+            accuracy = rows[rows["source"] == source].set_index("attribute").reindex(attributes)["accuracy"]
+            ax.bar(x + (i - (len(sources) - 1) / 2) * width, accuracy, width, label=source, color=f"C{i}")
+        chance = rows.drop_duplicates("attribute").set_index("attribute").reindex(attributes)["chance"]
+        ax.hlines(chance, x - 0.45, x + 0.45, colors="black", linestyles="dashed", lw=1,
+                  label="chance" if ax is axes[0, 0] else None)
+        heldout = bool(rows["heldout"].iloc[0])
+        ax.set_title(f"{subject} (held out)" if heldout else subject, fontsize=9)
+        ax.set_xticks(x, attributes, rotation=30, fontsize=8)
+        ax.set_ylim(0, 1)
+        ax.spines[["top", "right"]].set_visible(False)
+    axes[0, 0].set_ylabel("captions naming the true value")
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), frameon=False, fontsize=8, ncols=min(6, len(sources) + 1),
+               loc="lower center")
+    fig.tight_layout(rect=(0, 0.1, 1, 1))  # room for the legend below the panels
     fig.savefig(out_png, dpi=120)
     plt.close(fig)
 

@@ -1,4 +1,5 @@
-"""``score_captions``: pycocoevalcap BLEU-1..4, METEOR, ROUGE-L and CIDEr per subject × source, with CIs."""
+"""``score_captions``: pycocoevalcap BLEU-1..4, METEOR, ROUGE-L and CIDEr, and BERTScore and sentence-embedding
+cosine when local checkpoints are configured, per subject × source, with CIs and caption identification."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import numpy as np
 import pandas as pd
 
 from llm4brain.artifacts import open_artifact, read_references
-from llm4brain.evaluate.stats import bootstrap_ci, caption_identification, paired_permutation
+from llm4brain.evaluate.semantic import semantic_metrics, semantic_scores
+from llm4brain.evaluate.stats import IDENTIFICATION_METRICS, bootstrap_ci, caption_identification, paired_permutation
 from llm4brain.runtime import LOG
 
 METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
@@ -93,29 +95,35 @@ def _start_worker(spice: bool) -> None:
 
 
 def score_group(references: dict[str, list[str]], candidates: dict[str, str], n_bootstrap: int,
-                seed: int) -> tuple[dict[str, float], dict[str, tuple[float, float]], dict[str, float], dict[str, float]]:
-    """One subject × source: corpus scores, their bootstrap CIs, caption identification and per-clip CIDEr."""
+                seed: int) -> tuple[dict[str, float], dict[str, tuple[float, float]], dict[str, dict[str, float]],
+                                    dict[str, np.ndarray]]:
+    """One subject × source: corpus scores, their bootstrap CIs, caption identification by each of
+    :data:`IDENTIFICATION_METRICS` and per-clip CIDEr (in ``references`` order)."""
     scorer = _WORKER["scorer"]
     gts, res = scorer.tokenize(references, candidates)
     scores, per_clip = scorer.compute(gts, res)
     ci = bootstrap_ci(scorer.scorers, gts, res, per_clip, n_bootstrap, seed)
     ids = list(references)
-    identification = caption_identification([res[i][0] for i in ids], [gts[i] for i in ids])
-    return scores, ci, identification, dict(zip(ids, per_clip["CIDEr"]))
+    identification = {metric: caption_identification([res[i][0] for i in ids], [gts[i] for i in ids], metric=metric)
+                      for metric in IDENTIFICATION_METRICS}
+    return scores, ci, identification, {"CIDEr": per_clip["CIDEr"]}
 
 
 def score_captions(eval_paths: list[str], captions_path: str | Path, out_path: str | Path,
                    identification_path: str | Path, tests_path: str | Path, ablation_path: str | Path,
                    heldout: list[str], params: dict[str, Any], seed: int, workers: int = 1) -> None:
-    """Write ``metrics.tsv`` (one row per subject × source, with 95 % bootstrap CIs), ``identification.tsv``
-    (clip identification from the decoded text), ``tests.tsv`` (fMRI vs shuffled fMRI and vs each ablated
-    student, paired) and ``ablation.tsv`` (see :func:`ablation_table`). Every reference of a clip in
-    ``captions_path`` counts (several annotators or captioners). The subject × source groups are scored in
-    ``workers`` processes (the bootstrap dominates); the results do not depend on how many."""
+    """Write ``metrics.tsv`` (one row per subject × source, with 95 % bootstrap CIs; a metric that cannot run
+    here says ``unavailable``), ``identification.tsv`` (clip identification from the decoded text, a row per
+    subject × source × metric), ``tests.tsv`` (fMRI vs shuffled fMRI and vs each ablated student, paired, by
+    CIDEr and by each semantic metric that runs) and ``ablation.tsv`` (see :func:`ablation_table`). Every
+    reference of a clip in ``captions_path`` counts (several annotators or captioners). The subject × source
+    groups are scored in ``workers`` processes (the bootstrap dominates); the results do not depend on how
+    many. BERTScore and embedding cosine (:mod:`llm4brain.evaluate.semantic`) run in this process."""
     references = read_references(captions_path)
     spice = spice_status()
     if spice:
         LOG.warning("SPICE %s", spice)
+    semantic, unavailable = semantic_metrics(params, workers)
     tables: dict[str, list[pd.DataFrame]] = {}
     for path in eval_paths:  # a subject's main file, and the ablated students' files
         table, attrs = read_decoded(path)
@@ -140,31 +148,46 @@ def score_captions(eval_paths: list[str], captions_path: str | Path, out_path: s
     else:
         _start_worker(not spice)
         scored = {signature: score_group(*job) for signature, job in zip(first, jobs)}
+    for signature, i in first.items():  # semantic metrics: one model in this process, each distinct group once
+        refs, candidates = groups[i][2], groups[i][3]
+        ids = list(refs)
+        semantic_part = semantic_scores(semantic, [candidates[k] for k in ids], [refs[k] for k in ids],
+                                        n_bootstrap=params["n_bootstrap"], seed=seed)
+        scored[signature] = merge(scored[signature], semantic_part)
     results = [scored[signature] for signature in signatures]
     rows, identification, tests = [], [], []
-    cider: dict[str, dict[str, dict[str, float]]] = {}
+    paired: dict[str, dict[str, dict[str, dict[str, float]]]] = {}  # subject -> source -> metric -> clip -> score
     for (subject, source, refs, _), (scores, ci, ident, per_clip) in zip(groups, results):
         flags = {"subject": subject, "heldout": subject in heldout}
         bounds = {f"{name}_{end}": ci[name][j] for name in scores for j, end in enumerate(("ci_low", "ci_high"))}
         rows.append({**flags, "source": source, "n": len(refs), **scores,
-                     **({"SPICE": "unavailable"} if spice else {}), **bounds})
-        identification.append({**flags, "source": source, **ident})
-        cider.setdefault(subject, {})[source] = per_clip
+                     **({"SPICE": "unavailable"} if spice else {}), **dict.fromkeys(unavailable, "unavailable"),
+                     **bounds})
+        identification += [{**flags, "source": source, "metric": metric, **values} for metric, values in ident.items()]
+        paired.setdefault(subject, {})[source] = {name: dict(zip(refs, values)) for name, values in per_clip.items()}
         LOG.info("%s %-13s CIDEr %.3f [%.3f, %.3f]", subject, source, scores["CIDEr"], *ci["CIDEr"])
-    for subject, by_source in cider.items():
+    tested = ["CIDEr"] + [metric.identify_by for metric in semantic]
+    for subject, by_source in paired.items():
         flags = {"subject": subject, "heldout": subject in heldout}
         others = ["shuffled"] + [s for s in by_source if s.startswith("fmri-")]
         for other in [s for s in others if "fmri" in by_source and s in by_source]:
-            ids = sorted(by_source["fmri"])
-            a, b = np.array([by_source["fmri"][i] for i in ids]), np.array([by_source[other][i] for i in ids])
-            tests.append({**flags, "comparison": f"fmri > {other}", "metric": "CIDEr", "n": len(ids),
-                          "mean_difference": float(np.mean(a - b)),
-                          "p_value": paired_permutation(a, b, params["n_permutations"], seed)})
+            for metric in tested:
+                ids = sorted(by_source["fmri"][metric])
+                a = np.array([by_source["fmri"][metric][i] for i in ids])
+                b = np.array([by_source[other][metric][i] for i in ids])
+                tests.append({**flags, "comparison": f"fmri > {other}", "metric": metric, "n": len(ids),
+                              "mean_difference": float(np.mean(a - b)),
+                              "p_value": paired_permutation(a, b, params["n_permutations"], seed)})
     metrics, tests = pd.DataFrame(rows), pd.DataFrame(tests)
     metrics.to_csv(out_path, sep="\t", index=False, float_format="%.4f")
     pd.DataFrame(identification).to_csv(identification_path, sep="\t", index=False, float_format="%.4f")
     tests.to_csv(tests_path, sep="\t", index=False, float_format="%.4g")
     ablation_table(metrics, tests).to_csv(ablation_path, sep="\t", index=False, float_format="%.4g")
+
+
+def merge(*parts: tuple[dict, ...]) -> tuple[dict, ...]:
+    """Scores, CIs, identification and per-clip scores of several scorers of one group, as one."""
+    return tuple({key: value for part in parts for key, value in part[j].items()} for j in range(len(parts[0])))
 
 
 def ablation_table(metrics: pd.DataFrame, tests: pd.DataFrame) -> pd.DataFrame:
@@ -175,7 +198,7 @@ def ablation_table(metrics: pd.DataFrame, tests: pd.DataFrame) -> pd.DataFrame:
     fmri = fmri[["model", "subject", "heldout", "n", "CIDEr", "CIDEr_ci_low", "CIDEr_ci_high", "METEOR"]]
     if tests.empty:
         return fmri.assign(cider_gain_of_full=np.nan, p_value=np.nan)
-    paired = tests[tests["comparison"].str.startswith("fmri > fmri-")]
+    paired = tests[tests["comparison"].str.startswith("fmri > fmri-") & (tests["metric"] == "CIDEr")]
     paired = paired.assign(model=paired["comparison"].str.removeprefix("fmri > fmri-"))
     paired = paired.rename(columns={"mean_difference": "cider_gain_of_full"})[["model", "subject", "cider_gain_of_full", "p_value"]]
     return fmri.merge(paired, on=["model", "subject"], how="left").sort_values(["subject", "model"], kind="stable")

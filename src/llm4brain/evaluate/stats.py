@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from llm4brain.ranking import topk_accuracy
+from llm4brain.ranking import topk_accuracy, topk_hits
 
 Tokenized = dict[str, list[str]]
 
@@ -56,24 +56,75 @@ def paired_permutation(a: np.ndarray, b: np.ndarray, n_perm: int, seed: int) -> 
     return float((1 + np.sum(null >= d.mean())) / (1 + n_perm))
 
 
-def caption_identification(candidates: list[str], references: list[list[str]],
-                           ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
-    """Is each decoded caption closest (CIDEr-D against all of a clip's references) to its own clip among
-    all distinct clips?
+def per_clip_ci(values: np.ndarray, n_boot: int, seed: int, level: float = 0.95) -> tuple[float, float]:
+    """Percentile CI of the mean of per-clip scores, over the same clip resamples as :func:`bootstrap_ci`."""
+    values = np.asarray(values, dtype=float)
+    picks = np.random.default_rng(seed).integers(len(values), size=(n_boot, len(values)))
+    means = values[picks].mean(1)
+    alpha = (1 - level) / 2
+    return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
+
+
+def reference_pool(references: list[list[str]]) -> tuple[list[tuple[str, ...]], np.ndarray]:
+    """The distinct clips (each a tuple of its references, sorted) and each row's own clip in that pool."""
+    pool = sorted({tuple(refs) for refs in references})
+    where = {refs: j for j, refs in enumerate(pool)}
+    return pool, np.array([where[tuple(refs)] for refs in references])
+
+
+# n-gram metrics that identify clips: each is cheap per caption x clip pair (METEOR, in Java, is not)
+IDENTIFICATION_METRICS = ("CIDEr-D", "BLEU-4", "ROUGE-L")
+
+
+def coco_similarity(metric: str, candidates: list[str], pool: list[tuple[str, ...]]) -> np.ndarray:
+    """``metric`` of every (PTB-tokenized) candidate against every pool clip's references, ``(n, len(pool))``:
+    CIDEr-D with the pool's document frequencies, sentence-level BLEU-4 (pycocoevalcap's smoothing), ROUGE-L."""
+    pairs = [(caption, list(refs)) for caption in candidates for refs in pool]
+    if metric == "CIDEr-D":
+        from pycocoevalcap.cider.cider_scorer import CiderScorer
+
+        scorer = CiderScorer(n=4, sigma=6.0)
+        for caption, refs in pairs:
+            scorer.cook_append(caption, refs)
+        _, scores = scorer.compute_score()  # per pair, in the order appended
+    elif metric == "BLEU-4":
+        from pycocoevalcap.bleu.bleu import Bleu
+
+        with contextlib.redirect_stdout(io.StringIO()):  # BLEU prints its statistics
+            _, per_pair = Bleu(4).compute_score({str(k): refs for k, (_, refs) in enumerate(pairs)},
+                                                {str(k): [caption] for k, (caption, _) in enumerate(pairs)})
+        scores = per_pair[3]
+    elif metric == "ROUGE-L":
+        from pycocoevalcap.rouge.rouge import Rouge
+
+        rouge = Rouge()
+        scores = [rouge.calc_score([caption], refs) for caption, refs in pairs]
+    else:
+        raise ValueError(f"caption identification: unknown metric {metric!r} (known: {IDENTIFICATION_METRICS})")
+    return np.asarray(scores, dtype=float).reshape(len(candidates), len(pool))
+
+
+def caption_identification(candidates: list[str], references: list[list[str]], ks: tuple[int, ...] = (1, 5),
+                           metric: str = "CIDEr-D") -> dict[str, float]:
+    """Is each decoded caption closest (``metric`` against all of a clip's references) to its own clip among
+    all distinct clips? (n-way identification, Horikawa 2025: its own clip against the n - 1 others.)
 
     Captions and references are PTB-tokenized strings; ``candidates[i]`` belongs to the clip whose
     references are ``references[i]``. Returns top-k accuracies next to chance (k / n, n = distinct clips);
     a caption that scores the same against several clips is ranked among them at random (in expectation),
     so a caption that matches nothing scores chance, not a hit.
     """
-    from pycocoevalcap.cider.cider_scorer import CiderScorer
+    pool, own = reference_pool(references)
+    return identification(coco_similarity(metric, candidates, pool), own, ks)
 
-    pool = sorted({tuple(refs) for refs in references})
-    scorer = CiderScorer(n=4, sigma=6.0)
-    for caption in candidates:
-        for refs in pool:
-            scorer.cook_append(caption, list(refs))
-    _, scores = scorer.compute_score()  # per pair, in the order appended
-    sim = np.asarray(scores).reshape(len(candidates), len(pool))
-    own = np.array([pool.index(tuple(refs)) for refs in references])
-    return topk_accuracy(sim, own, ks)
+
+def identification(sim: np.ndarray, own_index: np.ndarray, ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
+    """n-way top-k accuracies with chance (:func:`llm4brain.ranking.topk_accuracy`) and the pairwise (2-way)
+    accuracy averaged over every other clip (a tie counts one half; chance 0.5)."""
+    sim = np.asarray(sim, dtype=float)
+    out = topk_accuracy(sim, own_index, ks)
+    rows = np.arange(len(sim))
+    others = sim[np.arange(sim.shape[1])[None, :] != np.asarray(own_index)[:, None]].reshape(len(sim), -1)
+    out["pairwise"] = float(topk_hits(others[..., None], sim[rows, own_index][:, None], 1).mean())
+    out["chance_pairwise"] = 0.5
+    return out
