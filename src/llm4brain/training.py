@@ -5,8 +5,10 @@ stopped and ends bit-identical to an uninterrupted run."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Protocol
 
 import pandas as pd
 import torch
@@ -33,6 +35,96 @@ def cuda_rng(device: torch.device) -> dict[str, torch.Tensor]:
     return {"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}
 
 
+class Stateful(Protocol):
+    """What else a checkpoint keeps (a data stream's position): torch's ``state_dict`` convention."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class Run:
+    """One training run's moving parts: what a checkpoint saves and restores, and one optimiser step."""
+
+    trainable: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    generators: Sequence[torch.Generator]
+    stateful: Sequence[Stateful]
+    device: torch.device
+    params: dict[str, Any]
+    rows: list[dict[str, float]] = field(default_factory=list)
+    start: int = 0
+    best: dict[str, Any] = field(default_factory=lambda: {"loss": float("inf"), "parameters": None, "stale": 0})
+
+    def state(self, step: int) -> dict[str, Any]:
+        """Everything a rerun needs to continue at ``step`` as if never stopped."""
+        return {"step": step, "rows": self.rows, "parameters": [p.detach() for p in self.trainable],
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "generators": [g.get_state() for g in self.generators], "torch_rng": torch.get_rng_state(),
+                "stateful": [s.state_dict() for s in self.stateful], "best": self.best, **cuda_rng(self.device)}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        with torch.no_grad():
+            for p, saved in zip(self.trainable, state["parameters"], strict=True):
+                p.copy_(saved)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        for generator, saved in zip(self.generators, state["generators"], strict=True):
+            generator.set_state(saved)
+        for stateful, saved in zip(self.stateful, state["stateful"], strict=True):
+            stateful.load_state_dict(saved)
+        torch.set_rng_state(state["torch_rng"])
+        if self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        self.rows, self.start, self.best = state["rows"], state["step"], state["best"]
+
+    def step(self, step: int, loss_fn: Callable[[int], tuple[torch.Tensor, dict[str, float]]]) -> dict[str, float]:
+        """One optimiser step over ``accumulate`` micro-batches; its log row."""
+        self.optimizer.zero_grad(set_to_none=True)
+        micro, losses, parts = self.params["accumulate"], [], []
+        for _ in range(micro):  # gradient accumulation: micro-batches of batch_size, one optimiser step
+            with autocast(self.device, self.params["precision"]):
+                loss, terms = loss_fn(step)
+            (loss / micro).backward()
+            losses.append(loss.item())
+            parts.append(terms)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, self.params["grad_clip"])
+        self.optimizer.step()
+        self.scheduler.step()
+        terms = {key: sum(p[key] for p in parts) / micro for key in parts[0]}
+        row = {"step": step, "loss": sum(losses) / micro, "grad_norm": grad_norm.item(),
+               "lr": self.scheduler.get_last_lr()[0], **terms}
+        self.rows.append(row)
+        return row
+
+    def validate(self, row: dict[str, float], validate: Callable[[], float]) -> None:
+        """Add the validation loss to ``row``; keep the weights if it is the best so far."""
+        with torch.no_grad(), autocast(self.device, self.params["precision"]):
+            row["val_loss"] = validate()
+        if row["val_loss"] < self.best["loss"]:
+            kept = [p.detach().clone() for p in self.trainable]
+            self.best = {"loss": row["val_loss"], "parameters": kept, "stale": 0}
+        else:
+            self.best["stale"] += 1
+
+    def keep_best(self, desc: str) -> None:
+        if self.best["parameters"] is not None:
+            with torch.no_grad():
+                for p, saved in zip(self.trainable, self.best["parameters"], strict=True):
+                    p.copy_(saved)
+            LOG.info("%s: kept the weights of the best validation loss %.4g", desc, self.best["loss"])
+
+
+def start_run(parameters: Iterable[torch.nn.Parameter], params: dict[str, Any], generators: Sequence[torch.Generator],
+              stateful: Sequence[Stateful], device: torch.device) -> Run:
+    trainable = [p for p in parameters if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=params["lr"], weight_decay=params["weight_decay"])
+    return Run(trainable, optimizer, cosine_with_warmup(optimizer, params["warmup"], params["steps"]), generators,
+               stateful, device, params)
+
+
 def fit(
     parameters: Iterable[torch.nn.Parameter],
     loss_fn: Callable[[int], tuple[torch.Tensor, dict[str, float]]],
@@ -44,88 +136,48 @@ def fit(
     generators: Sequence[torch.Generator] = (),
     validate: Callable[[], float] | None = None,
     device: torch.device = torch.device("cpu"),
+    stateful: Sequence[Stateful] = (),
 ) -> pd.DataFrame:
     """Run ``params['steps']`` optimiser steps of ``loss_fn(step)`` and return the per-step history.
 
-    ``loss_fn`` draws its own batch for the step from ``generators`` (seeded by the caller) and returns the
-    total loss and the named terms to log. ``params`` is a ``train`` config section. With ``checkpoint``,
-    the trainable parameters, optimiser, schedule, history and every RNG (``generators`` and torch's global
-    ones, CPU and ``device``'s, which dropout uses) are saved every ``params['checkpoint_every']`` steps and
-    restored on the next call. ``loss_fn`` and ``validate`` run under ``params['precision']``'s autocast on
-    ``device`` (where the caller placed the model); the backward pass and the optimiser stay in fp32.
+    ``loss_fn`` draws its own batch for the step from ``generators`` (seeded by the caller) and ``stateful``
+    (data streams) and returns the total loss and the named terms to log. ``params`` is a ``train`` config
+    section. With ``checkpoint``, the trainable parameters, optimiser, schedule, history, ``stateful``'s
+    ``state_dict()`` and every RNG (``generators`` and torch's global ones, CPU and ``device``'s, which
+    dropout uses) are saved every ``params['checkpoint_every']`` steps and restored on the next call.
+    ``loss_fn`` and ``validate`` run under ``params['precision']``'s autocast on ``device`` (where the caller
+    placed the model); the backward pass and the optimiser stay in fp32.
     With ``validate`` (the loss on held-out data), it runs every ``params['eval_every']`` steps and at the
     end; training stops after ``params['patience']`` validations without a new best (0 = never), and the
     best validated weights are the ones left in the model.
     """
-    trainable = [p for p in parameters if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=params["lr"], weight_decay=params["weight_decay"])
-    scheduler = cosine_with_warmup(optimizer, params["warmup"], params["steps"])
-    rows: list[dict[str, float]] = []
-    start = 0
-    best: dict[str, Any] = {"loss": float("inf"), "parameters": None, "stale": 0}
+    run = start_run(parameters, params, generators, stateful, device)
     if checkpoint:  # a job requeued onto another kind of device starts over: its numerics (and RNGs) differ
         checkpoint = checkpoint.where(device.type, str(autocast_dtype(device, params["precision"])))
-    state = checkpoint.load() if checkpoint else None
-    if state is not None:
-        with torch.no_grad():
-            for p, saved in zip(trainable, state["parameters"], strict=True):
-                p.copy_(saved)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        for generator, saved in zip(generators, state["generators"], strict=True):
-            generator.set_state(saved)
-        torch.set_rng_state(state["torch_rng"])
-        if device.type == "cuda":
-            torch.cuda.set_rng_state(state["cuda_rng"], device)
-        rows, start, best = state["rows"], state["step"], state["best"]
-        LOG.info("%s: resuming from step %d (%s)", desc, start, checkpoint.path)
-    every = params["checkpoint_every"]
-    bar = tqdm(range(start, params["steps"]), desc=desc, mininterval=1.0, initial=start, total=params["steps"])
-    micro = params["accumulate"]
+        state = checkpoint.load()
+        if state is not None:
+            run.restore(state)
+            LOG.info("%s: resuming from step %d (%s)", desc, run.start, checkpoint.path)
+    every, steps = params["checkpoint_every"], params["steps"]
+    bar = tqdm(range(run.start, steps), desc=desc, mininterval=1.0, initial=run.start, total=steps)
     for step in bar:
-        optimizer.zero_grad(set_to_none=True)
-        losses, parts = [], []
-        for _ in range(micro):  # gradient accumulation: micro-batches of batch_size, one optimiser step
-            with autocast(device, params["precision"]):
-                loss, terms = loss_fn(step)
-            (loss / micro).backward()
-            losses.append(loss.item())
-            parts.append(terms)
-        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, params["grad_clip"])
-        optimizer.step()
-        scheduler.step()
-        terms = {key: sum(p[key] for p in parts) / micro for key in parts[0]}
-        row = {"step": step, "loss": sum(losses) / micro, "grad_norm": grad_norm.item(),
-               "lr": scheduler.get_last_lr()[0], **terms}
-        rows.append(row)
-        last = step == params["steps"] - 1
+        row = run.step(step, loss_fn)
+        last = step == steps - 1
         if validate is not None and ((step + 1) % params["eval_every"] == 0 or last):
-            with torch.no_grad(), autocast(device, params["precision"]):
-                row["val_loss"] = validate()
-            if row["val_loss"] < best["loss"]:
-                best = {"loss": row["val_loss"], "parameters": [p.detach().clone() for p in trainable], "stale": 0}
-            else:
-                best["stale"] += 1
+            run.validate(row, validate)
         if step % log_every == 0 or last or "val_loss" in row:
             bar.set_postfix(loss=f"{row['loss']:.4f}")
             LOG.info("%s step %d: %s", desc, step, " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "step"))
-        if params["patience"] and best["stale"] >= params["patience"]:
+        if params["patience"] and run.best["stale"] >= params["patience"]:
             LOG.info("%s: stopping at step %d, no better validation loss in %d validations (best %.4g)", desc, step,
-                     best["stale"], best["loss"])
+                     run.best["stale"], run.best["loss"])
             break
-        if checkpoint and every and (step + 1) % every == 0 and step + 1 < params["steps"]:
-            checkpoint.save({"step": step + 1, "rows": rows, "parameters": [p.detach() for p in trainable],
-                             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                             "generators": [g.get_state() for g in generators], "torch_rng": torch.get_rng_state(),
-                             "best": best, **cuda_rng(device)})
-    if best["parameters"] is not None:
-        with torch.no_grad():
-            for p, saved in zip(trainable, best["parameters"], strict=True):
-                p.copy_(saved)
-        LOG.info("%s: kept the weights of the best validation loss %.4g", desc, best["loss"])
+        if checkpoint and every and (step + 1) % every == 0 and step + 1 < steps:
+            checkpoint.save(run.state(step + 1))
+    run.keep_best(desc)
     if checkpoint:
         checkpoint.path.unlink(missing_ok=True)
-    history = pd.DataFrame(rows)
+    history = pd.DataFrame(run.rows)
     if log_tsv:
         history.to_csv(log_tsv, sep="\t", index=False)
     return history
