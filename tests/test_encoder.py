@@ -12,7 +12,7 @@ from timm.models.vision_transformer import Block
 
 from conftest import DEFAULTS, TRAIN_DEFAULTS
 from llm4brain.align.model import BrainAligner
-from llm4brain.align.windows import run_windows, windows
+from llm4brain.align.windows import windows
 from llm4brain.artifacts import ArtifactError
 from llm4brain.models.fmri_encoder import FmriEncoder, build_encoder
 from llm4brain.models.mbm import MaskedBrainModel
@@ -63,7 +63,6 @@ def test_windows_follow_each_run():
     assert out.shape == (7, 2, 3)
     assert out[:, :, 0].tolist() == [[0, 1], [1, 2], [2, 2], [3, 4], [4, 4], [5, 6], [6, 6]]
     assert windows(samples, keys, 1).base is not None  # window 1 is a view
-    assert run_windows([3, 4, 5], 6, 3).tolist() == [[3, 4, 5], [4, 5, 5], [5, 5, 5]]
 
 
 def test_masking_ratio_is_honoured():

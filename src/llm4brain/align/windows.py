@@ -30,8 +30,3 @@ def windows(samples: np.ndarray, keys: list[tuple[str, int]], window: int) -> np
         return samples[:, None]
     segment, tr = zip(*keys, strict=True) if keys else ((), ())
     return samples[window_rows(np.arange(len(keys)), run_ends(np.array(segment), np.array(tr)), window)]
-
-
-def run_windows(volumes: list[int], n_volumes: int, window: int) -> np.ndarray:
-    """(n, W) volume indices of one run: each paired volume and the next ``W - 1``, repeating the run's last."""
-    return np.minimum(np.asarray(volumes)[:, None] + np.arange(window)[None, :], n_volumes - 1)

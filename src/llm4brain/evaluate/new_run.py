@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from llm4brain.align.windows import run_windows
+from llm4brain.align.windows import windows
 from llm4brain.artifacts import ArtifactError, open_artifact
 from llm4brain.fmri.images import SurfaceSpace, VolumeSpace, space_from_artifact
 from llm4brain.fmri.preprocess import plan_run, read_clean_run
@@ -47,9 +47,11 @@ def preprocess_new_run(subject: str, bold: str | Path, events: str | Path,
     run = read_run(Path(bold), Path(events))
     kept, pairs = plan_run(space, run, tr, params)
     series, ok, _ = read_clean_run(space, run, kept, tr, params)
-    index = run_windows([volume for _, volume in pairs], len(series), window)  # (n, W)
-    samples = space.samples(series[index.ravel()], usable & ok)
-    return samples.reshape(index.shape + samples.shape[1:]), run.segment, np.array([k for k, _ in pairs]), tr
+    # the paired volumes' rows, windowed as the artifact's rows are: the last clip's window repeats it rather
+    # than reach the run's next (unpaired) volume, which the student never saw in training
+    rows = space.samples(series[[volume for _, volume in pairs]], usable & ok)
+    trs = [k for k, _ in pairs]
+    return windows(rows, [(run.segment, k) for k in trs], window), run.segment, np.array(trs), tr
 
 
 def decode_run(subject: str, bold: str | Path, events: str | Path, results: str | Path, *,
