@@ -20,21 +20,27 @@ def write(root: Path, files: dict[str, str]) -> None:
 def fake_package(tmp_path: Path) -> Path:
     """``pkg``: a sub-package reached four ways (plain, from-import of a submodule, relative, lazy inside a
     function), a module nobody imports, and an import of something outside the package."""
-    write(tmp_path / "pkg", {
-        "__init__.py": "",
-        "core.py": "import json\nfrom pkg.util import helper\n",
-        "util.py": "def helper():\n    from . import lazy\n",
-        "lazy.py": "",
-        "stage/__init__.py": "",
-        "stage/run.py": "from .model import Model\nimport pkg.core\n",
-        "stage/model.py": "class Model: ...\n",
-        "stage/unused.py": "",
-        "other.py": "",
-    })
-    write(tmp_path / "scripts", {
-        "run_stage.py": "from pkg.stage.run import main\n",
-        "plain.py": "from pkg import other\nimport numpy\n",
-    })
+    write(
+        tmp_path / "pkg",
+        {
+            "__init__.py": "",
+            "core.py": "import json\nfrom pkg.util import helper\n",
+            "util.py": "def helper():\n    from . import lazy\n",
+            "lazy.py": "",
+            "stage/__init__.py": "",
+            "stage/run.py": "from .model import Model\nimport pkg.core\n",
+            "stage/model.py": "class Model: ...\n",
+            "stage/unused.py": "",
+            "other.py": "",
+        },
+    )
+    write(
+        tmp_path / "scripts",
+        {
+            "run_stage.py": "from pkg.stage.run import main\n",
+            "plain.py": "from pkg import other\nimport numpy\n",
+        },
+    )
     return tmp_path / "pkg"
 
 
@@ -42,8 +48,15 @@ def test_imported_files_follow_every_kind_of_import(tmp_path):
     package = fake_package(tmp_path)
     reached = imported_files(tmp_path / "scripts" / "run_stage.py", package)
     names = [str(file.relative_to(package.resolve())) for file in reached]
-    assert names == ["__init__.py", "core.py", "lazy.py", "stage/__init__.py", "stage/model.py", "stage/run.py",
-                     "util.py"]
+    assert names == [
+        "__init__.py",
+        "core.py",
+        "lazy.py",
+        "stage/__init__.py",
+        "stage/model.py",
+        "stage/run.py",
+        "util.py",
+    ]
     assert [f.name for f in imported_files(tmp_path / "scripts" / "plain.py", package)] == ["__init__.py", "other.py"]
 
 
@@ -64,7 +77,9 @@ def test_workflow_scripts_reach_their_stage_modules_without_importing_torch():
     reached = imported_files(REPO / "workflow" / "scripts" / "instruct_llm.py", package)
     assert package.resolve() / "instruct" / "train.py" in reached
     assert package.resolve() / "training.py" in reached  # imported by instruct/train.py, not by the script
-    check = ("import sys; from pathlib import Path; from llm4brain.code_hash import script_code_hashes; "
-             f"hashes = script_code_hashes(Path({str(REPO / 'workflow' / 'scripts')!r}), Path({str(package)!r})); "
-             "assert len(hashes) >= 20 and 'torch' not in sys.modules, sorted(sys.modules)")
+    check = (
+        "import sys; from pathlib import Path; from llm4brain.code_hash import script_code_hashes; "
+        f"hashes = script_code_hashes(Path({str(REPO / 'workflow' / 'scripts')!r}), Path({str(package)!r})); "
+        "assert len(hashes) >= 20 and 'torch' not in sys.modules, sorted(sys.modules)"
+    )
     subprocess.run([sys.executable, "-c", check], check=True)

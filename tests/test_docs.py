@@ -48,10 +48,13 @@ def test_generated_page_lists_every_key_with_type_default_and_description():
 
 
 def test_nested_keys_and_lists_of_objects_are_walked(tmp_path):
-    schema = {"type": "object", "properties": {
-        "a": {"type": "object", "properties": {"b": {"type": "integer", "default": 1}}},
-        "c": {"type": "array", "items": {"type": "object", "properties": {"d": {"type": "string"}}}},
-    }}
+    schema = {
+        "type": "object",
+        "properties": {
+            "a": {"type": "object", "properties": {"b": {"type": "integer", "default": 1}}},
+            "c": {"type": "array", "items": {"type": "object", "properties": {"d": {"type": "string"}}}},
+        },
+    }
     keys = [key for key, _ in config_reference.leaf_keys(schema)]
     assert keys == ["a.b", "c", "c[].d"]
     assert set(rows(config_reference.render(schema))) == {"a.b", "c", "c[].d"}
@@ -74,8 +77,8 @@ def test_site_checker_finds_broken_links_anchors_and_images(tmp_path):
     (tmp_path / "index.html").write_text(
         '<a href="page/">ok</a><a href="page/#here">ok</a><a href="https://example.org">not fetched</a>'
         '<img src="ok.svg"><a href="page/#gone">bad anchor</a><a href="missing/">bad link</a>'
-        '<img src="bad.svg"><img src="nowhere.png">')
+        '<img src="bad.svg"><img src="nowhere.png">'
+    )
     problems, external = check_site.check_links(tmp_path)
     assert external == {"https://example.org"}
-    assert sorted(problem.split(" ")[2] for problem in problems) == [
-        "bad.svg", "missing/", "nowhere.png", "page/#gone"]
+    assert sorted(problem.split(" ")[2] for problem in problems) == ["bad.svg", "missing/", "nowhere.png", "page/#gone"]

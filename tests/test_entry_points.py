@@ -15,8 +15,11 @@ from llm4brain.evaluate.new_run import decode_run
 from llm4brain.instruct.train import instruct_llm
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "workflow" / "scripts"
-ENTRY_POINTS = {"instruct_llm.py": instruct_llm, "decode_captions.py": decode_captions,
-                "decode_ablation.py": decode_ablation}
+ENTRY_POINTS = {
+    "instruct_llm.py": instruct_llm,
+    "decode_captions.py": decode_captions,
+    "decode_ablation.py": decode_ablation,
+}
 
 
 @pytest.mark.parametrize("function", ENTRY_POINTS.values(), ids=lambda f: f.__name__)
@@ -30,8 +33,11 @@ def test_entry_point_parameters_are_keyword_only(function):
 @pytest.mark.parametrize("script", ENTRY_POINTS, ids=str)
 def test_workflow_script_calls_its_entry_point_by_valid_names(script):
     function = ENTRY_POINTS[script]
-    calls = [node for node in ast.walk(ast.parse((SCRIPTS / script).read_text()))
-             if isinstance(node, ast.Call) and getattr(node.func, "id", None) == function.__name__]
+    calls = [
+        node
+        for node in ast.walk(ast.parse((SCRIPTS / script).read_text()))
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == function.__name__
+    ]
     assert len(calls) == 1 and not calls[0].args
     inspect.signature(function).bind(**{keyword.arg: None for keyword in calls[0].keywords})  # TypeError if not
 
@@ -39,4 +45,7 @@ def test_workflow_script_calls_its_entry_point_by_valid_names(script):
 def test_decode_run_options_are_keyword_only():
     parameters = inspect.signature(decode_run).parameters
     assert [p.name for p in parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY] == [
-        "max_new_tokens", "num_beams", "batch_size"]
+        "max_new_tokens",
+        "num_beams",
+        "batch_size",
+    ]

@@ -49,8 +49,11 @@ class Page(HTMLParser):
                 self.ids.add(str(values[name]))
         for resource_tag, attr in RESOURCES:
             if tag == resource_tag and values.get(attr):
-                if tag == "link" and "stylesheet" not in (values.get("rel") or "") and "icon" not in (
-                        values.get("rel") or ""):
+                if (
+                    tag == "link"
+                    and "stylesheet" not in (values.get("rel") or "")
+                    and "icon" not in (values.get("rel") or "")
+                ):
                     continue
                 self.refs.append((tag, str(values[attr])))
 
@@ -119,14 +122,24 @@ def check_rendered(site: Path, chromium: str) -> list[str]:
         for path in sorted(copy.rglob("*.html")):
             html = path.read_text(encoding="utf-8")
             path.write_text(html.replace("</body>", PROBE + "</body>") if "</body>" in html else html + PROBE)
-            result = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files",
-                                     "--virtual-time-budget=5000", "--dump-dom", path.as_uri()],
-                                    capture_output=True, text=True, timeout=120)
+            command = [
+                chromium,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--allow-file-access-from-files",
+                "--virtual-time-budget=5000",
+                "--dump-dom",
+                path.as_uri(),
+            ]
+            result = subprocess.run(command, capture_output=True, text=True, timeout=120)
             where = path.relative_to(copy)
             found = re.search(r'<pre id="__check_site__">(.*?)</pre>', result.stdout, re.S)
             if not found:
-                problems.append(f"{where}: Chromium did not render the page (exit {result.returncode}): "
-                                f"{result.stderr.strip()[-300:]}")
+                problems.append(
+                    f"{where}: Chromium did not render the page (exit {result.returncode}): "
+                    f"{result.stderr.strip()[-300:]}"
+                )
                 continue
             broken = json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
             problems += [f"{where}: image {src} did not render in Chromium" for src in broken]
@@ -144,15 +157,18 @@ def main(argv: list[str] | None = None) -> int:
     problems, external = check_links(args.site)
     problems += check_readme()
     pages = len(list(args.site.rglob("*.html")))
-    chromium = None if args.no_chromium else (args.chromium or shutil.which("chromium")
-                                               or shutil.which("chromium-browser"))
+    chromium = (
+        None if args.no_chromium else (args.chromium or shutil.which("chromium") or shutil.which("chromium-browser"))
+    )
     if chromium:
         problems += check_rendered(args.site, chromium)
     for problem in problems:
         print(problem)
-    print(f"{pages} pages, {len(external)} external links (not fetched), "
-          f"{'rendered in ' + chromium if chromium else 'not rendered (no Chromium)'}: "
-          f"{len(problems)} problem(s)")
+    print(
+        f"{pages} pages, {len(external)} external links (not fetched), "
+        f"{'rendered in ' + chromium if chromium else 'not rendered (no Chromium)'}: "
+        f"{len(problems)} problem(s)"
+    )
     return 1 if problems else 0
 
 

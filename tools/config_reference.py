@@ -59,12 +59,20 @@ def type_of(node: dict[str, Any]) -> str:
     text = " or ".join(str(kind) for kind in kinds)
     if "array" in kinds and "items" in node:
         item = node["items"]
-        inner = ("object" if is_section(item) else
-                 " | ".join(map(str, item["enum"])) if "enum" in item else item.get("type", "any"))
+        inner = (
+            "object"
+            if is_section(item)
+            else " | ".join(map(str, item["enum"]))
+            if "enum" in item
+            else item.get("type", "any")
+        )
         text = text.replace("array", f"list of {inner}")
-    bounds = [f"≥ {node['minimum']}" if "minimum" in node else "", f"> {node['exclusiveMinimum']}"
-              if "exclusiveMinimum" in node else "", f"≤ {node['maximum']}" if "maximum" in node else "",
-              f"< {node['exclusiveMaximum']}" if "exclusiveMaximum" in node else ""]
+    bounds = [
+        f"≥ {node['minimum']}" if "minimum" in node else "",
+        f"> {node['exclusiveMinimum']}" if "exclusiveMinimum" in node else "",
+        f"≤ {node['maximum']}" if "maximum" in node else "",
+        f"< {node['exclusiveMaximum']}" if "exclusiveMaximum" in node else "",
+    ]
     bounds = [bound for bound in bounds if bound]
     return f"{text} ({', '.join(bounds)})" if bounds else text
 
@@ -110,7 +118,8 @@ def render(schema: dict[str, Any]) -> str:
 
 
 def row(key: str, node: dict[str, Any], required: bool) -> str:
-    return f"| `{key}` | {cell(type_of(node))} | {cell(default_of(node, required))} | {cell(node.get('description', ''))} |"
+    cells = (type_of(node), default_of(node, required), node.get("description", ""))
+    return f"| `{key}` | " + " | ".join(cell(text) for text in cells) + " |"
 
 
 def table(rows: list[str]) -> list[str]:
@@ -122,8 +131,11 @@ def section(key: str, node: dict[str, Any], level: int) -> list[str]:
     if node.get("description"):
         lines += [cell(node["description"]), ""]
     required = set(node.get("required", []))
-    rows = [row(f"{key}.{name}", child, name in required)
-            for name, child in node["properties"].items() if not is_section(child)]
+    rows = [
+        row(f"{key}.{name}", child, name in required)
+        for name, child in node["properties"].items()
+        if not is_section(child)
+    ]
     if rows:
         lines += [*table(rows), ""]
     for name, child in node["properties"].items():

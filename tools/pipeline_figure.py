@@ -31,10 +31,21 @@ BOXES = {
     "eval": (4, 1, "decode + score\nmetrics.tsv, tests.tsv,\nreport.html", RESULT),
 }
 # (from, to, route): "row" = side to side, "down" = bottom to top, "bus" = along the bottom row, then up
-ARROWS = [("bold", "fmri", "row"), ("fmri", "scmbm", "row"), ("scmbm", "align", "row"), ("video", "features", "row"),
-          ("features", "teacher", "row"), ("features", "align", "row"), ("teacher", "align", "row"),
-          ("teacher", "instruct", "row"), ("align", "instruct", "down"), ("instruct", "eval", "row"),
-          ("captions", "teacher", "bus"), ("captions", "instruct", "bus"), ("captions", "eval", "bus")]
+ARROWS = [
+    ("bold", "fmri", "row"),
+    ("fmri", "scmbm", "row"),
+    ("scmbm", "align", "row"),
+    ("video", "features", "row"),
+    ("features", "teacher", "row"),
+    ("features", "align", "row"),
+    ("teacher", "align", "row"),
+    ("teacher", "instruct", "row"),
+    ("align", "instruct", "down"),
+    ("instruct", "eval", "row"),
+    ("captions", "teacher", "bus"),
+    ("captions", "instruct", "bus"),
+    ("captions", "eval", "bus"),
+]
 
 
 def centre(name: str) -> tuple[float, float]:
@@ -44,13 +55,13 @@ def centre(name: str) -> tuple[float, float]:
 
 def arrow(start: str, end: str, route: str) -> FancyArrowPatch:
     (x0, y0), (x1, y1) = centre(start), centre(end)
-    style = {"arrowstyle": "-|>", "mutation_scale": 11, "color": "#4a6785", "linewidth": 1, "shrinkA": 1,
-             "shrinkB": 2}
+    style = {"arrowstyle": "-|>", "mutation_scale": 11, "color": "#4a6785", "linewidth": 1, "shrinkA": 1, "shrinkB": 2}
     if route == "down":
         return FancyArrowPatch((x0, y0 - HEIGHT / 2), (x1, y1 + HEIGHT / 2), **style)
     if route == "bus":
-        return FancyArrowPatch((x0 + WIDTH / 2, y0), (x1, y1 - HEIGHT / 2),
-                               connectionstyle="angle,angleA=0,angleB=90,rad=0", **style)
+        return FancyArrowPatch(
+            (x0 + WIDTH / 2, y0), (x1, y1 - HEIGHT / 2), connectionstyle="angle,angleA=0,angleB=90,rad=0", **style
+        )
     return FancyArrowPatch((x0 + WIDTH / 2, y0), (x1 - WIDTH / 2, y1), **style)
 
 
@@ -62,13 +73,30 @@ def draw(out: Path = OUT) -> Path:
     ax.axis("off")
     for name, (_, _, text, colour) in BOXES.items():
         x, y = centre(name)
-        ax.add_patch(FancyBboxPatch((x - WIDTH / 2, y - HEIGHT / 2), WIDTH, HEIGHT, boxstyle="round,pad=0.04",
-                                    facecolor=colour, edgecolor="#4a6785", linewidth=1))
+        ax.add_patch(
+            FancyBboxPatch(
+                (x - WIDTH / 2, y - HEIGHT / 2),
+                WIDTH,
+                HEIGHT,
+                boxstyle="round,pad=0.04",
+                facecolor=colour,
+                edgecolor="#4a6785",
+                linewidth=1,
+            )
+        )
         ax.text(x, y, text, ha="center", va="center", linespacing=1.25)
     for start, end, route in ARROWS:
         ax.add_patch(arrow(start, end, route))
-    ax.text(7.0, 3.6, "each arrow is an artifact on disk (HDF5 or safetensors); every TR-level row carries the "
-            "join key (segment, tr)", ha="center", va="center", style="italic", color="#4a6785")
+    ax.text(
+        7.0,
+        3.6,
+        "each arrow is an artifact on disk (HDF5 or safetensors); every TR-level row carries the "
+        "join key (segment, tr)",
+        ha="center",
+        va="center",
+        style="italic",
+        color="#4a6785",
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, bbox_inches="tight", metadata={"Date": None})
     plt.close(fig)
