@@ -252,3 +252,52 @@ def test_bold_split_reads_runs_of_rows(tmp_path):
     out = np.empty((4, *GRID), np.float32)
     split.read(np.array([1, 2, 5, 9]), out)
     np.testing.assert_array_equal(out, load_bold(path)[[1, 2, 5, 9]])
+
+
+def write_features(path: Path, segment: str, n_tr: int, seed: int) -> str:
+    """Cached video tokens (n_tr, F=2, T=5, D=16) of one segment, one clip per chunk like cache_features."""
+    rng = np.random.default_rng(seed)
+    with atomic_h5(path, "features") as f:
+        f.attrs["segment"] = segment
+        f.create_dataset("tokens", data=rng.standard_normal((n_tr, 2, 5, 16)).astype(np.float16), chunks=(1, 2, 5, 16))
+        f.create_dataset("tr", data=np.arange(n_tr, dtype=np.int32))
+    return str(path)
+
+
+def test_pretrain_adaptor_streams_its_samples_and_reruns_identically(tmp_path):
+    """Two labelled subjects and a held-out one, a buffer of a few clips (several groups an epoch), a
+    validation split: the aligner trains, validates and writes every subject's latents, twice identically."""
+    from test_models import PROMPT, TEMPLATE, tiny_teacher
+
+    from llm4brain.align.train import pretrain_adaptor
+    from llm4brain.models.video_llm import save_teacher
+
+    qformer, captioner = tiny_teacher()
+    save_teacher(tmp_path / "teacher", qformer, captioner, {"template": TEMPLATE, "prompt": PROMPT,
+                                                            "max_caption_tokens": 16})
+    features = [write_features(tmp_path / f"{s}.features.h5", s, n, i) for i, (s, n) in enumerate([("a", 8), ("b", 8),
+                                                                                                 ("t", 4)])]
+    subjects = ["sub-01", "sub-02", "sub-03"]
+    fmri = [str(write_fmri(tmp_path / f"{s}.h5", runs(["a", "b"], 8, repeats), runs(["t"], 4), seed=i))
+            for i, (s, repeats) in enumerate(zip(subjects, (2, 1, 1), strict=True))]
+    row_bytes = open_splits(fmri)[0].row_bytes
+    params = {**DEFAULTS["align"], "heldout": ["sub-03"],
+              "train": {**TRAIN_DEFAULTS, "steps": 6, "batch_size": 4, "threads": 1, "val_fraction": 0.25,
+                        "eval_every": 3, "buffer_mb": 48 * row_bytes / 2**20}}
+    for run in ("first", "second"):
+        out = tmp_path / run
+        pretrain_adaptor(fmri_paths=fmri, feature_paths=features, teacher_dir=str(tmp_path / "teacher"),
+                         model_dir=str(out / "model"), latent_paths=[str(out / f"{s}.h5") for s in subjects],
+                         metrics_path=str(out / "metrics.tsv"), subjects=subjects, encoder_params=ENCODER,
+                         params=params, seed=0)
+    log = pd.read_csv(tmp_path / "first" / "model" / "train_log.tsv", sep="\t")
+    assert len(log) == 6 and log["val_loss"].notna().sum() == 2 and {"domain", "contrastive"} <= set(log.columns)
+    assert set(pd.read_csv(tmp_path / "first" / "metrics.tsv", sep="\t")["subject"]) == set(subjects)
+    import h5py
+
+    for s in subjects:
+        with h5py.File(tmp_path / "first" / f"{s}.h5", "r") as a, h5py.File(tmp_path / "second" / f"{s}.h5") as b:
+            assert a["train/tokens"].shape == (16 * (2 if s == "sub-01" else 1), 4, 32)
+            assert a["test/tokens"].shape == (4, 4, 32)
+            for split in ("train", "test"):
+                np.testing.assert_array_equal(a[f"{split}/tokens"][:], b[f"{split}/tokens"][:])
