@@ -24,7 +24,7 @@ from nibabel import cifti2
 from wen2018 import brain_models
 
 from llm4brain.artifacts import open_artifact, read_keys
-from llm4brain.fmri.collections import collection_qc, preprocess_collection_subject
+from llm4brain.fmri.collections import collection_qc, preprocess_collection_subject, shards_with_samples
 from llm4brain.fmri.discover import discover
 from llm4brain.fmri.preprocess import pair_run, preprocess_subject
 from llm4brain.fmri.runs import InputError, find_runs
@@ -247,6 +247,11 @@ def test_a_collection_without_a_usable_run_is_an_error(tiny_demo, tmp_path):
                                   out_path=out, qc_path=qc, tr=2.0, params=CLEANING, layout=LAYOUT, on_bad_run="skip")
     with h5py.File(out) as f:
         assert f["train/bold"].shape[0] == 0 and f.attrs["n_runs"] == 0  # an empty shard; the collection decides
+    good = tmp_path / "good.h5"
+    preprocess_collection_subject(collection="c", subject="sub-Y", runs={"run-1": tmp_path / "raw" / "good.nii.gz"},
+                                  mask_path=tiny_demo / "roi_mask.nii.gz", out_path=good, qc_path=tmp_path / "good.tsv",
+                                  tr=2.0, params=CLEANING, layout=LAYOUT)
+    assert shards_with_samples([out, good]) == [str(good)]  # what pretrain_scmbm is given
     with pytest.raises(InputError, match=r"collection c: no usable run among 2 \(.*cut\.nii\.gz: cannot read"):
         collection_qc("c", [qc], tmp_path / "c" / "qc.tsv")
     assert not (tmp_path / "c" / "qc.tsv").exists()
@@ -288,6 +293,9 @@ def test_collections_run_through_the_workflow_into_pretrain_scmbm(tmp_path):
     data = tmp_path / "collections"
     rest, prep, folder = bids_volumes(data / "rest"), bids_cifti(data / "prep"), hcp(data / "hcp")
     (rest / "sub-A" / "func" / "sub-A_task-rest_run-2_bold.nii.gz").write_bytes(b"not an image")
+    volume_run(rest / "sub-E" / "func" / "sub-E_task-rest_run-1_bold.nii.gz", tr=2.5)  # sub-E: nothing usable
+    pd.DataFrame({"participant_id": ["sub-A", "sub-B", "sub-E"]}).to_csv(rest / "participants.tsv", sep="\t",
+                                                                       index=False)
     volumes = make_copy(tmp_path / "volumes")
     config = {**micro, "scmbm": {**micro["scmbm"], "collections": [
         entry("rest", rest, "bids", filters={"task": "rest"}, on_bad_run="skip"),
@@ -296,8 +304,11 @@ def test_collections_run_through_the_workflow_into_pretrain_scmbm(tmp_path):
     qc = pd.read_csv(volumes / "results/collections/rest/qc.tsv", sep="\t")
     assert sorted(zip(qc["subject"], qc["run"], qc["status"], strict=True)) == [
         ("sub-A", "task-rest_run-1", "ok"), ("sub-A", "task-rest_run-2", "skipped"),
-        ("sub-B", "ses-1_task-rest_run-1", "ok"), ("sub-B", "ses-1_task-rest_run-2", "ok")]
-    assert qc.loc[qc["status"] == "skipped", "reason"].str.contains("sub-A_task-rest_run-2_bold.nii.gz").all()
+        ("sub-B", "ses-1_task-rest_run-1", "ok"), ("sub-B", "ses-1_task-rest_run-2", "ok"),
+        ("sub-E", "task-rest_run-1", "skipped")]
+    skipped = qc[qc["status"] == "skipped"]
+    assert all(f"{file}: " in reason for file, reason in zip(skipped["file"], skipped["reason"], strict=True))
+    assert "header TR is 2.5 s" in skipped["reason"].iloc[-1]
     with h5py.File(volumes / "results/collections/hcp/100307.h5") as f, \
             h5py.File(volumes / "results/fmri/sub-01.h5") as task:
         assert f["train/bold"].shape == (20,) + task["train/bold"].shape[1:]  # functional.nii on the task's grid

@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from llm4brain.artifacts import atomic_h5, atomic_path, set_attrs, write_keys
+from llm4brain.artifacts import atomic_h5, atomic_path, open_artifact, set_attrs, write_keys
 from llm4brain.fmri.bids import confounds_file
 from llm4brain.fmri.images import make_space
 from llm4brain.fmri.preprocess import ROWS, read_clean_run, run_extent, scale_rows, space_name
@@ -125,3 +125,14 @@ def collection_qc(name: str, qc_paths: list[str | Path], out_path: str | Path) -
     with atomic_path(out_path) as tmp:
         table.to_csv(tmp, sep="\t", index=False)
     return table
+
+
+def shards_with_samples(paths: list[str | Path]) -> list[str]:
+    """The collection subjects' files that hold samples: one whose every run was skipped is an empty shard
+    (its QC rows say why), which the trainer does not need to open."""
+    kept = []
+    for path in paths:
+        with open_artifact(path, "fmri", ("train/bold",)) as f:
+            if len(f["train/bold"]):
+                kept.append(str(path))
+    return kept
