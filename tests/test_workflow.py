@@ -168,7 +168,7 @@ def test_evaluation_edit_reruns_only_evaluation(micro):
 def test_scoring_edit_decodes_nothing_again(micro):
     """Keys only scoring reads (resamples, a semantic metric's checkpoint) are left out of the decoding rules'
     params: changing them rescores the captions without generating them again."""
-    with config_edit(micro, "evaluate", "n_bootstrap", 20):
+    with config_edit(micro, "evaluate", "n_bootstrap", 30):  # the micro config has 20
         assert planned_rules(micro) == {"score_captions", "plot_results"}
 
 
