@@ -11,11 +11,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-
-from llm4brain.runtime import autocast_dtype
-from llm4brain.resume import Checkpoint
-from llm4brain.training import fit
 from conftest import TRAIN_DEFAULTS
+
+from llm4brain.resume import Checkpoint
+from llm4brain.runtime import autocast_dtype
+from llm4brain.training import fit
 
 TRAIN = {**TRAIN_DEFAULTS, "steps": 30, "batch_size": 8, "lr": 3e-3, "weight_decay": 0.01, "warmup": 5, "grad_clip": 1.0,
          "threads": 1, "checkpoint_every": 4, "accumulate": 1}
@@ -171,3 +171,39 @@ def test_precision_setting_picks_the_autocast():
     for precision, dtype in [("auto", torch.float32), ("bf16", torch.bfloat16)]:
         fit(model.parameters(), loss_fn, {**TRAIN, "steps": 2, "checkpoint_every": 0, "precision": precision}, "p")
         assert set(seen.values()) == {dtype} and model.weight.dtype == torch.float32
+
+
+def test_stateful_objects_are_checkpointed_and_restored(tmp_path):
+    """What ``stateful`` holds (a data stream's position) is saved with each checkpoint and restored on the
+    rerun, so the rerun draws what the killed run would have drawn next."""
+
+    class Position:
+        def __init__(self) -> None:
+            self.drawn = 0
+
+        def state_dict(self) -> dict[str, int]:
+            return {"drawn": self.drawn}
+
+        def load_state_dict(self, state: dict[str, int]) -> None:
+            self.drawn = state["drawn"]
+
+    model, checkpoint = torch.nn.Linear(3, 1), Checkpoint(tmp_path / "toy.pt", "toy-job")
+    params = {**TRAIN, "steps": 6, "checkpoint_every": 2}
+    seen: list[int] = []
+
+    def loss_fn(step, position, fail_at=None):
+        if step == fail_at:
+            raise RuntimeError("preempted")
+        position.drawn += 1
+        seen.append(position.drawn)
+        return model(torch.ones(2, 3)).square().mean(), {}
+
+    killed = Position()
+    with pytest.raises(RuntimeError, match="preempted"):
+        fit(model.parameters(), lambda step: loss_fn(step, killed, fail_at=5), params, "toy", checkpoint=checkpoint,
+            stateful=[killed])
+    assert torch.load(checkpoint.path, weights_only=True)["stateful"] == [{"drawn": 4}]
+    seen.clear()
+    rerun = Position()
+    fit(model.parameters(), lambda step: loss_fn(step, rerun), params, "toy", checkpoint=checkpoint, stateful=[rerun])
+    assert seen == [5, 6]
