@@ -17,8 +17,8 @@ from llm4brain.resume import Checkpoint
 from llm4brain.runtime import autocast_dtype
 from llm4brain.training import fit
 
-TRAIN = {**TRAIN_DEFAULTS, "steps": 30, "batch_size": 8, "lr": 3e-3, "weight_decay": 0.01, "warmup": 5, "grad_clip": 1.0,
-         "threads": 1, "checkpoint_every": 4, "accumulate": 1}
+TRAIN = {**TRAIN_DEFAULTS, "steps": 30, "batch_size": 8, "lr": 3e-3, "weight_decay": 0.01, "warmup": 5,
+         "grad_clip": 1.0, "threads": 1, "checkpoint_every": 4, "accumulate": 1}
 
 SCRIPT = textwrap.dedent("""
     import os, signal, sys
