@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Iterator
 
 import h5py
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -106,7 +107,7 @@ def test_artifacts_follow_the_contract(micro):
     assert metrics.set_index("subject")["heldout"].to_dict() == {"sub-01": False, "sub-02": True}
     assert {"BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE", "CIDEr_ci_low", "CIDEr_ci_high"} <= set(metrics.columns)
     assert (metrics["BERTScore-F1"] == "unavailable").all() and (metrics["embedding-cosine"] == "unavailable").all()
-    assert (metrics["CIDEr_ci_low"] <= metrics["CIDEr_ci_high"]).all()
+    assert metrics["CIDEr"].between(metrics["CIDEr_ci_low"], metrics["CIDEr_ci_high"]).all()
     identification = pd.read_csv(micro / "results/eval/identification.tsv", sep="\t")
     assert len(identification) == 11 * 3 and identification["top1"].between(0, 1).all()
     assert set(identification["metric"]) == {"CIDEr-D", "BLEU-4", "ROUGE-L"}  # no semantic checkpoint configured
@@ -144,6 +145,18 @@ def test_report_builds(micro):
 
 
 def test_decode_command_on_a_training_run(micro, tmp_path):
+    """`llm4brain decode` on one of sub-01's training runs preprocesses it exactly as preprocess_fmri did (its
+    windows equal that run's rows of results/fmri/sub-01.h5) and captions it as the workflow's student does
+    on those rows."""
+    import numpy as np
+    import torch
+
+    from llm4brain.align.windows import windows
+    from llm4brain.artifacts import read_split
+    from llm4brain.evaluate.new_run import preprocess_new_run
+    from llm4brain.instruct.student import load_student
+    from llm4brain.models.video_llm import generate_captions
+
     bold = sorted((micro / "resources/demo/sub-01/func").glob("*_bold.nii.gz"))[0]
     events = str(bold).replace("_bold.nii.gz", "_events.tsv")
     result = subprocess.run(
@@ -151,9 +164,127 @@ def test_decode_command_on_a_training_run(micro, tmp_path):
          events, "--model", str(micro / "results"), "--out", str(tmp_path / "c.tsv"), "--srt", str(tmp_path / "c.srt")],
         capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    captions = pd.read_csv(tmp_path / "c.tsv", sep="\t")
+    captions = pd.read_csv(tmp_path / "c.tsv", sep="\t", keep_default_na=False)
     assert list(captions["tr"]) == list(range(6)) and captions["caption"].str.len().gt(0).all()
     assert (tmp_path / "c.srt").read_text().count(" --> ") == 6
+
+    student = load_student(micro / "results/instruct/model", micro / "results/video_llm", torch.device("cpu"))
+    samples, segment, trs, _ = preprocess_new_run("sub-01", bold, events, micro / "results", student.window)
+    bold_rows, keys = read_split(micro / "results/fmri/sub-01.h5", "fmri", "train", "bold")
+    rows = windows(bold_rows, keys, student.window)
+    run_keys = [(segment, int(k)) for k in trs]
+    blocks = [i for i in range(len(keys) - len(run_keys) + 1) if keys[i:i + len(run_keys)] == run_keys]
+    matches = [i for i in blocks if np.array_equal(rows[i:i + len(run_keys)], samples)]
+    assert len(matches) == 1, f"{len(blocks)} presentations of {segment} in the artifact, {len(matches)} equal"
+    settings = {"batch_size": 64, "max_new_tokens": 24, "num_beams": 1, "repetition_penalty": 1.0}  # the CLI's
+    block = torch.from_numpy(rows[matches[0]:matches[0] + len(run_keys)].astype(np.float32))
+    assert captions["caption"].tolist() == generate_captions(student.captioner, student.encode(block), settings)
+
+
+def clone(micro: Path, target: Path) -> Path:
+    """A copy of the finished micro workflow (results, metadata and mtimes too): a test may rerun jobs in it."""
+    return Path(shutil.copytree(micro, target / "clone", symlinks=True))
+
+
+def test_scoring_again_reproduces_the_intervals(micro, tmp_path):
+    """The bootstrap intervals follow the seed: scoring the same decoded captions again gives the same file."""
+    workdir = clone(micro, tmp_path)
+    snakemake(workdir, "results/eval/metrics.tsv", "--forcerun", "score_captions")
+    assert (workdir / "results/eval/metrics.tsv").read_bytes() == (micro / "results/eval/metrics.tsv").read_bytes()
+
+
+# Loaded by every Python process started with this folder on PYTHONPATH: in the job whose script is named
+# KILL_SCRIPT, the optimiser's step KILL_AT_STEP (from 0) SIGKILLs the process, as a cluster does at a limit.
+KILLER = """
+import os, sys
+if os.environ.get("KILL_SCRIPT") and any(os.environ["KILL_SCRIPT"] in arg for arg in sys.argv):
+    import signal
+    import torch
+
+    steps, original = [0], torch.optim.AdamW.step
+
+    def step_or_die(self, *args, **kwargs):
+        if steps[0] == int(os.environ["KILL_AT_STEP"]):
+            os.kill(os.getpid(), signal.SIGKILL)
+        steps[0] += 1
+        return original(self, *args, **kwargs)
+
+    torch.optim.AdamW.step = step_or_die
+"""
+
+
+def produced(workdir: Path, targets: list[str]) -> dict[Path, bytes]:
+    """The bytes of every file of ``targets`` (files, or folders walked)."""
+    paths = [p for t in targets for p in ([workdir / t] if (workdir / t).is_file() else (workdir / t).rglob("*"))]
+    return {p.relative_to(workdir): p.read_bytes() for p in paths if p.is_file()}
+
+
+def assert_killed_job_resumes_bit_identical(workdir: Path, tmp_path: Path, rule: str, targets: list[str]) -> None:
+    """Run ``rule`` (for ``targets``) once straight, once SIGKILLed at step 5 (after the checkpoint of step
+    3), then again: the last run resumes from step 3 and writes the same files as the straight one."""
+    import os
+
+    import torch
+
+    snakemake(workdir, *targets)
+    straight = produced(workdir, targets)
+    assert any(name.suffix == ".safetensors" for name in straight)
+    (tmp_path / "killer").mkdir()
+    (tmp_path / "killer" / "sitecustomize.py").write_text(KILLER)
+    path = os.pathsep.join([str(tmp_path / "killer"), *filter(None, [os.environ.get("PYTHONPATH")])])
+    env = {**os.environ, "PYTHONPATH": path, "KILL_SCRIPT": f"{rule}.py", "KILL_AT_STEP": "5"}
+    killed = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", *targets, "--forcerun", rule],
+                            cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
+    assert killed.returncode != 0 and not produced(workdir, targets), killed.stderr[-3000:]
+    assert torch.load(workdir / "results/.resume" / f"{rule}.pt", weights_only=True)["step"] == 3
+    snakemake(workdir, *targets)
+    assert "resuming from step 3" in (workdir / "logs" / f"{rule}.log").read_text()
+    resumed = produced(workdir, targets)
+    assert resumed.keys() == straight.keys()
+    for name in straight:
+        assert resumed[name] == straight[name], name
+    assert not (workdir / "results/.resume" / f"{rule}.pt").exists()
+
+
+def test_killed_pretrain_adaptor_resumes_bit_identical(micro, tmp_path):
+    """pretrain_adaptor with validation and early stopping on: weights, training log and best-validation
+    state survive a SIGKILL."""
+    workdir = clone(micro, tmp_path)
+    config = yaml.safe_load((workdir / "config/config.yaml").read_text())
+    config["align"]["train"].update(steps=10, checkpoint_every=3, eval_every=2, patience=3)
+    (workdir / "config/config.yaml").write_text(yaml.safe_dump(config))
+    assert_killed_job_resumes_bit_identical(workdir, tmp_path, "pretrain_adaptor",
+                                            ["results/align/model", "results/align/metrics.tsv"])
+    log = pd.read_csv(workdir / "results/align/model/train_log.tsv", sep="\t")
+    assert log["val_loss"].notna().sum() >= 2
+
+
+def test_killed_lora_student_with_distillation_resumes_bit_identical(micro, tmp_path):
+    """instruct_llm with a LoRA student (peft) distilled from the teacher survives a SIGKILL."""
+    workdir = clone(micro, tmp_path)
+    config = yaml.safe_load((workdir / "config/config.yaml").read_text())
+    config["instruct"]["train"].update(steps=8, checkpoint_every=3)
+    config["instruct"]["llm"] = {"tuning": "lora"}
+    (workdir / "config/config.yaml").write_text(yaml.safe_dump(config))
+    assert_killed_job_resumes_bit_identical(workdir, tmp_path, "instruct_llm",
+                                            ["results/instruct/model", "results/instruct/train_log.tsv"])
+    assert (workdir / "results/instruct/model/llm_adapter/adapter_model.safetensors").exists()
+    assert "distill" in pd.read_csv(workdir / "results/instruct/train_log.tsv", sep="\t")
+
+
+def test_4bit_lora_student_distils_from_an_unquantised_teacher_copy(micro, tmp_path):
+    """instruct_llm on a 4-bit NF4 base with distill_weight > 0: the student cannot share its base with the
+    teacher, so a second, unquantised teacher copy is loaded and the distillation steps run against it."""
+    workdir = clone(micro, tmp_path)
+    config = yaml.safe_load((workdir / "config/config.yaml").read_text())
+    config["instruct"]["train"].update(steps=2)
+    config["instruct"]["llm"] = {"tuning": "lora", "quantization": "4bit"}
+    (workdir / "config/config.yaml").write_text(yaml.safe_dump(config))
+    snakemake(workdir, "results/instruct/model")
+    log = pd.read_csv(workdir / "results/instruct/train_log.tsv", sep="\t")
+    assert len(log) == 2 and np.isfinite(log[["loss", "lm", "distill"]].to_numpy()).all()
+    assert (log["distill"] > 0).all()  # a 4-bit student and a full-precision teacher do not agree exactly
+    assert (workdir / "results/instruct/model/llm_adapter/adapter_model.safetensors").exists()
 
 
 def test_rerun_has_nothing_to_do(micro):
@@ -169,7 +300,7 @@ def test_scoring_edit_decodes_nothing_again(micro):
     """Keys only scoring reads (resamples, a semantic metric's checkpoint) are left out of the decoding rules'
     params: changing them rescores the captions without generating them again."""
     with config_edit(micro, "evaluate", "n_bootstrap", 30):  # the micro config has 20
-        assert planned_rules(micro) == {"score_captions", "plot_results"}
+        assert planned_rules(micro) == {"score_captions", "plot_results", "score_attributes", "plot_attributes"}
 
 
 def test_align_edit_reruns_align_and_downstream(micro):
@@ -188,7 +319,7 @@ def test_masked_modelling_edit_reruns_it_and_everything_it_feeds(micro):
 def test_dropping_an_ablation_retrains_nothing(micro):
     """An ablations list shapes the DAG, not a stage's params: the full models stay as they are."""
     with config_edit(micro, "instruct", "ablations", []):
-        assert planned_rules(micro) == {"score_captions", "plot_results"}
+        assert planned_rules(micro) == {"score_captions", "plot_results", "score_attributes", "plot_attributes"}
 
 
 def test_library_edit_reruns_that_stage(micro):
@@ -237,20 +368,31 @@ def site_profile(workdir: Path) -> Path:
 
 
 def assert_same_artifacts(ours: Path, theirs: Path) -> None:
-    """Every HDF5 artifact (dataset by dataset), TSV table and safetensors file under results/ (benchmarks
-    aside) equal."""
+    """Every HDF5 artifact (dataset by dataset, and the attributes of the file, its groups and datasets), TSV
+    table, safetensors file, JSON config and tokenizer file under results/ (benchmarks aside) equal. Artifacts
+    record no timestamps, hosts or job ids, so every attribute must match."""
     files = sorted(p.relative_to(theirs) for p in theirs.rglob("results/**/*")
-                   if p.suffix in {".h5", ".tsv", ".safetensors"} and "benchmarks" not in p.parts)
-    assert files
+                   if p.suffix in {".h5", ".tsv", ".safetensors", ".json", ".txt", ".model"}
+                   and "benchmarks" not in p.parts)
+    assert {".h5", ".tsv", ".safetensors", ".json"} <= {name.suffix for name in files}
+    assert any(name.name == "tokenizer.json" for name in files)
+    assert {name for name in files if name.suffix in {".h5", ".json"}} == {
+        p.relative_to(ours) for p in ours.rglob("results/**/*") if p.suffix in {".h5", ".json"}
+        and "benchmarks" not in p.parts}
     for name in files:
         if name.suffix != ".h5":
             assert (ours / name).read_bytes() == (theirs / name).read_bytes(), name
             continue
         with h5py.File(ours / name) as a, h5py.File(theirs / name) as b:
-            keys: list[str] = []
-            b.visit(lambda key: keys.append(key) if isinstance(b[key], h5py.Dataset) else None)
+            keys: list[str] = [""]
+            b.visit(keys.append)
             for key in keys:
-                assert a[key].dtype == b[key].dtype and (a[key][()] == b[key][()]).all(), f"{name}:{key}"
+                node_a, node_b = (a[key], b[key]) if key else (a, b)
+                assert dict(node_a.attrs).keys() == dict(node_b.attrs).keys(), f"{name}:{key or '/'} attrs"
+                for attr, value in node_b.attrs.items():
+                    assert np.array_equal(node_a.attrs[attr], value), f"{name}:{key or '/'}@{attr}"
+                if isinstance(node_b, h5py.Dataset):
+                    assert node_a.dtype == node_b.dtype and (node_a[()] == node_b[()]).all(), f"{name}:{key}"
 
 
 @pytest.mark.slurm

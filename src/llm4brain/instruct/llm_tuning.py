@@ -40,6 +40,10 @@ def save_tuned(llm: torch.nn.Module, directory: Path, params: dict[str, Any]) ->
     if params["tuning"] == "full":
         llm.save_pretrained(directory / "llm", safe_serialization=True)
     elif params["tuning"] == "lora":
+        config = llm.peft_config["default"]
+        # peft keeps target_modules as a set and writes it in set order, which follows PYTHONHASHSEED: a
+        # sorted list makes adapter_config.json the same file on every run
+        config.target_modules = sorted(config.target_modules)
         llm.save_pretrained(directory / ADAPTER_DIR, safe_serialization=True)
 
 
