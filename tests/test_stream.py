@@ -213,12 +213,14 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_kill9_mid_epoch_then_rerun_ends_bit_identical(tmp_path):
+@pytest.mark.parametrize("loader_workers", [0, 1])
+def test_kill9_mid_epoch_then_rerun_ends_bit_identical(tmp_path, loader_workers):
     paths = [str(write_fmri(tmp_path / f"sub-0{i}.h5", runs(["a", "b"], 16), runs(["t"], 4), seed=i))
              for i in range(2)]
     files = open_splits(paths)
     buffer_mb = 20 * files[0].row_bytes / 2**20  # 20 of 64 rows: groups of a few blocks, epochs of 8 steps
-    params = {**SCMBM, "train": {**SCMBM["train"], "steps": 14, "buffer_mb": buffer_mb, "val_fraction": 0.1}}
+    params = {**SCMBM, "train": {**SCMBM["train"], "steps": 14, "buffer_mb": buffer_mb * (1 + loader_workers),
+                                 "val_fraction": 0.1, "loader_workers": loader_workers}}
     script = tmp_path / "train.py"
     script.write_text(SCRIPT.replace("PATHS", repr(paths)).replace("ENCODER", repr(ENCODER))
                       .replace("PARAMS", repr(params)).replace("CKPT", repr(str(tmp_path / "scmbm.pt"))))
@@ -301,3 +303,25 @@ def test_pretrain_adaptor_streams_its_samples_and_reruns_identically(tmp_path):
             assert a["test/tokens"].shape == (4, 4, 32)
             for split in ("train", "test"):
                 np.testing.assert_array_equal(a[f"{split}/tokens"][:], b[f"{split}/tokens"][:])
+
+
+def test_loader_workers_read_ahead_the_same_samples(tmp_path):
+    """With DataLoader workers reading the next groups, the stream serves what it serves without them, also
+    after a restart mid-group; each group in memory (the one served, the one read ahead) keeps to its share."""
+    paths = [str(write_fmri(tmp_path / f"s{i}.h5", runs(["a", "b"], 30), None, seed=i)) for i in range(2)]
+    files = open_splits(paths)
+    rows = [np.arange(f.n_rows) for f in files]
+    buffer_mb = 24 * files[0].row_bytes / 2**20  # a group's share
+
+    def stream(workers):  # with a worker, twice the buffer: the group served and the one read ahead
+        return row_stream(files, rows, 2, buffer_mb * (2 if workers else 1), seed=4, workers=workers)
+
+    alone, ahead = stream(0), stream(1)
+    for size in (10, 50, 120, 7):
+        a, b = alone.next(size), ahead.next(size)
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert ahead.peak_rows <= capacity_rows(buffer_mb, files) == 24
+    assert len(ahead.groups(0)) > 2
+    resumed = stream(1)
+    resumed.load_state_dict(ahead.state_dict())
+    assert all(torch.equal(x, y) for x, y in zip(resumed.next(40), ahead.next(40), strict=True))

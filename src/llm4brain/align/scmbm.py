@@ -49,7 +49,8 @@ def pretrain_scmbm(*, fmri_paths: Sequence[str], collection_paths: Sequence[str]
     if in_memory:
         samples = InMemorySamples(files, list(rows), window, seed + 16)
     else:
-        samples = row_stream(files, list(rows), window, train_params["buffer_mb"], seed + 16)
+        samples = row_stream(files, list(rows), window, train_params["buffer_mb"], seed + 16,
+                             workers=train_params["loader_workers"])
     n_val = sum(map(len, val_rows))
     generator = torch.Generator().manual_seed(seed + 16)  # the masks
     decoder = params["decoder"]

@@ -88,38 +88,59 @@ class HeldRows:
         flat_files, flat_rows = file_index.reshape(-1), rows.reshape(-1, window)
         distinct = {f: np.unique(flat_rows[flat_files == f].reshape(-1), return_inverse=True)
                     for f in np.unique(flat_files).tolist()}
-        self.volumes = np.empty((sum(len(u) for u, _ in distinct.values()), *files[0].shape), files[0].dtype)
+        volumes = np.empty((sum(len(u) for u, _ in distinct.values()), *files[0].shape), files[0].dtype)
         index, offset = np.empty(flat_rows.shape, np.int64), 0
         for f, (unique, inverse) in distinct.items():
-            files[f].read(unique, self.volumes[offset:offset + len(unique)])
+            files[f].read(unique, volumes[offset:offset + len(unique)])
             index[flat_files == f] = inverse.reshape(-1, window) + offset
             offset += len(unique)
-        self.index = index.reshape(rows.shape)
+        self.volumes = torch.from_numpy(volumes)  # a tensor: a DataLoader worker hands it over in shared memory
+        self.index = torch.from_numpy(index.reshape(rows.shape))
 
     def __len__(self) -> int:
         return len(self.volumes)
 
     def take(self, samples: np.ndarray) -> torch.Tensor:
         """(k, S, W, *grid) windows of samples ``samples``."""
-        return torch.from_numpy(self.volumes[self.index[samples]])
+        return self.volumes[self.index[torch.from_numpy(samples)]]
+
+
+class GroupReader(torch.utils.data.Dataset):
+    """Item ``(epoch, group)``: that group of a stream, read (what DataLoader workers run, ahead of training)."""
+
+    def __init__(self, stream: ShuffledStream) -> None:
+        self.stream = stream
+
+    def __getitem__(self, position: tuple[int, int]) -> tuple[tuple[int, int], np.ndarray, HeldRows, np.ndarray]:
+        return (position, *self.stream.read(*position))
+
+
+def as_is(item: Any) -> Any:
+    """A DataLoader collate_fn that leaves a read group as it is."""
+    return item
 
 
 class ShuffledStream:
-    """Seeded epochs over blocks of samples, read a buffer-sized group at a time (see the module docstring)."""
+    """Seeded epochs over blocks of samples, read a buffer-sized group at a time (see the module docstring).
+    With ``workers``, DataLoader worker processes read the next groups while training runs; the buffer then
+    holds ``1 + workers`` groups, each of ``1 / (1 + workers)`` of it."""
 
     def __init__(self, files: list[BoldSplit], n_blocks: int, draw_block: DrawBlock, block_bound: np.ndarray,
-                 capacity_rows: int, seed: int, *, rank: int = 0, world_size: int = 1) -> None:
+                 capacity_rows: int, seed: int, *, rank: int = 0, world_size: int = 1, workers: int = 0) -> None:
         """``block_bound[b]``: at most how many distinct rows block b's windows need; ``capacity_rows``: at most
         how many rows the buffer holds."""
         if n_blocks == 0:
             raise ArtifactError(f"no training samples in {', '.join(f.path for f in files)}")
-        if block_bound.max() > capacity_rows:
-            raise ValueError(f"train.buffer_mb holds {capacity_rows} rows of {files[0].shape}, fewer than a block "
-                             f"needs ({block_bound.max()}): raise it")
+        if block_bound.max() > capacity_rows // (1 + workers):
+            raise ValueError(f"train.buffer_mb holds {capacity_rows} rows of {files[0].shape}, {1 + workers} groups "
+                             f"of {capacity_rows // (1 + workers)} rows with {workers} loader workers, fewer than a "
+                             f"block needs ({block_bound.max()}): raise it")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not one of {world_size} processes")
         self.files, self.n_blocks, self.draw_block, self.block_bound = files, n_blocks, draw_block, block_bound
-        self.capacity_rows, self.seed, self.rank, self.world_size = capacity_rows, seed, rank, world_size
+        self.group_rows, self.seed, self.rank, self.world_size = capacity_rows // (1 + workers), seed, rank, world_size
+        self.workers = workers
+        self._reader: Iterator[tuple[tuple[int, int], np.ndarray, HeldRows, np.ndarray]] | None = None
         self.epoch, self.group, self.position = 0, 0, 0
         self.held: HeldRows | None = None
         self.units = self.order = np.empty(0, np.int64)
@@ -133,7 +154,7 @@ class ShuffledStream:
             groups: list[list[int]] = [[]]
             rows = 0
             for block in order.tolist():
-                if rows + self.block_bound[block] > self.capacity_rows:
+                if rows + self.block_bound[block] > self.group_rows:
                     groups.append([])
                     rows = 0
                 groups[-1].append(block)
@@ -141,15 +162,36 @@ class ShuffledStream:
             self._plan = (epoch, groups)
         return self._plan[1]
 
+    def read(self, epoch: int, group: int) -> tuple[np.ndarray, HeldRows, np.ndarray]:
+        """Group ``group`` of epoch ``epoch``: its samples' unit ids in block order (file order with one
+        group), the rows they need, and the seeded order they are served in."""
+        rng = np.random.default_rng((self.seed, epoch, group + 1))
+        drawn = [self.draw_block(block, rng) for block in sorted(self.groups(epoch)[group])]
+        units = np.concatenate([units for units, _, _ in drawn])
+        held = HeldRows(self.files, np.concatenate([f for _, f, _ in drawn]),
+                        np.concatenate([rows for _, _, rows in drawn]))
+        return units, held, rng.permutation(len(units))
+
+    def _positions(self) -> Iterator[tuple[int, int]]:
+        """(epoch, group) from the current one on, for ever: what the workers read, in order."""
+        epoch, group = self.epoch, self.group
+        while True:
+            yield epoch, group
+            group += 1
+            if group == len(self.groups(epoch)):
+                epoch, group = epoch + 1, 0
+
     def _load(self) -> None:
-        """Read the current group; its samples in block order (file order with one group), then shuffled."""
         self.held = None  # free the last group before reading the next
-        rng = np.random.default_rng((self.seed, self.epoch, self.group + 1))
-        drawn = [self.draw_block(block, rng) for block in sorted(self.groups(self.epoch)[self.group])]
-        self.units = np.concatenate([units for units, _, _ in drawn])
-        self.held = HeldRows(self.files, np.concatenate([f for _, f, _ in drawn]),
-                             np.concatenate([rows for _, _, rows in drawn]))
-        self.order = rng.permutation(len(self.units))
+        if not self.workers:
+            self.units, self.held, self.order = self.read(self.epoch, self.group)
+        else:
+            if self._reader is None:
+                self._reader = iter(torch.utils.data.DataLoader(
+                    GroupReader(self), batch_size=None, sampler=self._positions(), num_workers=self.workers,
+                    prefetch_factor=1, collate_fn=as_is))
+            position, self.units, self.held, self.order = next(self._reader)
+            assert position == (self.epoch, self.group), (position, self.epoch, self.group)
         self.peak_rows = max(self.peak_rows, len(self.held))
 
     def _advance(self) -> None:
@@ -181,6 +223,7 @@ class ShuffledStream:
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.epoch, self.group, self.position, self.held = state["epoch"], state["group"], state["position"], None
+        self._reader = None  # its workers read ahead from the old position
 
 
 def capacity_rows(buffer_mb: float, files: list[BoldSplit]) -> int:
@@ -202,11 +245,12 @@ def split_rows(n_rows: int, fraction: float, seed: int, file: int) -> tuple[np.n
 
 
 def row_stream(files: list[BoldSplit], rows: list[np.ndarray], window: int, buffer_mb: float, seed: int, *,
-               rank: int = 0, world_size: int = 1) -> ShuffledStream:
+               rank: int = 0, world_size: int = 1, workers: int = 0) -> ShuffledStream:
     """Every row ``rows[f]`` of file f is a sample: its window, one per sample (S = 1); unit id = the sample's
     index in file order."""
     capacity = capacity_rows(buffer_mb, files)
-    per_block = block_units(files, capacity, 1, max(f.chunk_rows for f in files))  # blocks of whole row chunks
+    chunk = max(f.chunk_rows for f in files)  # blocks of whole row chunks
+    per_block = block_units(files, capacity // (1 + workers), 1, chunk)
     blocks, first = [], 0  # (file, rows, first unit id)
     for f, file_rows in enumerate(rows):
         bounds = np.searchsorted(file_rows, np.arange(0, files[f].n_rows + per_block, per_block))
@@ -221,11 +265,12 @@ def row_stream(files: list[BoldSplit], rows: list[np.ndarray], window: int, buff
         return (np.arange(first, first + len(block)), np.full((len(block), 1), f),
                 files[f].windows(block, window)[:, None])
 
-    return ShuffledStream(files, len(blocks), draw, bound, capacity, seed, rank=rank, world_size=world_size)
+    return ShuffledStream(files, len(blocks), draw, bound, capacity, seed, rank=rank, world_size=world_size,
+                          workers=workers)
 
 
 def clip_stream(files: list[BoldSplit], repeats: list[list[np.ndarray]], window: int, buffer_mb: float, seed: int,
-                *, rank: int = 0, world_size: int = 1) -> ShuffledStream:
+                *, rank: int = 0, world_size: int = 1, workers: int = 0) -> ShuffledStream:
     """Clip c (unit id) is a sample of one window per file (subject), each from a seeded random repeat of the
     clip: ``repeats[s][c]`` are the rows of file s that show clip c. Blocks are runs of consecutive clips, so a
     block's rows lie in a few spans of each file (one per repeat)."""
@@ -234,7 +279,7 @@ def clip_stream(files: list[BoldSplit], repeats: list[list[np.ndarray]], window:
     firsts = [np.concatenate([[0], np.cumsum(c)[:-1]]) for c in counts]
     flat = [np.concatenate(subject) for subject in repeats]
     capacity = capacity_rows(buffer_mb, files)
-    per_block = block_units(files, capacity, n_subjects * window)
+    per_block = block_units(files, capacity // (1 + workers), n_subjects * window)
     starts = list(range(0, n_clips, per_block))
     bound = np.array([(min(n_clips, a + per_block) - a) * n_subjects * window for a in starts], np.int64)
 
@@ -244,7 +289,8 @@ def clip_stream(files: list[BoldSplit], repeats: list[list[np.ndarray]], window:
         windows = np.stack([files[s].windows(r, window) for s, r in enumerate(rows)], axis=1)  # (n, S, W)
         return clips, np.broadcast_to(np.arange(n_subjects), (len(clips), n_subjects)), windows
 
-    return ShuffledStream(files, len(starts), draw, bound, capacity, seed, rank=rank, world_size=world_size)
+    return ShuffledStream(files, len(starts), draw, bound, capacity, seed, rank=rank, world_size=world_size,
+                          workers=workers)
 
 
 def iter_windows(file: BoldSplit, rows: np.ndarray, window: int, batch_size: int) -> Iterator[torch.Tensor]:

@@ -174,12 +174,12 @@ def pretrain_adaptor(*, fmri_paths: Sequence[str], feature_paths: Sequence[str],
     uses_target = bool(heldout) and (weights["domain"] > 0 or weights["target_mbm"] > 0)
     buffer_mb = train_params["buffer_mb"] / (2 if uses_target else 1)
     pairs = clip_stream([files[s] for s in labelled], [[np.array(rows_of[s][c]) for c in clips] for s in labelled],
-                        window, buffer_mb, seed + 22)
+                        window, buffer_mb, seed + 22, workers=train_params["loader_workers"])
     streams = [pairs]
     if uses_target:
         target_files = [files[s] for s in sorted(heldout)]
         streams.append(row_stream(target_files, [np.arange(f.n_rows) for f in target_files], window, buffer_mb,
-                                  seed + 23))
+                                  seed + 23, workers=train_params["loader_workers"]))
 
     trainable = list(model.parameters())
     target_mbm = None
