@@ -8,11 +8,14 @@ serves the group's samples in a seeded random order before reading the next grou
 gathered from the held rows per batch: no volume is copied W times. The position (epoch, group, sample) is
 the whole state: a group's contents and order are rebuilt from the seed, so a resumed job reads the same
 samples in the same order. With a buffer that holds all the data, the order is a seeded permutation of every
-sample per epoch, the order :class:`InMemorySamples` draws from memory.
+sample per epoch, the order :class:`InMemorySamples` draws from memory. A group is a function of (seed,
+epoch, group) alone, so DataLoader workers (``train.loader_workers``) can read the next ones ahead of training
+without changing what is served.
 
 Under data parallelism every rank walks the same global order and keeps the samples of each batch at its
 positions ``rank, rank + world_size, ...``: the union of the ranks' batches is the one-process batch, and a
-position saved by N processes resumes on any number.
+position saved by N processes resumes on any number. Each rank reads whole groups: its memory stays within
+``buffer_mb``, but the reads are repeated on every rank.
 """
 
 from __future__ import annotations
