@@ -3,6 +3,7 @@ never enters pretraining, and that training on it matches training from memory a
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -266,62 +267,107 @@ def write_features(path: Path, segment: str, n_tr: int, seed: int) -> str:
     return str(path)
 
 
-def test_pretrain_adaptor_streams_its_samples_and_reruns_identically(tmp_path):
-    """Two labelled subjects and a held-out one, a buffer of a few clips (several groups an epoch), a
-    validation split: the aligner trains, validates and writes every subject's latents, twice identically."""
+SUBJECTS = ["sub-01", "sub-02", "sub-03"]
+
+
+def adaptor_inputs(tmp_path: Path) -> dict:
+    """pretrain_adaptor's arguments but the outputs: a tiny teacher, three segments' tokens, two labelled
+    subjects (one with two repeats) and a held-out one, a buffer of a few clips (several groups an epoch)
+    and a validation split."""
     from test_models import PROMPT, TEMPLATE, tiny_teacher
 
-    from llm4brain.align.train import pretrain_adaptor
     from llm4brain.models.video_llm import save_teacher
 
     qformer, captioner = tiny_teacher()
     save_teacher(tmp_path / "teacher", qformer, captioner, {"template": TEMPLATE, "prompt": PROMPT,
                                                             "max_caption_tokens": 16})
-    features = [write_features(tmp_path / f"{s}.features.h5", s, n, i) for i, (s, n) in enumerate([("a", 8), ("b", 8),
-                                                                                                 ("t", 4)])]
-    subjects = ["sub-01", "sub-02", "sub-03"]
+    features = [write_features(tmp_path / f"{s}.features.h5", s, n, i)
+                for i, (s, n) in enumerate([("a", 8), ("b", 8), ("t", 4)])]
     fmri = [str(write_fmri(tmp_path / f"{s}.h5", runs(["a", "b"], 8, repeats), runs(["t"], 4), seed=i))
-            for i, (s, repeats) in enumerate(zip(subjects, (2, 1, 1), strict=True))]
+            for i, (s, repeats) in enumerate(zip(SUBJECTS, (2, 1, 1), strict=True))]
     row_bytes = open_splits(fmri)[0].row_bytes
     params = {**DEFAULTS["align"], "heldout": ["sub-03"],
               "train": {**TRAIN_DEFAULTS, "steps": 6, "batch_size": 4, "threads": 1, "val_fraction": 0.25,
                         "eval_every": 3, "buffer_mb": 48 * row_bytes / 2**20}}
-    for run in ("first", "second"):
-        out = tmp_path / run
-        pretrain_adaptor(fmri_paths=fmri, feature_paths=features, teacher_dir=str(tmp_path / "teacher"),
-                         model_dir=str(out / "model"), latent_paths=[str(out / f"{s}.h5") for s in subjects],
-                         metrics_path=str(out / "metrics.tsv"), subjects=subjects, encoder_params=ENCODER,
-                         params=params, seed=0)
-    log = pd.read_csv(tmp_path / "first" / "model" / "train_log.tsv", sep="\t")
-    assert len(log) == 6 and log["val_loss"].notna().sum() == 2 and {"domain", "contrastive"} <= set(log.columns)
-    assert set(pd.read_csv(tmp_path / "first" / "metrics.tsv", sep="\t")["subject"]) == set(subjects)
+    return {"fmri_paths": fmri, "feature_paths": features, "teacher_dir": str(tmp_path / "teacher"),
+            "subjects": SUBJECTS, "encoder_params": ENCODER, "params": params, "seed": 0}
+
+
+def adaptor_outputs(out: Path) -> dict:
+    return {"model_dir": str(out / "model"), "latent_paths": [str(out / f"{s}.h5") for s in SUBJECTS],
+            "metrics_path": str(out / "metrics.tsv")}
+
+
+def assert_same_latents(a: Path, b: Path) -> None:
     import h5py
 
-    for s in subjects:
-        with h5py.File(tmp_path / "first" / f"{s}.h5", "r") as a, h5py.File(tmp_path / "second" / f"{s}.h5") as b:
-            assert a["train/tokens"].shape == (16 * (2 if s == "sub-01" else 1), 4, 32)
-            assert a["test/tokens"].shape == (4, 4, 32)
+    for s in SUBJECTS:
+        with h5py.File(a / f"{s}.h5", "r") as x, h5py.File(b / f"{s}.h5", "r") as y:
             for split in ("train", "test"):
-                np.testing.assert_array_equal(a[f"{split}/tokens"][:], b[f"{split}/tokens"][:])
+                np.testing.assert_array_equal(x[f"{split}/tokens"][:], y[f"{split}/tokens"][:])
 
 
-def test_loader_workers_read_ahead_the_same_samples(tmp_path):
-    """With DataLoader workers reading the next groups, the stream serves what it serves without them, also
-    after a restart mid-group; each group in memory (the one served, the one read ahead) keeps to its share."""
-    paths = [str(write_fmri(tmp_path / f"s{i}.h5", runs(["a", "b"], 30), None, seed=i)) for i in range(2)]
-    files = open_splits(paths)
-    rows = [np.arange(f.n_rows) for f in files]
-    buffer_mb = 24 * files[0].row_bytes / 2**20  # a group's share
+def test_pretrain_adaptor_streams_its_samples_and_reruns_identically(tmp_path):
+    """The aligner trains on its streams, validates and writes every subject's latents, twice identically."""
+    from llm4brain.align.train import pretrain_adaptor
 
-    def stream(workers):  # with a worker, twice the buffer: the group served and the one read ahead
-        return row_stream(files, rows, 2, buffer_mb * (2 if workers else 1), seed=4, workers=workers)
+    inputs = adaptor_inputs(tmp_path)
+    for run in ("first", "second"):
+        pretrain_adaptor(**inputs, **adaptor_outputs(tmp_path / run))
+    log = pd.read_csv(tmp_path / "first" / "model" / "train_log.tsv", sep="\t")
+    assert len(log) == 6 and log["val_loss"].notna().sum() == 2 and {"domain", "contrastive"} <= set(log.columns)
+    assert set(pd.read_csv(tmp_path / "first" / "metrics.tsv", sep="\t")["subject"]) == set(SUBJECTS)
+    import h5py
 
-    alone, ahead = stream(0), stream(1)
-    for size in (10, 50, 120, 7):
-        a, b = alone.next(size), ahead.next(size)
-        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
-    assert ahead.peak_rows <= capacity_rows(buffer_mb, files) == 24
-    assert len(ahead.groups(0)) > 2
-    resumed = stream(1)
-    resumed.load_state_dict(ahead.state_dict())
-    assert all(torch.equal(x, y) for x, y in zip(resumed.next(40), ahead.next(40), strict=True))
+    for s in SUBJECTS:
+        with h5py.File(tmp_path / "first" / f"{s}.h5", "r") as f:
+            assert f["train/tokens"].shape == (16 * (2 if s == "sub-01" else 1), 4, 32)
+            assert f["test/tokens"].shape == (4, 4, 32)
+    assert_same_latents(tmp_path / "first", tmp_path / "second")
+
+
+ADAPTOR_SCRIPT = textwrap.dedent("""
+    import json, os, signal, sys
+    from pathlib import Path
+    from llm4brain.align import stream
+    from llm4brain.align.train import pretrain_adaptor
+    from llm4brain.resume import Checkpoint
+
+    inputs, out, kill_at = json.loads(Path(sys.argv[1]).read_text()), Path(sys.argv[2]), int(sys.argv[3])
+    calls = []
+    next_batch = stream.ShuffledStream.next
+
+    def next_or_die(self, batch_size):
+        calls.append(1)
+        if len(calls) == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return next_batch(self, batch_size)
+
+    stream.ShuffledStream.next = next_or_die
+    pretrain_adaptor(**inputs, model_dir=str(out / "model"), latent_paths=[str(out / f"{s}.h5") for s in SUBJECTS],
+                     metrics_path=str(out / "metrics.tsv"), checkpoint=Checkpoint(CKPT, "align-job"))
+""")
+
+
+def test_pretrain_adaptor_killed_mid_epoch_resumes_bit_identical(tmp_path):
+    """Both streams (labelled clips, held-out windows) resume where the checkpoint left them."""
+    inputs = adaptor_inputs(tmp_path)
+    inputs["params"]["train"].update(steps=10, checkpoint_every=5)
+    (tmp_path / "inputs.json").write_text(json.dumps(inputs))
+    script = tmp_path / "align.py"
+    script.write_text(ADAPTOR_SCRIPT.replace("SUBJECTS", repr(SUBJECTS))
+                      .replace("CKPT", repr(str(tmp_path / "align.pt"))))
+
+    def run(out: str, kill_at: int = -1) -> int:
+        return subprocess.run([sys.executable, str(script), str(tmp_path / "inputs.json"), str(tmp_path / out),
+                               str(kill_at)], capture_output=True, text=True, check=False).returncode
+
+    assert run("straight") == 0
+    assert run("killed", kill_at=2 * 7 + 1) == -9  # two draws a step: killed in step 7, after the step-5 checkpoint
+    saved = torch.load(tmp_path / "align.pt", weights_only=True)
+    assert saved["step"] == 5 and [s["epoch"] for s in saved["stateful"]] == [1, 1]  # 20 of 12 clips, of 16 rows
+    assert all(s["group"] or s["position"] for s in saved["stateful"])  # both mid-epoch
+    assert run("killed") == 0 and not (tmp_path / "align.pt").exists()
+    pd.testing.assert_frame_equal(*(pd.read_csv(tmp_path / out / "model" / "train_log.tsv", sep="\t")
+                                    for out in ("straight", "killed")))
+    assert_same_latents(tmp_path / "straight", tmp_path / "killed")
