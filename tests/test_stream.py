@@ -29,7 +29,7 @@ from llm4brain.align.stream import (
     split_rows,
 )
 from llm4brain.align.windows import windows
-from llm4brain.artifacts import atomic_h5, write_keys
+from llm4brain.artifacts import ArtifactError, atomic_h5, write_keys
 
 SENTINEL = 1e6  # every test-split value; no training sample may contain it
 GRID = (16,)
@@ -57,7 +57,7 @@ def write_fmri(path: Path, train: tuple[list[str], list[int]], test: tuple[list[
                     rng.standard_normal((len(tr), *GRID)).astype(np.float32))
             if split == "test":
                 data = np.full((len(tr), *GRID), SENTINEL, np.float32)
-            group.create_dataset("bold", data=data, chunks=(1, *GRID))
+            group.create_dataset("bold", data=data, chunks=(1, *GRID) if len(tr) else None)
             write_keys(group, segment, tr)
     return path
 
@@ -371,3 +371,16 @@ def test_pretrain_adaptor_killed_mid_epoch_resumes_bit_identical(tmp_path):
     pd.testing.assert_frame_equal(*(pd.read_csv(tmp_path / out / "model" / "train_log.tsv", sep="\t")
                                     for out in ("straight", "killed")))
     assert_same_latents(tmp_path / "straight", tmp_path / "killed")
+
+
+def test_a_file_without_rows_adds_no_samples(tmp_path):
+    """A collection subject whose every run was skipped has an empty train split: it streams nothing; files
+    with no rows at all are an error naming them."""
+    rows = write_fmri(tmp_path / "rows.h5", runs(["a"], 6), None)
+    empty = write_fmri(tmp_path / "empty.h5", ([], []), None)
+    files = open_splits([str(empty), str(rows)])
+    assert files[0].n_rows == 0
+    units, batch = row_stream(files, [np.arange(f.n_rows) for f in files], 2, 1.0, seed=0).next(6)
+    assert sorted(units.tolist()) == list(range(6)) and batch.shape == (6, 1, 2, *GRID)
+    with pytest.raises(ArtifactError, match="no training samples in .*empty.h5"):
+        row_stream(files[:1], [np.arange(0)], 2, 1.0, seed=0)
