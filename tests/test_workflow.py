@@ -300,7 +300,7 @@ def test_scoring_edit_decodes_nothing_again(micro):
     """Keys only scoring reads (resamples, a semantic metric's checkpoint) are left out of the decoding rules'
     params: changing them rescores the captions without generating them again."""
     with config_edit(micro, "evaluate", "n_bootstrap", 30):  # the micro config has 20
-        assert planned_rules(micro) == {"score_captions", "plot_results", "score_attributes", "plot_attributes"}
+        assert planned_rules(micro) == {"score_captions", "plot_results"}  # attributes ignore resamples
 
 
 def test_align_edit_reruns_align_and_downstream(micro):
@@ -351,7 +351,8 @@ def test_rerun_from_scratch_gives_identical_artifacts(micro, tmp_path):
     assert_same_artifacts(again, micro)
 
 
-GPU_RULES = {"cache_features", "train_video_llm", "pretrain_scmbm", "pretrain_adaptor", "instruct_llm", "decode_captions"}
+GPU_RULES = {"cache_features", "train_video_llm", "pretrain_scmbm", "pretrain_adaptor", "ablate_adaptor", "instruct_llm",
+             "ablate_instruct", "decode_captions", "decode_ablation"}
 
 
 def site_profile(workdir: Path) -> Path:
