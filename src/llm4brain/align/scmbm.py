@@ -30,6 +30,7 @@ from llm4brain.models.weights import save_weights
 from llm4brain.resume import Checkpoint
 from llm4brain.runtime import LOG, seed_everything, select_device
 from llm4brain.training import fit
+from llm4brain.seeds import Stream
 
 
 def pretrain_scmbm(*, fmri_paths: Sequence[str], collection_paths: Sequence[str] = (), out_dir: str,
@@ -40,19 +41,19 @@ def pretrain_scmbm(*, fmri_paths: Sequence[str], collection_paths: Sequence[str]
     ``in_memory`` loads every window into memory instead of streaming (the reference streaming is tested and
     benchmarked against; same samples in the same order while the buffer holds all the data)."""
     train_params, window = params["train"], encoder_params["window"]
-    seed_everything(seed + 15, train_params["threads"])
+    seed_everything(seed + Stream.SCMBM, train_params["threads"])
     files = open_splits([*fmri_paths, *collection_paths], "train")
     grid = files[0].shape
-    rows, val_rows = zip(*(split_rows(f.n_rows, train_params["val_fraction"], seed + 16, i)
+    rows, val_rows = zip(*(split_rows(f.n_rows, train_params["val_fraction"], seed + Stream.SCMBM_SAMPLES, i)
                            for i, f in enumerate(files)), strict=True)
     samples: InMemorySamples | ShuffledStream
     if in_memory:
-        samples = InMemorySamples(files, list(rows), window, seed + 16)
+        samples = InMemorySamples(files, list(rows), window, seed + Stream.SCMBM_SAMPLES)
     else:
-        samples = row_stream(files, list(rows), window, train_params["buffer_mb"], seed + 16,
+        samples = row_stream(files, list(rows), window, train_params["buffer_mb"], seed + Stream.SCMBM_SAMPLES,
                              workers=train_params["loader_workers"])
     n_val = sum(map(len, val_rows))
-    generator = torch.Generator().manual_seed(seed + 16)  # the masks
+    generator = torch.Generator().manual_seed(seed + Stream.SCMBM_SAMPLES)  # the masks
     decoder = params["decoder"]
     device = select_device(train_params["device"])
     model = MaskedBrainModel(build_encoder(grid, encoder_params), decoder["dim"], decoder["depth"],
@@ -69,7 +70,7 @@ def pretrain_scmbm(*, fmri_paths: Sequence[str], collection_paths: Sequence[str]
     def validate() -> float:
         """The masked loss on the held-out rows' windows, read in order, with the same masks every time."""
         model.eval()
-        masks, total = torch.Generator().manual_seed(seed + 17), 0.0
+        masks, total = torch.Generator().manual_seed(seed + Stream.SCMBM_VALIDATION_MASKS), 0.0
         for f, held in zip(files, val_rows, strict=True):
             for batch in iter_windows(f, held, window, batch_size):
                 total += model(batch.to(device), masks)[0] * len(batch)

@@ -41,6 +41,7 @@ from llm4brain.ranking import topk_accuracy, topk_hits
 from llm4brain.resume import Checkpoint
 from llm4brain.runtime import LOG, seed_everything, select_device
 from llm4brain.training import fit
+from llm4brain.seeds import Stream
 
 SPLITS = ("train", "test")
 
@@ -139,7 +140,7 @@ def pretrain_adaptor(*, fmri_paths: Sequence[str], feature_paths: Sequence[str],
     ``train.buffer_mb``.
     """
     train_params, window = params["train"], encoder_params["window"]
-    seed_everything(seed + 20, train_params["threads"])
+    seed_everything(seed + Stream.ALIGN, train_params["threads"])
     device = select_device(train_params["device"])
     qformer = load_video_qformer(teacher_dir).to(device)  # the teacher's LLM is not needed here
     features = feature_files(feature_paths)
@@ -158,7 +159,7 @@ def pretrain_adaptor(*, fmri_paths: Sequence[str], feature_paths: Sequence[str],
         for i, key in enumerate(keys[s, "train"]):
             rows_of[s][key].append(i)
     clips = sorted(set.intersection(*(set(rows_of[s]) for s in labelled)))
-    generator = torch.Generator().manual_seed(seed + 21)
+    generator = torch.Generator().manual_seed(seed + Stream.ALIGN_BATCHES)
     n_val = round(len(clips) * train_params["val_fraction"])
     val_clips: list[tuple[str, int]] = []
     if n_val:  # whole clips held out, for every labelled subject
@@ -174,12 +175,12 @@ def pretrain_adaptor(*, fmri_paths: Sequence[str], feature_paths: Sequence[str],
     uses_target = bool(heldout) and (weights["domain"] > 0 or weights["target_mbm"] > 0)
     buffer_mb = train_params["buffer_mb"] / (2 if uses_target else 1)
     pairs = clip_stream([files[s] for s in labelled], [[np.array(rows_of[s][c]) for c in clips] for s in labelled],
-                        window, buffer_mb, seed + 22, workers=train_params["loader_workers"])
+                        window, buffer_mb, seed + Stream.ALIGN_CLIPS, workers=train_params["loader_workers"])
     streams = [pairs]
     if uses_target:
         target_files = [files[s] for s in sorted(heldout)]
         streams.append(row_stream(target_files, [np.arange(f.n_rows) for f in target_files], window, buffer_mb,
-                                  seed + 23, workers=train_params["loader_workers"]))
+                                  seed + Stream.ALIGN_HELDOUT, workers=train_params["loader_workers"]))
 
     trainable = list(model.parameters())
     target_mbm = None

@@ -16,6 +16,7 @@ from llm4brain.demo.brain import clip_features, make_subject, roi_mask, simulate
 from llm4brain.demo.render import render_segment, write_mp4
 from llm4brain.demo.scenes import ATTRIBUTES, sample_timeline
 from llm4brain.runtime import LOG
+from llm4brain.seeds import Stream
 
 VOXEL_MM = 3.0
 
@@ -92,13 +93,13 @@ def simulate_demo(
     mask = roi_mask(grid)
     affine = _affine(grid)
     _save_nifti(mask.astype(np.uint8), affine, tmp / "roi_mask.nii.gz")
-    template = template_maps(seed + 1, grid)
+    template = template_maps(seed + Stream.DEMO_TEMPLATES, grid)
     reference = np.concatenate(list(features.values()))
     run_order = presentations(segments, params["train_repeats"], params["test_repeats"])
     rest_before, rest_after = params["rest_trs"]
     for s, subject in enumerate(subjects):
         model = make_subject(
-            template, mask, seed + 100 + s, params["subject_variability"], params["subject_shift"],
+            template, mask, seed + Stream.DEMO_SUBJECTS + s, params["subject_variability"], params["subject_shift"],
             params["noise"], params["drift"], reference,
         )
         func = tmp / subject / "func"

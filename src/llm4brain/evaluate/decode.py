@@ -24,6 +24,7 @@ from llm4brain.artifacts import atomic_h5, read_captions, read_features, set_att
 from llm4brain.instruct.student import load_student, read_inputs
 from llm4brain.models.video_llm import encode_clips, generate_captions, load_teacher
 from llm4brain.runtime import LOG, seed_everything, select_device
+from llm4brain.seeds import Stream
 
 
 def nearest_captions(query: torch.Tensor, pool: torch.Tensor, pool_keys: list[tuple[str, int]],
@@ -64,7 +65,7 @@ def decode_ablation(*, subject: str, ablation: str, fmri_path: str, latent_path:
                     params: dict[str, Any], seed: int) -> None:
     """A subject's test fMRI decoded by an ablated student (on an ablated aligner, or trained with an instruct
     term off): source ``fmri-{ablation}``."""
-    seed_everything(seed + 40, 1)
+    seed_everything(seed + Stream.DECODE, 1)
     captions = read_captions(captions_path)
     student, tokens, keys = student_tokens(student_dir, teacher_dir, fmri_path, latent_path, captions, captions_path,
                                            select_device(params["device"]))
@@ -77,7 +78,7 @@ def decode_captions(*, subject: str, fmri_path: str, latent_path: str, pool_fmri
                     captions_path: str, teacher_dir: str, student_dir: str, out_path: str | Path,
                     heldout: list[str], params: dict[str, Any], seed: int) -> None:
     """Write ``/segment, /tr, /source, /caption, /reference`` for every test sample × source."""
-    seed_everything(seed + 40, 1)
+    seed_everything(seed + Stream.DECODE, 1)
     captions = read_captions(captions_path)
     device = select_device(params["device"])
     student, tokens, keys = student_tokens(student_dir, teacher_dir, fmri_path, latent_path, captions, captions_path,

@@ -23,6 +23,7 @@ from llm4brain.models.video_llm import Captioner, encode_clips, load_teacher
 from llm4brain.runtime import LOG, seed_everything, select_device
 from llm4brain.resume import Checkpoint
 from llm4brain.training import fit
+from llm4brain.seeds import Stream
 
 
 def distillation(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -78,7 +79,7 @@ def instruct_llm(*, fmri_paths: list[str], latent_paths: list[str], align_dir: s
                  captions_path: str, teacher_dir: str, model_dir: str, log_tsv: str, subjects: list[str],
                  heldout: list[str], params: dict[str, Any], seed: int, checkpoint: Checkpoint | None = None) -> None:
     """Train the student and save what it trained as safetensors (see ``student.save_student``)."""
-    seed_everything(seed + 30, params["train"]["threads"])
+    seed_everything(seed + Stream.INSTRUCT, params["train"]["threads"])
     device = select_device(params["train"]["device"])
     batch_size, weight, temperature = params["train"]["batch_size"], params["distill_weight"], params["distill_temperature"]
     # the frozen teacher only serves distillation: without it (the no_distillation ablation) it is not loaded
@@ -104,7 +105,7 @@ def instruct_llm(*, fmri_paths: list[str], latent_paths: list[str], align_dir: s
     LOG.info("student (%s input): %d fMRI samples of %d clips from %s", params["input"], len(keys), len(unique),
              [s for s in subjects if s not in heldout])
 
-    generator = torch.Generator().manual_seed(seed + 31)
+    generator = torch.Generator().manual_seed(seed + Stream.INSTRUCT_BATCHES)
 
     def loss_fn(step: int) -> tuple[torch.Tensor, dict[str, float]]:
         student.train()

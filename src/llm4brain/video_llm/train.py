@@ -19,6 +19,7 @@ from llm4brain.models.video_llm import Captioner, VideoQFormer, build_llm, qform
 from llm4brain.runtime import LOG, seed_everything, select_device
 from llm4brain.resume import Checkpoint
 from llm4brain.training import fit
+from llm4brain.seeds import Stream
 
 
 def clip_table(features: dict[str, np.ndarray], captions: dict[tuple[str, int], str],
@@ -38,7 +39,7 @@ def clip_table(features: dict[str, np.ndarray], captions: dict[tuple[str, int], 
 def train_video_llm(feature_paths: list[str], captions_path: str, out_dir: str | Path, train_segments: list[str],
                     params: dict[str, Any], seed: int, checkpoint: Checkpoint | None = None) -> None:
     """Train and save the teacher (see ``models.video_llm`` for the directory layout)."""
-    seed_everything(seed + 10, params["train"]["threads"])
+    seed_everything(seed + Stream.VIDEO_LLM, params["train"]["threads"])
     captions = read_captions(captions_path)
     keys, clips = clip_table(read_features(feature_paths), captions, train_segments)
     texts = [captions[k] for k in keys]
@@ -56,7 +57,7 @@ def train_video_llm(feature_paths: list[str], captions_path: str, out_dir: str |
     device = select_device(params["train"]["device"])
     model = nn.ModuleDict({"qformer": qformer, "captioner": captioner}).to(device).train()
 
-    generator = torch.Generator().manual_seed(seed + 11)
+    generator = torch.Generator().manual_seed(seed + Stream.VIDEO_LLM_BATCHES)
     batch_size = params["train"]["batch_size"]
 
     def loss_fn(step: int) -> tuple[torch.Tensor, dict[str, float]]:
