@@ -3,8 +3,9 @@
     .venv/bin/python benchmarks/dag.py
 
 Sizes: the demo (3 subjects × 14 segments), a Wen-2018-size design (3 subjects × 86 runs of 23 segments:
-2 repeats per training segment, 10 per test segment) and an HCP-size design (184 subjects × 4 runs). All use the demo layout, whose simulate_demo rule stands in for
-the raw data, so the DAG is complete without any file on disk. Prints seconds and the ratio to the goal
+2 repeats per training segment, 10 per test segment) and an HCP-size design (184 subjects × 4 runs). All
+use the demo layout, whose simulate_demo rule stands in for the raw data, so the DAG is complete without any
+file on disk. Prints seconds and the ratio to the goal
 (≤ 1.0 meets it).
 """
 
@@ -24,16 +25,24 @@ COPY = ("Snakefile", "rules", "workflow", "src", "config", "profiles", "envs", "
 
 
 def design(subjects: int, train: int, test: int, train_repeats: int, test_repeats: int) -> dict:
-    return {"data": {"subjects": [f"sub-{i:03d}" for i in range(1, subjects + 1)],
-                     "segments": {"train": [f"seg{i:02d}" for i in range(1, train + 1)],
-                                  "test": [f"test{i:02d}" for i in range(1, test + 1)]}},
-            "demo": {"train_repeats": [train_repeats], "test_repeats": test_repeats},
-            "align": {"heldout": []}}
+    return {
+        "data": {
+            "subjects": [f"sub-{i:03d}" for i in range(1, subjects + 1)],
+            "segments": {
+                "train": [f"seg{i:02d}" for i in range(1, train + 1)],
+                "test": [f"test{i:02d}" for i in range(1, test + 1)],
+            },
+        },
+        "demo": {"train_repeats": [train_repeats], "test_repeats": test_repeats},
+        "align": {"heldout": []},
+    }
 
 
-SIZES = {"demo": (None, 3.0),
-         "wen2018": (design(3, 18, 5, train_repeats=2, test_repeats=10), 5.0),  # 86 runs per subject
-         "hcp": (design(184, 3, 1, train_repeats=1, test_repeats=1), 30.0)}  # 4 runs per subject
+SIZES = {
+    "demo": (None, 3.0),
+    "wen2018": (design(3, 18, 5, train_repeats=2, test_repeats=10), 5.0),  # 86 runs per subject
+    "hcp": (design(184, 3, 1, train_repeats=1, test_repeats=1), 30.0),
+}  # 4 runs per subject
 
 
 def dry_run_seconds(workdir: Path, overrides: dict | None) -> float:

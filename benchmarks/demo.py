@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import pandas as pd
-
 from dag import copy_workflow
 
 GOAL = 300.0  # seconds, on a 2-core machine without a GPU
@@ -28,19 +27,24 @@ def main() -> None:
         workdir = Path(tmp)
         copy_workflow(workdir)
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--quiet"], cwd=workdir, check=True,
-                       capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "snakemake", "--cores", "2", "--quiet"], cwd=workdir, check=True, capture_output=True
+        )
         seconds = time.perf_counter() - start
         print(f"{'demo':24s} {'seconds':>8s} {'goal':>6s} {'ratio':>6s}")
         print(f"{'snakemake --cores 2':24s} {seconds:8.1f} {GOAL:6.0f} {seconds / GOAL:6.2f}")
-        jobs = {str(path.relative_to(workdir / "results/benchmarks").with_suffix("")):
-                float(pd.read_csv(path, sep="\t")["s"].iloc[-1])
-                for path in (workdir / "results/benchmarks").rglob("*.tsv")}
+        jobs = {
+            str(path.relative_to(workdir / "results/benchmarks").with_suffix("")): float(
+                pd.read_csv(path, sep="\t")["s"].iloc[-1]
+            )
+            for path in (workdir / "results/benchmarks").rglob("*.tsv")
+        }
         print("\nlongest jobs (s)")
         for job, job_seconds in sorted(jobs.items(), key=lambda item: -item[1])[:LONGEST]:
             print(f"  {job:40s} {job_seconds:6.1f}")
         metrics = pd.read_csv(workdir / "results/eval/metrics.tsv", sep="\t").pivot(
-            index="subject", columns="source", values="CIDEr")
+            index="subject", columns="source", values="CIDEr"
+        )
         print("\nCIDEr fmri / shuffled, fmri / video-teacher")
         for subject, row in metrics.iterrows():
             print(f"  {subject:8s} {row['fmri'] / row['shuffled']:5.2f}x {row['fmri'] / row['video-teacher']:6.0%}")

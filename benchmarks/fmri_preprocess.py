@@ -29,10 +29,20 @@ import numpy as np
 VOLUMES, KEEP, GRAYORDINATES = 246, 240, 59_412
 SEGMENTS = {"train": [f"seg{i}" for i in range(1, 19)], "test": [f"test{i}" for i in range(1, 6)]}
 REPEATS = {"train": 2, "test": 10}
-PARAMS = {"detrend_order": 4, "high_pass": None, "confounds": [], "zscore": True, "hrf_lag": 4.0,
-          "average_repeats": {"train": False, "test": True}, "reliability": {"select": False, "threshold": 0.1},
-          "trim": {"start": 0, "end": 4, "keep": KEEP}, "unpaired_clips": "drop", "mask_labels": None,
-          "resample": False, "cifti_structures": ["CIFTI_STRUCTURE_CORTEX_LEFT", "CIFTI_STRUCTURE_CORTEX_RIGHT"]}
+PARAMS = {
+    "detrend_order": 4,
+    "high_pass": None,
+    "confounds": [],
+    "zscore": True,
+    "hrf_lag": 4.0,
+    "average_repeats": {"train": False, "test": True},
+    "reliability": {"select": False, "threshold": 0.1},
+    "trim": {"start": 0, "end": 4, "keep": KEEP},
+    "unpaired_clips": "drop",
+    "mask_labels": None,
+    "resample": False,
+    "cifti_structures": ["CIFTI_STRUCTURE_CORTEX_LEFT", "CIFTI_STRUCTURE_CORTEX_RIGHT"],
+}
 
 
 def write_subject(root: Path, n_runs: int) -> list[Path]:
@@ -40,8 +50,9 @@ def write_subject(root: Path, n_runs: int) -> list[Path]:
     from nibabel import cifti2
 
     half = GRAYORDINATES // 2
-    models = (cifti2.BrainModelAxis.from_surface(np.arange(half), 32_492, "CortexLeft")
-              + cifti2.BrainModelAxis.from_surface(np.arange(GRAYORDINATES - half), 32_492, "CortexRight"))
+    models = cifti2.BrainModelAxis.from_surface(
+        np.arange(half), 32_492, "CortexLeft"
+    ) + cifti2.BrainModelAxis.from_surface(np.arange(GRAYORDINATES - half), 32_492, "CortexRight")
     rng = np.random.default_rng(0)
     runs = []
     for split, segments in SEGMENTS.items():
@@ -50,7 +61,9 @@ def write_subject(root: Path, n_runs: int) -> list[Path]:
             folder.mkdir(parents=True)
             first = folder / f"{segment}_1_Atlas.dtseries.nii"
             data = (1000 + rng.standard_normal((VOLUMES, GRAYORDINATES), dtype=np.float32)).astype(np.float32)
-            cifti2.Cifti2Image(data, header=(cifti2.SeriesAxis(0, 2.0, VOLUMES, unit="SECOND"), models)).to_filename(first)
+            cifti2.Cifti2Image(data, header=(cifti2.SeriesAxis(0, 2.0, VOLUMES, unit="SECOND"), models)).to_filename(
+                first
+            )
             runs.append(first)
             for r in range(2, REPEATS[split] + 1):
                 link = folder / f"{segment}_{r}_Atlas.dtseries.nii"
@@ -101,8 +114,10 @@ def main() -> None:
         theirs_s.append(time.perf_counter() - start)
     assert np.abs(copy - reference).max() < 1e-4
     ours, theirs = min(ours_s), min(theirs_s)
-    print(f"one run (240 x 59,412 float32, {run_bytes / 2**20:.0f} MiB): cleaning {ours:.2f} s vs nilearn "
-          f"{theirs:.2f} s -> throughput ratio {theirs / ours:.2f} (goal >= 1.0)")
+    print(
+        f"one run (240 x 59,412 float32, {run_bytes / 2**20:.0f} MiB): cleaning {ours:.2f} s vs nilearn "
+        f"{theirs:.2f} s -> throughput ratio {theirs / ours:.2f} (goal >= 1.0)"
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -114,17 +129,22 @@ def main() -> None:
         with h5py.File(root / "nilearn.h5", "w") as f:
             for i, run in enumerate(runs):
                 data = np.asarray(nib.load(run).dataobj, dtype=np.float32)[1:-4]
-                f.create_dataset(str(i), data=clean(data, detrend=True, standardize="zscore_sample", t_r=2.0)
-                                 .astype(np.float32))
+                f.create_dataset(
+                    str(i), data=clean(data, detrend=True, standardize="zscore_sample", t_r=2.0).astype(np.float32)
+                )
         nilearn_s = time.perf_counter() - start
     volumes = len(runs) * KEEP
-    print(f"whole subject ({len(runs)} runs, {volumes} volumes): preprocess_subject {child['seconds']:.1f} s "
-          f"({volumes / child['seconds']:.0f} volumes/s) vs nibabel load + nilearn clean + HDF5 write {nilearn_s:.1f} s "
-          f"-> throughput ratio {nilearn_s / child['seconds']:.2f} (goal >= 1.0)")
+    print(
+        f"whole subject ({len(runs)} runs, {volumes} volumes): preprocess_subject {child['seconds']:.1f} s "
+        f"({volumes / child['seconds']:.0f} volumes/s) vs nibabel load + nilearn clean + HDF5 write {nilearn_s:.1f} s "
+        f"-> throughput ratio {nilearn_s / child['seconds']:.2f} (goal >= 1.0)"
+    )
     rise = child["peak"] - child["base"]
-    print(f"peak RSS {child['peak'] / 2**20:.0f} MiB, {rise / 2**20:.0f} MiB above the {child['base'] / 2**20:.0f} MiB "
-          f"after imports -> {rise / run_bytes:.2f} x one run (goal <= 2.0); whole subject would be "
-          f"{len(runs) * run_bytes / 2**30:.1f} GiB")
+    print(
+        f"peak RSS {child['peak'] / 2**20:.0f} MiB, {rise / 2**20:.0f} MiB above the {child['base'] / 2**20:.0f} MiB "
+        f"after imports -> {rise / run_bytes:.2f} x one run (goal <= 2.0); whole subject would be "
+        f"{len(runs) * run_bytes / 2**30:.1f} GiB"
+    )
 
 
 if __name__ == "__main__":

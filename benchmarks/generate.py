@@ -39,13 +39,18 @@ def main() -> None:
     if not (results / "instruct" / "model").is_dir():
         raise SystemExit(f"{results}/instruct/model: no trained student; run `make demo` first")
     student = load_student(results / "instruct" / "model", results / "video_llm")
-    inputs, _ = read_inputs(student.input_kind, str(results / "fmri" / f"{args.subject}.h5"),
-                            str(results / "align" / f"{args.subject}.h5"), "test", student.window)
+    inputs, _ = read_inputs(
+        student.input_kind,
+        str(results / "fmri" / f"{args.subject}.h5"),
+        str(results / "align" / f"{args.subject}.h5"),
+        "test",
+        student.window,
+    )
     tokens = student.encode(inputs)
     rate(student.captioner, tokens[:4], 4)  # warm-up
     batched, batched_captions = rate(student.captioner, tokens, 64)
     single, single_captions = rate(student.captioner, tokens, 1)
-    same = sum(a == b for a, b in zip(batched_captions, single_captions)) / len(tokens)
+    same = sum(a == b for a, b in zip(batched_captions, single_captions, strict=True)) / len(tokens)
     print(f"{len(tokens)} test clips of {args.subject}, greedy, up to {SETTINGS['max_new_tokens']} new tokens")
     print(f"batched (64):       {batched:8.1f} captions/s")
     print(f"one at a time:      {single:8.1f} captions/s")

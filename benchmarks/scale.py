@@ -34,13 +34,36 @@ import numpy as np
 
 GRAYORDINATES, WINDOW, FRAMES, TOKENS = 59412, 2, 4, (257, 1408)
 SIZES = {  # frames per collection file, files at 1x, scmbm steps, buffer MiB; Wen: segments, TRs per segment
-    "full": {"frames": 900, "files": 3, "steps": 20, "buffer_mb": 256, "train_segments": 18, "test_segments": 5,
-             "trs": 240, "align_buffer_mb": 512},
-    "quick": {"frames": 30, "files": 3, "steps": 6, "buffer_mb": 8, "train_segments": 2, "test_segments": 1,
-              "trs": 20, "align_buffer_mb": 32},
+    "full": {
+        "frames": 900,
+        "files": 3,
+        "steps": 20,
+        "buffer_mb": 256,
+        "train_segments": 18,
+        "test_segments": 5,
+        "trs": 240,
+        "align_buffer_mb": 512,
+    },
+    "quick": {
+        "frames": 30,
+        "files": 3,
+        "steps": 6,
+        "buffer_mb": 8,
+        "train_segments": 2,
+        "test_segments": 1,
+        "trs": 20,
+        "align_buffer_mb": 32,
+    },
 }
-ENCODER = {"window": WINDOW, "tokenizer": {"channels": 4, "patch": 4, "vector_patch": 128}, "dim": 32, "depth": 1,
-           "num_heads": 2, "mlp_ratio": 2.0, "dropout": 0.0}
+ENCODER = {
+    "window": WINDOW,
+    "tokenizer": {"channels": 4, "patch": 4, "vector_patch": 128},
+    "dim": 32,
+    "depth": 1,
+    "num_heads": 2,
+    "mlp_ratio": 2.0,
+    "dropout": 0.0,
+}
 QFORMER = {"num_queries": 32, "hidden_size": 64, "num_layers": 1, "num_heads": 2, "intermediate_size": 128}
 GB = 1e9
 
@@ -90,8 +113,9 @@ def collection_file(folder: Path, i: int, frames: int) -> str:
 def scmbm_params(size: dict[str, Any]) -> dict[str, Any]:
     scmbm = defaults()["scmbm"]
     scmbm["decoder"] = {"dim": 16, "depth": 1, "num_heads": 2}
-    scmbm["train"].update(steps=size["steps"], batch_size=16, threads=2, warmup=2, checkpoint_every=0,
-                          buffer_mb=size["buffer_mb"])
+    scmbm["train"].update(
+        steps=size["steps"], batch_size=16, threads=2, warmup=2, checkpoint_every=0, buffer_mb=size["buffer_mb"]
+    )
     return scmbm
 
 
@@ -99,8 +123,14 @@ def run_scmbm(paths: list[str], out: str, size: dict[str, Any]) -> float:
     """Child process: pretrain_scmbm on ``paths``; its peak RSS."""
     from llm4brain.align.scmbm import pretrain_scmbm
 
-    pretrain_scmbm(fmri_paths=paths[:1], collection_paths=paths[1:], out_dir=out, encoder_params=ENCODER,
-                   params=scmbm_params(size), seed=0)
+    pretrain_scmbm(
+        fmri_paths=paths[:1],
+        collection_paths=paths[1:],
+        out_dir=out,
+        encoder_params=ENCODER,
+        params=scmbm_params(size),
+        seed=0,
+    )
     return peak_rss()
 
 
@@ -115,8 +145,10 @@ def loader_speed(paths: list[str], size: dict[str, Any]) -> dict[str, float]:
     torch.set_num_threads(2)
     files = open_splits(paths)
     rows = [np.arange(f.n_rows) for f in files]
-    loaders = {"stream": row_stream(files, rows, WINDOW, size["buffer_mb"], seed=0),
-               "memory": InMemorySamples(files, rows, WINDOW, seed=0)}
+    loaders = {
+        "stream": row_stream(files, rows, WINDOW, size["buffer_mb"], seed=0),
+        "memory": InMemorySamples(files, rows, WINDOW, seed=0),
+    }
     models, optimizers, generators, seconds = {}, {}, {}, dict.fromkeys(loaders, 0.0)
     for name in loaders:
         torch.manual_seed(0)
@@ -149,8 +181,11 @@ def wen_rehearsal(folder: Path, size: dict[str, Any]) -> tuple[float, float]:
     subjects = ["sub-01", "sub-02", "sub-03"]
     fmri = [folder / f"{s}.h5" for s in subjects]
     for i, path in enumerate(fmri):
-        write_fmri(path, {"train": [(g, t) for g in train for t in range(trs)],
-                          "test": [(g, t) for g in test for t in range(trs)]}, seed=100 + i)
+        write_fmri(
+            path,
+            {"train": [(g, t) for g in train for t in range(trs)], "test": [(g, t) for g in test for t in range(trs)]},
+            seed=100 + i,
+        )
     rng = np.random.default_rng(0)
     features = []
     for segment in train + test:
@@ -160,26 +195,42 @@ def wen_rehearsal(folder: Path, size: dict[str, Any]) -> tuple[float, float]:
             tokens = f.create_dataset("tokens", (trs, FRAMES, *TOKENS), np.float16, chunks=(1, FRAMES, *TOKENS))
             for t in range(0, trs, 40):
                 n = min(40, trs - t)
-                tokens[t:t + n] = rng.standard_normal((n, FRAMES, *TOKENS), np.float32).astype(np.float16)
+                tokens[t : t + n] = rng.standard_normal((n, FRAMES, *TOKENS), np.float32).astype(np.float16)
             f.create_dataset("tr", data=np.arange(trs, dtype=np.int32))
     template, prompt = "###Human: <Video>{video}</Video> {prompt} ###Assistant:", "Describe the clip."
     tokenizer = train_word_tokenizer(["a clip of a scene", template.replace("{video}", " ").format(prompt=prompt)])
     llm = build_llm({"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64}, tokenizer, 64)
     captioner = Captioner(llm, tokenizer, QFORMER["hidden_size"], template, prompt, 16)
     qformer = VideoQFormer(qformer_config(QFORMER, TOKENS[1]), FRAMES, QFORMER["num_queries"])
-    save_teacher(folder / "teacher", qformer, captioner, {"template": template, "prompt": prompt,
-                                                          "max_caption_tokens": 16})
+    save_teacher(
+        folder / "teacher", qformer, captioner, {"template": template, "prompt": prompt, "max_caption_tokens": 16}
+    )
     config = defaults()
     align = {**config["align"], "heldout": ["sub-03"]}
-    align["train"] = {**align["train"], "steps": 3, "batch_size": 8, "threads": 2, "warmup": 1,
-                      "checkpoint_every": 0, "val_fraction": 0.05, "eval_every": 3,
-                      "buffer_mb": size["align_buffer_mb"]}
+    align["train"] = {
+        **align["train"],
+        "steps": 3,
+        "batch_size": 8,
+        "threads": 2,
+        "warmup": 1,
+        "checkpoint_every": 0,
+        "val_fraction": 0.05,
+        "eval_every": 3,
+        "buffer_mb": size["align_buffer_mb"],
+    }
     encoder = {**ENCODER, "tokenizer": {**ENCODER["tokenizer"], "vector_patch": 256}}
-    pretrain_adaptor(fmri_paths=[str(p) for p in fmri], feature_paths=[str(p) for p in features],
-                     teacher_dir=str(folder / "teacher"), model_dir=str(folder / "align"),
-                     latent_paths=[str(folder / f"{s}.latents.h5") for s in subjects],
-                     metrics_path=str(folder / "metrics.tsv"), subjects=subjects, encoder_params=encoder,
-                     params=align, seed=0)
+    pretrain_adaptor(
+        fmri_paths=[str(p) for p in fmri],
+        feature_paths=[str(p) for p in features],
+        teacher_dir=str(folder / "teacher"),
+        model_dir=str(folder / "align"),
+        latent_paths=[str(folder / f"{s}.latents.h5") for s in subjects],
+        metrics_path=str(folder / "metrics.tsv"),
+        subjects=subjects,
+        encoder_params=encoder,
+        params=align,
+        seed=0,
+    )
     clips = (len(train) + len(test)) * trs
     before = clips * FRAMES * np.prod(TOKENS) * 2 + len(subjects) * clips * WINDOW * GRAYORDINATES * 4
     return peak_rss(), float(before)
@@ -207,25 +258,34 @@ def main() -> None:
                 paths = [collection_file(folder, i, size["frames"]) for i in range(size["files"] * scale)]
                 disk = sum(Path(p).stat().st_size for p in paths)
                 peaks[scale] = in_child(run_scmbm, paths, str(folder / f"scmbm-{scale}"), size)
-                print(f"pretrain_scmbm {scale:>2}x ({disk / GB:.2f} GB on disk, buffer_mb {size['buffer_mb']}): "
-                      f"peak RSS {peaks[scale] / GB:.2f} GB = {peaks[scale] / peaks[args.scales[0]]:.2f} x the "
-                      f"{args.scales[0]}x peak (goal at 16x: <= 1.25 x and <= 3 GB)", flush=True)
+                print(
+                    f"pretrain_scmbm {scale:>2}x ({disk / GB:.2f} GB on disk, buffer_mb {size['buffer_mb']}): "
+                    f"peak RSS {peaks[scale] / GB:.2f} GB = {peaks[scale] / peaks[args.scales[0]]:.2f} x the "
+                    f"{args.scales[0]}x peak (goal at 16x: <= 1.25 x and <= 3 GB)",
+                    flush=True,
+                )
             for path in folder.glob("rest-*.h5"):  # keep the 1x collection only
                 if int(path.stem.split("-")[1]) >= size["files"]:
                     path.unlink()
         if "speed" in args.parts:
             paths = [collection_file(folder, i, size["frames"]) for i in range(size["files"])]
             speed = in_child(loader_speed, paths, size)
-            print(f"SC-MBM steps/s on the 1x collection: streaming {speed['stream']:.2f}, in memory "
-                  f"{speed['memory']:.2f} -> ratio {speed['stream'] / speed['memory']:.2f} (goal >= 0.9)", flush=True)
+            print(
+                f"SC-MBM steps/s on the 1x collection: streaming {speed['stream']:.2f}, in memory "
+                f"{speed['memory']:.2f} -> ratio {speed['stream'] / speed['memory']:.2f} (goal >= 0.9)",
+                flush=True,
+            )
         for path in folder.glob("rest-*.h5"):
             path.unlink()
         if "adaptor" in args.parts:
             (folder / "wen").mkdir()
             peak, before = in_child(wen_rehearsal, folder / "wen", size)
-            print(f"pretrain_adaptor Wen 2018 rehearsal ({size['train_segments']} + {size['test_segments']} segments "
-                  f"x {size['trs']} TRs, 3 subjects): peak RSS {peak / GB:.2f} GB (goal <= 6 GB); the design before "
-                  f"streaming held {before / GB:.1f} GB of windows and tokens (arithmetic)")
+            print(
+                f"pretrain_adaptor Wen 2018 rehearsal ({size['train_segments']} + {size['test_segments']} segments "
+                f"x {size['trs']} TRs, 3 subjects): peak RSS {peak / GB:.2f} GB (goal <= 6 GB); the design before "
+                f"streaming held {before / GB:.1f} GB of windows and tokens (arithmetic)"
+            )
+
 
 if __name__ == "__main__":
     main()

@@ -26,10 +26,20 @@ from llm4brain.artifacts import atomic_h5, write_keys
 from llm4brain.models.video_llm import VideoQFormer, qformer_config
 
 GRID, WINDOW, CLIPS, REPEATS, BATCH, STEPS = (16, 16, 12), 2, 360, 2, 32, 30
-ENCODER = {"window": WINDOW, "tokenizer": {"channels": 16, "patch": 8, "vector_patch": 16}, "dim": 64, "depth": 2,
-           "num_heads": 4, "mlp_ratio": 2.0, "dropout": 0.3}
-ALIGN = {"encoder_tuning": "full", "temperature": 0.07,
-         "adaptor": {"kind": "bottleneck", "bottleneck": 16, "scale_init": 1e-3, "lora_r": 8, "lora_alpha": 16}}
+ENCODER = {
+    "window": WINDOW,
+    "tokenizer": {"channels": 16, "patch": 8, "vector_patch": 16},
+    "dim": 64,
+    "depth": 2,
+    "num_heads": 4,
+    "mlp_ratio": 2.0,
+    "dropout": 0.3,
+}
+ALIGN = {
+    "encoder_tuning": "full",
+    "temperature": 0.07,
+    "adaptor": {"kind": "bottleneck", "bottleneck": 16, "scale_init": 1e-3, "lora_r": 8, "lora_alpha": 16},
+}
 QFORMER = {"num_queries": 8, "hidden_size": 64, "num_layers": 2, "num_heads": 4, "intermediate_size": 128}
 
 
@@ -86,9 +96,11 @@ def run(files: list[BoldSplit]) -> None:
         loss.backward()
         optimizer.step()
     step_s = (time.perf_counter() - start) / STEPS
-    print(f"align step (batch {BATCH} clips x {len(labelled)} subjects + {BATCH} held-out windows of "
-          f"{WINDOW} x {GRID}): input pipeline {draw_s * 1e3:.1f} ms of a {step_s * 1e3:.0f} ms step -> "
-          f"overhead {draw_s / step_s:.3f} (goal <= 0.10)")
+    print(
+        f"align step (batch {BATCH} clips x {len(labelled)} subjects + {BATCH} held-out windows of "
+        f"{WINDOW} x {GRID}): input pipeline {draw_s * 1e3:.1f} ms of a {step_s * 1e3:.0f} ms step -> "
+        f"overhead {draw_s / step_s:.3f} (goal <= 0.10)"
+    )
 
 
 if __name__ == "__main__":

@@ -26,8 +26,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import av
 import h5py
@@ -42,8 +42,12 @@ from llm4brain.video.preprocessing import data_config, geometric, photometric
 
 SECONDS, FPS, WIDTH, HEIGHT, TR = 60, 30, 640, 360, 2.0
 MODELS = {
-    "demo ViT": {"source": "timm", "name": "vit_tiny_patch16_224", "weights": None,
-                 "kwargs": {"img_size": 64, "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 2}},
+    "demo ViT": {
+        "source": "timm",
+        "name": "vit_tiny_patch16_224",
+        "weights": None,
+        "kwargs": {"img_size": 64, "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 2},
+    },
     "ViT-B/16": {"source": "timm", "name": "vit_base_patch16_224", "weights": None, "kwargs": {}},
 }
 CACHE_SECONDS = {"demo ViT": 480, "ViT-B/16": 16}  # ViT-B/16 on CPU: a few TRs keep the run short
@@ -56,12 +60,22 @@ WORKERS = {"demo ViT": 0, "ViT-B/16": 1}  # as configured: the demo reads in a t
 
 
 def params(model: str) -> dict:
-    return {"frames_per_tr": 8, "fps": None, "reader": "auto", "crop_pct": None, "batch_size": 32,
-            "workers": WORKERS[model], "device": "cpu", "cache": "vit_tokens", "model": MODELS[model]}
+    return {
+        "frames_per_tr": 8,
+        "fps": None,
+        "reader": "auto",
+        "crop_pct": None,
+        "batch_size": 32,
+        "workers": WORKERS[model],
+        "device": "cpu",
+        "cache": "vit_tokens",
+        "model": MODELS[model],
+    }
 
 
-def write_clip(path: Path, codec: str, options: dict[str, str], seconds: int = SECONDS,
-               size: tuple[int, int] = (WIDTH, HEIGHT)) -> None:
+def write_clip(
+    path: Path, codec: str, options: dict[str, str], seconds: int = SECONDS, size: tuple[int, int] = (WIDTH, HEIGHT)
+) -> None:
     """Moving gradients and blocks: content that changes every frame, as a film does."""
     width, height = size
     yy, xx = np.mgrid[0:height, 0:width]
@@ -69,8 +83,9 @@ def write_clip(path: Path, codec: str, options: dict[str, str], seconds: int = S
         stream = container.add_stream(codec, rate=FPS)
         stream.width, stream.height, stream.pix_fmt, stream.options = width, height, "yuv420p", options
         for i in range(seconds * FPS):
-            frame = np.stack([(xx + 4 * i) % 256, (yy + 2 * i) % 256, ((xx // 40 + yy // 40 + i // 15) % 2) * 255],
-                             axis=-1).astype(np.uint8)
+            frame = np.stack(
+                [(xx + 4 * i) % 256, (yy + 2 * i) % 256, ((xx // 40 + yy // 40 + i // 15) % 2) * 255], axis=-1
+            ).astype(np.uint8)
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())
 
@@ -85,8 +100,9 @@ def seconds(run: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
-def paired(run: Callable[[], object], baseline: Callable[[], object], repeats: int,
-           output: Path) -> tuple[float, float]:
+def paired(
+    run: Callable[[], object], baseline: Callable[[], object], repeats: int, output: Path
+) -> tuple[float, float]:
     """Wall times of ``run`` and ``baseline`` called in turn ``repeats`` times: those of the pair whose speed
     ratio (baseline time / run time) is the median. A slow spell of the shared machine hits both runs of a
     pair alike, so the pairs' ratios vary less than the times do. ``run``'s ``output`` is removed before each
@@ -133,24 +149,31 @@ def main() -> None:
     print(f"{'stage':40s} {'frames/s':>10s} {'baseline':>10s} {'ratio':>6s} {'goal':>5s} {'/goal':>6s}")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        clips = {"H.264 MP4": (tmp / "h264.mp4", "libx264", {"preset": "veryfast", "bf": "2"}),
-                 "MPEG-4 Part 2 MP4": (tmp / "mpeg4.mp4", "mpeg4", {"bf": "2", "qscale": "3"}),
-                 "MPEG-4 Part 2 AVI": (tmp / "mpeg4.avi", "mpeg4", {"bf": "2", "qscale": "3"})}
+        clips = {
+            "H.264 MP4": (tmp / "h264.mp4", "libx264", {"preset": "veryfast", "bf": "2"}),
+            "MPEG-4 Part 2 MP4": (tmp / "mpeg4.mp4", "mpeg4", {"bf": "2", "qscale": "3"}),
+            "MPEG-4 Part 2 AVI": (tmp / "mpeg4.avi", "mpeg4", {"bf": "2", "qscale": "3"}),
+        }
         decode_ms: dict[str, float] = {}
         for name, (path, codec, options) in clips.items():
             write_clip(path, codec, options)
             n = SECONDS * FPS
             config = data_config(params("ViT-B/16"))  # resolved once per workflow (rule vision_input)
-            extract, baseline = paired(lambda: extract_frames(path, tmp / "frames.h5", TR, params("ViT-B/16"),
-                                                       config, EXTRACT_THREADS),
-                                       lambda: sequential_decode(path), REPEATS["extract"], tmp / "frames.h5")
+            extract, baseline = paired(
+                lambda: extract_frames(path, tmp / "frames.h5", TR, params("ViT-B/16"), config, EXTRACT_THREADS),
+                lambda: sequential_decode(path),
+                REPEATS["extract"],
+                tmp / "frames.h5",
+            )
             row(f"extract {name} (ViT-B/16 input)", n / extract, n / baseline, 0.8)
             decode_ms[name] = 1000 * baseline / n
         frame = np.random.default_rng(0).integers(0, 256, (1, HEIGHT, WIDTH, 3), dtype=np.uint8)
         resize = geometric(data_config(params("ViT-B/16")))
         resize_ms = 1000 * seconds(lambda: resize(frame), 50)
-        print(f"\nper {WIDTH}x{HEIGHT} frame: exact resize to the ViT-B/16 input {resize_ms:.1f} ms; sequential "
-              "decode to RGB " + ", ".join(f"{name} {ms:.1f} ms" for name, ms in decode_ms.items()) + "\n")
+        print(
+            f"\nper {WIDTH}x{HEIGHT} frame: exact resize to the ViT-B/16 input {resize_ms:.1f} ms; sequential "
+            "decode to RGB " + ", ".join(f"{name} {ms:.1f} ms" for name, ms in decode_ms.items()) + "\n"
+        )
         costs: dict[str, tuple[float, float, float]] = {}
         for k, name in enumerate(MODELS):
             clip, source = tmp / f"model{k}.mp4", tmp / f"model{k}.h5"
@@ -162,23 +185,36 @@ def main() -> None:
             model = build_vision_model(params(name), seed=0)
             prepare = photometric(data_config(params(name)))
             batches = [prepare(flat[i : i + 32]) for i in range(0, len(flat), 32)]
-            cache, bare = paired(lambda: cache_features(source, tmp / "features.h5", params(name), seed=0),
-                                 lambda: bare_forward(model, batches), REPEATS[name], tmp / "features.h5")
+            cache, bare = paired(
+                lambda: cache_features(source, tmp / "features.h5", params(name), seed=0),
+                lambda: bare_forward(model, batches),
+                REPEATS[name],
+                tmp / "features.h5",
+            )
             row(f"cache {name}", len(flat) / cache, len(flat) / bare, 0.9)
-            costs[name] = (seconds(lambda: build_vision_model(params(name), seed=0), 1),
-                           seconds(lambda: write_tokens(tmp / "features.h5", tmp / "copy.h5"), 1), cache)
+            costs[name] = (
+                seconds(lambda: build_vision_model(params(name), seed=0), 1),
+                seconds(lambda: write_tokens(tmp / "features.h5", tmp / "copy.h5"), 1),
+                cache,
+            )
         print("\nwhat caching does beyond the forward (share of its wall time above)")
         for name, (build, write, cache) in costs.items():
-            print(f"  {name:10s} building the model {build:6.2f} s ({build / cache:4.0%}), writing its float16 tokens "
-                  f"to HDF5 {write:6.2f} s ({write / cache:4.0%})")
+            print(
+                f"  {name:10s} building the model {build:6.2f} s ({build / cache:4.0%}), writing its float16 tokens "
+                f"to HDF5 {write:6.2f} s ({write / cache:4.0%})"
+            )
 
-    print("\nthe bare forward (batches of 32, one thread) in a fresh process, glibc's default allocator against "
-          "kept freed memory")
+    print(
+        "\nthe bare forward (batches of 32, one thread) in a fresh process, glibc's default allocator against "
+        "kept freed memory"
+    )
     for name in MODELS:
         default, kept = (allocator_run(name, mode) for mode in ("default", "keep"))
-        print(f"  {name:10s} {default[0]:7.2f} s, {default[1]:8d} page faults, peak {default[2]:5d} MB -> "
-              f"{kept[0]:7.2f} s, {kept[1]:8d} page faults, peak {kept[2]:5d} MB ({kept[0] / default[0] - 1:+.0%} "
-              f"time, {kept[2] / default[2] - 1:+.0%} memory)")
+        print(
+            f"  {name:10s} {default[0]:7.2f} s, {default[1]:8d} page faults, peak {default[2]:5d} MB -> "
+            f"{kept[0]:7.2f} s, {kept[1]:8d} page faults, peak {kept[2]:5d} MB ({kept[0] / default[0] - 1:+.0%} "
+            f"time, {kept[2] / default[2] - 1:+.0%} memory)"
+        )
 
 
 ALLOCATOR_BATCHES = {"demo ViT": 60, "ViT-B/16": 2}  # as many as the caching measurement above runs
@@ -187,8 +223,9 @@ ALLOCATOR_BATCHES = {"demo ViT": 60, "ViT-B/16": 2}  # as many as the caching me
 def allocator_run(name: str, mode: str) -> tuple[float, int, int]:
     """Seconds, page faults and peak resident MB of the bare forward over ``ALLOCATOR_BATCHES`` batches, after
     one warm-up batch, in a child process (the allocator's settings are per process)."""
-    out = subprocess.run([sys.executable, __file__, "allocator", name, mode], capture_output=True, text=True,
-                         check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, __file__, "allocator", name, mode], capture_output=True, text=True, check=True
+    ).stdout.split()
     return float(out[0]), int(out[1]), int(out[2])
 
 

@@ -26,9 +26,18 @@ DEFAULTS = schema_defaults()
 TRAIN_DEFAULTS = DEFAULTS["align"]["train"]
 
 TINY_DEMO = {
-    "trs_per_segment": 8, "fps": 4, "frame_size": 32, "grid": [8, 8, 6], "scene_trs": [1, 2],
-    "train_repeats": [2, 1], "test_repeats": 2, "rest_trs": [2, 4], "subject_variability": 0.3,
-    "subject_shift": 1, "noise": 0.5, "drift": 0.5,
+    "trs_per_segment": 8,
+    "fps": 4,
+    "frame_size": 32,
+    "grid": [8, 8, 6],
+    "scene_trs": [1, 2],
+    "train_repeats": [2, 1],
+    "test_repeats": 2,
+    "rest_trs": [2, 4],
+    "subject_variability": 0.3,
+    "subject_shift": 1,
+    "noise": 0.5,
+    "drift": 0.5,
 }
 TINY_SEGMENTS = {"train": ["seg01", "seg02"], "test": ["test01"]}
 TINY_SUBJECTS = ["sub-01", "sub-02"]
@@ -44,7 +53,17 @@ def tiny_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-FMRI_PARAMS = {"detrend_order": 2, "high_pass": None, "confounds": [], "zscore": True, "hrf_lag": 4.0,
-               "average_repeats": {"train": False, "test": True}, "reliability": {"select": False, "threshold": 0.1},
-               "trim": {"start": 0, "end": 0, "keep": None}, "unpaired_clips": "error", "mask_labels": None,
-               "resample": False, "cifti_structures": ["CIFTI_STRUCTURE_CORTEX_LEFT", "CIFTI_STRUCTURE_CORTEX_RIGHT"]}
+FMRI_PARAMS = {
+    "detrend_order": 2,
+    "high_pass": None,
+    "confounds": [],
+    "zscore": True,
+    "hrf_lag": 4.0,
+    "average_repeats": {"train": False, "test": True},
+    "reliability": {"select": False, "threshold": 0.1},
+    "trim": {"start": 0, "end": 0, "keep": None},
+    "unpaired_clips": "error",
+    "mask_labels": None,
+    "resample": False,
+    "cifti_structures": ["CIFTI_STRUCTURE_CORTEX_LEFT", "CIFTI_STRUCTURE_CORTEX_RIGHT"],
+}

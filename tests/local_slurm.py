@@ -15,8 +15,8 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -100,7 +100,9 @@ def local_slurm(state: Path) -> Iterator[None]:
     (state / "d").mkdir(exist_ok=True)
     CONF_DIR.mkdir(exist_ok=True)
     conf.write_text(_config(state))
-    gres.write_text(f"{MARKER}\nAutoDetect=off\nName=gpu File=/dev/null\nName=gpu File=/dev/zero\n")  # two stand-in GPUs
+    gres.write_text(
+        f"{MARKER}\nAutoDetect=off\nName=gpu File=/dev/null\nName=gpu File=/dev/zero\n"
+    )  # two stand-in GPUs
     started: list[subprocess.Popen] = []
     try:
         if not _munge_running():

@@ -62,7 +62,9 @@ def test_n_way_identification():
     noise = torch.randn(80, 4, 16, generator=torch.Generator().manual_seed(1))
     chance = identification(noise, video, targets, n_way=50, trials=200)
     assert abs(chance["top5"] - 5 / 50) < 0.03
-    assert identification(noise, video, targets, n_way=50, seed=3) == identification(noise, video, targets, n_way=50, seed=3)
+    assert identification(noise, video, targets, n_way=50, seed=3) == identification(
+        noise, video, targets, n_way=50, seed=3
+    )
     assert identification(noise, video, targets, n_way=500)["n_way"] == 80
 
 
@@ -72,7 +74,9 @@ def test_losses_equal_hand_computed_values():
 
     eye = torch.eye(2)
     # logits = cos similarity at scale e^0 = 1: each direction is -log(e / (e + 1))
-    assert float(info_nce(eye, eye, eye.bool(), torch.tensor(0.0))) == pytest.approx(math.log(1 + math.exp(-1)), abs=1e-6)
+    assert float(info_nce(eye, eye, eye.bool(), torch.tensor(0.0))) == pytest.approx(
+        math.log(1 + math.exp(-1)), abs=1e-6
+    )
     # source 0, target 1: squared distance 1 is also the median; kernels sum exp(-1 / s) over the scales
     k_st = sum(math.exp(-1 / s) for s in (0.25, 0.5, 1.0, 2.0, 4.0))
     assert float(mmd(torch.zeros(1, 1), torch.ones(1, 1))) == pytest.approx(5 + 5 - 2 * k_st, abs=1e-5)

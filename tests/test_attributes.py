@@ -13,17 +13,21 @@ from llm4brain.evaluate.attributes import attribute_table, caption_attributes, r
 
 LEVELS = {name: tuple(values) for name, values in ATTRIBUTES.items()}
 # (segment, tr): count, size, colour, shape, motion, background
-TRUTH = {("a", 0): ("two", "small", "red", "circle", "left", "black"),
-         ("a", 1): ("one", "large", "blue", "square", "up", "white"),
-         ("b", 0): ("three", "small", "green", "triangle", "down", "gray"),
-         ("b", 1): ("one", "small", "yellow", "circle", "right", "white")}
+TRUTH = {
+    ("a", 0): ("two", "small", "red", "circle", "left", "black"),
+    ("a", 1): ("one", "large", "blue", "square", "up", "white"),
+    ("b", 0): ("three", "small", "green", "triangle", "down", "gray"),
+    ("b", 1): ("one", "small", "yellow", "circle", "right", "white"),
+}
 # decoded captions, and by hand which attributes each gets right (1) or wrong (0), in ATTRIBUTES order
-HAND = {("a", 0): ("two small red circles moving right on a black background", (1, 1, 1, 1, 0, 1)),
-        # no size and no background named: both count as wrong
-        ("a", 1): ("one blue square moving up", (1, 0, 1, 1, 1, 0)),
-        # two colours named: the colour is ambiguous and counts as wrong; 'squares' is a plural shape
-        ("b", 0): ("three small green and red squares moving down on a gray background", (1, 1, 0, 0, 1, 1)),
-        ("b", 1): ("one large yellow circle moving right on a black background", (1, 0, 1, 1, 1, 0))}
+HAND = {
+    ("a", 0): ("two small red circles moving right on a black background", (1, 1, 1, 1, 0, 1)),
+    # no size and no background named: both count as wrong
+    ("a", 1): ("one blue square moving up", (1, 0, 1, 1, 1, 0)),
+    # two colours named: the colour is ambiguous and counts as wrong; 'squares' is a plural shape
+    ("b", 0): ("three small green and red squares moving down on a gray background", (1, 1, 0, 0, 1, 1)),
+    ("b", 1): ("one large yellow circle moving right on a black background", (1, 0, 1, 1, 1, 0)),
+}
 
 
 @pytest.fixture()
@@ -34,7 +38,8 @@ def scenes_tsv(tmp_path: Path) -> Path:
 
 def test_caption_attributes_reads_the_demo_vocabulary():
     assert caption_attributes("Two small red circles moving left on a black background.", LEVELS) == dict(
-        zip(ATTRIBUTES, TRUTH[("a", 0)], strict=True))
+        zip(ATTRIBUTES, TRUTH[("a", 0)], strict=True)
+    )
     named = caption_attributes("one blue square moving up", LEVELS)
     assert named["size"] is None and named["background"] is None and named["shape"] == "square"
     assert caption_attributes("green and red squares", LEVELS)["colour"] is None
@@ -43,16 +48,30 @@ def test_caption_attributes_reads_the_demo_vocabulary():
 def test_attribute_table_against_hand_labelled_captions(scenes_tsv):
     scenes, levels = read_scenes(scenes_tsv)
     assert levels == LEVELS
-    decoded = pd.DataFrame([(s, t, "fmri", caption) for (s, t), (caption, _) in HAND.items()],
-                           columns=["segment", "tr", "source", "caption"])
+    decoded = pd.DataFrame(
+        [(s, t, "fmri", caption) for (s, t), (caption, _) in HAND.items()],
+        columns=["segment", "tr", "source", "caption"],
+    )
     table = attribute_table(decoded, scenes, levels).set_index("attribute")
     for j, name in enumerate(ATTRIBUTES):
         assert table.loc[name, "accuracy"] == pytest.approx(sum(hits[j] for _, hits in HAND.values()) / 4), name
-    assert table["accuracy"].round(2).to_dict() == {"count": 1.0, "size": 0.5, "colour": 0.75, "shape": 0.75,
-                                                    "motion": 0.75, "background": 0.5}
+    assert table["accuracy"].round(2).to_dict() == {
+        "count": 1.0,
+        "size": 0.5,
+        "colour": 0.75,
+        "shape": 0.75,
+        "motion": 0.75,
+        "background": 0.5,
+    }
     assert table.loc["size", "named"] == 0.75 and table.loc["colour", "named"] == 0.75
-    assert table["chance"].round(4).to_dict() == {"count": 0.3333, "size": 0.5, "colour": 0.2, "shape": 0.3333,
-                                                  "motion": 0.25, "background": 0.3333}
+    assert table["chance"].round(4).to_dict() == {
+        "count": 0.3333,
+        "size": 0.5,
+        "colour": 0.2,
+        "shape": 0.3333,
+        "motion": 0.25,
+        "background": 0.3333,
+    }
 
 
 def test_score_attributes_writes_every_subject_and_source(tmp_path, scenes_tsv):

@@ -20,8 +20,10 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-
 from conftest import FMRI_PARAMS, TINY_SEGMENTS
+from test_video import VIDEO, write_coded
+from test_workflow import make_copy
+
 from llm4brain.artifacts import ArtifactError
 from llm4brain.fmri.preprocess import preprocess_subject
 from llm4brain.fmri.runs import InputError
@@ -30,8 +32,6 @@ from llm4brain.video.features import cache_features
 from llm4brain.video.frames import extract_frames
 from llm4brain.video.preprocessing import data_config
 from llm4brain.video.readers import VideoError
-from test_video import VIDEO, write_coded
-from test_workflow import make_copy
 
 
 def subject_copy(tiny_demo: Path, tmp_path: Path) -> tuple[Path, Path, Path]:
@@ -53,8 +53,9 @@ def assert_no_output(out: Path) -> None:
 
 def rewrite_bold(bold: Path, data=None, tr_seconds: float | None = None) -> None:
     img = nib.load(bold)
-    new = nib.Nifti1Image(np.asarray(img.dataobj) if data is None else data(np.asarray(img.dataobj)), img.affine,
-                          img.header)
+    new = nib.Nifti1Image(
+        np.asarray(img.dataobj) if data is None else data(np.asarray(img.dataobj)), img.affine, img.header
+    )
     if tr_seconds is not None:
         new.header.set_zooms(img.header.get_zooms()[:3] + (tr_seconds,))
     nib.save(new, bold)
@@ -172,8 +173,13 @@ def dag_error(workdir: Path, edit: dict) -> str:
             node = node.setdefault(part, {})
         node[key] = value
     (workdir / "bad.yaml").write_text(yaml.safe_dump(config))
-    run = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile", "bad.yaml"], cwd=workdir,
-                         capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--configfile", "bad.yaml"],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode != 0 and not (workdir / "results").exists()
     return run.stdout + run.stderr
 
@@ -189,7 +195,9 @@ def test_unsafe_subject_id(workflow_copy):
 
 def test_config_combinations_refused_at_dag_build(workflow_copy):
     assert "the rate must give a whole number of frames per TR" in dag_error(workflow_copy, {"video.fps": 0.75})
-    assert "captions.source: teacher needs video_llm.pretrained" in dag_error(workflow_copy, {"captions.source": "teacher"})
+    assert "captions.source: teacher needs video_llm.pretrained" in dag_error(
+        workflow_copy, {"captions.source": "teacher"}
+    )
 
 
 def test_missing_vision_checkpoint(workflow_copy):
@@ -208,9 +216,11 @@ def test_stimulus_shorter_than_its_runs():
 
 def test_duplicate_ids_refused_at_dag_build(workflow_copy):
     assert "config data.subjects lists ['sub-01'] more than once" in dag_error(
-        workflow_copy, {"data.subjects": ["sub-01", "sub-02", "sub-01"]})
+        workflow_copy, {"data.subjects": ["sub-01", "sub-02", "sub-01"]}
+    )
     assert "config data.segments lists ['seg01'] more than once" in dag_error(
-        workflow_copy, {"data.segments": {"train": ["seg01", "seg02"], "test": ["seg01"]}})
+        workflow_copy, {"data.segments": {"train": ["seg01", "seg02"], "test": ["seg01"]}}
+    )
 
 
 def test_collection_config_refused_at_dag_build(workflow_copy, tmp_path):
@@ -218,10 +228,12 @@ def test_collection_config_refused_at_dag_build(workflow_copy, tmp_path):
     assert "names ['rest'] are used more than once" in dag_error(workflow_copy, {"scmbm.collections": [rest, rest]})
     assert "'hours' was unexpected" in dag_error(workflow_copy, {"scmbm.collections": [{**rest, "hours": 2}]})
     assert "'xnat' is not one of ['bids', 'fmriprep', 'hcp']" in dag_error(
-        workflow_copy, {"scmbm.collections": [{**rest, "layout": "xnat"}]})
+        workflow_copy, {"scmbm.collections": [{**rest, "layout": "xnat"}]}
+    )
     assert "collection rest: no volume runs under" in dag_error(workflow_copy, {"scmbm.collections": [rest]})
     assert "scmbm.collections are for pretrain_scmbm" in dag_error(
-        workflow_copy, {"scmbm.collections": [rest], "scmbm.checkpoint": "mind-vis.safetensors"})
+        workflow_copy, {"scmbm.collections": [rest], "scmbm.checkpoint": "mind-vis.safetensors"}
+    )
 
 
 def test_a_collection_holding_a_task_subjects_runs_is_refused(tmp_path):
@@ -231,5 +243,8 @@ def test_a_collection_holding_a_task_subjects_runs_is_refused(tmp_path):
     func.mkdir(parents=True)
     (func / "sub-01_task-movie_run-1_bold.nii.gz").write_bytes(b"")  # discovery reads names, not images
     out = dag_error(workdir, {"scmbm.collections": [{"name": "own", "root": "resources/demo", "layout": "bids"}]})
-    assert re.search(r"own: resources/demo/sub-01/func/sub-01_task-movie_run-1_bold\.nii\.gz is a run of task subject "
-                     r"sub-01", out), out[-2000:]
+    assert re.search(
+        r"own: resources/demo/sub-01/func/sub-01_task-movie_run-1_bold\.nii\.gz is a run of task subject "
+        r"sub-01",
+        out,
+    ), out[-2000:]

@@ -21,8 +21,15 @@ def test_help_texts(capsys):
 
 
 def test_srt_timing_follows_tr(tmp_path):
-    table = pd.DataFrame({"segment": "seg01", "tr": [0, 1, 2], "start": [0.0, 2.0, 4.0], "end": [2.0, 4.0, 6.0],
-                          "caption": ["a red circle", "a blue square", "a green triangle"]})
+    table = pd.DataFrame(
+        {
+            "segment": "seg01",
+            "tr": [0, 1, 2],
+            "start": [0.0, 2.0, 4.0],
+            "end": [2.0, 4.0, 6.0],
+            "caption": ["a red circle", "a blue square", "a green triangle"],
+        }
+    )
     path = tmp_path / "c.srt"
     write_srt(table, path)
     blocks = path.read_text().strip().split("\n\n")
@@ -36,8 +43,21 @@ def test_srt_timing_follows_tr(tmp_path):
 
 
 def test_unknown_subject_says_what_to_do(tmp_path, capsys):
-    code = main(["decode", "--subject", "sub-99", "--bold", "x.nii.gz", "--events", "x.tsv",
-                 "--model", str(tmp_path), "--out", str(tmp_path / "c.tsv")])
+    code = main(
+        [
+            "decode",
+            "--subject",
+            "sub-99",
+            "--bold",
+            "x.nii.gz",
+            "--events",
+            "x.tsv",
+            "--model",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "c.tsv"),
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "sub-99.h5" in err and "data.subjects" in err

@@ -30,20 +30,34 @@ from llm4brain.fmri.preprocess import pair_run, preprocess_subject
 from llm4brain.fmri.runs import InputError, find_runs
 
 FUNCTIONAL = Path(nib.__file__).parent / "tests" / "data" / "functional.nii"  # real EPI: 17 x 21 x 3, 20 TRs of 2 s
-CLEANING = {**{k: FMRI_PARAMS[k] for k in ("detrend_order", "high_pass", "zscore", "mask_labels", "cifti_structures")},
-            "trim": {"start": 0, "end": 0, "keep": None}, "confounds": []}
+CLEANING = {
+    **{k: FMRI_PARAMS[k] for k in ("detrend_order", "high_pass", "zscore", "mask_labels", "cifti_structures")},
+    "trim": {"start": 0, "end": 0, "keep": None},
+    "confounds": [],
+}
 LAYOUT = {"layout": "demo", "bids": {}, "wen2018": {}}
 
 
 def entry(name: str, root: Path, layout: str, **keys) -> dict:
     """A collection entry with the schema's defaults filled, as the workflow sees it."""
     filters = {"task": None, "space": None, "desc": None, "run": None, **keys.pop("filters", {})}
-    return {"name": name, "root": str(root), "layout": layout, "subjects": "all", "filters": filters, "tr": 2.0,
-            "trim": {"start": 0, "end": 0}, "confounds": [], "on_bad_run": "error", **keys}
+    return {
+        "name": name,
+        "root": str(root),
+        "layout": layout,
+        "subjects": "all",
+        "filters": filters,
+        "tr": 2.0,
+        "trim": {"start": 0, "end": 0},
+        "confounds": [],
+        "on_bad_run": "error",
+        **keys,
+    }
 
 
-def volume_run(path: Path, *, n: int = 24, shape=(10, 9, 7), voxel: float = 3.0, tr: float = 2.0,
-               seed: int = 0) -> Path:
+def volume_run(
+    path: Path, *, n: int = 24, shape=(10, 9, 7), voxel: float = 3.0, tr: float = 2.0, seed: int = 0
+) -> Path:
     """A random 4-D run centred on the origin, TR in its header."""
     rng = np.random.default_rng(seed)
     affine = np.diag([voxel, voxel, voxel, 1.0])
@@ -74,7 +88,8 @@ def bids_volumes(root: Path) -> Path:
     volume_run(root / "sub-B/ses-1/func/sub-B_ses-1_task-rest_run-1_bold.nii.gz", shape=(5, 5, 4), voxel=6.0, seed=3)
     shutil.copy(FUNCTIONAL, root / "sub-B/ses-1/func/sub-B_ses-1_task-rest_run-2_bold.nii")
     pd.DataFrame({"participant_id": ["sub-A", "sub-B"], "age": [30, "n/a"]}).to_csv(
-        root / "participants.tsv", sep="\t", index=False)
+        root / "participants.tsv", sep="\t", index=False
+    )
     return root
 
 
@@ -82,8 +97,9 @@ def bids_cifti(root: Path) -> Path:
     """fMRIPrep-style: each run as fsLR CIFTI and as an MNI volume (the task's kind picks one)."""
     for subject, seed in (("sub-C", 4), ("sub-D", 5)):
         cifti_run(root / f"{subject}/func/{subject}_task-rest_space-fsLR_den-91k_bold.dtseries.nii", seed=seed)
-        volume_run(root / f"{subject}/func/{subject}_task-rest_space-MNI152NLin2009cAsym_desc-preproc_bold.nii.gz",
-                   seed=seed)
+        volume_run(
+            root / f"{subject}/func/{subject}_task-rest_space-MNI152NLin2009cAsym_desc-preproc_bold.nii.gz", seed=seed
+        )
     return root
 
 
@@ -110,7 +126,9 @@ def test_discover_bids_volumes_by_entity_globs(tmp_path):
     root = bids_volumes(tmp_path / "rest")
     found = discover(entry("rest", root, "bids", filters={"task": "rest"}), "volume")
     assert {s: list(runs) for s, runs in found.items()} == {
-        "sub-A": ["task-rest_run-1"], "sub-B": ["ses-1_task-rest_run-1", "ses-1_task-rest_run-2"]}
+        "sub-A": ["task-rest_run-1"],
+        "sub-B": ["ses-1_task-rest_run-1", "ses-1_task-rest_run-2"],
+    }
     assert found["sub-B"]["ses-1_task-rest_run-2"].name == "sub-B_ses-1_task-rest_run-2_bold.nii"
     only_two = discover(entry("rest", root, "bids", filters={"run": "[2]"}), "volume")
     assert {s: list(runs) for s, runs in only_two.items()} == {"sub-B": ["ses-1_task-rest_run-2"]}
@@ -126,7 +144,8 @@ def test_discover_fmriprep_takes_the_tasks_kind_and_refuses_ambiguous_runs(tmp_p
     cifti = discover(entry("prep", root, "fmriprep"), "cifti")
     assert {s: [p.name for p in runs.values()] for s, runs in cifti.items()} == {
         "sub-C": ["sub-C_task-rest_space-fsLR_den-91k_bold.dtseries.nii"],
-        "sub-D": ["sub-D_task-rest_space-fsLR_den-91k_bold.dtseries.nii"]}
+        "sub-D": ["sub-D_task-rest_space-fsLR_den-91k_bold.dtseries.nii"],
+    }
     assert list(cifti["sub-C"]) == ["task-rest"]
     volume_run(root / "sub-C/func/sub-C_task-rest_space-T1w_desc-preproc_bold.nii.gz")
     with pytest.raises(InputError, match=r"sub-C: run task-rest matches 2 files .*narrow the collection's space/desc"):
@@ -140,13 +159,15 @@ def test_discover_hcp_folders(tmp_path):
     rest = discover(entry("hcp", root, "hcp", filters={"task": "rfMRI_REST*"}), "cifti")
     assert {s: {r: p.name for r, p in runs.items()} for s, runs in rest.items()} == {
         "100307": {"rfMRI_REST1_LR": "rfMRI_REST1_LR_Atlas.dtseries.nii"},
-        "100408": {"rfMRI_REST2_RL": "rfMRI_REST2_RL_Atlas.dtseries.nii"}}
+        "100408": {"rfMRI_REST2_RL": "rfMRI_REST2_RL_Atlas.dtseries.nii"},
+    }
     msmall = discover(entry("hcp", root, "hcp", filters={"desc": "_Atlas_MSMAll"}), "cifti")
     assert sorted(msmall["100307"]) == ["rfMRI_REST1_LR", "tfMRI_MOTOR_LR"]
     assert all(p.name.endswith("_Atlas_MSMAll.dtseries.nii") for runs in msmall.values() for p in runs.values())
     volumes = discover(entry("hcp", root, "hcp", filters={"run": "*_LR"}), "volume")
     assert {s: {r: p.name for r, p in runs.items()} for s, runs in volumes.items()} == {
-        "100307": {"rfMRI_REST1_LR": "rfMRI_REST1_LR.nii.gz", "tfMRI_MOTOR_LR": "tfMRI_MOTOR_LR.nii.gz"}}
+        "100307": {"rfMRI_REST1_LR": "rfMRI_REST1_LR.nii.gz", "tfMRI_MOTOR_LR": "tfMRI_MOTOR_LR.nii.gz"}
+    }
 
 
 # ---- preprocessing ------------------------------------------------------------------------------------
@@ -156,14 +177,26 @@ def test_a_collection_run_is_cleaned_exactly_like_the_task_run(tiny_demo, tmp_pa
     """sub-01's seg02 run (shown once) through preprocess_collection_subject equals the task artifact's seg02
     samples at their paired volumes: one cleaning code path."""
     task = tmp_path / "task.h5"
-    preprocess_subject("sub-01", tiny_demo / "sub-01", tiny_demo / "roi_mask.nii.gz", task, TINY_SEGMENTS, 2.0,
-                       FMRI_PARAMS)
-    run = next(r for r in find_runs(tiny_demo / "sub-01", {"layout": "bids", "bids": {}, "segments": TINY_SEGMENTS})
-               if r.segment == "seg02")
+    preprocess_subject(
+        "sub-01", tiny_demo / "sub-01", tiny_demo / "roi_mask.nii.gz", task, TINY_SEGMENTS, 2.0, FMRI_PARAMS
+    )
+    run = next(
+        r
+        for r in find_runs(tiny_demo / "sub-01", {"layout": "bids", "bids": {}, "segments": TINY_SEGMENTS})
+        if r.segment == "seg02"
+    )
     out, qc = tmp_path / "c" / "sub-01.h5", tmp_path / "c" / "qc" / "sub-01.tsv"
-    preprocess_collection_subject(collection="c", subject="sub-01", runs={"rest": run.bold},
-                                  mask_path=tiny_demo / "roi_mask.nii.gz", out_path=out, qc_path=qc, tr=2.0,
-                                  params=CLEANING, layout=LAYOUT)
+    preprocess_collection_subject(
+        collection="c",
+        subject="sub-01",
+        runs={"rest": run.bold},
+        mask_path=tiny_demo / "roi_mask.nii.gz",
+        out_path=out,
+        qc_path=qc,
+        tr=2.0,
+        params=CLEANING,
+        layout=LAYOUT,
+    )
     n = nib.load(run.bold).shape[-1]
     with open_artifact(task, "fmri", ("train/bold",)) as f:
         keys = read_keys(f["train"])
@@ -183,8 +216,17 @@ def test_cifti_volumes_and_resampled_volumes(tmp_path, tiny_demo):
     prep, rest = bids_cifti(tmp_path / "prep"), bids_volumes(tmp_path / "rest")
     runs = discover(entry("prep", prep, "fmriprep"), "cifti")["sub-C"]
     out = tmp_path / "prep.h5"
-    preprocess_collection_subject(collection="prep", subject="sub-C", runs=runs, mask_path=None, out_path=out,
-                                  qc_path=tmp_path / "prep.tsv", tr=2.0, params=CLEANING, layout=LAYOUT)
+    preprocess_collection_subject(
+        collection="prep",
+        subject="sub-C",
+        runs=runs,
+        mask_path=None,
+        out_path=out,
+        qc_path=tmp_path / "prep.tsv",
+        tr=2.0,
+        params=CLEANING,
+        layout=LAYOUT,
+    )
     with h5py.File(out) as f:
         bold = f["train/bold"][:]
         assert bold.shape == (24, 40) and f.attrs["layout"] == "vector"  # the cortical grayordinates only
@@ -193,8 +235,17 @@ def test_cifti_volumes_and_resampled_volumes(tmp_path, tiny_demo):
     runs = discover(entry("rest", rest, "bids", filters={"task": "rest"}), "volume")["sub-B"]
     out = tmp_path / "rest.h5"
     mask = tiny_demo / "roi_mask.nii.gz"
-    preprocess_collection_subject(collection="rest", subject="sub-B", runs=runs, mask_path=mask, out_path=out,
-                                  qc_path=tmp_path / "rest.tsv", tr=2.0, params=CLEANING, layout=LAYOUT)
+    preprocess_collection_subject(
+        collection="rest",
+        subject="sub-B",
+        runs=runs,
+        mask_path=mask,
+        out_path=out,
+        qc_path=tmp_path / "rest.tsv",
+        tr=2.0,
+        params=CLEANING,
+        layout=LAYOUT,
+    )
     grid = nib.load(tiny_demo / "roi_mask.nii.gz").shape
     with h5py.File(out) as f:
         assert f["train/bold"].shape == (24 + 20, *grid)  # both runs resampled onto the task mask's grid
@@ -215,10 +266,17 @@ def test_on_bad_run_error_names_the_file(tiny_demo, tmp_path):
     runs = broken_collection(tmp_path / "raw")
     out = tmp_path / "c" / "sub-X.h5"
     with pytest.raises(InputError, match=r"cut\.nii\.gz: cannot read"):
-        preprocess_collection_subject(collection="c", subject="sub-X", runs=runs,
-                                      mask_path=tiny_demo / "roi_mask.nii.gz", out_path=out,
-                                      qc_path=tmp_path / "c" / "qc.tsv", tr=2.0, params=CLEANING,
-                                      layout=LAYOUT)
+        preprocess_collection_subject(
+            collection="c",
+            subject="sub-X",
+            runs=runs,
+            mask_path=tiny_demo / "roi_mask.nii.gz",
+            out_path=out,
+            qc_path=tmp_path / "c" / "qc.tsv",
+            tr=2.0,
+            params=CLEANING,
+            layout=LAYOUT,
+        )
     assert not out.exists() and not (tmp_path / "c" / "qc.tsv").exists()
     assert not list(out.parent.glob(".*tmp-*"))
 
@@ -226,8 +284,18 @@ def test_on_bad_run_error_names_the_file(tiny_demo, tmp_path):
 def test_on_bad_run_skip_leaves_a_qc_row_per_run(tiny_demo, tmp_path):
     runs = broken_collection(tmp_path / "raw")
     out, qc = tmp_path / "c" / "sub-X.h5", tmp_path / "c" / "qc" / "sub-X.tsv"
-    preprocess_collection_subject(collection="c", subject="sub-X", runs=runs, mask_path=tiny_demo / "roi_mask.nii.gz",
-                                  out_path=out, qc_path=qc, tr=2.0, params=CLEANING, layout=LAYOUT, on_bad_run="skip")
+    preprocess_collection_subject(
+        collection="c",
+        subject="sub-X",
+        runs=runs,
+        mask_path=tiny_demo / "roi_mask.nii.gz",
+        out_path=out,
+        qc_path=qc,
+        tr=2.0,
+        params=CLEANING,
+        layout=LAYOUT,
+        on_bad_run="skip",
+    )
     with h5py.File(out) as f:
         assert {k[0] for k in read_keys(f["train"])} == {"run-1"} and len(f["train/bold"]) == 24
         assert f.attrs["n_runs"] == 1 and f.attrs["n_skipped"] == 2
@@ -243,14 +311,32 @@ def test_a_collection_without_a_usable_run_is_an_error(tiny_demo, tmp_path):
     runs = broken_collection(tmp_path / "raw")
     del runs["run-1"]
     out, qc = tmp_path / "c" / "sub-X.h5", tmp_path / "c" / "qc" / "sub-X.tsv"
-    preprocess_collection_subject(collection="c", subject="sub-X", runs=runs, mask_path=tiny_demo / "roi_mask.nii.gz",
-                                  out_path=out, qc_path=qc, tr=2.0, params=CLEANING, layout=LAYOUT, on_bad_run="skip")
+    preprocess_collection_subject(
+        collection="c",
+        subject="sub-X",
+        runs=runs,
+        mask_path=tiny_demo / "roi_mask.nii.gz",
+        out_path=out,
+        qc_path=qc,
+        tr=2.0,
+        params=CLEANING,
+        layout=LAYOUT,
+        on_bad_run="skip",
+    )
     with h5py.File(out) as f:
         assert f["train/bold"].shape[0] == 0 and f.attrs["n_runs"] == 0  # an empty shard; the collection decides
     good = tmp_path / "good.h5"
-    preprocess_collection_subject(collection="c", subject="sub-Y", runs={"run-1": tmp_path / "raw" / "good.nii.gz"},
-                                  mask_path=tiny_demo / "roi_mask.nii.gz", out_path=good, qc_path=tmp_path / "good.tsv",
-                                  tr=2.0, params=CLEANING, layout=LAYOUT)
+    preprocess_collection_subject(
+        collection="c",
+        subject="sub-Y",
+        runs={"run-1": tmp_path / "raw" / "good.nii.gz"},
+        mask_path=tiny_demo / "roi_mask.nii.gz",
+        out_path=good,
+        qc_path=tmp_path / "good.tsv",
+        tr=2.0,
+        params=CLEANING,
+        layout=LAYOUT,
+    )
     assert shards_with_samples([out, good]) == [str(good)]  # what pretrain_scmbm is given
     with pytest.raises(InputError, match=r"collection c: no usable run among 2 \(.*cut\.nii\.gz: cannot read"):
         collection_qc("c", [qc], tmp_path / "c" / "qc.tsv")
@@ -277,8 +363,13 @@ def test_hcp_scmbm_config_validates():
 
 def run_to_scmbm(workdir: Path, config: dict) -> None:
     (workdir / "collections.yaml").write_text(yaml.safe_dump(config))
-    result = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "results/scmbm", "--configfile",
-                             "collections.yaml"], cwd=workdir, capture_output=True, text=True, timeout=900)
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "2", "results/scmbm", "--configfile", "collections.yaml"],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
 
 
@@ -294,31 +385,46 @@ def test_collections_run_through_the_workflow_into_pretrain_scmbm(tmp_path):
     rest, prep, folder = bids_volumes(data / "rest"), bids_cifti(data / "prep"), hcp(data / "hcp")
     (rest / "sub-A" / "func" / "sub-A_task-rest_run-2_bold.nii.gz").write_bytes(b"not an image")
     volume_run(rest / "sub-E" / "func" / "sub-E_task-rest_run-1_bold.nii.gz", tr=2.5)  # sub-E: nothing usable
-    pd.DataFrame({"participant_id": ["sub-A", "sub-B", "sub-E"]}).to_csv(rest / "participants.tsv", sep="\t",
-                                                                       index=False)
+    pd.DataFrame({"participant_id": ["sub-A", "sub-B", "sub-E"]}).to_csv(
+        rest / "participants.tsv", sep="\t", index=False
+    )
     volumes = make_copy(tmp_path / "volumes")
-    config = {**micro, "scmbm": {**micro["scmbm"], "collections": [
-        entry("rest", rest, "bids", filters={"task": "rest"}, on_bad_run="skip"),
-        entry("hcp", folder, "hcp", filters={"task": "rfMRI_*"}, tr=None)]}}
+    config = {
+        **micro,
+        "scmbm": {
+            **micro["scmbm"],
+            "collections": [
+                entry("rest", rest, "bids", filters={"task": "rest"}, on_bad_run="skip"),
+                entry("hcp", folder, "hcp", filters={"task": "rfMRI_*"}, tr=None),
+            ],
+        },
+    }
     run_to_scmbm(volumes, config)
     qc = pd.read_csv(volumes / "results/collections/rest/qc.tsv", sep="\t")
     assert sorted(zip(qc["subject"], qc["run"], qc["status"], strict=True)) == [
-        ("sub-A", "task-rest_run-1", "ok"), ("sub-A", "task-rest_run-2", "skipped"),
-        ("sub-B", "ses-1_task-rest_run-1", "ok"), ("sub-B", "ses-1_task-rest_run-2", "ok"),
-        ("sub-E", "task-rest_run-1", "skipped")]
+        ("sub-A", "task-rest_run-1", "ok"),
+        ("sub-A", "task-rest_run-2", "skipped"),
+        ("sub-B", "ses-1_task-rest_run-1", "ok"),
+        ("sub-B", "ses-1_task-rest_run-2", "ok"),
+        ("sub-E", "task-rest_run-1", "skipped"),
+    ]
     skipped = qc[qc["status"] == "skipped"]
     assert all(f"{file}: " in reason for file, reason in zip(skipped["file"], skipped["reason"], strict=True))
     assert "header TR is 2.5 s" in skipped["reason"].iloc[-1]
-    with h5py.File(volumes / "results/collections/hcp/100307.h5") as f, \
-            h5py.File(volumes / "results/fmri/sub-01.h5") as task:
+    with (
+        h5py.File(volumes / "results/collections/hcp/100307.h5") as f,
+        h5py.File(volumes / "results/fmri/sub-01.h5") as task,
+    ):
         assert f["train/bold"].shape == (20,) + task["train/bold"].shape[1:]  # functional.nii on the task's grid
     assert (volumes / "results/scmbm/encoder.safetensors").exists()
 
     grayordinates = make_copy(tmp_path / "grayordinates")
     config = wen_config("wen2018.yaml", grayordinates, tmp_path)
     config["video"]["model"]["weights"] = None
-    config["scmbm"] = {**config["scmbm"], "collections": [
-        entry("prep", prep, "fmriprep"), entry("hcp", folder, "hcp", filters={"task": "rfMRI_*"})]}
+    config["scmbm"] = {
+        **config["scmbm"],
+        "collections": [entry("prep", prep, "fmriprep"), entry("hcp", folder, "hcp", filters={"task": "rfMRI_*"})],
+    }
     run_to_scmbm(grayordinates, config)
     for name in ("prep/sub-C", "prep/sub-D", "hcp/100307", "hcp/100408"):
         with h5py.File(grayordinates / f"results/collections/{name}.h5") as f:

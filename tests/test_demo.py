@@ -5,8 +5,8 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 import pandas as pd
-
 from conftest import TINY_DEMO, TINY_SEGMENTS, TINY_SUBJECTS
+
 from llm4brain.demo.brain import canonical_hrf
 from llm4brain.demo.scenes import sample_timeline
 from llm4brain.demo.simulate import presentations, simulate_demo
@@ -49,7 +49,7 @@ def test_timeline_scene_lengths():
     timeline = sample_timeline(rng, 40, (2, 3))
     assert len(timeline) == 40
     runs, count = [], 1
-    for prev, cur in zip(timeline, timeline[1:]):
+    for prev, cur in zip(timeline, timeline[1:], strict=False):
         if cur is prev:
             count += 1
         else:

@@ -7,10 +7,11 @@ import copy
 import numpy as np
 import pytest
 import torch
+from conftest import DEFAULTS, TRAIN_DEFAULTS
 from safetensors.torch import save_file
+from test_models import tiny_teacher
 from timm.models.vision_transformer import Block
 
-from conftest import DEFAULTS, TRAIN_DEFAULTS
 from llm4brain.align.model import BrainAligner
 from llm4brain.align.windows import windows
 from llm4brain.artifacts import ArtifactError
@@ -18,14 +19,21 @@ from llm4brain.models.fmri_encoder import FmriEncoder, build_encoder
 from llm4brain.models.mbm import MaskedBrainModel
 from llm4brain.models.pretrained_encoder import load_pretrained_encoder
 from llm4brain.training import fit
-from test_models import tiny_teacher
 
-ENCODER = {**DEFAULTS["encoder"], "tokenizer": {"channels": 4, "patch": 4, "vector_patch": 4}, "dim": 32,
-           "depth": 2, "num_heads": 2, "dropout": 0.0}
+ENCODER = {
+    **DEFAULTS["encoder"],
+    "tokenizer": {"channels": 4, "patch": 4, "vector_patch": 4},
+    "dim": 32,
+    "depth": 2,
+    "num_heads": 2,
+    "dropout": 0.0,
+}
 
 
-@pytest.mark.parametrize("grid, window, n_tokens", [((9, 8, 6), 1, 3 * 2 * 2), ((8, 8, 8), 2, 8), ((16, 4, 4), 3, 4),
-                                                   ((10,), 1, 3), ((64,), 2, 16)])
+@pytest.mark.parametrize(
+    "grid, window, n_tokens",
+    [((9, 8, 6), 1, 3 * 2 * 2), ((8, 8, 8), 2, 8), ((16, 4, 4), 3, 4), ((10,), 1, 3), ((64,), 2, 16)],
+)
 def test_tokenizer_shapes(grid, window, n_tokens):
     encoder = build_encoder(grid, {**ENCODER, "window": window})
     x = torch.randn(3, window, *grid)
@@ -82,11 +90,16 @@ def test_masked_modelling_learns_structure(precision):
     full precision and under bf16 autocast (what ``precision: auto`` gives on a GPU; CPU autocast here)."""
     generator = torch.Generator().manual_seed(0)
     pattern = torch.randn(1, 1, 8, 8, 4, generator=generator)
-    data = pattern * torch.randn(64, 1, 1, 1, 1, generator=generator) + 0.1 * torch.randn(64, 1, 8, 8, 4, generator=generator)
+    data = pattern * torch.randn(64, 1, 1, 1, 1, generator=generator) + 0.1 * torch.randn(
+        64, 1, 8, 8, 4, generator=generator
+    )
     model = MaskedBrainModel(build_encoder((8, 8, 4), ENCODER), 16, 1, 2, mask_ratio=0.5)
-    history = fit(model.parameters(), lambda step: (model(data[torch.randint(64, (16,), generator=generator)], generator)[0], {}),
-                  {**TRAIN_DEFAULTS, "steps": 200, "lr": 3e-3, "warmup": 5, "checkpoint_every": 0,
-                   "precision": precision}, "mbm")
+    history = fit(
+        model.parameters(),
+        lambda step: (model(data[torch.randint(64, (16,), generator=generator)], generator)[0], {}),
+        {**TRAIN_DEFAULTS, "steps": 200, "lr": 3e-3, "warmup": 5, "checkpoint_every": 0, "precision": precision},
+        "mbm",
+    )
     assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast keeps fp32 master weights
     assert history["loss"].iloc[-10:].mean() < 0.3 * history["loss"].iloc[:5].mean()
 
@@ -95,13 +108,20 @@ def mind_vis_state(encoder: FmriEncoder, with_cls: bool = True) -> dict[str, tor
     """A state dict named and shaped as MinD-Vis' MAE for fMRI (encoder + decoder + CLS)."""
     dim = encoder.tokenizer.pos_embed.shape[-1]
     n = encoder.tokenizer.pos_embed.shape[1]
-    state = {"patch_embed.proj.weight": torch.randn(dim, 1, encoder.tokenizer.patch),
-             "patch_embed.proj.bias": torch.randn(dim),
-             "pos_embed": torch.randn(1, n + int(with_cls), dim), "cls_token": torch.randn(1, 1, dim),
-             "norm.weight": torch.randn(dim), "norm.bias": torch.randn(dim),
-             "mask_token": torch.randn(1, 1, 16), "decoder_embed.weight": torch.randn(16, dim)}
+    state = {
+        "patch_embed.proj.weight": torch.randn(dim, 1, encoder.tokenizer.patch),
+        "patch_embed.proj.bias": torch.randn(dim),
+        "pos_embed": torch.randn(1, n + int(with_cls), dim),
+        "cls_token": torch.randn(1, 1, dim),
+        "norm.weight": torch.randn(dim),
+        "norm.bias": torch.randn(dim),
+        "mask_token": torch.randn(1, 1, 16),
+        "decoder_embed.weight": torch.randn(16, dim),
+    }
     for i in range(len(encoder.blocks)):
-        state.update({f"blocks.{i}.{k}": torch.randn_like(v) for k, v in Block(dim, 2, 2.0, qkv_bias=True).state_dict().items()})
+        state.update(
+            {f"blocks.{i}.{k}": torch.randn_like(v) for k, v in Block(dim, 2, 2.0, qkv_bias=True).state_dict().items()}
+        )
     return state
 
 
@@ -128,8 +148,11 @@ def test_mind_vis_checkpoint_refusals(tmp_path):
     encoder = build_encoder((37,), ENCODER)
     wide = build_encoder((37,), {**ENCODER, "dim": 64, "num_heads": 2})
     torch.save({"model": mind_vis_state(wide)}, tmp_path / "wide.pth")
-    with pytest.raises(ArtifactError, match=r"wide\.pth: patch_embed\.proj\.weight has shape \(64, 1, 4\) but the "
-                                            r"encoder's tokenizer\.proj\.weight is \(32, 1, 4\)"):
+    with pytest.raises(
+        ArtifactError,
+        match=r"wide\.pth: patch_embed\.proj\.weight has shape \(64, 1, 4\) but the "
+        r"encoder's tokenizer\.proj\.weight is \(32, 1, 4\)",
+    ):
         load_pretrained_encoder(encoder, tmp_path / "wide.pth")
     torch.save({"model": mind_vis_state(encoder), "config": PickledConfig()}, tmp_path / "pickled.pth")
     with pytest.raises(ArtifactError, match=r"pickled\.pth: cannot be read with torch\.load\(weights_only=True\)"):
@@ -145,8 +168,11 @@ def test_encoder_adaptors_start_as_identity_and_leave_the_base_frozen(tmp_path, 
     qformer, _ = tiny_teacher()
     pretrained = build_encoder((8, 8, 4), ENCODER)
     save_file(pretrained.state_dict(), tmp_path / "encoder.safetensors")
-    align = {**DEFAULTS["align"], "encoder_tuning": "adaptor",
-             "adaptor": {**DEFAULTS["align"]["adaptor"], "kind": kind, "scale_init": 0.0}}
+    align = {
+        **DEFAULTS["align"],
+        "encoder_tuning": "adaptor",
+        "adaptor": {**DEFAULTS["align"]["adaptor"], "kind": kind, "scale_init": 0.0},
+    }
     aligner = BrainAligner((8, 8, 4), ENCODER, align, qformer, tmp_path / "encoder.safetensors").eval()
     x = torch.randn(4, 1, 8, 8, 4)
     with torch.no_grad():
@@ -154,8 +180,12 @@ def test_encoder_adaptors_start_as_identity_and_leave_the_base_frozen(tmp_path, 
     frozen = {k: v.clone() for k, v in aligner.encoder.named_parameters() if not v.requires_grad}
     trainable = {k: v.clone() for k, v in aligner.encoder.named_parameters() if v.requires_grad}
     assert frozen and trainable and all(("adaptor" in k) or ("lora_" in k) for k in trainable)
-    fit(aligner.parameters(), lambda step: ((aligner.train()(x) ** 2).mean(), {}),
-        {**TRAIN_DEFAULTS, "steps": 3, "warmup": 0, "checkpoint_every": 0}, "adaptor")
+    fit(
+        aligner.parameters(),
+        lambda step: ((aligner.train()(x) ** 2).mean(), {}),
+        {**TRAIN_DEFAULTS, "steps": 3, "warmup": 0, "checkpoint_every": 0},
+        "adaptor",
+    )
     after = dict(aligner.encoder.named_parameters())
     assert all(torch.equal(after[k], v) for k, v in frozen.items())
     assert any(not torch.equal(after[k], v) for k, v in trainable.items())

@@ -7,12 +7,16 @@ from conftest import DEFAULTS
 
 from llm4brain.evaluate.score import CocoScorer, ablation_table
 
-REFS = {"a:0": ["two small red circles moving left on a black background"],
-        "a:1": ["one large blue square moving up on a white background"],
-        "b:0": ["three small green triangles moving down on a gray background"]}
-HYPS = {"a:0": "two small red circles moving right on a black background",
-        "a:1": "one large blue square moving up on a gray background",
-        "b:0": "three large green circles moving down on a gray background"}
+REFS = {
+    "a:0": ["two small red circles moving left on a black background"],
+    "a:1": ["one large blue square moving up on a white background"],
+    "b:0": ["three small green triangles moving down on a gray background"],
+}
+HYPS = {
+    "a:0": "two small red circles moving right on a black background",
+    "a:1": "one large blue square moving up on a gray background",
+    "b:0": "three large green circles moving down on a gray background",
+}
 
 
 @pytest.fixture(scope="module")
@@ -77,9 +81,12 @@ def test_caption_identification():
     rotated = caption_identification(refs[1:] + refs[:1], [[r] for r in refs])
     assert rotated["top1"] == 0.0
     # with two references per clip, a caption matching only the second reference still finds its clip
-    second = ["a white background with one large blue square moving up", "red circles moving left",
-              "green triangles moving down"]
-    both = [[r, s] for r, s in zip(refs, [second[1], second[0], second[2]])]
+    second = [
+        "a white background with one large blue square moving up",
+        "red circles moving left",
+        "green triangles moving down",
+    ]
+    both = [[r, s] for r, s in zip(refs, [second[1], second[0], second[2]], strict=True)]
     assert caption_identification([second[1], second[0], second[2]], both)["top1"] == 1.0
 
 
@@ -152,9 +159,11 @@ def test_every_reference_counts(tmp_path):
     from llm4brain.evaluate.score import score_captions
     from llm4brain.text.captions import reference_captions
 
-    second = {"a:0": "a black background with two small red circles going left",
-              "a:1": "a white background and one large blue square going up",
-              "b:0": "a gray background with three small green triangles going down"}
+    second = {
+        "a:0": "a black background with two small red circles going left",
+        "a:1": "a white background and one large blue square going up",
+        "b:0": "a gray background with three small green triangles going down",
+    }
     rows = [(i.split(":")[0], int(i.split(":")[1]), c) for i, refs in REFS.items() for c in (refs[0], second[i])]
     pd.DataFrame(rows, columns=["segment", "tr", "caption"]).to_csv(tmp_path / "refs.tsv", sep="\t", index=False)
     reference_captions(tmp_path / "refs.tsv", tmp_path / "captions.h5", ["a", "b"], {})
@@ -166,11 +175,21 @@ def test_every_reference_counts(tmp_path):
         write_strings(f, "caption", [REFS[i][0] for i in ids] + [second[i] for i in ids])
         write_strings(f, "reference", [REFS[i][0] for i in ids] * 2)
         f.attrs["subject"] = "sub-01"
-    score_captions([str(tmp_path / "sub-01.h5")], tmp_path / "captions.h5", tmp_path / "m.tsv", tmp_path / "i.tsv",
-                   tmp_path / "t.tsv", tmp_path / "a.tsv", [],
-                   {**DEFAULTS["evaluate"], "n_bootstrap": 10, "n_permutations": 10}, 0)
+    score_captions(
+        [str(tmp_path / "sub-01.h5")],
+        tmp_path / "captions.h5",
+        tmp_path / "m.tsv",
+        tmp_path / "i.tsv",
+        tmp_path / "t.tsv",
+        tmp_path / "a.tsv",
+        [],
+        {**DEFAULTS["evaluate"], "n_bootstrap": 10, "n_permutations": 10},
+        0,
+    )
     metrics = pd.read_csv(tmp_path / "m.tsv", sep="\t").set_index("source")
-    assert metrics.loc["first", "BLEU-4"] == pytest.approx(metrics.loc["second", "BLEU-4"]) == pytest.approx(1.0, abs=1e-6)
+    assert (
+        metrics.loc["first", "BLEU-4"] == pytest.approx(metrics.loc["second", "BLEU-4"]) == pytest.approx(1.0, abs=1e-6)
+    )
     direct = CocoScorer().score({i: [REFS[i][0], second[i]] for i in ids}, {i: second[i] for i in ids})
     assert metrics.loc["second", "CIDEr"] == pytest.approx(direct["CIDEr"], abs=1e-4)
     with h5py.File(tmp_path / "captions.h5") as f:
@@ -180,18 +199,42 @@ def test_every_reference_counts(tmp_path):
 def test_ablation_table_puts_each_ablated_student_next_to_the_full_one():
     import pandas as pd
 
-    metrics = pd.DataFrame({"subject": ["s1"] * 4 + ["s2"] * 2, "heldout": [False] * 4 + [True] * 2,
-                            "source": ["fmri", "shuffled", "fmri-no_distillation", "video-teacher", "fmri",
-                                       "fmri-no_domain_adaptation"],
-                            "n": 10, "CIDEr": [1.0, 0.4, 0.8, 2.0, 0.9, 0.5], "CIDEr_ci_low": 0.1,
-                            "CIDEr_ci_high": 2.0, "METEOR": 0.2})
-    tests = pd.DataFrame({"subject": ["s1", "s1", "s2"], "comparison": ["fmri > shuffled", "fmri > fmri-no_distillation",
-                                                                       "fmri > fmri-no_domain_adaptation"],
-                          "metric": "CIDEr", "mean_difference": [0.6, 0.2, 0.4], "p_value": [0.001, 0.04, 0.2]})
+    metrics = pd.DataFrame(
+        {
+            "subject": ["s1"] * 4 + ["s2"] * 2,
+            "heldout": [False] * 4 + [True] * 2,
+            "source": [
+                "fmri",
+                "shuffled",
+                "fmri-no_distillation",
+                "video-teacher",
+                "fmri",
+                "fmri-no_domain_adaptation",
+            ],
+            "n": 10,
+            "CIDEr": [1.0, 0.4, 0.8, 2.0, 0.9, 0.5],
+            "CIDEr_ci_low": 0.1,
+            "CIDEr_ci_high": 2.0,
+            "METEOR": 0.2,
+        }
+    )
+    tests = pd.DataFrame(
+        {
+            "subject": ["s1", "s1", "s2"],
+            "comparison": ["fmri > shuffled", "fmri > fmri-no_distillation", "fmri > fmri-no_domain_adaptation"],
+            "metric": "CIDEr",
+            "mean_difference": [0.6, 0.2, 0.4],
+            "p_value": [0.001, 0.04, 0.2],
+        }
+    )
     # the same comparison by another metric (BERTScore) does not enter the CIDEr gain
     tests = pd.concat([tests, tests.assign(metric="BERTScore-F1", mean_difference=9.0, p_value=0.5)])
     table = ablation_table(metrics, tests)
-    assert list(zip(table["subject"], table["model"])) == [("s1", "full"), ("s1", "no_distillation"),
-                                                           ("s2", "full"), ("s2", "no_domain_adaptation")]
+    assert list(zip(table["subject"], table["model"], strict=True)) == [
+        ("s1", "full"),
+        ("s1", "no_distillation"),
+        ("s2", "full"),
+        ("s2", "no_domain_adaptation"),
+    ]
     assert table["cider_gain_of_full"].tolist()[1::2] == [0.2, 0.4] and table["p_value"].tolist()[1::2] == [0.04, 0.2]
     assert table["cider_gain_of_full"].isna().tolist()[::2] == [True, True]

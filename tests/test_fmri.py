@@ -10,8 +10,8 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import FMRI_PARAMS, TINY_DEMO, TINY_SEGMENTS
+
 from llm4brain.artifacts import open_artifact, read_keys
 from llm4brain.fmri.preprocess import SplitHalf, clean_run, pair_run, preprocess_subject
 from llm4brain.fmri.runs import InputError, Run, check_id
@@ -23,7 +23,9 @@ def test_polynomial_detrend_matches_numpy_polynomial(order):
     """The residual equals data minus numpy.polynomial's least-squares fit of the same order, per voxel."""
     rng = np.random.default_rng(order)
     t = np.arange(120.0)
-    data = (rng.normal(size=(120, 5)) + np.outer(t, rng.normal(size=5)) * 0.05 + np.outer((t / 60) ** 3, rng.normal(size=5)))
+    data = (
+        rng.normal(size=(120, 5)) + np.outer(t, rng.normal(size=5)) * 0.05 + np.outer((t / 60) ** 3, rng.normal(size=5))
+    )
     out = data.astype(np.float32)
     clean_run(out, {**FMRI_PARAMS, "detrend_order": order, "zscore": False}, 2.0)
     for v in range(5):
@@ -76,7 +78,9 @@ def test_pairing_applies_lag():
 
 def test_preprocess_subject(tiny_demo, tmp_path):
     out = tmp_path / "sub-01.h5"
-    preprocess_subject("sub-01", tiny_demo / "sub-01", tiny_demo / "roi_mask.nii.gz", out, TINY_SEGMENTS, 2.0, FMRI_PARAMS)
+    preprocess_subject(
+        "sub-01", tiny_demo / "sub-01", tiny_demo / "roi_mask.nii.gz", out, TINY_SEGMENTS, 2.0, FMRI_PARAMS
+    )
     with open_artifact(out, "fmri", ("train/bold", "test/bold", "mask")) as f:
         n = TINY_DEMO["trs_per_segment"]
         assert f["train/bold"].shape == (3 * n,) + tuple(TINY_DEMO["grid"])  # seg01 twice, seg02 once
@@ -100,7 +104,9 @@ def _copy_subject(tiny_demo: Path, tmp_path: Path) -> Path:
 def test_wrong_tr_names_file(tiny_demo, tmp_path):
     out = tmp_path / "out.h5"
     with pytest.raises(InputError, match=r"_bold\.nii\.gz: header TR is 2 s but the config says 1\.5 s"):
-        preprocess_subject("sub-01", tiny_demo / "sub-01", tiny_demo / "roi_mask.nii.gz", out, TINY_SEGMENTS, 1.5, FMRI_PARAMS)
+        preprocess_subject(
+            "sub-01", tiny_demo / "sub-01", tiny_demo / "roi_mask.nii.gz", out, TINY_SEGMENTS, 1.5, FMRI_PARAMS
+        )
     assert not out.exists() and not list(tmp_path.iterdir())
 
 
@@ -110,7 +116,9 @@ def test_three_d_image_rejected(tiny_demo, tmp_path):
     img = nib.load(bold)
     nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[..., 0], img.affine), bold)
     with pytest.raises(InputError, match="expected a 4-D image"):
-        preprocess_subject("sub-01", subject, tiny_demo / "roi_mask.nii.gz", tmp_path / "o.h5", TINY_SEGMENTS, 2.0, FMRI_PARAMS)
+        preprocess_subject(
+            "sub-01", subject, tiny_demo / "roi_mask.nii.gz", tmp_path / "o.h5", TINY_SEGMENTS, 2.0, FMRI_PARAMS
+        )
     assert not (tmp_path / "o.h5").exists()
 
 
@@ -119,13 +127,17 @@ def test_truncated_gzip_rejected(tiny_demo, tmp_path):
     bold = sorted((subject / "func").glob("*_bold.nii.gz"))[0]
     bold.write_bytes(bold.read_bytes()[:200])
     with pytest.raises(InputError, match="cannot read image"):
-        preprocess_subject("sub-01", subject, tiny_demo / "roi_mask.nii.gz", tmp_path / "o.h5", TINY_SEGMENTS, 2.0, FMRI_PARAMS)
+        preprocess_subject(
+            "sub-01", subject, tiny_demo / "roi_mask.nii.gz", tmp_path / "o.h5", TINY_SEGMENTS, 2.0, FMRI_PARAMS
+        )
 
 
 def test_missing_segment_runs(tiny_demo, tmp_path):
     segments = {"train": ["seg01", "seg02", "seg99"], "test": ["test01"]}
     with pytest.raises(InputError, match="no runs for segments"):
-        preprocess_subject("sub-01", tiny_demo / "sub-01", tiny_demo / "roi_mask.nii.gz", tmp_path / "o.h5", segments, 2.0, FMRI_PARAMS)
+        preprocess_subject(
+            "sub-01", tiny_demo / "sub-01", tiny_demo / "roi_mask.nii.gz", tmp_path / "o.h5", segments, 2.0, FMRI_PARAMS
+        )
 
 
 def test_mask_grid_mismatch(tiny_demo, tmp_path):
@@ -151,7 +163,8 @@ def test_real_scanner_data(tmp_path):
     n = img.shape[3]
     duration = (n - 1) * tr - 0.0
     pd.DataFrame({"onset": [0.0], "duration": [duration], "segment": ["clip"]}).to_csv(
-        func / "sub-01_task-movie_run-01_events.tsv", sep="\t", index=False)
+        func / "sub-01_task-movie_run-01_events.tsv", sep="\t", index=False
+    )
     mask = tmp_path / "mask.nii.gz"
     brain = np.asarray(img.dataobj).mean(-1) > 0
     nib.save(nib.Nifti1Image(brain.astype(np.uint8), img.affine), mask)
@@ -197,7 +210,8 @@ def derivatives_dataset(tiny_demo: Path, root: Path, nuisance: float) -> tuple[P
         data = np.asarray(img.dataobj, dtype=np.float32)
         csf = rng.standard_normal(data.shape[-1]).cumsum()
         pd.DataFrame({"csf": np.r_[np.nan, csf[1:]], "trans_x": rng.standard_normal(data.shape[-1])}).to_csv(
-            deriv / f"{stem}_desc-confounds_timeseries.tsv", sep="\t", index=False, na_rep="n/a")
+            deriv / f"{stem}_desc-confounds_timeseries.tsv", sep="\t", index=False, na_rep="n/a"
+        )
         data += nuisance * np.r_[0.0, csf[1:]].astype(np.float32)
         nib.save(nib.Nifti1Image(data, img.affine, img.header), deriv / f"{stem}_space-T1w_desc-preproc_bold.nii.gz")
         (deriv / f"{stem}_space-MNI152NLin2009cAsym_desc-preproc_bold.nii.gz").write_bytes(b"not selected")
@@ -211,13 +225,22 @@ BIDS = {"task": "movie", "space": "T1w", "desc": "preproc"}
 def test_bids_derivatives_with_confound_regression(tiny_demo, tmp_path):
     subject, raw = derivatives_dataset(tiny_demo, tmp_path, nuisance=30.0)
     clean = tmp_path / "clean.h5"
-    preprocess_subject("sub-01", tiny_demo / "sub-01", tiny_demo / "roi_mask.nii.gz", clean, TINY_SEGMENTS, 2.0,
-                       FMRI_PARAMS)
+    preprocess_subject(
+        "sub-01", tiny_demo / "sub-01", tiny_demo / "roi_mask.nii.gz", clean, TINY_SEGMENTS, 2.0, FMRI_PARAMS
+    )
     outputs = {}
     for columns in ([], ["csf"]):
         out = tmp_path / f"confounds-{len(columns)}.h5"
-        preprocess_subject("sub-01", subject, tiny_demo / "roi_mask.nii.gz", out, TINY_SEGMENTS, 2.0,
-                           {**FMRI_PARAMS, "confounds": columns}, {"layout": "bids", "bids": {**BIDS, "events_root": str(raw)}})
+        preprocess_subject(
+            "sub-01",
+            subject,
+            tiny_demo / "roi_mask.nii.gz",
+            out,
+            TINY_SEGMENTS,
+            2.0,
+            {**FMRI_PARAMS, "confounds": columns},
+            {"layout": "bids", "bids": {**BIDS, "events_root": str(raw)}},
+        )
         outputs[len(columns)] = out
     with h5py.File(clean) as c, h5py.File(outputs[0]) as dirty, h5py.File(outputs[1]) as regressed:
         assert dirty.attrs["n_runs"] == c.attrs["n_runs"]  # the MNI decoys were never read
@@ -230,8 +253,16 @@ def test_bids_derivatives_with_confound_regression(tiny_demo, tmp_path):
 def test_missing_confound_column_names_file(tiny_demo, tmp_path):
     subject, raw = derivatives_dataset(tiny_demo, tmp_path, nuisance=0.0)
     with pytest.raises(InputError, match=r"desc-confounds_timeseries\.tsv: missing columns \['rot_x'\]"):
-        preprocess_subject("sub-01", subject, tiny_demo / "roi_mask.nii.gz", tmp_path / "o.h5", TINY_SEGMENTS, 2.0,
-                           {**FMRI_PARAMS, "confounds": ["rot_x"]}, {"layout": "bids", "bids": {**BIDS, "events_root": str(raw)}})
+        preprocess_subject(
+            "sub-01",
+            subject,
+            tiny_demo / "roi_mask.nii.gz",
+            tmp_path / "o.h5",
+            TINY_SEGMENTS,
+            2.0,
+            {**FMRI_PARAMS, "confounds": ["rot_x"]},
+            {"layout": "bids", "bids": {**BIDS, "events_root": str(raw)}},
+        )
     assert not (tmp_path / "o.h5").exists()
 
 
@@ -254,9 +285,11 @@ WEN_CIFTI = {"layout": "wen2018", "wen2018": {"images": "cifti"}}
 
 def expected_clip(run: Path, lead: int, keep: int, order: int, volume: int, columns: np.ndarray) -> np.ndarray:
     """One cleaned volume computed independently: numpy.polynomial detrend + sample z-score of the kept volumes."""
-    series = np.asarray(nib.load(run).dataobj, dtype=np.float64)[lead:lead + keep][:, columns]
+    series = np.asarray(nib.load(run).dataobj, dtype=np.float64)[lead : lead + keep][:, columns]
     t = np.arange(keep)
-    resid = np.stack([series[:, v] - np.polynomial.Polynomial.fit(t, series[:, v], order)(t) for v in range(series.shape[1])], 1)
+    resid = np.stack(
+        [series[:, v] - np.polynomial.Polynomial.fit(t, series[:, v], order)(t) for v in range(series.shape[1])], 1
+    )
     return ((resid - resid.mean(0)) / resid.std(0, ddof=1))[volume]
 
 
@@ -292,17 +325,49 @@ def test_wen2018_trimming_and_pairing_errors(tmp_path):
     write_wen2018(tmp_path, ["subject1"], WEN_SEGMENTS, keep=20)
     subject = tmp_path / "subject1"
     with pytest.raises(InputError, match=r"seg1_1_Atlas\.dtseries\.nii: run has 26 volumes, too few to trim"):
-        preprocess_subject("subject1", subject, None, tmp_path / "o.h5", WEN_SEGMENTS, 2.0,
-                           {**WEN_PARAMS, "trim": {"start": 0, "end": 4, "keep": 30}}, WEN_CIFTI)
+        preprocess_subject(
+            "subject1",
+            subject,
+            None,
+            tmp_path / "o.h5",
+            WEN_SEGMENTS,
+            2.0,
+            {**WEN_PARAMS, "trim": {"start": 0, "end": 4, "keep": 30}},
+            WEN_CIFTI,
+        )
     with pytest.raises(InputError, match=r"seg1_1_Atlas\.dtseries\.nii: run has 20 volumes but segment 'seg1'"):
-        preprocess_subject("subject1", subject, None, tmp_path / "o.h5", WEN_SEGMENTS, 2.0,
-                           {**WEN_PARAMS, "unpaired_clips": "error"}, WEN_CIFTI)
+        preprocess_subject(
+            "subject1",
+            subject,
+            None,
+            tmp_path / "o.h5",
+            WEN_SEGMENTS,
+            2.0,
+            {**WEN_PARAMS, "unpaired_clips": "error"},
+            WEN_CIFTI,
+        )
     with pytest.raises(InputError, match="no usable voxels"):  # untrimmed: the NaN volumes spoil every voxel
-        preprocess_subject("subject1", subject, None, tmp_path / "o.h5", WEN_SEGMENTS, 2.0,
-                           {**WEN_PARAMS, "trim": {"start": 0, "end": 0, "keep": None}}, WEN_CIFTI)
+        preprocess_subject(
+            "subject1",
+            subject,
+            None,
+            tmp_path / "o.h5",
+            WEN_SEGMENTS,
+            2.0,
+            {**WEN_PARAMS, "trim": {"start": 0, "end": 0, "keep": None}},
+            WEN_CIFTI,
+        )
     with pytest.raises(InputError, match=r"fmri/test2: no \*_Atlas\.dtseries\.nii runs"):
-        preprocess_subject("subject1", subject, None, tmp_path / "o.h5", {**WEN_SEGMENTS, "test": ["test2"]}, 2.0,
-                           WEN_PARAMS, WEN_CIFTI)
+        preprocess_subject(
+            "subject1",
+            subject,
+            None,
+            tmp_path / "o.h5",
+            {**WEN_SEGMENTS, "test": ["test2"]},
+            2.0,
+            WEN_PARAMS,
+            WEN_CIFTI,
+        )
     with pytest.raises(InputError, match=r"header TR is 2 s but the config says 1\.5 s"):
         preprocess_subject("subject1", subject, None, tmp_path / "o.h5", WEN_SEGMENTS, 1.5, WEN_PARAMS, WEN_CIFTI)
     assert not list(tmp_path.glob("*.h5"))  # neither an artifact nor a scratch file is left behind
@@ -313,8 +378,16 @@ def test_wen2018_mni_volumes(tmp_path):
 
     write_wen2018(tmp_path, ["subject1"], WEN_SEGMENTS, keep=20)
     out = tmp_path / "subject1.h5"
-    preprocess_subject("subject1", tmp_path / "subject1", tmp_path / "mni_mask.nii.gz", out, WEN_SEGMENTS, 2.0,
-                       WEN_PARAMS, {"layout": "wen2018", "wen2018": {"images": "mni"}})
+    preprocess_subject(
+        "subject1",
+        tmp_path / "subject1",
+        tmp_path / "mni_mask.nii.gz",
+        out,
+        WEN_SEGMENTS,
+        2.0,
+        WEN_PARAMS,
+        {"layout": "wen2018", "wen2018": {"images": "mni"}},
+    )
     with open_artifact(out, "fmri", ("train/bold",)) as f:
         assert f.attrs["layout"] == "volume" and f.attrs["space"] == "MNI152"
         assert f["train/bold"].shape == (72,) + GRID and f["mask"][:].sum() == 24
@@ -344,7 +417,8 @@ def test_resample_runs_onto_the_mask_grid(tmp_path):
     func.mkdir(parents=True)
     shutil.copy(src, func / "sub-01_task-movie_run-01_bold.nii")
     pd.DataFrame({"onset": [0.0], "duration": [36.0], "segment": ["clip"]}).to_csv(
-        func / "sub-01_task-movie_run-01_events.tsv", sep="\t", index=False)
+        func / "sub-01_task-movie_run-01_events.tsv", sep="\t", index=False
+    )
     shifted = img.affine.copy()
     shifted[:3, 3] += img.affine[:3, 0]  # the mask's voxel i is the run's voxel i + 1 along x
     brain = np.asarray(img.dataobj).mean(-1) > 0
@@ -356,9 +430,18 @@ def test_resample_runs_onto_the_mask_grid(tmp_path):
     params = {**FMRI_PARAMS, "hrf_lag": 0.0, "detrend_order": 1}
     segments = {"train": ["clip"], "test": []}
     with pytest.raises(InputError, match=r"affine differs from the mask .*fmri.resample: true"):
-        preprocess_subject("sub-01", tmp_path / "sub-01", tmp_path / "mask.nii.gz", tmp_path / "r.h5", segments, 2.0, params)
-    preprocess_subject("sub-01", tmp_path / "sub-01", tmp_path / "mask.nii.gz", tmp_path / "r.h5", segments, 2.0,
-                       {**params, "resample": True})
+        preprocess_subject(
+            "sub-01", tmp_path / "sub-01", tmp_path / "mask.nii.gz", tmp_path / "r.h5", segments, 2.0, params
+        )
+    preprocess_subject(
+        "sub-01",
+        tmp_path / "sub-01",
+        tmp_path / "mask.nii.gz",
+        tmp_path / "r.h5",
+        segments,
+        2.0,
+        {**params, "resample": True},
+    )
     preprocess_subject("sub-01", tmp_path / "sub-01", same, tmp_path / "s.h5", segments, 2.0, params)
     with h5py.File(tmp_path / "r.h5") as r, h5py.File(tmp_path / "s.h5") as s:
         assert np.abs(s["train/bold"][:]).sum() > 0
@@ -370,10 +453,24 @@ def test_atlas_labels_select_the_mask(tiny_demo, tmp_path):
     atlas = (np.asarray(roi.dataobj) > 0) * (1 + (np.indices(roi.shape)[0] % 3))  # labels 1, 2, 3 in x stripes
     nib.save(nib.Nifti1Image(atlas.astype(np.int16), roi.affine), tmp_path / "atlas.nii.gz")
     out = tmp_path / "o.h5"
-    preprocess_subject("sub-01", tiny_demo / "sub-01", tmp_path / "atlas.nii.gz", out, TINY_SEGMENTS, 2.0,
-                       {**FMRI_PARAMS, "mask_labels": [2]})
+    preprocess_subject(
+        "sub-01",
+        tiny_demo / "sub-01",
+        tmp_path / "atlas.nii.gz",
+        out,
+        TINY_SEGMENTS,
+        2.0,
+        {**FMRI_PARAMS, "mask_labels": [2]},
+    )
     with h5py.File(out) as f:
         assert (f["mask"][:].astype(bool) == (atlas == 2)).all()
     with pytest.raises(InputError, match=r"atlas\.nii\.gz: mask selects no voxels \(labels \[9\]\)"):
-        preprocess_subject("sub-01", tiny_demo / "sub-01", tmp_path / "atlas.nii.gz", out, TINY_SEGMENTS, 2.0,
-                           {**FMRI_PARAMS, "mask_labels": [9]})
+        preprocess_subject(
+            "sub-01",
+            tiny_demo / "sub-01",
+            tmp_path / "atlas.nii.gz",
+            out,
+            TINY_SEGMENTS,
+            2.0,
+            {**FMRI_PARAMS, "mask_labels": [9]},
+        )

@@ -7,24 +7,42 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TRAIN_DEFAULTS
+from test_models import ALIGN, CAPTIONS, ENCODER, PROMPT, TEMPLATE, tiny_teacher
 
 from llm4brain.instruct.student import load_student, save_student
 from llm4brain.instruct.train import build_student, distillation
 from llm4brain.models.video_llm import save_teacher
 from llm4brain.training import fit
-from test_models import ALIGN, CAPTIONS, ENCODER, PROMPT, TEMPLATE, tiny_teacher
-from conftest import TRAIN_DEFAULTS
 
-LORA = {"r": 8, "alpha": 16, "dropout": 0.0,
-        "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
-TRAIN = {**TRAIN_DEFAULTS, "steps": 40, "lr": 3e-2, "weight_decay": 0.0, "warmup": 2, "grad_clip": 1.0, "checkpoint_every": 0,
-         "accumulate": 1}
+LORA = {
+    "r": 8,
+    "alpha": 16,
+    "dropout": 0.0,
+    "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+}
+TRAIN = {
+    **TRAIN_DEFAULTS,
+    "steps": 40,
+    "lr": 3e-2,
+    "weight_decay": 0.0,
+    "warmup": 2,
+    "grad_clip": 1.0,
+    "checkpoint_every": 0,
+    "accumulate": 1,
+}
 
 
 def instruct(tuning: str, quantization: str = "none") -> dict:
-    return {"input": "latents", "train_qformer": False, "train_encoder": True, "encoder_tokens": False, "distill_weight": 0.0,
-            "distill_temperature": 1.0,
-            "llm": {"tuning": tuning, "quantization": quantization, "gradient_checkpointing": False, "lora": LORA}}
+    return {
+        "input": "latents",
+        "train_qformer": False,
+        "train_encoder": True,
+        "encoder_tokens": False,
+        "distill_weight": 0.0,
+        "distill_temperature": 1.0,
+        "llm": {"tuning": tuning, "quantization": quantization, "gradient_checkpointing": False, "lora": LORA},
+    }
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +63,11 @@ def train(student, tokens: torch.Tensor, steps: int = TRAIN["steps"]):
 
 def base_weights(llm: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The base LLM's own weights (LoRA's ``base_layer`` names mapped back), for bit-identity checks."""
-    return {name.replace("base_model.model.", "").replace(".base_layer", ""): p.detach().clone()
-            for name, p in llm.named_parameters() if "lora_" not in name}
+    return {
+        name.replace("base_model.model.", "").replace(".base_layer", ""): p.detach().clone()
+        for name, p in llm.named_parameters()
+        if "lora_" not in name
+    }
 
 
 def test_lora_trains_adapters_only_and_reloads_to_identical_logits(teacher_dir, tmp_path):
@@ -87,7 +108,9 @@ def test_quantized_base_runs_a_lora_training_step_on_cpu(teacher_dir, quantizati
     lora = {n: p.detach().clone() for n, p in student.captioner.llm.named_parameters() if p.requires_grad}
     history = train(student, torch.randn(3, 4, 32), steps=3)
     assert history["loss"].notna().all() and (history["grad_norm"] > 0).all()
-    changed = [n for n, p in student.captioner.llm.named_parameters() if p.requires_grad and not torch.equal(p, lora[n])]
+    changed = [
+        n for n, p in student.captioner.llm.named_parameters() if p.requires_grad and not torch.equal(p, lora[n])
+    ]
     assert changed
 
 
@@ -188,7 +211,8 @@ def test_encoder_tokens_reach_the_llm_after_the_aligned_ones_and_reload_identica
     ids, mask = student.captioner.encode_captions(CAPTIONS)
     with torch.no_grad():
         expected = student.captioner.caption_logits(student.tokens(volumes), ids, mask)
-    torch.testing.assert_close(reloaded.captioner.caption_logits(reloaded.encode(volumes), ids, mask), expected,
-                               rtol=0, atol=0)
+    torch.testing.assert_close(
+        reloaded.captioner.caption_logits(reloaded.encode(volumes), ids, mask), expected, rtol=0, atol=0
+    )
     with pytest.raises(ValueError, match="encoder_tokens needs the end-to-end student"):
         build_student(str(teacher_dir), "", {**instruct("full"), "encoder_tokens": True})

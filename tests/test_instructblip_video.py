@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import DEFAULTS
+from test_models import CAPTIONS, ENCODER
+
 from llm4brain.align.model import BrainAligner
 from llm4brain.artifacts import ArtifactError
 from llm4brain.models.tokenizer import train_word_tokenizer
 from llm4brain.models.video_llm import load_teacher, load_video_qformer
 from llm4brain.video_llm.checkpoint import checkpoint_settings
-from test_models import CAPTIONS, ENCODER
 
 PROMPT = "Describe the clip."
 QUERIES = 4
@@ -40,17 +40,41 @@ def tiny_instructblip_video(directory: Path, video: bool = True) -> None:
     (directory / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]))
     qformer_tokenizer = BertTokenizerFast(vocab_file=str(directory / "vocab.txt"))
     (directory / "vocab.txt").unlink()
-    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                       num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
-                       pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                       eos_token_id=tokenizer.eos_token_id)
+    text = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     token = {"video_token_index" if video else "image_token_index": tokenizer.convert_tokens_to_ids("<video>")}
     config = getattr(transformers, f"{kind}Config")(
-        vision_config={"hidden_size": 24, "intermediate_size": 48, "num_hidden_layers": 1, "num_attention_heads": 2,
-                       "image_size": 16, "patch_size": 8},
-        qformer_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-                        "encoder_hidden_size": 24, "vocab_size": len(qformer_tokenizer), "cross_attention_frequency": 1},
-        text_config=text.to_dict(), num_query_tokens=QUERIES, **token)
+        vision_config={
+            "hidden_size": 24,
+            "intermediate_size": 48,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "image_size": 16,
+            "patch_size": 8,
+        },
+        qformer_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "encoder_hidden_size": 24,
+            "vocab_size": len(qformer_tokenizer),
+            "cross_attention_frequency": 1,
+        },
+        text_config=text.to_dict(),
+        num_query_tokens=QUERIES,
+        **token,
+    )
     getattr(transformers, f"{kind}ForConditionalGeneration")(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     qformer_tokenizer.save_pretrained(directory / "qformer_tokenizer")
@@ -85,12 +109,15 @@ def test_teacher_reproduces_the_checkpoint(checkpoint, tmp_path):
     pixels = torch.randn(2, 4, 3, 16, 16)
     instruction = AutoTokenizer.from_pretrained(checkpoint / "qformer_tokenizer")([PROMPT] * 2, return_tensors="pt")
     with torch.no_grad():
-        expected = model.get_video_features(pixels, qformer_input_ids=instruction["input_ids"],
-                                            qformer_attention_mask=instruction["attention_mask"]).pooler_output
+        expected = model.get_video_features(
+            pixels, qformer_input_ids=instruction["input_ids"], qformer_attention_mask=instruction["attention_mask"]
+        ).pooler_output
         vit = model.vision_model(pixel_values=pixels.flatten(0, 1)).last_hidden_state
         tokens = qformer(vit.reshape(2, 4, *vit.shape[1:]))
         assert tokens.shape == (2, 4 * QUERIES, 32)
-        torch.testing.assert_close(load_video_qformer(pointer)(vit.reshape(2, 4, *vit.shape[1:])), tokens, rtol=0, atol=0)
+        torch.testing.assert_close(
+            load_video_qformer(pointer)(vit.reshape(2, 4, *vit.shape[1:])), tokens, rtol=0, atol=0
+        )
         torch.testing.assert_close(captioner.projection(tokens), expected, rtol=1e-5, atol=1e-5)
 
         captions = CAPTIONS[:2]
@@ -100,9 +127,13 @@ def test_teacher_reproduces_the_checkpoint(checkpoint, tmp_path):
         video = [model.config.video_token_index] * (4 * QUERIES)
         input_ids = torch.cat([torch.tensor([video + prompt] * 2), ids], dim=1)
         attention = torch.cat([torch.ones(2, len(video + prompt), dtype=torch.long), mask], dim=1)
-        logits = model(pixel_values=pixels, qformer_input_ids=instruction["input_ids"],
-                       qformer_attention_mask=instruction["attention_mask"], input_ids=input_ids,
-                       attention_mask=attention).logits
+        logits = model(
+            pixel_values=pixels,
+            qformer_input_ids=instruction["input_ids"],
+            qformer_attention_mask=instruction["attention_mask"],
+            input_ids=input_ids,
+            attention_mask=attention,
+        ).logits
         p = len(video + prompt)
         ours = captioner.caption_logits(tokens, ids, mask)
         keep = mask.bool()
@@ -120,10 +151,13 @@ def test_image_instructblip_checkpoint_runs_as_the_video_teacher(tmp_path):
     model = InstructBlipForConditionalGeneration.from_pretrained(tmp_path / "image").eval()
     qformer, captioner, _ = load_teacher(teacher_pointer(tmp_path / "image", tmp_path))
     pixels = torch.randn(2 * 4, 3, 16, 16)  # 2 clips of 4 frames
-    instruction = AutoTokenizer.from_pretrained(tmp_path / "image" / "qformer_tokenizer")([PROMPT] * 8, return_tensors="pt")
+    instruction = AutoTokenizer.from_pretrained(tmp_path / "image" / "qformer_tokenizer")(
+        [PROMPT] * 8, return_tensors="pt"
+    )
     with torch.no_grad():
-        per_frame = model.get_image_features(pixels, qformer_input_ids=instruction["input_ids"],
-                                             qformer_attention_mask=instruction["attention_mask"]).pooler_output
+        per_frame = model.get_image_features(
+            pixels, qformer_input_ids=instruction["input_ids"], qformer_attention_mask=instruction["attention_mask"]
+        ).pooler_output
         vit = model.vision_model(pixel_values=pixels).last_hidden_state
         ours = captioner.projection(qformer(vit.reshape(2, 4, *vit.shape[1:])))
     torch.testing.assert_close(ours, per_frame.reshape(2, 4 * QUERIES, -1), rtol=1e-5, atol=1e-5)
@@ -155,7 +189,8 @@ def test_quantization_leaves_vision_tower_qformer_projection_and_lm_head_in_full
     from llm4brain.models.quantization import quantized_loading
 
     model = InstructBlipVideoForConditionalGeneration.from_pretrained(
-        checkpoint, use_safetensors=True, **quantized_loading(kind, "cpu", FULL_PRECISION))
+        checkpoint, use_safetensors=True, **quantized_loading(kind, "cpu", FULL_PRECISION)
+    )
     linear = {name: type(m).__name__ for name, m in model.named_modules() if "Linear" in type(m).__name__}
     quantized = {name for name, layer in linear.items() if layer == QUANTIZED[kind]}
     assert quantized and all(name.startswith("language_model.") and "lm_head" not in name for name in quantized)
@@ -169,6 +204,7 @@ def test_quantized_student_keeps_qformer_and_projection_in_full_precision(checkp
     """8-bit or 4-bit NF4 through bitsandbytes quantises the LLM's decoder layers only; a LoRA step runs on
     CPU."""
     from test_instruct import instruct, train
+
     from llm4brain.instruct.train import build_student
 
     student = build_student(str(teacher_pointer(checkpoint, tmp_path)), "", instruct("lora", kind))

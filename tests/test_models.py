@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from conftest import TRAIN_DEFAULTS
 
 from llm4brain.align.model import BrainAligner, load_aligner, save_aligner
 from llm4brain.models.adaptors import add_adaptors
@@ -13,18 +14,29 @@ from llm4brain.models.fmri_encoder import FmriEncoder
 from llm4brain.models.tokenizer import train_word_tokenizer
 from llm4brain.models.video_llm import Captioner, VideoQFormer, build_llm, load_teacher, qformer_config, save_teacher
 from llm4brain.training import fit
-from conftest import TRAIN_DEFAULTS
 
-CAPTIONS = ["one small red circle moving left on a black background",
-            "two large blue squares moving up on a white background",
-            "three small green triangles moving down on a gray background"]
+CAPTIONS = [
+    "one small red circle moving left on a black background",
+    "two large blue squares moving up on a white background",
+    "three small green triangles moving down on a gray background",
+]
 TEMPLATE, PROMPT = "###Human: <Video>{video}</Video> {prompt} ###Assistant:", "Describe the clip."
 QFORMER = {"num_queries": 4, "hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64}
 LLM = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64}
-ENCODER = {"window": 1, "tokenizer": {"channels": 4, "patch": 4, "vector_patch": 4}, "dim": 32, "depth": 1,
-           "num_heads": 2, "mlp_ratio": 2.0, "dropout": 0.0}
-ALIGN = {"encoder_tuning": "full", "temperature": 0.07,
-         "adaptor": {"kind": "bottleneck", "bottleneck": 8, "scale_init": 1e-3, "lora_r": 4, "lora_alpha": 8}}
+ENCODER = {
+    "window": 1,
+    "tokenizer": {"channels": 4, "patch": 4, "vector_patch": 4},
+    "dim": 32,
+    "depth": 1,
+    "num_heads": 2,
+    "mlp_ratio": 2.0,
+    "dropout": 0.0,
+}
+ALIGN = {
+    "encoder_tuning": "full",
+    "temperature": 0.07,
+    "adaptor": {"kind": "bottleneck", "bottleneck": 8, "scale_init": 1e-3, "lora_r": 4, "lora_alpha": 8},
+}
 
 
 def tiny_teacher(seed: int = 0) -> tuple[VideoQFormer, Captioner]:
@@ -39,21 +51,48 @@ def test_prompt_renders_template():
     _, captioner = tiny_teacher()
     tokens = captioner.tokenizer.convert_ids_to_tokens
     assert tokens(captioner.prefix_ids.tolist()) == ["[BOS]", "###", "human", ":", "<", "video", ">"]
-    assert tokens(captioner.suffix_ids.tolist()) == ["</", "video", ">", "describe", "the", "clip", ".", "###",
-                                                     "assistant", ":"]
-    assert captioner.tokenizer.decode(captioner.tokenizer("two large blue squares")["input_ids"]) == "two large blue squares"
+    assert tokens(captioner.suffix_ids.tolist()) == [
+        "</",
+        "video",
+        ">",
+        "describe",
+        "the",
+        "clip",
+        ".",
+        "###",
+        "assistant",
+        ":",
+    ]
+    assert (
+        captioner.tokenizer.decode(captioner.tokenizer("two large blue squares")["input_ids"])
+        == "two large blue squares"
+    )
 
 
 def test_teacher_learns_and_round_trips(tmp_path):
     qformer, captioner = tiny_teacher()
     clips = torch.randn(3, 2, 5, 16)
     model = torch.nn.ModuleDict({"q": qformer, "c": captioner}).train()
-    history = fit(model.parameters(), lambda step: (captioner.caption_loss(qformer(clips), CAPTIONS)[0], {}),
-                  {**TRAIN_DEFAULTS, "steps": 150, "lr": 3e-3, "weight_decay": 0.0, "warmup": 2, "grad_clip": 1.0,
-                   "checkpoint_every": 0, "accumulate": 1}, "test")
+    history = fit(
+        model.parameters(),
+        lambda step: (captioner.caption_loss(qformer(clips), CAPTIONS)[0], {}),
+        {
+            **TRAIN_DEFAULTS,
+            "steps": 150,
+            "lr": 3e-3,
+            "weight_decay": 0.0,
+            "warmup": 2,
+            "grad_clip": 1.0,
+            "checkpoint_every": 0,
+            "accumulate": 1,
+        },
+        "test",
+    )
     assert history["loss"].iloc[-5:].mean() < 0.5 * history["loss"].iloc[0]
     model.eval()
-    save_teacher(tmp_path / "teacher", qformer, captioner, {"template": TEMPLATE, "prompt": PROMPT, "max_caption_tokens": 16})
+    save_teacher(
+        tmp_path / "teacher", qformer, captioner, {"template": TEMPLATE, "prompt": PROMPT, "max_caption_tokens": 16}
+    )
     qformer2, captioner2, _ = load_teacher(tmp_path / "teacher")
     ids, mask = captioner.encode_captions(CAPTIONS)
     with torch.no_grad():

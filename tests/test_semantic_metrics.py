@@ -14,16 +14,26 @@ import pytest
 
 from llm4brain.evaluate.semantic import BertScore, EmbeddingCosine, semantic_metrics, semantic_scores
 
-WORDS = ("one two three small large red green blue yellow purple circle circles square squares triangle triangles "
-         "moving left right up down on a black white gray background").split()
-REFS = [["two small red circles moving left on a black background", "red circles going left on black"],
-        ["one large blue square moving up on a white background"],
-        ["three small green triangles moving down on a gray background"],
-        ["one small yellow circle moving right on a white background"]]
-CANDS = ["two small red circles moving right on a black background", "one large blue square moving up",
-         "three large green circles moving down on a gray background", "one small purple triangle moving left"]
-NO_MODELS = {"bertscore": {"model": None, "num_layers": None, "batch_size": 8},
-             "sentence_embedding": {"model": None, "batch_size": 8}}
+WORDS = (
+    "one two three small large red green blue yellow purple circle circles square squares triangle triangles "
+    "moving left right up down on a black white gray background"
+).split()
+REFS = [
+    ["two small red circles moving left on a black background", "red circles going left on black"],
+    ["one large blue square moving up on a white background"],
+    ["three small green triangles moving down on a gray background"],
+    ["one small yellow circle moving right on a white background"],
+]
+CANDS = [
+    "two small red circles moving right on a black background",
+    "one large blue square moving up",
+    "three large green circles moving down on a gray background",
+    "one small purple triangle moving left",
+]
+NO_MODELS = {
+    "bertscore": {"model": None, "num_layers": None, "batch_size": 8},
+    "sentence_embedding": {"model": None, "batch_size": 8},
+}
 
 
 def tiny_bert(path: Path) -> Path:
@@ -36,12 +46,26 @@ def tiny_bert(path: Path) -> Path:
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]",
-                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]", model_max_length=64)
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=64,
+    )
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
     BertModel(config).eval().save_pretrained(path)
     fast.save_pretrained(path)
     return path
@@ -55,14 +79,17 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("checkpoints")
     bert = tiny_bert(root / "tiny-bert")
     transformer = Transformer(str(bert))
-    SentenceTransformer(modules=[transformer, Pooling(transformer.get_embedding_dimension(), "mean")],
-                        device="cpu").save(str(root / "tiny-st"))
+    SentenceTransformer(
+        modules=[transformer, Pooling(transformer.get_embedding_dimension(), "mean")], device="cpu"
+    ).save(str(root / "tiny-st"))
     return {"bert": str(bert), "st": str(root / "tiny-st")}
 
 
 def configured(checkpoints: dict[str, str]) -> dict:
-    return {"bertscore": {"model": checkpoints["bert"], "num_layers": 1, "batch_size": 8},
-            "sentence_embedding": {"model": checkpoints["st"], "batch_size": 8}}
+    return {
+        "bertscore": {"model": checkpoints["bert"], "num_layers": 1, "batch_size": 8},
+        "sentence_embedding": {"model": checkpoints["st"], "batch_size": 8},
+    }
 
 
 def test_bertscore_equals_bert_score_score(checkpoints):
@@ -159,8 +186,17 @@ def run_scoring(tmp_path: Path, evaluate: dict) -> tuple[pd.DataFrame, pd.DataFr
 
     decoded, captions = write_decoded(tmp_path)
     params = {"n_bootstrap": 10, "n_permutations": 10, "device": "cpu", **evaluate}
-    score_captions([str(decoded)], captions, tmp_path / "m.tsv", tmp_path / "i.tsv", tmp_path / "t.tsv",
-                   tmp_path / "a.tsv", [], params, 0)
+    score_captions(
+        [str(decoded)],
+        captions,
+        tmp_path / "m.tsv",
+        tmp_path / "i.tsv",
+        tmp_path / "t.tsv",
+        tmp_path / "a.tsv",
+        [],
+        params,
+        0,
+    )
     return tuple(pd.read_csv(tmp_path / name, sep="\t") for name in ("m.tsv", "i.tsv", "t.tsv"))
 
 

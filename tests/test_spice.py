@@ -12,8 +12,11 @@ import pytest
 
 from llm4brain.evaluate.score import SPICE_JAR, CocoScorer, spice_status
 
-REFS = {"a:0": ["two small red circles moving left"], "a:1": ["one large blue square moving up"],
-        "b:0": ["three green triangles moving down"]}
+REFS = {
+    "a:0": ["two small red circles moving left"],
+    "a:1": ["one large blue square moving up"],
+    "b:0": ["three green triangles moving down"],
+}
 HYPS = {"a:0": "two red circles moving left", "a:1": "a blue square", "b:0": "green circles"}
 
 
@@ -40,8 +43,9 @@ def spice_package(tmp_path, monkeypatch):
         for item in items:
             words = item["test"].split()
             f = sum(w in " ".join(item["refs"]).split() for w in words) / len(words)
-            scores.append({"image_id": item["image_id"], "scores": {"All": {"f": f, "pr": f, "re": f},
-                                                                    "Object": {"f": None}}})
+            scores.append(
+                {"image_id": item["image_id"], "scores": {"All": {"f": f, "pr": f, "re": f}, "Object": {"f": None}}}
+            )
         open(out, "w").write(json.dumps(scores))
         calls.append(len(items))
 

@@ -33,11 +33,28 @@ from llm4brain.artifacts import ArtifactError, atomic_h5, write_keys
 
 SENTINEL = 1e6  # every test-split value; no training sample may contain it
 GRID = (16,)
-ENCODER = {**DEFAULTS["encoder"], "window": 2, "tokenizer": {"channels": 4, "patch": 4, "vector_patch": 4}, "dim": 16,
-           "depth": 1, "num_heads": 2, "dropout": 0.0}
-SCMBM = {"mask_ratio": 0.5, "decoder": {"dim": 16, "depth": 1, "num_heads": 2},
-         "train": {**TRAIN_DEFAULTS, "steps": 12, "batch_size": 8, "threads": 1, "warmup": 2, "checkpoint_every": 3,
-                   "lr": 3e-3}}
+ENCODER = {
+    **DEFAULTS["encoder"],
+    "window": 2,
+    "tokenizer": {"channels": 4, "patch": 4, "vector_patch": 4},
+    "dim": 16,
+    "depth": 1,
+    "num_heads": 2,
+    "dropout": 0.0,
+}
+SCMBM = {
+    "mask_ratio": 0.5,
+    "decoder": {"dim": 16, "depth": 1, "num_heads": 2},
+    "train": {
+        **TRAIN_DEFAULTS,
+        "steps": 12,
+        "batch_size": 8,
+        "threads": 1,
+        "warmup": 2,
+        "checkpoint_every": 3,
+        "lr": 3e-3,
+    },
+}
 
 
 def runs(segments: list[str], n_tr: int, repeats: int = 1) -> tuple[list[str], list[int]]:
@@ -46,15 +63,23 @@ def runs(segments: list[str], n_tr: int, repeats: int = 1) -> tuple[list[str], l
     return [k[0] for k in keys], [k[1] for k in keys]
 
 
-def write_fmri(path: Path, train: tuple[list[str], list[int]], test: tuple[list[str], list[int]] | None,
-               seed: int = 0, bold: np.ndarray | None = None) -> Path:
+def write_fmri(
+    path: Path,
+    train: tuple[list[str], list[int]],
+    test: tuple[list[str], list[int]] | None,
+    seed: int = 0,
+    bold: np.ndarray | None = None,
+) -> Path:
     """A tiny fmri artifact, rows chunked one by one like preprocess_fmri's; test rows all SENTINEL."""
     rng = np.random.default_rng(seed)
     with atomic_h5(path, "fmri") as f:
         for split, (segment, tr) in [("train", train), ("test", test)] if test else [("train", train)]:
             group = f.create_group(split)
-            data = (bold if bold is not None and split == "train" else
-                    rng.standard_normal((len(tr), *GRID)).astype(np.float32))
+            data = (
+                bold
+                if bold is not None and split == "train"
+                else rng.standard_normal((len(tr), *GRID)).astype(np.float32)
+            )
             if split == "test":
                 data = np.full((len(tr), *GRID), SENTINEL, np.float32)
             group.create_dataset("bold", data=data, chunks=(1, *GRID) if len(tr) else None)
@@ -101,14 +126,18 @@ def test_small_buffer_bounds_memory_and_serves_every_sample_once_per_epoch(tmp_p
     assert sorted(first) == sorted(second) == list(range(n))
     assert not np.array_equal(first, second)
     assert len(stream.groups(0)) > 3 and stream.peak_rows <= capacity
-    np.testing.assert_array_equal(epochs(row_stream(files, [np.arange(f.n_rows) for f in files], 2, buffer_mb,
-                                                    seed=3), 1)[0], first)
-    ranks = [row_stream(files, [np.arange(f.n_rows) for f in files], 2, buffer_mb, seed=3, rank=r, world_size=2)
-             for r in range(2)]
+    np.testing.assert_array_equal(
+        epochs(row_stream(files, [np.arange(f.n_rows) for f in files], 2, buffer_mb, seed=3), 1)[0], first
+    )
+    ranks = [
+        row_stream(files, [np.arange(f.n_rows) for f in files], 2, buffer_mb, seed=3, rank=r, world_size=2)
+        for r in range(2)
+    ]
     for start in range(0, 96, 12):
         both = [r.next(12) for r in ranks]
-        np.testing.assert_array_equal(torch.stack([b[0] for b in both], 1).reshape(-1).numpy(),
-                                      first[start:start + 12])
+        np.testing.assert_array_equal(
+            torch.stack([b[0] for b in both], 1).reshape(-1).numpy(), first[start : start + 12]
+        )
     with pytest.raises(ValueError, match="buffer_mb"):
         row_stream(files, [np.arange(f.n_rows) for f in files], 2, files[0].row_bytes / 2**20, seed=3)
 
@@ -130,8 +159,13 @@ def test_clip_stream_gives_every_subject_the_same_clip(tmp_path):
     for s, repeats in enumerate((2, 1)):
         segment, tr = runs(["a", "b"], 12, repeats)
         codes = np.array(["ab".index(g) * 100 + t for g, t in zip(segment, tr, strict=True)], np.float32)
-        paths.append(str(write_fmri(tmp_path / f"s{s}.h5", (segment, tr), runs(["t"], 3),
-                                    bold=np.repeat(codes[:, None], GRID[0], 1))))
+        paths.append(
+            str(
+                write_fmri(
+                    tmp_path / f"s{s}.h5", (segment, tr), runs(["t"], 3), bold=np.repeat(codes[:, None], GRID[0], 1)
+                )
+            )
+        )
     files = open_splits(paths)
     clips = [(g, t) for g in "ab" for t in range(12)]
     keys = [list(zip(*runs(["a", "b"], 12, r), strict=True)) for r in (2, 1)]
@@ -168,8 +202,14 @@ def test_test_split_never_enters_pretraining(tmp_path, monkeypatch):
     task = write_fmri(tmp_path / "sub-01.h5", runs(["a", "b"], 20), runs(["t"], 20))
     collection = write_fmri(tmp_path / "rest.h5", runs(["run-1"], 30), None, seed=1)
     params = {**SCMBM, "train": {**SCMBM["train"], "steps": 8, "val_fraction": 0.2, "eval_every": 4}}
-    pretrain_scmbm(fmri_paths=[str(task)], collection_paths=[str(collection)], out_dir=str(tmp_path / "scmbm"),
-                   encoder_params=ENCODER, params=params, seed=0)
+    pretrain_scmbm(
+        fmri_paths=[str(task)],
+        collection_paths=[str(collection)],
+        out_dir=str(tmp_path / "scmbm"),
+        encoder_params=ENCODER,
+        params=params,
+        seed=0,
+    )
     assert len(seen) > 8 and sum(len(b) for b in seen) > 8 * 8
     assert all((b.abs() < SENTINEL / 2).all() for b in seen)
     assert (tmp_path / "scmbm" / "encoder.safetensors").exists()
@@ -177,18 +217,26 @@ def test_test_split_never_enters_pretraining(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("val_fraction", [0.0, 0.2])
 def test_streaming_and_in_memory_pretraining_give_identical_weights(tmp_path, val_fraction):
-    paths = [str(write_fmri(tmp_path / f"sub-0{i}.h5", runs(["a", "b"], 12, 2), runs(["t"], 5), seed=i))
-             for i in range(2)]
+    paths = [
+        str(write_fmri(tmp_path / f"sub-0{i}.h5", runs(["a", "b"], 12, 2), runs(["t"], 5), seed=i)) for i in range(2)
+    ]
     params = {**SCMBM, "train": {**SCMBM["train"], "val_fraction": val_fraction, "eval_every": 5}}
     for in_memory in (False, True):
-        pretrain_scmbm(fmri_paths=paths, out_dir=str(tmp_path / f"memory-{in_memory}"), encoder_params=ENCODER,
-                       params=params, seed=0, in_memory=in_memory)
+        pretrain_scmbm(
+            fmri_paths=paths,
+            out_dir=str(tmp_path / f"memory-{in_memory}"),
+            encoder_params=ENCODER,
+            params=params,
+            seed=0,
+            in_memory=in_memory,
+        )
     streamed, memory = (load_file(tmp_path / f"memory-{m}" / "encoder.safetensors") for m in (False, True))
     assert streamed.keys() == memory.keys()
     for key in streamed:
         assert torch.equal(streamed[key], memory[key]), key
-    pd.testing.assert_frame_equal(*(pd.read_csv(tmp_path / f"memory-{m}" / "train_log.tsv", sep="\t")
-                                    for m in (False, True)))
+    pd.testing.assert_frame_equal(
+        *(pd.read_csv(tmp_path / f"memory-{m}" / "train_log.tsv", sep="\t") for m in (False, True))
+    )
 
 
 SCRIPT = textwrap.dedent("""
@@ -216,19 +264,34 @@ SCRIPT = textwrap.dedent("""
 
 @pytest.mark.parametrize("loader_workers", [0, 1])
 def test_kill9_mid_epoch_then_rerun_ends_bit_identical(tmp_path, loader_workers):
-    paths = [str(write_fmri(tmp_path / f"sub-0{i}.h5", runs(["a", "b"], 16), runs(["t"], 4), seed=i))
-             for i in range(2)]
+    paths = [str(write_fmri(tmp_path / f"sub-0{i}.h5", runs(["a", "b"], 16), runs(["t"], 4), seed=i)) for i in range(2)]
     files = open_splits(paths)
     buffer_mb = 20 * files[0].row_bytes / 2**20  # 20 of 64 rows: groups of a few blocks, epochs of 8 steps
-    params = {**SCMBM, "train": {**SCMBM["train"], "steps": 14, "buffer_mb": buffer_mb * (1 + loader_workers),
-                                 "val_fraction": 0.1, "loader_workers": loader_workers}}
+    params = {
+        **SCMBM,
+        "train": {
+            **SCMBM["train"],
+            "steps": 14,
+            "buffer_mb": buffer_mb * (1 + loader_workers),
+            "val_fraction": 0.1,
+            "loader_workers": loader_workers,
+        },
+    }
     script = tmp_path / "train.py"
-    script.write_text(SCRIPT.replace("PATHS", repr(paths)).replace("ENCODER", repr(ENCODER))
-                      .replace("PARAMS", repr(params)).replace("CKPT", repr(str(tmp_path / "scmbm.pt"))))
+    script.write_text(
+        SCRIPT.replace("PATHS", repr(paths))
+        .replace("ENCODER", repr(ENCODER))
+        .replace("PARAMS", repr(params))
+        .replace("CKPT", repr(str(tmp_path / "scmbm.pt")))
+    )
 
     def run(out: str, kill_at: int = -1) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, str(script), str(tmp_path / out), str(kill_at)], capture_output=True,
-                              text=True, check=False)
+        return subprocess.run(
+            [sys.executable, str(script), str(tmp_path / out), str(kill_at)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
 
     straight = run("straight")
     assert straight.returncode == 0, straight.stderr
@@ -239,8 +302,9 @@ def test_kill9_mid_epoch_then_rerun_ends_bit_identical(tmp_path, loader_workers)
     a, b = (load_file(tmp_path / out / "encoder.safetensors") for out in ("straight", "killed"))
     for key in a:
         assert torch.equal(a[key], b[key]), key
-    pd.testing.assert_frame_equal(*(pd.read_csv(tmp_path / out / "train_log.tsv", sep="\t")
-                                    for out in ("straight", "killed")))
+    pd.testing.assert_frame_equal(
+        *(pd.read_csv(tmp_path / out / "train_log.tsv", sep="\t") for out in ("straight", "killed"))
+    )
 
 
 def test_split_rows_is_seeded_and_exact():
@@ -279,23 +343,48 @@ def adaptor_inputs(tmp_path: Path) -> dict:
     from llm4brain.models.video_llm import save_teacher
 
     qformer, captioner = tiny_teacher()
-    save_teacher(tmp_path / "teacher", qformer, captioner, {"template": TEMPLATE, "prompt": PROMPT,
-                                                            "max_caption_tokens": 16})
-    features = [write_features(tmp_path / f"{s}.features.h5", s, n, i)
-                for i, (s, n) in enumerate([("a", 8), ("b", 8), ("t", 4)])]
-    fmri = [str(write_fmri(tmp_path / f"{s}.h5", runs(["a", "b"], 8, repeats), runs(["t"], 4), seed=i))
-            for i, (s, repeats) in enumerate(zip(SUBJECTS, (2, 1, 1), strict=True))]
+    save_teacher(
+        tmp_path / "teacher", qformer, captioner, {"template": TEMPLATE, "prompt": PROMPT, "max_caption_tokens": 16}
+    )
+    features = [
+        write_features(tmp_path / f"{s}.features.h5", s, n, i)
+        for i, (s, n) in enumerate([("a", 8), ("b", 8), ("t", 4)])
+    ]
+    fmri = [
+        str(write_fmri(tmp_path / f"{s}.h5", runs(["a", "b"], 8, repeats), runs(["t"], 4), seed=i))
+        for i, (s, repeats) in enumerate(zip(SUBJECTS, (2, 1, 1), strict=True))
+    ]
     row_bytes = open_splits(fmri)[0].row_bytes
-    params = {**DEFAULTS["align"], "heldout": ["sub-03"],
-              "train": {**TRAIN_DEFAULTS, "steps": 6, "batch_size": 4, "threads": 1, "val_fraction": 0.25,
-                        "eval_every": 3, "buffer_mb": 48 * row_bytes / 2**20}}
-    return {"fmri_paths": fmri, "feature_paths": features, "teacher_dir": str(tmp_path / "teacher"),
-            "subjects": SUBJECTS, "encoder_params": ENCODER, "params": params, "seed": 0}
+    params = {
+        **DEFAULTS["align"],
+        "heldout": ["sub-03"],
+        "train": {
+            **TRAIN_DEFAULTS,
+            "steps": 6,
+            "batch_size": 4,
+            "threads": 1,
+            "val_fraction": 0.25,
+            "eval_every": 3,
+            "buffer_mb": 48 * row_bytes / 2**20,
+        },
+    }
+    return {
+        "fmri_paths": fmri,
+        "feature_paths": features,
+        "teacher_dir": str(tmp_path / "teacher"),
+        "subjects": SUBJECTS,
+        "encoder_params": ENCODER,
+        "params": params,
+        "seed": 0,
+    }
 
 
 def adaptor_outputs(out: Path) -> dict:
-    return {"model_dir": str(out / "model"), "latent_paths": [str(out / f"{s}.h5") for s in SUBJECTS],
-            "metrics_path": str(out / "metrics.tsv")}
+    return {
+        "model_dir": str(out / "model"),
+        "latent_paths": [str(out / f"{s}.h5") for s in SUBJECTS],
+        "metrics_path": str(out / "metrics.tsv"),
+    }
 
 
 def assert_same_latents(a: Path, b: Path) -> None:
@@ -355,12 +444,17 @@ def test_pretrain_adaptor_killed_mid_epoch_resumes_bit_identical(tmp_path):
     inputs["params"]["train"].update(steps=10, checkpoint_every=5)
     (tmp_path / "inputs.json").write_text(json.dumps(inputs))
     script = tmp_path / "align.py"
-    script.write_text(ADAPTOR_SCRIPT.replace("SUBJECTS", repr(SUBJECTS))
-                      .replace("CKPT", repr(str(tmp_path / "align.pt"))))
+    script.write_text(
+        ADAPTOR_SCRIPT.replace("SUBJECTS", repr(SUBJECTS)).replace("CKPT", repr(str(tmp_path / "align.pt")))
+    )
 
     def run(out: str, kill_at: int = -1) -> int:
-        return subprocess.run([sys.executable, str(script), str(tmp_path / "inputs.json"), str(tmp_path / out),
-                               str(kill_at)], capture_output=True, text=True, check=False).returncode
+        return subprocess.run(
+            [sys.executable, str(script), str(tmp_path / "inputs.json"), str(tmp_path / out), str(kill_at)],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).returncode
 
     assert run("straight") == 0
     assert run("killed", kill_at=2 * 7 + 1) == -9  # two draws a step: killed in step 7, after the step-5 checkpoint
@@ -368,8 +462,9 @@ def test_pretrain_adaptor_killed_mid_epoch_resumes_bit_identical(tmp_path):
     assert saved["step"] == 5 and [s["epoch"] for s in saved["stateful"]] == [1, 1]  # 20 of 12 clips, of 16 rows
     assert all(s["group"] or s["position"] for s in saved["stateful"])  # both mid-epoch
     assert run("killed") == 0 and not (tmp_path / "align.pt").exists()
-    pd.testing.assert_frame_equal(*(pd.read_csv(tmp_path / out / "model" / "train_log.tsv", sep="\t")
-                                    for out in ("straight", "killed")))
+    pd.testing.assert_frame_equal(
+        *(pd.read_csv(tmp_path / out / "model" / "train_log.tsv", sep="\t") for out in ("straight", "killed"))
+    )
     assert_same_latents(tmp_path / "straight", tmp_path / "killed")
 
 

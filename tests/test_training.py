@@ -17,8 +17,18 @@ from llm4brain.resume import Checkpoint
 from llm4brain.runtime import autocast_dtype
 from llm4brain.training import fit
 
-TRAIN = {**TRAIN_DEFAULTS, "steps": 30, "batch_size": 8, "lr": 3e-3, "weight_decay": 0.01, "warmup": 5,
-         "grad_clip": 1.0, "threads": 1, "checkpoint_every": 4, "accumulate": 1}
+TRAIN = {
+    **TRAIN_DEFAULTS,
+    "steps": 30,
+    "batch_size": 8,
+    "lr": 3e-3,
+    "weight_decay": 0.01,
+    "warmup": 5,
+    "grad_clip": 1.0,
+    "threads": 1,
+    "checkpoint_every": 4,
+    "accumulate": 1,
+}
 
 SCRIPT = textwrap.dedent("""
     import os, signal, sys
@@ -49,8 +59,9 @@ SCRIPT = textwrap.dedent("""
 def run(tmp_path: Path, out: str, kill_at: int = -1) -> int:
     script = tmp_path / "train.py"
     script.write_text(SCRIPT.replace("PARAMS", repr(TRAIN)).replace("CKPT", repr(str(tmp_path / "toy.pt"))))
-    return subprocess.run([sys.executable, str(script), str(tmp_path / out), str(kill_at)],
-                          capture_output=True, text=True).returncode
+    return subprocess.run(
+        [sys.executable, str(script), str(tmp_path / out), str(kill_at)], capture_output=True, text=True
+    ).returncode
 
 
 def test_sigkill_then_rerun_resumes_and_ends_bit_identical(tmp_path):
@@ -65,8 +76,9 @@ def test_sigkill_then_rerun_resumes_and_ends_bit_identical(tmp_path):
     straight, resumed = load_file(tmp_path / "straight.safetensors"), load_file(tmp_path / "killed.safetensors")
     for key in straight:
         assert torch.equal(straight[key], resumed[key]), key
-    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "straight.tsv", sep="\t"),
-                                  pd.read_csv(tmp_path / "killed.tsv", sep="\t"))
+    pd.testing.assert_frame_equal(
+        pd.read_csv(tmp_path / "straight.tsv", sep="\t"), pd.read_csv(tmp_path / "killed.tsv", sep="\t")
+    )
 
 
 def test_state_of_another_job_is_not_resumed(tmp_path):
@@ -109,8 +121,13 @@ def test_training_state_is_kept_per_device(tmp_path):
     saved = torch.load(checkpoint.path, weights_only=True)
     assert saved["step"] == 2 and saved["fingerprint"] == checkpoint.where("cpu", "None").fingerprint
     checkpoint.where("cuda", "torch.bfloat16").save({"step": 4})  # what the job would leave on a GPU node
-    history = fit(model.parameters(), lambda step: (model(torch.ones(2, 3)).square().mean(), {}), params, "toy",
-                  checkpoint=checkpoint)
+    history = fit(
+        model.parameters(),
+        lambda step: (model(torch.ones(2, 3)).square().mean(), {}),
+        params,
+        "toy",
+        checkpoint=checkpoint,
+    )
     assert len(history) == 5 and not checkpoint.path.exists()
 
 
@@ -130,8 +147,12 @@ def test_accumulated_micro_batches_make_one_step_on_their_union():
         return torch.nn.functional.mse_loss(accumulated(x[rows]), y[rows]), {}
 
     history = fit(accumulated.parameters(), half, params, "accumulated")
-    fit(whole.parameters(), lambda step: (torch.nn.functional.mse_loss(whole(x), y), {}),
-        {**params, "accumulate": 1}, "whole")
+    fit(
+        whole.parameters(),
+        lambda step: (torch.nn.functional.mse_loss(whole(x), y), {}),
+        {**params, "accumulate": 1},
+        "whole",
+    )
     torch.testing.assert_close(accumulated.weight, whole.weight)
     torch.testing.assert_close(accumulated.bias, whole.bias)
     assert len(history) == 1
@@ -147,8 +168,16 @@ def test_validation_stops_early_and_keeps_the_best_weights():
         seen.append((len(seen), w.item(), (w.item() - 0.3) ** 2))
         return seen[-1][2]
 
-    params = {**TRAIN_DEFAULTS, "steps": 200, "lr": 0.05, "warmup": 0, "weight_decay": 0.0, "checkpoint_every": 0,
-              "eval_every": 5, "patience": 2}
+    params = {
+        **TRAIN_DEFAULTS,
+        "steps": 200,
+        "lr": 0.05,
+        "warmup": 0,
+        "weight_decay": 0.0,
+        "checkpoint_every": 0,
+        "eval_every": 5,
+        "patience": 2,
+    }
     history = fit([w], lambda step: ((w - 1.0) ** 2, {}), params, "val", validate=validate)
     best = min(seen, key=lambda s: s[2])
     assert len(history) < 200 and history["val_loss"].notna().sum() == len(seen) == best[0] + 3
@@ -200,8 +229,14 @@ def test_stateful_objects_are_checkpointed_and_restored(tmp_path):
 
     killed = Position()
     with pytest.raises(RuntimeError, match="preempted"):
-        fit(model.parameters(), lambda step: loss_fn(step, killed, fail_at=5), params, "toy", checkpoint=checkpoint,
-            stateful=[killed])
+        fit(
+            model.parameters(),
+            lambda step: loss_fn(step, killed, fail_at=5),
+            params,
+            "toy",
+            checkpoint=checkpoint,
+            stateful=[killed],
+        )
     assert torch.load(checkpoint.path, weights_only=True)["stateful"] == [{"drawn": 4}]
     seen.clear()
     rerun = Position()

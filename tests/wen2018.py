@@ -26,8 +26,16 @@ def brain_models() -> cifti2.BrainModelAxis:
     return left + right + thalamus
 
 
-def write_wen2018(root: Path, subjects: list[str], segments: dict[str, list[str]], keep: int, tr: float = 2.0,
-                  repeats: dict[str, int] | None = None, noise: float = 0.5, seed: int = 0) -> dict[str, np.ndarray]:
+def write_wen2018(
+    root: Path,
+    subjects: list[str],
+    segments: dict[str, list[str]],
+    keep: int,
+    tr: float = 2.0,
+    repeats: dict[str, int] | None = None,
+    noise: float = 0.5,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
     """Write the runs; return each segment's noise-free response over the 40 cortical grayordinates."""
     repeats = repeats or {"train": 2, "test": 3}
     rng = np.random.default_rng(seed)
@@ -45,13 +53,15 @@ def write_wen2018(root: Path, subjects: list[str], segments: dict[str, list[str]
                     lead = 1 + (r % 2)  # 245- and 246-volume runs, in miniature
                     n = lead + keep + 4
                     series = np.full((n, len(models)), np.nan, np.float32)
-                    series[lead:lead + keep] = 100.0 + rng.normal(scale=noise, size=(keep, len(models)))
-                    series[lead:lead + keep, cortex] += responses[seg]
+                    series[lead : lead + keep] = 100.0 + rng.normal(scale=noise, size=(keep, len(models)))
+                    series[lead : lead + keep, cortex] += responses[seg]
                     folder = root / subject / "fmri" / seg
                     (folder / "cifti").mkdir(parents=True, exist_ok=True)
                     (folder / "mni").mkdir(exist_ok=True)
                     axes = (cifti2.SeriesAxis(0.0, tr, n, unit="SECOND"), models)
-                    cifti2.Cifti2Image(series, header=axes).to_filename(folder / "cifti" / f"{seg}_{r}_Atlas.dtseries.nii")
+                    cifti2.Cifti2Image(series, header=axes).to_filename(
+                        folder / "cifti" / f"{seg}_{r}_Atlas.dtseries.nii"
+                    )
                     volume = np.zeros(GRID + (n,), np.float32)
                     volume[mask] = series[:, cortex][:, : int(mask.sum())].T
                     img = nib.Nifti1Image(volume, np.diag([3.0, 3.0, 3.0, 1.0]))

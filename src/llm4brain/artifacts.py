@@ -12,8 +12,9 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import h5py
 import numpy as np
@@ -107,7 +108,7 @@ def read_keys(group: h5py.Group) -> list[tuple[str, int]]:
     """Read the ``(segment, tr)`` join key columns of ``group`` as a list of tuples."""
     segments = group["segment"].asstr()[:]
     trs = group["tr"][:]
-    return [(str(s), int(t)) for s, t in zip(segments, trs)]
+    return [(str(s), int(t)) for s, t in zip(segments, trs, strict=True)]
 
 
 def write_strings(group: h5py.Group, name: str, values: list[str]) -> None:
@@ -139,7 +140,7 @@ def read_references(path: str | os.PathLike) -> dict[tuple[str, int], list[str]]
     if not keys:
         raise ArtifactError(f"{path}: no captions")
     references: dict[tuple[str, int], list[str]] = {}
-    for key, caption in zip(keys, captions):
+    for key, caption in zip(keys, captions, strict=True):
         references.setdefault(key, []).append(str(caption))
     return references
 
@@ -176,11 +177,15 @@ def check_coverage(features: dict[str, np.ndarray], keys: list[tuple[str, int]],
         if segment not in features:
             raise ArtifactError(f"{fmri_path}: no cached features for segment {segment!r}")
         if tr >= len(features[segment]):
-            raise ArtifactError(f"{fmri_path}: pairs segment {segment!r} up to TR {tr}, but its stimulus covers "
-                                f"{len(features[segment])} TRs: the video is shorter than its runs' events say")
+            raise ArtifactError(
+                f"{fmri_path}: pairs segment {segment!r} up to TR {tr}, but its stimulus covers "
+                f"{len(features[segment])} TRs: the video is shorter than its runs' events say"
+            )
 
 
-def read_split(path: str | os.PathLike, kind: str, split: str, dataset: str) -> tuple[np.ndarray, list[tuple[str, int]]]:
+def read_split(
+    path: str | os.PathLike, kind: str, split: str, dataset: str
+) -> tuple[np.ndarray, list[tuple[str, int]]]:
     """One split's ``dataset`` and its ``(segment, tr)`` keys from an fmri or align artifact."""
     with open_artifact(path, kind, (f"{split}/{dataset}", f"{split}/segment", f"{split}/tr")) as f:
         data = f[split][dataset][:]

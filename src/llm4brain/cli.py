@@ -11,8 +11,9 @@ def _decode(args: argparse.Namespace) -> int:
     from llm4brain.artifacts import atomic_path
     from llm4brain.evaluate.new_run import decode_run, write_srt
 
-    table = decode_run(args.subject, args.bold, args.events, args.model,
-                       max_new_tokens=args.max_new_tokens, num_beams=args.num_beams)
+    table = decode_run(
+        args.subject, args.bold, args.events, args.model, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams
+    )
     with atomic_path(args.out) as tmp:
         table.to_csv(tmp, sep="\t", index=False)
     if args.srt:
@@ -26,14 +27,22 @@ def parser() -> argparse.ArgumentParser:
     main = argparse.ArgumentParser(prog="llm4brain", description=__doc__.split(":", 1)[1].strip())
     commands = main.add_subparsers(dest="command", required=True)
     decode = commands.add_parser(
-        "decode", help="caption every TR of one new fMRI run",
+        "decode",
+        help="caption every TR of one new fMRI run",
         description="Preprocess one BOLD run exactly as the subject's training runs were (mask, detrend, "
-                    "z-score, HRF lag), then write one decoded caption per TR of the stimulus it shows.")
+        "z-score, HRF lag), then write one decoded caption per TR of the stimulus it shows.",
+    )
     decode.add_argument("--subject", required=True, help="a subject the pipeline was trained or adapted on")
     decode.add_argument("--bold", required=True, type=Path, help="4-D BOLD NIfTI of the run")
-    decode.add_argument("--events", required=True, type=Path, help="BIDS events TSV of the run (onset, duration, segment or stim_file)")
-    decode.add_argument("--model", default=Path("results"), type=Path, help="the workflow's results folder (default: results)")
-    decode.add_argument("--out", required=True, type=Path, help="captions TSV to write (segment, tr, start, end, caption)")
+    decode.add_argument(
+        "--events", required=True, type=Path, help="BIDS events TSV of the run (onset, duration, segment or stim_file)"
+    )
+    decode.add_argument(
+        "--model", default=Path("results"), type=Path, help="the workflow's results folder (default: results)"
+    )
+    decode.add_argument(
+        "--out", required=True, type=Path, help="captions TSV to write (segment, tr, start, end, caption)"
+    )
     decode.add_argument("--srt", type=Path, help="also write SubRip subtitles timed to the stimulus")
     decode.add_argument("--max-new-tokens", type=int, default=24)
     decode.add_argument("--num-beams", type=int, default=1)

@@ -9,9 +9,10 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import h5py
 
@@ -30,8 +31,9 @@ class Checkpoint:
         object.__setattr__(self, "path", Path(self.path))
 
     @classmethod
-    def for_job(cls, name: str, inputs: Sequence[str], params: dict[str, Any], root: str | Path = "results",
-                suffix: str = ".pt") -> "Checkpoint":
+    def for_job(
+        cls, name: str, inputs: Sequence[str], params: dict[str, Any], root: str | Path = "results", suffix: str = ".pt"
+    ) -> Checkpoint:
         """``{root}/.resume/{name}{suffix}``, valid only for the same params and the same input files (path,
         size, mtime): a state left by a killed job is never resumed after its inputs or config changed."""
         stats = [(str(p), os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in inputs]
@@ -39,12 +41,13 @@ class Checkpoint:
         return cls(Path(root) / ".resume" / f"{name}{suffix}", hashlib.sha256(blob.encode()).hexdigest())
 
     @classmethod
-    def for_snakemake(cls, job: Any, suffix: str = ".pt") -> "Checkpoint":
+    def for_snakemake(cls, job: Any, suffix: str = ".pt") -> Checkpoint:
         """For the running Snakemake job (``snakemake`` in a script): named by rule and wildcards."""
-        return cls.for_job("_".join([job.rule, *job.wildcards]), list(job.input), dict(job.params.items()),
-                           suffix=suffix)
+        return cls.for_job(
+            "_".join([job.rule, *job.wildcards]), list(job.input), dict(job.params.items()), suffix=suffix
+        )
 
-    def where(self, *context: str) -> "Checkpoint":
+    def where(self, *context: str) -> Checkpoint:
         """The same checkpoint, valid only in the same ``context`` too (e.g. the device a config's ``auto``
         resolved to: a job requeued onto another kind of node must not mix its numerics into the state)."""
         blob = json.dumps([self.fingerprint, *context])
@@ -86,12 +89,13 @@ class ResumableH5:
         self.file: h5py.File | None = None
         self.recorded_at, self.recorded = time.monotonic(), bool(self.done)
 
-    def __enter__(self) -> "ResumableH5":
+    def __enter__(self) -> ResumableH5:
         self.checkpoint.path.parent.mkdir(parents=True, exist_ok=True)
         if self.done:
             self.file = h5py.File(self.checkpoint.path, "r+")
-            LOG.info("%s: resuming after %d items done by a killed run (%s)", self.path, self.done,
-                     self.checkpoint.path)
+            LOG.info(
+                "%s: resuming after %d items done by a killed run (%s)", self.path, self.done, self.checkpoint.path
+            )
         else:
             self.record.unlink(missing_ok=True)  # the record would describe a file about to be overwritten
             self.file = h5py.File(self.checkpoint.path, "w", track_order=True)
@@ -107,8 +111,9 @@ class ResumableH5:
         except (OSError, ValueError):
             return 0
         if record.get("fingerprint") != self.checkpoint.fingerprint:
-            LOG.info("%s belongs to another job (inputs, config or device changed); starting over",
-                     self.checkpoint.path)
+            LOG.info(
+                "%s belongs to another job (inputs, config or device changed); starting over", self.checkpoint.path
+            )
             return 0
         try:
             h5py.File(self.checkpoint.path, "r").close()

@@ -8,8 +8,12 @@ import os
 import random
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 LOG = logging.getLogger("llm4brain")
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc mallopt parameters (malloc.h)
@@ -29,9 +33,13 @@ def setup_logging(log_file: str | os.PathLike | None = None) -> logging.Logger:
         LOG.addHandler(handler)
     sys.excepthook = _log_uncaught
     if "SLURM_JOB_ID" in os.environ:  # where a cluster job ran, for the user chasing a failure
-        LOG.info("SLURM_JOB_ID=%s node=%s CUDA_VISIBLE_DEVICES=%s HDF5_USE_FILE_LOCKING=%s",
-                 *(os.environ.get(k, "unset") for k in ("SLURM_JOB_ID", "SLURMD_NODENAME", "CUDA_VISIBLE_DEVICES",
-                                                         "HDF5_USE_FILE_LOCKING")))
+        LOG.info(
+            "SLURM_JOB_ID=%s node=%s CUDA_VISIBLE_DEVICES=%s HDF5_USE_FILE_LOCKING=%s",
+            *(
+                os.environ.get(k, "unset")
+                for k in ("SLURM_JOB_ID", "SLURMD_NODENAME", "CUDA_VISIBLE_DEVICES", "HDF5_USE_FILE_LOCKING")
+            ),
+        )
     return LOG
 
 
@@ -66,7 +74,7 @@ def seed_everything(seed: int, threads: int | None = None) -> None:
         torch.set_num_threads(threads)
 
 
-def select_device(requested: str = "auto") -> "torch.device":
+def select_device(requested: str = "auto") -> torch.device:
     """CUDA when present (or requested), CPU otherwise."""
     import torch
 
@@ -75,7 +83,7 @@ def select_device(requested: str = "auto") -> "torch.device":
     return torch.device(requested)
 
 
-def autocast_dtype(device: "torch.device", precision: str = "auto") -> "torch.dtype | None":
+def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
     """The autocast dtype for ``precision``: ``auto`` is bf16 on CUDA devices that support it and full
     precision elsewhere (CPU runs stay bit-reproducible); ``bf16`` forces it (CPU autocast included);
     ``fp32`` never autocasts."""
@@ -86,7 +94,7 @@ def autocast_dtype(device: "torch.device", precision: str = "auto") -> "torch.dt
     return None
 
 
-def autocast(device: "torch.device", precision: str = "auto") -> "torch.autocast":
+def autocast(device: torch.device, precision: str = "auto") -> torch.autocast:
     """The ``torch.autocast`` context for ``device`` and ``precision`` (disabled when full precision)."""
     import torch
 

@@ -29,8 +29,13 @@ class TableError(InputError):
     """A malformed table; the message names the file and, for a value, its row and column."""
 
 
-def read_tsv(path: str | os.PathLike, *, columns: Mapping[str, type], optional: Mapping[str, type] | None = None,
-             nullable: Collection[str] = ()) -> pd.DataFrame:
+def read_tsv(
+    path: str | os.PathLike,
+    *,
+    columns: Mapping[str, type],
+    optional: Mapping[str, type] | None = None,
+    nullable: Collection[str] = (),
+) -> pd.DataFrame:
     """The table at ``path`` with ``columns`` (required) and ``optional`` columns typed as given (``float``,
     ``int`` or ``str``); other columns are kept as text. A ``nullable`` column may say ``n/a`` (or be empty),
     which becomes NaN (numbers) or None (text); elsewhere a missing value is an error. Blank lines are
@@ -45,12 +50,13 @@ def read_tsv(path: str | os.PathLike, *, columns: Mapping[str, type], optional: 
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        line = raw[:err.start].count(b"\n") + 1
-        column = raw[:err.start].rsplit(b"\n", 1)[-1].count(b"\t")
+        line = raw[: err.start].count(b"\n") + 1
+        column = raw[: err.start].rsplit(b"\n", 1)[-1].count(b"\t")
         header = raw.split(b"\n", 1)[0].decode("utf-8", "replace").rstrip("\r").split("\t")
         name = f", column {header[column]!r}" if line > 1 and column < len(header) else ""
-        raise TableError(f"{path}: row {line}{name}: bytes {raw[err.start:err.end]!r} are not UTF-8 "
-                         f"(save the file as UTF-8)") from err
+        raise TableError(
+            f"{path}: row {line}{name}: bytes {raw[err.start : err.end]!r} are not UTF-8 (save the file as UTF-8)"
+        ) from err
     header = text.split("\n", 1)[0].rstrip("\r").split("\t")
     if not text.strip():
         raise TableError(f"{path}: empty table (expected a header with columns {sorted(columns)})")
@@ -61,8 +67,14 @@ def read_tsv(path: str | os.PathLike, *, columns: Mapping[str, type], optional: 
     if missing:
         raise TableError(f"{path}: missing columns {missing} (the header has {header})")
     try:
-        table = pd.read_csv(io.StringIO(text), sep="\t", dtype=str, keep_default_na=False, skip_blank_lines=False,
-                            quoting=csv.QUOTE_MINIMAL)
+        table = pd.read_csv(
+            io.StringIO(text),
+            sep="\t",
+            dtype=str,
+            keep_default_na=False,
+            skip_blank_lines=False,
+            quoting=csv.QUOTE_MINIMAL,
+        )
     except pd.errors.ParserError as err:  # a row with more fields than the header
         where = re.search(r"line (\d+), saw (\d+)", str(err))
         what = f"row {where[1]}: {where[2]} fields" if where else str(err).strip()
@@ -90,8 +102,9 @@ def _convert(path: Path, values: pd.Series, rows: pd.Series, name: str, kind: ty
     na = stripped.isin(NA)
     if na.any() and not nullable:
         first = na.idxmax()
-        raise TableError(f"{path}: row {rows[first]}, column {name!r}: missing value {values[first]!r} "
-                         f"(expected {KINDS[kind]})")
+        raise TableError(
+            f"{path}: row {rows[first]}, column {name!r}: missing value {values[first]!r} (expected {KINDS[kind]})"
+        )
     if kind is str:
         return values.where(~na, None)
     if kind is int:

@@ -60,10 +60,18 @@ class Run:
 
     def state(self, step: int) -> dict[str, Any]:
         """Everything a rerun needs to continue at ``step`` as if never stopped."""
-        return {"step": step, "rows": self.rows, "parameters": [p.detach() for p in self.trainable],
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "generators": [g.get_state() for g in self.generators], "torch_rng": torch.get_rng_state(),
-                "stateful": [s.state_dict() for s in self.stateful], "best": self.best, **cuda_rng(self.device)}
+        return {
+            "step": step,
+            "rows": self.rows,
+            "parameters": [p.detach() for p in self.trainable],
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "generators": [g.get_state() for g in self.generators],
+            "torch_rng": torch.get_rng_state(),
+            "stateful": [s.state_dict() for s in self.stateful],
+            "best": self.best,
+            **cuda_rng(self.device),
+        }
 
     def restore(self, state: dict[str, Any]) -> None:
         with torch.no_grad():
@@ -94,8 +102,13 @@ class Run:
         self.optimizer.step()
         self.scheduler.step()
         terms = {key: sum(p[key] for p in parts) / micro for key in parts[0]}
-        row = {"step": step, "loss": sum(losses) / micro, "grad_norm": grad_norm.item(),
-               "lr": self.scheduler.get_last_lr()[0], **terms}
+        row = {
+            "step": step,
+            "loss": sum(losses) / micro,
+            "grad_norm": grad_norm.item(),
+            "lr": self.scheduler.get_last_lr()[0],
+            **terms,
+        }
         self.rows.append(row)
         return row
 
@@ -117,12 +130,24 @@ class Run:
             LOG.info("%s: kept the weights of the best validation loss %.4g", desc, self.best["loss"])
 
 
-def start_run(parameters: Iterable[torch.nn.Parameter], params: dict[str, Any], generators: Sequence[torch.Generator],
-              stateful: Sequence[Stateful], device: torch.device) -> Run:
+def start_run(
+    parameters: Iterable[torch.nn.Parameter],
+    params: dict[str, Any],
+    generators: Sequence[torch.Generator],
+    stateful: Sequence[Stateful],
+    device: torch.device,
+) -> Run:
     trainable = [p for p in parameters if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=params["lr"], weight_decay=params["weight_decay"])
-    return Run(trainable, optimizer, cosine_with_warmup(optimizer, params["warmup"], params["steps"]), generators,
-               stateful, device, params)
+    return Run(
+        trainable,
+        optimizer,
+        cosine_with_warmup(optimizer, params["warmup"], params["steps"]),
+        generators,
+        stateful,
+        device,
+        params,
+    )
 
 
 def fit(
@@ -169,8 +194,13 @@ def fit(
             bar.set_postfix(loss=f"{row['loss']:.4f}")
             LOG.info("%s step %d: %s", desc, step, " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "step"))
         if params["patience"] and run.best["stale"] >= params["patience"]:
-            LOG.info("%s: stopping at step %d, no better validation loss in %d validations (best %.4g)", desc, step,
-                     run.best["stale"], run.best["loss"])
+            LOG.info(
+                "%s: stopping at step %d, no better validation loss in %d validations (best %.4g)",
+                desc,
+                step,
+                run.best["stale"],
+                run.best["loss"],
+            )
             break
         if checkpoint and every and (step + 1) % every == 0 and step + 1 < steps:
             checkpoint.save(run.state(step + 1))

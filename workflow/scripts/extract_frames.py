@@ -4,5 +4,6 @@ from llm4brain.video.preprocessing import read_config
 
 setup_logging(snakemake.log[0])
 p = snakemake.params
-extract_frames(snakemake.input.video, snakemake.output[0], p.tr, p.video, read_config(snakemake.input.config),
-               snakemake.threads)
+extract_frames(
+    snakemake.input.video, snakemake.output[0], p.tr, p.video, read_config(snakemake.input.config), snakemake.threads
+)

@@ -1,6 +1,6 @@
 from llm4brain.instruct.train import instruct_llm
-from llm4brain.runtime import setup_logging
 from llm4brain.resume import Checkpoint
+from llm4brain.runtime import setup_logging
 
 setup_logging(snakemake.log[0])
 p = snakemake.params

@@ -3,4 +3,6 @@ from llm4brain.runtime import setup_logging
 
 setup_logging(snakemake.log[0])
 p = snakemake.params
-plot_gallery(snakemake.input.eval, dict(zip(p.segments, snakemake.input.stimuli)), p.tr, snakemake.output[0])
+plot_gallery(
+    snakemake.input.eval, dict(zip(p.segments, snakemake.input.stimuli, strict=True)), p.tr, snakemake.output[0]
+)

@@ -3,4 +3,4 @@ from llm4brain.runtime import setup_logging
 
 setup_logging(snakemake.log[0])
 plot_scores(snakemake.input.metrics, snakemake.output.scores)
-plot_training(dict(zip(snakemake.params.names, snakemake.input.logs)), snakemake.output.training)
+plot_training(dict(zip(snakemake.params.names, snakemake.input.logs, strict=True)), snakemake.output.training)

@@ -4,7 +4,14 @@ from llm4brain.runtime import setup_logging
 setup_logging(snakemake.log[0])
 p = snakemake.params
 preprocess_collection_subject(
-    collection=snakemake.wildcards.collection, subject=snakemake.wildcards.participant, runs=p.runs,
-    mask_path=snakemake.input.get("mask"), out_path=snakemake.output.bold, qc_path=snakemake.output.qc, tr=p.tr,
-    params=p.fmri, layout=p.layout, on_bad_run=p.on_bad_run,
+    collection=snakemake.wildcards.collection,
+    subject=snakemake.wildcards.participant,
+    runs=p.runs,
+    mask_path=snakemake.input.get("mask"),
+    out_path=snakemake.output.bold,
+    qc_path=snakemake.output.qc,
+    tr=p.tr,
+    params=p.fmri,
+    layout=p.layout,
+    on_bad_run=p.on_bad_run,
 )

@@ -4,6 +4,12 @@ from llm4brain.runtime import setup_logging
 setup_logging(snakemake.log[0])
 p = snakemake.params
 preprocess_subject(
-    snakemake.wildcards.subject, p.subject_dir, snakemake.input.get("mask"), snakemake.output[0], p.segments, p.tr,
-    p.fmri, p.layout,
+    snakemake.wildcards.subject,
+    p.subject_dir,
+    snakemake.input.get("mask"),
+    snakemake.output[0],
+    p.segments,
+    p.tr,
+    p.fmri,
+    p.layout,
 )

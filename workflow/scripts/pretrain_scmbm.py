@@ -5,6 +5,12 @@ from llm4brain.runtime import setup_logging
 
 setup_logging(snakemake.log[0])
 p = snakemake.params
-pretrain_scmbm(fmri_paths=snakemake.input.fmri, collection_paths=shards_with_samples(snakemake.input.collections),
-               out_dir=snakemake.output[0], encoder_params=p.encoder, params=p.scmbm, seed=p.seed,
-               checkpoint=Checkpoint.for_snakemake(snakemake))
+pretrain_scmbm(
+    fmri_paths=snakemake.input.fmri,
+    collection_paths=shards_with_samples(snakemake.input.collections),
+    out_dir=snakemake.output[0],
+    encoder_params=p.encoder,
+    params=p.scmbm,
+    seed=p.seed,
+    checkpoint=Checkpoint.for_snakemake(snakemake),
+)

@@ -9,7 +9,9 @@ import pandas as pd
 from llm4brain.artifacts import atomic_path
 
 
-def ablation_table(full: str | Path, ablations: list[str | Path], names: list[str], out_path: str | Path) -> pd.DataFrame:
+def ablation_table(
+    full: str | Path, ablations: list[str | Path], names: list[str], out_path: str | Path
+) -> pd.DataFrame:
     """One row per (model, subject): ``model`` is ``full`` or the ablation's name; columns as the align
     stage's metrics.tsv (top-1/top-5 identification with their chance levels)."""
     tables = [pd.read_csv(full, sep="\t").assign(model="full")]

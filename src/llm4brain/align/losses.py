@@ -6,7 +6,9 @@ import torch
 import torch.nn.functional as F
 
 
-def info_nce(brain: torch.Tensor, video: torch.Tensor, positives: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+def info_nce(
+    brain: torch.Tensor, video: torch.Tensor, positives: torch.Tensor, logit_scale: torch.Tensor
+) -> torch.Tensor:
     """Symmetric InfoNCE between L2-normalised ``brain`` (N, D) and ``video`` (M, D) rows.
 
     ``positives`` (N, M) marks the pairs that show the same clip. With several positives (one clip seen by
@@ -31,7 +33,9 @@ def cross_subject(latents: torch.Tensor) -> torch.Tensor:
     return total / (s * (s - 1) / 2)
 
 
-def mmd(source: torch.Tensor, target: torch.Tensor, scales: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)) -> torch.Tensor:
+def mmd(
+    source: torch.Tensor, target: torch.Tensor, scales: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
+) -> torch.Tensor:
     """Multi-kernel RBF maximum mean discrepancy; bandwidths are multiples of the median pairwise distance.
     Computed in fp32 whatever the autocast (exponentials of bf16 distances lose the small discrepancies)."""
     with torch.autocast(source.device.type, enabled=False):

@@ -5,8 +5,9 @@ from __future__ import annotations
 import copy
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -29,8 +30,14 @@ class BrainAligner(nn.Module):
     encoder (``pretrained``: SC-MBM output or a MinD-Vis checkpoint) is loaded before adaptors are inserted.
     """
 
-    def __init__(self, grid: tuple[int, ...], encoder_params: dict[str, Any], params: dict[str, Any],
-                 video_qformer: VideoQFormer, pretrained: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        grid: tuple[int, ...],
+        encoder_params: dict[str, Any],
+        params: dict[str, Any],
+        video_qformer: VideoQFormer,
+        pretrained: str | Path | None = None,
+    ) -> None:
         super().__init__()
         self.config = {"grid": list(grid), "encoder": encoder_params, "align": params}
         self.encoder = build_encoder(grid, encoder_params)
@@ -57,12 +64,14 @@ class BrainAligner(nn.Module):
 
 
 @torch.inference_mode()
-def in_batches(fn: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, device: torch.device,
-               batch_size: int = 128) -> torch.Tensor:
+def in_batches(
+    fn: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, device: torch.device, batch_size: int = 128
+) -> torch.Tensor:
     """``fn`` over ``inputs`` in batches moved to ``device`` (a subject's windows need not fit it at once),
     gathered on the CPU in float32."""
-    return torch.cat([fn(inputs[i : i + batch_size].to(device)).float().cpu()
-                      for i in range(0, len(inputs), batch_size)])
+    return torch.cat(
+        [fn(inputs[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(inputs), batch_size)]
+    )
 
 
 def save_aligner(directory: Path, model: BrainAligner, teacher: str) -> None:

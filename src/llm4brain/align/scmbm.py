@@ -29,13 +29,21 @@ from llm4brain.models.mbm import MaskedBrainModel
 from llm4brain.models.weights import save_weights
 from llm4brain.resume import Checkpoint
 from llm4brain.runtime import LOG, seed_everything, select_device
-from llm4brain.training import fit
 from llm4brain.seeds import Stream
+from llm4brain.training import fit
 
 
-def pretrain_scmbm(*, fmri_paths: Sequence[str], collection_paths: Sequence[str] = (), out_dir: str,
-                   encoder_params: dict[str, Any], params: dict[str, Any], seed: int,
-                   checkpoint: Checkpoint | None = None, in_memory: bool = False) -> None:
+def pretrain_scmbm(
+    *,
+    fmri_paths: Sequence[str],
+    collection_paths: Sequence[str] = (),
+    out_dir: str,
+    encoder_params: dict[str, Any],
+    params: dict[str, Any],
+    seed: int,
+    checkpoint: Checkpoint | None = None,
+    in_memory: bool = False,
+) -> None:
     """Pretrain on the ``train`` split of ``fmri_paths`` (task subjects) and ``collection_paths`` (collection
     subjects, same schema). ``params['train']['val_fraction']`` of each file's rows are validated on;
     ``in_memory`` loads every window into memory instead of streaming (the reference streaming is tested and
@@ -44,22 +52,44 @@ def pretrain_scmbm(*, fmri_paths: Sequence[str], collection_paths: Sequence[str]
     seed_everything(seed + Stream.SCMBM, train_params["threads"])
     files = open_splits([*fmri_paths, *collection_paths], "train")
     grid = files[0].shape
-    rows, val_rows = zip(*(split_rows(f.n_rows, train_params["val_fraction"], seed + Stream.SCMBM_SAMPLES, i)
-                           for i, f in enumerate(files)), strict=True)
+    rows, val_rows = zip(
+        *(
+            split_rows(f.n_rows, train_params["val_fraction"], seed + Stream.SCMBM_SAMPLES, i)
+            for i, f in enumerate(files)
+        ),
+        strict=True,
+    )
     samples: InMemorySamples | ShuffledStream
     if in_memory:
         samples = InMemorySamples(files, list(rows), window, seed + Stream.SCMBM_SAMPLES)
     else:
-        samples = row_stream(files, list(rows), window, train_params["buffer_mb"], seed + Stream.SCMBM_SAMPLES,
-                             workers=train_params["loader_workers"])
+        samples = row_stream(
+            files,
+            list(rows),
+            window,
+            train_params["buffer_mb"],
+            seed + Stream.SCMBM_SAMPLES,
+            workers=train_params["loader_workers"],
+        )
     n_val = sum(map(len, val_rows))
     generator = torch.Generator().manual_seed(seed + Stream.SCMBM_SAMPLES)  # the masks
     decoder = params["decoder"]
     device = select_device(train_params["device"])
-    model = MaskedBrainModel(build_encoder(grid, encoder_params), decoder["dim"], decoder["depth"],
-                             decoder["num_heads"], params["mask_ratio"]).to(device)
-    LOG.info("masked brain modelling on %d samples of grid %s from %d files (%d to validate on), mask ratio %g",
-             sum(map(len, rows)), grid, len(files), n_val, params["mask_ratio"])
+    model = MaskedBrainModel(
+        build_encoder(grid, encoder_params),
+        decoder["dim"],
+        decoder["depth"],
+        decoder["num_heads"],
+        params["mask_ratio"],
+    ).to(device)
+    LOG.info(
+        "masked brain modelling on %d samples of grid %s from %d files (%d to validate on), mask ratio %g",
+        sum(map(len, rows)),
+        grid,
+        len(files),
+        n_val,
+        params["mask_ratio"],
+    )
     batch_size = train_params["batch_size"]
 
     def loss_fn(step: int) -> tuple[torch.Tensor, dict[str, float]]:
@@ -78,9 +108,19 @@ def pretrain_scmbm(*, fmri_paths: Sequence[str], collection_paths: Sequence[str]
 
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)
-        fit(model.parameters(), loss_fn, train_params, "pretrain_scmbm", tmp / "train_log.tsv",
-            checkpoint=checkpoint, generators=[generator], validate=validate if n_val else None, device=device,
-            stateful=[samples])
+        fit(
+            model.parameters(),
+            loss_fn,
+            train_params,
+            "pretrain_scmbm",
+            tmp / "train_log.tsv",
+            checkpoint=checkpoint,
+            generators=[generator],
+            validate=validate if n_val else None,
+            device=device,
+            stateful=[samples],
+        )
         save_weights(model.encoder, tmp / "encoder.safetensors")
-        (Path(tmp) / "config.json").write_text(json.dumps({"grid": list(grid), "encoder": encoder_params,
-                                                           "scmbm": params}, indent=2))
+        (Path(tmp) / "config.json").write_text(
+            json.dumps({"grid": list(grid), "encoder": encoder_params, "scmbm": params}, indent=2)
+        )

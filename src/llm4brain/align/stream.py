@@ -49,8 +49,9 @@ class BoldSplit:
             self.chunk_rows = bold.chunks[0] if bold.chunks else 1
             segment, tr = f[split]["segment"][:], f[split]["tr"][:]
         if not len(segment) == len(tr) == self.n_rows:
-            raise ArtifactError(f"{path}: {split}/bold has {self.n_rows} rows but {len(segment)} segments and "
-                                f"{len(tr)} trs")
+            raise ArtifactError(
+                f"{path}: {split}/bold has {self.n_rows} rows but {len(segment)} segments and {len(tr)} trs"
+            )
         self.path, self.split = str(path), split
         self.run_end = run_ends(segment, tr)
 
@@ -68,7 +69,7 @@ class BoldSplit:
         with h5py.File(self.path, "r") as f:
             bold = f[self.split]["bold"]
             for first, span in zip(np.concatenate([[0], breaks]), np.split(rows, breaks), strict=True):
-                bold.read_direct(out, np.s_[span[0]:span[-1] + 1], np.s_[first:first + len(span)])
+                bold.read_direct(out, np.s_[span[0] : span[-1] + 1], np.s_[first : first + len(span)])
 
 
 def open_splits(paths: list[str], split: str = "train") -> list[BoldSplit]:
@@ -76,8 +77,10 @@ def open_splits(paths: list[str], split: str = "train") -> list[BoldSplit]:
     splits = [BoldSplit(path, split) for path in paths]
     for s in splits[1:]:
         if (s.shape, s.dtype) != (splits[0].shape, splits[0].dtype):
-            raise ArtifactError(f"{s.path}: fMRI grid {s.shape} ({s.dtype}) differs from {splits[0].path}'s "
-                                f"{splits[0].shape} ({splits[0].dtype}) (set fmri.resample and a common mask)")
+            raise ArtifactError(
+                f"{s.path}: fMRI grid {s.shape} ({s.dtype}) differs from {splits[0].path}'s "
+                f"{splits[0].shape} ({splits[0].dtype}) (set fmri.resample and a common mask)"
+            )
     return splits
 
 
@@ -89,12 +92,14 @@ class HeldRows:
         ``files[file_index[i, s]]``."""
         window = rows.shape[-1]
         flat_files, flat_rows = file_index.reshape(-1), rows.reshape(-1, window)
-        distinct = {f: np.unique(flat_rows[flat_files == f].reshape(-1), return_inverse=True)
-                    for f in np.unique(flat_files).tolist()}
+        distinct = {
+            f: np.unique(flat_rows[flat_files == f].reshape(-1), return_inverse=True)
+            for f in np.unique(flat_files).tolist()
+        }
         volumes = np.empty((sum(len(u) for u, _ in distinct.values()), *files[0].shape), files[0].dtype)
         index, offset = np.empty(flat_rows.shape, np.int64), 0
         for f, (unique, inverse) in distinct.items():
-            files[f].read(unique, volumes[offset:offset + len(unique)])
+            files[f].read(unique, volumes[offset : offset + len(unique)])
             index[flat_files == f] = inverse.reshape(-1, window) + offset
             offset += len(unique)
         self.volumes = torch.from_numpy(volumes)  # a tensor: a DataLoader worker hands it over in shared memory
@@ -128,16 +133,29 @@ class ShuffledStream:
     With ``workers``, DataLoader worker processes read the next groups while training runs; the buffer then
     holds ``1 + workers`` groups, each of ``1 / (1 + workers)`` of it."""
 
-    def __init__(self, files: list[BoldSplit], n_blocks: int, draw_block: DrawBlock, block_bound: np.ndarray,
-                 capacity_rows: int, seed: int, *, rank: int = 0, world_size: int = 1, workers: int = 0) -> None:
+    def __init__(
+        self,
+        files: list[BoldSplit],
+        n_blocks: int,
+        draw_block: DrawBlock,
+        block_bound: np.ndarray,
+        capacity_rows: int,
+        seed: int,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        workers: int = 0,
+    ) -> None:
         """``block_bound[b]``: at most how many distinct rows block b's windows need; ``capacity_rows``: at most
         how many rows the buffer holds."""
         if n_blocks == 0:
             raise ArtifactError(f"no training samples in {', '.join(f.path for f in files)}")
         if block_bound.max() > capacity_rows // (1 + workers):
-            raise ValueError(f"train.buffer_mb holds {capacity_rows} rows of {files[0].shape}, {1 + workers} groups "
-                             f"of {capacity_rows // (1 + workers)} rows with {workers} loader workers, fewer than a "
-                             f"block needs ({block_bound.max()}): raise it")
+            raise ValueError(
+                f"train.buffer_mb holds {capacity_rows} rows of {files[0].shape}, {1 + workers} groups "
+                f"of {capacity_rows // (1 + workers)} rows with {workers} loader workers, fewer than a "
+                f"block needs ({block_bound.max()}): raise it"
+            )
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not one of {world_size} processes")
         self.files, self.n_blocks, self.draw_block, self.block_bound = files, n_blocks, draw_block, block_bound
@@ -171,8 +189,9 @@ class ShuffledStream:
         rng = np.random.default_rng((self.seed, epoch, group + 1))
         drawn = [self.draw_block(block, rng) for block in sorted(self.groups(epoch)[group])]
         units = np.concatenate([units for units, _, _ in drawn])
-        held = HeldRows(self.files, np.concatenate([f for _, f, _ in drawn]),
-                        np.concatenate([rows for _, _, rows in drawn]))
+        held = HeldRows(
+            self.files, np.concatenate([f for _, f, _ in drawn]), np.concatenate([rows for _, _, rows in drawn])
+        )
         return units, held, rng.permutation(len(units))
 
     def _positions(self) -> Iterator[tuple[int, int]]:
@@ -190,9 +209,16 @@ class ShuffledStream:
             self.units, self.held, self.order = self.read(self.epoch, self.group)
         else:
             if self._reader is None:
-                self._reader = iter(torch.utils.data.DataLoader(
-                    GroupReader(self), batch_size=None, sampler=self._positions(), num_workers=self.workers,
-                    prefetch_factor=1, collate_fn=as_is))
+                self._reader = iter(
+                    torch.utils.data.DataLoader(
+                        GroupReader(self),
+                        batch_size=None,
+                        sampler=self._positions(),
+                        num_workers=self.workers,
+                        prefetch_factor=1,
+                        collate_fn=as_is,
+                    )
+                )
             position, self.units, self.held, self.order = next(self._reader)
             assert position == (self.epoch, self.group), (position, self.epoch, self.group)
         self.peak_rows = max(self.peak_rows, len(self.held))
@@ -211,7 +237,7 @@ class ShuffledStream:
             if self.held is None:
                 self._load()
             assert self.held is not None
-            picks = self.order[self.position:self.position + batch_size - taken]
+            picks = self.order[self.position : self.position + batch_size - taken]
             mine = picks[(taken + np.arange(len(picks))) % self.world_size == self.rank]
             units.append(torch.from_numpy(self.units[mine]))
             windows.append(self.held.take(mine))
@@ -243,12 +269,21 @@ def block_units(files: list[BoldSplit], capacity: int, rows_per_unit: int, chunk
 def split_rows(n_rows: int, fraction: float, seed: int, file: int) -> tuple[np.ndarray, np.ndarray]:
     """A file's rows split into (training, validation): ``round(fraction · n_rows)`` seeded random rows to
     validate on, the same for any buffer size."""
-    val = np.sort(np.random.default_rng((seed, file)).permutation(n_rows)[:round(n_rows * fraction)])
+    val = np.sort(np.random.default_rng((seed, file)).permutation(n_rows)[: round(n_rows * fraction)])
     return np.setdiff1d(np.arange(n_rows), val), val
 
 
-def row_stream(files: list[BoldSplit], rows: list[np.ndarray], window: int, buffer_mb: float, seed: int, *,
-               rank: int = 0, world_size: int = 1, workers: int = 0) -> ShuffledStream:
+def row_stream(
+    files: list[BoldSplit],
+    rows: list[np.ndarray],
+    window: int,
+    buffer_mb: float,
+    seed: int,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    workers: int = 0,
+) -> ShuffledStream:
     """Every row ``rows[f]`` of file f is a sample: its window, one per sample (S = 1); unit id = the sample's
     index in file order."""
     capacity = capacity_rows(buffer_mb, files)
@@ -265,15 +300,28 @@ def row_stream(files: list[BoldSplit], rows: list[np.ndarray], window: int, buff
 
     def draw(b: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         f, block, first = blocks[b]
-        return (np.arange(first, first + len(block)), np.full((len(block), 1), f),
-                files[f].windows(block, window)[:, None])
+        return (
+            np.arange(first, first + len(block)),
+            np.full((len(block), 1), f),
+            files[f].windows(block, window)[:, None],
+        )
 
-    return ShuffledStream(files, len(blocks), draw, bound, capacity, seed, rank=rank, world_size=world_size,
-                          workers=workers)
+    return ShuffledStream(
+        files, len(blocks), draw, bound, capacity, seed, rank=rank, world_size=world_size, workers=workers
+    )
 
 
-def clip_stream(files: list[BoldSplit], repeats: list[list[np.ndarray]], window: int, buffer_mb: float, seed: int,
-                *, rank: int = 0, world_size: int = 1, workers: int = 0) -> ShuffledStream:
+def clip_stream(
+    files: list[BoldSplit],
+    repeats: list[list[np.ndarray]],
+    window: int,
+    buffer_mb: float,
+    seed: int,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    workers: int = 0,
+) -> ShuffledStream:
     """Clip c (unit id) is a sample of one window per file (subject), each from a seeded random repeat of the
     clip: ``repeats[s][c]`` are the rows of file s that show clip c. Blocks are runs of consecutive clips, so a
     block's rows lie in a few spans of each file (one per repeat)."""
@@ -292,14 +340,15 @@ def clip_stream(files: list[BoldSplit], repeats: list[list[np.ndarray]], window:
         windows = np.stack([files[s].windows(r, window) for s, r in enumerate(rows)], axis=1)  # (n, S, W)
         return clips, np.broadcast_to(np.arange(n_subjects), (len(clips), n_subjects)), windows
 
-    return ShuffledStream(files, len(starts), draw, bound, capacity, seed, rank=rank, world_size=world_size,
-                          workers=workers)
+    return ShuffledStream(
+        files, len(starts), draw, bound, capacity, seed, rank=rank, world_size=world_size, workers=workers
+    )
 
 
 def iter_windows(file: BoldSplit, rows: np.ndarray, window: int, batch_size: int) -> Iterator[torch.Tensor]:
     """(b, W, *grid) windows of ``rows`` of ``file`` in order, ``batch_size`` at a time (validation, inference)."""
     for start in range(0, len(rows), batch_size):
-        chunk = file.windows(rows[start:start + batch_size], window)
+        chunk = file.windows(rows[start : start + batch_size], window)
         yield HeldRows([file], np.zeros((len(chunk), 1), np.int64), chunk[:, None]).take(np.arange(len(chunk)))[:, 0]
 
 
@@ -325,7 +374,7 @@ class InMemorySamples:
         picks: list[np.ndarray] = []
         taken = 0
         while taken < batch_size:
-            picks.append(self.order[self.position:self.position + batch_size - taken])
+            picks.append(self.order[self.position : self.position + batch_size - taken])
             taken, self.position = taken + len(picks[-1]), self.position + len(picks[-1])
             if self.position == len(self.order):
                 self.epoch, self.position = self.epoch + 1, 0

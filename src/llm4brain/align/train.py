@@ -40,14 +40,21 @@ from llm4brain.models.video_llm import load_video_qformer
 from llm4brain.ranking import topk_accuracy, topk_hits
 from llm4brain.resume import Checkpoint
 from llm4brain.runtime import LOG, seed_everything, select_device
-from llm4brain.training import fit
 from llm4brain.seeds import Stream
+from llm4brain.training import fit
 
 SPLITS = ("train", "test")
 
 
-def identification(brain: torch.Tensor, video: torch.Tensor, targets: np.ndarray, n_way: int | None = None,
-                   ks: tuple[int, ...] = (1, 5), trials: int = 100, seed: int = 0) -> dict[str, float]:
+def identification(
+    brain: torch.Tensor,
+    video: torch.Tensor,
+    targets: np.ndarray,
+    n_way: int | None = None,
+    ks: tuple[int, ...] = (1, 5),
+    trials: int = 100,
+    seed: int = 0,
+) -> dict[str, float]:
     """n-way clip identification: is row i's own clip among the k most similar of n candidate clips?
 
     ``n_way`` None uses all clips as candidates; otherwise (MinD-Vis' protocol) each row's own clip and
@@ -86,8 +93,9 @@ def feature_files(paths: Sequence[str]) -> dict[str, tuple[str, int]]:
     return index
 
 
-def encode_targets(qformer: torch.nn.Module, features: dict[str, tuple[str, int]], keys: list[tuple[str, int]],
-                   batch_size: int = 128) -> torch.Tensor:
+def encode_targets(
+    qformer: torch.nn.Module, features: dict[str, tuple[str, int]], keys: list[tuple[str, int]], batch_size: int = 128
+) -> torch.Tensor:
     """The video tokens (n, Q, H) of each ``(segment, tr)`` clip in ``keys``, on the CPU in float32: cached
     vision tokens are read ``batch_size`` clips at a time, one segment's file after another."""
     device = next(qformer.parameters()).device
@@ -98,7 +106,9 @@ def encode_targets(qformer: torch.nn.Module, features: dict[str, tuple[str, int]
             mine = [i for i in order if keys[i][0] == segment]
             with open_artifact(features[segment][0], "features", ("tokens",)) as f:
                 for start in range(0, len(mine), batch_size):
-                    trs, inverse = np.unique([keys[i][1] for i in mine[start:start + batch_size]], return_inverse=True)
+                    trs, inverse = np.unique(
+                        [keys[i][1] for i in mine[start : start + batch_size]], return_inverse=True
+                    )
                     clips = f["tokens"][trs][inverse].astype(np.float32)
                     parts.append(qformer(torch.from_numpy(clips).to(device)).float().cpu())
     return torch.cat(parts)[torch.from_numpy(np.argsort(order))]
@@ -109,15 +119,17 @@ def split_keys(path: str, split: str) -> list[tuple[str, int]]:
         return read_keys(f[split])
 
 
-def alignment_terms(model: BrainAligner, n_subjects: int, pick: torch.Tensor, inputs: torch.Tensor,
-                    video: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+def alignment_terms(
+    model: BrainAligner, n_subjects: int, pick: torch.Tensor, inputs: torch.Tensor, video: torch.Tensor
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """The labelled loss terms for clips ``pick`` seen by each of ``n_subjects`` (``inputs`` stacked subject
     by subject), and the pooled brain tokens."""
     return alignment_losses(model(inputs), model.logit_scale, n_subjects, pick, video)
 
 
-def alignment_losses(brain: torch.Tensor, logit_scale: torch.Tensor, n_subjects: int, pick: torch.Tensor,
-                     video: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+def alignment_losses(
+    brain: torch.Tensor, logit_scale: torch.Tensor, n_subjects: int, pick: torch.Tensor, video: torch.Tensor
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """:func:`alignment_terms` of brain tokens (S·B, Q, H) computed already."""
     pooled = brain.mean(1)
     same = pick[None, :] == pick[:, None]
@@ -128,10 +140,21 @@ def alignment_losses(brain: torch.Tensor, logit_scale: torch.Tensor, n_subjects:
     }, pooled
 
 
-def pretrain_adaptor(*, fmri_paths: Sequence[str], feature_paths: Sequence[str], teacher_dir: str, model_dir: str,
-                     latent_paths: Sequence[str], metrics_path: str, subjects: list[str],
-                     encoder_params: dict[str, Any], params: dict[str, Any], seed: int, pretrained: str | None = None,
-                     checkpoint: Checkpoint | None = None) -> None:
+def pretrain_adaptor(
+    *,
+    fmri_paths: Sequence[str],
+    feature_paths: Sequence[str],
+    teacher_dir: str,
+    model_dir: str,
+    latent_paths: Sequence[str],
+    metrics_path: str,
+    subjects: list[str],
+    encoder_params: dict[str, Any],
+    params: dict[str, Any],
+    seed: int,
+    pretrained: str | None = None,
+    checkpoint: Checkpoint | None = None,
+) -> None:
     """Train on labelled subjects (+ unlabelled held-out fMRI) and write model, latents and metrics.
 
     ``pretrained`` is an encoder to start from (pretrain_scmbm's, or a MinD-Vis checkpoint). Training reads
@@ -166,28 +189,52 @@ def pretrain_adaptor(*, fmri_paths: Sequence[str], feature_paths: Sequence[str],
         order = torch.randperm(len(clips), generator=generator).tolist()
         val_clips, clips = sorted(clips[i] for i in order[:n_val]), sorted(clips[i] for i in order[n_val:])
     targets = encode_targets(qformer, features, clips).to(device)  # (n_clips, Q, H)
-    LOG.info("aligning %d labelled subjects on %d clips (%d more to validate on); held out (unlabelled): %s",
-             len(labelled), len(clips), len(val_clips), sorted(heldout) or "none")
+    LOG.info(
+        "aligning %d labelled subjects on %d clips (%d more to validate on); held out (unlabelled): %s",
+        len(labelled),
+        len(clips),
+        len(val_clips),
+        sorted(heldout) or "none",
+    )
 
     model = BrainAligner(files[subjects[0]].shape, encoder_params, params, qformer, pretrained).to(device)
     weights, batch_size = params["loss"], train_params["batch_size"]
     domain_loss = mmd if params["domain_method"] == "mmd" else coral
     uses_target = bool(heldout) and (weights["domain"] > 0 or weights["target_mbm"] > 0)
     buffer_mb = train_params["buffer_mb"] / (2 if uses_target else 1)
-    pairs = clip_stream([files[s] for s in labelled], [[np.array(rows_of[s][c]) for c in clips] for s in labelled],
-                        window, buffer_mb, seed + Stream.ALIGN_CLIPS, workers=train_params["loader_workers"])
+    pairs = clip_stream(
+        [files[s] for s in labelled],
+        [[np.array(rows_of[s][c]) for c in clips] for s in labelled],
+        window,
+        buffer_mb,
+        seed + Stream.ALIGN_CLIPS,
+        workers=train_params["loader_workers"],
+    )
     streams = [pairs]
     if uses_target:
         target_files = [files[s] for s in sorted(heldout)]
-        streams.append(row_stream(target_files, [np.arange(f.n_rows) for f in target_files], window, buffer_mb,
-                                  seed + Stream.ALIGN_HELDOUT, workers=train_params["loader_workers"]))
+        streams.append(
+            row_stream(
+                target_files,
+                [np.arange(f.n_rows) for f in target_files],
+                window,
+                buffer_mb,
+                seed + Stream.ALIGN_HELDOUT,
+                workers=train_params["loader_workers"],
+            )
+        )
 
     trainable = list(model.parameters())
     target_mbm = None
     if uses_target and weights["target_mbm"] > 0:  # masked modelling of the held-out windows
         head = params["target_mbm"]
-        target_mbm = MaskedBrainModel(model.encoder, head["decoder"]["dim"], head["decoder"]["depth"],
-                                      head["decoder"]["num_heads"], head["mask_ratio"]).to(device)
+        target_mbm = MaskedBrainModel(
+            model.encoder,
+            head["decoder"]["dim"],
+            head["decoder"]["depth"],
+            head["decoder"]["num_heads"],
+            head["mask_ratio"],
+        ).to(device)
         trainable += [p for name, p in target_mbm.named_parameters() if not name.startswith("encoder.")]
 
     def loss_fn(step: int) -> tuple[torch.Tensor, dict[str, float]]:
@@ -211,29 +258,65 @@ def pretrain_adaptor(*, fmri_paths: Sequence[str], feature_paths: Sequence[str],
         """The labelled terms on the held-out clips (first repeat of each), in eval mode."""
         assert val_targets is not None
         model.eval()
-        brain = torch.cat([model(batch.to(device)) for s, rows in zip(labelled, val_rows, strict=True)
-                           for batch in iter_windows(files[s], rows, window, batch_size)])
-        terms, _ = alignment_losses(brain, model.logit_scale, len(labelled),
-                                    torch.arange(len(val_clips), device=device), val_targets)
+        brain = torch.cat(
+            [
+                model(batch.to(device))
+                for s, rows in zip(labelled, val_rows, strict=True)
+                for batch in iter_windows(files[s], rows, window, batch_size)
+            ]
+        )
+        terms, _ = alignment_losses(
+            brain, model.logit_scale, len(labelled), torch.arange(len(val_clips), device=device), val_targets
+        )
         return float(sum(weights[name] * value for name, value in terms.items()))
 
     with atomic_path(model_dir) as tmp_model:
         tmp_model.mkdir(parents=True)
-        fit(trainable, loss_fn, train_params, "pretrain_adaptor", tmp_model / "train_log.tsv",
-            checkpoint=checkpoint, generators=[generator], validate=validate if val_clips else None,
-            device=device, stateful=streams)
+        fit(
+            trainable,
+            loss_fn,
+            train_params,
+            "pretrain_adaptor",
+            tmp_model / "train_log.tsv",
+            checkpoint=checkpoint,
+            generators=[generator],
+            validate=validate if val_clips else None,
+            device=device,
+            stateful=streams,
+        )
         save_aligner(tmp_model, model, teacher_dir)
-        metrics = write_latents(model=model, qformer=qformer, features=features, fmri_paths=fmri_paths, keys=keys,
-                                subjects=subjects, heldout=heldout, latent_paths=latent_paths, params=params,
-                                window=window, seed=seed)
+        metrics = write_latents(
+            model=model,
+            qformer=qformer,
+            features=features,
+            fmri_paths=fmri_paths,
+            keys=keys,
+            subjects=subjects,
+            heldout=heldout,
+            latent_paths=latent_paths,
+            params=params,
+            window=window,
+            seed=seed,
+        )
         metrics.to_csv(metrics_path, sep="\t", index=False, float_format="%.4f")
     LOG.info("identification:\n%s", metrics.to_string(index=False))
 
 
-def write_latents(*, model: BrainAligner, qformer: torch.nn.Module, features: dict[str, tuple[str, int]],
-                  fmri_paths: Sequence[str], keys: dict[tuple[str, str], list[tuple[str, int]]], subjects: list[str],
-                  heldout: set[str], latent_paths: Sequence[str], params: dict[str, Any], window: int,
-                  seed: int, batch_size: int = 128) -> pd.DataFrame:
+def write_latents(
+    *,
+    model: BrainAligner,
+    qformer: torch.nn.Module,
+    features: dict[str, tuple[str, int]],
+    fmri_paths: Sequence[str],
+    keys: dict[tuple[str, str], list[tuple[str, int]]],
+    subjects: list[str],
+    heldout: set[str],
+    latent_paths: Sequence[str],
+    params: dict[str, Any],
+    window: int,
+    seed: int,
+    batch_size: int = 128,
+) -> pd.DataFrame:
     """``/{split}/tokens`` for every subject, encoded ``batch_size`` windows at a time, and test-split
     identification against the video tokens (50-way, as MinD-Vis reports, and among all test clips)."""
     rows = []
@@ -247,7 +330,7 @@ def write_latents(*, model: BrainAligner, qformer: torch.nn.Module, features: di
                     tokens = model.encode(batch, batch_size)
                     if not written:
                         out = group.create_dataset("tokens", (bold.n_rows, *tokens.shape[1:]), np.float16)
-                    out[written:written + len(tokens)] = tokens.numpy().astype(np.float16)
+                    out[written : written + len(tokens)] = tokens.numpy().astype(np.float16)
                     written += len(tokens)
                     if split == "test":
                         kept.append(tokens)

@@ -13,7 +13,7 @@ def run_ends(segment: np.ndarray, tr: np.ndarray) -> np.ndarray:
     continues = np.zeros(n, bool)
     continues[1:] = (segment[1:] == segment[:-1]) & (tr[1:] == tr[:-1] + 1)
     starts = np.flatnonzero(~continues)
-    stops = np.append(starts[1:], n)[:len(starts)]  # none for a split without rows
+    stops = np.append(starts[1:], n)[: len(starts)]  # none for a split without rows
     return np.repeat(stops - 1, stops - starts)
 
 

@@ -111,7 +111,9 @@ def make_subject(
     return SubjectModel(weights.astype(np.float32), baseline, 0.02 * baseline, noise, drift, rng)
 
 
-def simulate_run(subject: SubjectModel, features: np.ndarray, rest_before: int, rest_after: int, tr: float) -> np.ndarray:
+def simulate_run(
+    subject: SubjectModel, features: np.ndarray, rest_before: int, rest_after: int, tr: float
+) -> np.ndarray:
     """BOLD (T, V) for one run showing a segment whose per-TR features are ``features``."""
     n_feat = features.shape[1]
     padded = np.concatenate([np.zeros((rest_before, n_feat)), features, np.zeros((rest_after, n_feat))])

@@ -49,8 +49,13 @@ def write_scenes(rows: list[tuple], path: Path) -> None:
     """The ground truth of every clip, ``(segment, tr, count, size, colour, shape, motion, background)``, and
     its BIDS sidecar (``scenes.json``) whose ``Levels`` list every value an attribute can take."""
     pd.DataFrame(rows, columns=["segment", "tr", *ATTRIBUTES]).to_csv(path, sep="\t", index=False)
-    sidecar = {name: {"Description": f"the scene's {name} (drawn uniformly from the levels)",
-                      "Levels": {value: value for value in values}} for name, values in ATTRIBUTES.items()}
+    sidecar = {
+        name: {
+            "Description": f"the scene's {name} (drawn uniformly from the levels)",
+            "Levels": {value: value for value in values},
+        }
+        for name, values in ATTRIBUTES.items()
+    }
     path.with_suffix(".json").write_text(json.dumps(sidecar, indent=2))
 
 
@@ -99,8 +104,14 @@ def simulate_demo(
     rest_before, rest_after = params["rest_trs"]
     for s, subject in enumerate(subjects):
         model = make_subject(
-            template, mask, seed + Stream.DEMO_SUBJECTS + s, params["subject_variability"], params["subject_shift"],
-            params["noise"], params["drift"], reference,
+            template,
+            mask,
+            seed + Stream.DEMO_SUBJECTS + s,
+            params["subject_variability"],
+            params["subject_shift"],
+            params["noise"],
+            params["drift"],
+            reference,
         )
         func = tmp / subject / "func"
         func.mkdir(parents=True)
@@ -112,8 +123,13 @@ def simulate_demo(
             stem = f"{subject}_task-movie_run-{r:02d}"
             _save_nifti(volume, affine, func / f"{stem}_bold.nii.gz", tr=tr)
             events = pd.DataFrame(
-                {"onset": [rest_before * tr], "duration": [trs_per_segment * tr], "trial_type": ["movie"],
-                 "stim_file": [f"stimuli/{segment}.mp4"], "segment": [segment]}
+                {
+                    "onset": [rest_before * tr],
+                    "duration": [trs_per_segment * tr],
+                    "trial_type": ["movie"],
+                    "stim_file": [f"stimuli/{segment}.mp4"],
+                    "segment": [segment],
+                }
             )
             events.to_csv(func / f"{stem}_events.tsv", sep="\t", index=False)
             scans.append(f"func/{stem}_bold.nii.gz")

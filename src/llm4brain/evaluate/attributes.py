@@ -30,8 +30,10 @@ def read_scenes(tsv: str | Path) -> tuple[pd.DataFrame, Vocabulary]:
     for name, values in levels.items():
         for value in values:
             if value in owners:
-                raise ValueError(f"{sidecar}: level {value!r} belongs to both {owners[value]} and {name}: a caption "
-                                 "word could not say which attribute it names")
+                raise ValueError(
+                    f"{sidecar}: level {value!r} belongs to both {owners[value]} and {name}: a caption "
+                    "word could not say which attribute it names"
+                )
             owners[value] = name
     table = pd.read_csv(tsv, sep="\t", dtype={"segment": str})
     missing = {"segment", "tr", *levels} - set(table.columns)
@@ -72,14 +74,22 @@ def attribute_table(decoded: pd.DataFrame, scenes: pd.DataFrame, levels: Vocabul
         named = pd.DataFrame([caption_attributes(c, levels) for c in group["caption"]], columns=list(levels))
         true = truth.loc[keys, list(levels)].reset_index(drop=True).astype(str)
         for name, values in levels.items():
-            rows.append({"source": source, "attribute": name, "n": len(group),
-                         "accuracy": float((named[name] == true[name]).mean()),
-                         "named": float(named[name].notna().mean()), "chance": 1 / len(values)})
+            rows.append(
+                {
+                    "source": source,
+                    "attribute": name,
+                    "n": len(group),
+                    "accuracy": float((named[name] == true[name]).mean()),
+                    "named": float(named[name].notna().mean()),
+                    "chance": 1 / len(values),
+                }
+            )
     return pd.DataFrame(rows)
 
 
-def score_attributes(eval_paths: list[str | Path], scenes_tsv: str | Path, out_path: str | Path,
-                     heldout: list[str]) -> None:
+def score_attributes(
+    eval_paths: list[str | Path], scenes_tsv: str | Path, out_path: str | Path, heldout: list[str]
+) -> None:
     """Write ``attributes.tsv``: one row per subject × source × attribute (every decoded file of a subject:
     its main file and its ablated students')."""
     scenes, levels = read_scenes(scenes_tsv)

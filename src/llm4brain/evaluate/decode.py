@@ -27,17 +27,24 @@ from llm4brain.runtime import LOG, seed_everything, select_device
 from llm4brain.seeds import Stream
 
 
-def nearest_captions(query: torch.Tensor, pool: torch.Tensor, pool_keys: list[tuple[str, int]],
-                     captions: dict[tuple[str, int], str]) -> list[str]:
+def nearest_captions(
+    query: torch.Tensor, pool: torch.Tensor, pool_keys: list[tuple[str, int]], captions: dict[tuple[str, int], str]
+) -> list[str]:
     """Caption of the pool sample whose pooled tokens are most similar (cosine) to each query's."""
     q = torch.nn.functional.normalize(query.mean(1), dim=-1)
     p = torch.nn.functional.normalize(pool.mean(1), dim=-1)
     return [captions[pool_keys[i]] for i in (q @ p.T).argmax(1).tolist()]
 
 
-def student_tokens(student_dir: str, teacher_dir: str, fmri_path: str, latent_path: str,
-                   captions: dict[tuple[str, int], str], captions_path: str,
-                   device: torch.device) -> tuple[Any, torch.Tensor, list]:
+def student_tokens(
+    student_dir: str,
+    teacher_dir: str,
+    fmri_path: str,
+    latent_path: str,
+    captions: dict[tuple[str, int], str],
+    captions_path: str,
+    device: torch.device,
+) -> tuple[Any, torch.Tensor, list]:
     """The trained student on ``device``, and its tokens for the subject's test samples (each must have a
     reference)."""
     student = load_student(student_dir, teacher_dir, device)
@@ -48,11 +55,18 @@ def student_tokens(student_dir: str, teacher_dir: str, fmri_path: str, latent_pa
     return student, student.encode(inputs), keys
 
 
-def write_decoded(out_path: str | Path, subject: str, heldout: bool, keys: list[tuple[str, int]],
-                  decoded: dict[str, list[str]], captions: dict[tuple[str, int], str], params: dict[str, Any]) -> None:
+def write_decoded(
+    out_path: str | Path,
+    subject: str,
+    heldout: bool,
+    keys: list[tuple[str, int]],
+    decoded: dict[str, list[str]],
+    captions: dict[tuple[str, int], str],
+    params: dict[str, Any],
+) -> None:
     """``/segment, /tr, /source, /caption, /reference``: one row per test sample × source."""
     with atomic_h5(out_path, "eval", params) as f:
-        rows = [(key, source, text) for source, texts in decoded.items() for key, text in zip(keys, texts)]
+        rows = [(key, source, text) for source, texts in decoded.items() for key, text in zip(keys, texts, strict=True)]
         write_keys(f, [r[0][0] for r in rows], [r[0][1] for r in rows])
         write_strings(f, "source", [r[1] for r in rows])
         write_strings(f, "caption", [r[2] for r in rows])
@@ -60,32 +74,57 @@ def write_decoded(out_path: str | Path, subject: str, heldout: bool, keys: list[
         set_attrs(f, {"subject": subject, "heldout": heldout, "sources": list(decoded)})
 
 
-def decode_ablation(*, subject: str, ablation: str, fmri_path: str, latent_path: str, captions_path: str,
-                    teacher_dir: str, student_dir: str, out_path: str | Path, heldout: list[str],
-                    params: dict[str, Any], seed: int) -> None:
+def decode_ablation(
+    *,
+    subject: str,
+    ablation: str,
+    fmri_path: str,
+    latent_path: str,
+    captions_path: str,
+    teacher_dir: str,
+    student_dir: str,
+    out_path: str | Path,
+    heldout: list[str],
+    params: dict[str, Any],
+    seed: int,
+) -> None:
     """A subject's test fMRI decoded by an ablated student (on an ablated aligner, or trained with an instruct
     term off): source ``fmri-{ablation}``."""
     seed_everything(seed + Stream.DECODE, 1)
     captions = read_captions(captions_path)
-    student, tokens, keys = student_tokens(student_dir, teacher_dir, fmri_path, latent_path, captions, captions_path,
-                                           select_device(params["device"]))
+    student, tokens, keys = student_tokens(
+        student_dir, teacher_dir, fmri_path, latent_path, captions, captions_path, select_device(params["device"])
+    )
     decoded = {f"fmri-{ablation}": generate_captions(student.captioner, tokens, params)}
     write_decoded(out_path, subject, subject in heldout, keys, decoded, captions, params)
 
 
-def decode_captions(*, subject: str, fmri_path: str, latent_path: str, pool_fmri: list[str], pool_latents: list[str],
-                    feature_paths: list[str],
-                    captions_path: str, teacher_dir: str, student_dir: str, out_path: str | Path,
-                    heldout: list[str], params: dict[str, Any], seed: int) -> None:
+def decode_captions(
+    *,
+    subject: str,
+    fmri_path: str,
+    latent_path: str,
+    pool_fmri: list[str],
+    pool_latents: list[str],
+    feature_paths: list[str],
+    captions_path: str,
+    teacher_dir: str,
+    student_dir: str,
+    out_path: str | Path,
+    heldout: list[str],
+    params: dict[str, Any],
+    seed: int,
+) -> None:
     """Write ``/segment, /tr, /source, /caption, /reference`` for every test sample × source."""
     seed_everything(seed + Stream.DECODE, 1)
     captions = read_captions(captions_path)
     device = select_device(params["device"])
-    student, tokens, keys = student_tokens(student_dir, teacher_dir, fmri_path, latent_path, captions, captions_path,
-                                           device)
+    student, tokens, keys = student_tokens(
+        student_dir, teacher_dir, fmri_path, latent_path, captions, captions_path, device
+    )
     qformer, teacher, _ = load_teacher(teacher_dir, device)
     pool, pool_keys = [], []
-    for fmri, latents in zip(pool_fmri, pool_latents):
+    for fmri, latents in zip(pool_fmri, pool_latents, strict=True):
         data, split_keys = read_inputs(student.input_kind, fmri, latents, "train", student.window)
         pool.append(student.encode(data))
         pool_keys += split_keys
@@ -100,5 +139,11 @@ def decode_captions(*, subject: str, fmri_path: str, latent_path: str, pool_fmri
     }
     write_decoded(out_path, subject, subject in heldout, keys, decoded, captions, params)
     for i in range(min(3, len(keys))):
-        LOG.info("%s %s: fmri %r | teacher %r | reference %r", subject, keys[i], decoded["fmri"][i],
-                 decoded["video-teacher"][i], captions[keys[i]])
+        LOG.info(
+            "%s %s: fmri %r | teacher %r | reference %r",
+            subject,
+            keys[i],
+            decoded["fmri"][i],
+            decoded["video-teacher"][i],
+            captions[keys[i]],
+        )

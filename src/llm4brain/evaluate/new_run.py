@@ -30,15 +30,17 @@ def subject_preprocessing(results: Path, subject: str) -> tuple[VolumeSpace | Su
         raise ArtifactError(
             f"{path}: subject {subject!r} was never preprocessed with this pipeline. Add it to data.subjects "
             f"(and to align.heldout to adapt without labels), then run `snakemake --until pretrain_adaptor` "
-            f"and `snakemake` so the encoder is adapted to it before decoding.")
+            f"and `snakemake` so the encoder is adapted to it before decoding."
+        )
     with open_artifact(path, "fmri", ("mask",)) as f:
         if "params" not in f.attrs:
             raise ArtifactError(f"{path}: records no preprocessing params (older llm4brain); rerun preprocess_fmri")
         return *space_from_artifact(f), json.loads(f.attrs["params"]), float(f.attrs["tr"])
 
 
-def preprocess_new_run(subject: str, bold: str | Path, events: str | Path,
-                       results: str | Path, window: int) -> tuple[np.ndarray, str, np.ndarray, float]:
+def preprocess_new_run(
+    subject: str, bold: str | Path, events: str | Path, results: str | Path, window: int
+) -> tuple[np.ndarray, str, np.ndarray, float]:
     """A run's encoder inputs, cleaned as ``subject``'s training runs were: ``(n, window, *sample)`` float32
     windows of the volumes paired to the whole TRs of its stimulus, the stimulus' segment, those TRs, and
     the TR in seconds. Separate from decoding so that a test can hold it against ``results/fmri``."""
@@ -54,8 +56,16 @@ def preprocess_new_run(subject: str, bold: str | Path, events: str | Path,
     return windows(rows, [(run.segment, k) for k in trs], window), run.segment, np.array(trs), tr
 
 
-def decode_run(subject: str, bold: str | Path, events: str | Path, results: str | Path, *,
-               max_new_tokens: int = 24, num_beams: int = 1, batch_size: int = 64) -> pd.DataFrame:
+def decode_run(
+    subject: str,
+    bold: str | Path,
+    events: str | Path,
+    results: str | Path,
+    *,
+    max_new_tokens: int = 24,
+    num_beams: int = 1,
+    batch_size: int = 64,
+) -> pd.DataFrame:
     """One caption per whole TR of the stimulus shown in the run: ``segment, tr, start, end, caption``.
 
     ``start``/``end`` are seconds from the stimulus' first frame (clip ``tr`` spans ``[tr·TR, (tr+1)·TR)``).
@@ -66,14 +76,19 @@ def decode_run(subject: str, bold: str | Path, events: str | Path, results: str 
     student_dir = results / "instruct" / "model"
     config = json.loads((student_dir / "config.json").read_text())
     teacher = Path(config["teacher"])  # as the workflow named it, relative to its working directory
-    student = load_student(student_dir, teacher if teacher.is_absolute() else results.parent / teacher,
-                           select_device())
+    student = load_student(student_dir, teacher if teacher.is_absolute() else results.parent / teacher, select_device())
     if student.input_kind != "encoder":
-        raise ValueError(f"{student_dir}: trained on frozen latents; decoding a new run needs `instruct.input: encoder`")
+        raise ValueError(
+            f"{student_dir}: trained on frozen latents; decoding a new run needs `instruct.input: encoder`"
+        )
     samples, segment, k, tr = preprocess_new_run(subject, bold, events, results, student.window)
     tokens = student.encode(torch.from_numpy(samples))
-    settings = {"batch_size": batch_size, "max_new_tokens": max_new_tokens, "num_beams": num_beams,
-                "repetition_penalty": 1.0}
+    settings = {
+        "batch_size": batch_size,
+        "max_new_tokens": max_new_tokens,
+        "num_beams": num_beams,
+        "repetition_penalty": 1.0,
+    }
     captions = generate_captions(student.captioner, tokens, settings)
     return pd.DataFrame({"segment": segment, "tr": k, "start": k * tr, "end": (k + 1) * tr, "caption": captions})
 
@@ -86,6 +101,8 @@ def srt_time(seconds: float) -> str:
 
 def write_srt(table: pd.DataFrame, path: str | Path) -> None:
     """One numbered subtitle per TR, timed to the stimulus."""
-    blocks = [f"{i}\n{srt_time(row.start)} --> {srt_time(row.end)}\n{row.caption}\n"
-              for i, row in enumerate(table.itertuples(), start=1)]
+    blocks = [
+        f"{i}\n{srt_time(row.start)} --> {srt_time(row.end)}\n{row.caption}\n"
+        for i, row in enumerate(table.itertuples(), start=1)
+    ]
     Path(path).write_text("\n".join(blocks))

@@ -34,7 +34,9 @@ def plot_scores(metrics_tsv: str | Path, out_png: str | Path, metric: str = "CID
     labels = [f"{s}\n(held out)" if table[table["subject"] == s]["heldout"].iloc[0] else s for s in subjects]
     ax.set_xticks(np.arange(len(subjects)), labels)
     ax.set_ylabel(f"{metric} (95 % bootstrap CI)")
-    ax.legend(frameon=False, fontsize=8, ncols=3, loc="upper center", bbox_to_anchor=(0.5, -0.2))  # below: never on a bar
+    ax.legend(
+        frameon=False, fontsize=8, ncols=3, loc="upper center", bbox_to_anchor=(0.5, -0.2)
+    )  # below: never on a bar
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
     fig.savefig(out_png, dpi=120)
@@ -51,22 +53,34 @@ def plot_attributes(attributes_tsv: str | Path, out_png: str | Path) -> None:
     width = 0.8 / len(sources)
     x = np.arange(len(attributes))
     fig, axes = plt.subplots(1, len(subjects), figsize=(1.2 + 3.6 * len(subjects), 3.6), sharey=True, squeeze=False)
-    for ax, subject in zip(axes[0], subjects):
+    for ax, subject in zip(axes[0], subjects, strict=True):
         rows = table[table["subject"] == subject]
         for i, source in enumerate(sources):
             accuracy = rows[rows["source"] == source].set_index("attribute").reindex(attributes)["accuracy"]
             ax.bar(x + (i - (len(sources) - 1) / 2) * width, accuracy, width, label=source, color=f"C{i}")
         chance = rows.drop_duplicates("attribute").set_index("attribute").reindex(attributes)["chance"]
-        ax.hlines(chance, x - 0.45, x + 0.45, colors="black", linestyles="dashed", lw=1,
-                  label="chance" if ax is axes[0, 0] else None)
+        ax.hlines(
+            chance,
+            x - 0.45,
+            x + 0.45,
+            colors="black",
+            linestyles="dashed",
+            lw=1,
+            label="chance" if ax is axes[0, 0] else None,
+        )
         heldout = bool(rows["heldout"].iloc[0])
         ax.set_title(f"{subject} (held out)" if heldout else subject, fontsize=9)
         ax.set_xticks(x, attributes, rotation=30, fontsize=8)
         ax.set_ylim(0, 1)
         ax.spines[["top", "right"]].set_visible(False)
     axes[0, 0].set_ylabel("captions naming the true value")
-    fig.legend(*axes[0, 0].get_legend_handles_labels(), frameon=False, fontsize=8, ncols=min(6, len(sources) + 1),
-               loc="lower center")
+    fig.legend(
+        *axes[0, 0].get_legend_handles_labels(),
+        frameon=False,
+        fontsize=8,
+        ncols=min(6, len(sources) + 1),
+        loc="lower center",
+    )
     fig.tight_layout(rect=(0, 0.1, 1, 1))  # room for the legend below the panels
     fig.savefig(out_png, dpi=120)
     plt.close(fig)
@@ -79,7 +93,10 @@ def plot_fmri_qc(fmri_paths: list[str | Path], out_png: str | Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
     for path in fmri_paths:
         with h5py.File(path, "r") as f:
-            subject, qc = str(f.attrs["subject"]), {name: f["qc"][name][:] for name in ("tsnr", "reliability", "usable")}
+            subject, qc = (
+                str(f.attrs["subject"]),
+                {name: f["qc"][name][:] for name in ("tsnr", "reliability", "usable")},
+            )
         kept = int(qc["usable"].sum())
         label = f"{subject} ({kept}/{len(qc['usable'])} voxels kept)"
         axes[0].hist(qc["tsnr"], bins=40, histtype="step", label=label)
@@ -104,9 +121,9 @@ def plot_training(logs: dict[str, str | Path], out_png: str | Path) -> None:
     columns = min(3, len(logs))
     rows = -(-len(logs) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3.2 * rows), squeeze=False)
-    for ax in axes.flat[len(logs):]:
+    for ax in axes.flat[len(logs) :]:
         ax.set_visible(False)
-    for ax, (name, path) in zip(axes.flat, logs.items()):
+    for ax, (name, path) in zip(axes.flat, logs.items(), strict=False):
         path = Path(path)
         log = pd.read_csv(path / "train_log.tsv" if path.is_dir() else path, sep="\t")
         terms = [c for c in log.columns if c not in ("step", "grad_norm", "lr")]
@@ -132,22 +149,33 @@ def middle_frame(video: str | Path, tr_index: int, tr: float) -> np.ndarray:
     return reader[index].asnumpy()
 
 
-def plot_gallery(eval_h5: str | Path, stimuli: dict[str, str | Path], tr: float, out_png: str | Path,
-                 n_clips: int = 6) -> None:
+def plot_gallery(
+    eval_h5: str | Path, stimuli: dict[str, str | Path], tr: float, out_png: str | Path, n_clips: int = 6
+) -> None:
     """Middle frames of evenly spaced test clips with reference, fMRI-decoded and teacher captions."""
     table, attrs = read_decoded(eval_h5)
     keys = table[table["source"] == "fmri"][["segment", "tr"]].drop_duplicates().to_records(index=False)
     chosen = [keys[i] for i in np.linspace(0, len(keys) - 1, min(n_clips, len(keys))).astype(int)]
     fig, axes = plt.subplots(1, len(chosen), figsize=(2.6 * len(chosen), 4.6), squeeze=False)
-    for ax, (segment, k) in zip(axes[0], chosen):
+    for ax, (segment, k) in zip(axes[0], chosen, strict=True):
         ax.imshow(middle_frame(stimuli[segment], int(k), tr))
         ax.set_axis_off()
         ax.set_title(f"{segment}, TR {k}", fontsize=8)
         rows = table[(table["segment"] == segment) & (table["tr"] == k)].set_index("source")
-        lines = ["reference: " + rows["reference"].iloc[0], "fMRI: " + rows.loc["fmri", "caption"],
-                 "video: " + rows.loc["video-teacher", "caption"]]
-        ax.text(0.0, -0.04, "\n".join(textwrap.fill(line, 30) for line in lines), transform=ax.transAxes,
-                fontsize=7, va="top", ha="left")
+        lines = [
+            "reference: " + rows["reference"].iloc[0],
+            "fMRI: " + rows.loc["fmri", "caption"],
+            "video: " + rows.loc["video-teacher", "caption"],
+        ]
+        ax.text(
+            0.0,
+            -0.04,
+            "\n".join(textwrap.fill(line, 30) for line in lines),
+            transform=ax.transAxes,
+            fontsize=7,
+            va="top",
+            ha="left",
+        )
     fig.suptitle(f"{attrs['subject']}: decoded test clips", fontsize=9)
     fig.subplots_adjust(left=0.02, right=0.98, top=0.9, bottom=0.38, wspace=0.08)
     fig.savefig(out_png, dpi=120)

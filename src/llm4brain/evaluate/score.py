@@ -42,8 +42,12 @@ class CocoScorer:
         from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
         self.tokenizer = PTBTokenizer()
-        self.scorers = [(Bleu(4), ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4"]), (Meteor(), ["METEOR"]),
-                        (Rouge(), ["ROUGE-L"]), (Cider(), ["CIDEr"])]
+        self.scorers = [
+            (Bleu(4), ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4"]),
+            (Meteor(), ["METEOR"]),
+            (Rouge(), ["ROUGE-L"]),
+            (Cider(), ["CIDEr"]),
+        ]
         if spice:
             from pycocoevalcap.spice.spice import Spice
 
@@ -65,7 +69,7 @@ class CocoScorer:
                 value, clip_values = scorer.compute_score(gts, res)
             values = value if isinstance(value, list) else [value]
             clip_values = clip_values if isinstance(value, list) else [clip_values]
-            for name, v, per in zip(names, values, clip_values):
+            for name, v, per in zip(names, values, clip_values, strict=True):
                 if name == "SPICE":  # per clip, a dict of F/precision/recall per semantic category
                     per = [clip["All"]["f"] for clip in per]
                 scores[name] = float(v)
@@ -94,9 +98,9 @@ def _start_worker(spice: bool) -> None:
     _WORKER["scorer"] = CocoScorer(spice=spice)
 
 
-def score_group(references: dict[str, list[str]], candidates: dict[str, str], n_bootstrap: int,
-                seed: int) -> tuple[dict[str, float], dict[str, tuple[float, float]], dict[str, dict[str, float]],
-                                    dict[str, np.ndarray]]:
+def score_group(
+    references: dict[str, list[str]], candidates: dict[str, str], n_bootstrap: int, seed: int
+) -> tuple[dict[str, float], dict[str, tuple[float, float]], dict[str, dict[str, float]], dict[str, np.ndarray]]:
     """One subject × source: corpus scores, their bootstrap CIs, caption identification by each of
     :data:`IDENTIFICATION_METRICS` and per-clip CIDEr (in ``references`` order)."""
     scorer = _WORKER["scorer"]
@@ -104,14 +108,25 @@ def score_group(references: dict[str, list[str]], candidates: dict[str, str], n_
     scores, per_clip = scorer.compute(gts, res)
     ci = bootstrap_ci(scorer.scorers, gts, res, per_clip, n_bootstrap, seed)
     ids = list(references)
-    identification = {metric: caption_identification([res[i][0] for i in ids], [gts[i] for i in ids], metric=metric)
-                      for metric in IDENTIFICATION_METRICS}
+    identification = {
+        metric: caption_identification([res[i][0] for i in ids], [gts[i] for i in ids], metric=metric)
+        for metric in IDENTIFICATION_METRICS
+    }
     return scores, ci, identification, {"CIDEr": per_clip["CIDEr"]}
 
 
-def score_captions(eval_paths: list[str], captions_path: str | Path, out_path: str | Path,
-                   identification_path: str | Path, tests_path: str | Path, ablation_path: str | Path,
-                   heldout: list[str], params: dict[str, Any], seed: int, workers: int = 1) -> None:
+def score_captions(
+    eval_paths: list[str],
+    captions_path: str | Path,
+    out_path: str | Path,
+    identification_path: str | Path,
+    tests_path: str | Path,
+    ablation_path: str | Path,
+    heldout: list[str],
+    params: dict[str, Any],
+    seed: int,
+    workers: int = 1,
+) -> None:
     """Write ``metrics.tsv`` (one row per subject × source, with 95 % bootstrap CIs; a metric that cannot run
     here says ``unavailable``), ``identification.tsv`` (clip identification from the decoded text, a row per
     subject × source × metric), ``tests.tsv`` (fMRI vs shuffled fMRI and vs each ablated student, paired, by
@@ -132,9 +147,9 @@ def score_captions(eval_paths: list[str], captions_path: str | Path, out_path: s
     for subject, parts in tables.items():
         table = pd.concat(parts, ignore_index=True)
         for source, group in table.groupby("source", sort=False):
-            ids = [f"{s}:{t}" for s, t in zip(group["segment"], group["tr"])]
-            refs = {i: references[(s, int(t))] for i, s, t in zip(ids, group["segment"], group["tr"])}
-            groups.append((subject, source, refs, dict(zip(ids, group["caption"]))))
+            ids = [f"{s}:{t}" for s, t in zip(group["segment"], group["tr"], strict=True)]
+            refs = {i: references[(s, int(t))] for i, s, t in zip(ids, group["segment"], group["tr"], strict=True)}
+            groups.append((subject, source, refs, dict(zip(ids, group["caption"], strict=True))))
     # the video teacher captions the same test clips for every subject: each distinct group is scored once
     # (with the same bootstrap seed, a copy would get exactly the same numbers)
     signatures = [repr((sorted(refs.items()), sorted(candidates.items()))) for _, _, refs, candidates in groups]
@@ -144,27 +159,38 @@ def score_captions(eval_paths: list[str], captions_path: str | Path, out_path: s
     jobs = [(groups[i][2], groups[i][3], params["n_bootstrap"], seed) for i in first.values()]
     if workers > 1:
         with ProcessPoolExecutor(workers, initializer=_start_worker, initargs=(not spice,)) as pool:
-            scored = dict(zip(first, pool.map(score_group, *zip(*jobs))))
+            scored = dict(zip(first, pool.map(score_group, *zip(*jobs, strict=True)), strict=True))
     else:
         _start_worker(not spice)
-        scored = {signature: score_group(*job) for signature, job in zip(first, jobs)}
+        scored = {signature: score_group(*job) for signature, job in zip(first, jobs, strict=True)}
     for signature, i in first.items():  # semantic metrics: one model in this process, each distinct group once
         refs, candidates = groups[i][2], groups[i][3]
         ids = list(refs)
-        semantic_part = semantic_scores(semantic, [candidates[k] for k in ids], [refs[k] for k in ids],
-                                        n_bootstrap=params["n_bootstrap"], seed=seed)
+        semantic_part = semantic_scores(
+            semantic, [candidates[k] for k in ids], [refs[k] for k in ids], n_bootstrap=params["n_bootstrap"], seed=seed
+        )
         scored[signature] = merge(scored[signature], semantic_part)
     results = [scored[signature] for signature in signatures]
     rows, identification, tests = [], [], []
     paired: dict[str, dict[str, dict[str, dict[str, float]]]] = {}  # subject -> source -> metric -> clip -> score
-    for (subject, source, refs, _), (scores, ci, ident, per_clip) in zip(groups, results):
+    for (subject, source, refs, _), (scores, ci, ident, per_clip) in zip(groups, results, strict=True):
         flags = {"subject": subject, "heldout": subject in heldout}
         bounds = {f"{name}_{end}": ci[name][j] for name in scores for j, end in enumerate(("ci_low", "ci_high"))}
-        rows.append({**flags, "source": source, "n": len(refs), **scores,
-                     **({"SPICE": "unavailable"} if spice else {}), **dict.fromkeys(unavailable, "unavailable"),
-                     **bounds})
+        rows.append(
+            {
+                **flags,
+                "source": source,
+                "n": len(refs),
+                **scores,
+                **({"SPICE": "unavailable"} if spice else {}),
+                **dict.fromkeys(unavailable, "unavailable"),
+                **bounds,
+            }
+        )
         identification += [{**flags, "source": source, "metric": metric, **values} for metric, values in ident.items()]
-        paired.setdefault(subject, {})[source] = {name: dict(zip(refs, values)) for name, values in per_clip.items()}
+        paired.setdefault(subject, {})[source] = {
+            name: dict(zip(refs, values, strict=True)) for name, values in per_clip.items()
+        }
         LOG.info("%s %-13s CIDEr %.3f [%.3f, %.3f]", subject, source, scores["CIDEr"], *ci["CIDEr"])
     tested = ["CIDEr"] + [metric.identify_by for metric in semantic]
     for subject, by_source in paired.items():
@@ -175,9 +201,16 @@ def score_captions(eval_paths: list[str], captions_path: str | Path, out_path: s
                 ids = sorted(by_source["fmri"][metric])
                 a = np.array([by_source["fmri"][metric][i] for i in ids])
                 b = np.array([by_source[other][metric][i] for i in ids])
-                tests.append({**flags, "comparison": f"fmri > {other}", "metric": metric, "n": len(ids),
-                              "mean_difference": float(np.mean(a - b)),
-                              "p_value": paired_permutation(a, b, params["n_permutations"], seed)})
+                tests.append(
+                    {
+                        **flags,
+                        "comparison": f"fmri > {other}",
+                        "metric": metric,
+                        "n": len(ids),
+                        "mean_difference": float(np.mean(a - b)),
+                        "p_value": paired_permutation(a, b, params["n_permutations"], seed),
+                    }
+                )
     metrics, tests = pd.DataFrame(rows), pd.DataFrame(tests)
     metrics.to_csv(out_path, sep="\t", index=False, float_format="%.4f")
     pd.DataFrame(identification).to_csv(identification_path, sep="\t", index=False, float_format="%.4f")
@@ -200,5 +233,7 @@ def ablation_table(metrics: pd.DataFrame, tests: pd.DataFrame) -> pd.DataFrame:
         return fmri.assign(cider_gain_of_full=np.nan, p_value=np.nan)
     paired = tests[tests["comparison"].str.startswith("fmri > fmri-") & (tests["metric"] == "CIDEr")]
     paired = paired.assign(model=paired["comparison"].str.removeprefix("fmri > fmri-"))
-    paired = paired.rename(columns={"mean_difference": "cider_gain_of_full"})[["model", "subject", "cider_gain_of_full", "p_value"]]
+    paired = paired.rename(columns={"mean_difference": "cider_gain_of_full"})[
+        ["model", "subject", "cider_gain_of_full", "p_value"]
+    ]
     return fmri.merge(paired, on=["model", "subject"], how="left").sort_values(["subject", "model"], kind="stable")

@@ -42,11 +42,14 @@ class BertScore:
         if num_layers is None:  # the layer bert-score tuned on WMT16 for a model of this name
             name = Path(model).name
             if name not in model2layers:
-                raise ValueError(f"config evaluate.bertscore.num_layers: {model} is not a model bert-score knows "
-                                 f"by name ({name}); say which hidden layer to use")
+                raise ValueError(
+                    f"config evaluate.bertscore.num_layers: {model} is not a model bert-score knows "
+                    f"by name ({name}); say which hidden layer to use"
+                )
             num_layers = model2layers[name]
-        self.scorer = BERTScorer(model_type=model, num_layers=num_layers, batch_size=batch_size, device=device,
-                                 nthreads=1)
+        self.scorer = BERTScorer(
+            model_type=model, num_layers=num_layers, batch_size=batch_size, device=device, nthreads=1
+        )
 
     def similarity(self, candidates: list[str], pool: Pool) -> dict[str, np.ndarray]:
         """P, R and F1 of every candidate against every pool clip, each ``(len(candidates), len(pool))``.
@@ -84,15 +87,17 @@ class EmbeddingCosine:
 
         sentences = list(dict.fromkeys([*candidates, *(ref for refs in pool for ref in refs)]))
         index = {s: i for i, s in enumerate(sentences)}
-        embeddings = self.model.encode(sentences, batch_size=self.batch_size, convert_to_tensor=True,
-                                       show_progress_bar=False)
+        embeddings = self.model.encode(
+            sentences, batch_size=self.batch_size, convert_to_tensor=True, show_progress_bar=False
+        )
         cos = util.cos_sim(embeddings[[index[c] for c in candidates]], embeddings).cpu().numpy().astype(float)
         sim = np.stack([cos[:, [index[r] for r in refs]].max(1) for refs in pool], axis=1)
         return {"embedding-cosine": sim}
 
 
-def semantic_metrics(params: dict[str, Any], threads: int = 1) -> tuple[list[BertScore | EmbeddingCosine],
-                                                                         dict[str, str]]:
+def semantic_metrics(
+    params: dict[str, Any], threads: int = 1
+) -> tuple[list[BertScore | EmbeddingCosine], dict[str, str]]:
     """The configured metrics, loaded (torch using ``threads`` CPU threads), and why each of the others is
     unavailable (per column of metrics.tsv).
 
@@ -107,24 +112,30 @@ def semantic_metrics(params: dict[str, Any], threads: int = 1) -> tuple[list[Ber
         torch.set_num_threads(threads)
         device = str(select_device(params["device"]))
     if bert["model"]:
-        metrics.append(BertScore(bert["model"], num_layers=bert["num_layers"], batch_size=bert["batch_size"],
-                                 device=device))
+        metrics.append(
+            BertScore(bert["model"], num_layers=bert["num_layers"], batch_size=bert["batch_size"], device=device)
+        )
     else:
         unavailable.update(dict.fromkeys(BertScore.names, "unavailable: no evaluate.bertscore.model configured"))
     if embedding["model"]:
         metrics.append(EmbeddingCosine(embedding["model"], batch_size=embedding["batch_size"], device=device))
     else:
-        unavailable.update(dict.fromkeys(EmbeddingCosine.names,
-                                         "unavailable: no evaluate.sentence_embedding.model configured"))
+        unavailable.update(
+            dict.fromkeys(EmbeddingCosine.names, "unavailable: no evaluate.sentence_embedding.model configured")
+        )
     for name, why in unavailable.items():
         LOG.warning("%s %s", name, why)
     return metrics, unavailable
 
 
-
-def semantic_scores(metrics: list[BertScore | EmbeddingCosine], candidates: list[str], references: list[list[str]],
-                    *, n_bootstrap: int, seed: int) -> tuple[dict[str, float], dict[str, tuple[float, float]],
-                                                             dict[str, dict[str, float]], dict[str, np.ndarray]]:
+def semantic_scores(
+    metrics: list[BertScore | EmbeddingCosine],
+    candidates: list[str],
+    references: list[list[str]],
+    *,
+    n_bootstrap: int,
+    seed: int,
+) -> tuple[dict[str, float], dict[str, tuple[float, float]], dict[str, dict[str, float]], dict[str, np.ndarray]]:
     """One subject × source: each metric's corpus score (the mean over clips), its bootstrap CI, the caption
     identification by its ``identify_by`` score, and the per-clip scores. ``candidates[i]`` is the caption of the
     clip whose (raw) references are ``references[i]``."""

@@ -26,8 +26,15 @@ def resample(tokens: Tokenized, ids: list[str], pick: np.ndarray) -> Tokenized:
     return {f"{k}": tokens[ids[j]] for k, j in enumerate(pick)}
 
 
-def bootstrap_ci(scorers: list[tuple[Any, list[str]]], gts: Tokenized, res: Tokenized,
-                 per_clip: dict[str, np.ndarray], n_boot: int, seed: int, level: float = 0.95) -> dict[str, tuple[float, float]]:
+def bootstrap_ci(
+    scorers: list[tuple[Any, list[str]]],
+    gts: Tokenized,
+    res: Tokenized,
+    per_clip: dict[str, np.ndarray],
+    n_boot: int,
+    seed: int,
+    level: float = 0.95,
+) -> dict[str, tuple[float, float]]:
     """Percentile CIs over test clips: each resample redraws the clips with replacement and recomputes the
     corpus-level metric (BLEU's brevity penalty included); METEOR, ROUGE-L and CIDEr-D resample per-clip scores."""
     ids = list(gts)
@@ -42,7 +49,7 @@ def bootstrap_ci(scorers: list[tuple[Any, list[str]]], gts: Tokenized, res: Toke
                 with contextlib.redirect_stdout(io.StringIO()):  # BLEU prints its statistics
                     value, _ = scorer.compute_score(resample(gts, ids, pick), resample(res, ids, pick))
                 values = value if isinstance(value, list) else [value]
-            for name, v in zip(names, values):
+            for name, v in zip(names, values, strict=True):
                 samples.setdefault(name, []).append(float(v))
     alpha = (1 - level) / 2
     return {name: (float(np.quantile(v, alpha)), float(np.quantile(v, 1 - alpha))) for name, v in samples.items()}
@@ -91,8 +98,10 @@ def coco_similarity(metric: str, candidates: list[str], pool: list[tuple[str, ..
         from pycocoevalcap.bleu.bleu import Bleu
 
         with contextlib.redirect_stdout(io.StringIO()):  # BLEU prints its statistics
-            _, per_pair = Bleu(4).compute_score({str(k): refs for k, (_, refs) in enumerate(pairs)},
-                                                {str(k): [caption] for k, (caption, _) in enumerate(pairs)})
+            _, per_pair = Bleu(4).compute_score(
+                {str(k): refs for k, (_, refs) in enumerate(pairs)},
+                {str(k): [caption] for k, (caption, _) in enumerate(pairs)},
+            )
         scores = per_pair[3]
     elif metric == "ROUGE-L":
         from pycocoevalcap.rouge.rouge import Rouge
@@ -104,8 +113,9 @@ def coco_similarity(metric: str, candidates: list[str], pool: list[tuple[str, ..
     return np.asarray(scores, dtype=float).reshape(len(candidates), len(pool))
 
 
-def caption_identification(candidates: list[str], references: list[list[str]], ks: tuple[int, ...] = (1, 5),
-                           metric: str = "CIDEr-D") -> dict[str, float]:
+def caption_identification(
+    candidates: list[str], references: list[list[str]], ks: tuple[int, ...] = (1, 5), metric: str = "CIDEr-D"
+) -> dict[str, float]:
     """Is each decoded caption closest (``metric`` against all of a clip's references) to its own clip among
     all distinct clips? (n-way identification, Horikawa 2025: its own clip against the n - 1 others.)
 

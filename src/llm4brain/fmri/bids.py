@@ -20,8 +20,9 @@ def bids_bolds(subject_dir: Path) -> list[Path]:
     """Every BOLD run of a subject: NIfTI ``*_bold.nii[.gz]`` or CIFTI ``*_bold.dtseries.nii`` under
     ``[ses-*/]func`` (not fMRIPrep's ``*_boldref`` images)."""
     func = [*subject_dir.glob("func"), *subject_dir.glob("ses-*/func")]
-    return sorted(p for d in func for pattern in ("*_bold.nii", "*_bold.nii.gz", "*_bold.dtseries.nii")
-                  for p in d.glob(pattern))
+    return sorted(
+        p for d in func for pattern in ("*_bold.nii", "*_bold.nii.gz", "*_bold.dtseries.nii") for p in d.glob(pattern)
+    )
 
 
 def select_bolds(bolds: list[Path], entities: dict[str, str | None]) -> list[Path]:

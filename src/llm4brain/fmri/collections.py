@@ -24,13 +24,22 @@ from llm4brain.fmri.runs import Run, check_id
 from llm4brain.runtime import LOG
 from llm4brain.tables import InputError, read_tsv
 
-QC_COLUMNS = {"collection": str, "subject": str, "run": str, "file": str, "status": str, "volumes": int,
-              "reason": str}
+QC_COLUMNS = {"collection": str, "subject": str, "run": str, "file": str, "status": str, "volumes": int, "reason": str}
 
 
-def preprocess_collection_subject(*, collection: str, subject: str, runs: dict[str, str | Path],
-                                  mask_path: str | Path | None, out_path: str | Path, qc_path: str | Path, tr: float,
-                                  params: dict[str, Any], layout: dict[str, Any], on_bad_run: str = "error") -> None:
+def preprocess_collection_subject(
+    *,
+    collection: str,
+    subject: str,
+    runs: dict[str, str | Path],
+    mask_path: str | Path | None,
+    out_path: str | Path,
+    qc_path: str | Path,
+    tr: float,
+    params: dict[str, Any],
+    layout: dict[str, Any],
+    on_bad_run: str = "error",
+) -> None:
     """Clean every run of one collection subject and write its volumes as ``train`` samples, atomically.
 
     ``runs`` maps run names to files (from :func:`llm4brain.fmri.discover.discover`); ``params`` holds the
@@ -65,13 +74,14 @@ def preprocess_collection_subject(*, collection: str, subject: str, runs: dict[s
                 qc.append(qc_row(collection, subject, run, "skipped", 0, str(err)))
                 continue
             if bold is None:  # the first good run fixes the grayordinates of a CIFTI space
-                bold = group.create_dataset("bold", (0,) + space.shape, np.float32, maxshape=(None,) + space.shape,
-                                            chunks=(1,) + space.shape)
+                bold = group.create_dataset(
+                    "bold", (0,) + space.shape, np.float32, maxshape=(None,) + space.shape, chunks=(1,) + space.shape
+                )
             everything = np.ones(space.n_voxels, bool)
             first = len(keys)
             bold.resize(first + len(series), axis=0)
             for r in range(0, len(series), ROWS):
-                bold[first + r:first + r + ROWS] = space.samples(series[r:r + ROWS], everything)
+                bold[first + r : first + r + ROWS] = space.samples(series[r : r + ROWS], everything)
             keys += [(run.segment, v) for v in range(len(series))]
             usable_runs.append(ok)
             tsnr_runs.append(run_tsnr)
@@ -93,16 +103,33 @@ def preprocess_collection_subject(*, collection: str, subject: str, runs: dict[s
         group_qc = f.create_group("qc")
         group_qc.create_dataset("tsnr", data=tsnr.astype(np.float32))
         group_qc.create_dataset("usable", data=usable.astype(np.uint8))
-        set_attrs(f, {"subject": subject, "collection": collection, "tr": tr, "params": params,
-                      "space": space_name(layout, space), "n_runs": n_ok, "n_skipped": len(qc) - n_ok,
-                      **space.attrs()})
+        set_attrs(
+            f,
+            {
+                "subject": subject,
+                "collection": collection,
+                "tr": tr,
+                "params": params,
+                "space": space_name(layout, space),
+                "n_runs": n_ok,
+                "n_skipped": len(qc) - n_ok,
+                **space.attrs(),
+            },
+        )
         write_qc(qc, qc_path)
     LOG.info("collection %s, %s: %d volumes from %d of %d runs", collection, subject, len(keys), n_ok, len(items))
 
 
 def qc_row(collection: str, subject: str, run: Run, status: str, volumes: int, reason: str) -> dict[str, Any]:
-    return {"collection": collection, "subject": subject, "run": run.segment, "file": str(run.bold),
-            "status": status, "volumes": volumes, "reason": reason.replace("\t", " ").replace("\n", " ")}
+    return {
+        "collection": collection,
+        "subject": subject,
+        "run": run.segment,
+        "file": str(run.bold),
+        "status": status,
+        "volumes": volumes,
+        "reason": reason.replace("\t", " ").replace("\n", " "),
+    }
 
 
 def write_qc(rows: list[dict[str, Any]], path: str | Path) -> None:

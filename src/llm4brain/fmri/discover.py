@@ -71,11 +71,12 @@ def hcp_runs(subject_dir: Path, filters: dict[str, str | None], kind: str) -> di
     ending = ".dtseries.nii" if kind == "cifti" else ".nii.gz"
     runs: dict[str, list[Path]] = {}
     for folder in sorted((subject_dir / "MNINonLinear" / "Results").glob("*")):
-        if not folder.is_dir() or not (matches(folder.name, filters.get("task")) and
-                                       matches(folder.name, filters.get("run"))):
+        if not folder.is_dir() or not (
+            matches(folder.name, filters.get("task")) and matches(folder.name, filters.get("run"))
+        ):
             continue
         for path in sorted(folder.glob(f"{folder.name}*{ending}")):
-            middle = path.name[len(folder.name):-len(ending)]
+            middle = path.name[len(folder.name) : -len(ending)]
             if (kind == "cifti" or not is_cifti(path)) and fnmatch.fnmatchcase(middle, desc):
                 runs.setdefault(folder.name, []).append(path)
     return unique(subject_dir, runs, "desc")
@@ -85,8 +86,10 @@ def unique(subject_dir: Path, runs: dict[str, list[Path]], narrow: str) -> dict[
     """One file per run name; two (a run in two spaces, or two variants) is an error naming both."""
     for name, files in runs.items():
         if len(files) > 1:
-            raise InputError(f"{subject_dir}: run {name} matches {len(files)} files {[f.name for f in files]}; "
-                             f"narrow the collection's {narrow} filters")
+            raise InputError(
+                f"{subject_dir}: run {name} matches {len(files)} files {[f.name for f in files]}; "
+                f"narrow the collection's {narrow} filters"
+            )
     return {name: files[0] for name, files in sorted(runs.items())}
 
 
@@ -107,9 +110,13 @@ def discover(collection: dict[str, Any], kind: str) -> dict[str, dict[str, Path]
         if runs:
             found[subject] = runs
         elif listed:
-            raise InputError(f"collection {collection['name']}: no {kind} runs of subject {subject} under "
-                             f"{root / subject} match the filters {collection['filters']}")
+            raise InputError(
+                f"collection {collection['name']}: no {kind} runs of subject {subject} under "
+                f"{root / subject} match the filters {collection['filters']}"
+            )
     if not found:
-        raise InputError(f"collection {collection['name']}: no {kind} runs under {root} match the filters "
-                         f"{collection['filters']} (layout {layout})")
+        raise InputError(
+            f"collection {collection['name']}: no {kind} runs under {root} match the filters "
+            f"{collection['filters']} (layout {layout})"
+        )
     return found

@@ -78,7 +78,13 @@ class VolumeSpace:
     def from_mask(cls, mask: np.ndarray, affine: np.ndarray, name: str) -> VolumeSpace:
         """A space from a stored mask (a training artifact's kept voxels) instead of a mask file."""
         space = cls.__new__(cls)
-        space.mask_path, space.mask, space.affine, space.resample, space.shape = Path(name), mask, affine, False, mask.shape
+        space.mask_path, space.mask, space.affine, space.resample, space.shape = (
+            Path(name),
+            mask,
+            affine,
+            False,
+            mask.shape,
+        )
         return space
 
     @property
@@ -102,26 +108,35 @@ class VolumeSpace:
         check_tr(header_tr(img, path), tr, path)
         if not self.resample and not self.on_grid(img):
             what = f"grid {img.shape[:3]}" if img.shape[:3] != self.shape else "affine"
-            raise InputError(f"{path}: {what} differs from the mask {self.mask_path} ({self.shape}); set "
-                             f"fmri.resample: true to resample runs onto the mask's grid")
+            raise InputError(
+                f"{path}: {what} differs from the mask {self.mask_path} ({self.shape}); set "
+                f"fmri.resample: true to resample runs onto the mask's grid"
+            )
         return img.shape[3]
 
     def read(self, path: Path, start: int, stop: int) -> np.ndarray:
-        """Volumes ``start:stop`` inside the mask, (T, V); resampled (trilinear) onto the mask's grid if the run's differs."""
+        """Volumes ``start:stop`` inside the mask, (T, V); resampled (trilinear) onto the mask's grid if the
+        run's differs."""
         img = open_image(path)
         same = self.on_grid(img)
 
         def read() -> np.ndarray:
             out = np.empty((stop - start, self.n_voxels), np.float32)
             for t0 in range(start, stop, CHUNK):  # NIfTI stores time slowest: a chunk of volumes is contiguous
-                block = np.asarray(img.dataobj[..., t0:min(t0 + CHUNK, stop)], dtype=np.float32)
+                block = np.asarray(img.dataobj[..., t0 : min(t0 + CHUNK, stop)], dtype=np.float32)
                 if not same:
                     from nibabel.processing import resample_from_to
 
-                    block = np.stack([resample_from_to(nib.Nifti1Image(block[..., t], img.affine),
-                                                       (self.shape, self.affine), order=1).get_fdata(dtype=np.float32)
-                                      for t in range(block.shape[-1])], axis=-1)
-                out[t0 - start:t0 - start + block.shape[-1]] = block[self.mask].T
+                    block = np.stack(
+                        [
+                            resample_from_to(
+                                nib.Nifti1Image(block[..., t], img.affine), (self.shape, self.affine), order=1
+                            ).get_fdata(dtype=np.float32)
+                            for t in range(block.shape[-1])
+                        ],
+                        axis=-1,
+                    )
+                out[t0 - start : t0 - start + block.shape[-1]] = block[self.mask].T
             return out
 
         return guarded(path, read)
@@ -149,9 +164,17 @@ def open_cifti(path: Path, header: bool = True) -> tuple[cifti2.Cifti2Header | N
 
 def brain_model_signature(index_map: Any) -> list[tuple]:
     """What makes two brain-model axes the same grayordinates: structures, offsets and vertices/voxels."""
-    return [(bm.brain_structure, bm.model_type, bm.index_offset, bm.index_count, bm.surface_number_of_vertices,
-             np.asarray(bm.vertex_indices if bm.vertex_indices is not None else bm.voxel_indices_ijk).tobytes())
-            for bm in index_map.brain_models]
+    return [
+        (
+            bm.brain_structure,
+            bm.model_type,
+            bm.index_offset,
+            bm.index_count,
+            bm.surface_number_of_vertices,
+            np.asarray(bm.vertex_indices if bm.vertex_indices is not None else bm.voxel_indices_ijk).tobytes(),
+        )
+        for bm in index_map.brain_models
+    ]
 
 
 class SurfaceSpace:
@@ -172,10 +195,14 @@ class SurfaceSpace:
         """Time points of a run, after checking its TR and that its grayordinates are the first run's."""
         header, data = open_cifti(path)
         series, models = header.get_index_map(0), header.get_index_map(1)
-        if series.indices_map_to_data_type != "CIFTI_INDEX_TYPE_SERIES" or \
-                models.indices_map_to_data_type != "CIFTI_INDEX_TYPE_BRAIN_MODELS":
-            raise InputError(f"{path}: expected (series, brain models) axes, got "
-                             f"({series.indices_map_to_data_type}, {models.indices_map_to_data_type})")
+        if (
+            series.indices_map_to_data_type != "CIFTI_INDEX_TYPE_SERIES"
+            or models.indices_map_to_data_type != "CIFTI_INDEX_TYPE_BRAIN_MODELS"
+        ):
+            raise InputError(
+                f"{path}: expected (series, brain models) axes, got "
+                f"({series.indices_map_to_data_type}, {models.indices_map_to_data_type})"
+            )
         scale = {"SECOND": 1.0, "MSEC": 1e-3}.get(str(series.series_unit).upper())
         if scale is None:
             raise InputError(f"{path}: series axis unit is {series.series_unit}, not time")
@@ -185,8 +212,9 @@ class SurfaceSpace:
             axis = cifti2.BrainModelAxis.from_index_mapping(models)
             self.columns = np.flatnonzero(np.isin(axis.name, self.structures))
             if not self.columns.size:
-                raise InputError(f"{path}: none of the structures {self.structures} is in the file "
-                                 f"(it has {sorted(set(axis.name))})")
+                raise InputError(
+                    f"{path}: none of the structures {self.structures} is in the file (it has {sorted(set(axis.name))})"
+                )
             self.signature, self.first, self.n_grayordinates = signature, path, len(axis)
             self.shape = (self.columns.size,)
         elif signature != self.signature:

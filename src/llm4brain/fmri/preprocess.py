@@ -41,15 +41,18 @@ def kept_volumes(path: Path, n: int, trim: dict[str, Any]) -> tuple[int, int]:
     return start, n - end
 
 
-def pair_run(run: Run, n_volumes: int, tr: float, hrf_lag: float, start: int = 0,
-             drop_unpaired: bool = False) -> list[tuple[int, int]]:
+def pair_run(
+    run: Run, n_volumes: int, tr: float, hrf_lag: float, start: int = 0, drop_unpaired: bool = False
+) -> list[tuple[int, int]]:
     """``(tr index, volume index)`` pairs for one run of ``n_volumes`` kept volumes, the first of which is
     volume ``start`` of the file: clip k is seen in volume (onset + k·TR + lag) / TR. Clips whose volume is
     past the run's end are an error (the run is shorter than its segment) unless ``drop_unpaired``."""
     onset = 0.0 if run.onset is None else run.onset - start * tr
     if onset < -1e-6:
-        raise InputError(f"{run.events}: segment {run.segment!r} starts at {run.onset:g} s, before the first kept "
-                         f"volume ({start} trimmed at {tr:g} s)")
+        raise InputError(
+            f"{run.events}: segment {run.segment!r} starts at {run.onset:g} s, before the first kept "
+            f"volume ({start} trimmed at {tr:g} s)"
+        )
     n_tr = n_volumes if run.duration is None else int(np.floor(run.duration / tr + 1e-6))
     pairs = [(k, int(round((onset + k * tr + hrf_lag) / tr))) for k in range(n_tr)]
     inside = [(k, v) for k, v in pairs if v < n_volumes]
@@ -67,16 +70,18 @@ def run_extent(space: VolumeSpace | SurfaceSpace, run: Run, tr: float, trim: dic
     return *kept_volumes(run.bold, n, trim), n
 
 
-def plan_run(space: VolumeSpace | SurfaceSpace, run: Run, tr: float,
-             params: dict[str, Any]) -> tuple[tuple[int, int, int], list[tuple[int, int]]]:
+def plan_run(
+    space: VolumeSpace | SurfaceSpace, run: Run, tr: float, params: dict[str, Any]
+) -> tuple[tuple[int, int, int], list[tuple[int, int]]]:
     """From the run's header only: its kept volumes ``(start, stop, n)`` and its ``(tr, volume)`` pairs."""
     start, stop, n = run_extent(space, run, tr, params["trim"])
     pairs = pair_run(run, stop - start, tr, params["hrf_lag"], start, params["unpaired_clips"] == "drop")
     return (start, stop, n), pairs
 
 
-def read_clean_run(space: VolumeSpace | SurfaceSpace, run: Run, kept: tuple[int, int, int], tr: float,
-                   params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def read_clean_run(
+    space: VolumeSpace | SurfaceSpace, run: Run, kept: tuple[int, int, int], tr: float, params: dict[str, Any]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The run's kept volumes in ``space``, cleaned (``clean_run``): series, usable voxels, tSNR. The one
     per-run cleaning of task subjects, new runs to decode and unlabelled collections."""
     start, stop, n = kept
@@ -88,8 +93,9 @@ def read_clean_run(space: VolumeSpace | SurfaceSpace, run: Run, kept: tuple[int,
         raise InputError(f"{run.bold}: {err}") from err
 
 
-def clean_run(series: np.ndarray, params: dict[str, Any], tr: float,
-              confounds: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def clean_run(
+    series: np.ndarray, params: dict[str, Any], tr: float, confounds: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Clean one run's (T, V) float32 series in place: nuisance-regress (polynomial of ``detrend_order``,
     cosine drifts below ``high_pass`` Hz, confounds) and z-score, in one float64 pass over blocks of voxels.
     Returns the usable voxels (finite and not constant; unusable ones are zeroed, never divided by) and
@@ -151,8 +157,9 @@ class SplitRows:
     targets: dict[int, tuple[int, list[int]]] = field(default_factory=dict)
 
 
-def plan_rows(runs: list[Run], pairs: tuple[list[tuple[int, int]], ...], split_of: dict[str, str],
-              average: dict[str, bool]) -> dict[str, SplitRows]:
+def plan_rows(
+    runs: list[Run], pairs: tuple[list[tuple[int, int]], ...], split_of: dict[str, str], average: dict[str, bool]
+) -> dict[str, SplitRows]:
     """Rows ordered by segment, then (unaveraged) run, then TR. One run's rows are always contiguous."""
     plan = {split: SplitRows(average[split]) for split in average}
     by_segment: dict[str, list[int]] = defaultdict(list)
@@ -192,7 +199,7 @@ def add_rows(dataset: h5py.Dataset, first: int, volumes: list[int], rows_of: Any
     only one run fills are written, not read back."""
     for r in range(0, len(volumes), ROWS):
         block = slice(first + r, first + min(r + ROWS, len(volumes)))
-        values = rows_of(volumes[r:r + ROWS])
+        values = rows_of(volumes[r : r + ROWS])
         dataset[block] = dataset[block] + values if accumulate else values
 
 
@@ -224,20 +231,26 @@ def preprocess_subject(
         raise InputError(f"{subject_dir}: no runs for segments {missing}")
 
     space = make_space(runs[0].bold, mask_path, params)
-    kept, pairs = zip(*[plan_run(space, run, tr, params) for run in runs])  # every header checked first
+    kept, pairs = zip(*[plan_run(space, run, tr, params) for run in runs], strict=True)  # every header checked first
     plan = plan_rows(runs, pairs, split_of, params["average_repeats"])
 
     scratch_path = out_path.with_name(f".{out_path.name}.scratch-{os.getpid()}.h5")
     try:
         # Every write covers whole chunks (one row each) and each row is read back at most once per run:
         # HDF5's chunk cache would only hold memory (about a run's worth over a subject).
-        with atomic_h5(out_path, "fmri", params, rdcc_nbytes=0) as f, \
-                h5py.File(scratch_path, "w", rdcc_nbytes=0) as scratch:
+        with (
+            atomic_h5(out_path, "fmri", params, rdcc_nbytes=0) as f,
+            h5py.File(scratch_path, "w", rdcc_nbytes=0) as scratch,
+        ):
             bold = {}
             for split, rows in plan.items():
                 group = f.create_group(split)
-                bold[split] = group.create_dataset("bold", (len(rows.keys),) + space.shape, np.float32,
-                                                   chunks=(1,) + space.shape if rows.keys else None)
+                bold[split] = group.create_dataset(
+                    "bold",
+                    (len(rows.keys),) + space.shape,
+                    np.float32,
+                    chunks=(1,) + space.shape if rows.keys else None,
+                )
                 write_keys(group, [k[0] for k in rows.keys], [k[1] for k in rows.keys])
                 LOG.info("%s %s: %d samples", subject, split, len(rows.keys))
             usable, tsnr, reliability = stream_runs(subject, runs, kept, plan, space, bold, scratch, tr, params)
@@ -251,23 +264,43 @@ def preprocess_subject(
             qc.create_dataset("tsnr", data=tsnr.astype(np.float32))
             qc.create_dataset("reliability", data=reliability.astype(np.float32))
             qc.create_dataset("usable", data=usable.astype(np.uint8))
-            set_attrs(f, {"subject": subject, "tr": tr, "hrf_lag": params["hrf_lag"], "params": params,
-                          "space": space_name(data, space), "n_runs": len(runs), **space.attrs()})
+            set_attrs(
+                f,
+                {
+                    "subject": subject,
+                    "tr": tr,
+                    "hrf_lag": params["hrf_lag"],
+                    "params": params,
+                    "space": space_name(data, space),
+                    "n_runs": len(runs),
+                    **space.attrs(),
+                },
+            )
     finally:
         scratch_path.unlink(missing_ok=True)
 
 
-def stream_runs(subject: str, runs: list[Run], kept: tuple[tuple[int, int, int], ...], plan: dict[str, SplitRows],
-                space: VolumeSpace | SurfaceSpace, bold: dict[str, h5py.Dataset], scratch: h5py.File, tr: float,
-                params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def stream_runs(
+    subject: str,
+    runs: list[Run],
+    kept: tuple[tuple[int, int, int], ...],
+    plan: dict[str, SplitRows],
+    space: VolumeSpace | SurfaceSpace,
+    bold: dict[str, h5py.Dataset],
+    scratch: h5py.File,
+    tr: float,
+    params: dict[str, Any],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Clean each run and write its samples into ``bold`` (summed where repeats are averaged) and into the
     scratch's odd/even repeat halves of the test segments; return the usable voxels, the mean tSNR and the
     split-half reliability."""
     n_voxels = space.n_voxels
     everything = np.ones(n_voxels, bool)
     test = plan.get("test", SplitRows(True))
-    halves = [scratch.create_dataset(f"half{h}", (max(len(test.keys), 1), n_voxels), np.float32,
-                                     chunks=(1, n_voxels)) for h in (0, 1)]
+    halves = [
+        scratch.create_dataset(f"half{h}", (max(len(test.keys), 1), n_voxels), np.float32, chunks=(1, n_voxels))
+        for h in (0, 1)
+    ]
     half_counts = np.zeros((2, max(len(test.keys), 1)))
     shown: dict[str, int] = defaultdict(int)
     usable = np.ones(n_voxels, bool)
@@ -279,36 +312,55 @@ def stream_runs(subject: str, runs: list[Run], kept: tuple[tuple[int, int, int],
         for split, rows in plan.items():
             if i in rows.targets:
                 first, volumes = rows.targets[i]
-                add_rows(bold[split], first, volumes, lambda v: space.samples(series[v], everything), rows.average)
+                add_rows(
+                    bold[split],
+                    first,
+                    volumes,
+                    lambda v, series=series: space.samples(series[v], everything),
+                    rows.average,
+                )
         if i in test.targets:  # odd and even repeats of a test segment, for the split-half reliability
             first, volumes = test.targets[i]
             parity = shown[run.segment] % 2
             shown[run.segment] += 1
-            add_rows(halves[parity], first, volumes, lambda v: series[v], accumulate=True)
-            half_counts[parity, first:first + len(volumes)] += 1
+            add_rows(halves[parity], first, volumes, lambda v, series=series: series[v], accumulate=True)
+            half_counts[parity, first : first + len(volumes)] += 1
         series = None  # released before the next run is read: one run in memory, not two
     split_half = SplitHalf(n_voxels)
     both = np.flatnonzero((half_counts > 0).all(axis=0))
     for r in range(0, len(both), ROWS):
-        rows = both[r:r + ROWS]
+        rows = both[r : r + ROWS]
         split_half.add(*(halves[h][rows] / half_counts[h, rows, None] for h in (0, 1)))
     return usable, tsnr / len(runs), split_half.r()
 
 
-def select_voxels(subject: str, runs: list[Run], space: VolumeSpace | SurfaceSpace, usable: np.ndarray,
-                  reliability: np.ndarray, selection: dict[str, Any]) -> np.ndarray:
+def select_voxels(
+    subject: str,
+    runs: list[Run],
+    space: VolumeSpace | SurfaceSpace,
+    usable: np.ndarray,
+    reliability: np.ndarray,
+    selection: dict[str, Any],
+) -> np.ndarray:
     """Usable voxels, narrowed to the reliable ones when configured; none left is an error."""
     if selection["select"]:
         if not np.isfinite(reliability).any():
             raise InputError(f"{runs[0].bold.parent}: reliability selection needs test segments shown at least twice")
         reliable = fisher_z(np.nan_to_num(reliability, nan=-1.0)) >= selection["threshold"]
-        LOG.info("%s: %d of %d voxels reach repeat reliability z >= %g", subject, int((reliable & usable).sum()),
-                 usable.size, selection["threshold"])
+        LOG.info(
+            "%s: %d of %d voxels reach repeat reliability z >= %g",
+            subject,
+            int((reliable & usable).sum()),
+            usable.size,
+            selection["threshold"],
+        )
         usable = usable & reliable
     if not usable.any():
         where = space.mask_path if isinstance(space, VolumeSpace) else f"the {space.structures} grayordinates"
-        raise InputError(f"{subject}: no usable voxels in {where} (all non-finite or constant in some run "
-                         f"under {runs[0].bold.parent})")
+        raise InputError(
+            f"{subject}: no usable voxels in {where} (all non-finite or constant in some run "
+            f"under {runs[0].bold.parent})"
+        )
     dropped = int((~usable).sum())
     if dropped:
         LOG.warning("%s: dropped %d of %d voxels (non-finite, constant or unreliable)", subject, dropped, usable.size)

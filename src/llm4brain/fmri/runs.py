@@ -34,8 +34,9 @@ def check_id(value: str, what: str) -> str:
     return value
 
 
-def bids_runs(subject_dir: Path, entities: dict[str, str | None] | None = None,
-              events_root: Path | None = None) -> list[Run]:
+def bids_runs(
+    subject_dir: Path, entities: dict[str, str | None] | None = None, events_root: Path | None = None
+) -> list[Run]:
     """The ``*_bold.nii[.gz]`` runs under ``subject_dir/[ses-*/]func`` that match ``entities``, each with its
     ``*_events.tsv`` (named like the run without derivative entities, next to it or at the same relative
     path under ``events_root``) and fMRIPrep's ``*_desc-confounds_timeseries.tsv`` when present."""
@@ -85,8 +86,9 @@ def read_run(bold: Path, events_path: Path) -> Run:
     """The run's stimulus segment, onset and duration from its events TSV (one stimulus per run)."""
     if not events_path.exists():
         raise InputError(f"{bold}: events file {events_path} does not exist")
-    events = read_tsv(events_path, columns={"onset": float, "duration": float},
-                      optional={"segment": str, "stim_file": str})
+    events = read_tsv(
+        events_path, columns={"onset": float, "duration": float}, optional={"segment": str, "stim_file": str}
+    )
     if "segment" in events.columns:
         segments = events["segment"]
     elif "stim_file" in events.columns:
@@ -95,5 +97,11 @@ def read_run(bold: Path, events_path: Path) -> Run:
         raise InputError(f"{events_path}: needs a 'segment' or 'stim_file' column naming the stimulus")
     if len(events) != 1:
         raise InputError(f"{events_path}: expected one stimulus segment per run, found {len(events)} events")
-    return Run(bold, events_path, segments.iloc[0], float(events["onset"].iloc[0]), float(events["duration"].iloc[0]),
-               confounds_file(bold))
+    return Run(
+        bold,
+        events_path,
+        segments.iloc[0],
+        float(events["onset"].iloc[0]),
+        float(events["duration"].iloc[0]),
+        confounds_file(bold),
+    )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 
-
 COLUMNS = 2048  # voxels cleaned at a time: float64 work arrays stay small next to the run itself
 
 
@@ -16,8 +15,11 @@ def cosine_drift(n: int, tr: float, cutoff_hz: float) -> np.ndarray:
     """(T, K) discrete-cosine regressors of every frequency below ``cutoff_hz`` (SPM's high-pass basis)."""
     k = int(np.floor(2 * n * tr * cutoff_hz))
     t = np.arange(n)
-    return np.stack([np.cos(np.pi * (2 * t + 1) * j / (2 * n)) for j in range(1, k + 1)], axis=1) if k else \
-        np.zeros((n, 0))
+    return (
+        np.stack([np.cos(np.pi * (2 * t + 1) * j / (2 * n)) for j in range(1, k + 1)], axis=1)
+        if k
+        else np.zeros((n, 0))
+    )
 
 
 def nuisance_basis(n: int, order: int, extra: np.ndarray | None = None) -> np.ndarray:

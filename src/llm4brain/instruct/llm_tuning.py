@@ -30,8 +30,13 @@ def tune(llm: PreTrainedModel, params: dict[str, Any]) -> torch.nn.Module:
     if params["quantization"] != "none":
         llm = prepare_model_for_kbit_training(llm, use_gradient_checkpointing=params["gradient_checkpointing"])
     lora = params["lora"]
-    config = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
-                        target_modules=lora["target_modules"], task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=lora["r"],
+        lora_alpha=lora["alpha"],
+        lora_dropout=lora["dropout"],
+        target_modules=lora["target_modules"],
+        task_type="CAUSAL_LM",
+    )
     return get_peft_model(llm, config)
 
 

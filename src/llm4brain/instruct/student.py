@@ -36,8 +36,13 @@ class FmriStudent(nn.Module):
         self.captioner = captioner
         self.aligner = aligner
         # encoder_tokens: the encoder's tokens into the Q-Former's output space, which the projection takes
-        self.encoder_map = (nn.Linear(aligner.config["encoder"]["dim"], aligner.qformer.config.hidden_size,
-                                      device=aligner.logit_scale.device) if encoder_tokens else None)
+        self.encoder_map = (
+            nn.Linear(
+                aligner.config["encoder"]["dim"], aligner.qformer.config.hidden_size, device=aligner.logit_scale.device
+            )
+            if encoder_tokens
+            else None
+        )
 
     @property
     def input_kind(self) -> str:
@@ -65,8 +70,9 @@ class FmriStudent(nn.Module):
         return in_batches(self.eval().tokens, inputs, self.captioner.prefix_ids.device, batch_size)
 
 
-def read_inputs(kind: str, fmri_path: str, latent_path: str, split: str,
-                window: int = 1) -> tuple[torch.Tensor, list[tuple[str, int]]]:
+def read_inputs(
+    kind: str, fmri_path: str, latent_path: str, split: str, window: int = 1
+) -> tuple[torch.Tensor, list[tuple[str, int]]]:
     """A subject's student inputs for ``split``: windows of preprocessed fMRI (encoder) or aligned tokens
     (latents)."""
     if kind == "encoder":
@@ -77,7 +83,9 @@ def read_inputs(kind: str, fmri_path: str, latent_path: str, split: str,
     return torch.from_numpy(data.astype(np.float32)), keys
 
 
-def save_student(directory: Path, student: FmriStudent, teacher_dir: str, align_dir: str, params: dict[str, Any]) -> None:
+def save_student(
+    directory: Path, student: FmriStudent, teacher_dir: str, align_dir: str, params: dict[str, Any]
+) -> None:
     """Save what was trained: projection, the LLM or its LoRA adapter (see ``llm_tuning.save_tuned``), the
     aligner when trained end to end; config.json names the teacher and aligner it builds on."""
     captioner = student.captioner
@@ -91,15 +99,19 @@ def save_student(directory: Path, student: FmriStudent, teacher_dir: str, align_
     (directory / "config.json").write_text(json.dumps(config, indent=2))
 
 
-def load_student(directory: str | Path, teacher_dir: str | Path,
-                 device: torch.device = torch.device("cpu")) -> FmriStudent:
+def load_student(
+    directory: str | Path, teacher_dir: str | Path, device: torch.device = torch.device("cpu")
+) -> FmriStudent:
     """Rebuild the student on top of the teacher's files, on ``device`` (frozen, eval mode)."""
     directory = Path(directory)
     params = json.loads((directory / "config.json").read_text())["instruct"]
     llm = params["llm"]
-    qformer, captioner, _ = load_teacher(teacher_dir, device,
-                                         llm_dir=directory / "llm" if llm["tuning"] == "full" else None,
-                                         quantization=llm["quantization"])
+    qformer, captioner, _ = load_teacher(
+        teacher_dir,
+        device,
+        llm_dir=directory / "llm" if llm["tuning"] == "full" else None,
+        quantization=llm["quantization"],
+    )
     captioner.llm = load_adapter(captioner.llm, directory, llm)
     load_weights(captioner.projection, directory / "projection.safetensors")
     aligner = load_aligner(directory / "aligner", qformer).to(device) if (directory / "aligner").is_dir() else None

@@ -20,10 +20,10 @@ from llm4brain.artifacts import atomic_path, read_captions, read_features
 from llm4brain.instruct.llm_tuning import tune
 from llm4brain.instruct.student import FmriStudent, read_inputs, save_student
 from llm4brain.models.video_llm import Captioner, encode_clips, load_teacher
-from llm4brain.runtime import LOG, seed_everything, select_device
 from llm4brain.resume import Checkpoint
-from llm4brain.training import fit
+from llm4brain.runtime import LOG, seed_everything, select_device
 from llm4brain.seeds import Stream
+from llm4brain.training import fit
 
 
 def distillation(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -39,8 +39,13 @@ def shares_base(params: dict[str, Any]) -> bool:
     return params["tuning"] == "lora" and params["quantization"] == "none"
 
 
-def build_student(teacher_dir: str, align_dir: str, params: dict[str, Any], device: torch.device = torch.device("cpu"),
-                  teacher: tuple[nn.Module, Captioner] | None = None) -> FmriStudent:
+def build_student(
+    teacher_dir: str,
+    align_dir: str,
+    params: dict[str, Any],
+    device: torch.device = torch.device("cpu"),
+    teacher: tuple[nn.Module, Captioner] | None = None,
+) -> FmriStudent:
     """The teacher's captioner (+ the aligned encoder) on ``device``, with the parts ``params`` trains unfrozen.
 
     ``teacher`` (its Q-Former and captioner, loaded already) is copied instead of loaded again, its LLM
@@ -65,8 +70,9 @@ def build_student(teacher_dir: str, align_dir: str, params: dict[str, Any], devi
 
 
 @torch.no_grad()
-def frozen_logits(teacher: Captioner, student: FmriStudent, tokens: torch.Tensor, ids: torch.Tensor,
-                  mask: torch.Tensor) -> torch.Tensor:
+def frozen_logits(
+    teacher: Captioner, student: FmriStudent, tokens: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
     """The teacher's caption logits. When it shares its LLM with the student's LoRA model, the adapters are
     switched off around the call, so these are the frozen base's logits, as from a separate copy."""
     llm = student.captioner.llm
@@ -75,20 +81,37 @@ def frozen_logits(teacher: Captioner, student: FmriStudent, tokens: torch.Tensor
         return teacher.caption_logits(tokens, ids, mask)
 
 
-def instruct_llm(*, fmri_paths: list[str], latent_paths: list[str], align_dir: str, feature_paths: list[str],
-                 captions_path: str, teacher_dir: str, model_dir: str, log_tsv: str, subjects: list[str],
-                 heldout: list[str], params: dict[str, Any], seed: int, checkpoint: Checkpoint | None = None) -> None:
+def instruct_llm(
+    *,
+    fmri_paths: list[str],
+    latent_paths: list[str],
+    align_dir: str,
+    feature_paths: list[str],
+    captions_path: str,
+    teacher_dir: str,
+    model_dir: str,
+    log_tsv: str,
+    subjects: list[str],
+    heldout: list[str],
+    params: dict[str, Any],
+    seed: int,
+    checkpoint: Checkpoint | None = None,
+) -> None:
     """Train the student and save what it trained as safetensors (see ``student.save_student``)."""
     seed_everything(seed + Stream.INSTRUCT, params["train"]["threads"])
     device = select_device(params["train"]["device"])
-    batch_size, weight, temperature = params["train"]["batch_size"], params["distill_weight"], params["distill_temperature"]
+    batch_size, weight, temperature = (
+        params["train"]["batch_size"],
+        params["distill_weight"],
+        params["distill_temperature"],
+    )
     # the frozen teacher only serves distillation: without it (the no_distillation ablation) it is not loaded
     qformer, teacher, _ = load_teacher(teacher_dir, device) if weight > 0 else (None, None, None)
     shared = teacher is not None and shares_base(params["llm"])
     student = build_student(teacher_dir, align_dir, params, device, (qformer, teacher) if shared else None)
     captions = read_captions(captions_path)
     inputs, keys = [], []
-    for subject, fmri_path, latent_path in zip(subjects, fmri_paths, latent_paths):
+    for subject, fmri_path, latent_path in zip(subjects, fmri_paths, latent_paths, strict=True):
         if subject in heldout:
             continue
         data, split_keys = read_inputs(params["input"], fmri_path, latent_path, "train", student.window)
@@ -102,8 +125,13 @@ def instruct_llm(*, fmri_paths: list[str], latent_paths: list[str], align_dir: s
         index = {k: i for i, k in enumerate(unique)}
         clip_of = torch.tensor([index[k] for k in keys], device=device)
     texts = [captions[k] for k in keys]
-    LOG.info("student (%s input): %d fMRI samples of %d clips from %s", params["input"], len(keys), len(unique),
-             [s for s in subjects if s not in heldout])
+    LOG.info(
+        "student (%s input): %d fMRI samples of %d clips from %s",
+        params["input"],
+        len(keys),
+        len(unique),
+        [s for s in subjects if s not in heldout],
+    )
 
     generator = torch.Generator().manual_seed(seed + Stream.INSTRUCT_BATCHES)
 
@@ -123,6 +151,14 @@ def instruct_llm(*, fmri_paths: list[str], latent_paths: list[str], align_dir: s
 
     with atomic_path(model_dir) as tmp:
         tmp.mkdir(parents=True)
-        fit(student.parameters(), loss_fn, params["train"], "instruct_llm", log_tsv,
-            checkpoint=checkpoint, generators=[generator], device=device)
+        fit(
+            student.parameters(),
+            loss_fn,
+            params["train"],
+            "instruct_llm",
+            log_tsv,
+            checkpoint=checkpoint,
+            generators=[generator],
+            device=device,
+        )
         save_student(tmp, student.eval(), teacher_dir, align_dir, params)

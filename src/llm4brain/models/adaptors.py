@@ -39,7 +39,9 @@ def add_adaptors(model: nn.Module, suffixes: tuple[str, ...], bottleneck: int, s
     """
     for param in model.parameters():
         param.requires_grad_(False)
-    names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear) and name.endswith(suffixes)]
+    names = [
+        name for name, module in model.named_modules() if isinstance(module, nn.Linear) and name.endswith(suffixes)
+    ]
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
@@ -52,7 +54,9 @@ def add_lora(model: nn.Module, suffixes: tuple[str, ...], r: int, alpha: float) 
     adapter (zero-initialised up-projection, so the model starts unchanged). Returns the adapted names."""
     from peft import LoraConfig, inject_adapter_in_model  # peft takes seconds to import: only when used
 
-    names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear) and name.endswith(suffixes)]
+    names = [
+        name for name, module in model.named_modules() if isinstance(module, nn.Linear) and name.endswith(suffixes)
+    ]
     if names:
         inject_adapter_in_model(LoraConfig(r=r, lora_alpha=alpha, target_modules=names), model)
     for name, param in model.named_parameters():

@@ -36,7 +36,7 @@ class VolumeTokenizer(nn.Module):
 
     def pad(self, volumes: torch.Tensor) -> torch.Tensor:
         pad = []
-        for size, target in zip(reversed(volumes.shape[2:]), reversed(self.padded)):
+        for size, target in zip(reversed(volumes.shape[2:]), reversed(self.padded), strict=True):
             pad += [0, target - size]
         return nn.functional.pad(volumes, pad)
 
@@ -78,8 +78,19 @@ class VectorTokenizer(nn.Module):
 class FmriEncoder(nn.Module):
     """Tokenizer + transformer blocks + final norm: (B, W, X, Y, Z) volumes or (B, W, V) vectors → (B, N, D)."""
 
-    def __init__(self, grid: tuple[int, ...], window: int, channels: int, patch: int, dim: int, depth: int,
-                 num_heads: int, mlp_ratio: float, dropout: float, vector_patch: int = 16) -> None:
+    def __init__(
+        self,
+        grid: tuple[int, ...],
+        window: int,
+        channels: int,
+        patch: int,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        mlp_ratio: float,
+        dropout: float,
+        vector_patch: int = 16,
+    ) -> None:
         super().__init__()
         if len(grid) == 1:
             self.tokenizer = VectorTokenizer(grid[0], window, vector_patch, dim)
@@ -87,9 +98,12 @@ class FmriEncoder(nn.Module):
             self.tokenizer = VolumeTokenizer(grid, window, channels, patch, dim)
         else:
             raise ValueError(f"fMRI samples must be volumes (X, Y, Z) or vectors (V,), got shape {grid}")
-        self.blocks = nn.Sequential(*[
-            Block(dim, num_heads, mlp_ratio, qkv_bias=True, proj_drop=dropout, attn_drop=dropout) for _ in range(depth)
-        ])
+        self.blocks = nn.Sequential(
+            *[
+                Block(dim, num_heads, mlp_ratio, qkv_bias=True, proj_drop=dropout, attn_drop=dropout)
+                for _ in range(depth)
+            ]
+        )
         self.norm = nn.LayerNorm(dim)
 
     @staticmethod
@@ -110,5 +124,15 @@ class FmriEncoder(nn.Module):
 def build_encoder(grid: tuple[int, ...], params: dict[str, Any]) -> FmriEncoder:
     """The encoder of the config's ``encoder`` section for samples of shape ``grid``."""
     tok = params["tokenizer"]
-    return FmriEncoder(grid, params["window"], tok["channels"], tok["patch"], params["dim"], params["depth"],
-                       params["num_heads"], params["mlp_ratio"], params["dropout"], tok["vector_patch"])
+    return FmriEncoder(
+        grid,
+        params["window"],
+        tok["channels"],
+        tok["patch"],
+        params["dim"],
+        params["depth"],
+        params["num_heads"],
+        params["mlp_ratio"],
+        params["dropout"],
+        tok["vector_patch"],
+    )

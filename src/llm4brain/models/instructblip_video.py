@@ -32,8 +32,9 @@ FULL_PRECISION = ["vision_model", "qformer", "language_projection", "lm_head"]  
 class InstructionQFormer(nn.Module):
     """ViT tokens of a clip (B, F, T, D) → video tokens (B, F·Q, H), the interface of ``VideoQFormer``."""
 
-    def __init__(self, qformer: nn.Module, query_tokens: torch.Tensor, instruction_ids: torch.Tensor,
-                 num_frames: int = FRAMES) -> None:
+    def __init__(
+        self, qformer: nn.Module, query_tokens: torch.Tensor, instruction_ids: torch.Tensor, num_frames: int = FRAMES
+    ) -> None:
         super().__init__()
         self.qformer = qformer
         self.config = qformer.config
@@ -46,8 +47,12 @@ class InstructionQFormer(nn.Module):
         n, q = context.shape[0], self.query_tokens.shape[1]
         ids = self.instruction_ids.expand(n, -1)
         mask = torch.ones(n, q + ids.shape[1], dtype=torch.long, device=context.device)
-        out = self.qformer(input_ids=ids, attention_mask=mask, query_embeds=self.query_tokens.expand(n, -1, -1),
-                           encoder_hidden_states=context).last_hidden_state
+        out = self.qformer(
+            input_ids=ids,
+            attention_mask=mask,
+            query_embeds=self.query_tokens.expand(n, -1, -1),
+            encoder_hidden_states=context,
+        ).last_hidden_state
         return out[:, :q]
 
     def attend(self, context: torch.Tensor) -> torch.Tensor:
@@ -58,8 +63,9 @@ class InstructionQFormer(nn.Module):
     def forward(self, clip_tokens: torch.Tensor) -> torch.Tensor:
         b, f, t, d = clip_tokens.shape
         if f != self.num_frames:
-            raise ValueError(f"InstructBLIP-Video expects {self.num_frames} frames per clip, got {f} "
-                             "(set video.frames_per_tr)")
+            raise ValueError(
+                f"InstructBLIP-Video expects {self.num_frames} frames per clip, got {f} (set video.frames_per_tr)"
+            )
         out = self.queries(clip_tokens.reshape(b * f, t, d))
         return out.reshape(b, f * out.shape[1], out.shape[2])
 
@@ -68,7 +74,9 @@ def instruction_ids(directory: Path, settings: dict[str, Any]) -> torch.Tensor:
     """The prompt in the Q-Former's own (BERT) tokens, as ``InstructBlipVideoProcessor`` gives them."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(directory / "qformer_tokenizer")(settings["prompt"], return_tensors="pt")["input_ids"]
+    return AutoTokenizer.from_pretrained(directory / "qformer_tokenizer")(settings["prompt"], return_tensors="pt")[
+        "input_ids"
+    ]
 
 
 def load_instruction_qformer(settings: dict[str, Any]) -> InstructionQFormer:
@@ -80,13 +88,18 @@ def load_instruction_qformer(settings: dict[str, Any]) -> InstructionQFormer:
     qformer = InstructBlipVideoQFormerModel(InstructBlipVideoConfig.from_pretrained(directory).qformer_config)
     load_state(qformer, read_prefixed(directory, "qformer."), directory)
     query_tokens = read_prefixed(directory, "query_tokens")[""]
-    module = InstructionQFormer(qformer.float(), query_tokens, instruction_ids(directory, settings), settings["num_frames"])
+    module = InstructionQFormer(
+        qformer.float(), query_tokens, instruction_ids(directory, settings), settings["num_frames"]
+    )
     return module.eval().requires_grad_(False)
 
 
-def load_instructblip_video(settings: dict[str, Any], device: torch.device | str = "cpu",
-                            llm_dir: str | Path | None = None,
-                            quantization: str = "none") -> tuple[InstructionQFormer, Captioner, dict[str, Any]]:
+def load_instructblip_video(
+    settings: dict[str, Any],
+    device: torch.device | str = "cpu",
+    llm_dir: str | Path | None = None,
+    quantization: str = "none",
+) -> tuple[InstructionQFormer, Captioner, dict[str, Any]]:
     """The checkpoint named by ``settings`` as (video Q-Former, captioner), frozen, on ``device``.
 
     The LLM is loaded in ``settings['dtype']`` (or quantised; vision tower, Q-Former and projection never
@@ -98,15 +111,24 @@ def load_instructblip_video(settings: dict[str, Any], device: torch.device | str
     directory = Path(settings["checkpoint"])
     dtype = getattr(torch, settings["dtype"]) if settings["dtype"] != "auto" else "auto"
     model = InstructBlipVideoForConditionalGeneration.from_pretrained(
-        directory, use_safetensors=True, dtype=dtype, **quantized_loading(quantization, device, FULL_PRECISION))
+        directory, use_safetensors=True, dtype=dtype, **quantized_loading(quantization, device, FULL_PRECISION)
+    )
     tokenizer = AutoTokenizer.from_pretrained(directory)
     if tokenizer.pad_token is None:  # LLaMA tokenizers ship without one; captions are right-padded and masked
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
-    qformer = InstructionQFormer(model.qformer.float(), model.query_tokens, instruction_ids(directory, settings),
-                                 settings["num_frames"])
+    qformer = InstructionQFormer(
+        model.qformer.float(), model.query_tokens, instruction_ids(directory, settings), settings["num_frames"]
+    )
     llm = AutoModelForCausalLM.from_pretrained(llm_dir, use_safetensors=True) if llm_dir else model.language_model
-    captioner = Captioner(llm, tokenizer, model.config.qformer_config.hidden_size, settings["template"],
-                          settings["prompt"], settings["max_caption_tokens"], bos_first=False)
+    captioner = Captioner(
+        llm,
+        tokenizer,
+        model.config.qformer_config.hidden_size,
+        settings["template"],
+        settings["prompt"],
+        settings["max_caption_tokens"],
+        bos_first=False,
+    )
     captioner.projection = model.language_projection.float()
     for module in (qformer, captioner):
         module.to(device).eval().requires_grad_(False)

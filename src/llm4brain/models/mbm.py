@@ -17,16 +17,18 @@ from llm4brain.models.fmri_encoder import FmriEncoder
 class MaskedBrainModel(nn.Module):
     """An encoder plus an MAE decoder; ``forward`` returns the masked reconstruction loss."""
 
-    def __init__(self, encoder: FmriEncoder, decoder_dim: int, decoder_depth: int, decoder_heads: int,
-                 mask_ratio: float) -> None:
+    def __init__(
+        self, encoder: FmriEncoder, decoder_dim: int, decoder_depth: int, decoder_heads: int, mask_ratio: float
+    ) -> None:
         super().__init__()
         self.encoder, self.mask_ratio = encoder, mask_ratio
         n_tokens, dim = encoder.tokenizer.pos_embed.shape[1:]
         self.decoder_embed = nn.Linear(dim, decoder_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
         self.decoder_pos = nn.Parameter(torch.randn(1, n_tokens, decoder_dim) * 0.02)
-        self.decoder_blocks = nn.Sequential(*[Block(decoder_dim, decoder_heads, 4.0, qkv_bias=True)
-                                              for _ in range(decoder_depth)])
+        self.decoder_blocks = nn.Sequential(
+            *[Block(decoder_dim, decoder_heads, 4.0, qkv_bias=True) for _ in range(decoder_depth)]
+        )
         self.decoder_norm = nn.LayerNorm(decoder_dim)
         self.predict = nn.Linear(decoder_dim, encoder.tokenizer.patch_values)
 
@@ -36,7 +38,9 @@ class MaskedBrainModel(nn.Module):
         noise = torch.rand(batch, n_tokens, generator=generator)
         return noise.argsort(dim=1)[:, :n_keep].to(self.decoder_pos.device)
 
-    def forward(self, volumes: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, volumes: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Loss on the hidden tokens, and the (B, N) mask (1 = hidden)."""
         x = self.encoder.standardize(volumes)
         tokens, target = self.encoder.tokenizer(x), self.encoder.tokenizer.patchify(x)

@@ -42,7 +42,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             f"{path}: cannot be read with torch.load(weights_only=True) -- it pickles more than tensors (e.g. a "
             f"config object), and such pickles can run code, so they are never loaded. Where you trust the file, "
             f"convert it once: safetensors.torch.save_file(torch.load(f, weights_only=False)['model'], "
-            f"'encoder.safetensors') ({err})") from err
+            f"'encoder.safetensors') ({err})"
+        ) from err
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -55,10 +56,10 @@ def our_name(key: str) -> str:
     """A checkpoint key in our encoder's names (wrappers stripped, MinD-Vis names renamed)."""
     for prefix in WRAPPERS:
         if key.startswith(prefix):
-            key = key[len(prefix):]
+            key = key[len(prefix) :]
     for theirs, ours in RENAMES.items():
         if key.startswith(theirs):
-            return ours + key[len(theirs):]
+            return ours + key[len(theirs) :]
     return key
 
 
@@ -83,14 +84,21 @@ def load_pretrained_encoder(encoder: FmriEncoder, path: str | Path) -> tuple[lis
         if name == "tokenizer.pos_embed" and value.shape[1] == ours[name].shape[1] + 1:
             value = value[:, 1:]
         if value.shape != ours[name].shape:
-            raise ArtifactError(f"{path}: {key} has shape {tuple(value.shape)} but the encoder's {name} is "
-                                f"{tuple(ours[name].shape)} -- set config `encoder` (dim, depth, num_heads, "
-                                f"window, tokenizer) to the checkpoint's architecture")
+            raise ArtifactError(
+                f"{path}: {key} has shape {tuple(value.shape)} but the encoder's {name} is "
+                f"{tuple(ours[name].shape)} -- set config `encoder` (dim, depth, num_heads, "
+                f"window, tokenizer) to the checkpoint's architecture"
+            )
         mapped[name] = value
     if not mapped:
         raise ArtifactError(f"{path}: no key matches the fMRI encoder (first keys: {unexpected[:5]})")
     missing = sorted(set(ours) - set(mapped))
     encoder.load_state_dict(mapped, strict=False)
-    LOG.info("%s: loaded %d encoder tensors; missing %s; unexpected %s", path, len(mapped), missing or "none",
-             unexpected or "none")
+    LOG.info(
+        "%s: loaded %d encoder tensors; missing %s; unexpected %s",
+        path,
+        len(mapped),
+        missing or "none",
+        unexpected or "none",
+    )
     return missing, unexpected

@@ -22,6 +22,11 @@ def quantized_loading(kind: str, device: torch.device | str, skip: list[str] | N
         config = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
     else:
         compute = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
-        config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                    bnb_4bit_compute_dtype=compute, llm_int8_skip_modules=skip)
+        config = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute,
+            llm_int8_skip_modules=skip,
+        )
     return {"quantization_config": config, "device_map": {"": str(device)}}

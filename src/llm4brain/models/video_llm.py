@@ -15,12 +15,18 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, Blip2QFormerConfig, Blip2QFormerModel, LlamaConfig, LlamaForCausalLM
-from transformers import PreTrainedTokenizerFast
+from transformers import (
+    AutoModelForCausalLM,
+    Blip2QFormerConfig,
+    Blip2QFormerModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
 
 from llm4brain.models.quantization import quantized_loading
-from llm4brain.runtime import autocast
 from llm4brain.models.weights import load_weights, save_weights
+from llm4brain.runtime import autocast
 
 IGNORE = -100
 
@@ -50,8 +56,9 @@ class VideoQFormer(nn.Module):
 
 
 @torch.inference_mode()
-def encode_clips(qformer: VideoQFormer, features: dict[str, np.ndarray], keys: list[tuple[str, int]],
-                 batch_size: int = 128) -> torch.Tensor:
+def encode_clips(
+    qformer: VideoQFormer, features: dict[str, np.ndarray], keys: list[tuple[str, int]], batch_size: int = 128
+) -> torch.Tensor:
     """The video tokens (n, Q, H) of each ``(segment, tr)`` clip in ``keys``, from cached vision features;
     computed on the Q-Former's device, returned on the CPU in float32."""
     device = next(qformer.parameters()).device
@@ -65,9 +72,13 @@ def encode_clips(qformer: VideoQFormer, features: dict[str, np.ndarray], keys: l
 def qformer_config(params: dict[str, Any], vision_dim: int) -> Blip2QFormerConfig:
     """A tiny Q-Former (demo) whose cross-attention reads ``vision_dim`` tokens in every layer."""
     return Blip2QFormerConfig(
-        hidden_size=params["hidden_size"], num_hidden_layers=params["num_layers"],
-        num_attention_heads=params["num_heads"], intermediate_size=params["intermediate_size"],
-        encoder_hidden_size=vision_dim, cross_attention_frequency=1, vocab_size=2,
+        hidden_size=params["hidden_size"],
+        num_hidden_layers=params["num_layers"],
+        num_attention_heads=params["num_heads"],
+        intermediate_size=params["intermediate_size"],
+        encoder_hidden_size=vision_dim,
+        cross_attention_frequency=1,
+        vocab_size=2,
         max_position_embeddings=params["num_queries"],
     )
 
@@ -75,10 +86,16 @@ def qformer_config(params: dict[str, Any], vision_dim: int) -> Blip2QFormerConfi
 def llama_config(params: dict[str, Any], tokenizer: PreTrainedTokenizerFast, max_positions: int) -> LlamaConfig:
     """A tiny Llama sized from config, with the demo tokenizer's special ids."""
     return LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=params["hidden_size"], intermediate_size=params["intermediate_size"],
-        num_hidden_layers=params["num_layers"], num_attention_heads=params["num_heads"],
-        num_key_value_heads=params["num_heads"], max_position_embeddings=max_positions,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=params["hidden_size"],
+        intermediate_size=params["intermediate_size"],
+        num_hidden_layers=params["num_layers"],
+        num_attention_heads=params["num_heads"],
+        num_key_value_heads=params["num_heads"],
+        max_position_embeddings=max_positions,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=True,
     )
 
@@ -86,8 +103,16 @@ def llama_config(params: dict[str, Any], tokenizer: PreTrainedTokenizerFast, max
 class Captioner(nn.Module):
     """Projection + causal LM around an instruction template whose ``{video}`` slot holds the tokens."""
 
-    def __init__(self, llm: nn.Module, tokenizer: PreTrainedTokenizerFast, token_dim: int, template: str,
-                 prompt: str, max_caption_tokens: int, bos_first: bool = True) -> None:
+    def __init__(
+        self,
+        llm: nn.Module,
+        tokenizer: PreTrainedTokenizerFast,
+        token_dim: int,
+        template: str,
+        prompt: str,
+        max_caption_tokens: int,
+        bos_first: bool = True,
+    ) -> None:
         super().__init__()
         self.llm = llm
         self.tokenizer = tokenizer
@@ -116,8 +141,12 @@ class Captioner(nn.Module):
     def encode_captions(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Caption ids + EOS, right-padded, and their attention mask."""
         batch = self.tokenizer(
-            [c + self.tokenizer.eos_token for c in captions], add_special_tokens=False, padding=True,
-            truncation=True, max_length=self.max_caption_tokens, return_tensors="pt",
+            [c + self.tokenizer.eos_token for c in captions],
+            add_special_tokens=False,
+            padding=True,
+            truncation=True,
+            max_length=self.max_caption_tokens,
+            return_tensors="pt",
         )
         return batch["input_ids"].to(self.prefix_ids.device), batch["attention_mask"].to(self.prefix_ids.device)
 
@@ -130,8 +159,9 @@ class Captioner(nn.Module):
         p = prompt.shape[1]
         return logits[:, p - 1 : p - 1 + ids.shape[1]]
 
-    def caption_loss(self, tokens: torch.Tensor,
-                     captions: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def caption_loss(
+        self, tokens: torch.Tensor, captions: list[str]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Mean cross-entropy over caption tokens; also returns the logits, caption ids and mask, which
         distillation reuses."""
         ids, mask = self.encode_captions(captions)
@@ -141,14 +171,20 @@ class Captioner(nn.Module):
         return loss, logits, ids, mask
 
     @torch.inference_mode()
-    def generate(self, tokens: torch.Tensor, max_new_tokens: int, num_beams: int = 1,
-                 repetition_penalty: float = 1.0) -> list[str]:
+    def generate(
+        self, tokens: torch.Tensor, max_new_tokens: int, num_beams: int = 1, repetition_penalty: float = 1.0
+    ) -> list[str]:
         """Greedy (or beam) captions for a batch of token sets (moved to the captioner's device)."""
         embeds = self.prompt_embeds(tokens.to(self.prefix_ids.device))
         attention = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
         out = self.llm.generate(
-            inputs_embeds=embeds, attention_mask=attention, max_new_tokens=max_new_tokens, num_beams=num_beams,
-            repetition_penalty=repetition_penalty, do_sample=False, eos_token_id=self.tokenizer.eos_token_id,
+            inputs_embeds=embeds,
+            attention_mask=attention,
+            max_new_tokens=max_new_tokens,
+            num_beams=num_beams,
+            repetition_penalty=repetition_penalty,
+            do_sample=False,
+            eos_token_id=self.tokenizer.eos_token_id,
             pad_token_id=self.tokenizer.pad_token_id,
         )
         return [text.strip() for text in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
@@ -160,8 +196,12 @@ def generate_captions(captioner: Captioner, tokens: torch.Tensor, params: dict[s
     out: list[str] = []
     with autocast(captioner.prefix_ids.device):
         for start in range(0, len(tokens), params["batch_size"]):
-            out += captioner.generate(tokens[start : start + params["batch_size"]], params["max_new_tokens"],
-                                      params["num_beams"], params["repetition_penalty"])
+            out += captioner.generate(
+                tokens[start : start + params["batch_size"]],
+                params["max_new_tokens"],
+                params["num_beams"],
+                params["repetition_penalty"],
+            )
     return out
 
 
@@ -176,8 +216,12 @@ def generate_captions(captioner: Captioner, tokens: torch.Tensor, params: dict[s
 def save_teacher(directory: Path, qformer: VideoQFormer, captioner: Captioner, settings: dict[str, Any]) -> None:
     """Write the teacher in the layout above (safetensors only)."""
     directory.mkdir(parents=True, exist_ok=True)
-    config = {**settings, "qformer": qformer.config.to_dict(), "num_frames": qformer.num_frames,
-              "num_queries": qformer.query_tokens.shape[1]}
+    config = {
+        **settings,
+        "qformer": qformer.config.to_dict(),
+        "num_frames": qformer.num_frames,
+        "num_queries": qformer.query_tokens.shape[1],
+    }
     (directory / "config.json").write_text(json.dumps(config, indent=2, default=str))
     save_weights(qformer, directory / "video_qformer.safetensors")
     save_weights(captioner.projection, directory / "projection.safetensors")
@@ -185,8 +229,12 @@ def save_teacher(directory: Path, qformer: VideoQFormer, captioner: Captioner, s
     captioner.tokenizer.save_pretrained(directory / "tokenizer")
 
 
-def load_teacher(directory: str | Path, device: torch.device | str = "cpu", llm_dir: str | Path | None = None,
-                 quantization: str = "none") -> tuple[nn.Module, Captioner, dict[str, Any]]:
+def load_teacher(
+    directory: str | Path,
+    device: torch.device | str = "cpu",
+    llm_dir: str | Path | None = None,
+    quantization: str = "none",
+) -> tuple[nn.Module, Captioner, dict[str, Any]]:
     """Load the teacher, frozen and in eval mode on ``device``: a directory written by :func:`save_teacher`,
     or one ``import_video_llm`` wrote, whose ``config.json`` names a local checkpoint
     (``models.instructblip_video``).
@@ -205,10 +253,17 @@ def load_teacher(directory: str | Path, device: torch.device | str = "cpu", llm_
         return load_instructblip_video(settings, device, llm_dir, quantization)
     qformer = _own_qformer(directory, settings)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(directory / "tokenizer")
-    llm = AutoModelForCausalLM.from_pretrained(llm_dir or directory / "llm", use_safetensors=True,
-                                               **quantized_loading(quantization, device))
-    captioner = Captioner(llm, tokenizer, qformer.config.hidden_size, settings["template"], settings["prompt"],
-                          settings["max_caption_tokens"])
+    llm = AutoModelForCausalLM.from_pretrained(
+        llm_dir or directory / "llm", use_safetensors=True, **quantized_loading(quantization, device)
+    )
+    captioner = Captioner(
+        llm,
+        tokenizer,
+        qformer.config.hidden_size,
+        settings["template"],
+        settings["prompt"],
+        settings["max_caption_tokens"],
+    )
     load_weights(captioner.projection, directory / "projection.safetensors")
     for module in (qformer, captioner):
         module.to(device).eval().requires_grad_(False)

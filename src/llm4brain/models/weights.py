@@ -23,8 +23,10 @@ def load_weights(module: torch.nn.Module, path: str | Path) -> None:
     try:
         state = load_file(path)
     except (SafetensorError, OSError) as err:
-        raise ArtifactError(f"{path}: not a safetensors file ({err}); pickled checkpoints are never loaded -- "
-                            "convert with safetensors.torch.save_file(torch.load(f, weights_only=True), out)") from err
+        raise ArtifactError(
+            f"{path}: not a safetensors file ({err}); pickled checkpoints are never loaded -- "
+            "convert with safetensors.torch.save_file(torch.load(f, weights_only=True), out)"
+        ) from err
     load_state(module, state, path)
 
 
@@ -44,7 +46,7 @@ def read_prefixed(directory: Path, prefix: str) -> dict[str, torch.Tensor]:
         with safe_open(shard, framework="pt") as f:
             for key in f.keys():
                 if key.startswith(prefix):
-                    tensors[key[len(prefix):]] = f.get_tensor(key)
+                    tensors[key[len(prefix) :]] = f.get_tensor(key)
     if not tensors:
         raise ArtifactError(f"{directory}: no tensors named {prefix}* in its safetensors shards")
     return tensors

@@ -21,8 +21,10 @@ def reference_captions(tsv: str | Path, out_path: str | Path, segments: list[str
     twice = table.index[table.duplicated(["segment", "tr", "caption"])]
     if len(twice):
         first = twice[0]
-        raise TableError(f"{tsv}: row {row_of(table, first)}: the same caption twice for "
-                         f"({table['segment'][first]}, {table['tr'][first]})")
+        raise TableError(
+            f"{tsv}: row {row_of(table, first)}: the same caption twice for "
+            f"({table['segment'][first]}, {table['tr'][first]})"
+        )
     table = table[table["segment"].isin(segments)].sort_values(["segment", "tr"], kind="stable")
     absent = sorted(set(segments) - set(table["segment"]))
     if absent:
@@ -30,6 +32,9 @@ def reference_captions(tsv: str | Path, out_path: str | Path, segments: list[str
     with atomic_h5(out_path, "captions", params) as f:
         write_keys(f, table["segment"].tolist(), table["tr"].tolist())
         write_strings(f, "caption", table["caption"].astype(str).tolist())
-    LOG.info("%d captions of %d clips in %d segments", len(table), len(table.drop_duplicates(["segment", "tr"])),
-             len(segments))
-
+    LOG.info(
+        "%d captions of %d clips in %d segments",
+        len(table),
+        len(table.drop_duplicates(["segment", "tr"])),
+        len(segments),
+    )

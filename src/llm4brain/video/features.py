@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
@@ -16,10 +17,13 @@ from llm4brain.resume import Checkpoint, ResumableH5
 from llm4brain.runtime import LOG, autocast, autocast_dtype, select_device
 from llm4brain.video.preprocessing import data_config, model_spec, photometric
 
+if TYPE_CHECKING:
+    import torch
+
 RECORD_SECONDS = 60.0  # a kill loses at most this much of a segment's forward passes (+ the batch running)
 
 
-def build_vision_model(params: dict[str, Any], seed: int) -> "torch.nn.Module":
+def build_vision_model(params: dict[str, Any], seed: int) -> torch.nn.Module:
     """The vision model in config: a timm model (random init from ``seed`` for the demo, or a local weights
     file), or the vision tower (+ image Q-Former) of a local BLIP-2 / InstructBLIP directory."""
     import timm
@@ -48,7 +52,7 @@ class ClipBatches:
     def __len__(self) -> int:
         return -(-self.n_tr // self.clips)
 
-    def __getitem__(self, i: int) -> "torch.Tensor":
+    def __getitem__(self, i: int) -> torch.Tensor:
         import torch
 
         if self.frames is None:  # looked up once: an h5py lookup holds the GIL the model's forward needs
@@ -57,7 +61,7 @@ class ClipBatches:
         return self.prepare(frames.flatten(0, 1))
 
 
-def prefetched(batches: ClipBatches, start: int = 0, ahead: int = 2) -> Iterator["torch.Tensor"]:
+def prefetched(batches: ClipBatches, start: int = 0, ahead: int = 2) -> Iterator[torch.Tensor]:
     """Batches ``start``, ``start + 1``, … in order, each read and normalised in a thread while the model runs
     on the one before: for a small model, a DataLoader process costs more to start and feed than it saves."""
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -76,8 +80,13 @@ def write_clips(tokens: h5py.Dataset, first: int, clips: np.ndarray) -> None:
         tokens.id.write_direct_chunk((first + i,) + (0,) * clip.ndim, clip)
 
 
-def cache_features(frames_path: str | Path, out_path: str | Path, params: dict[str, Any], seed: int,
-                   checkpoint: Checkpoint | None = None) -> None:
+def cache_features(
+    frames_path: str | Path,
+    out_path: str | Path,
+    params: dict[str, Any],
+    seed: int,
+    checkpoint: Checkpoint | None = None,
+) -> None:
     """Write ``/tokens`` float16 (n_tr, F, T, D) and ``/tr``; one HDF5 chunk per TR-clip, written batch by
     batch (a segment's ViT-g tokens would take gigabytes held whole) into the artifact's resumable copy at
     ``checkpoint.path`` (default: ``.resume/`` beside ``out_path``): a rerun after a kill computes only the
@@ -94,35 +103,58 @@ def cache_features(frames_path: str | Path, out_path: str | Path, params: dict[s
         trs = src["tr"][:]
         segment = src.attrs["segment"]
     if tuple(shape[2:4]) != tuple(config["input_size"][1:]):
-        raise ValueError(f"{frames_path}: frames are {shape[2]}x{shape[3]}, the model takes "
-                         f"{config['input_size'][1]}x{config['input_size'][2]}; rerun extract_frames")
+        raise ValueError(
+            f"{frames_path}: frames are {shape[2]}x{shape[3]}, the model takes "
+            f"{config['input_size'][1]}x{config['input_size'][2]}; rerun extract_frames"
+        )
     batches = ClipBatches(frames_path, params["batch_size"], photometric(config))
     inputs = [str(frames_path)] + ([params["model"]["weights"]] if params["model"]["weights"] else [])
-    checkpoint = checkpoint or Checkpoint.for_job(f"cache_features_{Path(out_path).stem}", inputs,
-                                                  {"video": params, "seed": seed}, Path(out_path).parent, ".h5")
-    out = ResumableH5(out_path, "features", params, checkpoint.where(device.type, str(autocast_dtype(device))),
-                      RECORD_SECONDS)
+    checkpoint = checkpoint or Checkpoint.for_job(
+        f"cache_features_{Path(out_path).stem}", inputs, {"video": params, "seed": seed}, Path(out_path).parent, ".h5"
+    )
+    out = ResumableH5(
+        out_path, "features", params, checkpoint.where(device.type, str(autocast_dtype(device))), RECORD_SECONDS
+    )
     first = out.done // batches.clips
     workers = params["workers"]
-    loader = (iter(torch.utils.data.DataLoader(batches, batch_size=None, sampler=range(first, len(batches)),
-                                               num_workers=workers, prefetch_factor=2,
-                                               pin_memory=device.type == "cuda"))
-              if workers else prefetched(batches, first))  # workers start now, not holding the file below
+    loader = (
+        iter(
+            torch.utils.data.DataLoader(
+                batches,
+                batch_size=None,
+                sampler=range(first, len(batches)),
+                num_workers=workers,
+                prefetch_factor=2,
+                pin_memory=device.type == "cuda",
+            )
+        )
+        if workers
+        else prefetched(batches, first)
+    )  # workers start now, not holding the file below
     with out, torch.inference_mode(), autocast(device):
         f = out.file
         if not out.done:  # everything but the tokens is written before the first record
             f.create_dataset("tr", data=trs)
-            set_attrs(f, {"segment": segment, "model": params["model"]["name"], "source": params["model"]["source"],
-                          "cache": params["cache"], "weights": params["model"]["weights"] or "random-init",
-                          "input_size": list(config["input_size"])})
+            set_attrs(
+                f,
+                {
+                    "segment": segment,
+                    "model": params["model"]["name"],
+                    "source": params["model"]["source"],
+                    "cache": params["cache"],
+                    "weights": params["model"]["weights"] or "random-init",
+                    "input_size": list(config["input_size"]),
+                },
+            )
         done, dataset = first * batches.clips, f["tokens"] if out.done else None
         for x in tqdm(loader, desc=f"{segment} features", mininterval=1.0, initial=first, total=len(batches)):
             tokens = model.forward_features(x.to(device, non_blocking=True))
             tokens = (tokens[:, :1] if params["cache"] == "vit_cls" else tokens).to(torch.float16).cpu().numpy()
             tokens = tokens.reshape((-1, shape[1]) + tokens.shape[1:])
             if dataset is None:  # its shape is known from the first batch
-                dataset = out.allocate("tokens", tuple(shape[:2]) + tokens.shape[2:], tokens.dtype,
-                                       (1,) + tokens.shape[1:])
+                dataset = out.allocate(
+                    "tokens", tuple(shape[:2]) + tokens.shape[2:], tokens.dtype, (1,) + tokens.shape[1:]
+                )
             write_clips(dataset, done, tokens)
             done += len(tokens)
             out.advance(done)

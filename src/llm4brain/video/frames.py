@@ -22,8 +22,14 @@ from llm4brain.video.sampling import frame_indices, frames_per_tr, sample_times
 __all__ = ["VideoError", "extract_frames", "frame_indices", "sample_times"]
 
 
-def extract_frames(video_path: str | Path, out_path: str | Path, tr: float, params: dict[str, Any],
-                   input_config: dict[str, Any], threads: int = 1) -> None:
+def extract_frames(
+    video_path: str | Path,
+    out_path: str | Path,
+    tr: float,
+    params: dict[str, Any],
+    input_config: dict[str, Any],
+    threads: int = 1,
+) -> None:
     """Write ``/frames`` uint8 (n_tr, F, h, w, 3), resized and cropped for the vision model, and ``/tr`` for
     every whole TR the video covers. ``input_config`` is the vision model's (``preprocessing.read_config``);
     ``threads`` resize while decoding goes on."""
@@ -40,10 +46,30 @@ def extract_frames(video_path: str | Path, out_path: str | Path, tr: float, para
         f.create_dataset("tr", data=np.arange(n_tr, dtype=np.int32))
         f.create_dataset("frame_index", data=indices.astype(np.int64))
         f.create_dataset("frame_time", data=times)
-        set_attrs(f, {"segment": info.path.stem, "source": str(info.path), "fps": info.n_frames / info.end,
-                      "n_frames": info.n_frames, "duration": info.end, "tr_seconds": tr, "reader": info.reader,
-                      "codec": info.codec, "container": info.container, "variable_rate": info.variable_rate,
-                      "input_size": list(input_config["input_size"]), "crop_pct": input_config["crop_pct"],
-                      "interpolation": input_config["interpolation"]})
-    LOG.info("%s: %s in %s read with %s, %d TRs x %d frames", info.path.name, info.codec, info.container,
-             info.reader, n_tr, per_tr)
+        set_attrs(
+            f,
+            {
+                "segment": info.path.stem,
+                "source": str(info.path),
+                "fps": info.n_frames / info.end,
+                "n_frames": info.n_frames,
+                "duration": info.end,
+                "tr_seconds": tr,
+                "reader": info.reader,
+                "codec": info.codec,
+                "container": info.container,
+                "variable_rate": info.variable_rate,
+                "input_size": list(input_config["input_size"]),
+                "crop_pct": input_config["crop_pct"],
+                "interpolation": input_config["interpolation"],
+            },
+        )
+    LOG.info(
+        "%s: %s in %s read with %s, %d TRs x %d frames",
+        info.path.name,
+        info.codec,
+        info.container,
+        info.reader,
+        n_tr,
+        per_tr,
+    )

@@ -16,9 +16,11 @@ from torch import nn
 from llm4brain.artifacts import ArtifactError
 from llm4brain.models.weights import load_state, read_prefixed
 
-TOWERS = {"blip-2": ("Blip2VisionModel", "Blip2QFormerModel"),
-          "instructblip": ("InstructBlipVisionModel", None),  # its Q-Former needs the instruction text
-          "instructblipvideo": ("InstructBlipVideoVisionModel", None)}
+TOWERS = {
+    "blip-2": ("Blip2VisionModel", "Blip2QFormerModel"),
+    "instructblip": ("InstructBlipVisionModel", None),  # its Q-Former needs the instruction text
+    "instructblipvideo": ("InstructBlipVideoVisionModel", None),
+}
 
 
 class HFVisionTower(nn.Module):
@@ -38,8 +40,10 @@ class HFVisionTower(nn.Module):
         self.qformer = None
         if qformer:
             if qformer_cls is None:
-                raise ArtifactError(f"{directory}: the {config.model_type} Q-Former is conditioned on the "
-                                    "instruction; cache vit_tokens and let the video Q-Former read them")
+                raise ArtifactError(
+                    f"{directory}: the {config.model_type} Q-Former is conditioned on the "
+                    "instruction; cache vit_tokens and let the video Q-Former read them"
+                )
             self.qformer = getattr(transformers, qformer_cls)(config.qformer_config)
             load_state(self.qformer, read_prefixed(directory, "qformer."), directory)
             self.query_tokens = nn.Parameter(read_prefixed(directory, "query_tokens")[""])
@@ -68,6 +72,11 @@ def hf_data_config(directory: str | Path) -> dict[str, Any]:
     resample = int(getattr(processor, "resample", 3))
     if resample not in RESAMPLE:
         raise ArtifactError(f"{directory}: image processor resample {resample} is not one of {RESAMPLE}")
-    return {"input_size": (3, height, width), "interpolation": RESAMPLE[resample],
-            "mean": tuple(processor.image_mean), "std": tuple(processor.image_std), "crop_pct": 1.0,
-            "crop_mode": "squash"}
+    return {
+        "input_size": (3, height, width),
+        "interpolation": RESAMPLE[resample],
+        "mean": tuple(processor.image_mean),
+        "std": tuple(processor.image_std),
+        "crop_pct": 1.0,
+        "crop_mode": "squash",
+    }

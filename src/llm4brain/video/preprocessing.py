@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from llm4brain.artifacts import ArtifactError, atomic_path
+
+if TYPE_CHECKING:
+    import torch
 
 
 def model_spec(params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -27,7 +31,7 @@ def model_spec(params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return spec["name"], kwargs
 
 
-def data_config(params: dict[str, Any], model: "torch.nn.Module | None" = None) -> dict[str, Any]:
+def data_config(params: dict[str, Any], model: torch.nn.Module | None = None) -> dict[str, Any]:
     """timm's data config for the model (``model`` if built already, else built on the meta device: no
     weights, no memory), with the input size the model is actually built for and ``crop_pct`` from config
     when set; for an HF checkpoint, its image processor's (squash to the input size, its mean/std)."""
@@ -48,9 +52,11 @@ def data_config(params: dict[str, Any], model: "torch.nn.Module | None" = None) 
     if img_size is not None:
         config["input_size"] = (3, *img_size)
     if (config.get("crop_mode") or "center") not in ("center", "squash") or config["crop_pct"] > 1:
-        raise ValueError(f"video.model {params['model']['name']}: crop_mode {config.get('crop_mode')!r} with "
-                         f"crop_pct {config['crop_pct']} pads the frame, which extraction does not do; only centre "
-                         "crops and squashing with crop_pct <= 1 are supported (set video.crop_pct)")
+        raise ValueError(
+            f"video.model {params['model']['name']}: crop_mode {config.get('crop_mode')!r} with "
+            f"crop_pct {config['crop_pct']} pads the frame, which extraction does not do; only centre "
+            "crops and squashing with crop_pct <= 1 are supported (set video.crop_pct)"
+        )
     return config
 
 
@@ -79,8 +85,12 @@ def geometric(config: dict[str, Any]) -> Callable[[np.ndarray], np.ndarray]:
     from PIL import Image
 
     height, width = config["input_size"][1:]
-    resample = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST,
-                "lanczos": Image.LANCZOS}[config["interpolation"]]
+    resample = {
+        "bicubic": Image.BICUBIC,
+        "bilinear": Image.BILINEAR,
+        "nearest": Image.NEAREST,
+        "lanczos": Image.LANCZOS,
+    }[config["interpolation"]]
 
     def one(frame: np.ndarray) -> np.ndarray:
         image = Image.fromarray(frame)
@@ -118,7 +128,7 @@ def crop_offsets(size: tuple[int, int], crop: tuple[int, int]) -> tuple[int, int
     return int(round((size[0] - crop[0]) / 2.0)), int(round((size[1] - crop[1]) / 2.0))
 
 
-def photometric(config: dict[str, Any]) -> Callable[["torch.Tensor"], "torch.Tensor"]:
+def photometric(config: dict[str, Any]) -> Callable[[torch.Tensor], torch.Tensor]:
     """uint8 frames (N, h, w, 3) already at input size → normalised float (N, 3, h, w), the values of timm's
     ``ToTensor`` + ``Normalize``; in place on one contiguous buffer (each new buffer costs page faults)."""
     import torch

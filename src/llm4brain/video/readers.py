@@ -15,12 +15,16 @@ decoding) and read by the fastest reader that is exact for it:
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import av
 
 READERS = ("decord", "pyav-seek", "pyav-sequential")
 CHUNK = 32  # frames decoded at full resolution before ``prepare`` shrinks them
@@ -67,7 +71,7 @@ def choose_reader(codec: str, container: str, pts: list[int | None]) -> str:
     return "pyav-seek"
 
 
-def _open(path: Path) -> "av.container.InputContainer":
+def _open(path: Path) -> av.container.InputContainer:
     import av
 
     try:
@@ -117,12 +121,22 @@ def probe(path: str | Path, reader: str = "auto") -> StreamInfo:
     if last <= 0:  # some muxers leave packet durations empty
         last = float(np.median(np.diff(starts))) if len(starts) > 1 else 1 / float(rate or 1)
     keyframes = np.flatnonzero(np.array([k for _, _, k in packets])[order])
-    return StreamInfo(path, codec, fmt, starts, float(starts[-1] + last), sorted_pts, tb,
-                      keyframes if keyframes.size else np.array([0]), chosen)
+    return StreamInfo(
+        path,
+        codec,
+        fmt,
+        starts,
+        float(starts[-1] + last),
+        sorted_pts,
+        tb,
+        keyframes if keyframes.size else np.array([0]),
+        chosen,
+    )
 
 
-def read_frames(info: StreamInfo, indices: np.ndarray,
-                prepare: Callable[[np.ndarray], np.ndarray] | None = None, threads: int = 1) -> np.ndarray:
+def read_frames(
+    info: StreamInfo, indices: np.ndarray, prepare: Callable[[np.ndarray], np.ndarray] | None = None, threads: int = 1
+) -> np.ndarray:
     """RGB frames (*indices.shape, h, w, 3) uint8 at the given presentation indices, in the given order.
 
     ``prepare`` maps a chunk of decoded frames (k, H, W, 3) to what is kept (e.g. resized to the vision
@@ -189,16 +203,19 @@ def _seek(info: StreamInfo, wanted: np.ndarray) -> Iterator[np.ndarray]:
                         yield frame.to_ndarray(format="rgb24")
                         break
                     if position == -2 or position > target:
-                        raise VideoError(f"{info.path}: seeking for frame {target} gave a frame with timestamp "
-                                         f"{frame.pts}; read it with reader pyav-sequential")
+                        raise VideoError(
+                            f"{info.path}: seeking for frame {target} gave a frame with timestamp "
+                            f"{frame.pts}; read it with reader pyav-sequential"
+                        )
                 else:
                     raise VideoError(f"{info.path}: stream ended before frame {target}")
         except av.error.FFmpegError as err:
             raise VideoError(f"{info.path}: decoding failed near frame {position + 1} ({err})") from err
 
 
-def _decoded(container: "av.container.InputContainer", stream: "av.video.stream.VideoStream",
-             keep: set[int] | None) -> Iterator["av.VideoFrame"]:
+def _decoded(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream, keep: set[int] | None
+) -> Iterator[av.VideoFrame]:
     """``container.decode(stream)``; with ``keep``, the decoder drops each non-reference frame (a B-frame
     in MPEG-4 Part 2) whose timestamp is not kept, after parsing only its header. Nothing refers to such a
     frame, so every other frame decodes exactly as in a full decode, for about a third less work."""

@@ -16,8 +16,10 @@ def frames_per_tr(params: dict[str, Any], tr: float) -> int:
         return params["frames_per_tr"]
     n = params["fps"] * tr
     if round(n) < 1 or abs(n - round(n)) > 1e-6:
-        raise ValueError(f"config video.fps: {params['fps']:g} frames/s x TR {tr:g} s = {n:g} frames per TR; "
-                         "the rate must give a whole number of frames per TR")
+        raise ValueError(
+            f"config video.fps: {params['fps']:g} frames/s x TR {tr:g} s = {n:g} frames per TR; "
+            "the rate must give a whole number of frames per TR"
+        )
     return int(round(n))
 
 

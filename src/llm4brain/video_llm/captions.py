@@ -12,8 +12,9 @@ from llm4brain.models.video_llm import encode_clips, generate_captions, load_tea
 from llm4brain.runtime import LOG, select_device
 
 
-def teacher_captions(feature_paths: list[str], teacher_dir: str | Path, out_path: str | Path, segments: list[str],
-                     params: dict[str, Any]) -> None:
+def teacher_captions(
+    feature_paths: list[str], teacher_dir: str | Path, out_path: str | Path, segments: list[str], params: dict[str, Any]
+) -> None:
     """One caption per ``(segment, tr)`` of ``segments`` from the teacher on the clip's cached features
     (``params``: the ``captions`` section's decoding settings). An empty caption is an error: a reference
     must say something."""
@@ -25,7 +26,7 @@ def teacher_captions(feature_paths: list[str], teacher_dir: str | Path, out_path
         keys += clips
         captions += generate_captions(captioner, encode_clips(qformer, features, clips), params)
         LOG.info("%s: %d captions, first %r", segment, len(clips), captions[-len(clips)])
-    empty = [key for key, text in zip(keys, captions) if not text.strip()]
+    empty = [key for key, text in zip(keys, captions, strict=True) if not text.strip()]
     if empty:
         raise ValueError(f"{teacher_dir}: the teacher wrote empty captions for {len(empty)} clips, e.g. {empty[:3]}")
     with atomic_h5(out_path, "captions", params) as f:

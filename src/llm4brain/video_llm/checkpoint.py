@@ -21,21 +21,29 @@ def checkpoint_settings(directory: str | Path, params: dict[str, Any], frames_pe
     directory = Path(directory)
     config_path = directory / "config.json"
     if not config_path.exists():
-        raise ArtifactError(f"{directory}: video_llm.pretrained has no config.json (a transformers checkpoint "
-                            "directory is expected)")
+        raise ArtifactError(
+            f"{directory}: video_llm.pretrained has no config.json (a transformers checkpoint directory is expected)"
+        )
     model_type = json.loads(config_path.read_text()).get("model_type")
     if model_type not in MODEL_TYPES:
-        raise ArtifactError(f"{config_path}: model_type {model_type!r}; video_llm.pretrained must be an "
-                            f"InstructBLIP or InstructBLIP-Video checkpoint ({' or '.join(MODEL_TYPES)})")
+        raise ArtifactError(
+            f"{config_path}: model_type {model_type!r}; video_llm.pretrained must be an "
+            f"InstructBLIP or InstructBLIP-Video checkpoint ({' or '.join(MODEL_TYPES)})"
+        )
     if not list(directory.glob("*.safetensors")):
         raise ArtifactError(f"{directory}: no *.safetensors weights (pickled checkpoints are never loaded)")
     if not (directory / "qformer_tokenizer").is_dir():
         raise ArtifactError(f"{directory}: no qformer_tokenizer/ (save the InstructBlipVideoProcessor with the model)")
     if frames_per_tr != FRAMES:
-        raise ArtifactError(f"{directory}: InstructBLIP-Video reads {FRAMES} frames per clip; set "
-                            f"video.frames_per_tr: {FRAMES} (is {frames_per_tr})")
-    return {"checkpoint": str(directory), "num_frames": FRAMES,
-            **{k: params[k] for k in ("template", "prompt", "max_caption_tokens", "dtype")}}
+        raise ArtifactError(
+            f"{directory}: InstructBLIP-Video reads {FRAMES} frames per clip; set "
+            f"video.frames_per_tr: {FRAMES} (is {frames_per_tr})"
+        )
+    return {
+        "checkpoint": str(directory),
+        "num_frames": FRAMES,
+        **{k: params[k] for k in ("template", "prompt", "max_caption_tokens", "dtype")},
+    }
 
 
 def import_video_llm(checkpoint: str | Path, out_dir: str | Path, params: dict[str, Any], frames_per_tr: int) -> None:

@@ -16,14 +16,15 @@ from torch import nn
 from llm4brain.artifacts import atomic_path, read_captions, read_features
 from llm4brain.models.tokenizer import train_word_tokenizer
 from llm4brain.models.video_llm import Captioner, VideoQFormer, build_llm, qformer_config, save_teacher
-from llm4brain.runtime import LOG, seed_everything, select_device
 from llm4brain.resume import Checkpoint
-from llm4brain.training import fit
+from llm4brain.runtime import LOG, seed_everything, select_device
 from llm4brain.seeds import Stream
+from llm4brain.training import fit
 
 
-def clip_table(features: dict[str, np.ndarray], captions: dict[tuple[str, int], str],
-               segments: list[str]) -> tuple[list[tuple[str, int]], np.ndarray]:
+def clip_table(
+    features: dict[str, np.ndarray], captions: dict[tuple[str, int], str], segments: list[str]
+) -> tuple[list[tuple[str, int]], np.ndarray]:
     """The ``(segment, tr)`` keys of ``segments`` that have both features and a caption, with their tokens."""
     keys, rows = [], []
     for segment in segments:
@@ -36,8 +37,15 @@ def clip_table(features: dict[str, np.ndarray], captions: dict[tuple[str, int], 
     return keys, np.stack(rows)
 
 
-def train_video_llm(feature_paths: list[str], captions_path: str, out_dir: str | Path, train_segments: list[str],
-                    params: dict[str, Any], seed: int, checkpoint: Checkpoint | None = None) -> None:
+def train_video_llm(
+    feature_paths: list[str],
+    captions_path: str,
+    out_dir: str | Path,
+    train_segments: list[str],
+    params: dict[str, Any],
+    seed: int,
+    checkpoint: Checkpoint | None = None,
+) -> None:
     """Train and save the teacher (see ``models.video_llm`` for the directory layout)."""
     seed_everything(seed + Stream.VIDEO_LLM, params["train"]["threads"])
     captions = read_captions(captions_path)
@@ -51,7 +59,11 @@ def train_video_llm(feature_paths: list[str], captions_path: str, out_dir: str |
     tokenizer = train_word_tokenizer(texts + [template.replace("{video}", " ").format(prompt=params["prompt"])])
     q = params["qformer"]
     qformer = VideoQFormer(qformer_config(q, vision_dim), num_frames, q["num_queries"])
-    max_positions = 2 * (q["num_queries"] + len(template.split()) + len(params["prompt"].split())) + params["max_caption_tokens"] + 16
+    max_positions = (
+        2 * (q["num_queries"] + len(template.split()) + len(params["prompt"].split()))
+        + params["max_caption_tokens"]
+        + 16
+    )
     llm = build_llm(params["llm"], tokenizer, max_positions)
     captioner = Captioner(llm, tokenizer, q["hidden_size"], template, params["prompt"], params["max_caption_tokens"])
     device = select_device(params["train"]["device"])
@@ -67,12 +79,20 @@ def train_video_llm(feature_paths: list[str], captions_path: str, out_dir: str |
 
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)
-        fit(model.parameters(), loss_fn, params["train"], "train_video_llm", tmp / "train_log.tsv",
-            checkpoint=checkpoint, generators=[generator], device=device)
+        fit(
+            model.parameters(),
+            loss_fn,
+            params["train"],
+            "train_video_llm",
+            tmp / "train_log.tsv",
+            checkpoint=checkpoint,
+            generators=[generator],
+            device=device,
+        )
         model.eval()
         settings = {k: params[k] for k in ("template", "prompt", "max_caption_tokens")}
         save_teacher(tmp, qformer, captioner, {**settings, "train_segments": train_segments, "vision_dim": vision_dim})
         with torch.inference_mode():
             sample = captioner.generate(qformer(clips[:4].to(device)), params["max_caption_tokens"])
-        for key, text in zip(keys[:4], sample):
+        for key, text in zip(keys[:4], sample, strict=True):
             LOG.info("teacher on %s: %r (reference %r)", key, text, captions[key])
