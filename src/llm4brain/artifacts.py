@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -150,7 +150,7 @@ def read_captions(path: str | os.PathLike) -> dict[tuple[str, int], str]:
     return {key: refs[0] for key, refs in read_references(path).items()}
 
 
-def read_features(paths: list[str | os.PathLike]) -> dict[str, np.ndarray]:
+def read_features(paths: Sequence[str | os.PathLike]) -> dict[str, np.ndarray]:
     """``segment → tokens`` (n_tr, F, T, D) float16 from ``results/features/{segment}.h5`` files."""
     features: dict[str, np.ndarray] = {}
     shape = None

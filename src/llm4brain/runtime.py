@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
+    from types import TracebackType
+
     import torch
 
 LOG = logging.getLogger("llm4brain")
@@ -57,7 +59,7 @@ def keep_freed_memory() -> None:
     libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)  # and the heap's free top is not handed back
 
 
-def _log_uncaught(kind: type[BaseException], value: BaseException, tb: object) -> None:
+def _log_uncaught(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
     """Put the traceback of a failing job into its log file, where Snakemake points the user."""
     LOG.critical("%s: %s", kind.__name__, value, exc_info=(kind, value, tb))
 

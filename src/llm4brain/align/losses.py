@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 
@@ -29,7 +31,8 @@ def cross_subject(latents: torch.Tensor) -> torch.Tensor:
     if s < 2:
         return latents.new_zeros(())
     z = F.normalize(latents, dim=-1)
-    total = sum(((z[i] - z[j]) ** 2).sum(-1).mean() for i in range(s) for j in range(i + 1, s))
+    pairs = (((z[i] - z[j]) ** 2).sum(-1).mean() for i in range(s) for j in range(i + 1, s))
+    total = cast(torch.Tensor, sum(pairs))  # a tensor: s >= 2 gives at least one pair
     return total / (s * (s - 1) / 2)
 
 
@@ -46,7 +49,7 @@ def _mmd(source: torch.Tensor, target: torch.Tensor, scales: tuple[float, ...]) 
     x = torch.cat([source, target])
     d2 = torch.cdist(x, x).pow(2)
     median = d2.detach()[d2.detach() > 0].median().clamp(min=1e-6)
-    k = sum(torch.exp(-d2 / (median * s)) for s in scales)
+    k = cast(torch.Tensor, sum(torch.exp(-d2 / (median * s)) for s in scales))  # a tensor: scales is never empty
     n = source.shape[0]
     return k[:n, :n].mean() + k[n:, n:].mean() - 2 * k[:n, n:].mean()
 

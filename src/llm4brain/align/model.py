@@ -7,7 +7,7 @@ import json
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -17,6 +17,9 @@ from llm4brain.models.fmri_encoder import build_encoder
 from llm4brain.models.pretrained_encoder import load_pretrained_encoder
 from llm4brain.models.video_llm import VideoQFormer
 from llm4brain.models.weights import load_weights, save_weights
+
+if TYPE_CHECKING:
+    from llm4brain.models.instructblip_video import InstructionQFormer
 
 QFORMER_ADAPTOR_SITES = ("attention.output.dense", "output_query.dense")
 ENCODER_ADAPTOR_SITES = ("attn.proj", "mlp.fc2")  # after attention and after the MLP of every encoder block
@@ -35,11 +38,11 @@ class BrainAligner(nn.Module):
         grid: tuple[int, ...],
         encoder_params: dict[str, Any],
         params: dict[str, Any],
-        video_qformer: VideoQFormer,
+        video_qformer: VideoQFormer | InstructionQFormer,
         pretrained: str | Path | None = None,
     ) -> None:
         super().__init__()
-        self.config = {"grid": list(grid), "encoder": encoder_params, "align": params}
+        self.config: dict[str, Any] = {"grid": list(grid), "encoder": encoder_params, "align": params}
         self.encoder = build_encoder(grid, encoder_params)
         if pretrained is not None:
             load_pretrained_encoder(self.encoder, pretrained)
@@ -81,7 +84,7 @@ def save_aligner(directory: Path, model: BrainAligner, teacher: str) -> None:
     (directory / "config.json").write_text(json.dumps({**model.config, "teacher": str(teacher)}, indent=2))
 
 
-def load_aligner(directory: str | Path, video_qformer: VideoQFormer) -> BrainAligner:
+def load_aligner(directory: str | Path, video_qformer: VideoQFormer | InstructionQFormer) -> BrainAligner:
     """Rebuild a saved aligner around the teacher's Q-Former and load its weights (safetensors)."""
     directory = Path(directory)
     config = json.loads((directory / "config.json").read_text())

@@ -71,7 +71,7 @@ def identification(
     others = [np.delete(np.arange(n_clips), t) for t in targets]
     picks = np.stack([[rng.choice(o, n - 1, replace=False) for o in others] for _ in range(trials)])
     candidates = sim[np.arange(len(targets))[None, :, None], picks]  # (trials, rows, n - 1)
-    out = {"n_way": n}
+    out: dict[str, float] = {"n_way": n}
     for k in ks:
         out[f"top{k}"] = float(topk_hits(candidates, sim[np.arange(len(targets)), targets][None, :], k).mean())
         out[f"chance_top{k}"] = min(k, n) / n

@@ -43,7 +43,8 @@ def render_frame(scene: Scene, t: float, size: int, seed: int) -> np.ndarray:
 def render_segment(timeline: list[Scene], tr: float, fps: int, size: int, seed: int) -> np.ndarray:
     """All frames (n_frames, size, size, 3) of a segment whose TR-clips follow ``timeline``."""
     n_frames = int(round(len(timeline) * tr * fps))
-    starts, ids = [], []
+    starts: list[int] = []
+    ids: list[int] = []
     for k in range(len(timeline)):
         if k == 0 or timeline[k] is not timeline[k - 1]:
             start, scene_id = k, (ids[-1] + 1 if ids else 0)

@@ -7,7 +7,7 @@ import contextlib
 import io
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias, cast
 
 import numpy as np
 import pandas as pd
@@ -19,6 +19,10 @@ from llm4brain.runtime import LOG
 
 METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
 SPICE_JAR = "stanford-corenlp-3.6.0.jar"
+# a group's scores, their CIs, caption identification and per-clip scores (score_group, semantic_scores)
+GroupScores: TypeAlias = tuple[
+    dict[str, float], dict[str, tuple[float, float]], dict[str, dict[str, float]], dict[str, np.ndarray]
+]
 
 
 def spice_status() -> str:
@@ -100,7 +104,7 @@ def _start_worker(spice: bool) -> None:
 
 def score_group(
     references: dict[str, list[str]], candidates: dict[str, str], n_bootstrap: int, seed: int
-) -> tuple[dict[str, float], dict[str, tuple[float, float]], dict[str, dict[str, float]], dict[str, np.ndarray]]:
+) -> GroupScores:
     """One subject × source: corpus scores, their bootstrap CIs, caption identification by each of
     :data:`IDENTIFICATION_METRICS` and per-clip CIDEr (in ``references`` order)."""
     scorer = _WORKER["scorer"]
@@ -218,9 +222,12 @@ def score_captions(
     ablation_table(metrics, tests).to_csv(ablation_path, sep="\t", index=False, float_format="%.4g")
 
 
-def merge(*parts: tuple[dict, ...]) -> tuple[dict, ...]:
+def merge(*parts: GroupScores) -> GroupScores:
     """Scores, CIs, identification and per-clip scores of several scorers of one group, as one."""
-    return tuple({key: value for part in parts for key, value in part[j].items()} for j in range(len(parts[0])))
+    return cast(
+        GroupScores,
+        tuple({key: value for part in parts for key, value in part[j].items()} for j in range(len(parts[0]))),
+    )
 
 
 def ablation_table(metrics: pd.DataFrame, tests: pd.DataFrame) -> pd.DataFrame:

@@ -194,6 +194,7 @@ class SurfaceSpace:
     def n_volumes(self, path: Path, tr: float) -> int:
         """Time points of a run, after checking its TR and that its grayordinates are the first run's."""
         header, data = open_cifti(path)
+        assert header is not None  # parsed: header=True
         series, models = header.get_index_map(0), header.get_index_map(1)
         if (
             series.indices_map_to_data_type != "CIFTI_INDEX_TYPE_SERIES"

@@ -325,12 +325,12 @@ def stream_runs(
             shown[run.segment] += 1
             add_rows(halves[parity], first, volumes, lambda v, series=series: series[v], accumulate=True)
             half_counts[parity, first : first + len(volumes)] += 1
-        series = None  # released before the next run is read: one run in memory, not two
+        del series  # released before the next run is read: one run in memory, not two
     split_half = SplitHalf(n_voxels)
     both = np.flatnonzero((half_counts > 0).all(axis=0))
     for r in range(0, len(both), ROWS):
-        rows = both[r : r + ROWS]
-        split_half.add(*(halves[h][rows] / half_counts[h, rows, None] for h in (0, 1)))
+        block = both[r : r + ROWS]
+        split_half.add(*(halves[h][block] / half_counts[h, block, None] for h in (0, 1)))
     return usable, tsnr / len(runs), split_half.r()
 
 

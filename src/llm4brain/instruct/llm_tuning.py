@@ -7,15 +7,17 @@ peft takes seconds to import, so it is imported here, only when a config asks fo
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
-import torch
 from transformers import PreTrainedModel
+
+if TYPE_CHECKING:
+    from peft import LoraConfig, PeftModel
 
 ADAPTER_DIR = "llm_adapter"
 
 
-def tune(llm: PreTrainedModel, params: dict[str, Any]) -> torch.nn.Module:
+def tune(llm: PreTrainedModel, params: dict[str, Any]) -> PreTrainedModel | PeftModel:
     """Set what trains: every weight (full), LoRA adapters on a frozen base (lora), nothing (frozen)."""
     tuning = params["tuning"]
     if tuning == "full":
@@ -40,19 +42,21 @@ def tune(llm: PreTrainedModel, params: dict[str, Any]) -> torch.nn.Module:
     return get_peft_model(llm, config)
 
 
-def save_tuned(llm: torch.nn.Module, directory: Path, params: dict[str, Any]) -> None:
+def save_tuned(llm: PreTrainedModel | PeftModel, directory: Path, params: dict[str, Any]) -> None:
     """Only what was trained: the whole LLM (full), the LoRA adapter (lora), nothing (frozen)."""
     if params["tuning"] == "full":
-        llm.save_pretrained(directory / "llm", safe_serialization=True)
+        cast("PreTrainedModel", llm).save_pretrained(directory / "llm", safe_serialization=True)  # tune kept it
     elif params["tuning"] == "lora":
-        config = llm.peft_config["default"]
+        lora = cast("PeftModel", llm)  # what tune wraps the base in, with a LoraConfig
+        config = cast("LoraConfig", lora.peft_config["default"])
         # peft keeps target_modules as a set and writes it in set order, which follows PYTHONHASHSEED: a
         # sorted list makes adapter_config.json the same file on every run
-        config.target_modules = sorted(config.target_modules)
-        llm.save_pretrained(directory / ADAPTER_DIR, safe_serialization=True)
+        config.target_modules = sorted(cast("set[str]", config.target_modules))  # config gives a list of names
+        # peft annotates save_directory as str; it takes any path
+        lora.save_pretrained(directory / ADAPTER_DIR, safe_serialization=True)  # type: ignore[arg-type]
 
 
-def load_adapter(base: PreTrainedModel, student_dir: Path, params: dict[str, Any]) -> torch.nn.Module:
+def load_adapter(base: PreTrainedModel, student_dir: Path, params: dict[str, Any]) -> PreTrainedModel | PeftModel:
     """The student's LLM on top of its base as ``save_tuned`` left it: the LoRA adapter applied (lora), or
     the base as given (full: the caller loaded the tuned weights; frozen: nothing was trained)."""
     if params["tuning"] != "lora":

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -24,6 +24,9 @@ from llm4brain.artifacts import read_split
 from llm4brain.instruct.llm_tuning import load_adapter, save_tuned
 from llm4brain.models.video_llm import Captioner, load_teacher
 from llm4brain.models.weights import load_weights, save_weights
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 class FmriStudent(nn.Module):
@@ -40,7 +43,7 @@ class FmriStudent(nn.Module):
             nn.Linear(
                 aligner.config["encoder"]["dim"], aligner.qformer.config.hidden_size, device=aligner.logit_scale.device
             )
-            if encoder_tokens
+            if encoder_tokens and aligner is not None  # encoder_tokens without an aligner was refused above
             else None
         )
 
@@ -112,7 +115,7 @@ def load_student(
         llm_dir=directory / "llm" if llm["tuning"] == "full" else None,
         quantization=llm["quantization"],
     )
-    captioner.llm = load_adapter(captioner.llm, directory, llm)
+    captioner.llm = load_adapter(cast("PreTrainedModel", captioner.llm), directory, llm)  # as load_teacher loaded it
     load_weights(captioner.projection, directory / "projection.safetensors")
     aligner = load_aligner(directory / "aligner", qformer).to(device) if (directory / "aligner").is_dir() else None
     student = FmriStudent(captioner, aligner, params["encoder_tokens"])

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 from llm4brain.align.model import load_aligner
@@ -24,6 +23,13 @@ from llm4brain.resume import Checkpoint
 from llm4brain.runtime import LOG, seed_everything, select_device
 from llm4brain.seeds import Stream
 from llm4brain.training import fit
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel
+
+    from llm4brain.models.instructblip_video import InstructionQFormer
+    from llm4brain.models.video_llm import VideoQFormer
 
 
 def distillation(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -44,7 +50,7 @@ def build_student(
     align_dir: str,
     params: dict[str, Any],
     device: torch.device = torch.device("cpu"),
-    teacher: tuple[nn.Module, Captioner] | None = None,
+    teacher: tuple[VideoQFormer | InstructionQFormer, Captioner] | None = None,
 ) -> FmriStudent:
     """The teacher's captioner (+ the aligned encoder) on ``device``, with the parts ``params`` trains unfrozen.
 
@@ -57,7 +63,7 @@ def build_student(
     else:
         qformer, captioner, _ = load_teacher(teacher_dir, device, quantization=params["llm"]["quantization"])
     captioner.projection.requires_grad_(True)
-    captioner.llm = tune(captioner.llm, params["llm"])
+    captioner.llm = tune(cast("PreTrainedModel", captioner.llm), params["llm"])  # the teacher's, untuned
     aligner = None
     if params["input"] == "encoder":
         aligner = load_aligner(align_dir, qformer).to(device)
@@ -76,8 +82,9 @@ def frozen_logits(
     """The teacher's caption logits. When it shares its LLM with the student's LoRA model, the adapters are
     switched off around the call, so these are the frozen base's logits, as from a separate copy."""
     llm = student.captioner.llm
-    shared = hasattr(llm, "disable_adapter") and llm.get_base_model() is teacher.llm
-    with llm.disable_adapter() if shared else contextlib.nullcontext():
+    lora = cast("PeftModel", llm) if hasattr(llm, "disable_adapter") else None  # peft's LoRA model on a base
+    shared = lora if lora is not None and lora.get_base_model() is teacher.llm else None
+    with shared.disable_adapter() if shared is not None else contextlib.nullcontext():
         return teacher.caption_logits(tokens, ids, mask)
 
 
@@ -106,22 +113,25 @@ def instruct_llm(
         params["distill_temperature"],
     )
     # the frozen teacher only serves distillation: without it (the no_distillation ablation) it is not loaded
-    qformer, teacher, _ = load_teacher(teacher_dir, device) if weight > 0 else (None, None, None)
-    shared = teacher is not None and shares_base(params["llm"])
-    student = build_student(teacher_dir, align_dir, params, device, (qformer, teacher) if shared else None)
+    frozen = load_teacher(teacher_dir, device)[:2] if weight > 0 else None  # (Q-Former, captioner)
+    teacher = frozen[1] if frozen is not None else None
+    shared = frozen if frozen is not None and shares_base(params["llm"]) else None  # copied, its LLM shared
+    student = build_student(teacher_dir, align_dir, params, device, shared)
     captions = read_captions(captions_path)
-    inputs, keys = [], []
+    parts: list[torch.Tensor] = []
+    keys: list[tuple[str, int]] = []
     for subject, fmri_path, latent_path in zip(subjects, fmri_paths, latent_paths, strict=True):
         if subject in heldout:
             continue
         data, split_keys = read_inputs(params["input"], fmri_path, latent_path, "train", student.window)
         keep = [i for i, key in enumerate(split_keys) if key in captions]
-        inputs.append(data[keep])
+        parts.append(data[keep])
         keys += [split_keys[i] for i in keep]
-    inputs = torch.cat(inputs)
+    inputs = torch.cat(parts)
+    del parts  # only the concatenation stays in memory
     unique = sorted(set(keys))
-    if teacher is not None:  # the video tokens the teacher captions each training clip from
-        video = encode_clips(qformer, read_features(feature_paths), unique).to(device)
+    if frozen is not None:  # the video tokens the teacher captions each training clip from
+        video = encode_clips(frozen[0], read_features(feature_paths), unique).to(device)
         index = {k: i for i, k in enumerate(unique)}
         clip_of = torch.tensor([index[k] for k in keys], device=device)
     texts = [captions[k] for k in keys]

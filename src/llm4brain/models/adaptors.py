@@ -58,7 +58,8 @@ def add_lora(model: nn.Module, suffixes: tuple[str, ...], r: int, alpha: float) 
         name for name, module in model.named_modules() if isinstance(module, nn.Linear) and name.endswith(suffixes)
     ]
     if names:
-        inject_adapter_in_model(LoraConfig(r=r, lora_alpha=alpha, target_modules=names), model)
+        # peft annotates lora_alpha as int but only divides by it: a float alpha (config: number) scales as given
+        inject_adapter_in_model(LoraConfig(r=r, lora_alpha=alpha, target_modules=names), model)  # type: ignore[arg-type]
     for name, param in model.named_parameters():
         param.requires_grad_("lora_" in name)
     return names

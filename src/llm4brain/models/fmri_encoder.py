@@ -92,6 +92,7 @@ class FmriEncoder(nn.Module):
         vector_patch: int = 16,
     ) -> None:
         super().__init__()
+        self.tokenizer: VectorTokenizer | VolumeTokenizer
         if len(grid) == 1:
             self.tokenizer = VectorTokenizer(grid[0], window, vector_patch, dim)
         elif len(grid) == 3:

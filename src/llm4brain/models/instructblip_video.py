@@ -15,7 +15,7 @@ BOS and the prompt, as ``InstructBlipVideoProcessor`` lays them out.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -23,6 +23,9 @@ from torch import nn
 from llm4brain.models.quantization import quantized_loading
 from llm4brain.models.video_llm import Captioner
 from llm4brain.models.weights import load_state, read_prefixed
+
+if TYPE_CHECKING:
+    from transformers import InstructBlipVideoQFormerConfig, InstructBlipVideoQFormerModel
 
 MODEL_TYPES = ("instructblip", "instructblipvideo")  # the video model loads image InstructBLIP weights as they are
 FRAMES = 4  # InstructBLIP-Video is trained on 4 frames per clip and lays out 4 x num_query_tokens video tokens
@@ -32,8 +35,14 @@ FULL_PRECISION = ["vision_model", "qformer", "language_projection", "lm_head"]  
 class InstructionQFormer(nn.Module):
     """ViT tokens of a clip (B, F, T, D) → video tokens (B, F·Q, H), the interface of ``VideoQFormer``."""
 
+    instruction_ids: torch.Tensor
+
     def __init__(
-        self, qformer: nn.Module, query_tokens: torch.Tensor, instruction_ids: torch.Tensor, num_frames: int = FRAMES
+        self,
+        qformer: InstructBlipVideoQFormerModel,
+        query_tokens: torch.Tensor,
+        instruction_ids: torch.Tensor,
+        num_frames: int = FRAMES,
     ) -> None:
         super().__init__()
         self.qformer = qformer
@@ -85,7 +94,9 @@ def load_instruction_qformer(settings: dict[str, Any]) -> InstructionQFormer:
     from transformers import InstructBlipVideoConfig, InstructBlipVideoQFormerModel
 
     directory = Path(settings["checkpoint"])
-    qformer = InstructBlipVideoQFormerModel(InstructBlipVideoConfig.from_pretrained(directory).qformer_config)
+    # the composite config's __post_init__ turns its qformer_config into this class; the field is declared looser
+    config = cast("InstructBlipVideoQFormerConfig", InstructBlipVideoConfig.from_pretrained(directory).qformer_config)
+    qformer = InstructBlipVideoQFormerModel(config)
     load_state(qformer, read_prefixed(directory, "qformer."), directory)
     query_tokens = read_prefixed(directory, "query_tokens")[""]
     module = InstructionQFormer(
@@ -123,7 +134,7 @@ def load_instructblip_video(
     captioner = Captioner(
         llm,
         tokenizer,
-        model.config.qformer_config.hidden_size,
+        qformer.config.hidden_size,  # the checkpoint's Q-Former config (model.config.qformer_config)
         settings["template"],
         settings["prompt"],
         settings["max_caption_tokens"],

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -27,6 +27,12 @@ from transformers import (
 from llm4brain.models.quantization import quantized_loading
 from llm4brain.models.weights import load_weights, save_weights
 from llm4brain.runtime import autocast
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from llm4brain.models.instructblip_video import InstructionQFormer
 
 IGNORE = -100
 
@@ -57,7 +63,10 @@ class VideoQFormer(nn.Module):
 
 @torch.inference_mode()
 def encode_clips(
-    qformer: VideoQFormer, features: dict[str, np.ndarray], keys: list[tuple[str, int]], batch_size: int = 128
+    qformer: VideoQFormer | InstructionQFormer,
+    features: dict[str, np.ndarray],
+    keys: list[tuple[str, int]],
+    batch_size: int = 128,
 ) -> torch.Tensor:
     """The video tokens (n, Q, H) of each ``(segment, tr)`` clip in ``keys``, from cached vision features;
     computed on the Q-Former's device, returned on the CPU in float32."""
@@ -103,10 +112,14 @@ def llama_config(params: dict[str, Any], tokenizer: PreTrainedTokenizerFast, max
 class Captioner(nn.Module):
     """Projection + causal LM around an instruction template whose ``{video}`` slot holds the tokens."""
 
+    llm: PreTrainedModel | PeftModel  # the LLM as loaded, or the student's LoRA model on it (``instruct.llm_tuning``)
+    prefix_ids: torch.Tensor
+    suffix_ids: torch.Tensor
+
     def __init__(
         self,
-        llm: nn.Module,
-        tokenizer: PreTrainedTokenizerFast,
+        llm: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
         token_dim: int,
         template: str,
         prompt: str,
@@ -177,7 +190,8 @@ class Captioner(nn.Module):
         """Greedy (or beam) captions for a batch of token sets (moved to the captioner's device)."""
         embeds = self.prompt_embeds(tokens.to(self.prefix_ids.device))
         attention = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
-        out = self.llm.generate(
+        # transformers types PreTrainedModel without GenerationMixin, which every causal LM class adds
+        out = self.llm.generate(  # type: ignore[operator]
             inputs_embeds=embeds,
             attention_mask=attention,
             max_new_tokens=max_new_tokens,
@@ -225,7 +239,7 @@ def save_teacher(directory: Path, qformer: VideoQFormer, captioner: Captioner, s
     (directory / "config.json").write_text(json.dumps(config, indent=2, default=str))
     save_weights(qformer, directory / "video_qformer.safetensors")
     save_weights(captioner.projection, directory / "projection.safetensors")
-    captioner.llm.save_pretrained(directory / "llm")
+    captioner.llm.save_pretrained(directory / "llm")  # type: ignore[arg-type]  # peft says str; any path works
     captioner.tokenizer.save_pretrained(directory / "tokenizer")
 
 
@@ -234,7 +248,7 @@ def load_teacher(
     device: torch.device | str = "cpu",
     llm_dir: str | Path | None = None,
     quantization: str = "none",
-) -> tuple[nn.Module, Captioner, dict[str, Any]]:
+) -> tuple[VideoQFormer | InstructionQFormer, Captioner, dict[str, Any]]:
     """Load the teacher, frozen and in eval mode on ``device``: a directory written by :func:`save_teacher`,
     or one ``import_video_llm`` wrote, whose ``config.json`` names a local checkpoint
     (``models.instructblip_video``).
@@ -270,7 +284,7 @@ def load_teacher(
     return qformer, captioner, settings
 
 
-def load_video_qformer(directory: str | Path) -> nn.Module:
+def load_video_qformer(directory: str | Path) -> VideoQFormer | InstructionQFormer:
     """Only the teacher's video Q-Former (frozen, eval mode, CPU), for the stages that never run its LLM."""
     directory = Path(directory)
     settings = json.loads((directory / "config.json").read_text())

@@ -120,7 +120,7 @@ def cache_features(
     loader = (
         iter(
             torch.utils.data.DataLoader(
-                batches,
+                batches,  # type: ignore[arg-type]  # any map-style dataset works; torch annotates its Dataset class
                 batch_size=None,
                 sampler=range(first, len(batches)),
                 num_workers=workers,
@@ -133,6 +133,7 @@ def cache_features(
     )  # workers start now, not holding the file below
     with out, torch.inference_mode(), autocast(device):
         f = out.file
+        assert f is not None  # opened by ``with out``
         if not out.done:  # everything but the tokens is written before the first record
             f.create_dataset("tr", data=trs)
             set_attrs(
@@ -146,9 +147,11 @@ def cache_features(
                     "input_size": list(config["input_size"]),
                 },
             )
-        done, dataset = first * batches.clips, f["tokens"] if out.done else None
+        done = first * batches.clips
+        dataset: h5py.Dataset | None = f["tokens"] if out.done else None
         for x in tqdm(loader, desc=f"{segment} features", mininterval=1.0, initial=first, total=len(batches)):
-            tokens = model.forward_features(x.to(device, non_blocking=True))
+            # timm models and HFVisionTower define it; torch types a Module's attributes as Tensor | Module
+            tokens = model.forward_features(x.to(device, non_blocking=True))  # type: ignore[operator]
             tokens = (tokens[:, :1] if params["cache"] == "vit_cls" else tokens).to(torch.float16).cpu().numpy()
             tokens = tokens.reshape((-1, shape[1]) + tokens.shape[1:])
             if dataset is None:  # its shape is known from the first batch
@@ -158,4 +161,5 @@ def cache_features(
             write_clips(dataset, done, tokens)
             done += len(tokens)
             out.advance(done)
+        assert dataset is not None  # a frames artifact holds at least one TR clip
         LOG.info("%s: tokens %s", segment, dataset.shape)

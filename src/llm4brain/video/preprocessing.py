@@ -86,10 +86,10 @@ def geometric(config: dict[str, Any]) -> Callable[[np.ndarray], np.ndarray]:
 
     height, width = config["input_size"][1:]
     resample = {
-        "bicubic": Image.BICUBIC,
-        "bilinear": Image.BILINEAR,
-        "nearest": Image.NEAREST,
-        "lanczos": Image.LANCZOS,
+        "bicubic": Image.Resampling.BICUBIC,
+        "bilinear": Image.Resampling.BILINEAR,
+        "nearest": Image.Resampling.NEAREST,
+        "lanczos": Image.Resampling.LANCZOS,
     }[config["interpolation"]]
 
     def one(frame: np.ndarray) -> np.ndarray:

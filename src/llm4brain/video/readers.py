@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
@@ -111,10 +111,13 @@ def probe(path: str | Path, reader: str = "auto") -> StreamInfo:
         raise VideoError(f"{path}: packets without timestamps; only reader pyav-sequential can read it")
     if declared and declared != len(packets):
         raise VideoError(f"{path}: container declares {declared} frames but holds {len(packets)}")
-    order = np.argsort(pts, kind="stable")
-    sorted_pts = np.asarray(pts, dtype=np.int64)[order]
+    timed = cast(list[int], pts)  # every packet has a timestamp: checked above
+    order = np.argsort(timed, kind="stable")
+    sorted_pts = np.asarray(timed, dtype=np.int64)[order]
     if np.any(np.diff(sorted_pts) <= 0):
         raise VideoError(f"{path}: two frames share a timestamp; only reader pyav-sequential can read it")
+    if time_base is None:
+        raise VideoError(f"{path}: packets have timestamps but the stream declares no time base")
     tb = float(time_base)
     starts = (sorted_pts - sorted_pts[0]) * tb
     last = (packets[order[-1]][1] or 0) * tb
@@ -185,7 +188,8 @@ def _seek(info: StreamInfo, wanted: np.ndarray) -> Iterator[np.ndarray]:
     ``SEEK_GAP`` frames ahead (a seek and decoder flush cost more than decoding a few frames through)."""
     import av
 
-    index_of = {int(p): i for i, p in enumerate(info.pts)}
+    assert info.pts is not None  # set for every reader but pyav-sequential
+    index_of: dict[int | None, int] = {int(p): i for i, p in enumerate(info.pts)}  # decoded frames may lack a pts
     keep = {int(info.pts[i]) for i in wanted} if info.codec in SKIP_NONREF_CODECS else None
     with _open(info.path) as container:
         stream = container.streams.video[0]

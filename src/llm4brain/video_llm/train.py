@@ -49,9 +49,10 @@ def train_video_llm(
     """Train and save the teacher (see ``models.video_llm`` for the directory layout)."""
     seed_everything(seed + Stream.VIDEO_LLM, params["train"]["threads"])
     captions = read_captions(captions_path)
-    keys, clips = clip_table(read_features(feature_paths), captions, train_segments)
+    keys, table = clip_table(read_features(feature_paths), captions, train_segments)
     texts = [captions[k] for k in keys]
-    clips = torch.from_numpy(clips.astype(np.float32))  # (n, F, T, D)
+    clips = torch.from_numpy(table.astype(np.float32))  # (n, F, T, D)
+    del table  # only the float32 copy stays in memory
     n, num_frames, _, vision_dim = clips.shape
     LOG.info("teacher: %d training clips, %d frames x %d tokens x %d dims", n, num_frames, clips.shape[2], vision_dim)
 
