@@ -30,7 +30,7 @@ $(DEV_STAMP): requirements-dev.txt $(STAMP)
 demo: install
 	$(BIN)/snakemake --cores $(CORES)
 
-test: install-dev
+test: install-dev style
 	$(BIN)/mkdocs build --strict
 	$(BIN)/pytest -q
 
@@ -41,7 +41,7 @@ docs: install-dev
 lint: install
 	$(BIN)/snakemake --lint
 
-# formatting and static checks, as pre-commit runs them
+# formatting and static checks (pre-commit runs the first three on commit); part of `make test`
 style: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
