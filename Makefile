@@ -32,7 +32,7 @@ demo: install
 
 test: install-dev style
 	$(BIN)/mkdocs build --strict
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15
 
 # the documentation site at http://127.0.0.1:8000, rebuilt on every edit
 docs: install-dev

@@ -11,6 +11,8 @@ Synthetic data in a temporary folder (deleted afterwards), written in the fmri a
   Goal: 16× ≤ 1.25 × the 1× peak, and ≤ 3 GB.
 - Steps/s of SC-MBM steps fed by the streaming loader against the in-memory loader on the 1× collection,
   loaders built beforehand. Goal ≥ 0.9.
+- Preprocessing throughput (volumes/s) of a collection subject (``preprocess_collection_subject``) against
+  the task-subject path (``preprocess_subject``) on the same Wen-size CIFTI runs. Goal ≥ 0.9.
 - A Wen 2018-size rehearsal of ``pretrain_adaptor``: 3 subjects × (4,320 training + 1,200 test) samples ×
   59,412 grayordinates, ViT-g-shaped float16 tokens (4 frames × 257 × 1408 per clip) for 5,520 clips, a few
   steps at small model widths, then every latent written. Goal: peak RSS ≤ 6 GB. The design before streaming
@@ -43,6 +45,7 @@ SIZES = {  # frames per collection file, files at 1x, scmbm steps, buffer MiB; W
         "test_segments": 5,
         "trs": 240,
         "align_buffer_mb": 512,
+        "preprocess_runs": 4,
     },
     "quick": {
         "frames": 30,
@@ -53,6 +56,7 @@ SIZES = {  # frames per collection file, files at 1x, scmbm steps, buffer MiB; W
         "test_segments": 1,
         "trs": 20,
         "align_buffer_mb": 32,
+        "preprocess_runs": 2,
     },
 }
 ENCODER = {
@@ -236,6 +240,41 @@ def wen_rehearsal(folder: Path, size: dict[str, Any]) -> tuple[float, float]:
     return peak_rss(), float(before)
 
 
+def preprocessing_speed(folder: Path, n_runs: int) -> dict[str, float]:
+    """Volumes/s of one subject's CIFTI runs (Wen-size, 240 kept of 246 volumes × 59,412 grayordinates)
+    cleaned by the task path (``preprocess_subject``) and by the collection path
+    (``preprocess_collection_subject``, the same runs as an unlabelled collection), best of two each."""
+    from fmri_preprocess import KEEP, PARAMS, SEGMENTS, write_subject
+
+    from llm4brain.fmri.collections import preprocess_collection_subject
+    from llm4brain.fmri.preprocess import preprocess_subject
+
+    runs = write_subject(folder, n_runs)
+    shown = {run.parent.parent.name for run in runs}
+    segments = {split: [s for s in segs if s in shown] for split, segs in SEGMENTS.items()}
+    layout = {"layout": "wen2018", "wen2018": {"images": "cifti"}}
+    volumes = len(runs) * KEEP
+    best = {"task": float("inf"), "collection": float("inf")}
+    for _ in range(2):
+        start = time.perf_counter()
+        preprocess_subject("subject1", folder / "subject1", None, folder / "task.h5", segments, 2.0, PARAMS, layout)
+        best["task"] = min(best["task"], time.perf_counter() - start)
+        start = time.perf_counter()
+        preprocess_collection_subject(
+            collection="bench",
+            subject="subject1",
+            runs={f"run-{i}": run for i, run in enumerate(runs)},
+            mask_path=None,
+            out_path=folder / "collection.h5",
+            qc_path=folder / "qc.tsv",
+            tr=2.0,
+            params=PARAMS,
+            layout=layout,
+        )
+        best["collection"] = min(best["collection"], time.perf_counter() - start)
+    return {path: volumes / seconds for path, seconds in best.items()}
+
+
 def in_child(fn: Any, *args: Any) -> Any:
     """``fn(*args)`` in a fresh process, so its peak memory is its own."""
     with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
@@ -247,7 +286,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes: a check that it runs, not the goals")
     parser.add_argument("--tmp", default=None, help="folder for the temporary data (default: the system's)")
     parser.add_argument("--scales", type=int, nargs="+", default=[1, 4, 16], help="collection sizes, 1 first")
-    parser.add_argument("--parts", nargs="+", choices=["rss", "speed", "adaptor"], default=["rss", "speed", "adaptor"])
+    parts = ["rss", "speed", "preprocess", "adaptor"]
+    parser.add_argument("--parts", nargs="+", choices=parts, default=parts)
     args = parser.parse_args()
     size = SIZES["quick" if args.quick else "full"]
     with tempfile.TemporaryDirectory(dir=args.tmp, prefix="llm4brain-scale-") as tmp:
@@ -277,6 +317,15 @@ def main() -> None:
             )
         for path in folder.glob("rest-*.h5"):
             path.unlink()
+        if "preprocess" in args.parts:
+            (folder / "preprocess").mkdir()
+            speed = in_child(preprocessing_speed, folder / "preprocess", size["preprocess_runs"])
+            print(
+                f"preprocessing {size['preprocess_runs']} Wen-size CIFTI runs: collection path "
+                f"{speed['collection']:.0f} volumes/s, task path {speed['task']:.0f} volumes/s -> ratio "
+                f"{speed['collection'] / speed['task']:.2f} (goal >= 0.9)",
+                flush=True,
+            )
         if "adaptor" in args.parts:
             (folder / "wen").mkdir()
             peak, before = in_child(wen_rehearsal, folder / "wen", size)
