@@ -8,18 +8,18 @@ if config["scmbm"]["pretrain"] and not config["scmbm"]["checkpoint"]:
             collections=collection_files(),
             collection_qc=collection_qc_tables(),
         output:
-            directory("results/scmbm"),
+            directory(f"{RUN}/scmbm"),
         log:
-            "logs/pretrain_scmbm.log",
+            f"{LOGS}/pretrain_scmbm.log",
         benchmark:
-            "results/benchmarks/pretrain_scmbm.tsv"
+            f"{BENCHMARKS}/pretrain_scmbm.tsv"
         conda:
             "../envs/llm4brain.yaml"
         threads: config["scmbm"]["train"]["threads"]
         params:
             encoder=section("encoder"),
             scmbm=section("scmbm"),
-            seed=config["seed"],
+            seed=replicate_seed,
             code=CODE["pretrain_scmbm"],
         script:
             "../workflow/scripts/pretrain_scmbm.py"
@@ -33,17 +33,18 @@ rule pretrain_adaptor:
         video_llm=video_llm_dir(),
         pretrained=pretrained_encoder(),
     output:
-        model=directory("results/align/model"),
-        latents=expand("results/align/{subject}.h5", subject=SUBJECTS),
+        model=directory(f"{RUN}/align/model"),
+        latents=[f"{RUN}/align/{subject}.h5" for subject in SUBJECTS],
         metrics=report(
-            "results/align/metrics.tsv",
+            f"{RUN}/align/metrics.tsv",
             caption="../report/identification.rst",
             category="Alignment",
+            subcategory="r{replicate}",
         ),
     log:
-        "logs/pretrain_adaptor.log",
+        f"{LOGS}/pretrain_adaptor.log",
     benchmark:
-        "results/benchmarks/pretrain_adaptor.tsv"
+        f"{BENCHMARKS}/pretrain_adaptor.tsv"
     conda:
         "../envs/llm4brain.yaml"
     threads: config["align"]["train"]["threads"]
@@ -51,7 +52,7 @@ rule pretrain_adaptor:
         subjects=SUBJECTS,
         encoder=section("encoder"),
         align=section("align"),
-        seed=config["seed"],
+        seed=replicate_seed,
         code=CODE["pretrain_adaptor"],
     script:
         "../workflow/scripts/pretrain_adaptor.py"
@@ -60,15 +61,15 @@ rule pretrain_adaptor:
 # pretrain_adaptor with one loss term switched off (align.ablations), for the ablation table
 use rule pretrain_adaptor as ablate_adaptor with:
     output:
-        model=directory("results/align/ablations/{ablation}/model"),
-        latents=expand(
-            "results/align/ablations/{{ablation}}/{subject}.h5", subject=SUBJECTS
-        ),
-        metrics="results/align/ablations/{ablation}/metrics.tsv",
+        model=directory(f"{RUN}/align/ablations/{{ablation}}/model"),
+        latents=[
+            f"{RUN}/align/ablations/{{ablation}}/{subject}.h5" for subject in SUBJECTS
+        ],
+        metrics=f"{RUN}/align/ablations/{{ablation}}/metrics.tsv",
     log:
-        "logs/ablate_adaptor/{ablation}.log",
+        f"{LOGS}/ablate_adaptor/{{ablation}}.log",
     benchmark:
-        "results/benchmarks/ablate_adaptor/{ablation}.tsv"
+        f"{BENCHMARKS}/ablate_adaptor/{{ablation}}.tsv"
     wildcard_constraints:
         ablation="|".join(ABLATIONS),
     params:
@@ -78,21 +79,22 @@ use rule pretrain_adaptor as ablate_adaptor with:
 rule ablation_table:
     """Latent identification of the full aligner next to each ablation, per subject."""
     input:
-        full="results/align/metrics.tsv",
-        ablations=expand(
-            "results/align/ablations/{ablation}/metrics.tsv",
-            ablation=config["align"]["ablations"],
-        ),
+        full=f"{RUN}/align/metrics.tsv",
+        ablations=[
+            f"{RUN}/align/ablations/{ablation}/metrics.tsv"
+            for ablation in config["align"]["ablations"]
+        ],
     output:
         report(
-            "results/align/ablation.tsv",
+            f"{RUN}/align/ablation.tsv",
             caption="../report/ablation.rst",
             category="Ablations",
+            subcategory="r{replicate}",
         ),
     log:
-        "logs/ablation_table.log",
+        f"{LOGS}/ablation_table.log",
     benchmark:
-        "results/benchmarks/ablation_table.tsv"
+        f"{BENCHMARKS}/ablation_table.tsv"
     conda:
         "../envs/llm4brain.yaml"
     params:

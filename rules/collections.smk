@@ -38,7 +38,10 @@ def _collections():
     if not entries:
         return {}, {}
     kind = COLLECTION_KIND
-    task_dirs = {(ROOT / subject).resolve(): subject for subject in SUBJECTS}
+    roots = {Path(str(RAW).format(replicate=seed)) for seed in REPLICATES}
+    task_dirs = {
+        (root / subject).resolve(): subject for root in roots for subject in SUBJECTS
+    }
     found = {}
     for entry in entries:
         found[entry["name"]] = runs = discover(entry, kind)
@@ -64,7 +67,7 @@ COLLECTIONS, COLLECTION_RUNS = _collections()
 def collection_files(wildcards=None):
     """Every collection subject's samples, for pretrain_scmbm."""
     return [
-        f"results/collections/{name}/{subject}.h5"
+        f"{DATA_RUN}/collections/{name}/{subject}.h5"
         for name, subjects in COLLECTION_RUNS.items()
         for subject in subjects
     ]
@@ -72,14 +75,16 @@ def collection_files(wildcards=None):
 
 def collection_qc_tables(wildcards=None):
     """Each collection's QC table (its rule fails when no run of the collection is usable)."""
-    return expand("results/collections/{collection}/qc.tsv", collection=COLLECTIONS)
+    return [f"{DATA_RUN}/collections/{name}/qc.tsv" for name in COLLECTIONS]
 
 
 def collection_inputs(wildcards):
     """The subject's runs, and the task's ROI mask when the samples are volumes."""
     runs = list(COLLECTION_RUNS[wildcards.collection][wildcards.participant].values())
     return (
-        {"runs": runs} if COLLECTION_KIND == "cifti" else {"runs": runs, "mask": MASK}
+        {"runs": runs}
+        if COLLECTION_KIND == "cifti"
+        else {"runs": runs, "mask": raw(MASK, wildcards)}
     )
 
 
@@ -111,8 +116,9 @@ def collection_cleaning(wildcards):
 
 
 def collection_subject_qc(wildcards):
+    run = DATA_RUN.format(replicate=wildcards.replicate) if DEMO else DATA_RUN
     return expand(
-        "results/collections/{collection}/qc/{participant}.tsv",
+        f"{run}/collections/{{collection}}/qc/{{participant}}.tsv",
         collection=wildcards.collection,
         participant=COLLECTION_RUNS[wildcards.collection],
     )

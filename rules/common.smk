@@ -12,6 +12,12 @@ from llm4brain.fmri.bids import bids_bolds, is_cifti, select_bolds
 from llm4brain.fmri.wen2018 import wen_bolds
 from llm4brain.video.sampling import frames_per_tr
 
+# `--config replicates=[0,1]` reads the seeds as text (Snakemake's YAML base loader): digits are seeds
+if isinstance(config.get("replicates"), list):
+    config["replicates"] = [
+        int(seed) if isinstance(seed, str) and seed.lstrip("-").isdigit() else seed
+        for seed in config["replicates"]
+    ]
 validate(config, "../config/schema.yaml")
 
 DATA = config["data"]
@@ -23,16 +29,30 @@ SEGMENTS = {
     "test": list(DATA["segments"]["test"]),
 }
 ALL_SEGMENTS = SEGMENTS["train"] + SEGMENTS["test"]
-STIMULI = Path(DATA["stimuli"] or ROOT / "stimuli")
-CAPTIONS_TSV = Path(DATA["captions"] or ROOT / "captions.tsv")
+DEMO = DATA["layout"] == "demo"
+# the seeds of the replicates
+REPLICATES = list(config["replicates"] or [config["seed"]])
+# a replicate's tree: every seed-dependent artifact (training, decoding, scoring), under its seed
+RUN = "results/r{replicate}"
+# the data's artifacts (preprocessed fMRI, features, captions): shared by the replicates, except in the demo,
+# whose simulator draws the data itself from the seed
+DATA_RUN = RUN if DEMO else "results"
+RAW = ROOT / "r{replicate}" if DEMO else ROOT
+# logs and benchmarks follow their artifacts' trees
+LOGS, BENCHMARKS = "logs/r{replicate}", "results/benchmarks/r{replicate}"
+DATA_LOGS, DATA_BENCHMARKS = (
+    (LOGS, BENCHMARKS) if DEMO else ("logs", "results/benchmarks")
+)
+STIMULI = Path(DATA["stimuli"] or RAW / "stimuli")
+CAPTIONS_TSV = Path(DATA["captions"] or RAW / "captions.tsv")
 # scene ground truth (and its scenes.json sidecar): the demo writes it; score_attributes reads it
-SCENES_TSV = ROOT / "scenes.tsv"
+SCENES_TSV = RAW / "scenes.tsv"
 SCORE_ATTRIBUTES = (
     DATA["layout"] == "demo"
     if config["evaluate"]["attributes"] is None
     else config["evaluate"]["attributes"]
 )
-MASK = Path(DATA["mask"] or ROOT / "roi_mask.nii.gz")
+MASK = Path(DATA["mask"] or RAW / "roi_mask.nii.gz")
 # a local vision checkpoint is an input of cache_features: missing → DAG error naming it; replaced → rerun
 VISION_WEIGHTS = (
     [config["video"]["model"]["weights"]] if config["video"]["model"]["weights"] else []
@@ -50,6 +70,11 @@ def _check_config():
         twice = sorted({value for value in values if values.count(value) > 1})
         if twice:
             raise ValueError(f"config {key} lists {twice} more than once")
+    given = [key for key in ("stimuli", "captions", "mask") if DEMO and DATA[key]]
+    if given:
+        raise ValueError(
+            f"config data.{given[0]}: the demo simulates its data under data.root (one folder per replicate); leave it null"
+        )
     unknown = sorted(set(HELDOUT) - set(SUBJECTS))
     if unknown:
         raise ValueError(f"config align.heldout names unknown subjects {unknown}")
@@ -105,6 +130,7 @@ _check_config()
 wildcard_constraints:
     subject="|".join(SUBJECTS),
     segment="|".join(ALL_SEGMENTS),
+    replicate="|".join(map(str, REPLICATES)),
 
 
 # each rule's code param: the hash of the library files its script imports (read with ast, transitively, lazy
@@ -130,12 +156,27 @@ def section(name):
     return _canonical({k: v for k, v in values.items() if k != "ablations"})
 
 
+def replicate_seed(wildcards):
+    """The seed of a replicate's job: its ``{replicate}``."""
+    return int(wildcards.replicate)
+
+
+def data_seed(wildcards):
+    """The seed of a data stage: the replicate's in the demo (its data is drawn from it), else ``seed``."""
+    return replicate_seed(wildcards) if DEMO else config["seed"]
+
+
+def raw(path, wildcards):
+    """A raw-data path (:data:`RAW`, ...) for a job: the demo's replicate folder filled in."""
+    return Path(str(path).format(replicate=wildcards.replicate) if DEMO else path)
+
+
 # ---- inputs -----------------------------------------------------------------------------------------
 
 
 def subject_runs(wildcards):
     """What tells Snakemake a subject's raw runs are there: the scans table (demo) or the BOLD files."""
-    subject = ROOT / wildcards.subject
+    subject = raw(RAW, wildcards) / wildcards.subject
     if DATA["layout"] == "demo":
         return [subject / f"{wildcards.subject}_scans.tsv"]
     if DATA["layout"] == "wen2018":
@@ -157,37 +198,40 @@ def fmri_inputs(wildcards):
     return (
         {"runs": runs}
         if cifti and DATA["layout"] != "demo"
-        else {"runs": runs, "mask": MASK}
+        else {"runs": runs, "mask": raw(MASK, wildcards)}
     )
 
 
 def subject_dir(wildcards):
-    return str(ROOT / wildcards.subject)
+    return str(raw(RAW, wildcards) / wildcards.subject)
 
 
 def stimulus(wildcards):
-    return STIMULI / f"{wildcards.segment}.mp4"
+    return raw(STIMULI, wildcards) / f"{wildcards.segment}.mp4"
+
+
+# The path lists below are static inputs: a {replicate} left in them is the job's own.
 
 
 def feature_files(wildcards=None):
-    return expand("results/features/{segment}.h5", segment=ALL_SEGMENTS)
+    return [f"{DATA_RUN}/features/{segment}.h5" for segment in ALL_SEGMENTS]
 
 
 def fmri_files(wildcards=None):
-    return expand("results/fmri/{subject}.h5", subject=SUBJECTS)
+    return [f"{DATA_RUN}/fmri/{subject}.h5" for subject in SUBJECTS]
 
 
 def labelled_files(stage):
-    """``results/{stage}/{subject}.h5`` of the subjects whose labels are used (the nearest-train pool)."""
-    return expand(
-        f"results/{stage}/{{subject}}.h5",
-        subject=[s for s in SUBJECTS if s not in HELDOUT],
-    )
+    """``{stage}/{subject}.h5`` of the subjects whose labels are used (the nearest-train pool)."""
+    return [f"{stage}/{subject}.h5" for subject in SUBJECTS if subject not in HELDOUT]
 
 
 def video_llm_dir(wildcards=None):
-    """The teacher: the one train_video_llm builds, or import_video_llm's pointer to a local checkpoint."""
-    return "results/video_llm"
+    """The teacher: the one train_video_llm builds (a replicate's), or import_video_llm's pointer to a local
+    checkpoint (shared)."""
+    return (
+        "results/video_llm" if config["video_llm"]["pretrained"] else f"{RUN}/video_llm"
+    )
 
 
 def pretrained_encoder():
@@ -195,26 +239,28 @@ def pretrained_encoder():
     scmbm = config["scmbm"]
     if scmbm["checkpoint"]:
         return [scmbm["checkpoint"]]
-    return ["results/scmbm"] if scmbm["pretrain"] else []
+    return [f"{RUN}/scmbm"] if scmbm["pretrain"] else []
 
 
-def training_logs():
+def training_logs(replicate):
     """Each training step's output that holds its ``train_log.tsv`` (a model folder or the log itself), for
-    the teacher (when trained here), SC-MBM, align, instruct and their ablation runs."""
+    the teacher (when trained here), SC-MBM, align, instruct and their ablation runs of one replicate.
+    """
+    run = RUN.format(replicate=replicate)
     logs = (
         {}
         if config["video_llm"]["pretrained"]
-        else {"train_video_llm": "results/video_llm"}
+        else {"train_video_llm": f"{run}/video_llm"}
     )
     if config["scmbm"]["pretrain"] and not config["scmbm"]["checkpoint"]:
-        logs["pretrain_scmbm"] = "results/scmbm"
-    logs["pretrain_adaptor"] = "results/align/model"
-    logs["instruct_llm"] = "results/instruct/train_log.tsv"
+        logs["pretrain_scmbm"] = f"{run}/scmbm"
+    logs["pretrain_adaptor"] = f"{run}/align/model"
+    logs["instruct_llm"] = f"{run}/instruct/train_log.tsv"
     for ablation in config["align"]["ablations"]:
-        logs[f"ablate_adaptor {ablation}"] = f"results/align/ablations/{ablation}/model"
+        logs[f"ablate_adaptor {ablation}"] = f"{run}/align/ablations/{ablation}/model"
     for ablation in STUDENT_ABLATIONS:
         logs[f"ablate_instruct {ablation}"] = (
-            f"results/instruct/ablations/{ablation}/train_log.tsv"
+            f"{run}/instruct/ablations/{ablation}/train_log.tsv"
         )
     return logs
 
@@ -242,9 +288,10 @@ STUDENT_ABLATIONS = {
 
 def ablation_aligner(wildcards):
     """The aligner an ablated student builds on: the ablated one, or the full one for instruct ablations."""
+    run = RUN.format(replicate=wildcards.replicate)
     if wildcards.ablation in INSTRUCT_ABLATIONS:
-        return "results/align"
-    return f"results/align/ablations/{wildcards.ablation}"
+        return f"{run}/align"
+    return f"{run}/align/ablations/{wildcards.ablation}"
 
 
 def ablation_latents(wildcards):
@@ -267,7 +314,7 @@ def ablated_instruct(wildcards):
 def ablation_decodes():
     """Every ablated student's decoded test captions, one file per ablation x subject it decodes."""
     return [
-        f"results/eval/ablations/{ablation}/{subject}.h5"
+        f"{RUN}/eval/ablations/{ablation}/{subject}.h5"
         for ablation, subjects in STUDENT_ABLATIONS.items()
         for subject in subjects
     ]
@@ -303,14 +350,23 @@ def semantic_checkpoints():
     return [model for model in models if model]
 
 
+def replicate_files(*patterns):
+    """``patterns`` (in :data:`RUN` or :data:`DATA_RUN`) for every replicate (a shared one once)."""
+    return list(dict.fromkeys(expand(patterns, replicate=REPLICATES)))
+
+
 def final_outputs():
-    ablation = ["results/align/ablation.tsv"] if config["align"]["ablations"] else []
+    ablation = [f"{RUN}/align/ablation.tsv"] if config["align"]["ablations"] else []
+    attributes = [f"{RUN}/report/attributes.png"] if SCORE_ATTRIBUTES else []
     return [
-        *ablation,
-        "results/eval/metrics.tsv",
+        *replicate_files(
+            *ablation,
+            f"{DATA_RUN}/report/fmri_qc.png",
+            *attributes,
+            *[f"{RUN}/report/gallery/{subject}.png" for subject in SUBJECTS],
+        ),
+        "results/eval/summary.tsv",
+        "results/eval/pooled_tests.tsv",
         "results/report/scores.png",
         "results/report/training.png",
-        "results/report/fmri_qc.png",
-        *(["results/report/attributes.png"] if SCORE_ATTRIBUTES else []),
-        *expand("results/report/gallery/{subject}.png", subject=SUBJECTS),
     ]

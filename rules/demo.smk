@@ -3,18 +3,24 @@ if DATA["layout"] == "demo":
     rule simulate_demo:
         """Render the demo clips and simulate the subjects' fMRI, in real formats (mp4, NIfTI, BIDS TSV)."""
         output:
-            stimuli=expand(str(STIMULI / "{segment}.mp4"), segment=ALL_SEGMENTS),
-            captions=CAPTIONS_TSV,
-            scenes=SCENES_TSV,
-            levels=SCENES_TSV.with_suffix(".json"),
-            mask=MASK,
+            stimuli=expand(
+                str(STIMULI / "{segment}.mp4"),
+                segment=ALL_SEGMENTS,
+                allow_missing=True,
+            ),
+            captions=str(CAPTIONS_TSV),
+            scenes=str(SCENES_TSV),
+            levels=str(SCENES_TSV.with_suffix(".json")),
+            mask=str(MASK),
             scans=expand(
-                str(ROOT / "{subject}" / "{subject}_scans.tsv"), subject=SUBJECTS
+                str(RAW / "{subject}" / "{subject}_scans.tsv"),
+                subject=SUBJECTS,
+                allow_missing=True,
             ),
         log:
-            "logs/simulate_demo.log",
+            f"{LOGS}/simulate_demo.log",
         benchmark:
-            "results/benchmarks/simulate_demo.tsv"
+            f"{BENCHMARKS}/simulate_demo.tsv"
         conda:
             "../envs/llm4brain.yaml"
         params:
@@ -22,7 +28,7 @@ if DATA["layout"] == "demo":
             segments=SEGMENTS,
             tr=DATA["tr"],
             demo=section("demo"),
-            seed=config["seed"],
+            seed=replicate_seed,
             code=CODE["simulate_demo"],
         script:
             "../workflow/scripts/simulate_demo.py"

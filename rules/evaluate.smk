@@ -1,26 +1,26 @@
 rule decode_captions:
     """Captions for every test clip of one subject from fMRI, the video teacher, shuffled fMRI, nearest train."""
     input:
-        fmri="results/fmri/{subject}.h5",
-        latents="results/align/{subject}.h5",
-        pool_fmri=labelled_files("fmri"),
-        pool_latents=labelled_files("align"),
+        fmri=f"{DATA_RUN}/fmri/{{subject}}.h5",
+        latents=f"{RUN}/align/{{subject}}.h5",
+        pool_fmri=labelled_files(f"{DATA_RUN}/fmri"),
+        pool_latents=labelled_files(f"{RUN}/align"),
         features=feature_files(),
-        captions="results/text/captions.h5",
+        captions=f"{DATA_RUN}/text/captions.h5",
         video_llm=video_llm_dir(),
-        student="results/instruct/model",
+        student=f"{RUN}/instruct/model",
     output:
-        "results/eval/{subject}.h5",
+        f"{RUN}/eval/{{subject}}.h5",
     log:
-        "logs/decode_captions/{subject}.log",
+        f"{LOGS}/decode_captions/{{subject}}.log",
     benchmark:
-        "results/benchmarks/decode_captions/{subject}.tsv"
+        f"{BENCHMARKS}/decode_captions/{{subject}}.tsv"
     conda:
         "../envs/llm4brain.yaml"
     params:
         heldout=HELDOUT,
         evaluate=decoding_params(),
-        seed=config["seed"],
+        seed=replicate_seed,
         code=CODE["decode_captions"],
     script:
         "../workflow/scripts/decode_captions.py"
@@ -29,17 +29,17 @@ rule decode_captions:
 rule decode_ablation:
     """A subject's test fMRI decoded by an ablated student (source fmri-{ablation})."""
     input:
-        fmri="results/fmri/{subject}.h5",
+        fmri=f"{DATA_RUN}/fmri/{{subject}}.h5",
         latents=lambda w: f"{ablation_aligner(w)}/{w.subject}.h5",
-        captions="results/text/captions.h5",
+        captions=f"{DATA_RUN}/text/captions.h5",
         video_llm=video_llm_dir(),
-        student="results/instruct/ablations/{ablation}/model",
+        student=f"{RUN}/instruct/ablations/{{ablation}}/model",
     output:
-        "results/eval/ablations/{ablation}/{subject}.h5",
+        f"{RUN}/eval/ablations/{{ablation}}/{{subject}}.h5",
     log:
-        "logs/decode_ablation/{ablation}/{subject}.log",
+        f"{LOGS}/decode_ablation/{{ablation}}/{{subject}}.log",
     benchmark:
-        "results/benchmarks/decode_ablation/{ablation}/{subject}.tsv"
+        f"{BENCHMARKS}/decode_ablation/{{ablation}}/{{subject}}.tsv"
     wildcard_constraints:
         ablation="|".join([*ABLATIONS, *INSTRUCT_ABLATIONS]),
     conda:
@@ -47,7 +47,7 @@ rule decode_ablation:
     params:
         heldout=HELDOUT,
         evaluate=decoding_params(),
-        seed=config["seed"],
+        seed=replicate_seed,
         code=CODE["decode_ablation"],
     script:
         "../workflow/scripts/decode_ablation.py"
@@ -56,45 +56,81 @@ rule decode_ablation:
 rule score_captions:
     """Score every subject x source against all references with pycocoevalcap."""
     input:
-        decoded=expand("results/eval/{subject}.h5", subject=SUBJECTS),
+        decoded=[f"{RUN}/eval/{subject}.h5" for subject in SUBJECTS],
         ablated=ablation_decodes(),
-        captions="results/text/captions.h5",
+        captions=f"{DATA_RUN}/text/captions.h5",
         checkpoints=semantic_checkpoints(),
     output:
         metrics=report(
-            "results/eval/metrics.tsv",
+            f"{RUN}/eval/metrics.tsv",
             caption="../report/metrics.rst",
             category="Evaluation",
+            subcategory="r{replicate}",
         ),
         identification=report(
-            "results/eval/identification.tsv",
+            f"{RUN}/eval/identification.tsv",
             caption="../report/identification.rst",
             category="Evaluation",
+            subcategory="r{replicate}",
         ),
         tests=report(
-            "results/eval/tests.tsv",
+            f"{RUN}/eval/tests.tsv",
             caption="../report/tests.rst",
             category="Evaluation",
+            subcategory="r{replicate}",
         ),
         ablation=report(
-            "results/eval/ablation.tsv",
+            f"{RUN}/eval/ablation.tsv",
             caption="../report/caption_ablation.rst",
             category="Ablations",
+            subcategory="r{replicate}",
         ),
+        per_clip=f"{RUN}/eval/per_clip.tsv",
     log:
-        "logs/score_captions.log",
+        f"{LOGS}/score_captions.log",
     benchmark:
-        "results/benchmarks/score_captions.tsv"
+        f"{BENCHMARKS}/score_captions.tsv"
     conda:
         "../envs/llm4brain.yaml"
     threads: 2
     params:
         heldout=HELDOUT,
         evaluate=section("evaluate"),
-        seed=config["seed"],
+        seed=replicate_seed,
         code=CODE["score_captions"],
     script:
         "../workflow/scripts/score_captions.py"
+
+
+rule summarize_replicates:
+    """Every replicate's scores side by side (mean, sd, min, max) and the paired tests pooled over them."""
+    input:
+        metrics=replicate_files(f"{RUN}/eval/metrics.tsv"),
+        per_clip=replicate_files(f"{RUN}/eval/per_clip.tsv"),
+    output:
+        summary=report(
+            "results/eval/summary.tsv",
+            caption="../report/summary.rst",
+            category="Evaluation",
+        ),
+        tests=report(
+            "results/eval/pooled_tests.tsv",
+            caption="../report/pooled_tests.rst",
+            category="Evaluation",
+        ),
+    log:
+        "logs/summarize_replicates.log",
+    benchmark:
+        "results/benchmarks/summarize_replicates.tsv"
+    conda:
+        "../envs/llm4brain.yaml"
+    params:
+        replicates=REPLICATES,
+        evaluate=section("evaluate"),
+        seed=config["seed"],
+        code=CODE["summarize_replicates"],
+    script:
+        "../workflow/scripts/summarize_replicates.py"
 
 
 if SCORE_ATTRIBUTES:
@@ -102,20 +138,21 @@ if SCORE_ATTRIBUTES:
     rule score_attributes:
         """Accuracy of each scene attribute (count, size, colour, shape, motion, background) the captions name."""
         input:
-            decoded=expand("results/eval/{subject}.h5", subject=SUBJECTS),
+            decoded=[f"{RUN}/eval/{subject}.h5" for subject in SUBJECTS],
             ablated=ablation_decodes(),
-            scenes=SCENES_TSV,
-            levels=SCENES_TSV.with_suffix(".json"),
+            scenes=str(SCENES_TSV),
+            levels=str(SCENES_TSV.with_suffix(".json")),
         output:
             report(
-                "results/eval/attributes.tsv",
+                f"{RUN}/eval/attributes.tsv",
                 caption="../report/attributes.rst",
                 category="Evaluation",
+                subcategory="r{replicate}",
             ),
         log:
-            "logs/score_attributes.log",
+            f"{LOGS}/score_attributes.log",
         benchmark:
-            "results/benchmarks/score_attributes.tsv"
+            f"{BENCHMARKS}/score_attributes.tsv"
         conda:
             "../envs/llm4brain.yaml"
         params:

@@ -3,11 +3,11 @@ rule preprocess_fmri:
     input:
         unpack(fmri_inputs),
     output:
-        "results/fmri/{subject}.h5",
+        f"{DATA_RUN}/fmri/{{subject}}.h5",
     log:
-        "logs/preprocess_fmri/{subject}.log",
+        f"{DATA_LOGS}/preprocess_fmri/{{subject}}.log",
     benchmark:
-        "results/benchmarks/preprocess_fmri/{subject}.tsv"
+        f"{DATA_BENCHMARKS}/preprocess_fmri/{{subject}}.tsv"
     conda:
         "../envs/llm4brain.yaml"
     params:
@@ -26,12 +26,12 @@ rule preprocess_collection:
     input:
         unpack(collection_inputs),
     output:
-        bold="results/collections/{collection}/{participant}.h5",
-        qc="results/collections/{collection}/qc/{participant}.tsv",
+        bold=f"{DATA_RUN}/collections/{{collection}}/{{participant}}.h5",
+        qc=f"{DATA_RUN}/collections/{{collection}}/qc/{{participant}}.tsv",
     log:
-        "logs/preprocess_collection/{collection}/{participant}.log",
+        f"{DATA_LOGS}/preprocess_collection/{{collection}}/{{participant}}.log",
     benchmark:
-        "results/benchmarks/preprocess_collection/{collection}/{participant}.tsv"
+        f"{DATA_BENCHMARKS}/preprocess_collection/{{collection}}/{{participant}}.tsv"
     wildcard_constraints:
         collection="|".join(COLLECTIONS),
         participant="[A-Za-z0-9][A-Za-z0-9_-]*",
@@ -54,15 +54,15 @@ rule collection_qc:
         collection_subject_qc,
     output:
         report(
-            "results/collections/{collection}/qc.tsv",
+            f"{DATA_RUN}/collections/{{collection}}/qc.tsv",
             caption="../report/collection_qc.rst",
             category="fMRI QC",
             subcategory="{collection}",
         ),
     log:
-        "logs/collection_qc/{collection}.log",
+        f"{DATA_LOGS}/collection_qc/{{collection}}.log",
     benchmark:
-        "results/benchmarks/collection_qc/{collection}.tsv"
+        f"{DATA_BENCHMARKS}/collection_qc/{{collection}}.tsv"
     wildcard_constraints:
         collection="|".join(COLLECTIONS),
     conda:

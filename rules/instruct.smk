@@ -2,18 +2,18 @@ rule instruct_llm:
     """Tune projection + LLM on fMRI tokens: caption loss + distillation toward the video teacher."""
     input:
         fmri=fmri_files(),
-        latents=expand("results/align/{subject}.h5", subject=SUBJECTS),
-        align="results/align/model",
+        latents=[f"{RUN}/align/{subject}.h5" for subject in SUBJECTS],
+        align=f"{RUN}/align/model",
         features=feature_files(),
-        captions="results/text/captions.h5",
+        captions=f"{DATA_RUN}/text/captions.h5",
         video_llm=video_llm_dir(),
     output:
-        model=directory("results/instruct/model"),
-        log_tsv="results/instruct/train_log.tsv",
+        model=directory(f"{RUN}/instruct/model"),
+        log_tsv=f"{RUN}/instruct/train_log.tsv",
     log:
-        "logs/instruct_llm.log",
+        f"{LOGS}/instruct_llm.log",
     benchmark:
-        "results/benchmarks/instruct_llm.tsv"
+        f"{BENCHMARKS}/instruct_llm.tsv"
     conda:
         "../envs/llm4brain.yaml"
     threads: config["instruct"]["train"]["threads"]
@@ -21,7 +21,7 @@ rule instruct_llm:
         subjects=SUBJECTS,
         heldout=HELDOUT,
         instruct=section("instruct"),
-        seed=config["seed"],
+        seed=replicate_seed,
         code=CODE["instruct_llm"],
     script:
         "../workflow/scripts/instruct_llm.py"
@@ -35,15 +35,15 @@ use rule instruct_llm as ablate_instruct with:
         latents=ablation_latents,
         align=ablation_aligner_model,
         features=feature_files(),
-        captions="results/text/captions.h5",
+        captions=f"{DATA_RUN}/text/captions.h5",
         video_llm=video_llm_dir(),
     output:
-        model=directory("results/instruct/ablations/{ablation}/model"),
-        log_tsv="results/instruct/ablations/{ablation}/train_log.tsv",
+        model=directory(f"{RUN}/instruct/ablations/{{ablation}}/model"),
+        log_tsv=f"{RUN}/instruct/ablations/{{ablation}}/train_log.tsv",
     log:
-        "logs/ablate_instruct/{ablation}.log",
+        f"{LOGS}/ablate_instruct/{{ablation}}.log",
     benchmark:
-        "results/benchmarks/ablate_instruct/{ablation}.tsv"
+        f"{BENCHMARKS}/ablate_instruct/{{ablation}}.tsv"
     wildcard_constraints:
         ablation="|".join([*ABLATIONS, *INSTRUCT_ABLATIONS]),
     params:

@@ -1,8 +1,8 @@
 rule plot_results:
-    """Scores with CIs and the training curves of every training rule, for `snakemake --report`."""
+    """Every replicate's scores with CIs and the training curves of every training rule, for `snakemake --report`."""
     input:
-        metrics="results/eval/metrics.tsv",
-        logs=list(training_logs().values()),
+        metrics=replicate_files(f"{RUN}/eval/metrics.tsv"),
+        logs=[path for seed in REPLICATES for path in training_logs(seed).values()],
     output:
         scores=report(
             "results/report/scores.png",
@@ -21,7 +21,8 @@ rule plot_results:
     conda:
         "../envs/llm4brain.yaml"
     params:
-        names=list(training_logs().keys()),
+        replicates=REPLICATES,
+        names=[name for seed in REPLICATES for name in training_logs(seed)],
         code=CODE["plot_results"],
     script:
         "../workflow/scripts/plot_results.py"
@@ -32,17 +33,18 @@ if SCORE_ATTRIBUTES:
     rule plot_attributes:
         """Per subject, the accuracy of each scene attribute in each source's captions, with chance."""
         input:
-            "results/eval/attributes.tsv",
+            f"{RUN}/eval/attributes.tsv",
         output:
             report(
-                "results/report/attributes.png",
+                f"{RUN}/report/attributes.png",
                 caption="../report/attributes_plot.rst",
                 category="Evaluation",
+                subcategory="r{replicate}",
             ),
         log:
-            "logs/plot_attributes.log",
+            f"{LOGS}/plot_attributes.log",
         benchmark:
-            "results/benchmarks/plot_attributes.tsv"
+            f"{BENCHMARKS}/plot_attributes.tsv"
         conda:
             "../envs/llm4brain.yaml"
         params:
@@ -54,19 +56,23 @@ if SCORE_ATTRIBUTES:
 rule plot_gallery:
     """Test clips of one subject with reference, fMRI-decoded and teacher captions."""
     input:
-        eval="results/eval/{subject}.h5",
-        stimuli=expand(str(STIMULI / "{segment}.mp4"), segment=SEGMENTS["test"]),
+        eval=f"{RUN}/eval/{{subject}}.h5",
+        stimuli=expand(
+            str(STIMULI / "{segment}.mp4"),
+            segment=SEGMENTS["test"],
+            allow_missing=True,
+        ),
     output:
         report(
-            "results/report/gallery/{subject}.png",
+            f"{RUN}/report/gallery/{{subject}}.png",
             caption="../report/gallery.rst",
             category="Gallery",
-            subcategory="{subject}",
+            subcategory="{subject} r{replicate}",
         ),
     log:
-        "logs/plot_gallery/{subject}.log",
+        f"{LOGS}/plot_gallery/{{subject}}.log",
     benchmark:
-        "results/benchmarks/plot_gallery/{subject}.tsv"
+        f"{BENCHMARKS}/plot_gallery/{{subject}}.tsv"
     conda:
         "../envs/llm4brain.yaml"
     params:
@@ -83,14 +89,14 @@ rule plot_fmri_qc:
         fmri_files(),
     output:
         report(
-            "results/report/fmri_qc.png",
+            f"{DATA_RUN}/report/fmri_qc.png",
             caption="../report/fmri_qc.rst",
             category="fMRI QC",
         ),
     log:
-        "logs/plot_fmri_qc.log",
+        f"{DATA_LOGS}/plot_fmri_qc.log",
     benchmark:
-        "results/benchmarks/plot_fmri_qc.tsv"
+        f"{DATA_BENCHMARKS}/plot_fmri_qc.tsv"
     conda:
         "../envs/llm4brain.yaml"
     params:

@@ -24,11 +24,11 @@ rule extract_frames:
         video=stimulus,
         config="results/features/vision_input.json",
     output:
-        temp("results/frames/{segment}.h5"),
+        temp(f"{DATA_RUN}/frames/{{segment}}.h5"),
     log:
-        "logs/extract_frames/{segment}.log",
+        f"{DATA_LOGS}/extract_frames/{{segment}}.log",
     benchmark:
-        "results/benchmarks/extract_frames/{segment}.tsv"
+        f"{DATA_BENCHMARKS}/extract_frames/{{segment}}.tsv"
     conda:
         "../envs/llm4brain.yaml"
     threads: config["video"]["extract_threads"]
@@ -43,20 +43,20 @@ rule extract_frames:
 rule cache_features:
     """Run the frozen vision model over a segment's frames and cache its tokens (float16)."""
     input:
-        "results/frames/{segment}.h5",
+        f"{DATA_RUN}/frames/{{segment}}.h5",
         VISION_WEIGHTS,
     output:
-        "results/features/{segment}.h5",
+        f"{DATA_RUN}/features/{{segment}}.h5",
     log:
-        "logs/cache_features/{segment}.log",
+        f"{DATA_LOGS}/cache_features/{{segment}}.log",
     benchmark:
-        "results/benchmarks/cache_features/{segment}.tsv"
+        f"{DATA_BENCHMARKS}/cache_features/{{segment}}.tsv"
     conda:
         "../envs/llm4brain.yaml"
     threads: 1 + config["video"]["workers"]
     params:
         video=section("video"),
-        seed=config["seed"],
+        seed=data_seed,
         code=CODE["cache_features"],
     script:
         "../workflow/scripts/cache_features.py"
@@ -67,13 +67,13 @@ if config["captions"]["source"] == "file":
     rule reference_captions:
         """Collect one reference caption per (segment, tr) into the text artifact."""
         input:
-            CAPTIONS_TSV,
+            str(CAPTIONS_TSV),
         output:
-            "results/text/captions.h5",
+            f"{DATA_RUN}/text/captions.h5",
         log:
-            "logs/reference_captions.log",
+            f"{DATA_LOGS}/reference_captions.log",
         benchmark:
-            "results/benchmarks/reference_captions.tsv"
+            f"{DATA_BENCHMARKS}/reference_captions.tsv"
         conda:
             "../envs/llm4brain.yaml"
         params:
@@ -91,11 +91,11 @@ else:
             features=feature_files(),
             video_llm=video_llm_dir(),
         output:
-            "results/text/captions.h5",
+            f"{DATA_RUN}/text/captions.h5",
         log:
-            "logs/teacher_captions.log",
+            f"{DATA_LOGS}/teacher_captions.log",
         benchmark:
-            "results/benchmarks/teacher_captions.tsv"
+            f"{DATA_BENCHMARKS}/teacher_captions.tsv"
         conda:
             "../envs/llm4brain.yaml"
         params:

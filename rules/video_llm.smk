@@ -23,20 +23,20 @@ else:
         """Teach the tiny video Q-Former + LLM to caption clips: the demo's stand-in for Video-LLaMA."""
         input:
             features=feature_files(),
-            captions="results/text/captions.h5",
+            captions=f"{DATA_RUN}/text/captions.h5",
         output:
-            directory("results/video_llm"),
+            directory(f"{RUN}/video_llm"),
         log:
-            "logs/train_video_llm.log",
+            f"{LOGS}/train_video_llm.log",
         benchmark:
-            "results/benchmarks/train_video_llm.tsv"
+            f"{BENCHMARKS}/train_video_llm.tsv"
         conda:
             "../envs/llm4brain.yaml"
         threads: config["video_llm"]["train"]["threads"]
         params:
             train_segments=SEGMENTS["train"],
             video_llm=section("video_llm"),
-            seed=config["seed"],
+            seed=replicate_seed,
             code=CODE["train_video_llm"],
         script:
             "../workflow/scripts/train_video_llm.py"

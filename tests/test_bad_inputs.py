@@ -239,12 +239,12 @@ def test_collection_config_refused_at_dag_build(workflow_copy, tmp_path):
 def test_a_collection_holding_a_task_subjects_runs_is_refused(tmp_path):
     """The task's own runs, test segments among them, never enter a collection (and so never pretraining)."""
     workdir = make_copy(tmp_path / "workflow")
-    func = workdir / "resources" / "demo" / "sub-01" / "func"
+    func = workdir / "resources" / "demo" / "r3" / "sub-01" / "func"  # the micro config's replicate: seed 3
     func.mkdir(parents=True)
     (func / "sub-01_task-movie_run-1_bold.nii.gz").write_bytes(b"")  # discovery reads names, not images
-    out = dag_error(workdir, {"scmbm.collections": [{"name": "own", "root": "resources/demo", "layout": "bids"}]})
+    out = dag_error(workdir, {"scmbm.collections": [{"name": "own", "root": "resources/demo/r3", "layout": "bids"}]})
     assert re.search(
-        r"own: resources/demo/sub-01/func/sub-01_task-movie_run-1_bold\.nii\.gz is a run of task subject "
+        r"own: resources/demo/r3/sub-01/func/sub-01_task-movie_run-1_bold\.nii\.gz is a run of task subject "
         r"sub-01",
         out,
     ), out[-2000:]

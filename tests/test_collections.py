@@ -361,10 +361,10 @@ def test_hcp_scmbm_config_validates():
 # ---- the workflow ---------------------------------------------------------------------------------------
 
 
-def run_to_scmbm(workdir: Path, config: dict) -> None:
+def run_to_scmbm(workdir: Path, config: dict, scmbm: str) -> None:
     (workdir / "collections.yaml").write_text(yaml.safe_dump(config))
     result = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--cores", "2", "results/scmbm", "--configfile", "collections.yaml"],
+        [sys.executable, "-m", "snakemake", "--cores", "2", scmbm, "--configfile", "collections.yaml"],
         cwd=workdir,
         capture_output=True,
         text=True,
@@ -378,7 +378,7 @@ def test_collections_run_through_the_workflow_into_pretrain_scmbm(tmp_path):
     """Volumes: the micro demo with a BIDS collection (functional.nii among its runs) and an HCP folder's MNI
     volumes. Grayordinates: the miniature Wen 2018 release with a CIFTI BIDS collection and the HCP folder's
     dense time series. Both run from raw files to pretrain_scmbm; a skipped run is in the QC table."""
-    from test_workflow import make_copy, wen_config
+    from test_workflow import RUN, make_copy, wen_config
 
     micro = yaml.safe_load((REPO / ".test" / "micro.yaml").read_text())
     data = tmp_path / "collections"
@@ -399,8 +399,8 @@ def test_collections_run_through_the_workflow_into_pretrain_scmbm(tmp_path):
             ],
         },
     }
-    run_to_scmbm(volumes, config)
-    qc = pd.read_csv(volumes / "results/collections/rest/qc.tsv", sep="\t")
+    run_to_scmbm(volumes, config, f"{RUN}/scmbm")  # the demo: its data, collections included, per replicate
+    qc = pd.read_csv(volumes / f"{RUN}/collections/rest/qc.tsv", sep="\t")
     assert sorted(zip(qc["subject"], qc["run"], qc["status"], strict=True)) == [
         ("sub-A", "task-rest_run-1", "ok"),
         ("sub-A", "task-rest_run-2", "skipped"),
@@ -412,11 +412,11 @@ def test_collections_run_through_the_workflow_into_pretrain_scmbm(tmp_path):
     assert all(f"{file}: " in reason for file, reason in zip(skipped["file"], skipped["reason"], strict=True))
     assert "header TR is 2.5 s" in skipped["reason"].iloc[-1]
     with (
-        h5py.File(volumes / "results/collections/hcp/100307.h5") as f,
-        h5py.File(volumes / "results/fmri/sub-01.h5") as task,
+        h5py.File(volumes / f"{RUN}/collections/hcp/100307.h5") as f,
+        h5py.File(volumes / f"{RUN}/fmri/sub-01.h5") as task,
     ):
         assert f["train/bold"].shape == (20,) + task["train/bold"].shape[1:]  # functional.nii on the task's grid
-    assert (volumes / "results/scmbm/encoder.safetensors").exists()
+    assert (volumes / f"{RUN}/scmbm/encoder.safetensors").exists()
 
     grayordinates = make_copy(tmp_path / "grayordinates")
     config = wen_config("wen2018.yaml", grayordinates, tmp_path)
@@ -425,8 +425,8 @@ def test_collections_run_through_the_workflow_into_pretrain_scmbm(tmp_path):
         **config["scmbm"],
         "collections": [entry("prep", prep, "fmriprep"), entry("hcp", folder, "hcp", filters={"task": "rfMRI_*"})],
     }
-    run_to_scmbm(grayordinates, config)
+    run_to_scmbm(grayordinates, config, "results/r0/scmbm")  # real data: collections shared, SC-MBM seed 0's
     for name in ("prep/sub-C", "prep/sub-D", "hcp/100307", "hcp/100408"):
         with h5py.File(grayordinates / f"results/collections/{name}.h5") as f:
             assert f["train/bold"].shape == (24, 40) and f.attrs["layout"] == "vector", name
-    assert (grayordinates / "results/scmbm/encoder.safetensors").exists()
+    assert (grayordinates / "results/r0/scmbm/encoder.safetensors").exists()

@@ -45,6 +45,7 @@ def test_workflow_script_calls_its_entry_point_by_valid_names(script):
 def test_decode_run_options_are_keyword_only():
     parameters = inspect.signature(decode_run).parameters
     assert [p.name for p in parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY] == [
+        "replicate",
         "max_new_tokens",
         "num_beams",
         "batch_size",

@@ -22,7 +22,9 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.workflow
-REPORT = {"plot_results", "plot_gallery"}
+SEED = yaml.safe_load((REPO / ".test" / "micro.yaml").read_text())["seed"]
+RUN, RAW = f"results/r{SEED}", f"resources/demo/r{SEED}"  # the micro config's one replicate (its data too: a demo)
+REPORT = {"plot_results", "plot_gallery", "summarize_replicates"}  # and the summary, rerun with every new score
 ATTRIBUTES = {"score_attributes", "plot_attributes"}  # the demo's attribute accuracy, rerun with every new caption
 COPY = ("Snakefile", "rules", "workflow", "src", "config/schema.yaml", "profiles", "envs", "requirements.txt", "report")
 
@@ -90,21 +92,21 @@ def micro(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_artifacts_follow_the_contract(micro):
     expected = {
-        "results/fmri/sub-01.h5": ("llm4brain.fmri/1", ["train/bold", "test/bold", "mask"]),
-        "results/features/seg01.h5": ("llm4brain.features/1", ["tokens", "tr"]),
-        "results/text/captions.h5": ("llm4brain.captions/1", ["segment", "tr", "caption"]),
-        "results/align/sub-02.h5": ("llm4brain.align/1", ["train/tokens", "test/tokens"]),
-        "results/eval/sub-01.h5": ("llm4brain.eval/1", ["segment", "tr", "source", "caption", "reference"]),
+        f"{RUN}/fmri/sub-01.h5": ("llm4brain.fmri/1", ["train/bold", "test/bold", "mask"]),
+        f"{RUN}/features/seg01.h5": ("llm4brain.features/1", ["tokens", "tr"]),
+        f"{RUN}/text/captions.h5": ("llm4brain.captions/1", ["segment", "tr", "caption"]),
+        f"{RUN}/align/sub-02.h5": ("llm4brain.align/1", ["train/tokens", "test/tokens"]),
+        f"{RUN}/eval/sub-01.h5": ("llm4brain.eval/1", ["segment", "tr", "source", "caption", "reference"]),
     }
     for name, (schema, datasets) in expected.items():
         with h5py.File(micro / name) as f:
             assert f.attrs["schema"] == schema, name
             assert {"stage", "created_by", "config_hash"} <= set(f.attrs), name
             assert all(d in f for d in datasets), name
-    with h5py.File(micro / "results/features/seg01.h5") as f:
+    with h5py.File(micro / f"{RUN}/features/seg01.h5") as f:
         assert f["tokens"].dtype == "float16" and f["tokens"].shape[:2] == (6, 2)
-    assert not (micro / "results/frames").exists() or not list((micro / "results/frames").glob("*.h5"))  # temp()
-    metrics = pd.read_csv(micro / "results/eval/metrics.tsv", sep="\t")
+    assert not (micro / f"{RUN}/frames").exists() or not list((micro / f"{RUN}/frames").glob("*.h5"))  # temp()
+    metrics = pd.read_csv(micro / f"{RUN}/eval/metrics.tsv", sep="\t")
     assert len(metrics) == 2 * 5 + 1  # + each subject without distillation, the held-out one without adaptation
     assert set(metrics["source"]) == {
         "fmri",
@@ -121,12 +123,12 @@ def test_artifacts_follow_the_contract(micro):
     )
     assert (metrics["BERTScore-F1"] == "unavailable").all() and (metrics["embedding-cosine"] == "unavailable").all()
     assert metrics["CIDEr"].between(metrics["CIDEr_ci_low"], metrics["CIDEr_ci_high"]).all()
-    identification = pd.read_csv(micro / "results/eval/identification.tsv", sep="\t")
+    identification = pd.read_csv(micro / f"{RUN}/eval/identification.tsv", sep="\t")
     assert len(identification) == 11 * 3 and identification["top1"].between(0, 1).all()
     assert set(identification["metric"]) == {"CIDEr-D", "BLEU-4", "ROUGE-L"}  # no semantic checkpoint configured
-    attributes = pd.read_csv(micro / "results/eval/attributes.tsv", sep="\t")
+    attributes = pd.read_csv(micro / f"{RUN}/eval/attributes.tsv", sep="\t")
     assert len(attributes) == 11 * 6 and attributes["accuracy"].between(0, 1).all()
-    tests = pd.read_csv(micro / "results/eval/tests.tsv", sep="\t")
+    tests = pd.read_csv(micro / f"{RUN}/eval/tests.tsv", sep="\t")
     assert list(zip(tests["subject"], tests["comparison"], strict=True)) == [
         ("sub-01", "fmri > shuffled"),
         ("sub-01", "fmri > fmri-no_distillation"),
@@ -135,12 +137,12 @@ def test_artifacts_follow_the_contract(micro):
         ("sub-02", "fmri > fmri-no_distillation"),
     ]
     assert tests["p_value"].between(0, 1).all()
-    assert (micro / "results/align/metrics.tsv").exists() and (micro / "results/video_llm/llm").is_dir()
-    align_log = pd.read_csv(micro / "results/align/model/train_log.tsv", sep="\t")
+    assert (micro / f"{RUN}/align/metrics.tsv").exists() and (micro / f"{RUN}/video_llm/llm").is_dir()
+    align_log = pd.read_csv(micro / f"{RUN}/align/model/train_log.tsv", sep="\t")
     assert {"domain", "target_mbm", "val_loss"} <= set(align_log.columns) and align_log["target_mbm"].notna().all()
-    ablated_log = pd.read_csv(micro / "results/align/ablations/no_domain_adaptation/model/train_log.tsv", sep="\t")
+    ablated_log = pd.read_csv(micro / f"{RUN}/align/ablations/no_domain_adaptation/model/train_log.tsv", sep="\t")
     assert not {"domain", "target_mbm"} & set(ablated_log.columns)
-    captions = pd.read_csv(micro / "results/eval/ablation.tsv", sep="\t")
+    captions = pd.read_csv(micro / f"{RUN}/eval/ablation.tsv", sep="\t")
     assert set(zip(captions["model"], captions["subject"], strict=True)) == {
         ("full", "sub-01"),
         ("full", "sub-02"),
@@ -149,17 +151,25 @@ def test_artifacts_follow_the_contract(micro):
         ("no_domain_adaptation", "sub-02"),
     }  # domain adaptation only for the held-out subject
     assert captions.loc[captions["model"] != "full", "p_value"].notna().all()
-    no_kd = pd.read_csv(micro / "results/instruct/ablations/no_distillation/train_log.tsv", sep="\t")
+    no_kd = pd.read_csv(micro / f"{RUN}/instruct/ablations/no_distillation/train_log.tsv", sep="\t")
     assert "distill" not in no_kd.columns and "distill" in pd.read_csv(
-        micro / "results/instruct/train_log.tsv", sep="\t"
+        micro / f"{RUN}/instruct/train_log.tsv", sep="\t"
     )
-    ablation = pd.read_csv(micro / "results/align/ablation.tsv", sep="\t")
+    ablation = pd.read_csv(micro / f"{RUN}/align/ablation.tsv", sep="\t")
     assert list(zip(ablation["model"], ablation["subject"], strict=True)) == [
         ("full", "sub-01"),
         ("full", "sub-02"),
         ("no_domain_adaptation", "sub-01"),
         ("no_domain_adaptation", "sub-02"),
     ]
+    summary = pd.read_csv(micro / "results/eval/summary.tsv", sep="\t")  # one replicate: its values, no spread
+    assert {"BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr"} <= set(summary["metric"])
+    assert not {"BERTScore-F1", "embedding-cosine"} & set(summary["metric"])  # unavailable in every replicate
+    assert len(summary) == len(metrics) * summary["metric"].nunique() and summary["sd"].isna().all()
+    cider = summary[summary["metric"] == "CIDEr"].set_index(["subject", "source"])[["mean", f"r{SEED}"]]
+    assert np.allclose(cider["mean"], metrics.set_index(["subject", "source"]).loc[cider.index, "CIDEr"], atol=1e-4)
+    pooled = pd.read_csv(micro / "results/eval/pooled_tests.tsv", sep="\t")
+    assert np.allclose(pooled["p_value"], tests["p_value"], rtol=1e-3) and (pooled["n_replicates"] == 1).all()
     assert not list((micro / "results").rglob("*.bin")) and not list((micro / "results").rglob("*.pt"))
 
 
@@ -194,7 +204,7 @@ def test_decode_command_on_a_training_run(micro, tmp_path):
     from llm4brain.instruct.student import load_student
     from llm4brain.models.video_llm import generate_captions
 
-    bold = sorted((micro / "resources/demo/sub-01/func").glob("*_bold.nii.gz"))[0]
+    bold = sorted((micro / f"{RAW}/sub-01/func").glob("*_bold.nii.gz"))[0]
     events = str(bold).replace("_bold.nii.gz", "_events.tsv")
     result = subprocess.run(
         [
@@ -224,9 +234,9 @@ def test_decode_command_on_a_training_run(micro, tmp_path):
     assert list(captions["tr"]) == list(range(6)) and captions["caption"].str.len().gt(0).all()
     assert (tmp_path / "c.srt").read_text().count(" --> ") == 6
 
-    student = load_student(micro / "results/instruct/model", micro / "results/video_llm", torch.device("cpu"))
+    student = load_student(micro / f"{RUN}/instruct/model", micro / f"{RUN}/video_llm", torch.device("cpu"))
     samples, segment, trs, _ = preprocess_new_run("sub-01", bold, events, micro / "results", student.window)
-    bold_rows, keys = read_split(micro / "results/fmri/sub-01.h5", "fmri", "train", "bold")
+    bold_rows, keys = read_split(micro / f"{RUN}/fmri/sub-01.h5", "fmri", "train", "bold")
     rows = windows(bold_rows, keys, student.window)
     run_keys = [(segment, int(k)) for k in trs]
     blocks = [i for i in range(len(keys) - len(run_keys) + 1) if keys[i : i + len(run_keys)] == run_keys]
@@ -245,8 +255,8 @@ def clone(micro: Path, target: Path) -> Path:
 def test_scoring_again_reproduces_the_intervals(micro, tmp_path):
     """The bootstrap intervals follow the seed: scoring the same decoded captions again gives the same file."""
     workdir = clone(micro, tmp_path)
-    snakemake(workdir, "results/eval/metrics.tsv", "--forcerun", "score_captions")
-    assert (workdir / "results/eval/metrics.tsv").read_bytes() == (micro / "results/eval/metrics.tsv").read_bytes()
+    snakemake(workdir, f"{RUN}/eval/metrics.tsv", "--forcerun", "score_captions")
+    assert (workdir / f"{RUN}/eval/metrics.tsv").read_bytes() == (micro / f"{RUN}/eval/metrics.tsv").read_bytes()
 
 
 # Loaded by every Python process started with this folder on PYTHONPATH: in the job whose script is named
@@ -298,14 +308,14 @@ def assert_killed_job_resumes_bit_identical(workdir: Path, tmp_path: Path, rule:
         timeout=900,
     )
     assert killed.returncode != 0 and not produced(workdir, targets), killed.stderr[-3000:]
-    assert torch.load(workdir / "results/.resume" / f"{rule}.pt", weights_only=True)["step"] == 3
+    assert torch.load(workdir / "results/.resume" / f"{rule}_{SEED}.pt", weights_only=True)["step"] == 3
     snakemake(workdir, *targets)
-    assert "resuming from step 3" in (workdir / "logs" / f"{rule}.log").read_text()
+    assert "resuming from step 3" in (workdir / "logs" / f"r{SEED}" / f"{rule}.log").read_text()
     resumed = produced(workdir, targets)
     assert resumed.keys() == straight.keys()
     for name in straight:
         assert resumed[name] == straight[name], name
-    assert not (workdir / "results/.resume" / f"{rule}.pt").exists()
+    assert not (workdir / "results/.resume" / f"{rule}_{SEED}.pt").exists()
 
 
 def test_killed_pretrain_adaptor_resumes_bit_identical(micro, tmp_path):
@@ -316,9 +326,9 @@ def test_killed_pretrain_adaptor_resumes_bit_identical(micro, tmp_path):
     config["align"]["train"].update(steps=10, checkpoint_every=3, eval_every=2, patience=3)
     (workdir / "config/config.yaml").write_text(yaml.safe_dump(config))
     assert_killed_job_resumes_bit_identical(
-        workdir, tmp_path, "pretrain_adaptor", ["results/align/model", "results/align/metrics.tsv"]
+        workdir, tmp_path, "pretrain_adaptor", [f"{RUN}/align/model", f"{RUN}/align/metrics.tsv"]
     )
-    log = pd.read_csv(workdir / "results/align/model/train_log.tsv", sep="\t")
+    log = pd.read_csv(workdir / f"{RUN}/align/model/train_log.tsv", sep="\t")
     assert log["val_loss"].notna().sum() >= 2
 
 
@@ -332,10 +342,10 @@ def test_killed_4bit_lora_student_with_distillation_resumes_bit_identical(micro,
     config["instruct"]["llm"] = {"tuning": "lora", "quantization": "4bit"}
     (workdir / "config/config.yaml").write_text(yaml.safe_dump(config))
     assert_killed_job_resumes_bit_identical(
-        workdir, tmp_path, "instruct_llm", ["results/instruct/model", "results/instruct/train_log.tsv"]
+        workdir, tmp_path, "instruct_llm", [f"{RUN}/instruct/model", f"{RUN}/instruct/train_log.tsv"]
     )
-    assert (workdir / "results/instruct/model/llm_adapter/adapter_model.safetensors").exists()
-    log = pd.read_csv(workdir / "results/instruct/train_log.tsv", sep="\t")
+    assert (workdir / f"{RUN}/instruct/model/llm_adapter/adapter_model.safetensors").exists()
+    log = pd.read_csv(workdir / f"{RUN}/instruct/train_log.tsv", sep="\t")
     assert len(log) == 8 and np.isfinite(log[["loss", "lm", "distill"]].to_numpy()).all()
     assert (log["distill"] > 0).all()  # a 4-bit student and a full-precision teacher do not agree exactly
 
@@ -353,7 +363,7 @@ def test_scoring_edit_decodes_nothing_again(micro):
     """Keys only scoring reads (resamples, a semantic metric's checkpoint) are left out of the decoding rules'
     params: changing them rescores the captions without generating them again."""
     with config_edit(micro, "evaluate", "n_bootstrap", 30):  # the micro config has 20
-        assert planned_rules(micro) == {"score_captions", "plot_results"}  # attributes ignore resamples
+        assert planned_rules(micro) == {"score_captions", "summarize_replicates", "plot_results"}  # not attributes
 
 
 def test_align_edit_reruns_align_and_downstream(micro):
@@ -398,7 +408,13 @@ def test_masked_modelling_edit_reruns_it_and_everything_it_feeds(micro):
 def test_dropping_an_ablation_retrains_nothing(micro):
     """An ablations list shapes the DAG, not a stage's params: the full models stay as they are."""
     with config_edit(micro, "instruct", "ablations", []):
-        assert planned_rules(micro) == {"score_captions", "plot_results", "score_attributes", "plot_attributes"}
+        assert planned_rules(micro) == {
+            "score_captions",
+            "summarize_replicates",
+            "plot_results",
+            "score_attributes",
+            "plot_attributes",
+        }
 
 
 def test_library_edit_reruns_that_stage(micro):
@@ -548,9 +564,9 @@ def wen_config(name: str, workdir: Path, micro: Path) -> dict:
     config = yaml.safe_load((REPO / "config" / name).read_text())
     config["data"].update(
         root="wen",
-        stimuli=str(micro / "resources/demo/stimuli"),
+        stimuli=str(micro / f"{RAW}/stimuli"),
         subjects=["subject1", "subject2"],
-        captions=str(micro / "resources/demo/captions.tsv"),
+        captions=str(micro / f"{RAW}/captions.tsv"),
         segments=small["data"]["segments"],
     )
     config["fmri"].update(trim={"start": 0, "end": 4, "keep": keep}, detrend_order=2)
@@ -601,7 +617,7 @@ def test_real_vicuna7b_config_on_a_miniature_release_and_checkpoint(micro, tmp_p
         assert f.attrs["source"] == "teacher" and len(f["caption"]) == 3 * keep
     with h5py.File(workdir / "results/features/seg01.h5") as f:
         assert f["tokens"].shape[1:] == (4, 5, 24)  # 4 frames x (CLS + 2 x 2 patches) x the tower's width
-    assert (workdir / "results/instruct/model/llm_adapter/adapter_model.safetensors").exists()
-    metrics = pd.read_csv(workdir / "results/eval/metrics.tsv", sep="\t")
+    assert (workdir / "results/r0/instruct/model/llm_adapter/adapter_model.safetensors").exists()
+    metrics = pd.read_csv(workdir / "results/r0/eval/metrics.tsv", sep="\t")
     assert set(metrics["subject"]) == {"subject1", "subject2"}
     assert not (workdir / "resources").exists()  # nothing of the demo was simulated

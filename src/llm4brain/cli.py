@@ -12,7 +12,13 @@ def _decode(args: argparse.Namespace) -> int:
     from llm4brain.evaluate.new_run import decode_run, write_srt
 
     table = decode_run(
-        args.subject, args.bold, args.events, args.model, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams
+        args.subject,
+        args.bold,
+        args.events,
+        args.model,
+        replicate=args.replicate,
+        max_new_tokens=args.max_new_tokens,
+        num_beams=args.num_beams,
     )
     with atomic_path(args.out) as tmp:
         table.to_csv(tmp, sep="\t", index=False)
@@ -39,6 +45,11 @@ def parser() -> argparse.ArgumentParser:
     )
     decode.add_argument(
         "--model", default=Path("results"), type=Path, help="the workflow's results folder (default: results)"
+    )
+    decode.add_argument(
+        "--replicate",
+        type=int,
+        help="the seed of the replicate whose student decodes (results/r{seed}/); needed when there are several",
     )
     decode.add_argument(
         "--out", required=True, type=Path, help="captions TSV to write (segment, tr, start, end, caption)"

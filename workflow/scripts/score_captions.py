@@ -15,4 +15,5 @@ score_captions(
     p.evaluate,
     p.seed,
     snakemake.threads,
+    out.per_clip,
 )

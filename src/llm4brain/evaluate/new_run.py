@@ -1,7 +1,9 @@
 """Decode one new fMRI run with a trained pipeline: preprocess it exactly like training, caption each TR.
 
-The preprocessing settings, the kept voxels and the TR come from the subject's ``results/fmri`` artifact,
-so a run is cleaned the way that subject's training runs were.
+The preprocessing settings, the kept voxels and the TR come from the subject's preprocessed fMRI artifact,
+so a run is cleaned the way that subject's training runs were. The student is one replicate's
+(``results/r{seed}/``); its fMRI artifact is the replicate's own (the demo draws its data per seed) or the
+shared ``results/fmri``.
 """
 
 from __future__ import annotations
@@ -23,9 +25,29 @@ from llm4brain.models.video_llm import generate_captions
 from llm4brain.runtime import select_device
 
 
-def subject_preprocessing(results: Path, subject: str) -> tuple[VolumeSpace | SurfaceSpace, np.ndarray, dict, float]:
+def replicate_dir(results: Path, replicate: int | None) -> Path:
+    """The replicate folder (``results/r{seed}``) whose student decodes: the one named, or the only one."""
+    if replicate is not None:
+        run = results / f"r{replicate}"
+        if not (run / "instruct" / "model").is_dir():
+            raise ArtifactError(f"{run}: replicate {replicate} has no trained student (instruct/model)")
+        return run
+    runs = sorted(path.parent.parent for path in results.glob("r*/instruct/model"))
+    if len(runs) != 1:
+        found = ", ".join(run.name for run in runs) or "none"
+        raise ArtifactError(
+            f"{results}: choose the replicate whose student decodes with --replicate SEED "
+            f"(trained students in r{{seed}}/instruct/model: {found})"
+        )
+    return runs[0]
+
+
+def subject_preprocessing(
+    results: Path, subject: str, replicate: int | None = None
+) -> tuple[VolumeSpace | SurfaceSpace, np.ndarray, dict, float]:
     """The space and usable voxels, the fMRI params and the TR used for ``subject`` in training."""
-    path = results / "fmri" / f"{subject}.h5"
+    own = replicate_dir(results, replicate) / "fmri" / f"{subject}.h5"
+    path = own if own.exists() else results / "fmri" / f"{subject}.h5"
     if not path.exists():
         raise ArtifactError(
             f"{path}: subject {subject!r} was never preprocessed with this pipeline. Add it to data.subjects "
@@ -39,13 +61,13 @@ def subject_preprocessing(results: Path, subject: str) -> tuple[VolumeSpace | Su
 
 
 def preprocess_new_run(
-    subject: str, bold: str | Path, events: str | Path, results: str | Path, window: int
+    subject: str, bold: str | Path, events: str | Path, results: str | Path, window: int, replicate: int | None = None
 ) -> tuple[np.ndarray, str, np.ndarray, float]:
     """A run's encoder inputs, cleaned as ``subject``'s training runs were: ``(n, window, *sample)`` float32
     windows of the volumes paired to the whole TRs of its stimulus, the stimulus' segment, those TRs, and
     the TR in seconds. Separate from decoding so that a test can hold it against ``results/fmri``."""
     check_id(subject, "subject id")
-    space, usable, params, tr = subject_preprocessing(Path(results), subject)
+    space, usable, params, tr = subject_preprocessing(Path(results), subject, replicate)
     run = read_run(Path(bold), Path(events))
     kept, pairs = plan_run(space, run, tr, params)
     series, ok, _ = read_clean_run(space, run, kept, tr, params)
@@ -62,18 +84,20 @@ def decode_run(
     events: str | Path,
     results: str | Path,
     *,
+    replicate: int | None = None,
     max_new_tokens: int = 24,
     num_beams: int = 1,
     batch_size: int = 64,
 ) -> pd.DataFrame:
-    """One caption per whole TR of the stimulus shown in the run: ``segment, tr, start, end, caption``.
+    """One caption per whole TR of the stimulus shown in the run: ``segment, tr, start, end, caption``, by
+    the student of replicate ``replicate`` (its seed; None = the only one in ``results``).
 
     ``start``/``end`` are seconds from the stimulus' first frame (clip ``tr`` spans ``[tr·TR, (tr+1)·TR)``).
     """
     check_id(subject, "subject id")
     results = Path(results)
-    subject_preprocessing(results, subject)  # a subject never preprocessed is named before any model loads
-    student_dir = results / "instruct" / "model"
+    subject_preprocessing(results, subject, replicate)  # a subject never preprocessed is named before any model loads
+    student_dir = replicate_dir(results, replicate) / "instruct" / "model"
     config = json.loads((student_dir / "config.json").read_text())
     teacher = Path(config["teacher"])  # as the workflow named it, relative to its working directory
     student = load_student(student_dir, teacher if teacher.is_absolute() else results.parent / teacher, select_device())
@@ -81,7 +105,7 @@ def decode_run(
         raise ValueError(
             f"{student_dir}: trained on frozen latents; decoding a new run needs `instruct.input: encoder`"
         )
-    samples, segment, k, tr = preprocess_new_run(subject, bold, events, results, student.window)
+    samples, segment, k, tr = preprocess_new_run(subject, bold, events, results, student.window, replicate)
     tokens = student.encode(torch.from_numpy(samples))
     settings = {
         "batch_size": batch_size,

@@ -18,22 +18,34 @@ from llm4brain.evaluate.score import read_decoded  # noqa: E402
 SOURCE_ORDER = ("fmri", "video-teacher", "shuffled", "nearest-train")
 
 
-def plot_scores(metrics_tsv: str | Path, out_png: str | Path, metric: str = "CIDEr") -> None:
-    """Grouped bars of ``metric`` per subject × source with their 95 % bootstrap CIs."""
-    table = pd.read_csv(metrics_tsv, sep="\t")
+def plot_scores(metrics_tsvs: dict[int, str | Path], out_png: str | Path, metric: str = "CIDEr") -> None:
+    """Grouped bars of ``metric`` per subject × source: each bar the mean over the replicates (seed →
+    ``metrics.tsv``), each replicate a point with its 95 % bootstrap CI."""
+    table = pd.concat(
+        [pd.read_csv(path, sep="\t").assign(replicate=seed) for seed, path in metrics_tsvs.items()], ignore_index=True
+    )
+    for column in (metric, f"{metric}_ci_low", f"{metric}_ci_high"):
+        table[column] = pd.to_numeric(table[column], errors="coerce")
     subjects = list(dict.fromkeys(table["subject"]))
     present = list(dict.fromkeys(table["source"]))
     sources = [s for s in SOURCE_ORDER if s in present] + [s for s in present if s not in SOURCE_ORDER]
+    replicates = list(metrics_tsvs)
     width = 0.8 / len(sources)
+    offsets = (np.arange(len(replicates)) - (len(replicates) - 1) / 2) * width * 0.6 / max(len(replicates), 1)
     fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(subjects), 4.0))
     for i, source in enumerate(sources):
-        rows = table[table["source"] == source].set_index("subject").reindex(subjects)  # fmri-{ablation}: held out only
+        rows = table[table["source"] == source]
         x = np.arange(len(subjects)) + (i - (len(sources) - 1) / 2) * width
-        err = np.vstack([rows[metric] - rows[f"{metric}_ci_low"], rows[f"{metric}_ci_high"] - rows[metric]])
-        ax.bar(x, rows[metric], width, yerr=err, capsize=3, label=source)
+        mean = rows.groupby("subject")[metric].mean().reindex(subjects)  # fmri-{ablation}: held out only
+        ax.bar(x, mean, width, color=f"C{i}", alpha=0.45, label=source)
+        for offset, seed in zip(offsets, replicates, strict=True):
+            one = rows[rows["replicate"] == seed].set_index("subject").reindex(subjects)
+            err = np.vstack([one[metric] - one[f"{metric}_ci_low"], one[f"{metric}_ci_high"] - one[metric]])
+            ax.errorbar(x + offset, one[metric], yerr=err, fmt="o", ms=3, lw=0.8, color=f"C{i}", mec="black", mew=0.5)
     labels = [f"{s}\n(held out)" if table[table["subject"] == s]["heldout"].iloc[0] else s for s in subjects]
     ax.set_xticks(np.arange(len(subjects)), labels)
-    ax.set_ylabel(f"{metric} (95 % bootstrap CI)")
+    n = len(replicates)
+    ax.set_ylabel(f"{metric}: mean of {n} replicate{'s' * (n > 1)} (bars),\neach with its 95 % bootstrap CI (points)")
     ax.legend(
         frameon=False, fontsize=8, ncols=3, loc="upper center", bbox_to_anchor=(0.5, -0.2)
     )  # below: never on a bar
@@ -113,24 +125,26 @@ def plot_fmri_qc(fmri_paths: list[str | Path], out_png: str | Path) -> None:
     plt.close(fig)
 
 
-def plot_training(logs: dict[str, str | Path], out_png: str | Path) -> None:
-    """One panel per training rule: total loss and its named terms against the step.
+def plot_training(logs: dict[str, list[str | Path]], out_png: str | Path) -> None:
+    """One panel per training rule: total loss and its named terms against the step, every replicate's run
+    drawn in the term's colour (the first one labelled).
 
-    ``logs`` maps a rule to its ``train_log.tsv`` or to the model folder that holds one.
+    ``logs`` maps a rule to each replicate's ``train_log.tsv`` or the model folder that holds one.
     """
     columns = min(3, len(logs))
     rows = -(-len(logs) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3.2 * rows), squeeze=False)
     for ax in axes.flat[len(logs) :]:
         ax.set_visible(False)
-    for ax, (name, path) in zip(axes.flat, logs.items(), strict=False):
-        path = Path(path)
-        log = pd.read_csv(path / "train_log.tsv" if path.is_dir() else path, sep="\t")
-        terms = [c for c in log.columns if c not in ("step", "grad_norm", "lr")]
-        for term in terms:
-            smooth = log[term].rolling(10, min_periods=1).mean()
-            ax.plot(log["step"], smooth, label=term, lw=1.5 if term == "loss" else 1)
-        ax.set_title(name)
+    for ax, (name, paths) in zip(axes.flat, logs.items(), strict=False):
+        for run, path in enumerate(map(Path, paths)):
+            log = pd.read_csv(path / "train_log.tsv" if path.is_dir() else path, sep="\t")
+            terms = [c for c in log.columns if c not in ("step", "grad_norm", "lr")]
+            for j, term in enumerate(terms):
+                smooth = log[term].rolling(10, min_periods=1).mean()
+                width = 1.5 if term == "loss" else 1
+                ax.plot(log["step"], smooth, color=f"C{j}", label=term if run == 0 else None, lw=width, alpha=0.7)
+        ax.set_title(name if len(paths) == 1 else f"{name} ({len(paths)} replicates)")
         ax.set_xlabel("step")
         ax.set_yscale("log")
         ax.legend(frameon=False, fontsize=7)

@@ -130,11 +130,14 @@ def score_captions(
     params: dict[str, Any],
     seed: int,
     workers: int = 1,
+    per_clip_path: str | Path | None = None,
 ) -> None:
     """Write ``metrics.tsv`` (one row per subject × source, with 95 % bootstrap CIs; a metric that cannot run
     here says ``unavailable``), ``identification.tsv`` (clip identification from the decoded text, a row per
     subject × source × metric), ``tests.tsv`` (fMRI vs shuffled fMRI and vs each ablated student, paired, by
-    CIDEr and by each semantic metric that runs) and ``ablation.tsv`` (see :func:`ablation_table`). Every
+    CIDEr and by each semantic metric that runs) and ``ablation.tsv`` (see :func:`ablation_table`); with
+    ``per_clip_path``, the tested metrics' per-clip scores (subject, source, segment, tr: the pairs that
+    :mod:`llm4brain.evaluate.summary` pools over replicates). Every
     reference of a clip in ``captions_path`` counts (several annotators or captioners). The subject × source
     groups are scored in ``workers`` processes (the bootstrap dominates); the results do not depend on how
     many. BERTScore and embedding cosine (:mod:`llm4brain.evaluate.semantic`) run in this process."""
@@ -216,10 +219,28 @@ def score_captions(
                     }
                 )
     metrics, tests = pd.DataFrame(rows), pd.DataFrame(tests)
+    if per_clip_path is not None:
+        per_clip_table(paired, heldout).to_csv(per_clip_path, sep="\t", index=False, float_format="%.6g")
     metrics.to_csv(out_path, sep="\t", index=False, float_format="%.4f")
     pd.DataFrame(identification).to_csv(identification_path, sep="\t", index=False, float_format="%.4f")
     tests.to_csv(tests_path, sep="\t", index=False, float_format="%.4g")
     ablation_table(metrics, tests).to_csv(ablation_path, sep="\t", index=False, float_format="%.4g")
+
+
+def per_clip_table(paired: dict[str, dict[str, dict[str, dict[str, float]]]], heldout: list[str]) -> pd.DataFrame:
+    """``subject → source → metric → clip id (segment:tr) → score`` as one row per subject × source × clip."""
+    rows = [
+        {"subject": subject, "heldout": subject in heldout, "source": source, "clip": clip, metric: score}
+        for subject, by_source in paired.items()
+        for source, by_metric in by_source.items()
+        for metric, scores in by_metric.items()
+        for clip, score in scores.items()
+    ]
+    table = pd.DataFrame(rows).groupby(["subject", "heldout", "source", "clip"], sort=False).first().reset_index()
+    clip = table.pop("clip").str.rsplit(":", n=1, expand=True)
+    table.insert(3, "segment", clip[0])
+    table.insert(4, "tr", clip[1].astype(int))
+    return table
 
 
 def merge(*parts: GroupScores) -> GroupScores:

@@ -55,12 +55,19 @@ def bootstrap_ci(
     return {name: (float(np.quantile(v, alpha)), float(np.quantile(v, 1 - alpha))) for name, v in samples.items()}
 
 
-def paired_permutation(a: np.ndarray, b: np.ndarray, n_perm: int, seed: int) -> float:
-    """One-sided p-value that per-clip scores ``a`` exceed ``b`` (sign-flip test on paired differences)."""
+def paired_permutation(a: np.ndarray, b: np.ndarray, n_perm: int, seed: int, strata: np.ndarray | None = None) -> float:
+    """One-sided p-value that per-clip scores ``a`` exceed ``b`` (sign-flip test on paired differences).
+
+    ``strata`` (one label per pair, e.g. its replicate) pools several replicates of the same comparison: the
+    statistic is the mean over strata of each stratum's mean difference, so every replicate weighs the same
+    whatever its number of clips, and each pair's sign is flipped independently within its stratum.
+    """
     d = np.asarray(a, float) - np.asarray(b, float)
+    groups = [np.arange(len(d))] if strata is None else [np.flatnonzero(strata == s) for s in np.unique(strata)]
     signs = np.random.default_rng(seed).choice([-1.0, 1.0], size=(n_perm, len(d)))
-    null = (signs * d).mean(1)
-    return float((1 + np.sum(null >= d.mean())) / (1 + n_perm))
+    null = np.mean([(signs[:, g] * d[g]).mean(1) for g in groups], axis=0)
+    observed = np.mean([d[g].mean() for g in groups])
+    return float((1 + np.sum(null >= observed)) / (1 + n_perm))
 
 
 def per_clip_ci(values: np.ndarray, n_boot: int, seed: int, level: float = 0.95) -> tuple[float, float]:
