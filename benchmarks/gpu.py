@@ -2,7 +2,10 @@
 
     .venv/bin/python benchmarks/gpu.py                       # real sizes, every visible GPU
     .venv/bin/python benchmarks/gpu.py --devices 1 --out gpu.tsv
+    .venv/bin/python benchmarks/gpu.py --stages decode student_lora_4bit   # a part
     .venv/bin/python benchmarks/gpu.py --tiny                # the same code at tiny widths, on CPU in seconds
+
+Real sizes need a CUDA GPU (about 20 GB for the 7B-size stages); on CPU only ``--tiny`` runs.
 
 Nothing is downloaded: each model is built from its configuration with random weights, so the figures are
 those of the real shapes (memory, step time), not of trained models. Sizes come from ``--config`` (default
@@ -16,13 +19,14 @@ settings, with every schema default filled in) and from the published architectu
   shared loop's AdamW step with clipping and autocast) on ``scmbm.train.batch_size`` windows of 2 × 59,412
   cortical grayordinates, Wen 2018's CIFTI samples (3,714 tokens of 16).
 - ``align_step``: one ``pretrain_adaptor`` step: ``BrainAligner`` (frozen encoder + adaptors) around an
-  InstructBLIP-size ``InstructionQFormer`` (768 wide, 12 layers, 32 queries over 4 frames), the contrastive,
-  token and cross-subject terms on 2 labelled subjects' windows and the domain term on as many held-out ones
-  (one forward over both; the rule runs two, which data-parallel wrapping does not allow).
+  InstructBLIP-size ``InstructionQFormer`` (768 wide, 12 layers, 32 queries over 4 frames, 188 M), the
+  rule's loss: contrastive, token and cross-subject terms on 2 labelled subjects' windows, the domain term on
+  as many held-out ones.
 - ``student_lora_bf16`` / ``student_lora_4bit``: one ``instruct_llm`` step (``build_student``, caption loss +
   ``distillation`` from ``frozen_logits``) with a Vicuna-7B-size Llama (4096 wide, 32 layers, vocabulary
-  32,000): LoRA on the bf16 base shared with the teacher, and LoRA on a 4-bit NF4 copy (``quantized_loading``,
-  bitsandbytes) next to the bf16 teacher.
+  32,000): LoRA on the bf16 base shared with the teacher, and LoRA on a 4-bit NF4 copy next to the bf16
+  teacher, loaded from the teacher's weights through ``quantized_loading`` (bitsandbytes; ``from_pretrained``
+  of a state dict, so no 13 GB checkpoint is written).
 - ``decode``: ``generate_captions`` of ``evaluate.batch_size`` captions with beam search from the same
   7B-size captioner; random weights rarely emit EOS, so captions run to ``max_new_tokens``.
 
@@ -31,7 +35,8 @@ process' peak resident memory so far, which only grows), seconds per step and sa
 random tensors in memory: the input pipeline is measured by ``benchmarks/train_step.py`` and ``scale.py``. A
 stage whose weights and optimiser state alone exceed the device's memory is skipped with what it needs.
 ``--devices N`` (default: every visible GPU, else 1) also runs the SC-MBM and alignment steps in N processes
-(torch.distributed, DDP; NCCL on CUDA, gloo on CPU) with the same global batch and prints N-vs-1 samples/s.
+(``distributed.launch``; the training loop's DDP, NCCL on CUDA, gloo on CPU), each on its share of the same
+global batch, and prints N-vs-1 samples/s.
 """
 
 from __future__ import annotations
@@ -164,7 +169,7 @@ def make_setup(config: dict[str, Any], tiny: bool) -> Setup:
     qformer = InstructBlipVideoQFormerConfig()  # InstructBLIP's: 768 wide, 12 layers, cross-attends 1408-d ViT-g
     llama = LlamaConfig(**VICUNA_7B, tie_word_embeddings=False)
     grid: tuple[int, ...] = (GRAYORDINATES,)
-    words, queries = 30000, 32
+    words, queries = 20000, 32  # under the word-level trainer's 30,000-token cap
     if tiny:
         grid, words, queries = TINY["grid"], TINY["vocab"] - 16, TINY["queries"]
         encoder.update(TINY["encoder"])
@@ -459,7 +464,7 @@ def student_step(
         run = start_run(student, loss_fn, train, [], [], device)
         row.step_s = seconds_per_step(run.step, device, warmup, steps)
         trainable = sum(p.numel() for p in student.parameters() if p.requires_grad)
-        nf4 = sum(type(m).__name__ == "Linear4bit" for m in student.captioner.llm.modules())
+        nf4 = sum(type(m).__module__.startswith("bitsandbytes") for m in student.captioner.llm.modules())  # Linear4bit
     samples = batch * train["accumulate"]
     row.samples_per_s = samples / row.step_s
     row.shape = (
@@ -501,12 +506,13 @@ def needs_gb(setup: Setup) -> dict[str, float]:
     qformer = parameters(lambda: InstructBlipVideoQFormerModel(setup.qformer)) * 4
     encoder = parameters(lambda: build_encoder(setup.grid, setup.encoder)) * 4
     llm = parameters(lambda: LlamaForCausalLM(setup.llama))
+    trained_encoder = encoder * 4  # the student trains the aligned encoder (train_encoder): + gradients, AdamW
     return {
         "vit_g_cache": vit / gb,
         "scmbm_step": scmbm / gb,
         "align_step": (encoder + 2 * qformer) / gb,
-        "student_lora_bf16": (2 * llm + 2 * qformer + encoder * 4) / gb,
-        "student_lora_4bit": (2.55 * llm + 2 * qformer + encoder * 4) / gb,  # NF4 ≈ 0.55 B/param + bf16 teacher
+        "student_lora_bf16": (2 * llm + 2 * qformer + trained_encoder) / gb,
+        "student_lora_4bit": (2.55 * llm + 2 * qformer + trained_encoder) / gb,  # NF4 ≈ 0.55 B/param + bf16 teacher
         "decode": (2 * llm + qformer) / gb,
     }
 
@@ -527,15 +533,15 @@ LLM_STAGES = ("decode", "student_lora_4bit", "student_lora_bf16")  # the shared-
 STAGES = (*SINGLE, *LLM_STAGES)
 
 
-def guarded(name: str, needs: float, device: torch.device, world: int, run: Callable[[], Row]) -> Row:
+def guarded(name: str, needs: float, device: torch.device, devices: int, run: Callable[[], Row]) -> Row:
     """``run()``, or a row saying why not: the device is too small, or it ran out of memory."""
     have = device_memory_gb(device)
     if needs > have:
-        return Row(name, world, status=f"skipped: needs ~{needs:.0f} GB, {device.type} has {have:.0f} GB")
+        return Row(name, devices, status=f"skipped: needs ~{needs:.0f} GB, {device.type} has {have:.0f} GB")
     try:
         return run()
     except torch.OutOfMemoryError:
-        return Row(name, world, status=f"out of memory on {device.type} ({have:.0f} GB)")
+        return Row(name, devices, status=f"out of memory on {device.type} ({have:.0f} GB)")
     finally:
         free(device)
 
@@ -648,6 +654,8 @@ def main(argv: list[str] | None = None) -> list[Row]:
     steps = args.steps or (2 if args.tiny else 3)
     setup = make_setup(read_config(args.config), args.tiny)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cpu" and not args.tiny:
+        parser.error("real sizes need a CUDA GPU (a 7B-size step takes hours on CPU); --tiny runs the same code on CPU")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"{'tiny widths' if args.tiny else 'real sizes'} from {args.config.name} on {name}; {steps} timed steps")
     rows = run_all(setup, device, args.warmup, steps, args.stages)

@@ -42,7 +42,9 @@ def test_tiny_run_times_every_stage_on_one_and_two_processes(tmp_path, gpu):
     assert sorted(parallel.stage) == sorted(gpu.PARALLEL)
     for stage in gpu.PARALLEL:  # the printed 2-vs-1 comparison
         assert f"{stage}: 2 processes" in run.stdout
-    assert "student 4-bit vs bf16" in run.stdout  # bitsandbytes' 4-bit runs on CPU too
+    assert "student 4-bit vs bf16" in run.stdout
+    student = table.set_index("stage")["shape"]  # bitsandbytes' NF4 runs on CPU too: the 4-bit student is quantised
+    assert "NF4 linear layers" in student["student_lora_4bit"] and "NF4" not in student["student_lora_bf16"]
 
 
 def test_real_sizes_are_the_published_ones(gpu):
