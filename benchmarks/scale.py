@@ -68,7 +68,14 @@ ENCODER = {
     "mlp_ratio": 2.0,
     "dropout": 0.0,
 }
-QFORMER = {"num_queries": 32, "hidden_size": 64, "num_layers": 1, "num_heads": 2, "intermediate_size": 128}
+QFORMER = {
+    "num_queries": 32,
+    "hidden_size": 64,
+    "num_layers": 1,
+    "num_heads": 2,
+    "intermediate_size": 128,
+    "dropout": 0.1,
+}
 GB = 1e9
 
 

@@ -40,7 +40,14 @@ ALIGN = {
     "temperature": 0.07,
     "adaptor": {"kind": "bottleneck", "bottleneck": 16, "scale_init": 1e-3, "lora_r": 8, "lora_alpha": 16},
 }
-QFORMER = {"num_queries": 8, "hidden_size": 64, "num_layers": 2, "num_heads": 4, "intermediate_size": 128}
+QFORMER = {
+    "num_queries": 8,
+    "hidden_size": 64,
+    "num_layers": 2,
+    "num_heads": 4,
+    "intermediate_size": 128,
+    "dropout": 0.1,
+}
 
 
 def write_subject(path: Path) -> None:

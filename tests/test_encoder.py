@@ -95,7 +95,7 @@ def test_masked_modelling_learns_structure(precision):
     )
     model = MaskedBrainModel(build_encoder((8, 8, 4), ENCODER), 16, 1, 2, mask_ratio=0.5)
     history = fit(
-        model.parameters(),
+        model,
         lambda step: (model(data[torch.randint(64, (16,), generator=generator)], generator)[0], {}),
         {**TRAIN_DEFAULTS, "steps": 200, "lr": 3e-3, "warmup": 5, "checkpoint_every": 0, "precision": precision},
         "mbm",
@@ -181,7 +181,7 @@ def test_encoder_adaptors_start_as_identity_and_leave_the_base_frozen(tmp_path, 
     trainable = {k: v.clone() for k, v in aligner.encoder.named_parameters() if v.requires_grad}
     assert frozen and trainable and all(("adaptor" in k) or ("lora_" in k) for k in trainable)
     fit(
-        aligner.parameters(),
+        aligner,
         lambda step: ((aligner.train()(x) ** 2).mean(), {}),
         {**TRAIN_DEFAULTS, "steps": 3, "warmup": 0, "checkpoint_every": 0},
         "adaptor",

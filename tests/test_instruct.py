@@ -58,7 +58,7 @@ def train(student, tokens: torch.Tensor, steps: int = TRAIN["steps"]):
         return student.captioner.caption_loss(tokens, CAPTIONS)[0], {}
 
     student.train()
-    return fit(student.parameters(), loss_fn, {**TRAIN, "steps": steps}, "test")
+    return fit(student, loss_fn, {**TRAIN, "steps": steps}, "test")
 
 
 def base_weights(llm: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -175,7 +175,7 @@ def test_end_to_end_student_tunes_the_aligned_encoder_only_when_asked(teacher_di
         return student.captioner.caption_loss(student.tokens(volumes), CAPTIONS)[0], {}
 
     student.train()
-    fit(student.parameters(), loss_fn, {**TRAIN, "steps": 3}, "test")
+    fit(student, loss_fn, {**TRAIN, "steps": 3}, "test")
     moved = {n for n, p in student.aligner.named_parameters() if not torch.equal(p, before[n])}
     encoder_side = {n for n in before if n.startswith(("encoder.", "to_context."))}
     assert any(n.startswith("qformer.") for n in moved)
@@ -202,7 +202,7 @@ def test_encoder_tokens_reach_the_llm_after_the_aligned_ones_and_reload_identica
         return student.captioner.caption_loss(student.tokens(volumes), CAPTIONS)[0], {}
 
     student.train()
-    fit(student.parameters(), loss_fn, {**TRAIN, "steps": 3}, "test")
+    fit(student, loss_fn, {**TRAIN, "steps": 3}, "test")
     assert not torch.equal(student.encoder_map.weight, before)
     (tmp_path / "student").mkdir()
     save_student(tmp_path / "student", student.eval(), str(teacher_dir), str(tmp_path / "align"), params)

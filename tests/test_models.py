@@ -21,7 +21,14 @@ CAPTIONS = [
     "three small green triangles moving down on a gray background",
 ]
 TEMPLATE, PROMPT = "###Human: <Video>{video}</Video> {prompt} ###Assistant:", "Describe the clip."
-QFORMER = {"num_queries": 4, "hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64}
+QFORMER = {
+    "num_queries": 4,
+    "hidden_size": 32,
+    "num_layers": 1,
+    "num_heads": 2,
+    "intermediate_size": 64,
+    "dropout": 0.1,
+}
 LLM = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64}
 ENCODER = {
     "window": 1,
@@ -39,10 +46,10 @@ ALIGN = {
 }
 
 
-def tiny_teacher(seed: int = 0) -> tuple[VideoQFormer, Captioner]:
+def tiny_teacher(seed: int = 0, dropout: float = 0.1) -> tuple[VideoQFormer, Captioner]:
     torch.manual_seed(seed)
     tokenizer = train_word_tokenizer(CAPTIONS + [TEMPLATE.replace("{video}", " ").format(prompt=PROMPT)])
-    qformer = VideoQFormer(qformer_config(QFORMER, 16), num_frames=2, num_queries=4)
+    qformer = VideoQFormer(qformer_config({**QFORMER, "dropout": dropout}, 16), num_frames=2, num_queries=4)
     captioner = Captioner(build_llm(LLM, tokenizer, 64), tokenizer, 32, TEMPLATE, PROMPT, 16)
     return qformer.eval(), captioner.eval()
 
@@ -74,7 +81,7 @@ def test_teacher_learns_and_round_trips(tmp_path):
     clips = torch.randn(3, 2, 5, 16)
     model = torch.nn.ModuleDict({"q": qformer, "c": captioner}).train()
     history = fit(
-        model.parameters(),
+        model,
         lambda step: (captioner.caption_loss(qformer(clips), CAPTIONS)[0], {}),
         {
             **TRAIN_DEFAULTS,

@@ -334,7 +334,7 @@ def write_features(path: Path, segment: str, n_tr: int, seed: int) -> str:
 SUBJECTS = ["sub-01", "sub-02", "sub-03"]
 
 
-def adaptor_inputs(tmp_path: Path) -> dict:
+def adaptor_inputs(tmp_path: Path, dropout: float = 0.1) -> dict:
     """pretrain_adaptor's arguments but the outputs: a tiny teacher, three segments' tokens, two labelled
     subjects (one with two repeats) and a held-out one, a buffer of a few clips (several groups an epoch)
     and a validation split."""
@@ -342,7 +342,7 @@ def adaptor_inputs(tmp_path: Path) -> dict:
 
     from llm4brain.models.video_llm import save_teacher
 
-    qformer, captioner = tiny_teacher()
+    qformer, captioner = tiny_teacher(dropout=dropout)
     save_teacher(
         tmp_path / "teacher", qformer, captioner, {"template": TEMPLATE, "prompt": PROMPT, "max_caption_tokens": 16}
     )

@@ -35,9 +35,12 @@ class Checkpoint:
         cls, name: str, inputs: Sequence[str], params: dict[str, Any], root: str | Path = "results", suffix: str = ".pt"
     ) -> Checkpoint:
         """``{root}/.resume/{name}{suffix}``, valid only for the same params and the same input files (path,
-        size, mtime): a state left by a killed job is never resumed after its inputs or config changed."""
+        size, mtime): a state left by a killed job is never resumed after its inputs or config changed. The
+        number of processes (``devices``) is not part of it: a job requeued onto fewer GPUs resumes."""
         stats = [(str(p), os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in inputs]
-        blob = json.dumps({"rule": name, "params": params, "inputs": stats}, sort_keys=True, default=str)
+        blob = json.dumps(
+            {"rule": name, "params": without_devices(params), "inputs": stats}, sort_keys=True, default=str
+        )
         return cls(Path(root) / ".resume" / f"{name}{suffix}", hashlib.sha256(blob.encode()).hexdigest())
 
     @classmethod
@@ -70,6 +73,15 @@ class Checkpoint:
 
         with atomic_path(self.path) as tmp:  # a kill while writing leaves the previous checkpoint intact
             torch.save({**state, "fingerprint": self.fingerprint}, tmp)
+
+
+def without_devices(params: Any) -> Any:
+    """``params`` without its ``devices`` keys, at any depth."""
+    if isinstance(params, dict):
+        return {key: without_devices(value) for key, value in params.items() if key != "devices"}
+    if isinstance(params, list | tuple):
+        return [without_devices(value) for value in params]
+    return params
 
 
 class ResumableH5:

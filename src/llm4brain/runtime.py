@@ -21,15 +21,17 @@ LOG = logging.getLogger("llm4brain")
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc mallopt parameters (malloc.h)
 
 
-def setup_logging(log_file: str | os.PathLike | None = None) -> logging.Logger:
-    """Log to stderr and, when given, to ``log_file`` (Snakemake's per-job log)."""
+def setup_logging(log_file: str | os.PathLike | None = None, rank: int | None = None) -> logging.Logger:
+    """Log to stderr and, when given, to ``log_file`` (Snakemake's per-job log). A process of a data-parallel
+    job (``rank``) appends to the log its launcher started, its lines marked with its rank."""
     LOG.setLevel(logging.INFO)
     LOG.handlers.clear()
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+    where = "" if rank is None else f"rank {rank} "
+    fmt = logging.Formatter(f"%(asctime)s {where}%(levelname)s %(message)s", "%H:%M:%S")
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_file, mode="w"))
+        handlers.append(logging.FileHandler(log_file, mode="w" if rank is None else "a"))
     for handler in handlers:
         handler.setFormatter(fmt)
         LOG.addHandler(handler)
@@ -77,12 +79,15 @@ def seed_everything(seed: int, threads: int | None = None) -> None:
 
 
 def select_device(requested: str = "auto") -> torch.device:
-    """CUDA when present (or requested), CPU otherwise."""
+    """CUDA when present (or requested), CPU otherwise; a process of a data-parallel job gets its own GPU."""
     import torch
 
     if requested == "auto":
         requested = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(requested)
+    device = torch.device(requested)
+    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    return device
 
 
 def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:

@@ -1,11 +1,13 @@
 """The optimisation loop shared by every training rule: AdamW, warm-up + cosine, clipping, TSV log, tqdm,
-and resumable checkpoints so a job killed by a cluster (time limit, preemption, kill -9) continues where it
-stopped and ends bit-identical to an uninterrupted run."""
+resumable checkpoints so a job killed by a cluster (time limit, preemption, kill -9) continues where it
+stopped and ends bit-identical to an uninterrupted run, and data parallelism (DDP) across the processes of
+:func:`llm4brain.distributed.launch`."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -14,6 +16,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from llm4brain.distributed import average, world
 from llm4brain.resume import Checkpoint
 from llm4brain.runtime import LOG, autocast, autocast_dtype
 
@@ -43,10 +46,42 @@ class Stateful(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
+class Objective(torch.nn.Module):
+    """A rule's loss function as the forward of a module holding everything it trains: what DDP wraps (it
+    hooks a module's forward and its parameters' gradients). ``loss_fn`` calls the submodules itself."""
+
+    def __init__(self, module: torch.nn.Module, loss_fn: Callable[[int], tuple[torch.Tensor, dict[str, float]]]):
+        super().__init__()
+        self.module, self.loss_fn = module, loss_fn
+
+    def forward(self, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.loss_fn(step)
+
+
+def data_parallel(objective: Objective, device: torch.device) -> torch.nn.Module:
+    """``objective`` under DDP when the job runs several processes. Only the trainable parameters are synced
+    (every process builds the frozen ones, a 4-bit base included, identically from the same seed and
+    files); unused ones are allowed (a term switched off for a step)."""
+    if world().size == 1:
+        return objective
+    from torch.nn.parallel import DistributedDataParallel
+
+    frozen = [name for name, p in objective.named_parameters() if not p.requires_grad]
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+        objective, frozen + [name for name, _ in objective.named_buffers()]
+    )
+    return DistributedDataParallel(
+        objective,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=True,
+    )
+
+
 @dataclass
 class Run:
     """One training run's moving parts: what a checkpoint saves and restores, and one optimiser step."""
 
+    objective: torch.nn.Module
     trainable: list[torch.nn.Parameter]
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
@@ -88,23 +123,25 @@ class Run:
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         self.rows, self.start, self.best = state["rows"], state["step"], state["best"]
 
-    def step(self, step: int, loss_fn: Callable[[int], tuple[torch.Tensor, dict[str, float]]]) -> dict[str, float]:
-        """One optimiser step over ``accumulate`` micro-batches; its log row."""
+    def step(self, step: int) -> dict[str, float]:
+        """One optimiser step over ``accumulate`` micro-batches; its log row (the global batch's means)."""
         self.optimizer.zero_grad(set_to_none=True)
         micro, losses, parts = self.params["accumulate"], [], []
-        for _ in range(micro):  # gradient accumulation: micro-batches of batch_size, one optimiser step
-            with autocast(self.device, self.params["precision"]):
-                loss, terms = loss_fn(step)
-            (loss / micro).backward()
+        for i in range(micro):  # gradient accumulation: micro-batches of batch_size, one optimiser step
+            no_sync = getattr(self.objective, "no_sync", None)  # DDP: reduce the gradients once, at the last
+            with no_sync() if no_sync is not None and i < micro - 1 else nullcontext():
+                with autocast(self.device, self.params["precision"]):
+                    loss, terms = self.objective(step)
+                (loss / micro).backward()
             losses.append(loss.item())
             parts.append(terms)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, self.params["grad_clip"])
         self.optimizer.step()
         self.scheduler.step()
-        terms = {key: sum(p[key] for p in parts) / micro for key in parts[0]}
+        terms = average({"loss": sum(losses) / micro, **{key: sum(p[key] for p in parts) / micro for key in parts[0]}})
         row = {
             "step": step,
-            "loss": sum(losses) / micro,
+            "loss": terms.pop("loss"),
             "grad_norm": grad_norm.item(),
             "lr": self.scheduler.get_last_lr()[0],
             **terms,
@@ -131,15 +168,18 @@ class Run:
 
 
 def start_run(
-    parameters: Iterable[torch.nn.Parameter],
+    module: torch.nn.Module,
+    loss_fn: Callable[[int], tuple[torch.Tensor, dict[str, float]]],
     params: dict[str, Any],
     generators: Sequence[torch.Generator],
     stateful: Sequence[Stateful],
     device: torch.device,
 ) -> Run:
-    trainable = [p for p in parameters if p.requires_grad]
+    objective = Objective(module, loss_fn)
+    trainable = [p for p in objective.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=params["lr"], weight_decay=params["weight_decay"])
     return Run(
+        data_parallel(objective, device),
         trainable,
         optimizer,
         cosine_with_warmup(optimizer, params["warmup"], params["steps"]),
@@ -151,7 +191,7 @@ def start_run(
 
 
 def fit(
-    parameters: Iterable[torch.nn.Parameter],
+    module: torch.nn.Module,
     loss_fn: Callable[[int], tuple[torch.Tensor, dict[str, float]]],
     params: dict[str, Any],
     desc: str,
@@ -163,7 +203,8 @@ def fit(
     device: torch.device = torch.device("cpu"),
     stateful: Sequence[Stateful] = (),
 ) -> pd.DataFrame:
-    """Run ``params['steps']`` optimiser steps of ``loss_fn(step)`` and return the per-step history.
+    """Run ``params['steps']`` optimiser steps of ``loss_fn(step)`` on ``module``'s trainable parameters and
+    return the per-step history.
 
     ``loss_fn`` draws its own batch for the step from ``generators`` (seeded by the caller) and ``stateful``
     (data streams) and returns the total loss and the named terms to log. ``params`` is a ``train`` config
@@ -175,8 +216,14 @@ def fit(
     With ``validate`` (the loss on held-out data), it runs every ``params['eval_every']`` steps and at the
     end; training stops after ``params['patience']`` validations without a new best (0 = never), and the
     best validated weights are the ones left in the model.
+
+    In a data-parallel job (:func:`llm4brain.distributed.launch`) ``loss_fn`` computes its process's share
+    of the global batch (see :mod:`llm4brain.distributed`) and ``validate`` the whole validation loss on
+    every process; only rank 0 writes ``log_tsv`` and checkpoints, and every process resumes from them, so
+    a checkpoint written by N processes resumes on any number.
     """
-    run = start_run(parameters, params, generators, stateful, device)
+    run = start_run(module, loss_fn, params, generators, stateful, device)
+    main = world().main
     if checkpoint:  # a job requeued onto another kind of device starts over: its numerics (and RNGs) differ
         checkpoint = checkpoint.where(device.type, str(autocast_dtype(device, params["precision"])))
         state = checkpoint.load()
@@ -184,9 +231,9 @@ def fit(
             run.restore(state)
             LOG.info("%s: resuming from step %d (%s)", desc, run.start, checkpoint.path)
     every, steps = params["checkpoint_every"], params["steps"]
-    bar = tqdm(range(run.start, steps), desc=desc, mininterval=1.0, initial=run.start, total=steps)
+    bar = tqdm(range(run.start, steps), desc=desc, mininterval=1.0, initial=run.start, total=steps, disable=not main)
     for step in bar:
-        row = run.step(step, loss_fn)
+        row = run.step(step)
         last = step == steps - 1
         if validate is not None and ((step + 1) % params["eval_every"] == 0 or last):
             run.validate(row, validate)
@@ -202,12 +249,12 @@ def fit(
                 run.best["loss"],
             )
             break
-        if checkpoint and every and (step + 1) % every == 0 and step + 1 < steps:
+        if main and checkpoint and every and (step + 1) % every == 0 and step + 1 < steps:
             checkpoint.save(run.state(step + 1))
     run.keep_best(desc)
-    if checkpoint:
-        checkpoint.path.unlink(missing_ok=True)
     history = pd.DataFrame(run.rows)
-    if log_tsv:
+    if main and checkpoint:
+        checkpoint.path.unlink(missing_ok=True)
+    if main and log_tsv:
         history.to_csv(log_tsv, sep="\t", index=False)
     return history

@@ -1,21 +1,27 @@
+from llm4brain.distributed import launch
 from llm4brain.instruct.train import instruct_llm
 from llm4brain.resume import Checkpoint
 from llm4brain.runtime import setup_logging
 
-setup_logging(snakemake.log[0])
-p = snakemake.params
-instruct_llm(
-    fmri_paths=snakemake.input.fmri,
-    latent_paths=snakemake.input.latents,
-    align_dir=snakemake.input.align,
-    feature_paths=snakemake.input.features,
-    captions_path=snakemake.input.captions,
-    teacher_dir=snakemake.input.video_llm,
-    model_dir=snakemake.output.model,
-    log_tsv=snakemake.output.log_tsv,
-    subjects=p.subjects,
-    heldout=p.heldout,
-    params=p.instruct,
-    seed=p.seed,
-    checkpoint=Checkpoint.for_snakemake(snakemake),
-)
+if __name__ == "__main__":  # not when the data-parallel workers re-import this script
+    setup_logging(snakemake.log[0])
+    p = snakemake.params
+    launch(
+        instruct_llm,
+        devices=p.instruct["train"]["devices"],
+        device=p.instruct["train"]["device"],
+        log_file=snakemake.log[0],
+        fmri_paths=list(snakemake.input.fmri),
+        latent_paths=list(snakemake.input.latents),
+        align_dir=snakemake.input.align,
+        feature_paths=list(snakemake.input.features),
+        captions_path=snakemake.input.captions,
+        teacher_dir=snakemake.input.video_llm,
+        model_dir=snakemake.output.model,
+        log_tsv=snakemake.output.log_tsv,
+        subjects=list(p.subjects),
+        heldout=list(p.heldout),
+        params=p.instruct,
+        seed=p.seed,
+        checkpoint=Checkpoint.for_snakemake(snakemake),
+    )

@@ -1,15 +1,21 @@
+from llm4brain.distributed import launch
 from llm4brain.resume import Checkpoint
 from llm4brain.runtime import setup_logging
 from llm4brain.video_llm.train import train_video_llm
 
-setup_logging(snakemake.log[0])
-p = snakemake.params
-train_video_llm(
-    snakemake.input.features,
-    snakemake.input.captions,
-    snakemake.output[0],
-    p.train_segments,
-    p.video_llm,
-    p.seed,
-    Checkpoint.for_snakemake(snakemake),
-)
+if __name__ == "__main__":  # not when the data-parallel workers re-import this script
+    setup_logging(snakemake.log[0])
+    p = snakemake.params
+    launch(
+        train_video_llm,
+        devices=p.video_llm["train"]["devices"],
+        device=p.video_llm["train"]["device"],
+        log_file=snakemake.log[0],
+        feature_paths=list(snakemake.input.features),
+        captions_path=snakemake.input.captions,
+        out_dir=snakemake.output[0],
+        train_segments=list(p.train_segments),
+        params=p.video_llm,
+        seed=p.seed,
+        checkpoint=Checkpoint.for_snakemake(snakemake),
+    )

@@ -24,6 +24,7 @@ from llm4brain.align.stream import (
     split_rows,
 )
 from llm4brain.artifacts import atomic_path
+from llm4brain.distributed import world
 from llm4brain.models.fmri_encoder import build_encoder
 from llm4brain.models.mbm import MaskedBrainModel
 from llm4brain.models.weights import save_weights
@@ -60,8 +61,11 @@ def pretrain_scmbm(
         strict=True,
     )
     samples: InMemorySamples | ShuffledStream
+    shard = world()  # this process's share of every batch (one process: all of it)
     if in_memory:
-        samples = InMemorySamples(files, list(rows), window, seed + Stream.SCMBM_SAMPLES)
+        samples = InMemorySamples(
+            files, list(rows), window, seed + Stream.SCMBM_SAMPLES, rank=shard.rank, world_size=shard.size
+        )
     else:
         samples = row_stream(
             files,
@@ -69,6 +73,8 @@ def pretrain_scmbm(
             window,
             train_params["buffer_mb"],
             seed + Stream.SCMBM_SAMPLES,
+            rank=shard.rank,
+            world_size=shard.size,
             workers=train_params["loader_workers"],
         )
     n_val = sum(map(len, val_rows))
@@ -94,7 +100,7 @@ def pretrain_scmbm(
 
     def loss_fn(step: int) -> tuple[torch.Tensor, dict[str, float]]:
         model.train()
-        loss, _ = model(samples.next(batch_size)[1][:, 0].to(device), generator)
+        loss, _ = model(samples.next(batch_size)[1][:, 0].to(device), generator, shard)
         return loss, {"masked_mse": loss.item()}
 
     def validate() -> float:
@@ -106,20 +112,22 @@ def pretrain_scmbm(
                 total += model(batch.to(device), masks)[0] * len(batch)
         return float(total / n_val)
 
+    history = fit(
+        model,
+        loss_fn,
+        train_params,
+        "pretrain_scmbm",
+        checkpoint=checkpoint,
+        generators=[generator],
+        validate=validate if n_val else None,
+        device=device,
+        stateful=[samples],
+    )
+    if not shard.main:
+        return
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)
-        fit(
-            model.parameters(),
-            loss_fn,
-            train_params,
-            "pretrain_scmbm",
-            tmp / "train_log.tsv",
-            checkpoint=checkpoint,
-            generators=[generator],
-            validate=validate if n_val else None,
-            device=device,
-            stateful=[samples],
-        )
+        history.to_csv(tmp / "train_log.tsv", sep="\t", index=False)
         save_weights(model.encoder, tmp / "encoder.safetensors")
         (Path(tmp) / "config.json").write_text(
             json.dumps({"grid": list(grid), "encoder": encoder_params, "scmbm": params}, indent=2)

@@ -357,13 +357,22 @@ class InMemorySamples:
     :func:`row_stream` whose buffer holds all the data serves them: the reference that streaming is tested
     and benchmarked against. Only for data that fits in memory."""
 
-    def __init__(self, files: list[BoldSplit], rows: list[np.ndarray], window: int, seed: int) -> None:
+    def __init__(
+        self,
+        files: list[BoldSplit],
+        rows: list[np.ndarray],
+        window: int,
+        seed: int,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         stacks = []
         for f, file_rows in zip(files, rows, strict=True):
             volumes = np.empty((f.n_rows, *f.shape), f.dtype)
             f.read(np.arange(f.n_rows), volumes)
             stacks.append(volumes[f.windows(file_rows, window)])
-        self.samples, self.seed = np.concatenate(stacks), seed
+        self.samples, self.seed, self.rank, self.world_size = np.concatenate(stacks), seed, rank, world_size
         self.epoch = self.position = 0
         self.order = self._order()
 
@@ -379,7 +388,7 @@ class InMemorySamples:
             if self.position == len(self.order):
                 self.epoch, self.position = self.epoch + 1, 0
                 self.order = self._order()
-        picked = np.concatenate(picks)
+        picked = np.concatenate(picks)[self.rank :: self.world_size]
         return torch.from_numpy(picked), torch.from_numpy(self.samples[picked][:, None])
 
     def state_dict(self) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from torch.nn import functional as F
 
 from llm4brain.align.model import load_aligner
 from llm4brain.artifacts import atomic_path, read_captions, read_features
+from llm4brain.distributed import global_mean, world
 from llm4brain.instruct.llm_tuning import tune
 from llm4brain.instruct.student import FmriStudent, read_inputs, save_student
 from llm4brain.models.video_llm import Captioner, encode_clips, load_teacher
@@ -33,11 +34,12 @@ if TYPE_CHECKING:
 
 
 def distillation(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Mean over caption tokens of T² · KL(softmax(teacher / T) ‖ softmax(student / T))."""
+    """Mean over caption tokens (of the global batch, in a data-parallel job) of
+    T² · KL(softmax(teacher / T) ‖ softmax(student / T))."""
     t = F.log_softmax(teacher / temperature, dim=-1)
     s = F.log_softmax(student / temperature, dim=-1)
     kl = (t.exp() * (t - s)).sum(-1)
-    return temperature**2 * (kl * mask).sum() / mask.sum().clamp(min=1)
+    return global_mean(temperature**2 * (kl * mask).sum(), mask.sum())
 
 
 def shares_base(params: dict[str, Any]) -> bool:
@@ -144,10 +146,11 @@ def instruct_llm(
     )
 
     generator = torch.Generator().manual_seed(seed + Stream.INSTRUCT_BATCHES)
+    shard = world()
 
     def loss_fn(step: int) -> tuple[torch.Tensor, dict[str, float]]:
         student.train()
-        idx = torch.randint(len(keys), (batch_size,), generator=generator)
+        idx = shard.share(torch.randint(len(keys), (batch_size,), generator=generator))  # of the global batch
         batch_texts = [texts[i] for i in idx.tolist()]
         lm, logits, ids, mask = student.captioner.caption_loss(student.tokens(inputs[idx].to(device)), batch_texts)
         terms = {"lm": lm.item()}
@@ -159,16 +162,18 @@ def instruct_llm(
             terms["distill"] = kd.item()
         return loss, terms
 
+    fit(
+        student,
+        loss_fn,
+        params["train"],
+        "instruct_llm",
+        log_tsv,
+        checkpoint=checkpoint,
+        generators=[generator],
+        device=device,
+    )
+    if not shard.main:
+        return
     with atomic_path(model_dir) as tmp:
         tmp.mkdir(parents=True)
-        fit(
-            student.parameters(),
-            loss_fn,
-            params["train"],
-            "instruct_llm",
-            log_tsv,
-            checkpoint=checkpoint,
-            generators=[generator],
-            device=device,
-        )
         save_student(tmp, student.eval(), teacher_dir, align_dir, params)

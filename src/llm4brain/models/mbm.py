@@ -11,6 +11,7 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import nn
 
+from llm4brain.distributed import World
 from llm4brain.models.fmri_encoder import FmriEncoder
 
 
@@ -32,20 +33,24 @@ class MaskedBrainModel(nn.Module):
         self.decoder_norm = nn.LayerNorm(decoder_dim)
         self.predict = nn.Linear(decoder_dim, encoder.tokenizer.patch_values)
 
-    def kept_tokens(self, batch: int, n_tokens: int, generator: torch.Generator | None) -> torch.Tensor:
-        """(B, n_keep) indices of the visible tokens, a fresh random subset per sample."""
+    def kept_tokens(
+        self, batch: int, n_tokens: int, generator: torch.Generator | None, world: World = World()
+    ) -> torch.Tensor:
+        """(B, n_keep) indices of the visible tokens, a fresh random subset per sample: ``world``'s share of
+        those of the global batch (B samples on each of its processes)."""
         n_keep = max(1, int(n_tokens * (1 - self.mask_ratio)))
-        noise = torch.rand(batch, n_tokens, generator=generator)
+        noise = world.share(torch.rand(batch * world.size, n_tokens, generator=generator))
         return noise.argsort(dim=1)[:, :n_keep].to(self.decoder_pos.device)
 
     def forward(
-        self, volumes: torch.Tensor, generator: torch.Generator | None = None
+        self, volumes: torch.Tensor, generator: torch.Generator | None = None, world: World = World()
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Loss on the hidden tokens, and the (B, N) mask (1 = hidden)."""
+        """Loss on the hidden tokens, and the (B, N) mask (1 = hidden). ``volumes`` are ``world``'s share of
+        a global batch (:mod:`llm4brain.distributed`): their masks are those the one-process run draws."""
         x = self.encoder.standardize(volumes)
         tokens, target = self.encoder.tokenizer(x), self.encoder.tokenizer.patchify(x)
         b, n, d = tokens.shape
-        keep = self.kept_tokens(b, n, generator)
+        keep = self.kept_tokens(b, n, generator, world)
         latent = self.encoder.encode_tokens(tokens.gather(1, keep[..., None].expand(-1, -1, d)))
         decoded = self.decoder_embed(latent)
         full = self.mask_token.to(decoded.dtype).expand(b, n, -1).clone()  # bf16 under autocast

@@ -24,6 +24,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from llm4brain.distributed import global_mean
 from llm4brain.models.quantization import quantized_loading
 from llm4brain.models.weights import load_weights, save_weights
 from llm4brain.runtime import autocast
@@ -89,6 +90,8 @@ def qformer_config(params: dict[str, Any], vision_dim: int) -> Blip2QFormerConfi
         cross_attention_frequency=1,
         vocab_size=2,
         max_position_embeddings=params["num_queries"],
+        hidden_dropout_prob=params["dropout"],
+        attention_probs_dropout_prob=params["dropout"],
     )
 
 
@@ -175,13 +178,15 @@ class Captioner(nn.Module):
     def caption_loss(
         self, tokens: torch.Tensor, captions: list[str]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Mean cross-entropy over caption tokens; also returns the logits, caption ids and mask, which
-        distillation reuses."""
+        """Mean cross-entropy over caption tokens (of the global batch, in a data-parallel job); also returns
+        the logits, caption ids and mask, which distillation reuses."""
         ids, mask = self.encode_captions(captions)
         logits = self.caption_logits(tokens, ids, mask)
         labels = ids.masked_fill(mask == 0, IGNORE)
-        loss = nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
-        return loss, logits, ids, mask
+        total = nn.functional.cross_entropy(
+            logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum"
+        )
+        return global_mean(total, (labels != IGNORE).sum()), logits, ids, mask
 
     @torch.inference_mode()
     def generate(

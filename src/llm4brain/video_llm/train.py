@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from llm4brain.artifacts import atomic_path, read_captions, read_features
+from llm4brain.distributed import world
 from llm4brain.models.tokenizer import train_word_tokenizer
 from llm4brain.models.video_llm import Captioner, VideoQFormer, build_llm, qformer_config, save_teacher
 from llm4brain.resume import Checkpoint
@@ -38,6 +39,7 @@ def clip_table(
 
 
 def train_video_llm(
+    *,
     feature_paths: list[str],
     captions_path: str,
     out_dir: str | Path,
@@ -71,25 +73,27 @@ def train_video_llm(
     model = nn.ModuleDict({"qformer": qformer, "captioner": captioner}).to(device).train()
 
     generator = torch.Generator().manual_seed(seed + Stream.VIDEO_LLM_BATCHES)
-    batch_size = params["train"]["batch_size"]
+    batch_size, shard = params["train"]["batch_size"], world()
 
     def loss_fn(step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        idx = torch.randint(n, (batch_size,), generator=generator)
+        idx = shard.share(torch.randint(n, (batch_size,), generator=generator))  # of the global batch
         loss, *_ = captioner.caption_loss(qformer(clips[idx].to(device)), [texts[i] for i in idx.tolist()])
         return loss, {}
 
+    history = fit(
+        model,
+        loss_fn,
+        params["train"],
+        "train_video_llm",
+        checkpoint=checkpoint,
+        generators=[generator],
+        device=device,
+    )
+    if not shard.main:
+        return
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)
-        fit(
-            model.parameters(),
-            loss_fn,
-            params["train"],
-            "train_video_llm",
-            tmp / "train_log.tsv",
-            checkpoint=checkpoint,
-            generators=[generator],
-            device=device,
-        )
+        history.to_csv(tmp / "train_log.tsv", sep="\t", index=False)
         model.eval()
         settings = {k: params[k] for k in ("template", "prompt", "max_caption_tokens")}
         save_teacher(tmp, qformer, captioner, {**settings, "train_segments": train_segments, "vision_dim": vision_dim})

@@ -1,0 +1,180 @@
+"""Data-parallel training on CPU (gloo): two processes train the model one process trains, from the same
+global batches; only rank 0 writes; a dead process fails the job fast; a checkpoint written by two
+processes resumes on two (bit-identical) and on one."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import DEFAULTS
+from ddp_workers import as_rank, gathered_share
+from safetensors.torch import load_file
+from test_models import CAPTIONS
+from test_stream import ENCODER, SCMBM, SUBJECTS, adaptor_inputs, adaptor_outputs, runs, write_fmri
+
+from llm4brain.align.scmbm import pretrain_scmbm
+from llm4brain.align.train import pretrain_adaptor
+from llm4brain.artifacts import atomic_h5, write_keys, write_strings
+from llm4brain.distributed import launch
+from llm4brain.instruct.train import instruct_llm
+from llm4brain.resume import Checkpoint
+
+TOL = 1e-5  # relative: max-abs difference / max-abs weight
+
+
+def shift_invariant(name: str, value: torch.Tensor) -> torch.Tensor:
+    """``value`` without the attention key biases: softmax ignores a shift of every key, so their exact
+    gradient is zero and Adam turns its rounding noise into steps of ~lr · noise / eps that differ between
+    any two summation orders (1e-4 here) without changing any output."""
+    if name.endswith("qkv.bias"):  # timm's fused [query | key | value]
+        n = len(value) // 3
+        return torch.cat([value[:n], value[2 * n :]])
+    return value[:0] if name.endswith("key.bias") else value
+
+
+def assert_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], what: str) -> None:
+    """Max-abs difference within TOL of the model's max-abs weight (per tensor is too strict: Adam divides
+    the tiny gradients of a 1e-3-scaled adaptor by their own size, rounding included)."""
+    assert a.keys() == b.keys()
+    pairs = {name: [shift_invariant(name, t.float()) for t in (a[name], b[name])] for name in a}
+    scale = max(x.abs().max() for x, _ in pairs.values() if x.numel())
+    for name, (x, y) in pairs.items():
+        if x.numel():
+            assert (x - y).abs().max() <= TOL * scale, f"{what}: {name} differs by {(x - y).abs().max():.2e}"
+
+
+def assert_same_curve(a: Path, b: Path) -> None:
+    x, y = (pd.read_csv(path, sep="\t") for path in (a, b))
+    assert list(x.columns) == list(y.columns) and len(x) == len(y)
+    for column in x.columns.drop(["grad_norm"]):  # the norm of near-zero gradients is rounding noise too
+        np.testing.assert_allclose(x[column], y[column], rtol=TOL, atol=1e-7, err_msg=column)
+
+
+def weights(directory: Path) -> dict[str, torch.Tensor]:
+    return {f"{f.name}/{k}": v for f in sorted(directory.glob("*.safetensors")) for k, v in load_file(f).items()}
+
+
+def test_two_processes_pretrain_scmbm_as_one_fail_fast_and_resume_on_two_or_one(tmp_path, caplog):
+    train, test = runs(["a", "b"], 12, 2), runs(["t"], 5)
+    paths = [str(write_fmri(tmp_path / f"sub-0{i}.h5", train, test, seed=i)) for i in (1, 2)]
+    params = {**SCMBM, "train": {**SCMBM["train"], "steps": 10, "val_fraction": 0.2, "eval_every": 5}}
+    checkpoint = Checkpoint(tmp_path / "resume" / "scmbm.pt", "scmbm-job")
+
+    def run(out: str, devices: int, **kill: int) -> None:
+        launch(
+            as_rank,
+            devices=devices,
+            log_file=str(tmp_path / f"{out}.log"),
+            target=pretrain_scmbm,
+            guard=[str(tmp_path / out), str(checkpoint.path.parent)],
+            fmri_paths=paths,
+            out_dir=str(tmp_path / out),
+            encoder_params=ENCODER,
+            params=params,
+            seed=0,
+            checkpoint=checkpoint,
+            **kill,
+        )
+
+    run("one", 1)
+    run("two", 2)
+    assert_close(weights(tmp_path / "one"), weights(tmp_path / "two"), "1 vs 2 processes")
+    assert_same_curve(tmp_path / "one" / "train_log.tsv", tmp_path / "two" / "train_log.tsv")
+    log = (tmp_path / "two.log").read_text()
+    assert "rank 1 INFO pretrain_scmbm step 9" in log and "rank 0 INFO pretrain_scmbm step 9" in log
+
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"rank 1 \(pid \d+\) was killed by SIGKILL.*Rerun to resume"):
+        run("killed", 2, kill_rank=1, kill_step=7)
+    assert time.monotonic() - started < 60
+    assert not (tmp_path / "killed").exists() and not list(tmp_path.glob(".killed*"))  # no partial artifact
+    assert torch.load(checkpoint.path, weights_only=True)["step"] == 6  # checkpoint_every 3: after step 5
+    shutil.copy(checkpoint.path, tmp_path / "written_by_two.pt")
+
+    run("killed", 2)  # the rerun resumes on two processes: bit-identical to the straight run
+    assert "resuming from step 6" in (tmp_path / "killed.log").read_text()
+    straight, resumed = weights(tmp_path / "two"), weights(tmp_path / "killed")
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    pd.testing.assert_frame_equal(*(pd.read_csv(tmp_path / o / "train_log.tsv", sep="\t") for o in ("two", "killed")))
+
+    shutil.copy(tmp_path / "written_by_two.pt", checkpoint.path)
+    with caplog.at_level(logging.INFO, logger="llm4brain"):
+        run("on_one", 1)  # requeued onto one device: the same global batches, one process's sums
+    assert "resuming from step 6" in caplog.text
+    assert_close(straight, weights(tmp_path / "on_one"), "resumed on 1")
+    assert not checkpoint.path.exists()
+
+
+def write_captions(path: Path) -> str:
+    keys = [(s, t) for s in ("a", "b", "t") for t in range(8 if s != "t" else 4)]
+    with atomic_h5(path, "captions") as f:
+        write_keys(f, [k[0] for k in keys], [k[1] for k in keys])
+        write_strings(f, "caption", [CAPTIONS[(i * 7) % 3] for i in range(len(keys))])
+    return str(path)
+
+
+def test_two_processes_align_and_tune_a_4bit_lora_student_with_distillation_as_one(tmp_path):
+    """pretrain_adaptor (contrastive, cross-subject and MMD terms on the gathered batch, masked modelling of
+    the held-out subject's sharded windows, validation) and instruct_llm (a 4-bit LoRA student distilled from
+    an unquantised teacher copy: caption tokens counted over both processes)."""
+    inputs = adaptor_inputs(tmp_path, dropout=0.0)  # dropout masks are drawn per process: none to compare
+    inputs["params"]["loss"] = {**inputs["params"]["loss"], "target_mbm": 0.5}
+    for devices in (1, 2):
+        out = tmp_path / f"align{devices}"
+        launch(as_rank, devices=devices, target=pretrain_adaptor, guard=[str(out)], **inputs, **adaptor_outputs(out))
+    assert_close(weights(tmp_path / "align1" / "model"), weights(tmp_path / "align2" / "model"), "aligner")
+    assert_same_curve(*(tmp_path / f"align{d}" / "model" / "train_log.tsv" for d in (1, 2)))
+    for s in SUBJECTS:
+        with h5py.File(tmp_path / "align1" / f"{s}.h5") as a, h5py.File(tmp_path / "align2" / f"{s}.h5") as b:
+            x, y = a["test/tokens"][:].astype(np.float32), b["test/tokens"][:].astype(np.float32)
+            assert np.abs(x - y).max() <= 1e-3 * np.abs(x).max()  # float16 latents: their rounding
+
+    instruct = {
+        **DEFAULTS["instruct"],
+        "input": "latents",
+        "distill_weight": 1.0,
+        "llm": {
+            **DEFAULTS["instruct"]["llm"],
+            "tuning": "lora",
+            "quantization": "4bit",
+            "lora": {**DEFAULTS["instruct"]["llm"]["lora"], "dropout": 0.0},
+        },
+        "train": {**inputs["params"]["train"], "steps": 4, "val_fraction": 0.0, "lr": 1e-2},
+    }
+    captions = write_captions(tmp_path / "captions.h5")
+    for devices in (1, 2):
+        out = tmp_path / f"student{devices}"
+        out.mkdir()  # as Snakemake makes an output's folder
+        launch(
+            as_rank,
+            devices=devices,
+            target=instruct_llm,
+            guard=[str(out)],
+            fmri_paths=inputs["fmri_paths"],
+            latent_paths=[str(tmp_path / "align1" / f"{s}.h5") for s in SUBJECTS],
+            align_dir=str(tmp_path / "align1" / "model"),
+            feature_paths=inputs["feature_paths"],
+            captions_path=captions,
+            teacher_dir=inputs["teacher_dir"],
+            model_dir=str(out / "model"),
+            log_tsv=str(out / "log.tsv"),
+            subjects=SUBJECTS,
+            heldout=["sub-03"],
+            params=instruct,
+            seed=0,
+        )
+    assert_close(weights(tmp_path / "student1" / "model"), weights(tmp_path / "student2" / "model"), "student")
+    assert_same_curve(tmp_path / "student1" / "log.tsv", tmp_path / "student2" / "log.tsv")
+    assert {"lm", "distill"} <= set(pd.read_csv(tmp_path / "student2" / "log.tsv", sep="\t").columns)
+
+
+def test_gather_restores_the_global_batch_and_returns_each_process_its_gradient():
+    launch(gathered_share, devices=2, x=torch.arange(12, dtype=torch.float32).view(2, 6))
