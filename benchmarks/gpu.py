@@ -154,16 +154,10 @@ def read_config(path: Path) -> dict[str, Any]:
 
 def make_setup(config: dict[str, Any], tiny: bool) -> Setup:
     """Real sizes from ``config`` and the published architectures; ``tiny`` shrinks every width and batch."""
-    encoder, scmbm, align = (
-        copy.deepcopy(config["encoder"]),
-        copy.deepcopy(config["scmbm"]),
-        copy.deepcopy(config["align"]),
+    encoder, scmbm, align, instruct, evaluate, video = (
+        copy.deepcopy(config[section]) for section in ("encoder", "scmbm", "align", "instruct", "evaluate", "video")
     )
-    instruct, evaluate, video = (
-        copy.deepcopy(config["instruct"]),
-        copy.deepcopy(config["evaluate"]),
-        copy.deepcopy(config["video"]),
-    )
+    video_llm = {**config["video_llm"], "num_frames": FRAMES}
     video["model"] = copy.deepcopy(EVA_G)  # the config's InstructBLIP tower needs its checkpoint; timm builds EVA-g
     labelled = len(config["data"]["subjects"]) - len(align["heldout"])
     qformer = InstructBlipVideoQFormerConfig()  # InstructBLIP's: 768 wide, 12 layers, cross-attends 1408-d ViT-g
@@ -182,8 +176,6 @@ def make_setup(config: dict[str, Any], tiny: bool) -> Setup:
         align["train"]["batch_size"], instruct["train"]["batch_size"] = batch["align"], batch["instruct"]
         align["train"]["accumulate"] = instruct["train"]["accumulate"] = 1
         evaluate.update(TINY["decode"], batch_size=batch["decode"])
-    video_llm = {**config["video_llm"], "num_frames": FRAMES}
-    if tiny:
         video_llm["max_caption_tokens"] = TINY["caption_tokens"]
     return Setup(
         grid, encoder, scmbm, align, instruct, evaluate, video, video_llm, labelled, qformer, queries, llama, words
@@ -656,9 +648,15 @@ def main(argv: list[str] | None = None) -> list[Row]:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cpu" and not args.tiny:
         parser.error("real sizes need a CUDA GPU (a 7B-size step takes hours on CPU); --tiny runs the same code on CPU")
+    if device.type == "cuda" and devices > torch.cuda.device_count():
+        parser.error(f"--devices {devices}: only {torch.cuda.device_count()} GPU(s) visible")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"{'tiny widths' if args.tiny else 'real sizes'} from {args.config.name} on {name}; {steps} timed steps")
+    print(
+        f"{'tiny widths' if args.tiny else 'real sizes'} from {args.config.name} on {name} "
+        f"({device_memory_gb(device):.0f} GB); {args.warmup} warm-up + {steps} timed steps per stage"
+    )
     rows = run_all(setup, device, args.warmup, steps, args.stages)
+    free(device)  # the teacher's cached blocks, before rank 0 of the N-process runs takes this GPU
     parallel = [stage for stage in PARALLEL if stage in args.stages]
     if devices > 1 and parallel:
         rows += run_parallel(setup, devices, args.warmup, steps, parallel)
