@@ -42,7 +42,7 @@ def main() -> None:
         print("\nlongest jobs (s)")
         for job, job_seconds in sorted(jobs.items(), key=lambda item: -item[1])[:LONGEST]:
             print(f"  {job:40s} {job_seconds:6.1f}")
-        metrics = pd.read_csv(workdir / "results/eval/metrics.tsv", sep="\t").pivot(
+        metrics = pd.read_csv(workdir / "results/r0/eval/metrics.tsv", sep="\t").pivot(  # the demo's one replicate
             index="subject", columns="source", values="CIDEr"
         )
         print("\nCIDEr fmri / shuffled, fmri / video-teacher")

@@ -1,10 +1,11 @@
 """Captions per second of batched generation against one caption at a time, on the demo's trained student.
 
-    make demo && .venv/bin/python benchmarks/generate.py [--results results] [--subject sub-01]
+    make demo && .venv/bin/python benchmarks/generate.py [--results results/r0] [--subject sub-01]
 
-Decodes the subject's test fMRI with the student the demo trained (``results/instruct/model`` on
-``results/video_llm``), greedy and with ``evaluate``'s default settings, once in batches of
-``evaluate.batch_size`` (64) and once one clip at a time, on 2 CPU threads. Prints both rates, their ratio,
+Decodes the subject's test fMRI with the student the demo trained (``results/r0/instruct/model`` on
+``results/r0/video_llm``: the demo's one replicate, its data included), greedy and with ``evaluate``'s
+default settings, once in batches of ``evaluate.batch_size`` (64) and once one clip at a time, on 2 CPU
+threads. Prints both rates, their ratio,
 and the share of captions that are identical (batching right-pads nothing here: every prompt has the same
 length, so greedy captions agree up to float summation order).
 """
@@ -31,7 +32,7 @@ def rate(captioner: torch.nn.Module, tokens: torch.Tensor, batch_size: int) -> t
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--results", type=Path, default=Path("results"))
+    parser.add_argument("--results", type=Path, default=Path("results/r0"))
     parser.add_argument("--subject", default="sub-01")
     args = parser.parse_args()
     torch.set_num_threads(2)

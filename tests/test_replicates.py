@@ -218,3 +218,18 @@ def test_replicates_plan_the_seed_dependent_jobs_once_per_seed(tmp_path):
     replicated = {"train_video_llm", "pretrain_scmbm", "pretrain_adaptor", "instruct_llm", "decode_captions"}
     assert replicated | {"score_captions", "plot_gallery"} <= one.keys()
     assert {rule: two[rule] for rule in one} == {rule: one[rule] * (1 if rule in data | shared else 2) for rule in one}
+
+
+def test_decoding_a_new_run_names_the_replicate_when_there_are_several(tmp_path):
+    """``llm4brain decode`` takes the only replicate's student, or the one ``--replicate`` names."""
+    from llm4brain.artifacts import ArtifactError
+    from llm4brain.evaluate.new_run import replicate_dir
+
+    (tmp_path / "r0" / "instruct" / "model").mkdir(parents=True)
+    assert replicate_dir(tmp_path, None) == tmp_path / "r0"
+    (tmp_path / "r7" / "instruct" / "model").mkdir(parents=True)
+    with pytest.raises(ArtifactError, match=r"--replicate SEED .*: r0, r7\)"):
+        replicate_dir(tmp_path, None)
+    assert replicate_dir(tmp_path, 7) == tmp_path / "r7"
+    with pytest.raises(ArtifactError, match="replicate 3 has no trained student"):
+        replicate_dir(tmp_path, 3)

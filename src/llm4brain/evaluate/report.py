@@ -144,7 +144,7 @@ def plot_training(logs: dict[str, list[str | Path]], out_png: str | Path) -> Non
                 smooth = log[term].rolling(10, min_periods=1).mean()
                 width = 1.5 if term == "loss" else 1
                 ax.plot(log["step"], smooth, color=f"C{j}", label=term if run == 0 else None, lw=width, alpha=0.7)
-        ax.set_title(name if len(paths) == 1 else f"{name} ({len(paths)} replicates)")
+        ax.set_title(name if len(paths) == 1 else f"{name}\n({len(paths)} replicates)", fontsize=10)
         ax.set_xlabel("step")
         ax.set_yscale("log")
         ax.legend(frameon=False, fontsize=7)
