@@ -15,7 +15,10 @@ if config["scmbm"]["pretrain"] and not config["scmbm"]["checkpoint"]:
             f"{BENCHMARKS}/pretrain_scmbm.tsv"
         conda:
             "../envs/llm4brain.yaml"
-        threads: config["scmbm"]["train"]["threads"]
+        threads: train_threads("scmbm")
+        resources:
+            devices=train_devices("scmbm"),
+            gpu=train_devices("scmbm"),
         params:
             encoder=section("encoder"),
             scmbm=section("scmbm"),
@@ -28,7 +31,7 @@ if config["scmbm"]["pretrain"] and not config["scmbm"]["checkpoint"]:
 rule pretrain_adaptor:
     """Align fMRI tokens with the teacher's video tokens (contrastive + cross-subject + domain adaptation)."""
     input:
-        fmri=fmri_files(),
+        fmri=adaptor_fmri,
         features=feature_files(),
         video_llm=video_llm_dir(),
         pretrained=pretrained_encoder(),
@@ -47,7 +50,10 @@ rule pretrain_adaptor:
         f"{BENCHMARKS}/pretrain_adaptor.tsv"
     conda:
         "../envs/llm4brain.yaml"
-    threads: config["align"]["train"]["threads"]
+    threads: train_threads("align")
+    resources:
+        devices=train_devices("align"),
+        gpu=train_devices("align"),
     params:
         subjects=SUBJECTS,
         encoder=section("encoder"),

@@ -120,6 +120,13 @@ def _check_config():
         raise ValueError(
             "config captions.source: teacher needs video_llm.pretrained (the tiny teacher learns from captions)"
         )
+    for stage in ("video_llm", "scmbm", "align", "instruct"):
+        train = config[stage]["train"]
+        if train["batch_size"] % train["devices"]:
+            raise ValueError(
+                f"config {stage}.train: batch_size {train['batch_size']} does not divide evenly between "
+                f"{train['devices']} devices (each process takes batch_size / devices)"
+            )
     # a video.fps that gives no whole number of frames per TR fails here
     frames_per_tr(config["video"], DATA["tr"])
 
@@ -150,10 +157,26 @@ def _canonical(value):
 
 def section(name):
     """One stage's config section, passed as params so that only its rules rerun when it changes. Its
-    ``ablations`` list shapes the DAG (extra runs) and is left out: adding one reruns nothing else.
+    ``ablations`` list shapes the DAG (extra runs) and is left out: adding one reruns nothing else. So is
+    ``train.devices``, which reaches the job as a resource (:func:`train_devices`): the number of processes
+    changes the speed, not the model, and reruns nothing.
     """
-    values = lookup(dpath=name, within=config)
-    return _canonical({k: v for k, v in values.items() if k != "ablations"})
+    values = {
+        k: v for k, v in lookup(dpath=name, within=config).items() if k != "ablations"
+    }
+    if "train" in values:
+        values["train"] = {k: v for k, v in values["train"].items() if k != "devices"}
+    return _canonical(values)
+
+
+def train_devices(stage):
+    """The processes (GPUs on a cluster) a training rule runs data-parallel: its resources devices and gpu."""
+    return config[stage]["train"]["devices"]
+
+
+def train_threads(stage):
+    """CPU threads of a training job: train.threads for each of its processes."""
+    return config[stage]["train"]["threads"] * train_devices(stage)
 
 
 def replicate_seed(wildcards):
@@ -269,7 +292,15 @@ ABLATIONS = {  # each ablation switches these loss terms off
     "no_contrastive": ("contrastive",),
     "no_token_mse": ("token_mse",),
     "no_cross_subject": ("cross_subject",),
-    "no_domain_adaptation": ("domain", "target_mbm"),
+    # every adaptation toward the held-out subjects, functional alignment included (not a loss term)
+    "no_domain_adaptation": (
+        "domain",
+        "target_mbm",
+        "adversarial",
+        "functional_alignment",
+    ),
+    "no_adversarial": ("adversarial",),
+    "no_functional_alignment": ("functional_alignment",),
 }
 
 
@@ -321,10 +352,51 @@ def ablation_decodes():
 
 
 def ablated_align(wildcards):
-    """The align section with the ablated loss terms' weights set to zero."""
+    """The align section with the ablated loss terms' weights set to zero (and functional alignment off)."""
     align = section("align")
-    off = {term: 0.0 for term in ABLATIONS[wildcards.ablation]}
-    return {**align, "loss": {**align["loss"], **off}}
+    terms = ABLATIONS[wildcards.ablation]
+    off = {term: 0.0 for term in terms if term in align["loss"]}
+    ablated = {**align, "loss": {**align["loss"], **off}}
+    if "functional_alignment" in terms:
+        ablated["functional_alignment"] = {
+            **align["functional_alignment"],
+            "method": "none",
+        }
+    return ablated
+
+
+def aligner_section(wildcards):
+    """The align section an aligner was trained with: an align ablation's, else the configured one."""
+    ablation = getattr(wildcards, "ablation", None)
+    return ablated_align(wildcards) if ablation in ABLATIONS else section("align")
+
+
+def subject_fmri(wildcards, subject):
+    """A subject's fMRI as the job's aligner reads it: a held-out subject carried into the labelled subjects'
+    voxel space when its align section has functional alignment on, else the preprocessed file.
+    """
+    if (
+        subject in HELDOUT
+        and aligner_section(wildcards)["functional_alignment"]["method"] != "none"
+    ):
+        return f"{RUN}/fmri/aligned/{subject}.h5".format(replicate=wildcards.replicate)
+    return f"{DATA_RUN}/fmri/{subject}.h5".format(replicate=wildcards.replicate)
+
+
+def adaptor_fmri(wildcards):
+    """Every subject's fMRI that pretrain_adaptor (or an ablate_adaptor job) trains on and encodes."""
+    return [subject_fmri(wildcards, subject) for subject in SUBJECTS]
+
+
+def decoding_fmri(wildcards):
+    """The subject's fMRI a decoding job reads: the file its aligner encoded."""
+    return subject_fmri(wildcards, wildcards.subject)
+
+
+def functional_alignment_params(*keys):
+    """The align.functional_alignment keys a functional-alignment rule reads (not method, which only decides
+    whether the rules run)."""
+    return {key: config["align"]["functional_alignment"][key] for key in keys}
 
 
 # evaluate keys that only scoring reads: left out of the decoding rules' params

@@ -1,7 +1,7 @@
 rule decode_captions:
     """Captions for every test clip of one subject from fMRI, the video teacher, shuffled fMRI, nearest train."""
     input:
-        fmri=f"{DATA_RUN}/fmri/{{subject}}.h5",
+        fmri=decoding_fmri,
         latents=f"{RUN}/align/{{subject}}.h5",
         pool_fmri=labelled_files(f"{DATA_RUN}/fmri"),
         pool_latents=labelled_files(f"{RUN}/align"),
@@ -29,7 +29,7 @@ rule decode_captions:
 rule decode_ablation:
     """A subject's test fMRI decoded by an ablated student (source fmri-{ablation})."""
     input:
-        fmri=f"{DATA_RUN}/fmri/{{subject}}.h5",
+        fmri=decoding_fmri,
         latents=lambda w: f"{ablation_aligner(w)}/{w.subject}.h5",
         captions=f"{DATA_RUN}/text/captions.h5",
         video_llm=video_llm_dir(),

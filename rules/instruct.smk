@@ -16,7 +16,10 @@ rule instruct_llm:
         f"{BENCHMARKS}/instruct_llm.tsv"
     conda:
         "../envs/llm4brain.yaml"
-    threads: config["instruct"]["train"]["threads"]
+    threads: train_threads("instruct")
+    resources:
+        devices=train_devices("instruct"),
+        gpu=train_devices("instruct"),
     params:
         subjects=SUBJECTS,
         heldout=HELDOUT,

@@ -32,7 +32,10 @@ else:
             f"{BENCHMARKS}/train_video_llm.tsv"
         conda:
             "../envs/llm4brain.yaml"
-        threads: config["video_llm"]["train"]["threads"]
+        threads: train_threads("video_llm")
+        resources:
+            devices=train_devices("video_llm"),
+            gpu=train_devices("video_llm"),
         params:
             train_segments=SEGMENTS["train"],
             video_llm=section("video_llm"),

@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -66,3 +67,14 @@ def gathered_share(x: torch.Tensor) -> None:
     (whole * weight).sum().backward()  # every process's copy of one loss
     expected = weight[:, shard.rank :: shard.size] * shard.size  # DDP's average makes it the one-process gradient
     torch.testing.assert_close(mine.grad, expected, rtol=0, atol=0)
+
+
+def report_world(out: str, checkpoint: Any) -> None:
+    """Write this process's place and the checkpoint it was handed to ``out``/rank{RANK}.json."""
+    import json
+
+    from llm4brain.distributed import world
+
+    w = world()
+    record = {"size": w.size, "checkpoint": [str(checkpoint.path), checkpoint.fingerprint]}
+    (Path(out) / f"rank{w.rank}.json").write_text(json.dumps(record))

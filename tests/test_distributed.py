@@ -4,8 +4,12 @@ processes resumes on two (bit-identical) and on one."""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -15,7 +19,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import DEFAULTS
-from ddp_workers import as_rank, gathered_share
+from ddp_workers import as_rank, gathered_share, report_world
 from safetensors.torch import load_file
 from test_models import CAPTIONS
 from test_stream import ENCODER, SCMBM, SUBJECTS, adaptor_inputs, adaptor_outputs, runs, write_fmri
@@ -178,3 +182,29 @@ def test_two_processes_align_and_tune_a_4bit_lora_student_with_distillation_as_o
 
 def test_gather_restores_the_global_batch_and_returns_each_process_its_gradient():
     launch(gathered_share, devices=2, x=torch.arange(12, dtype=torch.float32).view(2, 6))
+
+
+def test_a_multi_node_launch_starts_itself_once_per_node_through_srun(tmp_path, monkeypatch):
+    """In an allocation of 2 nodes the job's one process hands the launch to ``srun``, one task per node;
+    here that task runs on this node alone, as node 0 of a 1-node allocation would, and receives the entry
+    and its arguments (a checkpoint among them) through the spec file."""
+    import llm4brain.distributed as distributed
+
+    commands, run = [], subprocess.run
+
+    def srun(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+        commands.append(command)
+        assert env[distributed.NODE] == "1" and command[:2] == ["srun", "--nodes=2"]
+        assert "--ntasks-per-node=1" in command and command[-2:-1] == ["llm4brain.distributed"]
+        tests = os.pathsep.join([str(Path(__file__).parent), env.get("PYTHONPATH", "")])  # ddp_workers' folder
+        return run(command[command.index(sys.executable) :], env={**env, "SLURM_NNODES": "1", "PYTHONPATH": tests})
+
+    monkeypatch.setenv("SLURM_NNODES", "2")
+    monkeypatch.setattr(distributed.subprocess, "run", srun)
+    checkpoint = Checkpoint(tmp_path / "job.pt", "a-job")
+    launch(report_world, devices=2, log_file=str(tmp_path / "job.log"), out=str(tmp_path), checkpoint=checkpoint)
+    assert len(commands) == 1 and not list(tmp_path.glob("*.launch.json"))  # the spec is removed
+    for rank in (0, 1):
+        record = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert record == {"size": 2, "checkpoint": [str(tmp_path / "job.pt"), "a-job"]}
+    assert "node 0 INFO" in (tmp_path / "job.log").read_text()

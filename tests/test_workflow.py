@@ -445,10 +445,11 @@ def test_encoder_tokens_without_the_end_to_end_student_fails_at_dag_build(micro)
 
 
 @pytest.fixture(scope="module")
-def from_scratch(micro: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bool]:
+def from_scratch(micro: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bool, Path]:
     """The micro workflow run again from scratch in a fresh copy: through profiles/slurm on a local one-node
     SLURM when one can be started here (root), else locally. One run serves both the determinism and the
-    SLURM tests; returns the copy and whether SLURM ran it."""
+    SLURM tests; then a copy retrains every training rule on 2 processes each (:func:`on_two_devices`).
+    Returns the copy, whether SLURM ran it, and the 2-process copy."""
     from local_slurm import local_slurm
 
     tmp = tmp_path_factory.mktemp("scratch")
@@ -462,15 +463,60 @@ def from_scratch(micro: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
                 capture_output=True,
                 text=True,
             )
+            assert run.returncode == 0, run.stderr[-6000:]
+            return workdir, True, on_two_devices(workdir, tmp / "two", "--workflow-profile", "profiles/site")
     except pytest.skip.Exception:
         snakemake(workdir)
-        return workdir, False
+        return workdir, False, on_two_devices(workdir, tmp / "two")
+
+
+TRAINING = {
+    "video_llm": ["train_video_llm"],
+    "scmbm": ["pretrain_scmbm"],
+    "align": ["pretrain_adaptor", "ablate_adaptor"],
+    "instruct": ["instruct_llm", "ablate_instruct"],
+}
+
+
+def on_two_devices(workdir: Path, target: Path, *args: str) -> Path:
+    """A copy of ``workdir`` whose training rules (all of them) run again with ``train.devices: 2``, and
+    everything downstream. ``devices`` is no rerun trigger (it changes the speed, not the model): forced."""
+    shutil.copytree(workdir, target, symlinks=True)
+    path = target / "config" / "config.yaml"
+    config = yaml.safe_load(path.read_text())
+    for stage in TRAINING:
+        config.setdefault(stage, {}).setdefault("train", {})["devices"] = 2
+    path.write_text(yaml.safe_dump(config))
+    rules = [rule for rules in TRAINING.values() for rule in rules]
+    assert planned_rules(target, *args) == set()  # the devices edit alone reruns nothing
+    run = subprocess.run(
+        ["timeout", "-k", "10", "840", sys.executable, "-m", "snakemake", "--cores", "2", *args, "--forcerun", *rules],
+        cwd=target,
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stderr[-6000:]
-    return workdir, True
+    return target
 
 
 def test_rerun_from_scratch_gives_identical_artifacts(micro, from_scratch):
     assert_same_artifacts(from_scratch[0], micro)
+
+
+def test_two_devices_train_what_one_trains(micro, from_scratch):
+    """Every training rule on 2 processes (gloo; SLURM jobs of 2 GPUs when SLURM ran): the same training
+    curves and metrics as one process, within 1e-5 (the micro config trains without dropout)."""
+    two = from_scratch[2]
+    for rules in TRAINING.values():
+        for rule in rules:
+            log = (two / "logs" / f"r{SEED}" / f"{rule}.log").read_text()
+            assert "2 processes on each of 1 node(s)" in log and "rank 1 INFO" in log, rule
+    for table in ["align/metrics.tsv", "eval/metrics.tsv"]:
+        one, other = (pd.read_csv(root / RUN / table, sep="\t") for root in (micro, two))
+        pd.testing.assert_frame_equal(one, other, rtol=1e-5, atol=1e-7)
+    for log in [f"{RUN}/align/model/train_log.tsv", f"{RUN}/instruct/train_log.tsv", f"{RUN}/scmbm/train_log.tsv"]:
+        one, other = (pd.read_csv(root / log, sep="\t").drop(columns="grad_norm") for root in (micro, two))
+        pd.testing.assert_frame_equal(one, other, rtol=1e-5, atol=1e-7)
 
 
 GPU_RULES = {
@@ -535,7 +581,7 @@ def assert_same_artifacts(ours: Path, theirs: Path) -> None:
 def test_slurm_profile_runs_every_job_on_slurm(micro, from_scratch):
     """Every job ran as a SLURM job, the GPU rules with a GPU, and the artifacts equal the local run's
     (test_rerun_from_scratch_gives_identical_artifacts compares them)."""
-    workdir, on_slurm = from_scratch
+    workdir, on_slurm, _ = from_scratch
     if not on_slurm:
         pytest.skip("no local SLURM could be started (needs root); the from-scratch run was local")
     logs = {p: p.read_text() for p in (workdir / "logs").rglob("*.log") if "slurm" not in p.parts}

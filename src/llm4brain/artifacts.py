@@ -23,6 +23,7 @@ from llm4brain import __version__
 
 SCHEMAS = {
     "fmri": "llm4brain.fmri/1",
+    "funcalign": "llm4brain.funcalign/1",
     "frames": "llm4brain.frames/1",
     "features": "llm4brain.features/1",
     "captions": "llm4brain.captions/1",

@@ -12,11 +12,17 @@ varying number of items (caption tokens) divides by their count over all process
 
 from __future__ import annotations
 
+import importlib
+import json
 import os
 import signal
+import subprocess
+import sys
+import tempfile
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llm4brain.runtime import LOG, select_device, setup_logging
@@ -58,21 +64,15 @@ def gather(x: torch.Tensor) -> torch.Tensor:
     over every process's copy of the loss, which DDP's averaging turns into the one-process gradient."""
     import torch
     import torch.distributed as dist
+    from torch.distributed._functional_collectives import all_gather_single
 
     w = world()
     if w.size == 1:
         return x
-    if x.requires_grad:
-        import torch.distributed.nn.functional as dist_nn
-
-        parts = list(dist_nn.all_gather(x.contiguous()))
-    else:
-        parts = [torch.empty_like(x) for _ in range(w.size)]
-        dist.all_gather(parts, x.contiguous())
-    # rank r's i-th sample is global position i * size + r. Reordered by an index, not torch.stack(parts, 1):
-    # all_gather's backward over gloo scrambles strided gradients, and stack's would be strided (torch 2.14)
+    ranked = all_gather_single(x.contiguous(), 0, dist.group.WORLD)  # type: ignore[arg-type]  # rank 0's share, then rank 1's, ...
+    # rank r's i-th sample is global position i * size + r
     order = torch.arange(len(x) * w.size, device=x.device).view(w.size, len(x)).T.flatten()
-    return torch.cat(parts)[order]
+    return ranked[order]
 
 
 def global_mean(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
@@ -107,10 +107,11 @@ def launch(
     """Run ``entry(**kwargs)`` in ``devices`` processes (in this one when 1), as ``torchrun`` would: over NCCL
     when ``device`` (a ``train.device``) resolves to CUDA, each process on its own GPU, else over gloo.
 
-    On one node the processes meet on a free localhost port. Under a SLURM allocation of several nodes
-    (``SLURM_NNODES`` > 1), this is run once per node (one ``srun`` task each) and the nodes meet at the
-    first node of the allocation. If a process dies, the others are stopped and this raises (no process
-    waits on a dead peer); the next run resumes from rank 0's last checkpoint. ``kwargs`` must pickle.
+    On one node the processes meet on a free localhost port. In a SLURM allocation of several nodes
+    (``SLURM_NNODES`` > 1) it starts itself once per node with ``srun`` (:func:`on_every_node`) and the
+    nodes meet at the allocation's first node. If a process dies, the others are stopped and this raises
+    (no process waits on a dead peer); the next run resumes from rank 0's last checkpoint. ``kwargs`` must
+    pickle (and, across nodes, be JSON with :class:`~llm4brain.resume.Checkpoint` values).
     """
     import multiprocessing
 
@@ -120,6 +121,9 @@ def launch(
             "`if __name__ == '__main__':` (a worker re-imports the script it was started from)"
         )
     nodes = int(os.environ.get("SLURM_NNODES", 1))
+    if nodes > 1 and NODE not in os.environ:
+        on_every_node(entry, nodes=nodes, devices=devices, device=device, log_file=log_file, kwargs=kwargs)
+        return
     if devices * nodes == 1:
         entry(**kwargs)
         return
@@ -154,6 +158,59 @@ def launch(
         ) from None
 
 
+NODE = "LLM4BRAIN_NODE"  # set in the one process per node that a multi-node launch starts
+
+
+def on_every_node(
+    entry: Callable[..., Any], *, nodes: int, devices: int, device: str, log_file: str | None, kwargs: dict[str, Any]
+) -> None:
+    """Run this launch once on each node of the SLURM allocation (``srun``, one task per node) and wait.
+    Snakemake's SLURM plugin starts a job's script once, on its first node: with the ``mpi`` resource it
+    does so outside any job step, so this ``srun`` may take the whole allocation."""
+    folder = Path(log_file).parent if log_file else Path.cwd()  # shared by the nodes, as the results are
+    spec = {"entry": f"{entry.__module__}:{entry.__qualname__}", "devices": devices, "device": device}
+    with tempfile.NamedTemporaryFile("w", suffix=".launch.json", dir=folder, delete=False) as f:
+        json.dump({**spec, "log_file": log_file, "kwargs": kwargs}, f, default=_to_json)
+    command = ["srun", f"--nodes={nodes}", f"--ntasks={nodes}", "--ntasks-per-node=1", "--kill-on-bad-exit=1"]
+    LOG.info("%s: starting %d processes on each of %d nodes: %s", spec["entry"], devices, nodes, " ".join(command))
+    try:
+        done = subprocess.run(
+            [*command, sys.executable, "-m", "llm4brain.distributed", f.name], env={**os.environ, NODE: "1"}
+        )
+    finally:
+        os.unlink(f.name)
+    if done.returncode:
+        raise RuntimeError(
+            f"{spec['entry']}: a node's processes failed (srun exited with {done.returncode}); the other nodes' "
+            "were stopped. Rerun to resume from the last checkpoint" + (f" (details in {log_file})" if log_file else "")
+        )
+
+
+def _to_json(value: Any) -> Any:
+    from llm4brain.resume import Checkpoint
+
+    if isinstance(value, Checkpoint):
+        return {"__checkpoint__": [str(value.path), value.fingerprint]}
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} cannot reach the other nodes: {value!r}")
+
+
+def _from_json(value: dict[str, Any]) -> Any:
+    from llm4brain.resume import Checkpoint
+
+    return Checkpoint(*value["__checkpoint__"]) if "__checkpoint__" in value else value
+
+
+def run_spec(path: str) -> None:
+    """One node's part of :func:`on_every_node`: the launch written to ``path``."""
+    spec = json.loads(Path(path).read_text(), object_hook=_from_json)
+    module, name = spec["entry"].split(":")
+    setup_logging(spec["log_file"], process=f"node {os.environ.get('SLURM_NODEID', 0)}")
+    entry = getattr(importlib.import_module(module), name)
+    launch(entry, devices=spec["devices"], device=spec["device"], log_file=spec["log_file"], **spec["kwargs"])
+
+
 def _exit(code: int) -> str:
     if code < 0:
         return f"was killed by {signal.Signals(-code).name}"
@@ -162,8 +219,6 @@ def _exit(code: int) -> str:
 
 def first_node() -> str:
     """The first host of the SLURM allocation (the rendezvous of a multi-node job)."""
-    import subprocess
-
     hosts = subprocess.run(
         ["scontrol", "show", "hostnames", os.environ["SLURM_JOB_NODELIST"]], capture_output=True, text=True, check=True
     )
@@ -175,7 +230,7 @@ def _worker(entry: Callable[..., Any], cuda: bool, log_file: str | None, kwargs:
     import torch
     import torch.distributed as dist
 
-    setup_logging(log_file, rank=int(os.environ["RANK"]))
+    setup_logging(log_file, process=f"rank {os.environ['RANK']}")
     if cuda:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     dist.init_process_group("nccl" if cuda else "gloo")
@@ -183,3 +238,7 @@ def _worker(entry: Callable[..., Any], cuda: bool, log_file: str | None, kwargs:
         entry(**kwargs)
     finally:
         dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    run_spec(sys.argv[1])

@@ -21,17 +21,17 @@ LOG = logging.getLogger("llm4brain")
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc mallopt parameters (malloc.h)
 
 
-def setup_logging(log_file: str | os.PathLike | None = None, rank: int | None = None) -> logging.Logger:
+def setup_logging(log_file: str | os.PathLike | None = None, process: str | None = None) -> logging.Logger:
     """Log to stderr and, when given, to ``log_file`` (Snakemake's per-job log). A process of a data-parallel
-    job (``rank``) appends to the log its launcher started, its lines marked with its rank."""
+    job (``process``: "rank 1", "node 0") appends to the log its launcher started, its lines marked."""
     LOG.setLevel(logging.INFO)
     LOG.handlers.clear()
-    where = "" if rank is None else f"rank {rank} "
+    where = "" if process is None else f"{process} "
     fmt = logging.Formatter(f"%(asctime)s {where}%(levelname)s %(message)s", "%H:%M:%S")
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_file, mode="w" if rank is None else "a"))
+        handlers.append(logging.FileHandler(log_file, mode="w" if process is None else "a"))
     for handler in handlers:
         handler.setFormatter(fmt)
         LOG.addHandler(handler)

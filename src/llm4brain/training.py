@@ -138,12 +138,13 @@ class Run:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, self.params["grad_clip"])
         self.optimizer.step()
         self.scheduler.step()
-        terms = average({"loss": sum(losses) / micro, **{key: sum(p[key] for p in parts) / micro for key in parts[0]}})
-        row = {
+        means: dict[str, float] = {key: sum(p[key] for p in parts) / micro for key in parts[0]}
+        terms = average({"loss": sum(losses) / micro, **means})
+        row: dict[str, float] = {
             "step": step,
             "loss": terms.pop("loss"),
-            "grad_norm": grad_norm.item(),
-            "lr": self.scheduler.get_last_lr()[0],
+            "grad_norm": float(grad_norm),
+            "lr": float(self.scheduler.get_last_lr()[0]),
             **terms,
         }
         self.rows.append(row)

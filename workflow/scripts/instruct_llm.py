@@ -8,7 +8,7 @@ if __name__ == "__main__":  # not when the data-parallel workers re-import this 
     p = snakemake.params
     launch(
         instruct_llm,
-        devices=p.instruct["train"]["devices"],
+        devices=snakemake.resources.devices,
         device=p.instruct["train"]["device"],
         log_file=snakemake.log[0],
         fmri_paths=list(snakemake.input.fmri),

@@ -8,7 +8,7 @@ if __name__ == "__main__":  # not when the data-parallel workers re-import this 
     p = snakemake.params
     launch(
         pretrain_adaptor,
-        devices=p.align["train"]["devices"],
+        devices=snakemake.resources.devices,
         device=p.align["train"]["device"],
         log_file=snakemake.log[0],
         fmri_paths=list(snakemake.input.fmri),

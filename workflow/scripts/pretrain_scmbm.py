@@ -9,7 +9,7 @@ if __name__ == "__main__":  # not when the data-parallel workers re-import this 
     p = snakemake.params
     launch(
         pretrain_scmbm,
-        devices=p.scmbm["train"]["devices"],
+        devices=snakemake.resources.devices,
         device=p.scmbm["train"]["device"],
         log_file=snakemake.log[0],
         fmri_paths=list(snakemake.input.fmri),

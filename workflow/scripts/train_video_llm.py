@@ -8,7 +8,7 @@ if __name__ == "__main__":  # not when the data-parallel workers re-import this 
     p = snakemake.params
     launch(
         train_video_llm,
-        devices=p.video_llm["train"]["devices"],
+        devices=snakemake.resources.devices,
         device=p.video_llm["train"]["device"],
         log_file=snakemake.log[0],
         feature_paths=list(snakemake.input.features),

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from llm4brain.align.adversarial import SubjectAdversary, dann_coefficient, heldout_subjects
 from llm4brain.align.losses import coral, cross_subject, info_nce, mmd
 from llm4brain.align.model import BrainAligner, save_aligner
 from llm4brain.align.stream import (
@@ -35,6 +36,7 @@ from llm4brain.artifacts import (
     set_attrs,
     write_keys,
 )
+from llm4brain.distributed import World, gather, world
 from llm4brain.models.mbm import MaskedBrainModel
 from llm4brain.models.video_llm import load_video_qformer
 from llm4brain.ranking import topk_accuracy, topk_hits
@@ -120,24 +122,42 @@ def split_keys(path: str, split: str) -> list[tuple[str, int]]:
 
 
 def alignment_terms(
-    model: BrainAligner, n_subjects: int, pick: torch.Tensor, inputs: torch.Tensor, video: torch.Tensor
+    model: BrainAligner,
+    n_subjects: int,
+    pick: torch.Tensor,
+    inputs: torch.Tensor,
+    video: torch.Tensor,
+    shard: World = World(),
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """The labelled loss terms for clips ``pick`` seen by each of ``n_subjects`` (``inputs`` stacked subject
-    by subject), and the pooled brain tokens."""
-    return alignment_losses(model(inputs), model.logit_scale, n_subjects, pick, video)
+    by subject), and the pooled brain tokens of the global batch."""
+    return alignment_losses(model(inputs), model.logit_scale, n_subjects, pick, video, shard)
 
 
 def alignment_losses(
-    brain: torch.Tensor, logit_scale: torch.Tensor, n_subjects: int, pick: torch.Tensor, video: torch.Tensor
+    brain: torch.Tensor,
+    logit_scale: torch.Tensor,
+    n_subjects: int,
+    pick: torch.Tensor,
+    video: torch.Tensor,
+    shard: World = World(),
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """:func:`alignment_terms` of brain tokens (S·B, Q, H) computed already."""
-    pooled = brain.mean(1)
+    """:func:`alignment_terms` of brain tokens (S·B, Q, H) computed already. When they are ``shard``'s share
+    of a data-parallel batch, the token MSE (a per-sample mean) stays local and the batch-coupled terms see
+    the batch gathered from every process (:mod:`llm4brain.distributed`)."""
+    token_mse = ((brain - video.repeat(n_subjects, 1, 1)) ** 2).mean()
+    pooled = brain.mean(1).view(n_subjects, len(pick), -1)  # (S, B, H)
+    clips = video.mean(1)
+    if shard.size > 1:
+        pooled = gather(pooled.transpose(0, 1)).transpose(0, 1)
+        pick, clips = gather(pick), gather(clips)
     same = pick[None, :] == pick[:, None]
+    flat = pooled.flatten(0, 1)
     return {
-        "contrastive": info_nce(pooled, video.mean(1), same.repeat(n_subjects, 1), logit_scale),
-        "token_mse": ((brain - video.repeat(n_subjects, 1, 1)) ** 2).mean(),
-        "cross_subject": cross_subject(pooled.view(n_subjects, len(pick), -1)),
-    }, pooled
+        "contrastive": info_nce(flat, clips, same.repeat(n_subjects, 1), logit_scale),
+        "token_mse": token_mse,
+        "cross_subject": cross_subject(pooled),
+    }, flat
 
 
 def pretrain_adaptor(
@@ -198,9 +218,10 @@ def pretrain_adaptor(
     )
 
     model = BrainAligner(files[subjects[0]].shape, encoder_params, params, qformer, pretrained).to(device)
+    shard = world()  # this process's share of every batch (one process: all of it)
     weights, batch_size = params["loss"], train_params["batch_size"]
     domain_loss = mmd if params["domain_method"] == "mmd" else coral
-    uses_target = bool(heldout) and (weights["domain"] > 0 or weights["target_mbm"] > 0)
+    uses_target = bool(heldout) and any(weights[term] > 0 for term in ("domain", "target_mbm", "adversarial"))
     buffer_mb = train_params["buffer_mb"] / (2 if uses_target else 1)
     pairs = clip_stream(
         [files[s] for s in labelled],
@@ -208,6 +229,8 @@ def pretrain_adaptor(
         window,
         buffer_mb,
         seed + Stream.ALIGN_CLIPS,
+        rank=shard.rank,
+        world_size=shard.size,
         workers=train_params["loader_workers"],
     )
     streams = [pairs]
@@ -220,11 +243,13 @@ def pretrain_adaptor(
                 window,
                 buffer_mb,
                 seed + Stream.ALIGN_HELDOUT,
+                rank=shard.rank,
+                world_size=shard.size,
                 workers=train_params["loader_workers"],
             )
         )
 
-    trainable = list(model.parameters())
+    trained = torch.nn.ModuleDict({"aligner": model})
     target_mbm = None
     if uses_target and weights["target_mbm"] > 0:  # masked modelling of the held-out windows
         head = params["target_mbm"]
@@ -235,19 +260,32 @@ def pretrain_adaptor(
             head["decoder"]["num_heads"],
             head["mask_ratio"],
         ).to(device)
-        trainable += [p for name, p in target_mbm.named_parameters() if not name.startswith("encoder.")]
+        trained["target_mbm"] = target_mbm  # its encoder is the aligner's
+    adversary = None
+    if weights["adversarial"] > 0:  # a subject classifier (labelled + held-out) behind gradient reversal
+        adversary = SubjectAdversary(targets.shape[-1], len(labelled) + len(heldout)).to(device)
+        trained["subject_adversary"] = adversary
 
     def loss_fn(step: int) -> tuple[torch.Tensor, dict[str, float]]:
         model.train()
         pick, windows = pairs.next(batch_size)  # (B,), (B, S, W, ...)
         pick, inputs = pick.to(device), windows.transpose(0, 1).flatten(0, 1).to(device)  # subject by subject
-        terms, pooled = alignment_terms(model, len(labelled), pick, inputs, targets[pick])
+        terms, pooled = alignment_terms(model, len(labelled), pick, inputs, targets[pick], shard)
+        target = None  # the held-out windows' pooled tokens and subject indices, for the adversary
         if uses_target:
-            target_domain = streams[1].next(batch_size)[1][:, 0].to(device)
+            units, target_windows = streams[1].next(batch_size)
+            target_domain = target_windows[:, 0].to(device)
+            if weights["domain"] > 0 or adversary is not None:
+                target_pooled = gather(model(target_domain).mean(1))  # the global batch, like ``pooled``
+                subject = heldout_subjects(units, [f.n_rows for f in target_files], len(labelled))
+                target = target_pooled, gather(subject.to(device))
             if weights["domain"] > 0:
-                terms["domain"] = domain_loss(pooled, model(target_domain).mean(1))
+                terms["domain"] = domain_loss(pooled, target_pooled)
             if target_mbm is not None:
-                terms["target_mbm"] = target_mbm.train()(target_domain, generator)[0]
+                terms["target_mbm"] = target_mbm.train()(target_domain, generator, shard)[0]
+        if adversary is not None:
+            coefficient = dann_coefficient(step, train_params["steps"])
+            terms["adversarial"] = adversary.loss(pooled, len(labelled), target, coefficient)
         loss = sum(weights[name] * value for name, value in terms.items())
         return loss, {name: value.item() for name, value in terms.items()}
 
@@ -270,20 +308,22 @@ def pretrain_adaptor(
         )
         return float(sum(weights[name] * value for name, value in terms.items()))
 
+    history = fit(
+        trained,
+        loss_fn,
+        train_params,
+        "pretrain_adaptor",
+        checkpoint=checkpoint,
+        generators=[generator],
+        validate=validate if val_clips else None,
+        device=device,
+        stateful=streams,
+    )
+    if not shard.main:
+        return
     with atomic_path(model_dir) as tmp_model:
         tmp_model.mkdir(parents=True)
-        fit(
-            trainable,
-            loss_fn,
-            train_params,
-            "pretrain_adaptor",
-            tmp_model / "train_log.tsv",
-            checkpoint=checkpoint,
-            generators=[generator],
-            validate=validate if val_clips else None,
-            device=device,
-            stateful=streams,
-        )
+        history.to_csv(tmp_model / "train_log.tsv", sep="\t", index=False)
         save_aligner(tmp_model, model, teacher_dir)
         metrics = write_latents(
             model=model,

@@ -1,0 +1,164 @@
+"""Data-parallel training on this machine's CPUs: 2 processes (gloo) against 1, for the SC-MBM and the
+alignment steps, through the rules' own entry points (pretrain_scmbm, pretrain_adaptor).
+
+    .venv/bin/python benchmarks/ddp.py [--devices 2] [--steps 40]
+
+Writes demo-size data to a temporary folder (3 subjects, 2 labelled, 16 × 16 × 12 grids, 2-TR windows,
+the demo's encoder, no dropout) and runs each stage for S and 2·S steps on 1 and on N processes; the
+difference of the two wall times is the time of S steps without the set-up (process start, model build,
+writing). Prints, per stage: samples/s on 1 and on N processes and their ratio (the speed-up; on two cores
+shared by the N processes' threads, below N), and the largest weight difference between the 1- and the
+N-process models relative to the largest weight (the tests hold it under 1e-5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from scale import defaults  # noqa: E402
+from train_step import CLIPS, ENCODER, GRID, QFORMER, REPEATS, write_subject  # noqa: E402
+
+from llm4brain.align.scmbm import pretrain_scmbm  # noqa: E402
+from llm4brain.align.train import pretrain_adaptor  # noqa: E402
+from llm4brain.artifacts import atomic_h5  # noqa: E402
+from llm4brain.distributed import launch  # noqa: E402
+from llm4brain.models.tokenizer import train_word_tokenizer  # noqa: E402
+from llm4brain.models.video_llm import Captioner, VideoQFormer, build_llm, qformer_config, save_teacher  # noqa: E402
+
+SUBJECTS = ["sub-01", "sub-02", "sub-03"]
+BATCH = 32
+KEY_BIASES = ("qkv.bias", "key.bias")  # shift-invariant under softmax: their gradient is rounding noise
+
+
+def write_inputs(root: Path) -> dict[str, Any]:
+    """Three subjects' train and test splits, every segment's cached tokens and a tiny teacher."""
+    fmri = []
+    for i, subject in enumerate(SUBJECTS):
+        torch.manual_seed(i)
+        path = root / f"{subject}.h5"
+        write_subject(path)
+        fmri.append(str(path))
+    add_test_split(fmri)
+    features = []
+    for s in range(CLIPS // 30):
+        path = root / f"seg{s:02d}.features.h5"
+        with atomic_h5(path, "features") as f:
+            f.attrs["segment"] = f"seg{s:02d}"
+            f.create_dataset("tokens", data=np.random.default_rng(s).standard_normal((30, 4, 8, 64)).astype(np.float16))
+            f.create_dataset("tr", data=np.arange(30, dtype=np.int32))
+        features.append(str(path))
+    captions = ["a red circle moving left", "two blue squares moving up"]
+    tokenizer = train_word_tokenizer(captions + ["describe"])
+    template, prompt = "<Video>{video}</Video> {prompt}", "describe"
+    qformer = VideoQFormer(qformer_config({**QFORMER, "dropout": 0.0}, 64), 4, QFORMER["num_queries"])
+    llm = {"hidden_size": 64, "num_layers": 1, "num_heads": 2, "intermediate_size": 128}
+    captioner = Captioner(build_llm(llm, tokenizer, 64), tokenizer, 64, template, prompt, 8)
+    save_teacher(
+        root / "teacher", qformer, captioner, {"template": template, "prompt": prompt, "max_caption_tokens": 8}
+    )
+    return {"fmri": fmri, "features": features, "teacher": str(root / "teacher")}
+
+
+def add_test_split(paths: list[str]) -> None:
+    """A test split (one segment, its clips once) in each subject's file, which pretrain_adaptor encodes."""
+    import h5py
+
+    from llm4brain.artifacts import write_keys
+
+    for path in paths:
+        with h5py.File(path, "a") as f:
+            group = f.create_group("test")
+            group.create_dataset("bold", data=torch.randn(30, *GRID).numpy(), chunks=(1, *GRID))
+            write_keys(group, ["seg00"] * 30, list(range(30)))
+
+
+def run(stage: str, inputs: dict[str, Any], out: Path, devices: int, steps: int) -> float:
+    """Wall seconds of one run of ``stage`` for ``steps`` steps on ``devices`` processes."""
+    config = defaults()
+    encoder = {**ENCODER, "dropout": 0.0}
+    train = {
+        **config["align"]["train"],
+        "steps": steps,
+        "batch_size": BATCH,
+        "threads": max(1, 2 // devices),  # the machine's two cores, shared
+        "warmup": 2,
+        "checkpoint_every": 0,
+    }
+    started = time.perf_counter()
+    if stage == "scmbm":
+        params = {**config["scmbm"], "train": train}
+        launch(
+            pretrain_scmbm,
+            devices=devices,
+            fmri_paths=inputs["fmri"],
+            out_dir=str(out),
+            encoder_params=encoder,
+            params=params,
+            seed=0,
+        )
+    else:
+        params = {**config["align"], "heldout": ["sub-03"], "train": train}
+        launch(
+            pretrain_adaptor,
+            devices=devices,
+            fmri_paths=inputs["fmri"],
+            feature_paths=inputs["features"],
+            teacher_dir=inputs["teacher"],
+            model_dir=str(out / "model"),
+            latent_paths=[str(out / f"{s}.h5") for s in SUBJECTS],
+            metrics_path=str(out / "metrics.tsv"),
+            subjects=SUBJECTS,
+            encoder_params=encoder,
+            params=params,
+            seed=0,
+        )
+    return time.perf_counter() - started
+
+
+def weights(out: Path) -> dict[str, torch.Tensor]:
+    return {f"{f.name}/{k}": v.float() for f in sorted(out.rglob("*.safetensors")) for k, v in load_file(f).items()}
+
+
+def relative_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """Largest |a - b| over every weight but the attention key biases, over the largest |a|."""
+    kept = [name for name in a if not name.endswith(KEY_BIASES)]
+    scale = max(float(a[name].abs().max()) for name in kept)
+    return max(float((a[name] - b[name]).abs().max()) for name in kept) / scale
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--devices", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=40, help="S: runs of S and 2·S steps are timed")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        inputs = write_inputs(root)
+        print(
+            f"{'stage':<8}{'1 proc samples/s':>18}{f'{args.devices} proc samples/s':>18}{'speed-up':>10}{'weights':>12}"
+        )
+        for stage in ("scmbm", "align"):
+            rates = []
+            for devices in (1, args.devices):
+                short = run(stage, inputs, root / f"{stage}{devices}s", devices, args.steps)
+                long = run(stage, inputs, root / f"{stage}{devices}", devices, 2 * args.steps)
+                rates.append(BATCH * args.steps / max(long - short, 1e-9))
+            difference = relative_difference(weights(root / f"{stage}1"), weights(root / f"{stage}{args.devices}"))
+            print(f"{stage:<8}{rates[0]:>18.1f}{rates[1]:>18.1f}{rates[1] / rates[0]:>10.2f}{difference:>12.1e}")
+    print(f"({REPEATS} repeats of {CLIPS} clips per subject, batch {BATCH}; weights: max |1 - N| / max |1|)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+"""Functional alignment of held-out subjects to the labelled ones: a shared response model (SRM) fitted on
+the responses to the training clips every subject watched.
+
+The subjects saw the same training segments, so their training-split samples, joined on ``(segment, tr)``,
+are stimulus-locked. BrainIAK's probabilistic SRM (Chen et al. 2015) fits each subject i an orthonormal map
+``W_i`` (voxels × k) with ``x_i ≈ W_i s + μ_i`` for one k-dimensional shared response ``s``. A held-out
+subject's volume ``x`` is carried into the labelled subjects' voxel space as
+``x̂ = W_ref W_h^T (x - μ_h) + μ_ref``, where ``W_ref, μ_ref`` are one labelled subject's or the mean of the
+labelled subjects' (the group's), and z-scored per voxel with the statistics of its training split; the
+encoder trained on the labelled subjects then reads it.
+
+Two steps, kept apart: :func:`fit_shared_response` reads the ``train`` split only (the test split's fMRI
+never shapes a map); :func:`align_subject` applies the fitted map to both splits. SRM holds every subject's
+training responses (voxels × clips, one sample per clip, repeats averaged) in memory while it fits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import h5py
+import numpy as np
+
+from llm4brain.artifacts import ArtifactError, atomic_h5, open_artifact, read_keys, set_attrs, write_keys
+from llm4brain.runtime import LOG
+
+ROWS = 256  # volumes read, mapped and written at a time
+
+
+def train_responses(path: str | os.PathLike, keys: Sequence[tuple[str, int]]) -> tuple[np.ndarray, np.ndarray]:
+    """The subject's mask (grid) and its training-split response (voxels in the mask × len(keys)) to each clip
+    of ``keys``, repeats averaged. Opens ``/train`` and ``/mask`` only."""
+    with open_artifact(path, "fmri", ("train/bold", "train/segment", "train/tr", "mask")) as f:
+        mask = f["mask"][:].astype(bool)
+        train = f["train"]
+        column = {key: i for i, key in enumerate(keys)}
+        rows = np.array([column.get(key, -1) for key in read_keys(train)])
+        if mask.shape != train["bold"].shape[1:]:
+            raise ArtifactError(f"{path}: mask {mask.shape} differs from train/bold volumes {train['bold'].shape[1:]}")
+        sums = np.zeros((int(mask.sum()), len(keys)))
+        for start, block in _blocks(train["bold"]):
+            cols = rows[start : start + len(block)]
+            kept = cols >= 0
+            np.add.at(sums.T, cols[kept], block[kept][:, mask])
+    counts = np.bincount(rows[rows >= 0], minlength=len(keys))
+    return mask, sums / counts
+
+
+def shared_clips(paths: Sequence[str | os.PathLike]) -> list[tuple[str, int]]:
+    """The training clips ``(segment, tr)`` every subject has a sample of, sorted."""
+    common: set[tuple[str, int]] | None = None
+    for path in paths:
+        with open_artifact(path, "fmri", ("train/segment", "train/tr")) as f:
+            keys = set(read_keys(f["train"]))
+        common = keys if common is None else common & keys
+    return sorted(common or ())
+
+
+def fit_shared_response(
+    *,
+    fmri_paths: Sequence[str | os.PathLike],
+    subjects: Sequence[str],
+    heldout: Sequence[str],
+    out_path: str | os.PathLike,
+    params: dict[str, Any],
+    seed: int,
+) -> None:
+    """Fit BrainIAK's SRM on every subject's training-split responses to the clips they share, and write each
+    subject's map ``/{subject}/w`` (voxels × k), voxel means ``/{subject}/mu`` and ``/{subject}/mask``.
+
+    ``params``: ``features`` (k) and ``n_iter`` (EM iterations) of the ``align.functional_alignment`` section.
+    """
+    from brainiak.funcalign.srm import SRM  # imports mpi4py, which loads the MPI library: only when fitting
+
+    clips = shared_clips(fmri_paths)
+    features = params["features"]
+    if len(clips) <= features:
+        raise ValueError(
+            f"config align.functional_alignment.features {features}: the subjects share only {len(clips)} "
+            f"training clips ({', '.join(map(str, fmri_paths))}); it must be below that"
+        )
+    masks, responses = zip(*(train_responses(path, clips) for path in fmri_paths), strict=True)
+    for path, response in zip(fmri_paths, responses, strict=True):
+        if len(response) < features:
+            raise ValueError(
+                f"{path}: {len(response)} voxels, fewer than align.functional_alignment.features ({features})"
+            )
+    LOG.info("SRM: %d subjects x %d shared training clips, %d features", len(responses), len(clips), features)
+    srm = SRM(n_iter=params["n_iter"], features=features, rand_seed=seed).fit(list(responses))
+    with atomic_h5(out_path, "funcalign", params) as f:
+        for subject, w, mu, mask in zip(subjects, srm.w_, srm.mu_, masks, strict=True):
+            group = f.create_group(subject)
+            group.create_dataset("w", data=w.astype(np.float32))
+            group.create_dataset("mu", data=mu.astype(np.float32))
+            group.create_dataset("mask", data=mask.astype(np.uint8))
+        set_attrs(
+            f,
+            {
+                "subjects": list(subjects),
+                "heldout": list(heldout),
+                "n_clips": len(clips),
+                "features": features,
+                "split": "train",
+            },
+        )
+
+
+def reference_map(srm: h5py.File, reference: str | None, path: str | os.PathLike) -> tuple[np.ndarray, ...]:
+    """``(W, μ, mask)`` of the space held-out subjects are carried into: one labelled subject's, or (None) the
+    mean of the labelled subjects' maps placed on the grid, over the union of their masks."""
+    subjects, heldout = json.loads(srm.attrs["subjects"]), set(json.loads(srm.attrs["heldout"]))
+    labelled = [s for s in subjects if s not in heldout]
+    if reference is not None and reference not in labelled:
+        raise ValueError(
+            f"config align.functional_alignment.reference {reference!r} is not a labelled subject of {path} "
+            f"({labelled})"
+        )
+    chosen = [reference] if reference is not None else labelled
+    grid = srm[chosen[0]]["mask"].shape
+    w = np.zeros((int(np.prod(grid)), int(srm.attrs["features"])))
+    mu, covered = np.zeros(w.shape[0]), np.zeros(w.shape[0])
+    for subject in chosen:
+        mask = srm[subject]["mask"][:].astype(bool).ravel()
+        w[mask] += srm[subject]["w"][:]
+        mu[mask] += srm[subject]["mu"][:]
+        covered += mask
+    union = covered > 0
+    return w[union] / covered[union, None], mu[union] / covered[union], union.reshape(grid)
+
+
+def align_subject(
+    *,
+    fmri_path: str | os.PathLike,
+    srm_path: str | os.PathLike,
+    subject: str,
+    out_path: str | os.PathLike,
+    params: dict[str, Any],
+) -> None:
+    """Carry a held-out subject's fMRI (both splits) into the reference space of the fitted SRM and write it as
+    an fmri artifact of the same samples and keys; each voxel is z-scored with its training split's mean and
+    standard deviation. ``params`` is the ``align.functional_alignment`` section (``reference``)."""
+    with open_artifact(srm_path, "funcalign") as srm:
+        if subject not in srm:
+            raise ArtifactError(
+                f"{srm_path}: no map of subject {subject!r} (fitted: {json.loads(srm.attrs['subjects'])})"
+            )
+        w_h, mu_h = srm[subject]["w"][:].astype(np.float64), srm[subject]["mu"][:].astype(np.float64)
+        mask_h = srm[subject]["mask"][:].astype(bool)
+        w_ref, mu_ref, mask_ref = reference_map(srm, params["reference"], srm_path)
+    project = w_h @ w_ref.T  # (voxels_h, voxels_ref): x_h → shared response → reference voxels
+
+    def mapped(block: np.ndarray) -> np.ndarray:
+        return (block[:, mask_h] - mu_h) @ project + mu_ref
+
+    with open_artifact(fmri_path, "fmri", ("train/bold", "test/bold", "mask")) as source:
+        if not np.array_equal(source["mask"][:].astype(bool), mask_h):
+            raise ArtifactError(f"{fmri_path}: its mask differs from the one {srm_path} was fitted on")
+        total, squares, n = np.zeros(int(mask_ref.sum())), np.zeros(int(mask_ref.sum())), 0
+        for _, block in _blocks(source["train"]["bold"]):
+            values = mapped(block)
+            total, squares, n = total + values.sum(0), squares + (values**2).sum(0), n + len(values)
+        mean = total / max(n, 1)
+        std = np.sqrt(np.maximum(squares / max(n, 1) - mean**2, 0.0))
+        std[std == 0] = 1.0
+        with atomic_h5(out_path, "fmri", params) as f:
+            for split in ("train", "test"):
+                bold = source[split]["bold"]
+                group = f.create_group(split)
+                out = group.create_dataset(
+                    "bold", bold.shape, np.float32, chunks=(1, *bold.shape[1:]) if len(bold) else None
+                )
+                for start, block in _blocks(bold):
+                    volumes = np.zeros((len(block), *mask_ref.shape), np.float32)
+                    volumes[:, mask_ref] = (mapped(block) - mean) / std
+                    out[start : start + len(block)] = volumes
+                write_keys(group, source[split]["segment"].asstr()[:], source[split]["tr"][:])
+            f.create_dataset("mask", data=mask_ref.astype(np.uint8))
+            header = ("schema", "stage", "created_by", "config_hash")
+            set_attrs(f, {k: v for k, v in source.attrs.items() if k not in header})  # tr, hrf_lag, affine, space, …
+            set_attrs(
+                f,
+                {
+                    "functional_alignment": "srm",
+                    "reference": params["reference"] or "group",
+                    "source": str(fmri_path),
+                },
+            )
+    LOG.info("%s: carried into the %s space of %s", subject, params["reference"] or "labelled group's", srm_path)
+
+
+def _blocks(bold: h5py.Dataset) -> Iterator[tuple[int, np.ndarray]]:
+    """``(first row, rows)`` of a split's volumes, ``ROWS`` at a time."""
+    for start in range(0, len(bold), ROWS):
+        yield start, bold[start : start + ROWS].astype(np.float64)

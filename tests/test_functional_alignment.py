@@ -1,0 +1,199 @@
+"""Functional alignment of held-out subjects (shared response model): it recovers a known orthogonal map
+between subjects on synthetic data, and its fit never opens the test split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from conftest import DEFAULTS
+
+from llm4brain.artifacts import ArtifactError, atomic_h5, open_artifact, write_keys
+from llm4brain.fmri.functional_alignment import align_subject, fit_shared_response
+
+GRID = (4, 4, 3)  # 48 voxels, 40 in the mask
+K, N_TRAIN, N_TEST = 4, 120, 20
+SUBJECTS = ["sub-01", "sub-02", "sub-03"]
+PARAMS = {**DEFAULTS["align"]["functional_alignment"], "method": "srm", "features": K, "n_iter": 20}
+
+
+def mask() -> np.ndarray:
+    m = np.ones(GRID, bool)
+    m[0, :2] = False
+    return m
+
+
+def write_subject(path: Path, w: np.ndarray, shared: dict[str, np.ndarray], repeat: bool, seed: int) -> Path:
+    """Volumes ``w @ s + noise`` in the mask for each split's shared responses; ``repeat`` shows the first
+    training segment twice (the fit must average the two)."""
+    rng = np.random.default_rng(seed)
+    keys = {
+        "train": [("a", t) for t in range(N_TRAIN // 2)] + [("b", t) for t in range(N_TRAIN // 2)],
+        "test": [("t", t) for t in range(N_TEST)],
+    }
+    with atomic_h5(path, "fmri") as f:
+        for split, s in shared.items():
+            rows, columns = list(keys[split]), np.arange(s.shape[1])
+            if repeat and split == "train":
+                rows, columns = rows + keys[split][: N_TRAIN // 2], np.concatenate([columns, columns[: N_TRAIN // 2]])
+            bold = np.zeros((len(rows), *GRID), np.float32)
+            bold[:, mask()] = (w @ s[:, columns] + 0.01 * rng.standard_normal((len(w), len(columns)))).T
+            group = f.create_group(split)
+            group.create_dataset("bold", data=bold, chunks=(1, *GRID))
+            write_keys(group, [k[0] for k in rows], [k[1] for k in rows])
+        f.create_dataset("mask", data=mask().astype(np.uint8))
+        f.attrs["tr"] = 2.0
+    return path
+
+
+def orthonormal(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
+    return np.linalg.qr(rng.standard_normal((n, k)))[0]
+
+
+@pytest.fixture
+def subjects(tmp_path: Path) -> tuple[list[str], np.ndarray, dict[str, np.ndarray]]:
+    """Three subjects with one k-dimensional shared response; sub-03 is sub-01 under a random rotation of its
+    voxels (an orthogonal map the alignment must undo)."""
+    rng = np.random.default_rng(0)
+    n_voxels = int(mask().sum())
+    shared = {"train": rng.standard_normal((K, N_TRAIN)), "test": rng.standard_normal((K, N_TEST))}
+    w1 = orthonormal(rng, n_voxels, K)
+    rotation = orthonormal(rng, n_voxels, n_voxels)
+    maps = [w1, orthonormal(rng, n_voxels, K), rotation @ w1]
+    paths = [
+        str(write_subject(tmp_path / f"{s}.h5", w, shared, repeat=i == 0, seed=i))
+        for i, (s, w) in enumerate(zip(SUBJECTS, maps, strict=True))
+    ]
+    return paths, w1, shared
+
+
+def fit_and_align(tmp_path: Path, paths: list[str], reference: str | None, name: str = "srm.h5") -> np.ndarray:
+    fit_shared_response(
+        fmri_paths=paths, subjects=SUBJECTS, heldout=["sub-03"], out_path=tmp_path / name, params=PARAMS, seed=0
+    )
+    align_subject(
+        fmri_path=paths[2],
+        srm_path=tmp_path / name,
+        subject="sub-03",
+        out_path=tmp_path / "aligned.h5",
+        params={**PARAMS, "reference": reference},
+    )
+    with open_artifact(tmp_path / "aligned.h5", "fmri", ("train/bold", "test/bold", "mask")) as f:
+        assert f["train/bold"].shape == (N_TRAIN, *GRID) and f["test/bold"].shape == (N_TEST, *GRID)
+        assert f.attrs["tr"] == 2.0 and [k.decode() for k in f["test/segment"][:3]] == ["t"] * 3
+        return f["test/bold"][:][:, mask()]
+
+
+def zscored_like_train(train: np.ndarray, test: np.ndarray) -> np.ndarray:
+    return (test - train.mean(0)) / train.std(0)
+
+
+def test_alignment_recovers_a_known_orthogonal_map(tmp_path, subjects):
+    """sub-03's test volumes, carried into sub-01's space, are sub-01's own test volumes (z-scored by the
+    training split); before alignment they are unrelated."""
+    paths, w1, shared = subjects
+    aligned = fit_and_align(tmp_path, paths, reference="sub-01")
+    expected = zscored_like_train((w1 @ shared["train"]).T, (w1 @ shared["test"]).T)
+    assert np.corrcoef(aligned.ravel(), expected.ravel())[0, 1] > 0.99
+    np.testing.assert_allclose(aligned, expected, atol=0.1 * np.abs(expected).max())
+    with h5py.File(paths[2], "r") as f:
+        raw = f["test/bold"][:][:, mask()]
+    assert abs(np.corrcoef(raw.ravel(), expected.ravel())[0, 1]) < 0.3
+
+
+def test_group_reference_is_the_mean_of_the_labelled_maps(tmp_path, subjects):
+    """With no reference subject, the target is the mean of sub-01's and sub-02's maps: the aligned volumes
+    correlate with both subjects' responses to the same test clips."""
+    paths, _, _ = subjects
+    aligned = fit_and_align(tmp_path, paths, reference=None)
+    for path in paths[:2]:
+        with h5py.File(path, "r") as f:
+            own = f["test/bold"][:][:, mask()]
+        assert np.corrcoef(aligned.ravel(), own.ravel())[0, 1] > 0.5
+
+
+def test_fit_never_opens_the_test_split(tmp_path, subjects):
+    """The fit reads the train split only: with every subject's /test removed it still fits, the same maps."""
+    paths, _, _ = subjects
+    fit_shared_response(
+        fmri_paths=paths, subjects=SUBJECTS, heldout=["sub-03"], out_path=tmp_path / "with.h5", params=PARAMS, seed=0
+    )
+    stripped = []
+    for path in paths:
+        copy = tmp_path / f"train-only-{Path(path).name}"
+        copy.write_bytes(Path(path).read_bytes())
+        with h5py.File(copy, "a") as f:
+            del f["test"]
+        stripped.append(str(copy))
+    fit_shared_response(
+        fmri_paths=stripped,
+        subjects=SUBJECTS,
+        heldout=["sub-03"],
+        out_path=tmp_path / "without.h5",
+        params=PARAMS,
+        seed=0,
+    )
+    with h5py.File(tmp_path / "with.h5", "r") as a, h5py.File(tmp_path / "without.h5", "r") as b:
+        assert a.attrs["split"] == "train"
+        for s in SUBJECTS:
+            np.testing.assert_array_equal(a[s]["w"][:], b[s]["w"][:])
+
+
+def test_fit_opens_no_test_dataset(tmp_path, subjects, monkeypatch):
+    """Every HDF5 object the fit opens by name lies outside /test."""
+    paths, _, _ = subjects
+    opened: list[str] = []
+    getitem = h5py.Group.__getitem__
+
+    def record(self, name):
+        item = getitem(self, name)
+        opened.append(getattr(item, "name", "") or "")
+        return item
+
+    monkeypatch.setattr(h5py.Group, "__getitem__", record)
+    fit_shared_response(
+        fmri_paths=paths, subjects=SUBJECTS, heldout=["sub-03"], out_path=tmp_path / "srm.h5", params=PARAMS, seed=0
+    )
+    assert "/train/bold" in opened and not [name for name in opened if name.startswith("/test")]
+
+
+def test_bad_reference_and_too_many_features_name_the_config_key(tmp_path, subjects):
+    paths, _, _ = subjects
+    with pytest.raises(ValueError, match="features"):
+        fit_shared_response(
+            fmri_paths=paths,
+            subjects=SUBJECTS,
+            heldout=["sub-03"],
+            out_path=tmp_path / "srm.h5",
+            params={**PARAMS, "features": N_TRAIN},
+            seed=0,
+        )
+    assert not (tmp_path / "srm.h5").exists()
+    with pytest.raises(ValueError, match="reference 'sub-03' is not a labelled subject"):
+        fit_and_align(tmp_path, paths, reference="sub-03")
+    with pytest.raises(ArtifactError, match="no map of subject"):
+        align_subject(
+            fmri_path=paths[2],
+            srm_path=tmp_path / "srm.h5",
+            subject="sub-09",
+            out_path=tmp_path / "x.h5",
+            params=PARAMS,
+        )
+    assert not (tmp_path / "aligned.h5").exists()
+
+
+def test_domain_adaptation_switches_are_in_the_schema_with_descriptions():
+    import yaml
+
+    schema = yaml.safe_load((Path(__file__).parents[1] / "config" / "schema.yaml").read_text())
+    align = schema["properties"]["align"]["properties"]
+    switches = [align["loss"]["properties"][term] for term in ("domain", "target_mbm", "adversarial")]
+    switches += [align["functional_alignment"]["properties"][key] for key in ("method", "features", "n_iter")]
+    switches += [align["functional_alignment"]["properties"]["reference"], align["functional_alignment"]]
+    assert all("default" in s and len(s.get("description", "")) > 20 for s in switches)
+    assert align["functional_alignment"]["properties"]["method"]["enum"] == ["none", "srm"]
+    ablations = set(align["ablations"]["items"]["enum"])
+    assert {"no_domain_adaptation", "no_adversarial", "no_functional_alignment"} <= ablations
+    assert DEFAULTS["align"]["loss"]["adversarial"] >= 0 and "method" in DEFAULTS["align"]["functional_alignment"]
