@@ -478,9 +478,13 @@ TRAINING = {
 }
 
 
+METRICS = [f"{RUN}/align/metrics.tsv", f"{RUN}/eval/metrics.tsv"]
+
+
 def on_two_devices(workdir: Path, target: Path, *args: str) -> Path:
-    """A copy of ``workdir`` whose training rules (all of them) run again with ``train.devices: 2``, and
-    everything downstream. ``devices`` is no rerun trigger (it changes the speed, not the model): forced."""
+    """A copy of ``workdir`` whose training rules (all of them) run again with ``train.devices: 2``, and what
+    the metrics need downstream. ``devices`` is no rerun trigger (it changes the speed, not the model):
+    forced."""
     shutil.copytree(workdir, target, symlinks=True)
     path = target / "config" / "config.yaml"
     config = yaml.safe_load(path.read_text())
@@ -490,7 +494,8 @@ def on_two_devices(workdir: Path, target: Path, *args: str) -> Path:
     rules = [rule for rules in TRAINING.values() for rule in rules]
     assert planned_rules(target, *args) == set()  # the devices edit alone reruns nothing
     run = subprocess.run(
-        ["timeout", "-k", "10", "840", sys.executable, "-m", "snakemake", "--cores", "2", *args, "--forcerun", *rules],
+        ["timeout", "-k", "10", "840", sys.executable, "-m", "snakemake", "--cores", "2", *args, *METRICS]
+        + ["--forcerun", *rules],
         cwd=target,
         capture_output=True,
         text=True,
@@ -511,8 +516,8 @@ def test_two_devices_train_what_one_trains(micro, from_scratch):
         for rule in rules:
             log = (two / "logs" / f"r{SEED}" / f"{rule}.log").read_text()
             assert "2 processes on each of 1 node(s)" in log and "rank 1 INFO" in log, rule
-    for table in ["align/metrics.tsv", "eval/metrics.tsv"]:
-        one, other = (pd.read_csv(root / RUN / table, sep="\t") for root in (micro, two))
+    for table in METRICS:
+        one, other = (pd.read_csv(root / table, sep="\t") for root in (micro, two))
         pd.testing.assert_frame_equal(one, other, rtol=1e-5, atol=1e-7)
     for log in [f"{RUN}/align/model/train_log.tsv", f"{RUN}/instruct/train_log.tsv", f"{RUN}/scmbm/train_log.tsv"]:
         one, other = (pd.read_csv(root / log, sep="\t").drop(columns="grad_norm") for root in (micro, two))
