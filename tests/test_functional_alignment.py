@@ -197,3 +197,31 @@ def test_domain_adaptation_switches_are_in_the_schema_with_descriptions():
     ablations = set(align["ablations"]["items"]["enum"])
     assert {"no_domain_adaptation", "no_adversarial", "no_functional_alignment"} <= ablations
     assert DEFAULTS["align"]["loss"]["adversarial"] >= 0 and "method" in DEFAULTS["align"]["functional_alignment"]
+
+
+def test_a_new_run_is_carried_as_the_pipeline_carried_the_subject(tmp_path, subjects):
+    """``llm4brain decode`` on a held-out subject's new run applies the map the aligner's inputs went through
+    (read back from the aligned artifact), and only when that replicate's aligner used one."""
+    import json
+    import shutil
+
+    from llm4brain.evaluate.new_run import heldout_carry
+
+    paths, _, _ = subjects
+    aligned = fit_and_align(tmp_path, paths, reference=None)
+    with h5py.File(paths[2], "r") as f:
+        raw = f["test/bold"][:]
+    run = tmp_path / "r0"
+    (run / "align" / "model").mkdir(parents=True)
+    (run / "fmri" / "aligned").mkdir(parents=True)
+    shutil.copy(tmp_path / "aligned.h5", run / "fmri" / "aligned" / "sub-03.h5")
+    for method, expected in (("srm", True), ("none", False)):
+        align = {"heldout": ["sub-03"], "functional_alignment": {**PARAMS, "method": method}}
+        (run / "align" / "model" / "config.json").write_text(json.dumps({"align": align}))
+        assert (heldout_carry(run, "sub-03") is not None) == expected and heldout_carry(run, "sub-01") is None
+    (run / "align" / "model" / "config.json").write_text(
+        json.dumps({"align": {**align, "functional_alignment": PARAMS}})
+    )
+    carry = heldout_carry(run, "sub-03")
+    assert carry is not None
+    np.testing.assert_allclose(carry(raw)[:, mask()], aligned, rtol=1e-5, atol=1e-5)

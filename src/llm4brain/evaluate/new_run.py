@@ -17,6 +17,7 @@ import torch
 
 from llm4brain.align.windows import windows
 from llm4brain.artifacts import ArtifactError, open_artifact
+from llm4brain.fmri.functional_alignment import Carry
 from llm4brain.fmri.images import SurfaceSpace, VolumeSpace, space_from_artifact
 from llm4brain.fmri.preprocess import plan_run, read_clean_run
 from llm4brain.fmri.runs import check_id, read_run
@@ -74,8 +75,20 @@ def preprocess_new_run(
     # the paired volumes' rows, windowed as the artifact's rows are: the last clip's window repeats it rather
     # than reach the run's next (unpaired) volume, which the student never saw in training
     rows = space.samples(series[[volume for _, volume in pairs]], usable & ok)
+    carry = heldout_carry(replicate_dir(Path(results), replicate), subject)
+    if carry is not None:  # a held-out subject its aligner read in the labelled subjects' space
+        rows = carry(rows)
     trs = [k for k, _ in pairs]
     return windows(rows, [(run.segment, k) for k in trs], window), run.segment, np.array(trs), tr
+
+
+def heldout_carry(run: Path, subject: str) -> Carry | None:
+    """The functional alignment that carried ``subject``'s fMRI into the labelled subjects' space for the
+    replicate's aligner (``align.functional_alignment``), or None when it read the subject's own."""
+    align = json.loads((run / "align" / "model" / "config.json").read_text())["align"]
+    if subject not in align["heldout"] or align.get("functional_alignment", {}).get("method", "none") == "none":
+        return None
+    return Carry.load(run / "fmri" / "aligned" / f"{subject}.h5")
 
 
 def decode_run(

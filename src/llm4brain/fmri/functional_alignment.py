@@ -150,21 +150,17 @@ def align_subject(
         w_h, mu_h = srm[subject]["w"][:].astype(np.float64), srm[subject]["mu"][:].astype(np.float64)
         mask_h = srm[subject]["mask"][:].astype(bool)
         w_ref, mu_ref, mask_ref = reference_map(srm, params["reference"], srm_path)
-    project = w_h @ w_ref.T  # (voxels_h, voxels_ref): x_h → shared response → reference voxels
-
-    def mapped(block: np.ndarray) -> np.ndarray:
-        return (block[:, mask_h] - mu_h) @ project + mu_ref
-
+    carry = Carry(w_h, mu_h, mask_h, w_ref, mu_ref, mask_ref)
     with open_artifact(fmri_path, "fmri", ("train/bold", "test/bold", "mask")) as source:
         if not np.array_equal(source["mask"][:].astype(bool), mask_h):
             raise ArtifactError(f"{fmri_path}: its mask differs from the one {srm_path} was fitted on")
         total, squares, n = np.zeros(int(mask_ref.sum())), np.zeros(int(mask_ref.sum())), 0
         for _, block in _blocks(source["train"]["bold"]):
-            values = mapped(block)
+            values = carry.mapped(block)
             total, squares, n = total + values.sum(0), squares + (values**2).sum(0), n + len(values)
-        mean = total / max(n, 1)
-        std = np.sqrt(np.maximum(squares / max(n, 1) - mean**2, 0.0))
-        std[std == 0] = 1.0
+        carry.mean = total / max(n, 1)
+        carry.std = np.sqrt(np.maximum(squares / max(n, 1) - carry.mean**2, 0.0))
+        carry.std[carry.std == 0] = 1.0
         with atomic_h5(out_path, "fmri", params) as f:
             for split in ("train", "test"):
                 bold = source[split]["bold"]
@@ -173,11 +169,10 @@ def align_subject(
                     "bold", bold.shape, np.float32, chunks=(1, *bold.shape[1:]) if len(bold) else None
                 )
                 for start, block in _blocks(bold):
-                    volumes = np.zeros((len(block), *mask_ref.shape), np.float32)
-                    volumes[:, mask_ref] = (mapped(block) - mean) / std
-                    out[start : start + len(block)] = volumes
+                    out[start : start + len(block)] = carry(block)
                 write_keys(group, source[split]["segment"].asstr()[:], source[split]["tr"][:])
             f.create_dataset("mask", data=mask_ref.astype(np.uint8))
+            carry.save(f.create_group("functional_alignment"))
             header = ("schema", "stage", "created_by", "config_hash")
             set_attrs(f, {k: v for k, v in source.attrs.items() if k not in header})  # tr, hrf_lag, affine, space, …
             set_attrs(
@@ -189,6 +184,38 @@ def align_subject(
                 },
             )
     LOG.info("%s: carried into the %s space of %s", subject, params["reference"] or "labelled group's", srm_path)
+
+
+class Carry:
+    """A held-out subject's volumes (n, *grid) → the reference space, z-scored per voxel by ``mean``, ``std``
+    (its mapped training split's): what :func:`align_subject` applies to both splits and what a new run of
+    the subject needs (:meth:`load` from the aligned artifact's ``/functional_alignment``)."""
+
+    FIELDS = ("w_h", "mu_h", "mask_h", "w_ref", "mu_ref", "mask_ref", "mean", "std")
+
+    def __init__(self, *arrays: np.ndarray) -> None:
+        self.w_h, self.mu_h, self.mask_h, self.w_ref, self.mu_ref, self.mask_ref = arrays[:6]
+        standard = arrays[6:] if len(arrays) == 8 else (np.zeros(len(self.w_ref)), np.ones(len(self.w_ref)))
+        self.mean: np.ndarray = standard[0]
+        self.std: np.ndarray = standard[1]
+
+    def mapped(self, volumes: np.ndarray) -> np.ndarray:
+        """(n, voxels in the reference mask): through the shared response, before z-scoring."""
+        return ((volumes[:, self.mask_h] - self.mu_h) @ self.w_h) @ self.w_ref.T + self.mu_ref
+
+    def __call__(self, volumes: np.ndarray) -> np.ndarray:
+        out = np.zeros((len(volumes), *self.mask_ref.shape), np.float32)
+        out[:, self.mask_ref] = (self.mapped(volumes.astype(np.float64)) - self.mean) / self.std
+        return out
+
+    def save(self, group: h5py.Group) -> None:
+        for name in self.FIELDS:
+            group.create_dataset(name, data=getattr(self, name))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Carry:
+        with open_artifact(path, "fmri", tuple(f"functional_alignment/{name}" for name in cls.FIELDS)) as f:
+            return cls(*(f["functional_alignment"][name][:] for name in cls.FIELDS))
 
 
 def _blocks(bold: h5py.Dataset) -> Iterator[tuple[int, np.ndarray]]:
