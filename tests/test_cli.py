@@ -43,6 +43,7 @@ def test_srt_timing_follows_tr(tmp_path):
 
 
 def test_unknown_subject_says_what_to_do(tmp_path, capsys):
+    (tmp_path / "r0" / "instruct" / "model").mkdir(parents=True)  # one replicate's student
     code = main(
         [
             "decode",

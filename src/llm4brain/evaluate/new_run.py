@@ -34,6 +34,8 @@ def replicate_dir(results: Path, replicate: int | None) -> Path:
             raise ArtifactError(f"{run}: replicate {replicate} has no trained student (instruct/model)")
         return run
     runs = sorted(path.parent.parent for path in results.glob("r*/instruct/model"))
+    if not runs:
+        raise ArtifactError(f"{results}: no trained student in r{{seed}}/instruct/model; run the workflow first")
     if len(runs) != 1:
         found = ", ".join(run.name for run in runs) or "none"
         raise ArtifactError(
