@@ -170,7 +170,7 @@ def section(name):
 
 
 def train_devices(stage):
-    """The processes (GPUs on a cluster) a training rule runs data-parallel: its resources devices and gpu."""
+    """How many processes (GPUs on a cluster) a training job runs data-parallel, as its devices and gpu."""
     return config[stage]["train"]["devices"]
 
 
