@@ -512,10 +512,11 @@ def test_two_devices_train_what_one_trains(micro, from_scratch):
     """Every training rule on 2 processes (gloo; SLURM jobs of 2 GPUs when SLURM ran): the same training
     curves and metrics as one process, within 1e-5 (the micro config trains without dropout)."""
     two = from_scratch[2]
+    logs = [(log_rule(path, two / "logs"), path.read_text()) for path in (two / "logs").rglob("*.log")]
     for rules in TRAINING.values():
         for rule in rules:
-            log = (two / "logs" / f"r{SEED}" / f"{rule}.log").read_text()
-            assert "2 processes on each of 1 node(s)" in log and "rank 1 INFO" in log, rule
+            texts = [text for name, text in logs if name == rule]
+            assert texts and all("2 processes on each of 1 node(s)" in t and "rank 1 INFO" in t for t in texts), rule
     for table in METRICS:
         one, other = (pd.read_csv(root / table, sep="\t") for root in (micro, two))
         pd.testing.assert_frame_equal(one, other, rtol=1e-5, atol=1e-7)
@@ -582,6 +583,12 @@ def assert_same_artifacts(ours: Path, theirs: Path) -> None:
                     assert node_a.dtype == node_b.dtype and (node_a[()] == node_b[()]).all(), f"{name}:{key}"
 
 
+def log_rule(path: Path, logs: Path) -> str:
+    """The rule whose log ``path`` is: logs/[r{seed}/]{rule}.log or logs/[r{seed}/]{rule}/{wildcards}.log."""
+    parts = path.relative_to(logs).parts
+    return (parts[1:] if re.fullmatch(r"r\d+", parts[0]) else parts)[0].removesuffix(".log")
+
+
 @pytest.mark.slurm
 def test_slurm_profile_runs_every_job_on_slurm(micro, from_scratch):
     """Every job ran as a SLURM job, the GPU rules with a GPU, and the artifacts equal the local run's
@@ -592,7 +599,7 @@ def test_slurm_profile_runs_every_job_on_slurm(micro, from_scratch):
     logs = {p: p.read_text() for p in (workdir / "logs").rglob("*.log") if "slurm" not in p.parts}
     assert len(logs) == len(list((micro / "logs").rglob("*.log")))
     for path, text in logs.items():
-        rule = path.relative_to(workdir / "logs").parts[0].removesuffix(".log")
+        rule = log_rule(path, workdir / "logs")
         assert "SLURM_JOB_ID=" in text and "HDF5_USE_FILE_LOCKING=FALSE" in text, path
         assert ("CUDA_VISIBLE_DEVICES=unset" not in text) == (rule in GPU_RULES), path
 
