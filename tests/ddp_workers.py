@@ -70,11 +70,13 @@ def gathered_share(x: torch.Tensor) -> None:
 
 
 def report_world(out: str, checkpoint: Any) -> None:
-    """Write this process's place and the checkpoint it was handed to ``out``/rank{RANK}.json."""
+    """Check :func:`gathered_share`, then write this process's place and the checkpoint it was handed to
+    ``out``/rank{RANK}.json."""
     import json
 
     from llm4brain.distributed import world
 
+    gathered_share(torch.arange(12, dtype=torch.float32).view(2, 6))
     w = world()
     record = {"size": w.size, "checkpoint": [str(checkpoint.path), checkpoint.fingerprint]}
     (Path(out) / f"rank{w.rank}.json").write_text(json.dumps(record))

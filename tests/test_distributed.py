@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import DEFAULTS
-from ddp_workers import as_rank, gathered_share, report_world
+from ddp_workers import as_rank, report_world
 from safetensors.torch import load_file
 from test_models import CAPTIONS
 from test_stream import ENCODER, SCMBM, SUBJECTS, adaptor_inputs, adaptor_outputs, runs, write_fmri
@@ -180,14 +180,11 @@ def test_two_processes_align_and_tune_a_4bit_lora_student_with_distillation_as_o
     assert {"lm", "distill"} <= set(pd.read_csv(tmp_path / "student2" / "log.tsv", sep="\t").columns)
 
 
-def test_gather_restores_the_global_batch_and_returns_each_process_its_gradient():
-    launch(gathered_share, devices=2, x=torch.arange(12, dtype=torch.float32).view(2, 6))
-
-
 def test_a_multi_node_launch_starts_itself_once_per_node_through_srun(tmp_path, monkeypatch):
     """In an allocation of 2 nodes the job's one process hands the launch to ``srun``, one task per node;
     here that task runs on this node alone, as node 0 of a 1-node allocation would, and receives the entry
-    and its arguments (a checkpoint among them) through the spec file."""
+    and its arguments (a checkpoint among them) through the spec file. Its 2 processes also check that
+    gather restores the global batch from a strided share and returns each process its gradient."""
     import llm4brain.distributed as distributed
 
     commands, run = [], subprocess.run
