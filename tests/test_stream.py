@@ -21,6 +21,7 @@ from llm4brain.align.scmbm import pretrain_scmbm
 from llm4brain.align.stream import (
     BoldSplit,
     InMemorySamples,
+    ShuffledStream,
     capacity_rows,
     clip_stream,
     iter_windows,
@@ -140,6 +141,30 @@ def test_small_buffer_bounds_memory_and_serves_every_sample_once_per_epoch(tmp_p
         )
     with pytest.raises(ValueError, match="buffer_mb"):
         row_stream(files, [np.arange(f.n_rows) for f in files], 2, files[0].row_bytes / 2**20, seed=3)
+
+
+def test_ranks_share_batches_that_straddle_groups_and_epochs_at_odd_offsets(tmp_path):
+    """Batches of 7 over a buffer of a few groups, for two epochs and more: a batch that ends one group (or
+    epoch) and starts the next is shared by position in the batch, not in the group, so the ranks' shares
+    interleave back into the one-process batch for 2 and 3 processes alike."""
+    paths = [str(write_fmri(tmp_path / f"s{i}.h5", runs(["a", "b"], 20), None, seed=i)) for i in range(2)]
+    files = open_splits(paths)
+    rows = [np.arange(f.n_rows) for f in files]
+    buffer_mb = 25 * files[0].row_bytes / 2**20
+
+    def stream(rank: int = 0, world_size: int = 1) -> ShuffledStream:
+        return row_stream(files, rows, 2, buffer_mb, seed=4, rank=rank, world_size=world_size)
+
+    straddles = 0
+    for world_size in (2, 3):
+        one, ranks = stream(), [stream(r, world_size) for r in range(world_size)]
+        for _ in range(2 * sum(f.n_rows for f in files) // 7 + 1):
+            group, epoch = one.group, one.epoch
+            units, windows = one.next(7)
+            straddles += (one.group, one.epoch) != (group, epoch) and one.position > 0  # into the next
+            for r, share in enumerate(rank.next(7) for rank in ranks):
+                assert torch.equal(share[0], units[r::world_size]) and torch.equal(share[1], windows[r::world_size])
+    assert straddles > 4 and one.epoch >= 2
 
 
 def test_a_full_buffer_serves_what_memory_serves(tmp_path):

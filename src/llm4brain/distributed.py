@@ -89,20 +89,48 @@ def global_mean(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
 
 
 def average(values: dict[str, float]) -> dict[str, float]:
-    """Logged numbers averaged over processes: the global batch's (each process logs its share's mean)."""
+    """Numbers averaged over processes, equal to the last bit on every process: each process's values are
+    gathered (exact copies) and every process sums them in rank order. Logged means (each process logs its
+    share's) and every number a decision depends on (early stopping's validation loss) go through here,
+    so that no process decides alone."""
     import torch
     import torch.distributed as dist
 
     w = world()
     if w.size == 1:
         return values
-    stacked = torch.tensor(list(values.values()), dtype=torch.float64)
-    dist.all_reduce(stacked)
-    return dict(zip(values, (stacked / w.size).tolist(), strict=True))
+    mine = torch.tensor(list(values.values()), dtype=torch.float64)  # on the CPU: served by gloo (BACKENDS)
+    every = [torch.empty_like(mine) for _ in range(w.size)]
+    dist.all_gather(every, mine)
+    return dict(zip(values, (torch.stack(every).sum(0) / w.size).tolist(), strict=True))
+
+
+def gather_objects(value: Any) -> list[Any]:
+    """Every process's ``value`` (picklable: RNG states for a checkpoint), in rank order; ``[value]`` alone."""
+    import torch.distributed as dist
+
+    w = world()
+    if w.size == 1:
+        return [value]
+    every: list[Any] = [None] * w.size
+    dist.all_gather_object(every, value)
+    return every
+
+
+BACKENDS = {"cpu": "gloo", "cuda": "cpu:gloo,cuda:nccl"}
+"""The process group's backend for each training device type. NCCL serves CUDA tensors only
+(``Backend.backend_capability``), so a CUDA job's group also has gloo for CPU tensors: a collective on a
+CPU tensor (a logged number, an RNG state) goes to gloo, one on a CUDA tensor to NCCL."""
 
 
 def launch(
-    entry: Callable[..., Any], *, devices: int, device: str = "auto", log_file: str | None = None, **kwargs: Any
+    entry: Callable[..., Any],
+    *,
+    devices: int,
+    device: str = "auto",
+    log_file: str | None = None,
+    timeout: float | None = None,
+    **kwargs: Any,
 ) -> None:
     """Run ``entry(**kwargs)`` in ``devices`` processes (in this one when 1), as ``torchrun`` would: over NCCL
     when ``device`` (a ``train.device``) resolves to CUDA, each process on its own GPU, else over gloo.
@@ -111,7 +139,8 @@ def launch(
     (``SLURM_NNODES`` > 1) it starts itself once per node with ``srun`` (:func:`on_every_node`) and the
     nodes meet at the allocation's first node. If a process dies, the others are stopped and this raises
     (no process waits on a dead peer); the next run resumes from rank 0's last checkpoint. ``kwargs`` must
-    pickle (and, across nodes, be JSON with :class:`~llm4brain.resume.Checkpoint` values).
+    pickle (and, across nodes, be JSON with :class:`~llm4brain.resume.Checkpoint` values). ``timeout``
+    (seconds) bounds how long a collective waits for the other processes (torch's default when None).
     """
     import multiprocessing
 
@@ -122,11 +151,16 @@ def launch(
         )
     nodes = int(os.environ.get("SLURM_NNODES", 1))
     if nodes > 1 and NODE not in os.environ:
-        on_every_node(entry, nodes=nodes, devices=devices, device=device, log_file=log_file, kwargs=kwargs)
+        on_every_node(
+            entry, nodes=nodes, devices=devices, device=device, log_file=log_file, timeout=timeout, kwargs=kwargs
+        )
         return
     if devices * nodes == 1:
         entry(**kwargs)
         return
+    device_type = select_device(device).type
+    if device_type not in BACKENDS:
+        raise ValueError(f"data-parallel training runs on {' or '.join(BACKENDS)} devices, not {device_type}")
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -147,7 +181,7 @@ def launch(
     name = getattr(entry, "__name__", str(entry))
     LOG.info("%s: %d processes on each of %d node(s) (rendezvous %s)", name, devices, nodes, endpoint)
     try:
-        elastic_launch(config, _worker)(entry, select_device(device).type == "cuda", log_file, kwargs)
+        elastic_launch(config, _worker)(entry, device_type, log_file, timeout, kwargs)
     except ChildFailedError as err:
         failures = "; ".join(
             f"rank {rank} (pid {failure.pid}) {_exit(failure.exitcode)}" for rank, failure in err.failures.items()
@@ -162,13 +196,21 @@ NODE = "LLM4BRAIN_NODE"  # set in the one process per node that a multi-node lau
 
 
 def on_every_node(
-    entry: Callable[..., Any], *, nodes: int, devices: int, device: str, log_file: str | None, kwargs: dict[str, Any]
+    entry: Callable[..., Any],
+    *,
+    nodes: int,
+    devices: int,
+    device: str,
+    log_file: str | None,
+    timeout: float | None,
+    kwargs: dict[str, Any],
 ) -> None:
     """Run this launch once on each node of the SLURM allocation (``srun``, one task per node) and wait.
     Snakemake's SLURM plugin starts a job's script once, on its first node: with the ``mpi`` resource it
     does so outside any job step, so this ``srun`` may take the whole allocation."""
     folder = Path(log_file).parent if log_file else Path.cwd()  # shared by the nodes, as the results are
     spec = {"entry": f"{entry.__module__}:{entry.__qualname__}", "devices": devices, "device": device}
+    spec["timeout"] = timeout
     with tempfile.NamedTemporaryFile("w", suffix=".launch.json", dir=folder, delete=False) as f:
         json.dump({**spec, "log_file": log_file, "kwargs": kwargs}, f, default=_to_json)
     command = ["srun", f"--nodes={nodes}", f"--ntasks={nodes}", "--ntasks-per-node=1", "--kill-on-bad-exit=1"]
@@ -208,7 +250,14 @@ def run_spec(path: str) -> None:
     module, name = spec["entry"].split(":")
     setup_logging(spec["log_file"], process=f"node {os.environ.get('SLURM_NODEID', 0)}")
     entry = getattr(importlib.import_module(module), name)
-    launch(entry, devices=spec["devices"], device=spec["device"], log_file=spec["log_file"], **spec["kwargs"])
+    launch(
+        entry,
+        devices=spec["devices"],
+        device=spec["device"],
+        log_file=spec["log_file"],
+        timeout=spec["timeout"],
+        **spec["kwargs"],
+    )
 
 
 def _exit(code: int) -> str:
@@ -225,15 +274,21 @@ def first_node() -> str:
     return hosts.stdout.split()[0]
 
 
-def _worker(entry: Callable[..., Any], cuda: bool, log_file: str | None, kwargs: dict[str, Any]) -> None:
-    """One process of a launched job: join the process group, log to the job's log with its rank, run."""
+def _worker(
+    entry: Callable[..., Any], device_type: str, log_file: str | None, timeout: float | None, kwargs: dict[str, Any]
+) -> None:
+    """One process of a launched job: join the process group (:data:`BACKENDS`), log to the job's log with
+    its rank, run."""
+    import datetime
+
     import torch
     import torch.distributed as dist
 
     setup_logging(log_file, process=f"rank {os.environ['RANK']}")
-    if cuda:
+    if device_type == "cuda":
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    dist.init_process_group("nccl" if cuda else "gloo")
+    wait = None if timeout is None else datetime.timedelta(seconds=timeout)
+    dist.init_process_group(BACKENDS[device_type], timeout=wait)
     try:
         entry(**kwargs)
     finally:

@@ -66,8 +66,13 @@ def _log_uncaught(kind: type[BaseException], value: BaseException, tb: Traceback
     LOG.critical("%s: %s", kind.__name__, value, exc_info=(kind, value, tb))
 
 
+CUBLAS_WORKSPACE = ":4096:8"  # what cuBLAS needs to be deterministic (CUDA 10.2+; torch's reproducibility notes)
+
+
 def seed_everything(seed: int, threads: int | None = None) -> None:
-    """Seed python, numpy and torch, and make torch deterministic so CPU reruns are identical."""
+    """Seed python, numpy and torch, and make torch deterministic so reruns on one machine are identical.
+    On CUDA that needs ``CUBLAS_WORKSPACE_CONFIG`` before cuBLAS starts: set here unless the user set it."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
     import torch
 
     random.seed(seed)

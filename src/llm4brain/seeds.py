@@ -26,3 +26,12 @@ class Stream(IntEnum):
     INSTRUCT_BATCHES = 31
     DECODE = 40
     DEMO_SUBJECTS = 100  # + the subject's index: each simulated subject's own maps and noise
+
+
+RANK_STRIDE = 1 << 20  # above every Stream offset, within the 32 bits of a seed torch's CPU generator keeps
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The global RNG seed of process ``rank`` of a data-parallel job whose stage is seeded with ``seed``:
+    its own dropout masks and other per-sample noise (:func:`llm4brain.training.seed_rank`)."""
+    return seed + (rank + 1) * RANK_STRIDE

@@ -16,9 +16,10 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from llm4brain.distributed import average, world
+from llm4brain.distributed import average, gather_objects, world
 from llm4brain.resume import Checkpoint
 from llm4brain.runtime import LOG, autocast, autocast_dtype
+from llm4brain.seeds import rank_seed
 
 
 def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup: int, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
@@ -33,9 +34,23 @@ def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup: int, steps: int
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def cuda_rng(device: torch.device) -> dict[str, torch.Tensor]:
-    """The CUDA device's RNG state (dropout on the GPU draws from it), for a checkpoint; nothing on CPU."""
-    return {"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}
+def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """This process's global RNG states (dropout draws from them: the CPU's, and the CUDA device's)."""
+    state = {"torch_rng": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda_rng"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def seed_rank(device: torch.device) -> None:
+    """Give each process of a data-parallel job its own global RNG stream, from the stage's seed and its
+    rank (as Accelerate's ``set_seed(device_specific=True)``): dropout and other per-sample noise differ
+    between processes. Called once the model is built (and DDP has broadcast rank 0's trainable weights),
+    so that everything built from the seed, frozen weights included, is the same on every process. One
+    process keeps its stream as it is."""
+    w = world()
+    if w.size > 1:
+        torch.manual_seed(rank_seed(torch.initial_seed(), w.rank))  # the CUDA devices' generators too
 
 
 class Stateful(Protocol):
@@ -58,13 +73,30 @@ class Objective(torch.nn.Module):
         return self.loss_fn(step)
 
 
+def running_statistics(module: torch.nn.Module) -> list[str]:
+    """The submodules that update buffers while training (BatchNorm-like running statistics)."""
+    from torch.nn.modules.batchnorm import _NormBase
+
+    return [name for name, m in module.named_modules() if isinstance(m, _NormBase) and m.track_running_stats]
+
+
 def data_parallel(objective: Objective, device: torch.device) -> torch.nn.Module:
     """``objective`` under DDP when the job runs several processes. Only the trainable parameters are synced
     (every process builds the frozen ones, a 4-bit base included, identically from the same seed and
-    files); unused ones are allowed (a term switched off for a step)."""
+    files); unused ones are allowed (a term switched off for a step).
+
+    Buffers are not synced: every process builds the same constant ones (position ids, masks). A module
+    that changes its buffers in training (running statistics) would keep one per process, so it is refused.
+    """
     if world().size == 1:
         return objective
     from torch.nn.parallel import DistributedDataParallel
+
+    if stateful := running_statistics(objective):
+        raise ValueError(
+            f"{', '.join(stateful)} keep running statistics, which each of {world().size} processes would "
+            "update on its own share: use a normalisation without them (LayerNorm, GroupNorm) or train.devices: 1"
+        )
 
     frozen = [name for name, p in objective.named_parameters() if not p.requires_grad]
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
@@ -93,8 +125,9 @@ class Run:
     start: int = 0
     best: dict[str, Any] = field(default_factory=lambda: {"loss": float("inf"), "parameters": None, "stale": 0})
 
-    def state(self, step: int) -> dict[str, Any]:
-        """Everything a rerun needs to continue at ``step`` as if never stopped."""
+    def state(self, step: int, rngs: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
+        """Everything a rerun needs to continue at ``step`` as if never stopped; ``rngs`` is every process's
+        :func:`rng_state`, in rank order."""
         return {
             "step": step,
             "rows": self.rows,
@@ -102,10 +135,9 @@ class Run:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "generators": [g.get_state() for g in self.generators],
-            "torch_rng": torch.get_rng_state(),
+            "rngs": rngs,
             "stateful": [s.state_dict() for s in self.stateful],
             "best": self.best,
-            **cuda_rng(self.device),
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -118,9 +150,11 @@ class Run:
             generator.set_state(saved)
         for stateful, saved in zip(self.stateful, state["stateful"], strict=True):
             stateful.load_state_dict(saved)
-        torch.set_rng_state(state["torch_rng"])
-        if self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        rank = world().rank
+        if rank < len(state["rngs"]):  # this process's own stream; a process the writer lacked keeps its new one
+            torch.set_rng_state(state["rngs"][rank]["torch_rng"])
+            if self.device.type == "cuda":
+                torch.cuda.set_rng_state(state["rngs"][rank]["cuda_rng"], self.device)
         self.rows, self.start, self.best = state["rows"], state["step"], state["best"]
 
     def step(self, step: int) -> dict[str, float]:
@@ -151,9 +185,10 @@ class Run:
         return row
 
     def validate(self, row: dict[str, float], validate: Callable[[], float]) -> None:
-        """Add the validation loss to ``row``; keep the weights if it is the best so far."""
+        """Add the validation loss to ``row``; keep the weights if it is the best so far. The loss is averaged
+        over processes, so that every process keeps the same weights and stops at the same step."""
         with torch.no_grad(), autocast(self.device, self.params["precision"]):
-            row["val_loss"] = validate()
+            row["val_loss"] = average({"val_loss": validate()})["val_loss"]
         if row["val_loss"] < self.best["loss"]:
             kept = [p.detach().clone() for p in self.trainable]
             self.best = {"loss": row["val_loss"], "parameters": kept, "stale": 0}
@@ -220,10 +255,13 @@ def fit(
 
     In a data-parallel job (:func:`llm4brain.distributed.launch`) ``loss_fn`` computes its process's share
     of the global batch (see :mod:`llm4brain.distributed`) and ``validate`` the whole validation loss on
-    every process; only rank 0 writes ``log_tsv`` and checkpoints, and every process resumes from them, so
-    a checkpoint written by N processes resumes on any number.
+    every process, averaged over processes so that all stop together; each process draws its dropout from
+    its own stream (:func:`seed_rank`). Only rank 0 writes ``log_tsv`` and checkpoints (with every
+    process's RNG state), and every process resumes from them, so a checkpoint written by N processes
+    resumes on any number.
     """
     run = start_run(module, loss_fn, params, generators, stateful, device)
+    seed_rank(device)
     main = world().main
     if checkpoint:  # a job requeued onto another kind of device starts over: its numerics (and RNGs) differ
         checkpoint = checkpoint.where(device.type, str(autocast_dtype(device, params["precision"])))
@@ -250,8 +288,10 @@ def fit(
                 run.best["loss"],
             )
             break
-        if main and checkpoint and every and (step + 1) % every == 0 and step + 1 < steps:
-            checkpoint.save(run.state(step + 1))
+        if checkpoint and every and (step + 1) % every == 0 and step + 1 < steps:
+            rngs = gather_objects(rng_state(device))  # every process takes part; rank 0 writes
+            if main:
+                checkpoint.save(run.state(step + 1, rngs))
     run.keep_best(desc)
     history = pd.DataFrame(run.rows)
     if main and checkpoint:
