@@ -60,7 +60,7 @@ FMRI_PARAMS = {
     "zscore": True,
     "hrf_lag": 4.0,
     "average_repeats": {"train": False, "test": True},
-    "reliability": {"select": False, "threshold": 0.1},
+    "reliability": {"select": False, "split": "train", "threshold": 0.1},
     "trim": {"start": 0, "end": 0, "keep": None},
     "unpaired_clips": "error",
     "mask_labels": None,

@@ -151,12 +151,15 @@ def test_topk_hits_under_random_tie_breaking():
 
 def test_every_reference_counts(tmp_path):
     """Several references per clip go into the scores: the metrics equal pycocoevalcap's with all of them,
-    and a caption that matches only a second annotator's reference scores as well as one matching the first."""
+    and a caption that matches only a second annotator's reference scores as well as one matching the first.
+    Voxels that test data chose stay marked in the metrics, the summary over replicates and the report."""
     import h5py
     import pandas as pd
 
     from llm4brain.artifacts import atomic_h5, read_captions, write_keys, write_strings
+    from llm4brain.evaluate.report import subject_label
     from llm4brain.evaluate.score import score_captions
+    from llm4brain.evaluate.summary import read_replicates, summarize
     from llm4brain.text.captions import reference_captions
 
     second = {
@@ -175,6 +178,7 @@ def test_every_reference_counts(tmp_path):
         write_strings(f, "caption", [REFS[i][0] for i in ids] + [second[i] for i in ids])
         write_strings(f, "reference", [REFS[i][0] for i in ids] * 2)
         f.attrs["subject"] = "sub-01"
+        f.attrs["voxel_selection"] = "test-reliability"  # what decode_captions copies from the fMRI artifact
     score_captions(
         [str(tmp_path / "sub-01.h5")],
         tmp_path / "captions.h5",
@@ -187,6 +191,10 @@ def test_every_reference_counts(tmp_path):
         0,
     )
     metrics = pd.read_csv(tmp_path / "m.tsv", sep="\t").set_index("source")
+    assert (metrics["voxel_selection"] == "test-reliability").all()  # test-selected voxels stay visible
+    summary = summarize(read_replicates({0: tmp_path / "m.tsv"}), [0])
+    assert (summary["voxel_selection"] == "test-reliability").all()
+    assert subject_label(metrics.reset_index().iloc[0]).endswith("(test-selected voxels)")
     assert (
         metrics.loc["first", "BLEU-4"] == pytest.approx(metrics.loc["second", "BLEU-4"]) == pytest.approx(1.0, abs=1e-6)
     )

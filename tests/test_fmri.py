@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import FMRI_PARAMS, TINY_DEMO, TINY_SEGMENTS
+from conftest import FMRI_PARAMS, REPO, TINY_DEMO, TINY_SEGMENTS
 
 from llm4brain.artifacts import open_artifact, read_keys
 from llm4brain.fmri.preprocess import SplitHalf, clean_run, pair_run, preprocess_subject
@@ -268,7 +268,7 @@ def test_missing_confound_column_names_file(tiny_demo, tmp_path):
 
 def test_reliability_selection_keeps_repeatable_voxels(tiny_demo, tmp_path):
     out = tmp_path / "selected.h5"
-    params = {**FMRI_PARAMS, "reliability": {"select": True, "threshold": 0.3}}
+    params = {**FMRI_PARAMS, "reliability": {"select": True, "split": "test", "threshold": 0.3}}
     preprocess_subject("sub-01", tiny_demo / "sub-01", tiny_demo / "roi_mask.nii.gz", out, TINY_SEGMENTS, 2.0, params)
     with h5py.File(out) as f:
         roi = nib.load(tiny_demo / "roi_mask.nii.gz").get_fdata() > 0
@@ -276,6 +276,59 @@ def test_reliability_selection_keeps_repeatable_voxels(tiny_demo, tmp_path):
         assert 0 < kept.sum() < roi.sum()
         assert np.all(np.arctanh(reliability[kept[roi]]) >= 0.3)
         assert np.all(f["test/bold"][:][:, ~kept] == 0)
+
+
+def replace_test_runs_by_noise(subject_dir: Path, roi: np.ndarray) -> int:
+    """Overwrite every test run of ``subject_dir`` with noise, one ROI voxel constant in it; return how many."""
+    replaced = 0
+    for events in sorted(subject_dir.glob("func/*_events.tsv")):
+        if "test01" not in events.read_text():
+            continue
+        bold = events.with_name(events.name.replace("_events.tsv", "_bold.nii.gz"))
+        image = nib.load(bold)
+        noise = np.random.default_rng(replaced).normal(100, 5, image.shape).astype(np.float32)
+        noise[tuple(np.argwhere(roi)[0])] = 100.0  # constant in this test run only
+        nib.save(nib.Nifti1Image(noise, image.affine, image.header), bold)
+        replaced += 1
+    return replaced
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_test_runs_choose_no_voxels_unless_test_reliability_is_asked_for(tiny_demo, tmp_path, split):
+    """Test runs replaced by noise (one voxel constant in them): with reliability selection on the training
+    repeats, the kept voxels, their reliability and every training sample are unchanged; selecting on the
+    test repeats (opt-in) changes which voxels are kept, and the artifact says test data chose them."""
+    roi = nib.load(tiny_demo / "roi_mask.nii.gz").get_fdata() > 0
+    params = {**FMRI_PARAMS, "reliability": {"select": True, "split": split, "threshold": 0.1}}
+    noisy = _copy_subject(tiny_demo, tmp_path)
+    assert replace_test_runs_by_noise(noisy, roi) == 2
+    for name, subject_dir in (("real.h5", tiny_demo / "sub-01"), ("noisy.h5", noisy)):
+        preprocess_subject(
+            "sub-01", subject_dir, tiny_demo / "roi_mask.nii.gz", tmp_path / name, TINY_SEGMENTS, 2.0, params
+        )
+    with h5py.File(tmp_path / "real.h5") as real, h5py.File(tmp_path / "noisy.h5") as noisy_file:
+        same_mask = np.array_equal(real["mask"][:], noisy_file["mask"][:])
+        assert noisy_file.attrs["voxel_selection"] == f"{split}-reliability"
+        if split == "test":
+            assert not same_mask
+            return
+        assert same_mask and 0 < real["mask"][:].sum() < roi.sum()
+        for name in ("train/bold", "qc/reliability", "qc/usable"):
+            np.testing.assert_array_equal(real[name][:], noisy_file[name][:], err_msg=name)
+
+
+SHIPPED = sorted([*(REPO / "config").glob("*.yaml"), REPO / ".test" / "micro.yaml"])
+
+
+@pytest.mark.parametrize("path", [p for p in SHIPPED if p.name != "schema.yaml"], ids=lambda p: p.name)
+def test_no_shipped_config_lets_test_data_choose_voxels(path):
+    """Every shipped config, with the schema's defaults filled in, computes reliability on training data."""
+    import yaml
+    from snakemake.utils import validate
+
+    config = yaml.safe_load(path.read_text())
+    validate(config, str(REPO / "config" / "schema.yaml"))
+    assert config["fmri"]["reliability"]["split"] == "train", f"{path}: test data would choose the voxels"
 
 
 WEN_SEGMENTS = {"train": ["seg1", "seg2"], "test": ["test1"]}

@@ -17,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 import torch
 
@@ -63,15 +64,19 @@ def write_decoded(
     decoded: dict[str, list[str]],
     captions: dict[tuple[str, int], str],
     params: dict[str, Any],
+    fmri_path: str,
 ) -> None:
-    """``/segment, /tr, /source, /caption, /reference``: one row per test sample × source."""
+    """``/segment, /tr, /source, /caption, /reference``: one row per test sample × source; the attrs say
+    what chose the fMRI's voxels (``voxel_selection``), so that test-selected voxels show in the metrics."""
+    with h5py.File(fmri_path, "r") as fmri:
+        selection = str(fmri.attrs.get("voxel_selection", "unknown"))
     with atomic_h5(out_path, "eval", params) as f:
         rows = [(key, source, text) for source, texts in decoded.items() for key, text in zip(keys, texts, strict=True)]
         write_keys(f, [r[0][0] for r in rows], [r[0][1] for r in rows])
         write_strings(f, "source", [r[1] for r in rows])
         write_strings(f, "caption", [r[2] for r in rows])
         write_strings(f, "reference", [captions[r[0]] for r in rows])
-        set_attrs(f, {"subject": subject, "heldout": heldout, "sources": list(decoded)})
+        set_attrs(f, {"subject": subject, "heldout": heldout, "sources": list(decoded), "voxel_selection": selection})
 
 
 def decode_ablation(
@@ -96,7 +101,7 @@ def decode_ablation(
         student_dir, teacher_dir, fmri_path, latent_path, captions, captions_path, select_device(params["device"])
     )
     decoded = {f"fmri-{ablation}": generate_captions(student.captioner, tokens, params)}
-    write_decoded(out_path, subject, subject in heldout, keys, decoded, captions, params)
+    write_decoded(out_path, subject, subject in heldout, keys, decoded, captions, params, fmri_path)
 
 
 def decode_captions(
@@ -137,7 +142,7 @@ def decode_captions(
         "shuffled": generate_captions(student.captioner, tokens[permutation], params),
         "nearest-train": nearest_captions(tokens, pool_tokens, pool_keys, captions),
     }
-    write_decoded(out_path, subject, subject in heldout, keys, decoded, captions, params)
+    write_decoded(out_path, subject, subject in heldout, keys, decoded, captions, params, fmri_path)
     for i in range(min(3, len(keys))):
         LOG.info(
             "%s %s: fmri %r | teacher %r | reference %r",

@@ -18,6 +18,14 @@ from llm4brain.evaluate.score import read_decoded  # noqa: E402
 SOURCE_ORDER = ("fmri", "video-teacher", "shuffled", "nearest-train")
 
 
+def subject_label(row: pd.Series) -> str:
+    """A subject's axis label: held out, and whether test data chose its voxels (``fmri.reliability.split``)."""
+    label = f"{row['subject']}\n(held out)" if row["heldout"] else str(row["subject"])
+    if row.get("voxel_selection") == "test-reliability":
+        label += "\n(test-selected voxels)"
+    return label
+
+
 def plot_scores(metrics_tsvs: dict[int, str | Path], out_png: str | Path, metric: str = "CIDEr") -> None:
     """Grouped bars of ``metric`` per subject × source: each bar the mean over the replicates (seed →
     ``metrics.tsv``), each replicate a point with its 95 % bootstrap CI."""
@@ -42,7 +50,7 @@ def plot_scores(metrics_tsvs: dict[int, str | Path], out_png: str | Path, metric
             one = rows[rows["replicate"] == seed].set_index("subject").reindex(subjects)
             err = np.vstack([one[metric] - one[f"{metric}_ci_low"], one[f"{metric}_ci_high"] - one[metric]])
             ax.errorbar(x + offset, one[metric], yerr=err, fmt="o", ms=3, lw=0.8, color=f"C{i}", mec="black", mew=0.5)
-    labels = [f"{s}\n(held out)" if table[table["subject"] == s]["heldout"].iloc[0] else s for s in subjects]
+    labels = [subject_label(table[table["subject"] == s].iloc[0]) for s in subjects]
     ax.set_xticks(np.arange(len(subjects)), labels)
     n = len(replicates)
     ax.set_ylabel(f"{metric}: mean of {n} replicate{'s' * (n > 1)} (bars),\neach with its 95 % bootstrap CI (points)")

@@ -147,9 +147,11 @@ def score_captions(
         LOG.warning("SPICE %s", spice)
     semantic, unavailable = semantic_metrics(params, workers)
     tables: dict[str, list[pd.DataFrame]] = {}
+    selection: dict[str, str] = {}  # what chose each subject's voxels: test-reliability marks test-selected ones
     for path in eval_paths:  # a subject's main file, and the ablated students' files
         table, attrs = read_decoded(path)
         tables.setdefault(str(attrs["subject"]), []).append(table)
+        selection[str(attrs["subject"])] = str(attrs.get("voxel_selection", "unknown"))
     groups = []
     for subject, parts in tables.items():
         table = pd.concat(parts, ignore_index=True)
@@ -181,7 +183,7 @@ def score_captions(
     rows, identification, tests = [], [], []
     paired: dict[str, dict[str, dict[str, dict[str, float]]]] = {}  # subject -> source -> metric -> clip -> score
     for (subject, source, refs, _), (scores, ci, ident, per_clip) in zip(groups, results, strict=True):
-        flags = {"subject": subject, "heldout": subject in heldout}
+        flags = {"subject": subject, "heldout": subject in heldout, "voxel_selection": selection[subject]}
         bounds = {f"{name}_{end}": ci[name][j] for name in scores for j, end in enumerate(("ci_low", "ci_high"))}
         rows.append(
             {
@@ -201,7 +203,7 @@ def score_captions(
         LOG.info("%s %-13s CIDEr %.3f [%.3f, %.3f]", subject, source, scores["CIDEr"], *ci["CIDEr"])
     tested = ["CIDEr"] + [metric.identify_by for metric in semantic]
     for subject, by_source in paired.items():
-        flags = {"subject": subject, "heldout": subject in heldout}
+        flags = {"subject": subject, "heldout": subject in heldout, "voxel_selection": selection[subject]}
         others = ["shuffled"] + [s for s in by_source if s.startswith("fmri-")]
         for other in [s for s in others if "fmri" in by_source and s in by_source]:
             for metric in tested:

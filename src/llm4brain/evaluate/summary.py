@@ -19,6 +19,7 @@ from llm4brain.evaluate.stats import paired_permutation
 from llm4brain.tables import read_tsv
 
 KEYS = ("subject", "heldout", "source")
+MARKS = ("voxel_selection",)  # text carried beside the keys: test-reliability marks test-selected voxels
 CLIP = ("segment", "tr")
 
 
@@ -34,7 +35,7 @@ def read_replicates(paths: dict[int, str | Path], extra: tuple[str, ...] = ()) -
     for seed, path in paths.items():
         table = read_tsv(path, columns={"subject": str, "heldout": str, "source": str, **dict.fromkeys(extra, str)})
         table["heldout"] = table["heldout"] == "True"
-        for column in table.columns.difference([*KEYS, *extra]):
+        for column in table.columns.difference([*KEYS, *MARKS, *extra]):
             table[column] = pd.to_numeric(table[column], errors="coerce")
         tables.append(table.assign(replicate=seed))
     return pd.concat(tables, ignore_index=True)
@@ -45,11 +46,15 @@ def summarize(metrics: pd.DataFrame, replicates: list[int]) -> pd.DataFrame:
     replicate), ``min``, ``max`` and each replicate's value (``r{seed}``) of ``metrics`` (stacked
     ``metrics.tsv`` rows, :func:`read_replicates`). CI bounds and ``n`` are per replicate and left out; a
     metric no replicate could compute is left out."""
+    marks = [m for m in MARKS if m in metrics.columns]
     names = [
-        c for c in metrics.columns if c not in (*KEYS, "n", "replicate") and not c.endswith(("_ci_low", "_ci_high"))
+        c
+        for c in metrics.columns
+        if c not in (*KEYS, *marks, "n", "replicate") and not c.endswith(("_ci_low", "_ci_high"))
     ]
-    long = metrics.melt(id_vars=[*KEYS, "replicate"], value_vars=names, var_name="metric").dropna(subset=["value"])
-    wide = long.pivot_table(index=[*KEYS, "metric"], columns="replicate", values="value", sort=False)
+    long = metrics.melt(id_vars=[*KEYS, *marks, "replicate"], value_vars=names, var_name="metric")
+    long = long.dropna(subset=["value"])
+    wide = long.pivot_table(index=[*KEYS, *marks, "metric"], columns="replicate", values="value", sort=False)
     wide = wide.reindex(columns=[r for r in replicates if r in wide.columns])
     stats = pd.DataFrame(
         {

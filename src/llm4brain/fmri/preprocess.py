@@ -3,9 +3,15 @@
 Per run: read the kept volumes into the subject's space (ROI voxels or CIFTI grayordinates), regress out a
 polynomial trend (+ cosine drifts and confounds), z-score per voxel, then pair volume
 ``(onset + tr·TR + hrf_lag) / TR`` with the clip ``(segment, tr)``. Each run's samples go straight into
-the artifact (summed where repeats are averaged; the test segments' odd and even repeats also into a
-scratch file, for the split-half reliability), so memory holds about one run, never the subject. Once
-the usable voxels are known, one pass turns sums into means and zeroes the dropped voxels.
+the artifact (summed where repeats are averaged; the odd and even repeats of the reliability split's
+segments also into a scratch file, for the split-half reliability), so memory holds about one run, never
+the subject. Once the usable voxels are known, one pass turns sums into means and zeroes the dropped voxels.
+
+Which voxels are kept depends on the training runs alone by default: a voxel is usable when it is finite
+and not constant in every training run (in a test run where it is not, it is zeroed), and reliability
+selection uses the training segments' repeats (``reliability.split: train``). Selecting by the test
+segments' repeats (``split: test``, the convention of Wen et al. and NeuroClips) lets test data choose the
+voxels: it is opt-in and marked in the artifact (``voxel_selection``) and in every metrics table.
 """
 
 from __future__ import annotations
@@ -272,6 +278,7 @@ def preprocess_subject(
                     "hrf_lag": params["hrf_lag"],
                     "params": params,
                     "space": space_name(data, space),
+                    "voxel_selection": voxel_selection(params["reliability"]),
                     "n_runs": len(runs),
                     **space.attrs(),
                 },
@@ -292,22 +299,26 @@ def stream_runs(
     params: dict[str, Any],
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Clean each run and write its samples into ``bold`` (summed where repeats are averaged) and into the
-    scratch's odd/even repeat halves of the test segments; return the usable voxels, the mean tSNR and the
-    split-half reliability."""
+    scratch's odd/even repeat halves of the reliability split's segments; return the usable voxels (judged
+    on the training runs, or on every run of a subject without any), the mean tSNR and the split-half
+    reliability."""
     n_voxels = space.n_voxels
     everything = np.ones(n_voxels, bool)
-    test = plan.get("test", SplitRows(True))
+    judged = set(plan["train"].targets) if "train" in plan and plan["train"].targets else set(range(len(runs)))
+    source = plan.get(params["reliability"]["split"], SplitRows(True))
+    clips = {key: c for c, key in enumerate(dict.fromkeys(source.keys))}  # a clip's row in the halves
     halves = [
-        scratch.create_dataset(f"half{h}", (max(len(test.keys), 1), n_voxels), np.float32, chunks=(1, n_voxels))
+        scratch.create_dataset(f"half{h}", (max(len(clips), 1), n_voxels), np.float32, chunks=(1, n_voxels))
         for h in (0, 1)
     ]
-    half_counts = np.zeros((2, max(len(test.keys), 1)))
+    half_counts = np.zeros((2, max(len(clips), 1)))
     shown: dict[str, int] = defaultdict(int)
     usable = np.ones(n_voxels, bool)
     tsnr = np.zeros(n_voxels)
     for i, run in enumerate(tqdm(runs, desc=f"{subject} runs", mininterval=1.0)):
         series, ok, run_tsnr = read_clean_run(space, run, kept[i], tr, params)
-        usable &= ok
+        if i in judged:
+            usable &= ok
         tsnr += run_tsnr
         for split, rows in plan.items():
             if i in rows.targets:
@@ -319,12 +330,13 @@ def stream_runs(
                     lambda v, series=series: space.samples(series[v], everything),
                     rows.average,
                 )
-        if i in test.targets:  # odd and even repeats of a test segment, for the split-half reliability
-            first, volumes = test.targets[i]
+        if i in source.targets:  # odd and even repeats of a segment, for the split-half reliability
+            first, volumes = source.targets[i]
             parity = shown[run.segment] % 2
             shown[run.segment] += 1
-            add_rows(halves[parity], first, volumes, lambda v, series=series: series[v], accumulate=True)
-            half_counts[parity, first : first + len(volumes)] += 1
+            for volume, key in zip(volumes, source.keys[first : first + len(volumes)], strict=True):
+                halves[parity][clips[key]] += series[volume]
+                half_counts[parity, clips[key]] += 1
         del series  # released before the next run is read: one run in memory, not two
     split_half = SplitHalf(n_voxels)
     both = np.flatnonzero((half_counts > 0).all(axis=0))
@@ -332,6 +344,12 @@ def stream_runs(
         block = both[r : r + ROWS]
         split_half.add(*(halves[h][block] / half_counts[h, block, None] for h in (0, 1)))
     return usable, tsnr / len(runs), split_half.r()
+
+
+def voxel_selection(selection: dict[str, Any]) -> str:
+    """What chose the kept voxels, for the artifact and the metrics tables: ``usable`` (finite and varying
+    in the training runs), ``train-reliability`` or ``test-reliability`` (test data chose them)."""
+    return f"{selection['split']}-reliability" if selection["select"] else "usable"
 
 
 def select_voxels(
@@ -345,7 +363,14 @@ def select_voxels(
     """Usable voxels, narrowed to the reliable ones when configured; none left is an error."""
     if selection["select"]:
         if not np.isfinite(reliability).any():
-            raise InputError(f"{runs[0].bold.parent}: reliability selection needs test segments shown at least twice")
+            raise InputError(
+                f"{runs[0].bold.parent}: reliability selection needs {selection['split']} segments shown at least "
+                "twice (3 clips or more)"
+            )
+        if selection["split"] == "test":
+            LOG.warning(
+                "%s: voxels selected by the TEST segments' repeat reliability (reliability.split: test)", subject
+            )
         reliable = fisher_z(np.nan_to_num(reliability, nan=-1.0)) >= selection["threshold"]
         LOG.info(
             "%s: %d of %d voxels reach repeat reliability z >= %g",
