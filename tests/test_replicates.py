@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from llm4brain.evaluate.stats import paired_permutation
+from llm4brain.evaluate.stats import paired_permutation, replicate_sign_flip
 from llm4brain.evaluate.summary import pooled_tests, summarize_replicates
 
 SEEDS = [0, 1, 4]
@@ -127,7 +127,8 @@ def test_summary_equals_a_direct_computation(tmp_path):
         "r0",
         "r1",
         "r4",
-        "p_value",
+        "p_replicates",
+        "p_clips",
     ]
     assert list(pooled["comparison"]) == ["fmri > shuffled"]
     assert pooled["n"].item() == 3 * 30 and pooled["n_replicates"].item() == 3
@@ -151,7 +152,7 @@ def test_pooled_test_weighs_each_replicate_the_same():
 
 def test_pooled_test_without_an_effect_gives_uniform_p_values():
     rng = np.random.default_rng(2)
-    p = np.array([pooled_tests(per_clip_table(rng, 0.0), SEEDS, 199, seed=k)["p_value"].item() for k in range(200)])
+    p = np.array([pooled_tests(per_clip_table(rng, 0.0), SEEDS, 199, seed=k)["p_clips"].item() for k in range(200)])
     assert 0.01 <= np.mean(p < 0.05) <= 0.1 and 0.4 <= p.mean() <= 0.6
     assert np.histogram(p, bins=4, range=(0, 1))[0].min() >= 30  # no quarter of [0, 1] left empty
 
@@ -159,16 +160,46 @@ def test_pooled_test_without_an_effect_gives_uniform_p_values():
 def test_pooled_test_finds_an_effect_that_one_replicate_may_miss():
     rng = np.random.default_rng(3)
     table = per_clip_table(rng, effect=0.3)
-    assert pooled_tests(table, SEEDS, 999, seed=0)["p_value"].item() < 0.05
-    single = [pooled_tests(table[table["replicate"] == seed], SEEDS, 999, seed=0)["p_value"].item() for seed in SEEDS]
-    assert max(single) > pooled_tests(table, SEEDS, 999, seed=0)["p_value"].item()
+    assert pooled_tests(table, SEEDS, 999, seed=0)["p_clips"].item() < 0.05
+    single = [pooled_tests(table[table["replicate"] == seed], SEEDS, 999, seed=0)["p_clips"].item() for seed in SEEDS]
+    assert max(single) > pooled_tests(table, SEEDS, 999, seed=0)["p_clips"].item()
 
 
-def test_one_stratum_is_the_unstratified_test():
-    """A single replicate's pooled test is exactly the per-replicate test of tests.tsv (same draws)."""
-    rng = np.random.default_rng(4)
-    a, b = rng.normal(size=40), rng.normal(size=40)
-    assert paired_permutation(a, b, 500, 7, strata=np.zeros(40)) == paired_permutation(a, b, 500, 7)
+def test_clip_level_pooling_weighs_each_replicate_the_same():
+    """Strata change the test when replicates differ in size: a small replicate with a large gain weighs as
+    much as the large ones with a small loss (replicate-weighted mean > 0), where pooling the clips as one
+    sample (the plain mean) sees a loss; pooled_tests' p_clips is the weighted one."""
+    a = np.concatenate([np.full(10, 1.0), np.full(90, -0.08)])
+    strata = np.repeat([0, 1], [10, 90])
+    noise = np.random.default_rng(4).normal(0, 0.01, 100)
+    weighted = paired_permutation(a + noise, np.zeros(100), 999, 7, strata=strata)
+    plain = paired_permutation(a + noise, np.zeros(100), 999, 7)
+    assert weighted < 0.01 and plain > 0.2
+    table = per_clip_table(np.random.default_rng(6), effect=0.0, clips=45)
+    table = table[(table["replicate"] != SEEDS[0]) | (table["tr"] < 5)]  # a small first replicate
+    fmri = table["source"] == "fmri"
+    table.loc[fmri, "CIDEr"] = table.loc[fmri, "CIDEr"] * 0 + np.where(
+        table.loc[fmri, "replicate"] == SEEDS[0], 3.0, -0.3
+    )
+    table.loc[~fmri, "CIDEr"] = 0.0
+    [row] = pooled_tests(table, SEEDS, 999, seed=0).to_dict("records")
+    assert row["mean_difference"] == pytest.approx((3.0 - 0.3 * (len(SEEDS) - 1)) / len(SEEDS))
+    assert row["p_clips"] < 0.1  # 1/32 at best: the gain rests on 5 clips; the plain mean over clips is negative
+
+
+def test_replicate_level_test_is_an_exact_sign_flip_over_replicates():
+    """Five positive replicates give 1/32, whatever their size; one negative of equal size raises it to the
+    share of the 32 sign patterns whose mean reaches the observed one."""
+    assert replicate_sign_flip(np.array([0.5, 2.0, 0.1, 1.0, 3.0])) == 1 / 32
+    assert replicate_sign_flip(np.array([1.0, 1.0, 1.0, 1.0, -1.0])) == 6 / 32  # patterns with at most one minus sign
+    assert replicate_sign_flip(np.array([1.0])) == 0.5
+    with pytest.raises(ValueError, match="replicates"):
+        replicate_sign_flip(np.zeros(0))
+    rng = np.random.default_rng(5)
+    table = per_clip_table(rng, effect=0.3)
+    [row] = pooled_tests(table, SEEDS, 199, seed=0).to_dict("records")
+    differences = [row[f"r{seed}"] for seed in SEEDS]
+    assert row["p_replicates"] == replicate_sign_flip(np.array(differences)) >= 1 / 2 ** len(SEEDS)
 
 
 # ---- the DAG ------------------------------------------------------------------------------------------

@@ -60,7 +60,9 @@ def paired_permutation(a: np.ndarray, b: np.ndarray, n_perm: int, seed: int, str
 
     ``strata`` (one label per pair, e.g. its replicate) pools several replicates of the same comparison: the
     statistic is the mean over strata of each stratum's mean difference, so every replicate weighs the same
-    whatever its number of clips, and each pair's sign is flipped independently within its stratum.
+    whatever its number of clips (with equal numbers, the plain mean). Each pair's sign is flipped on its
+    own: the clip is the unit, and the trained models are held fixed, so this p says how sure one can be
+    of these models' difference, not of training's (:func:`replicate_sign_flip` says that).
     """
     d = np.asarray(a, float) - np.asarray(b, float)
     groups = [np.arange(len(d))] if strata is None else [np.flatnonzero(strata == s) for s in np.unique(strata)]
@@ -68,6 +70,18 @@ def paired_permutation(a: np.ndarray, b: np.ndarray, n_perm: int, seed: int, str
     null = np.mean([(signs[:, g] * d[g]).mean(1) for g in groups], axis=0)
     observed = np.mean([d[g].mean() for g in groups])
     return float((1 + np.sum(null >= observed)) / (1 + n_perm))
+
+
+def replicate_sign_flip(differences: np.ndarray) -> float:
+    """One-sided p-value that the mean of per-replicate differences (one per trained model pair) exceeds
+    zero: the exact sign-flip test over the 2^R sign patterns of the R replicates, the replicate as the unit.
+    Its smallest value is 2^-R (five positive replicates: 1/32)."""
+    d = np.asarray(differences, float)
+    if not 0 < len(d) <= 20:
+        raise ValueError(f"an exact sign flip over {len(d)} replicates: give 1 to 20")
+    signs = 1.0 - 2.0 * ((np.arange(2 ** len(d))[:, None] >> np.arange(len(d))) & 1)
+    null = (signs * d).mean(1)
+    return float(np.mean(null >= d.mean() - 1e-12 * np.abs(d).max()))
 
 
 def per_clip_ci(values: np.ndarray, n_boot: int, seed: int, level: float = 0.95) -> tuple[float, float]:

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from llm4brain.artifacts import atomic_path
-from llm4brain.evaluate.stats import paired_permutation
+from llm4brain.evaluate.stats import paired_permutation, replicate_sign_flip
 from llm4brain.tables import read_tsv
 
 KEYS = ("subject", "heldout", "source")
@@ -78,11 +78,13 @@ def summarize(metrics: pd.DataFrame, replicates: list[int]) -> pd.DataFrame:
 
 
 def pooled_tests(per_clip: pd.DataFrame, replicates: list[int], n_perm: int, seed: int) -> pd.DataFrame:
-    """Per subject and tested metric: ``fmri`` against ``shuffled`` and against each ``fmri-{ablation}``, a
-    paired sign-flip test over the clip pairs of every replicate, stratified by replicate
-    (:func:`llm4brain.evaluate.stats.paired_permutation`). Each row gives ``n_replicates``, ``n`` (clip
-    pairs in all), ``mean_difference`` (the mean over replicates of each one's mean per-clip difference, the
-    statistic tested), each replicate's mean difference (``r{seed}``) and the one-sided ``p_value``."""
+    """Per subject and tested metric: ``fmri`` against ``shuffled`` and against each ``fmri-{ablation}``.
+    Each row gives ``n_replicates``, ``n`` (clip pairs in all), ``mean_difference`` (the mean over
+    replicates of each one's mean per-clip difference), each replicate's mean difference (``r{seed}``) and
+    two one-sided p-values: ``p_replicates``, the headline, an exact sign flip over the replicates (a
+    trained model is the unit: :func:`~llm4brain.evaluate.stats.replicate_sign_flip`), and ``p_clips``, a
+    sign flip over every clip pair with the models held fixed, each replicate weighing the same
+    (:func:`~llm4brain.evaluate.stats.paired_permutation` with strata), secondary."""
     metrics = [c for c in per_clip.columns if c not in (*KEYS, *CLIP, "replicate")]
     rows: list[dict[str, Any]] = []
     for subject, table in per_clip.groupby("subject", sort=False):
@@ -114,7 +116,8 @@ def pooled_tests(per_clip: pd.DataFrame, replicates: list[int], n_perm: int, see
                         "n": len(both),
                         "mean_difference": float(difference.mean()),
                         **{replicate_column(r): difference.get(r, np.nan) for r in replicates},
-                        "p_value": paired_permutation(
+                        "p_replicates": replicate_sign_flip(difference.to_numpy()),
+                        "p_clips": paired_permutation(
                             both[metric].to_numpy(), both[f"{metric}_other"].to_numpy(), n_perm, seed, strata
                         ),
                     }
