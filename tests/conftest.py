@@ -38,6 +38,8 @@ TINY_DEMO = {
     "subject_shift": 1,
     "noise": 0.5,
     "drift": 0.5,
+    "regime": "shared-linear",
+    "idiosyncrasy": 0.4,
 }
 TINY_SEGMENTS = {"train": ["seg01", "seg02"], "test": ["test01"]}
 TINY_SUBJECTS = ["sub-01", "sub-02"]

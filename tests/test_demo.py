@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 from conftest import TINY_DEMO, TINY_SEGMENTS, TINY_SUBJECTS
 
-from llm4brain.demo.brain import canonical_hrf
+from llm4brain.demo.brain import N_FEATURES, canonical_hrf, make_subject, roi_mask, template_maps
 from llm4brain.demo.scenes import sample_timeline
 from llm4brain.demo.simulate import presentations, simulate_demo
 
@@ -61,3 +61,39 @@ def test_timeline_scene_lengths():
 def test_hrf_peaks_near_five_seconds():
     hrf = canonical_hrf(0.5)
     assert 4.0 <= np.argmax(hrf) * 0.5 <= 6.0
+
+
+def noise_free_responses(regime: str, subject: int, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A simulated subject's noise-free BOLD signal (T, V) to ``features``, and the voxels it covers."""
+    from scipy import signal
+
+    grid = (10, 10, 8)
+    mask = roi_mask(grid)
+    template = template_maps(1, grid)
+    model = make_subject(template, mask, 100 + subject, 0.3, 1, 1.0, 1.0, features, regime, 0.4)
+    hrf = canonical_hrf(2.0, peak=model.hrf[0], undershoot=model.hrf[1], ratio=model.hrf[2])
+    bold = signal.lfilter(hrf, [1.0], model.features(features) @ model.weights, axis=0)
+    return bold, model.scale > 0
+
+
+def linear_transfer_r2(regime: str) -> float:
+    """R² on held-out TRs of the best linear map (least squares) from subject 0's voxels to subject 1's: how
+    much of one subject a shared linear space could explain from another, without noise."""
+    features = np.random.default_rng(0).uniform(-0.5, 0.5, (600, N_FEATURES)).astype(np.float32)
+    (a, covered), (b, _) = (noise_free_responses(regime, s, features) for s in (0, 1))
+    a = a[:, covered]
+    fit, test = slice(0, 400), slice(400, 600)
+    mapping, *_ = np.linalg.lstsq(a[fit], b[fit], rcond=None)
+    residual = b[test] - a[test] @ mapping
+    return float(1 - residual.var() / b[test].var())
+
+
+def test_idiosyncratic_subjects_are_not_a_linear_map_of_each_other():
+    """In shared-linear, one subject's noise-free responses predict another's almost exactly through one
+    linear map (a shared response model's assumption); in idiosyncratic, private features, gains and HRFs
+    leave a large part unexplained, and coverage differs between subjects."""
+    assert linear_transfer_r2("shared-linear") > 0.99
+    assert linear_transfer_r2("idiosyncratic") < 0.8
+    features = np.zeros((10, N_FEATURES), np.float32) + np.random.default_rng(1).uniform(-0.5, 0.5, (10, N_FEATURES))
+    coverage = [noise_free_responses("idiosyncratic", s, features)[1] for s in (0, 1)]
+    assert coverage[0].sum() != coverage[1].sum() and 0.5 < coverage[0].mean() < 1

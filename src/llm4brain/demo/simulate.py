@@ -112,6 +112,8 @@ def simulate_demo(
             params["noise"],
             params["drift"],
             reference,
+            params["regime"],
+            params["idiosyncrasy"],
         )
         func = tmp / subject / "func"
         func.mkdir(parents=True)
