@@ -157,6 +157,7 @@ def report_world(out: str, checkpoint: Any) -> None:
     gathered_share(torch.arange(12, dtype=torch.float32).view(2, 6))
     w = world()
     with_statistics = Objective(torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3)), lambda _: None)
+    refused = "not refused"
     try:  # a module keeping running statistics is refused, not silently kept per process
         data_parallel(with_statistics, torch.device("cpu"))
     except ValueError as err:

@@ -94,6 +94,6 @@ def test_idiosyncratic_subjects_are_not_a_linear_map_of_each_other():
     leave a large part unexplained, and coverage differs between subjects."""
     assert linear_transfer_r2("shared-linear") > 0.99
     assert linear_transfer_r2("idiosyncratic") < 0.8
-    features = np.zeros((10, N_FEATURES), np.float32) + np.random.default_rng(1).uniform(-0.5, 0.5, (10, N_FEATURES))
+    features = np.random.default_rng(1).uniform(-0.5, 0.5, (10, N_FEATURES)).astype(np.float32)
     coverage = [noise_free_responses("idiosyncratic", s, features)[1] for s in (0, 1)]
     assert coverage[0].sum() != coverage[1].sum() and 0.5 < coverage[0].mean() < 1

@@ -150,13 +150,13 @@ def make_subject(
     private = own_rng.standard_normal((N_FEATURES, n_private)) / np.sqrt(N_FEATURES) * 3.0
     private_maps = _smooth_maps(own_rng, n_private, grid, sigma=1.2)[:, mask]
     model = SubjectModel(shared, baseline, 0.02 * baseline, noise, drift, rng, private=private)
-    extra = model.features(reference_features)[:, N_FEATURES:]
+    augmented = model.features(reference_features)
     parts = [
         part / ((features @ part).std(axis=0, keepdims=True) + 1e-6)
-        for features, part in ((reference_features, shared), (extra, private_maps))
+        for features, part in ((reference_features, shared), (augmented[:, N_FEATURES:], private_maps))
     ]
     model.weights = np.concatenate([np.sqrt(1 - idiosyncrasy) * parts[0], np.sqrt(idiosyncrasy) * parts[1]])
-    model.weights /= (model.features(reference_features) @ model.weights).std(axis=0, keepdims=True) + 1e-6
+    model.weights /= (augmented @ model.weights).std(axis=0, keepdims=True) + 1e-6
     model.weights = model.weights.astype(np.float32)
     model.hrf = (own_rng.uniform(4.5, 7.5), own_rng.uniform(13.0, 19.0), own_rng.uniform(1 / 8, 1 / 4))
     model.noise = noise * own_rng.uniform(0.7, 1.5)

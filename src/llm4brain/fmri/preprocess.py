@@ -334,9 +334,12 @@ def stream_runs(
             first, volumes = source.targets[i]
             parity = shown[run.segment] % 2
             shown[run.segment] += 1
-            for volume, key in zip(volumes, source.keys[first : first + len(volumes)], strict=True):
-                halves[parity][clips[key]] += series[volume]
-                half_counts[parity, clips[key]] += 1
+            at = np.array([clips[key] for key in source.keys[first : first + len(volumes)]])
+            order = np.argsort(at)  # h5py writes rows given in increasing order, a block at a time
+            for r in range(0, len(order), ROWS):
+                block = order[r : r + ROWS]
+                halves[parity][at[block]] = halves[parity][at[block]] + series[np.asarray(volumes)[block]]
+            half_counts[parity, at] += 1
         del series  # released before the next run is read: one run in memory, not two
     split_half = SplitHalf(n_voxels)
     both = np.flatnonzero((half_counts > 0).all(axis=0))
