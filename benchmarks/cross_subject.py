@@ -21,6 +21,7 @@ such tables back.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -29,12 +30,15 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
-from dag import copy_workflow
+from dag import REPO, copy_workflow
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from llm4brain.evaluate.stats import replicate_sign_flip  # noqa: E402
 
 SUBJECTS = ("sub-01", "sub-02", "sub-03")
+# the simulator's regimes (demo.regime), and disjoint: idiosyncratic subjects, the held-out one shown other
+# training clips than the labelled ones (data.segments.subject_train), where SRM cannot be fitted
+REGIMES = ("shared-linear", "idiosyncratic", "disjoint")
 OFF = {"domain": 0.0, "target_mbm": 0.0, "adversarial": 0.0}
 # what each method changes in the align section; every method starts from "none" (no adaptation at all)
 METHODS: dict[str, dict] = {
@@ -43,43 +47,82 @@ METHODS: dict[str, dict] = {
     "coral": {"loss": {**OFF, "domain": 0.5}, "domain_method": "coral", "functional_alignment": {"method": "none"}},
     "target_mbm": {"loss": {**OFF, "target_mbm": 0.5}, "functional_alignment": {"method": "none"}},
     "adversarial": {"loss": {**OFF, "adversarial": 0.1}, "functional_alignment": {"method": "none"}},
+    # every self-supervised term at once
+    "combined": {
+        "loss": {"domain": 0.5, "target_mbm": 0.5, "adversarial": 0.1},
+        "domain_method": "coral",
+        "functional_alignment": {"method": "none"},
+    },
     "srm": {"loss": OFF, "functional_alignment": {"method": "srm"}},
 }
 MEASURES = ("top1", "top5")  # of metrics.tsv's 50-way rows
 SUMMARY = "top5"
 
 
-def run(workdir: Path, seed: int, regime: str, align: dict, cores: int) -> pd.DataFrame:
+def run(workdir: Path, seed: int, data: dict, align: dict, cores: int) -> pd.DataFrame:
     """``pretrain_adaptor``'s metrics for one configuration (the rest of the DAG reused when unchanged)."""
-    overlay = {"seed": seed, "demo": {"regime": regime}, "align": {"ablations": [], **align}}
+    overlay = {"seed": seed, **data, "align": {"ablations": [], **align}}
     path = workdir / "overlay.yaml"
     path.write_text(yaml.safe_dump(overlay))
     target = f"results/r{seed}/align/metrics.tsv"
-    subprocess.run(
+    done = subprocess.run(
         [sys.executable, "-m", "snakemake", "--cores", str(cores), "--quiet", "--configfile", "config/config.yaml"]
         + [str(path), "--", target],
         cwd=workdir,
-        check=True,
         capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(workdir / "src")},  # the copied package, not the editable install
     )
+    if done.returncode:
+        raise RuntimeError(f"snakemake failed on {overlay}:\n{done.stderr[-4000:]}")
     metrics = pd.read_csv(workdir / target, sep="\t")
     return metrics[(metrics["n_way"] == 50) & (metrics["split"] == "test")].set_index("subject")
 
 
-def measure(regimes: list[str], replicates: list[int], methods: list[str], cores: int) -> pd.DataFrame:
-    rows = []
+def data_overlays(regime: str) -> dict[str, dict]:
+    """Per held-out subject, the ``demo`` and ``data`` config it is measured on. In ``disjoint`` the held-out
+    subject watched as many training segments as the labelled ones, but others (data.segments.subject_train),
+    with idiosyncratic subjects; its data, and so its ceiling, is its own."""
+    if regime != "disjoint":
+        overlay = {"demo": {"regime": regime}}
+        return dict.fromkeys(SUBJECTS, overlay)
+    segments = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["data"]["segments"]
+    own = [f"own{i + 1:02d}" for i in range(len(segments["train"]))]
+    return {
+        subject: {
+            "demo": {"regime": "idiosyncratic"},
+            "data": {"segments": {**segments, "subject_train": {subject: own}}},
+        }
+        for subject in SUBJECTS
+    }
+
+
+def measure(regimes: list[str], replicates: list[int], methods: list[str], cores: int, out: Path) -> pd.DataFrame:
+    """Every configuration's row; ``out`` is rewritten after each, so a stopped run leaves what it measured."""
+    rows: list[dict] = []
     for regime in regimes:
+        # SRM needs the held-out subject's responses to the labelled subjects' training clips
+        usable = [m for m in methods if not (regime == "disjoint" and m == "srm")]
+        overlays = data_overlays(regime)
         for seed in replicates:
             with tempfile.TemporaryDirectory() as tmp:
                 workdir = Path(tmp)
                 copy_workflow(workdir)
                 started = time.perf_counter()
-                ceiling = run(workdir, seed, regime, {"heldout": [], **METHODS["none"]}, cores)
+                ceilings = {}
                 for subject in SUBJECTS:
+                    data = overlays[subject]
+                    if id(data) not in ceilings:
+                        # in disjoint the subject shares no training clip with the others: its ceiling is
+                        # trained on its own labels alone
+                        labelled = [subject] if regime == "disjoint" else list(SUBJECTS)
+                        heldout = [s for s in SUBJECTS if s not in labelled]
+                        ceilings[id(data)] = run(workdir, seed, data, {"heldout": heldout, **METHODS["none"]}, cores)
+                    ceiling = ceilings[id(data)]
                     key = {"regime": regime, "replicate": seed, "heldout": subject}
                     rows.append({**key, "method": "ceiling", **ceiling.loc[subject, list(MEASURES)].to_dict()})
-                    for method in methods:
-                        metrics = run(workdir, seed, regime, {"heldout": [subject], **METHODS[method]}, cores)
+                    for method in usable:
+                        metrics = run(workdir, seed, data, {"heldout": [subject], **METHODS[method]}, cores)
                         rows.append({**key, "method": method, **metrics.loc[subject, list(MEASURES)].to_dict()})
                         labelled = metrics.drop(index=subject)[SUMMARY].mean()
                         rows[-1]["labelled_" + SUMMARY] = float(labelled)
@@ -88,6 +131,7 @@ def measure(regimes: list[str], replicates: list[int], methods: list[str], cores
                             f"(ceiling {ceiling.loc[subject, SUMMARY]:.3f}, labelled {labelled:.3f})",
                             flush=True,
                         )
+                        pd.DataFrame(rows).to_csv(out, sep="\t", index=False)
                 print(f"{regime} r{seed}: {time.perf_counter() - started:.0f} s", flush=True)
     return pd.DataFrame(rows)
 
@@ -123,7 +167,7 @@ def recovered(table: pd.DataFrame, measure: str = SUMMARY) -> pd.DataFrame:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--regimes", nargs="+", default=["shared-linear", "idiosyncratic"])
+    parser.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=REGIMES)
     parser.add_argument("--replicates", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--cores", type=int, default=2)
@@ -134,8 +178,7 @@ def main() -> None:
         table = pd.concat([pd.read_csv(path, sep="\t") for path in args.summarize], ignore_index=True)
     else:
         methods = ["none", *[m for m in args.methods if m != "none"]]
-        table = measure(args.regimes, args.replicates, methods, args.cores)
-        table.to_csv(args.out, sep="\t", index=False)
+        table = measure(args.regimes, args.replicates, methods, args.cores, args.out)
     summary = pd.concat([recovered(table, measure) for measure in MEASURES], ignore_index=True)
     summary.to_csv(args.out.with_name(args.out.stem + "_summary.tsv"), sep="\t", index=False)
     pd.set_option("display.width", 160)

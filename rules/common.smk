@@ -24,11 +24,32 @@ DATA = config["data"]
 ROOT = Path(DATA["root"])
 SUBJECTS = list(DATA["subjects"])
 HELDOUT = list(config["align"]["heldout"])
+# subjects that watched their own training segments (data.segments.subject_train), the others watched train
+SUBJECT_TRAIN = {
+    subject: list(segments)
+    for subject, segments in DATA["segments"]["subject_train"].items()
+}
 SEGMENTS = {
-    "train": list(DATA["segments"]["train"]),
+    # every training segment some subject watched: the video LLM learns from all of them
+    "train": list(
+        dict.fromkeys(
+            DATA["segments"]["train"]
+            + [seg for segs in SUBJECT_TRAIN.values() for seg in segs]
+        )
+    ),
     "test": list(DATA["segments"]["test"]),
 }
 ALL_SEGMENTS = SEGMENTS["train"] + SEGMENTS["test"]
+
+
+def subject_segments(subject):
+    """The segments one subject watched: its training segments (its own or data.segments.train), the tests."""
+    return {
+        "train": SUBJECT_TRAIN.get(subject, list(DATA["segments"]["train"])),
+        "test": SEGMENTS["test"],
+    }
+
+
 DEMO = DATA["layout"] == "demo"
 # the seeds of the replicates
 REPLICATES = list(config["replicates"] or [config["seed"]])
@@ -85,6 +106,38 @@ def _check_config():
     overlap = sorted(set(SEGMENTS["train"]) & set(SEGMENTS["test"]))
     if overlap:
         raise ValueError(f"config data.segments: {overlap} are both train and test")
+    unknown = sorted(set(SUBJECT_TRAIN) - set(SUBJECTS))
+    if unknown:
+        raise ValueError(
+            f"config data.segments.subject_train names unknown subjects {unknown}"
+        )
+    for subject, segments in SUBJECT_TRAIN.items():
+        twice = sorted({seg for seg in segments if segments.count(seg) > 1})
+        if twice:
+            raise ValueError(
+                f"config data.segments.subject_train.{subject} lists {twice} more than once"
+            )
+    labelled = set.intersection(
+        *(
+            set(subject_segments(subject)["train"])
+            for subject in SUBJECTS
+            if subject not in HELDOUT
+        )
+    )
+    if not labelled:
+        raise ValueError(
+            "config data.segments.subject_train: the labelled subjects share no training segment, and the "
+            "aligner pairs each clip's fMRI from all of them; hold out the subjects that watched their own "
+            "(align.heldout)"
+        )
+    if config["align"]["functional_alignment"]["method"] != "none" and HELDOUT:
+        for subject in HELDOUT:
+            if not labelled & set(subject_segments(subject)["train"]):
+                raise ValueError(
+                    f"config align.functional_alignment: {subject} watched no training segment the labelled "
+                    "subjects watched (data.segments.subject_train), so a shared response model cannot be "
+                    "fitted; set method none"
+                )
     vision = config["video"]["model"]
     if vision["source"] == "hf" and not vision["weights"]:
         raise ValueError(
@@ -203,7 +256,12 @@ def subject_runs(wildcards):
     if DATA["layout"] == "demo":
         return [subject / f"{wildcards.subject}_scans.tsv"]
     if DATA["layout"] == "wen2018":
-        found = wen_bolds(subject, ALL_SEGMENTS, DATA["wen2018"]["images"])
+        segments = subject_segments(wildcards.subject)
+        found = wen_bolds(
+            subject,
+            segments["train"] + segments["test"],
+            DATA["wen2018"]["images"],
+        )
         return [bold for bolds in found.values() for bold in bolds]
     entities = {k: v for k, v in DATA["bids"].items() if k != "events_root"}
     bolds = select_bolds(bids_bolds(subject), entities)

@@ -12,7 +12,7 @@ rule preprocess_fmri:
         "../envs/llm4brain.yaml"
     params:
         subject_dir=subject_dir,
-        segments=SEGMENTS,
+        segments=lambda wildcards: subject_segments(wildcards.subject),
         tr=DATA["tr"],
         layout={key: DATA[key] for key in ("layout", "bids", "wen2018")},
         fmri=section("fmri"),

@@ -74,15 +74,39 @@ def test_heldout_subject_of_each_row_stream_unit():
 
 
 @pytest.mark.parametrize("weights", [{"adversarial": 0.5}, {"adversarial": 0.5, "domain": 0.0}])
-def test_pretrain_adaptor_trains_the_adversarial_term(tmp_path, weights):
-    """pretrain_adaptor logs the adversarial term on labelled and held-out windows, with or without MMD."""
+def test_pretrain_adaptor_trains_the_adversary_on_every_subject_with_a_reversed_ramped_gradient(
+    tmp_path, monkeypatch, weights
+):
+    """With or without MMD, every step's classifier sees each labelled subject's batch and a held-out batch
+    labelled as the held-out subject, behind a reversal whose coefficient is Ganin's ramp (never negative: a
+    flipped sign would help the classifier), and the log holds exactly that step's cross-entropy."""
     from test_stream import adaptor_inputs, adaptor_outputs
 
+    import llm4brain.align.adversarial as adversarial
     from llm4brain.align.train import pretrain_adaptor
 
+    calls: list[tuple[list[int], float]] = []
+    coefficients: list[float] = []
+    cross_entropy, forward = adversarial.F.cross_entropy, SubjectAdversary.forward
+
+    def recorded_cross_entropy(logits, labels):
+        loss = cross_entropy(logits, labels)
+        calls.append((torch.bincount(labels, minlength=logits.shape[1]).tolist(), loss.item()))
+        return loss
+
+    def recorded_forward(self, pooled, coefficient=1.0):
+        coefficients.append(coefficient)
+        return forward(self, pooled, coefficient)
+
+    monkeypatch.setattr(adversarial.F, "cross_entropy", recorded_cross_entropy)
+    monkeypatch.setattr(SubjectAdversary, "forward", recorded_forward)
     inputs = adaptor_inputs(tmp_path)
     inputs["params"]["loss"] = {**inputs["params"]["loss"], **weights}
+    steps, batch = inputs["params"]["train"]["steps"], inputs["params"]["train"]["batch_size"]
     pretrain_adaptor(**inputs, **adaptor_outputs(tmp_path / "out"))
     log = pd.read_csv(tmp_path / "out" / "model" / "train_log.tsv", sep="\t")
-    assert log["adversarial"].notna().all() and (log["adversarial"] > 0).all()
+    # two labelled subjects, then sub-03 (index 2): each step's classifier is told all three apart
+    assert [counts for counts, _ in calls] == [[batch, batch, batch]] * steps
+    assert coefficients == pytest.approx([dann_coefficient(step, steps) for step in range(steps)])
+    assert log["adversarial"].tolist() == pytest.approx([value for _, value in calls], rel=1e-6)
     assert ("domain" in log.columns) == (weights.get("domain", 0.5) > 0)

@@ -114,31 +114,55 @@ def test_group_reference_is_the_mean_of_the_labelled_maps(tmp_path, subjects):
         assert np.corrcoef(aligned.ravel(), own.ravel())[0, 1] > 0.5
 
 
-def test_fit_never_opens_the_test_split(tmp_path, subjects):
-    """The fit reads the train split only: with every subject's /test removed it still fits, the same maps."""
+def with_test_replaced(tmp_path: Path, path: str, seed: int) -> str:
+    """A copy of a subject's artifact whose test volumes are noise far from its training volumes."""
+    copy = tmp_path / f"noise-test-{Path(path).name}"
+    copy.write_bytes(Path(path).read_bytes())
+    with h5py.File(copy, "a") as f:
+        bold = f["test/bold"]
+        bold[...] = 50.0 + 10.0 * np.random.default_rng(seed).standard_normal(bold.shape)
+    return str(copy)
+
+
+def test_fit_never_reads_the_test_split(tmp_path, subjects):
+    """Every subject's test volumes replaced by noise: the same maps, voxel means and masks."""
     paths, _, _ = subjects
-    fit_shared_response(
-        fmri_paths=paths, subjects=SUBJECTS, heldout=["sub-03"], out_path=tmp_path / "with.h5", params=PARAMS, seed=0
-    )
-    stripped = []
-    for path in paths:
-        copy = tmp_path / f"train-only-{Path(path).name}"
-        copy.write_bytes(Path(path).read_bytes())
-        with h5py.File(copy, "a") as f:
-            del f["test"]
-        stripped.append(str(copy))
-    fit_shared_response(
-        fmri_paths=stripped,
-        subjects=SUBJECTS,
-        heldout=["sub-03"],
-        out_path=tmp_path / "without.h5",
-        params=PARAMS,
-        seed=0,
-    )
-    with h5py.File(tmp_path / "with.h5", "r") as a, h5py.File(tmp_path / "without.h5", "r") as b:
+    noisy = [with_test_replaced(tmp_path, path, i) for i, path in enumerate(paths)]
+    for name, fmri_paths in (("with.h5", paths), ("noise.h5", noisy)):
+        fit_shared_response(
+            fmri_paths=fmri_paths,
+            subjects=SUBJECTS,
+            heldout=["sub-03"],
+            out_path=tmp_path / name,
+            params=PARAMS,
+            seed=0,
+        )
+    with h5py.File(tmp_path / "with.h5", "r") as a, h5py.File(tmp_path / "noise.h5", "r") as b:
         assert a.attrs["split"] == "train"
         for s in SUBJECTS:
-            np.testing.assert_array_equal(a[s]["w"][:], b[s]["w"][:])
+            for name in ("w", "mu", "mask"):
+                np.testing.assert_array_equal(a[s][name][:], b[s][name][:], err_msg=f"{s}/{name}")
+
+
+def test_heldout_z_scoring_uses_its_training_split_only(tmp_path, subjects):
+    """The held-out subject's test volumes replaced by noise: its carried training split and the z-scoring
+    statistics stored with the map are unchanged (its test split, carried with them, is what differs)."""
+    paths, _, _ = subjects
+    fit_shared_response(
+        fmri_paths=paths, subjects=SUBJECTS, heldout=["sub-03"], out_path=tmp_path / "srm.h5", params=PARAMS, seed=0
+    )
+    carried = {}
+    for name, path in (("original", paths[2]), ("noise", with_test_replaced(tmp_path, paths[2], 7))):
+        out = tmp_path / f"aligned-{name}.h5"
+        align_subject(fmri_path=path, srm_path=tmp_path / "srm.h5", subject="sub-03", out_path=out, params=PARAMS)
+        with h5py.File(out, "r") as f:
+            carried[name] = {key: f[key][:] for key in ("train/bold", "test/bold", *STANDARD)}
+    for key in ("train/bold", *STANDARD):
+        np.testing.assert_array_equal(carried["original"][key], carried["noise"][key], err_msg=key)
+    assert not np.allclose(carried["original"]["test/bold"], carried["noise"]["test/bold"])
+
+
+STANDARD = ("functional_alignment/mean", "functional_alignment/std")
 
 
 def test_fit_opens_no_test_dataset(tmp_path, subjects, monkeypatch):

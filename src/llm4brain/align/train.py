@@ -202,6 +202,11 @@ def pretrain_adaptor(
         for i, key in enumerate(keys[s, "train"]):
             rows_of[s][key].append(i)
     clips = sorted(set.intersection(*(set(rows_of[s]) for s in labelled)))
+    if not clips:  # each step pairs a clip's windows from every labelled subject
+        raise ValueError(
+            f"align: the labelled subjects {labelled} share no training clip ({', '.join(map(str, fmri_paths))}); "
+            "hold out the subjects that watched other training segments (data.segments.subject_train)"
+        )
     generator = torch.Generator().manual_seed(seed + Stream.ALIGN_BATCHES)
     n_val = round(len(clips) * train_params["val_fraction"])
     val_clips: list[tuple[str, int]] = []

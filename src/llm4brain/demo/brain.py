@@ -11,12 +11,15 @@ How subjects differ is a regime (``demo.regime``), because it decides what cross
 - ``shared-linear``: every subject is the same stimulus features through its own smooth spatial map, with
   the same HRF, noise level and voxels. This is a shared response model's generative assumption: SRM
   inverts it almost exactly, so results on it say little about real subjects.
-- ``idiosyncratic`` (the default): on top of that, part of each subject's drive (``demo.idiosyncrasy``)
+- ``idiosyncratic``: on top of that, part of each subject's drive (``demo.idiosyncrasy``)
   comes from features of its own (random nonlinear functions of the stimulus that no other subject
   has), the shared features are weighted by per-subject gains, the HRF differs (peak 4.5-7.5 s,
   undershoot 13-19 s, ratio 1/8-1/4), the noise level differs (×0.7-1.5) and each subject covers its own
   part of the ROI (voxels outside it carry no signal and are dropped by preprocessing). No linear map
   between subjects' voxels, the same at every TR, can undo these.
+
+Which clips a subject watched is data, not a regime: ``data.segments.subject_train`` shows a subject its own
+training segments (the disjoint setting, where a shared response model cannot be fitted).
 """
 
 from __future__ import annotations

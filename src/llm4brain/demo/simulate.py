@@ -62,14 +62,16 @@ def write_scenes(rows: list[tuple], path: Path) -> None:
 def simulate_demo(
     out_dir: str | os.PathLike,
     subjects: list[str],
-    segments: dict[str, list[str]],
+    segments: dict[str, Any],
     tr: float,
     params: dict[str, Any],
     seed: int,
 ) -> None:
     """Render every segment and simulate every subject; files appear under ``out_dir`` only when complete.
 
-    ``params`` is the ``demo`` config section (frame size, fps, grid, noise, drift, repeats, ...).
+    ``segments``: ``train`` and ``test`` segment lists, and ``subject_train``, the subjects that watched
+    other training segments than ``train`` (data.segments.subject_train). ``params`` is the ``demo`` config
+    section (frame size, fps, grid, noise, drift, repeats, ...).
     """
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
@@ -84,7 +86,10 @@ def simulate_demo(
     rng = np.random.default_rng(seed)
     features: dict[str, np.ndarray] = {}
     rows, scenes = [], []
-    for segment in segments["train"] + segments["test"]:
+    own = segments.get("subject_train", {})
+    # segments only some subjects watched are drawn after the shared ones, which thus stay as without them
+    extra = [seg for segs in own.values() for seg in segs if seg not in segments["train"] + segments["test"]]
+    for segment in dict.fromkeys(segments["train"] + segments["test"] + extra):
         timeline = sample_timeline(rng, trs_per_segment, tuple(params["scene_trs"]))
         frames = render_segment(timeline, tr, fps, params["frame_size"], seed=int(rng.integers(2**31)))
         write_mp4(frames, tmp / "stimuli" / f"{segment}.mp4", fps)
@@ -99,10 +104,11 @@ def simulate_demo(
     affine = _affine(grid)
     _save_nifti(mask.astype(np.uint8), affine, tmp / "roi_mask.nii.gz")
     template = template_maps(seed + Stream.DEMO_TEMPLATES, grid)
-    reference = np.concatenate(list(features.values()))
-    run_order = presentations(segments, params["train_repeats"], params["test_repeats"])
+    reference = np.concatenate([features[seg] for seg in segments["train"] + segments["test"]])
     rest_before, rest_after = params["rest_trs"]
     for s, subject in enumerate(subjects):
+        watched = {"train": own.get(subject, segments["train"]), "test": segments["test"]}
+        run_order = presentations(watched, params["train_repeats"], params["test_repeats"])
         model = make_subject(
             template,
             mask,
