@@ -25,7 +25,7 @@ if DATA["layout"] == "demo":
             "../envs/llm4brain.yaml"
         params:
             subjects=SUBJECTS,
-            segments={**DATA["segments"], "subject_train": SUBJECT_TRAIN},
+            segments=_canonical({**DATA["segments"], "subject_train": SUBJECT_TRAIN}),
             tr=DATA["tr"],
             demo=section("demo"),
             seed=replicate_seed,
