@@ -195,7 +195,11 @@ wildcard_constraints:
 
 # each rule's code param: the hash of the library files its script imports (read with ast, transitively, lazy
 # imports included), so a library edit reruns exactly the rules whose scripts reach it
-CODE = script_code_hashes(Path(workflow.basedir) / "workflow" / "scripts", PACKAGE)
+CODE = script_code_hashes(
+    Path(workflow.basedir) / "workflow" / "scripts",
+    PACKAGE,
+    known=Path(".snakemake") / "llm4brain-imports.json",
+)
 
 
 def _canonical(value):
