@@ -13,9 +13,9 @@ Each regime × replicate runs in its own copy of the workflow (seed = the replic
 features, teacher and SC-MBM encoder every method shares; only ``pretrain_adaptor`` (and, for SRM, the
 functional alignment) reruns per configuration. Prints, per regime × method, the recovered share
 (adapted - floor) / (ceiling - floor) of each replicate's means over its held-out subjects, averaged over
-replicates, with its range, and the exact one-sided sign-flip p over replicates that the method beats
-the floor (a trained model is the unit). Writes every number to ``--out`` (TSV); ``--summarize`` reads
-such tables back.
+replicates, with its 95 % t interval over replicates and its range, and the exact one-sided sign-flip p
+over replicates that the method beats the floor (a trained model is the unit). Writes every number to
+``--out`` (TSV); ``--summarize`` reads such tables back.
 """
 
 from __future__ import annotations
@@ -28,9 +28,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import yaml
 from dag import REPO, copy_workflow
+from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from llm4brain.evaluate.stats import replicate_sign_flip  # noqa: E402
@@ -147,12 +149,16 @@ def recovered(table: pd.DataFrame, measure: str = SUMMARY) -> pd.DataFrame:
         for regime, part in means.groupby(level="regime"):
             gain = part[method] - part["none"]
             share = gain / (part["ceiling"] - part["none"])
+            # 95 % t interval of the mean share over replicates (a trained model is the unit)
+            half = stats.t.ppf(0.975, len(share) - 1) * share.std(ddof=1) / np.sqrt(len(share))
             out.append(
                 {
                     "regime": regime,
                     "method": method,
                     "measure": measure,
                     "recovered_share": float(share.mean()),
+                    "ci_low": float(share.mean() - half),
+                    "ci_high": float(share.mean() + half),
                     "replicate_min": float(share.min()),
                     "replicate_max": float(share.max()),
                     "floor": float(part["none"].mean()),

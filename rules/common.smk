@@ -5,20 +5,19 @@ Imports no torch/transformers: every job (and every SLURM job) re-parses this fi
 
 from pathlib import Path
 
+import yaml
 from snakemake.utils import validate
 
 from llm4brain.code_hash import script_code_hashes
+from llm4brain.config_overrides import typed
 from llm4brain.evaluate.packaged_models import PACKAGED, packaged_name
 from llm4brain.fmri.bids import bids_bolds, is_cifti, select_bolds
 from llm4brain.fmri.wen2018 import wen_bolds
 from llm4brain.video.sampling import frames_per_tr
 
-# `--config replicates=[0,1]` reads the seeds as text (Snakemake's YAML base loader): digits are seeds
-if isinstance(config.get("replicates"), list):
-    config["replicates"] = [
-        int(seed) if isinstance(seed, str) and seed.lstrip("-").isdigit() else seed
-        for seed in config["replicates"]
-    ]
+# `--config` values arrive as text (Snakemake's YAML base loader): read as the schema types each key
+SCHEMA = yaml.safe_load((Path(workflow.basedir) / "config" / "schema.yaml").read_text())
+config.update(typed(dict(config), SCHEMA))
 validate(config, "../config/schema.yaml")
 
 DATA = config["data"]
@@ -196,7 +195,11 @@ wildcard_constraints:
 
 # each rule's code param: the hash of the library files its script imports (read with ast, transitively, lazy
 # imports included), so a library edit reruns exactly the rules whose scripts reach it
-CODE = script_code_hashes(Path(workflow.basedir) / "workflow" / "scripts", PACKAGE)
+CODE = script_code_hashes(
+    Path(workflow.basedir) / "workflow" / "scripts",
+    PACKAGE,
+    known=Path(".snakemake") / "llm4brain-imports.json",
+)
 
 
 def _canonical(value):

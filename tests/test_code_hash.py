@@ -83,3 +83,27 @@ def test_workflow_scripts_reach_their_stage_modules_without_importing_torch():
         "assert len(hashes) >= 20 and 'torch' not in sys.modules, sorted(sys.modules)"
     )
     subprocess.run([sys.executable, "-c", check], check=True)
+
+
+def test_imports_read_before_spare_parsing_and_never_go_stale(tmp_path, monkeypatch):
+    """The direct imports kept by file and content digest: a second DAG build parses nothing, an edited file
+    is parsed again (its new import counts), and an unreadable store is only a slower build."""
+    import llm4brain.code_hash as code_hash
+
+    package, scripts, known = fake_package(tmp_path), tmp_path / "scripts", tmp_path / "known.json"
+    before = script_code_hashes(scripts, package, known)
+    assert known.is_file()
+    parsed: list[str] = []
+    parse = code_hash._parse_imports
+    monkeypatch.setattr(
+        code_hash, "_parse_imports", lambda p, file, src: parsed.append(file.name) or parse(p, file, src)
+    )
+    monkeypatch.setattr(code_hash, "_known", {})  # a new process: only the file remembers
+    assert script_code_hashes(scripts, package, known) == before and parsed == []
+    (package / "other.py").write_text("from pkg import lazy\n")  # plain.py now reaches lazy.py
+    after = script_code_hashes(scripts, package, known)
+    assert parsed == ["other.py"] and after["plain"] != before["plain"] and after["run_stage"] == before["run_stage"]
+    assert "lazy.py" in [f.name for f in imported_files(scripts / "plain.py", package)]
+    known.write_text("{not json")
+    monkeypatch.setattr(code_hash, "_known", {})
+    assert script_code_hashes(scripts, package, known) == after

@@ -33,3 +33,9 @@ def test_recovered_share_is_a_ratio_of_each_replicates_means_and_p_counts_replic
     assert summary.loc["worse", "recovered_share"] == pytest.approx(sum(worse) / 5)
     assert summary.loc["worse", "replicate_min"] == pytest.approx(worse[0])
     assert summary.loc["worse", "p_replicates"] > 1 / 32
+    # the 95 % t interval over the five replicates' shares (t quantile of 4 degrees of freedom)
+    mean = sum(worse) / 5
+    sd = (sum((w - mean) ** 2 for w in worse) / 4) ** 0.5
+    low, high = summary.loc["worse", ["ci_low", "ci_high"]]
+    assert (low, high) == pytest.approx((mean - 2.7764451 * sd / 5**0.5, mean + 2.7764451 * sd / 5**0.5))
+    assert summary.loc["half", ["ci_low", "ci_high"]].tolist() == pytest.approx([0.5, 0.5])

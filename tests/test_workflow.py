@@ -439,6 +439,21 @@ def test_unknown_config_key_fails_at_dag_build(micro):
             planned_rules(micro)
 
 
+def test_config_overrides_of_every_type_reach_the_rules(micro):
+    """Nested --config values arrive as text; each is read as the schema types its key and reaches the rule
+    that reads it (which a dry run then plans again), as docs/quickstart.md shows them."""
+    overrides = {
+        "align={train: {steps: 7}}": "pretrain_adaptor",  # integer
+        "align={loss: {target_mbm: 0.25}}": "pretrain_adaptor",  # number
+        "fmri={zscore: false}": "preprocess_fmri",  # boolean
+        "demo={scene_trs: [1, 2]}": "simulate_demo",  # list of integers
+    }
+    for override, rule in overrides.items():
+        assert rule in planned_rules(micro, "--config", override), override
+    # null: the default, so nothing to do (as text it would name a missing checkpoint folder "null")
+    assert planned_rules(micro, "--config", "evaluate={sentence_embedding: {model: null}}") == set()
+
+
 def test_encoder_tokens_without_the_end_to_end_student_fails_at_dag_build(micro):
     with config_edit(micro, "instruct", "input", "latents"):  # the micro config reads the encoder's tokens too
         with pytest.raises(AssertionError, match="encoder_tokens needs input: encoder"):

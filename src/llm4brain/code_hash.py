@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import json
+import os
 from collections.abc import Iterator
-from functools import cache
 from pathlib import Path
 
 
@@ -51,12 +52,24 @@ def import_statements(body: list[ast.stmt]) -> Iterator[ast.Import | ast.ImportF
                 yield from import_statements(children)
 
 
-@cache
+# direct imports already read, by file and content digest: a DAG build (and every job, which parses the
+# Snakefile again) parses only files edited since (see :func:`script_code_hashes`)
+_known: dict[str, list[str]] = {}
+
+
 def direct_imports(package: Path, file: Path) -> tuple[Path, ...]:
-    """Package files that ``file`` imports itself, wherever the import statement is."""
+    """Package files that ``file`` imports itself, wherever the import statement is (parsed once per content:
+    an edited file is parsed again)."""
     source = file.read_bytes()
+    key = f"{file}:{hashlib.sha256(source).hexdigest()}"
+    if key not in _known:
+        _known[key] = [str(path) for path in _parse_imports(package, file, source)]
+    return tuple(Path(path) for path in _known[key])
+
+
+def _parse_imports(package: Path, file: Path, source: bytes) -> list[Path]:
     if package.name.encode() not in source and b"from ." not in source:
-        return ()  # neither an absolute nor a relative import of the package: no need to parse
+        return []  # neither an absolute nor a relative import of the package: no need to parse
     own = module_name(package, file) if file.is_relative_to(package) else ""
     is_package = file.name == "__init__.py"
     found: list[Path] = []
@@ -72,7 +85,7 @@ def direct_imports(package: Path, file: Path) -> tuple[Path, ...]:
             found += module_files(package, base)
             for alias in node.names:  # `from pkg import submodule`
                 found += module_files(package, f"{base}.{alias.name}")
-    return tuple(dict.fromkeys(found))
+    return list(dict.fromkeys(found))
 
 
 def imported_files(script: Path, package: Path) -> list[Path]:
@@ -97,6 +110,26 @@ def code_hash(script: Path, package: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def script_code_hashes(scripts: Path, package: Path) -> dict[str, str]:
-    """``{script name: code hash}`` for every ``*.py`` in ``scripts`` (the workflow's rule scripts)."""
-    return {script.stem: code_hash(script, package) for script in sorted(scripts.glob("*.py"))}
+def script_code_hashes(scripts: Path, package: Path, known: Path | None = None) -> dict[str, str]:
+    """``{script name: code hash}`` for every ``*.py`` in ``scripts`` (the workflow's rule scripts).
+
+    Args:
+        scripts: the folder of rule scripts.
+        package: the library's package folder.
+        known: a JSON file of the direct imports read before, by file and content digest, read and then
+            rewritten (atomically: jobs building the DAG side by side may write it at once). Hashes do not
+            depend on it; it only spares parsing unchanged files again.
+    """
+    if known is not None and known.is_file():
+        try:
+            _known.update(json.loads(known.read_text()))
+        except (OSError, ValueError):
+            pass  # unreadable: parsed again and rewritten
+    before = len(_known)
+    hashes = {script.stem: code_hash(script, package) for script in sorted(scripts.glob("*.py"))}
+    if known is not None and len(_known) != before:
+        known.parent.mkdir(parents=True, exist_ok=True)
+        tmp = known.with_name(f".{known.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(_known))
+        os.replace(tmp, known)
+    return hashes
