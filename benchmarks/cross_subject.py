@@ -147,6 +147,8 @@ def recovered(table: pd.DataFrame, measure: str = SUMMARY) -> pd.DataFrame:
     out = []
     for method in [m for m in wide.columns if m not in ("ceiling", "none")]:
         for regime, part in means.groupby(level="regime"):
+            if part[method].isna().all():  # not measured in this regime (SRM in disjoint)
+                continue
             gain = part[method] - part["none"]
             share = gain / (part["ceiling"] - part["none"])
             # 95 % t interval of the mean share over replicates (a trained model is the unit)

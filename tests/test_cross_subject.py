@@ -25,7 +25,14 @@ def test_recovered_share_is_a_ratio_of_each_replicates_means_and_p_counts_replic
                 {"regime": "r", "replicate": replicate, "heldout": subject, "method": method, "top5": value}
                 for method, value in values.items()
             ]
-    summary = recovered(pd.DataFrame(rows), "top5").set_index("method")
+    # a regime where only "half" was measured (as SRM is not in disjoint): no row for the others there
+    rows += [
+        {"regime": "s", "replicate": 0, "heldout": "sub-01", "method": method, "top5": value}
+        for method, value in (("none", 0.2), ("ceiling", 0.6), ("half", 0.4))
+    ]
+    table = recovered(pd.DataFrame(rows), "top5")
+    assert table[table["regime"] == "s"]["method"].tolist() == ["half"]
+    summary = table[table["regime"] == "r"].set_index("method")
     assert summary.loc["half", "recovered_share"] == pytest.approx(0.5)
     assert summary.loc["half", "p_replicates"] == 1 / 32 and summary.loc["half", "n_replicates"] == 5
     assert (summary.loc["half", ["floor", "adapted", "ceiling"]].tolist()) == pytest.approx([0.15, 0.3, 0.45])
