@@ -49,7 +49,7 @@ METHODS: dict[str, dict] = {
     "coral": {"loss": {**OFF, "domain": 0.5}, "domain_method": "coral", "functional_alignment": {"method": "none"}},
     "target_mbm": {"loss": {**OFF, "target_mbm": 0.5}, "functional_alignment": {"method": "none"}},
     "adversarial": {"loss": {**OFF, "adversarial": 0.1}, "functional_alignment": {"method": "none"}},
-    # every self-supervised term at once
+    # every self-supervised loss term at once, the domain term as CORAL
     "combined": {
         "loss": {"domain": 0.5, "target_mbm": 0.5, "adversarial": 0.1},
         "domain_method": "coral",
