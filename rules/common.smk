@@ -87,6 +87,10 @@ def _check_config():
         ("data.subjects", SUBJECTS),
         ("data.segments", ALL_SEGMENTS),
         ("align.heldout", HELDOUT),
+        *(
+            (f"data.segments.subject_train.{subject}", segments)
+            for subject, segments in SUBJECT_TRAIN.items()
+        ),
     ):
         twice = sorted({value for value in values if values.count(value) > 1})
         if twice:
@@ -111,12 +115,6 @@ def _check_config():
         raise ValueError(
             f"config data.segments.subject_train names unknown subjects {unknown}"
         )
-    for subject, segments in SUBJECT_TRAIN.items():
-        twice = sorted({seg for seg in segments if segments.count(seg) > 1})
-        if twice:
-            raise ValueError(
-                f"config data.segments.subject_train.{subject} lists {twice} more than once"
-            )
     labelled = set.intersection(
         *(
             set(subject_segments(subject)["train"])
