@@ -56,7 +56,13 @@ METHODS: dict[str, dict] = {
         "functional_alignment": {"method": "none"},
     },
     "srm": {"loss": OFF, "functional_alignment": {"method": "srm"}},
+    # the symmetric comparison: every subject through the shared space, the labelled ones too
+    "srm-all": {"loss": OFF, "functional_alignment": {"method": "srm", "carry": "all"}},
 }
+# what the ceiling (the held-out subject's own labels used) adds for a method whose inputs differ from the
+# floor's: srm-all reads every subject through the shared space, and so does its ceiling
+CEILINGS = {"srm-all": "ceiling-srm-all"}
+SRM = ("srm", "srm-all")
 MEASURES = ("top1", "top5")  # of metrics.tsv's 50-way rows
 SUMMARY = "top5"
 
@@ -106,30 +112,34 @@ def measure(
     rows: list[dict] = []
     for regime in regimes:
         # SRM needs the held-out subject's responses to the labelled subjects' training clips
-        usable = [m for m in methods if not (regime == "disjoint" and m == "srm")]
+        usable = [m for m in methods if not (regime == "disjoint" and m in SRM)]
         overlays = data_overlays(regime)
         for seed in replicates:
             with tempfile.TemporaryDirectory() as tmp:
                 workdir = Path(tmp)
                 copy_workflow(workdir)
                 started = time.perf_counter()
-                ceilings = {}
+                ceilings: dict[tuple[str, str], pd.DataFrame] = {}
                 for subject in heldout:
                     data = overlays[subject]
-                    if id(data) not in ceilings:
-                        # in disjoint the subject shares no training clip with the others: its ceiling is
-                        # trained on its own labels alone
-                        labelled = [subject] if regime == "disjoint" else list(SUBJECTS)
-                        heldout = [s for s in SUBJECTS if s not in labelled]
-                        ceilings[id(data)] = run(workdir, seed, data, {"heldout": heldout, **METHODS["none"]}, cores)
-                    ceiling = ceilings[id(data)]
+                    # in disjoint the subject shares no training clip with the others: its ceiling is trained
+                    # on its own labels alone (its data is its own); elsewhere every subject is labelled and
+                    # one ceiling run serves every held-out subject
+                    unlabelled = [s for s in SUBJECTS if s != subject] if regime == "disjoint" else []
                     key = {"regime": regime, "replicate": seed, "heldout": subject}
-                    rows.append({**key, "method": "ceiling", **ceiling.loc[subject, list(MEASURES)].to_dict()})
+                    for name, method in [("ceiling", "none")] + [(CEILINGS[m], m) for m in usable if m in CEILINGS]:
+                        if (name, str(unlabelled)) not in ceilings:
+                            align = {"heldout": unlabelled, **METHODS[method]}
+                            ceilings[name, str(unlabelled)] = run(workdir, seed, data, align, cores)
+                        ceiling = ceilings[name, str(unlabelled)]
+                        rows.append({**key, "method": name, **ceiling.loc[subject, list(MEASURES)].to_dict()})
+                    ceiling = ceilings["ceiling", str(unlabelled)]
                     for method in usable:
                         metrics = run(workdir, seed, data, {"heldout": [subject], **METHODS[method]}, cores)
                         rows.append({**key, "method": method, **metrics.loc[subject, list(MEASURES)].to_dict()})
-                        labelled = metrics.drop(index=subject)[SUMMARY].mean()
-                        rows[-1]["labelled_" + SUMMARY] = float(labelled)
+                        others = metrics.drop(index=subject)  # the labelled subjects of the same run
+                        rows[-1].update({f"labelled_{m}": float(others[m].mean()) for m in MEASURES})
+                        labelled = rows[-1][f"labelled_{SUMMARY}"]
                         print(
                             f"{regime} r{seed} {subject} {method:12s} {SUMMARY} {rows[-1][SUMMARY]:.3f} "
                             f"(ceiling {ceiling.loc[subject, SUMMARY]:.3f}, labelled {labelled:.3f})",
@@ -147,12 +157,13 @@ def recovered(table: pd.DataFrame, measure: str = SUMMARY) -> pd.DataFrame:
     wide = table.pivot_table(index=["regime", "replicate", "heldout"], columns="method", values=measure)
     means = wide.groupby(level=["regime", "replicate"]).mean()
     out = []
-    for method in [m for m in wide.columns if m not in ("ceiling", "none")]:
+    for method in [m for m in wide.columns if not m.startswith("ceiling") and m != "none"]:
+        ceiling = CEILINGS.get(method, "ceiling")
         for regime, part in means.groupby(level="regime"):
             if part[method].isna().all():  # not measured in this regime (SRM in disjoint)
                 continue
             gain = part[method] - part["none"]
-            share = gain / (part["ceiling"] - part["none"])
+            share = gain / (part[ceiling] - part["none"])
             # 95 % t interval of the mean share over replicates (a trained model is the unit)
             half = stats.t.ppf(0.975, len(share) - 1) * share.std(ddof=1) / np.sqrt(len(share))
             out.append(
@@ -167,11 +178,37 @@ def recovered(table: pd.DataFrame, measure: str = SUMMARY) -> pd.DataFrame:
                     "replicate_max": float(share.max()),
                     "floor": float(part["none"].mean()),
                     "adapted": float(part[method].mean()),
-                    "ceiling": float(part["ceiling"].mean()),
+                    "ceiling": float(part[ceiling].mean()),
                     "n_replicates": len(part),
                     "p_replicates": replicate_sign_flip(gain.to_numpy()),
                 }
             )
+    return pd.DataFrame(out)
+
+
+def symmetric(table: pd.DataFrame, measure: str = SUMMARY) -> pd.DataFrame:
+    """Per regime × SRM method: the held-out subjects' ``measure`` against the labelled subjects' in the same
+    run, as a ratio of each replicate's means with its 95 % t interval over replicates. With ``srm`` only the
+    held-out subject passes through the shared space (whose projection also removes noise); with ``srm-all``
+    every subject does, so the two are read alike."""
+    out = []
+    for (regime, method), part in table[table["method"].isin(SRM)].groupby(["regime", "method"], sort=False):
+        means = part.groupby("replicate")[[measure, f"labelled_{measure}"]].mean()
+        ratio = means[measure] / means[f"labelled_{measure}"]
+        half = stats.t.ppf(0.975, len(ratio) - 1) * ratio.std(ddof=1) / np.sqrt(len(ratio))
+        out.append(
+            {
+                "regime": regime,
+                "method": method,
+                "measure": measure,
+                "heldout": float(means[measure].mean()),
+                "labelled": float(means[f"labelled_{measure}"].mean()),
+                "ratio": float(ratio.mean()),
+                "ci_low": float(ratio.mean() - half),
+                "ci_high": float(ratio.mean() + half),
+                "n_replicates": len(ratio),
+            }
+        )
     return pd.DataFrame(out)
 
 
@@ -200,6 +237,13 @@ def main() -> None:
     summary.to_csv(args.out.with_name(args.out.stem + "_summary.tsv"), sep="\t", index=False)
     pd.set_option("display.width", 160)
     print(summary.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    alike = pd.concat(
+        [symmetric(table, measure) for measure in MEASURES if f"labelled_{measure}" in table], ignore_index=True
+    )
+    if not alike.empty:
+        alike.to_csv(args.out.with_name(args.out.stem + "_symmetric.tsv"), sep="\t", index=False)
+        print("\nheld-out against labelled subjects, in the same runs:")
+        print(alike.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
 
 if __name__ == "__main__":

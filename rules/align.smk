@@ -57,7 +57,7 @@ rule pretrain_adaptor:
     params:
         subjects=SUBJECTS,
         encoder=section("encoder"),
-        align=section("align"),
+        align=align_section,
         seed=replicate_seed,
         code=CODE["pretrain_adaptor"],
     script:

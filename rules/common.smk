@@ -23,7 +23,6 @@ validate(config, "../config/schema.yaml")
 DATA = config["data"]
 ROOT = Path(DATA["root"])
 SUBJECTS = list(DATA["subjects"])
-HELDOUT = list(config["align"]["heldout"])
 # subjects that watched their own training segments (data.segments.subject_train), the others watched train
 SUBJECT_TRAIN = {
     subject: list(segments)
@@ -53,6 +52,31 @@ def subject_segments(subject):
 DEMO = DATA["layout"] == "demo"
 # the seeds of the replicates
 REPLICATES = list(config["replicates"] or [config["seed"]])
+ROTATION = config["align"]["heldout_rotation"]
+
+
+def heldout(replicate):
+    """The subjects a replicate holds out: align.heldout, or with align.heldout_rotation the replicate seed's
+    turn, data.subjects[seed mod n] (seeds 0..n-1 hold out every subject once, each in its own tree).
+    """
+    if ROTATION:
+        return [SUBJECTS[int(replicate) % len(SUBJECTS)]]
+    return list(config["align"]["heldout"])
+
+
+def heldout_params(wildcards):
+    """The held-out subjects of a job's replicate, as its heldout param."""
+    return heldout(wildcards.replicate)
+
+
+# every replicate's held-out subjects
+HELDOUT_BY_REPLICATE = {replicate: heldout(replicate) for replicate in REPLICATES}
+ANY_HELDOUT = sorted(
+    {s for subjects in HELDOUT_BY_REPLICATE.values() for s in subjects}
+)
+CARRY = config["align"]["functional_alignment"]["carry"]
+# the subjects functional alignment may carry into the shared space, in some replicate
+CARRIED = SUBJECTS if CARRY == "all" else ANY_HELDOUT
 # a replicate's tree: every seed-dependent artifact (training, decoding, scoring), under its seed
 RUN = "results/r{replicate}"
 # the data's artifacts (preprocessed fMRI, features, captions): shared by the replicates, except in the demo,
@@ -86,7 +110,7 @@ def _check_config():
     for key, values in (
         ("data.subjects", SUBJECTS),
         ("data.segments", ALL_SEGMENTS),
-        ("align.heldout", HELDOUT),
+        ("align.heldout", config["align"]["heldout"]),
         *(
             (f"data.segments.subject_train.{subject}", segments)
             for subject, segments in SUBJECT_TRAIN.items()
@@ -100,12 +124,13 @@ def _check_config():
         raise ValueError(
             f"config data.{given[0]}: the demo simulates its data under data.root (one folder per replicate); leave it null"
         )
-    unknown = sorted(set(HELDOUT) - set(SUBJECTS))
-    if unknown:
-        raise ValueError(f"config align.heldout names unknown subjects {unknown}")
-    if not set(SUBJECTS) - set(HELDOUT):
+    if ROTATION and config["align"]["heldout"]:
         raise ValueError(
-            "config align.heldout holds out every subject: nothing left to train on"
+            "config align.heldout_rotation chooses each replicate's held-out subject: leave align.heldout empty"
+        )
+    if ROTATION and len(SUBJECTS) < 2:
+        raise ValueError(
+            "config align.heldout_rotation needs two subjects or more (data.subjects)"
         )
     overlap = sorted(set(SEGMENTS["train"]) & set(SEGMENTS["test"]))
     if overlap:
@@ -115,27 +140,8 @@ def _check_config():
         raise ValueError(
             f"config data.segments.subject_train names unknown subjects {unknown}"
         )
-    labelled = set.intersection(
-        *(
-            set(subject_segments(subject)["train"])
-            for subject in SUBJECTS
-            if subject not in HELDOUT
-        )
-    )
-    if not labelled:
-        raise ValueError(
-            "config data.segments.subject_train: the labelled subjects share no training segment, and the "
-            "aligner pairs each clip's fMRI from all of them; hold out the subjects that watched their own "
-            "(align.heldout)"
-        )
-    if config["align"]["functional_alignment"]["method"] != "none" and HELDOUT:
-        for subject in HELDOUT:
-            if not labelled & set(subject_segments(subject)["train"]):
-                raise ValueError(
-                    f"config align.functional_alignment: {subject} watched no training segment the labelled "
-                    "subjects watched (data.segments.subject_train), so a shared response model cannot be "
-                    "fitted; set method none"
-                )
+    for held in dict.fromkeys(map(tuple, HELDOUT_BY_REPLICATE.values())):
+        _check_heldout(list(held))
     vision = config["video"]["model"]
     if vision["source"] == "hf" and not vision["weights"]:
         raise ValueError(
@@ -180,6 +186,46 @@ def _check_config():
             )
     # a video.fps that gives no whole number of frames per TR fails here
     frames_per_tr(config["video"], DATA["tr"])
+
+
+def _check_heldout(held):
+    """The checks that depend on which subjects a replicate holds out (each replicate's, under rotation)."""
+    what = "align.heldout_rotation holds out" if ROTATION else "align.heldout holds out"
+    unknown = sorted(set(held) - set(SUBJECTS))
+    if unknown:
+        raise ValueError(f"config align.heldout names unknown subjects {unknown}")
+    if not set(SUBJECTS) - set(held):
+        raise ValueError(
+            "config align.heldout holds out every subject: nothing left to train on"
+        )
+    labelled = set.intersection(
+        *(
+            set(subject_segments(subject)["train"])
+            for subject in SUBJECTS
+            if subject not in held
+        )
+    )
+    if not labelled:
+        raise ValueError(
+            f"config data.segments.subject_train: when {what} {held}, the labelled subjects share no training "
+            "segment, and the aligner pairs each clip's fMRI from all of them; hold out the subjects that "
+            "watched their own (align.heldout)"
+        )
+    functional = config["align"]["functional_alignment"]
+    if functional["method"] == "none":
+        return
+    for subject in held:
+        if not labelled & set(subject_segments(subject)["train"]):
+            raise ValueError(
+                f"config align.functional_alignment: {subject} watched no training segment the labelled "
+                "subjects watched (data.segments.subject_train), so a shared response model cannot be "
+                "fitted; set method none"
+            )
+    if functional["reference"] in held:
+        raise ValueError(
+            f"config align.functional_alignment.reference: {functional['reference']} is held out when {what} "
+            f"{held}; the reference must be a labelled subject"
+        )
 
 
 _check_config()
@@ -305,8 +351,13 @@ def fmri_files(wildcards=None):
 
 
 def labelled_files(stage):
-    """``{stage}/{subject}.h5`` of the subjects whose labels are used (the nearest-train pool)."""
-    return [f"{stage}/{subject}.h5" for subject in SUBJECTS if subject not in HELDOUT]
+    """An input function: ``{stage}/{subject}.h5`` of the subjects whose labels the job's replicate uses (the
+    nearest-train pool)."""
+    return lambda wildcards: [
+        f"{stage}/{subject}.h5".format(replicate=wildcards.replicate)
+        for subject in SUBJECTS
+        if subject not in heldout(wildcards.replicate)
+    ]
 
 
 def video_llm_dir(wildcards=None):
@@ -341,7 +392,7 @@ def training_logs(replicate):
     logs["instruct_llm"] = f"{run}/instruct/train_log.tsv"
     for ablation in config["align"]["ablations"]:
         logs[f"ablate_adaptor {ablation}"] = f"{run}/align/ablations/{ablation}/model"
-    for ablation in STUDENT_ABLATIONS:
+    for ablation in student_ablations(replicate):
         logs[f"ablate_instruct {ablation}"] = (
             f"{run}/instruct/ablations/{ablation}/train_log.tsv"
         )
@@ -369,12 +420,17 @@ INSTRUCT_ABLATIONS = (
         "no_distillation": {"distill_weight": 0.0},
     }
 )
-# students trained for an ablation: on an ablated aligner (decoded for the held-out subjects, whom domain
-# adaptation is for) or with an instruct term off (decoded for every subject)
-STUDENT_ABLATIONS = {
-    **{a: HELDOUT for a in config["align"]["ablations"] if HELDOUT},
-    **{a: SUBJECTS for a in config["instruct"]["ablations"]},
-}
+
+
+def student_ablations(replicate):
+    """The students a replicate trains for an ablation, each with the subjects it decodes: on an ablated
+    aligner (the held-out subjects, whom domain adaptation is for) or with an instruct term off (every
+    subject)."""
+    held = heldout(replicate)
+    return {
+        **{a: held for a in config["align"]["ablations"] if held},
+        **{a: SUBJECTS for a in config["instruct"]["ablations"]},
+    }
 
 
 def ablation_aligner(wildcards):
@@ -402,18 +458,28 @@ def ablated_instruct(wildcards):
     return {**section("instruct"), **INSTRUCT_ABLATIONS.get(wildcards.ablation, {})}
 
 
-def ablation_decodes():
-    """Every ablated student's decoded test captions, one file per ablation x subject it decodes."""
+def ablation_decodes(wildcards):
+    """Every ablated student's decoded test captions in the job's replicate, one file per ablation x subject
+    it decodes."""
+    run = RUN.format(replicate=wildcards.replicate)
     return [
-        f"{RUN}/eval/ablations/{ablation}/{subject}.h5"
-        for ablation, subjects in STUDENT_ABLATIONS.items()
+        f"{run}/eval/ablations/{ablation}/{subject}.h5"
+        for ablation, subjects in student_ablations(wildcards.replicate).items()
         for subject in subjects
     ]
 
 
+def align_section(wildcards):
+    """The align section of a job's replicate: its held-out subjects resolved into ``heldout`` (so rotating
+    onto the subjects align.heldout named reruns nothing), the rotation switch left out.
+    """
+    align = {k: v for k, v in section("align").items() if k != "heldout_rotation"}
+    return {**align, "heldout": heldout(wildcards.replicate)}
+
+
 def ablated_align(wildcards):
     """The align section with the ablated loss terms' weights set to zero (and functional alignment off)."""
-    align = section("align")
+    align = align_section(wildcards)
     terms = ABLATIONS[wildcards.ablation]
     off = {term: 0.0 for term in terms if term in align["loss"]}
     ablated = {**align, "loss": {**align["loss"], **off}}
@@ -428,19 +494,37 @@ def ablated_align(wildcards):
 def aligner_section(wildcards):
     """The align section an aligner was trained with: an align ablation's, else the configured one."""
     ablation = getattr(wildcards, "ablation", None)
-    return ablated_align(wildcards) if ablation in ABLATIONS else section("align")
+    return (
+        ablated_align(wildcards) if ablation in ABLATIONS else align_section(wildcards)
+    )
+
+
+def carried(subject, replicate):
+    """Whether functional alignment (when on) carries this subject's fMRI: a held-out subject, or with
+    align.functional_alignment.carry all every subject."""
+    return CARRY == "all" or subject in heldout(replicate)
 
 
 def subject_fmri(wildcards, subject):
-    """A subject's fMRI as the job's aligner reads it: a held-out subject carried into the labelled subjects'
-    voxel space when its align section has functional alignment on, else the preprocessed file.
+    """A subject's fMRI as the job's aligner reads it: carried into the labelled subjects' voxel space when
+    its align section has functional alignment on and the subject is carried (:func:`carried`), else the
+    preprocessed file.
     """
     if (
-        subject in HELDOUT
+        carried(subject, wildcards.replicate)
         and aligner_section(wildcards)["functional_alignment"]["method"] != "none"
     ):
         return f"{RUN}/fmri/aligned/{subject}.h5".format(replicate=wildcards.replicate)
     return f"{DATA_RUN}/fmri/{subject}.h5".format(replicate=wildcards.replicate)
+
+
+def labelled_fmri(wildcards):
+    """The labelled subjects' fMRI as the job's aligner reads it (the nearest-train pool)."""
+    return [
+        subject_fmri(wildcards, subject)
+        for subject in SUBJECTS
+        if subject not in heldout(wildcards.replicate)
+    ]
 
 
 def adaptor_fmri(wildcards):

@@ -3,7 +3,7 @@ rule decode_captions:
     input:
         fmri=decoding_fmri,
         latents=f"{RUN}/align/{{subject}}.h5",
-        pool_fmri=labelled_files(f"{DATA_RUN}/fmri"),
+        pool_fmri=labelled_fmri,
         pool_latents=labelled_files(f"{RUN}/align"),
         features=feature_files(),
         captions=f"{DATA_RUN}/text/captions.h5",
@@ -18,7 +18,7 @@ rule decode_captions:
     conda:
         "../envs/llm4brain.yaml"
     params:
-        heldout=HELDOUT,
+        heldout=heldout_params,
         evaluate=decoding_params(),
         seed=replicate_seed,
         code=CODE["decode_captions"],
@@ -45,7 +45,7 @@ rule decode_ablation:
     conda:
         "../envs/llm4brain.yaml"
     params:
-        heldout=HELDOUT,
+        heldout=heldout_params,
         evaluate=decoding_params(),
         seed=replicate_seed,
         code=CODE["decode_ablation"],
@@ -76,7 +76,7 @@ rule score_captions:
     """Score every subject x source against all references with pycocoevalcap."""
     input:
         decoded=[f"{RUN}/eval/{subject}.h5" for subject in SUBJECTS],
-        ablated=ablation_decodes(),
+        ablated=ablation_decodes,
         captions=f"{DATA_RUN}/text/captions.h5",
         checkpoints=semantic_checkpoints(),
     output:
@@ -113,7 +113,7 @@ rule score_captions:
         "../envs/llm4brain.yaml"
     threads: 2
     params:
-        heldout=HELDOUT,
+        heldout=heldout_params,
         evaluate=scoring_params(),
         seed=replicate_seed,
         code=CODE["score_captions"],
@@ -158,7 +158,7 @@ if SCORE_ATTRIBUTES:
         """Accuracy of each scene attribute (count, size, colour, shape, motion, background) the captions name."""
         input:
             decoded=[f"{RUN}/eval/{subject}.h5" for subject in SUBJECTS],
-            ablated=ablation_decodes(),
+            ablated=ablation_decodes,
             scenes=str(SCENES_TSV),
             levels=str(SCENES_TSV.with_suffix(".json")),
         output:
@@ -175,7 +175,7 @@ if SCORE_ATTRIBUTES:
         conda:
             "../envs/llm4brain.yaml"
         params:
-            heldout=HELDOUT,
+            heldout=heldout_params,
             code=CODE["score_attributes"],
         script:
             "../workflow/scripts/score_attributes.py"

@@ -17,7 +17,7 @@ rule fit_functional_alignment:
         "../envs/llm4brain.yaml"
     params:
         subjects=SUBJECTS,
-        heldout=HELDOUT,
+        heldout=heldout_params,
         functional_alignment=functional_alignment_params("features", "n_iter"),
         seed=replicate_seed,
         code=CODE["fit_functional_alignment"],
@@ -38,7 +38,7 @@ rule align_heldout_fmri:
     benchmark:
         f"{BENCHMARKS}/align_heldout_fmri/{{subject}}.tsv"
     wildcard_constraints:
-        subject="|".join(HELDOUT),
+        subject="|".join(CARRIED),
     conda:
         "../envs/llm4brain.yaml"
     params:

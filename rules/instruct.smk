@@ -1,7 +1,7 @@
 rule instruct_llm:
     """Tune projection + LLM on fMRI tokens: caption loss + distillation toward the video teacher."""
     input:
-        fmri=fmri_files(),
+        fmri=adaptor_fmri,
         latents=[f"{RUN}/align/{subject}.h5" for subject in SUBJECTS],
         align=f"{RUN}/align/model",
         features=feature_files(),
@@ -22,7 +22,7 @@ rule instruct_llm:
         gpu=train_devices("instruct"),
     params:
         subjects=SUBJECTS,
-        heldout=HELDOUT,
+        heldout=heldout_params,
         instruct=section("instruct"),
         seed=replicate_seed,
         code=CODE["instruct_llm"],
@@ -34,7 +34,7 @@ rule instruct_llm:
 # or on the full aligner with an instruct term off (instruct.ablations)
 use rule instruct_llm as ablate_instruct with:
     input:
-        fmri=fmri_files(),
+        fmri=adaptor_fmri,
         latents=ablation_latents,
         align=ablation_aligner_model,
         features=feature_files(),

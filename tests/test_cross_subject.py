@@ -1,5 +1,5 @@
 """The arithmetic of benchmarks/cross_subject.py: the recovered share of the floor-to-ceiling gap per
-replicate, and the replicate-level test."""
+replicate, the replicate-level test, the symmetric comparison, and which runs it measures."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
-from cross_subject import recovered  # noqa: E402
+import cross_subject  # noqa: E402
+from cross_subject import recovered, symmetric  # noqa: E402
 
 
 def test_recovered_share_is_a_ratio_of_each_replicates_means_and_p_counts_replicates():
@@ -46,3 +47,63 @@ def test_recovered_share_is_a_ratio_of_each_replicates_means_and_p_counts_replic
     low, high = summary.loc["worse", ["ci_low", "ci_high"]]
     assert (low, high) == pytest.approx((mean - 2.7764451 * sd / 5**0.5, mean + 2.7764451 * sd / 5**0.5))
     assert summary.loc["half", ["ci_low", "ci_high"]].tolist() == pytest.approx([0.5, 0.5])
+
+
+def test_srm_all_is_measured_against_a_ceiling_read_through_the_same_space():
+    """srm-all carries every subject, so its ceiling is the own-label run with every subject carried
+    (ceiling-srm-all), which is no method of its own; its held-out / labelled ratio reads both alike."""
+    rows = []
+    for replicate in range(3):
+        values = {"none": 0.2, "ceiling": 0.6, "ceiling-srm-all": 0.8, "srm": 0.7, "srm-all": 0.5}
+        labelled = {"srm": 0.5, "srm-all": 0.6}
+        rows += [
+            {
+                "regime": "r",
+                "replicate": replicate,
+                "heldout": "sub-01",
+                "method": method,
+                "top5": value,
+                "labelled_top5": labelled.get(method),
+            }
+            for method, value in values.items()
+        ]
+    table = pd.DataFrame(rows)
+    summary = recovered(table, "top5").set_index("method")
+    assert sorted(summary.index) == ["srm", "srm-all"]
+    assert summary.loc["srm", "recovered_share"] == pytest.approx(0.5 / 0.4)
+    assert summary.loc["srm-all", "recovered_share"] == pytest.approx(0.3 / 0.6)
+    assert summary.loc["srm-all", "ceiling"] == pytest.approx(0.8)
+    ratio = symmetric(table, "top5").set_index("method")
+    assert ratio.loc["srm", "ratio"] == pytest.approx(0.7 / 0.5) and ratio.loc["srm-all", "ratio"] == pytest.approx(
+        0.5 / 0.6
+    )
+    assert ratio.loc["srm-all", "n_replicates"] == 3
+
+
+def test_every_heldout_subject_is_measured_in_every_replicate(monkeypatch, tmp_path):
+    """Two replicates x three held-out subjects, each with its floor, methods and ceiling; one ceiling run
+    per replicate serves every held-out subject (every subject labelled), except in disjoint, where each
+    held-out subject's ceiling is trained on its own data and labels alone."""
+    calls = []
+
+    def fake_run(workdir, seed, data, align, cores):
+        calls.append((seed, str(data), align))
+        return pd.DataFrame({"top1": 0.1, "top5": 0.3}, index=list(cross_subject.SUBJECTS))
+
+    monkeypatch.setattr(cross_subject, "run", fake_run)
+    monkeypatch.setattr(cross_subject, "copy_workflow", lambda workdir: None)
+    out = tmp_path / "t.tsv"
+    for regime in ("idiosyncratic", "disjoint"):
+        calls.clear()
+        table = cross_subject.measure([regime], [0, 1], ["none", "mmd"], 1, out, list(cross_subject.SUBJECTS))
+        for seed in (0, 1):
+            part = table[table["replicate"] == seed]
+            assert sorted(part["heldout"].unique()) == list(cross_subject.SUBJECTS), (regime, seed)
+            assert sorted(part["method"]) == sorted(["ceiling", "none", "mmd"] * 3)
+            # a method's run holds out one subject; a ceiling's none (every subject labelled) or, in
+            # disjoint, the two others
+            ceilings = [align["heldout"] for s, _, align in calls if s == seed and len(align["heldout"]) != 1]
+            if regime == "disjoint":
+                assert sorted(map(len, ceilings)) == [2, 2, 2]
+            else:
+                assert ceilings == [[]]

@@ -243,6 +243,11 @@ def test_a_new_run_is_carried_as_the_pipeline_carried_the_subject(tmp_path, subj
         align = {"heldout": ["sub-03"], "functional_alignment": {**PARAMS, "method": method}}
         (run / "align" / "model" / "config.json").write_text(json.dumps({"align": align}))
         assert (heldout_carry(run, "sub-03") is not None) == expected and heldout_carry(run, "sub-01") is None
+    # carry all: the labelled subjects went through the shared space too, and so do their new runs
+    shutil.copy(tmp_path / "aligned.h5", run / "fmri" / "aligned" / "sub-01.h5")
+    every = {**align, "functional_alignment": {**PARAMS, "method": "srm", "carry": "all"}}
+    (run / "align" / "model" / "config.json").write_text(json.dumps({"align": every}))
+    assert heldout_carry(run, "sub-01") is not None
     (run / "align" / "model" / "config.json").write_text(
         json.dumps({"align": {**align, "functional_alignment": PARAMS}})
     )

@@ -202,6 +202,20 @@ def test_replicate_level_test_is_an_exact_sign_flip_over_replicates():
     assert row["p_replicates"] == replicate_sign_flip(np.array(differences)) >= 1 / 2 ** len(SEEDS)
 
 
+def test_a_subject_held_out_in_some_replicates_is_tested_apart_from_its_labelled_ones():
+    """Under align.heldout_rotation a subject is held out in some replicates and labelled in others: those
+    are two results, tested apart (pooling them would let the labelled replicates carry the held-out claim)."""
+    rng = np.random.default_rng(9)
+    table = per_clip_table(rng, effect=1.0)
+    held = table["replicate"] == SEEDS[0]
+    table.loc[held, "heldout"] = True
+    table.loc[held & (table["source"] == "fmri"), "CIDEr"] -= 5.0  # held out: far below shuffled
+    rows = pooled_tests(table, SEEDS, 199, seed=0).set_index("heldout")
+    assert rows.loc[True, "n_replicates"] == 1 and rows.loc[False, "n_replicates"] == len(SEEDS) - 1
+    assert rows.loc[True, "mean_difference"] < 0 < rows.loc[False, "mean_difference"]
+    assert np.isnan(rows.loc[False, f"r{SEEDS[0]}"]) and np.isnan(rows.loc[True, f"r{SEEDS[1]}"])
+
+
 # ---- the DAG ------------------------------------------------------------------------------------------
 
 

@@ -418,6 +418,27 @@ def test_dropping_an_ablation_retrains_nothing(micro):
         }
 
 
+def planned_outputs(workdir: Path, *args: str) -> set[str]:
+    """The output files a dry run would write."""
+    out = snakemake(workdir, "--dry-run", *args)
+    return {path for m in re.finditer(r"^\s+output: (.+)$", out, re.M) for path in m.group(1).split(", ")}
+
+
+def test_heldout_rotation_holds_out_each_subject_in_its_own_replicate(micro):
+    """align.heldout_rotation: the replicate seeded s holds out data.subjects[s mod 2]. Seed 3's turn is
+    sub-02, whom the micro config's align.heldout names: nothing reruns. Seed 4 holds out sub-01, whose
+    ablated aligner's student decodes it; the two settings cannot be mixed."""
+    rotation = ("--config", "align={heldout: [], heldout_rotation: true}")
+    assert planned_rules(micro, *rotation) == set()
+    planned = planned_outputs(micro, *rotation, "replicates=[3, 4]")
+    assert not {path for path in planned if path.startswith(f"{RUN}/")}
+    assert {path for path in planned if "/eval/ablations/no_domain_adaptation/" in path} == {
+        "results/r4/eval/ablations/no_domain_adaptation/sub-01.h5"
+    }
+    with pytest.raises(AssertionError, match="leave align.heldout empty"):
+        planned_rules(micro, "--config", "align={heldout_rotation: true}")
+
+
 def test_library_edit_reruns_that_stage(micro):
     module = micro / "src" / "llm4brain" / "instruct" / "train.py"
     with edited(module, module.read_text() + "\n# a comment changes the stage's code hash\n"):
@@ -492,6 +513,29 @@ def test_shared_response_model_carries_the_heldout_subject_through_the_workflow(
     assert f"{RUN}/fmri/aligned/sub-03.h5" in inputs and f"{RUN}/fmri/sub-03.h5" not in inputs
     metrics = pd.read_csv(cross_subject / RUN / "align/metrics.tsv", sep="\t")
     assert set(metrics["subject"]) == {"sub-01", "sub-02", "sub-03"}
+
+
+def test_carrying_every_subject_reads_the_labelled_ones_through_the_shared_space_too(cross_subject):
+    """functional_alignment carry all (the symmetric comparison): a labelled subject is carried into the same
+    group space as the held-out one, z-scored on its training split, and the aligner, the student and the
+    nearest-train pool read every subject's carried fMRI."""
+    carry = ("--config", "align={functional_alignment: {carry: all}}")
+    snakemake(cross_subject, *CROSS_SUBJECT, *carry, "--", f"{RUN}/fmri/aligned/sub-01.h5")
+    aligned = cross_subject / RUN / "fmri/aligned"
+    with h5py.File(aligned / "sub-01.h5") as labelled, h5py.File(aligned / "sub-03.h5") as held:
+        mask = labelled["mask"][:].astype(bool)
+        assert np.array_equal(mask, held["mask"][:].astype(bool))
+        train = labelled["train/bold"][:][:, mask]
+    np.testing.assert_allclose(train.mean(0), 0, atol=1e-4)
+    np.testing.assert_allclose(train.std(0), 1, atol=1e-3)
+    rules = ("pretrain_adaptor", "instruct_llm", "decode_captions")
+    dry = snakemake(
+        cross_subject, *CROSS_SUBJECT, *carry, "--dry-run", "--forcerun", *rules, "--", f"{RUN}/eval/sub-01.h5"
+    )
+    for rule in rules:
+        inputs = dry.split(f"rule {rule}:")[1].split("input:")[1].split("\n")[0]
+        assert f"{RUN}/fmri/aligned/sub-01.h5" in inputs and f"{RUN}/fmri/aligned/sub-02.h5" in inputs, rule
+        assert f"{RUN}/fmri/sub-01.h5" not in inputs, rule
 
 
 def test_a_heldout_subject_shown_other_training_clips_has_its_own_data_and_no_srm(cross_subject):

@@ -86,9 +86,12 @@ def preprocess_new_run(
 
 def heldout_carry(run: Path, subject: str) -> Carry | None:
     """The functional alignment that carried ``subject``'s fMRI into the labelled subjects' space for the
-    replicate's aligner (``align.functional_alignment``), or None when it read the subject's own."""
+    replicate's aligner (``align.functional_alignment``: a held-out subject, or every subject with ``carry:
+    all``), or None when it read the subject's own."""
     align = json.loads((run / "align" / "model" / "config.json").read_text())["align"]
-    if subject not in align["heldout"] or align.get("functional_alignment", {}).get("method", "none") == "none":
+    functional = align.get("functional_alignment", {})
+    carried = subject in align["heldout"] or functional.get("carry", "heldout") == "all"
+    if not carried or functional.get("method", "none") == "none":
         return None
     return Carry.load(run / "fmri" / "aligned" / f"{subject}.h5")
 

@@ -28,13 +28,15 @@ def subject_label(row: pd.Series) -> str:
 
 def plot_scores(metrics_tsvs: dict[int, str | Path], out_png: str | Path, metric: str = "CIDEr") -> None:
     """Grouped bars of ``metric`` per subject × source: each bar the mean over the replicates (seed →
-    ``metrics.tsv``), each replicate a point with its 95 % bootstrap CI."""
+    ``metrics.tsv``), each replicate a point with its 95 % bootstrap CI. A subject held out in some replicates
+    and labelled in others (``align.heldout_rotation``) gets a group for each."""
     table = pd.concat(
         [pd.read_csv(path, sep="\t").assign(replicate=seed) for seed, path in metrics_tsvs.items()], ignore_index=True
     )
     for column in (metric, f"{metric}_ci_low", f"{metric}_ci_high"):
         table[column] = pd.to_numeric(table[column], errors="coerce")
-    subjects = list(dict.fromkeys(table["subject"]))
+    table["group"] = table["subject"].astype(str) + np.where(table["heldout"], " held out", "")
+    subjects = list(dict.fromkeys(table["group"]))
     present = list(dict.fromkeys(table["source"]))
     sources = [s for s in SOURCE_ORDER if s in present] + [s for s in present if s not in SOURCE_ORDER]
     replicates = list(metrics_tsvs)
@@ -44,13 +46,13 @@ def plot_scores(metrics_tsvs: dict[int, str | Path], out_png: str | Path, metric
     for i, source in enumerate(sources):
         rows = table[table["source"] == source]
         x = np.arange(len(subjects)) + (i - (len(sources) - 1) / 2) * width
-        mean = rows.groupby("subject")[metric].mean().reindex(subjects)  # fmri-{ablation}: held out only
+        mean = rows.groupby("group")[metric].mean().reindex(subjects)  # fmri-{ablation}: held out only
         ax.bar(x, mean, width, color=f"C{i}", alpha=0.45, label=source)
         for offset, seed in zip(offsets, replicates, strict=True):
-            one = rows[rows["replicate"] == seed].set_index("subject").reindex(subjects)
+            one = rows[rows["replicate"] == seed].set_index("group").reindex(subjects)
             err = np.vstack([one[metric] - one[f"{metric}_ci_low"], one[f"{metric}_ci_high"] - one[metric]])
             ax.errorbar(x + offset, one[metric], yerr=err, fmt="o", ms=3, lw=0.8, color=f"C{i}", mec="black", mew=0.5)
-    labels = [subject_label(table[table["subject"] == s].iloc[0]) for s in subjects]
+    labels = [subject_label(table[table["group"] == s].iloc[0]) for s in subjects]
     ax.set_xticks(np.arange(len(subjects)), labels)
     n = len(replicates)
     ax.set_ylabel(f"{metric}: mean of {n} replicate{'s' * (n > 1)} (bars),\neach with its 95 % bootstrap CI (points)")

@@ -68,7 +68,8 @@ def summarize(metrics: pd.DataFrame, replicates: list[int]) -> pd.DataFrame:
     wide.columns = [replicate_column(r) for r in wide.columns]
     order = {name: i for i, name in enumerate(names)}
     table = pd.concat([stats, wide], axis=1).reset_index()
-    first = table.groupby(["subject", "source"], sort=False).ngroup()  # subjects and sources as metrics.tsv lists them
+    # subjects and sources as metrics.tsv lists them
+    first = table.groupby(["subject", "heldout", "source"], sort=False).ngroup()
     return (
         table.assign(_group=first, _metric=table["metric"].map(order))
         .sort_values(["_group", "_metric"], kind="stable")
@@ -78,16 +79,16 @@ def summarize(metrics: pd.DataFrame, replicates: list[int]) -> pd.DataFrame:
 
 
 def pooled_tests(per_clip: pd.DataFrame, replicates: list[int], n_perm: int, seed: int) -> pd.DataFrame:
-    """Per subject and tested metric: ``fmri`` against ``shuffled`` and against each ``fmri-{ablation}``.
-    Each row gives ``n_replicates``, ``n`` (clip pairs in all), ``mean_difference`` (the mean over
-    replicates of each one's mean per-clip difference), each replicate's mean difference (``r{seed}``) and
-    two one-sided p-values: ``p_replicates``, the headline, an exact sign flip over the replicates (a
+    """Per subject (held out and labelled apart) and tested metric: ``fmri`` against ``shuffled`` and against
+    each ``fmri-{ablation}``. Each row gives ``n_replicates``, ``n`` (clip pairs in all), ``mean_difference``
+    (the mean over replicates of each one's mean per-clip difference), each replicate's mean difference
+    (``r{seed}``) and two one-sided p-values: ``p_replicates``, the headline, an exact sign flip over the replicates (a
     trained model is the unit: :func:`~llm4brain.evaluate.stats.replicate_sign_flip`), and ``p_clips``, a
     sign flip over every clip pair with the models held fixed, each replicate weighing the same
     (:func:`~llm4brain.evaluate.stats.paired_permutation` with strata), secondary."""
     metrics = [c for c in per_clip.columns if c not in (*KEYS, *CLIP, "replicate")]
     rows: list[dict[str, Any]] = []
-    for subject, table in per_clip.groupby("subject", sort=False):
+    for (subject, heldout), table in per_clip.groupby(["subject", "heldout"], sort=False):
         sources = list(dict.fromkeys(table["source"]))
         if "fmri" not in sources:
             continue
@@ -109,7 +110,7 @@ def pooled_tests(per_clip: pd.DataFrame, replicates: list[int], n_perm: int, see
                 rows.append(
                     {
                         "subject": subject,
-                        "heldout": bool(table["heldout"].iloc[0]),
+                        "heldout": bool(heldout),
                         "comparison": f"fmri > {other}",
                         "metric": metric,
                         "n_replicates": len(difference),
