@@ -5,6 +5,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 CORES  ?= all
+# pytest workers (pytest-xdist), each given whole test files: the workflow file waits on Snakemake and SLURM
+# while the other worker runs the rest
+TEST_WORKERS ?= 2
 
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
@@ -32,7 +35,7 @@ demo: install
 
 test: install-dev style
 	$(BIN)/mkdocs build --strict
-	$(BIN)/pytest -q --durations=15
+	$(BIN)/pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadfile
 
 # the documentation site at http://127.0.0.1:8000, rebuilt on every edit
 docs: install-dev

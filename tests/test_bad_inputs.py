@@ -22,7 +22,7 @@ import torch
 import yaml
 from conftest import FMRI_PARAMS, TINY_SEGMENTS
 from test_video import VIDEO, write_coded
-from test_workflow import make_copy
+from workflow_copy import make_copy
 
 from llm4brain.artifacts import ArtifactError
 from llm4brain.fmri.preprocess import preprocess_subject

@@ -378,7 +378,8 @@ def test_collections_run_through_the_workflow_into_pretrain_scmbm(tmp_path):
     """Volumes: the micro demo with a BIDS collection (functional.nii among its runs) and an HCP folder's MNI
     volumes. Grayordinates: the miniature Wen 2018 release with a CIFTI BIDS collection and the HCP folder's
     dense time series. Both run from raw files to pretrain_scmbm; a skipped run is in the QC table."""
-    from test_workflow import RUN, make_copy, wen_config
+    from test_workflow import wen_config
+    from workflow_copy import RUN, make_copy
 
     micro = yaml.safe_load((REPO / ".test" / "micro.yaml").read_text())
     data = tmp_path / "collections"

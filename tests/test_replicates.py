@@ -237,7 +237,8 @@ def test_replicates_plan_the_seed_dependent_jobs_once_per_seed(tmp_path):
     """``--config replicates=[0,1]`` on the micro demo: every job twice (the demo simulates its data from the
     seed) except those shared by the replicates; on real data (the Wen 2018 layout) preprocessing and features
     are shared and only training, decoding and scoring run per seed."""
-    from test_workflow import make_copy, wen_config
+    from test_workflow import wen_config
+    from workflow_copy import make_copy
 
     demo = make_copy(tmp_path / "demo")
     one, two = planned_jobs(demo), planned_jobs(demo, "--config", "replicates=[0,1]")

@@ -6,12 +6,10 @@ that read the edited section (and what depends on them), and that a rerun from s
 
 from __future__ import annotations
 
-import contextlib
 import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import h5py
@@ -19,68 +17,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from workflow_copy import RAW, REPO, RUN, SEED, config_edit, edited, make_copy, planned_rules, snakemake
 
-REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.workflow
-SEED = yaml.safe_load((REPO / ".test" / "micro.yaml").read_text())["seed"]
-RUN, RAW = f"results/r{SEED}", f"resources/demo/r{SEED}"  # the micro config's one replicate (its data too: a demo)
 REPORT = {"plot_results", "plot_gallery", "summarize_replicates"}  # and the summary, rerun with every new score
 ATTRIBUTES = {"score_attributes", "plot_attributes"}  # the demo's attribute accuracy, rerun with every new caption
-COPY = ("Snakefile", "rules", "workflow", "src", "config/schema.yaml", "profiles", "envs", "requirements.txt", "report")
-
-
-def make_copy(target: Path) -> Path:
-    for name in COPY:
-        src = REPO / name
-        dst = target / name
-        if src.is_dir():
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        else:
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(src, dst)
-    shutil.copy(REPO / ".test" / "micro.yaml", target / "config" / "config.yaml")
-    return target
-
-
-def snakemake(workdir: Path, *args: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--cores", "2", *args],
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    if result.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
-    return result.stdout + result.stderr
-
-
-def planned_rules(workdir: Path, *args: str) -> set[str]:
-    """Rules a dry run would execute (from its job-stats table)."""
-    out = snakemake(workdir, "--dry-run", "--quiet", "rules", *args)
-    if "Nothing to be done" in out:
-        return set()
-    table = out.split("Job stats:")[1].split("total")[0]
-    return {m.group(1) for m in re.finditer(r"^(\w+)\s+\d+\s*$", table, re.M)} - {"job", "all"}
-
-
-@contextlib.contextmanager
-def edited(path: Path, text: str) -> Iterator[None]:
-    """Temporarily replace a file's text (each test sees the workflow as the fixture left it)."""
-    original = path.read_text()
-    path.write_text(text)
-    try:
-        yield
-    finally:
-        path.write_text(original)
-
-
-def config_edit(workdir: Path, section: str, key: str, value: object) -> contextlib.AbstractContextManager:
-    """A config with one key changed, written back with sorted keys (key order must not matter)."""
-    path = workdir / "config" / "config.yaml"
-    config = yaml.safe_load(path.read_text())
-    config.setdefault(section, {})[key] = value
-    return edited(path, yaml.safe_dump(config))
 
 
 @pytest.fixture(scope="module")
@@ -482,108 +423,13 @@ def test_encoder_tokens_without_the_end_to_end_student_fails_at_dag_build(micro)
 
 
 @pytest.fixture(scope="module")
-def cross_subject(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the workflow with .test/cross_subject.yaml next to the micro config."""
-    workdir = make_copy(tmp_path_factory.mktemp("cross_subject"))
-    shutil.copy(REPO / ".test" / "cross_subject.yaml", workdir / "config" / "cross_subject.yaml")
-    return workdir
-
-
-CROSS_SUBJECT = ("--configfile", "config/config.yaml", "config/cross_subject.yaml")
-
-
-def test_shared_response_model_carries_the_heldout_subject_through_the_workflow(cross_subject):
-    """functional_alignment srm: the SRM is fitted on every subject's training responses and the aligner
-    trains on and encodes sub-03's carried fMRI, in the labelled subjects' voxel space."""
-    snakemake(cross_subject, *CROSS_SUBJECT, "--", f"{RUN}/align/metrics.tsv")
-    with h5py.File(cross_subject / RUN / "fmri/aligned/srm.h5") as srm:
-        assert srm.attrs["split"] == "train" and set(srm) == {"sub-01", "sub-02", "sub-03"}
-        assert srm["sub-03/w"].shape[1] == 4
-    masks = {}
-    for subject in ("sub-01", "sub-02", "sub-03"):
-        with h5py.File(cross_subject / RUN / f"fmri/{subject}.h5") as f:
-            masks[subject] = f["mask"][:].astype(bool)
-    with h5py.File(cross_subject / RUN / "fmri/aligned/sub-03.h5") as aligned:
-        # the group reference: the union of the labelled subjects' masks (each covers its own part of the ROI)
-        assert np.array_equal(aligned["mask"][:].astype(bool), masks["sub-01"] | masks["sub-02"])
-        assert not np.array_equal(masks["sub-03"], masks["sub-01"] | masks["sub-02"])
-        assert aligned.attrs["functional_alignment"] == "srm"
-    dry = snakemake(cross_subject, *CROSS_SUBJECT, "--dry-run", "--forcerun", "pretrain_adaptor", "--", METRICS[0])
-    inputs = dry.split("rule pretrain_adaptor:")[1].split("input:")[1].split("\n")[0]
-    assert f"{RUN}/fmri/aligned/sub-03.h5" in inputs and f"{RUN}/fmri/sub-03.h5" not in inputs
-    metrics = pd.read_csv(cross_subject / RUN / "align/metrics.tsv", sep="\t")
-    assert set(metrics["subject"]) == {"sub-01", "sub-02", "sub-03"}
-
-
-def test_carrying_every_subject_reads_the_labelled_ones_through_the_shared_space_too(cross_subject):
-    """functional_alignment carry all (the symmetric comparison): a labelled subject is carried into the same
-    group space as the held-out one, z-scored on its training split, and the aligner, the student and the
-    nearest-train pool read every subject's carried fMRI."""
-    carry = ("--config", "align={functional_alignment: {carry: all}}")
-    snakemake(cross_subject, *CROSS_SUBJECT, *carry, "--", f"{RUN}/fmri/aligned/sub-01.h5")
-    aligned = cross_subject / RUN / "fmri/aligned"
-    with h5py.File(aligned / "sub-01.h5") as labelled, h5py.File(aligned / "sub-03.h5") as held:
-        mask = labelled["mask"][:].astype(bool)
-        assert np.array_equal(mask, held["mask"][:].astype(bool))
-        train = labelled["train/bold"][:][:, mask]
-    np.testing.assert_allclose(train.mean(0), 0, atol=1e-4)
-    np.testing.assert_allclose(train.std(0), 1, atol=1e-3)
-    rules = ("pretrain_adaptor", "instruct_llm", "decode_captions")
-    dry = snakemake(
-        cross_subject, *CROSS_SUBJECT, *carry, "--dry-run", "--forcerun", *rules, "--", f"{RUN}/eval/sub-01.h5"
-    )
-    for rule in rules:
-        inputs = dry.split(f"rule {rule}:")[1].split("input:")[1].split("\n")[0]
-        assert f"{RUN}/fmri/aligned/sub-01.h5" in inputs and f"{RUN}/fmri/aligned/sub-02.h5" in inputs, rule
-        assert f"{RUN}/fmri/sub-01.h5" not in inputs, rule
-
-
-def test_a_heldout_subject_shown_other_training_clips_has_its_own_data_and_no_srm(cross_subject):
-    """data.segments.subject_train: sub-03 watched its own training segments. The simulator shows it those,
-    its preprocessed training split holds them alone, the video LLM learns from every training segment, and a
-    shared response model (which needs shared training clips) is refused at DAG build, naming the key."""
-    disjoint = cross_subject / "config" / "disjoint.yaml"
-    disjoint.write_text(
-        yaml.safe_dump(
-            {
-                "data": {
-                    "segments": {
-                        "train": ["seg01", "seg02"],
-                        "test": ["test01"],
-                        "subject_train": {"sub-03": ["own01", "own02"]},
-                    }
-                }
-            }
-        )
-    )
-    args = (*CROSS_SUBJECT, "config/disjoint.yaml")
-    with pytest.raises(AssertionError, match="sub-03 watched no training segment the labelled subjects watched"):
-        planned_rules(cross_subject, *args)
-    none = ("--config", "align={'functional_alignment': {'method': 'none'}}")
-    with pytest.raises(AssertionError, match="the labelled subjects share no training segment"):
-        planned_rules(
-            cross_subject, *args, "--config", "align={'heldout': [], 'functional_alignment': {'method': 'none'}}"
-        )
-    fmri = [f"{RUN}/fmri/{s}.h5" for s in ("sub-01", "sub-03")]
-    snakemake(cross_subject, *args, *none, "--", *fmri, f"{RAW}/stimuli/own01.mp4")
-    for subject, expected in (("sub-01", {"seg01", "seg02"}), ("sub-03", {"own01", "own02"})):
-        with h5py.File(cross_subject / RUN / f"fmri/{subject}.h5") as f:
-            assert set(f["train/segment"].asstr()[:]) == expected, subject
-            assert set(f["test/segment"].asstr()[:]) == {"test01"}, subject
-        events = sorted((cross_subject / RAW / subject / "func").glob("*_events.tsv"))
-        watched = {pd.read_csv(path, sep="\t")["segment"][0] for path in events}
-        assert watched == expected | {"test01"}, subject
-    assert (cross_subject / RAW / "stimuli/own01.mp4").exists()
-    dry = snakemake(cross_subject, *args, *none, "--dry-run", "--printshellcmds", "--", f"{RUN}/video_llm")
-    assert "train_video_llm" in dry
-
-
-@pytest.fixture(scope="module")
 def from_scratch(micro: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bool, Path]:
     """The micro workflow run again from scratch in a fresh copy: through profiles/slurm on a local one-node
     SLURM when one can be started here (root), else locally. One run serves both the determinism and the
-    SLURM tests; then a copy retrains every training rule on 2 processes each (:func:`on_two_devices`).
-    Returns the copy, whether SLURM ran it, and the 2-process copy."""
+    SLURM tests; then a copy retrains every training rule on 2 processes each (:func:`on_two_devices`),
+    locally: this run already covers submission, and a job launches its processes the same way on a SLURM
+    node (distributed.launch), while each SLURM job waits out the executor's status checks, which back off by
+    10 s per idle check. Returns the copy, whether SLURM ran it, and the 2-process copy."""
     from local_slurm import local_slurm
 
     tmp = tmp_path_factory.mktemp("scratch")
@@ -598,7 +444,7 @@ def from_scratch(micro: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
                 text=True,
             )
             assert run.returncode == 0, run.stderr[-6000:]
-            return workdir, True, on_two_devices(workdir, tmp / "two", "--workflow-profile", "profiles/site")
+            return workdir, True, on_two_devices(workdir, tmp / "two")
     except pytest.skip.Exception:
         snakemake(workdir)
         return workdir, False, on_two_devices(workdir, tmp / "two")
@@ -615,7 +461,7 @@ TRAINING = {
 METRICS = [f"{RUN}/align/metrics.tsv", f"{RUN}/eval/metrics.tsv"]
 
 
-def on_two_devices(workdir: Path, target: Path, *args: str) -> Path:
+def on_two_devices(workdir: Path, target: Path) -> Path:
     """A copy of ``workdir`` whose training rules (all of them) run again with ``train.devices: 2``, and what
     the metrics need downstream. ``devices`` is no rerun trigger (it changes the speed, not the model):
     forced."""
@@ -626,9 +472,9 @@ def on_two_devices(workdir: Path, target: Path, *args: str) -> Path:
         config.setdefault(stage, {}).setdefault("train", {})["devices"] = 2
     path.write_text(yaml.safe_dump(config))
     rules = [rule for rules in TRAINING.values() for rule in rules]
-    assert planned_rules(target, *args) == set()  # the devices edit alone reruns nothing
+    assert planned_rules(target) == set()  # the devices edit alone reruns nothing
     run = subprocess.run(
-        ["timeout", "-k", "10", "840", sys.executable, "-m", "snakemake", "--cores", "2", *args, *METRICS]
+        ["timeout", "-k", "10", "840", sys.executable, "-m", "snakemake", "--cores", "2", *METRICS]
         + ["--forcerun", *rules],
         cwd=target,
         capture_output=True,
@@ -643,7 +489,7 @@ def test_rerun_from_scratch_gives_identical_artifacts(micro, from_scratch):
 
 
 def test_two_devices_train_what_one_trains(micro, from_scratch):
-    """Every training rule on 2 processes (gloo; SLURM jobs of 2 GPUs when SLURM ran): the same training
+    """Every training rule on 2 processes (gloo): the same training
     curves and metrics as one process, within 1e-5 (the micro config trains without dropout)."""
     two = from_scratch[2]
     logs = [(log_rule(path, two / "logs"), path.read_text()) for path in (two / "logs").rglob("*.log")]
