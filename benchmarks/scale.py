@@ -183,8 +183,9 @@ def wen_rehearsal(folder: Path, size: dict[str, Any]) -> tuple[float, float]:
     the design before streaming held (every window and every segment's tokens)."""
     from llm4brain.align.train import pretrain_adaptor
     from llm4brain.artifacts import atomic_h5
+    from llm4brain.models.captioner import Captioner
     from llm4brain.models.tokenizer import train_word_tokenizer
-    from llm4brain.models.video_llm import Captioner, VideoQFormer, build_llm, qformer_config, save_teacher
+    from llm4brain.models.video_llm import VideoQFormer, build_llm, qformer_config, save_teacher
 
     train = [f"seg{i:02d}" for i in range(1, size["train_segments"] + 1)]
     test = [f"test{i:02d}" for i in range(1, size["test_segments"] + 1)]

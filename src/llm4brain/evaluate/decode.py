@@ -23,7 +23,8 @@ import torch
 
 from llm4brain.artifacts import atomic_h5, read_captions, read_features, set_attrs, write_keys, write_strings
 from llm4brain.instruct.student import load_student, read_inputs
-from llm4brain.models.video_llm import encode_clips, generate_captions, load_teacher
+from llm4brain.models.captioner import generate_captions
+from llm4brain.models.video_llm import encode_clips, load_teacher
 from llm4brain.runtime import LOG, seed_everything, select_device
 from llm4brain.seeds import Stream
 

@@ -19,7 +19,8 @@ from llm4brain.artifacts import atomic_path, read_captions, read_features
 from llm4brain.distributed import global_mean, world
 from llm4brain.instruct.llm_tuning import tune
 from llm4brain.instruct.student import FmriStudent, read_inputs, save_student
-from llm4brain.models.video_llm import Captioner, encode_clips, load_teacher
+from llm4brain.models.captioner import Captioner
+from llm4brain.models.video_llm import encode_clips, load_teacher
 from llm4brain.resume import Checkpoint
 from llm4brain.runtime import LOG, seed_everything, select_device
 from llm4brain.seeds import Stream

@@ -15,8 +15,9 @@ from torch import nn
 
 from llm4brain.artifacts import atomic_path, read_captions, read_features
 from llm4brain.distributed import world
+from llm4brain.models.captioner import Captioner
 from llm4brain.models.tokenizer import train_word_tokenizer
-from llm4brain.models.video_llm import Captioner, VideoQFormer, build_llm, qformer_config, save_teacher
+from llm4brain.models.video_llm import VideoQFormer, build_llm, qformer_config, save_teacher
 from llm4brain.resume import Checkpoint
 from llm4brain.runtime import LOG, seed_everything, select_device
 from llm4brain.seeds import Stream
