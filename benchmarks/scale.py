@@ -132,7 +132,7 @@ def scmbm_params(size: dict[str, Any]) -> dict[str, Any]:
 
 def run_scmbm(paths: list[str], out: str, size: dict[str, Any]) -> float:
     """Child process: pretrain_scmbm on ``paths``; its peak RSS."""
-    from llm4brain.align.scmbm import pretrain_scmbm
+    from llm4brain.scmbm.train import pretrain_scmbm
 
     pretrain_scmbm(
         fmri_paths=paths[:1],
@@ -149,7 +149,7 @@ def loader_speed(paths: list[str], size: dict[str, Any]) -> dict[str, float]:
     """Child process: SC-MBM steps/s fed by each loader (built beforehand), same model and batches."""
     import torch
 
-    from llm4brain.align.stream import InMemorySamples, open_splits, row_stream
+    from llm4brain.fmri.stream import InMemorySamples, open_splits, row_stream
     from llm4brain.models.fmri_encoder import build_encoder
     from llm4brain.models.mbm import MaskedBrainModel
 

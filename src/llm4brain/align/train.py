@@ -2,7 +2,7 @@
 
 Labelled subjects contribute (fMRI, clip) pairs; held-out subjects contribute only their unlabelled
 training-split fMRI, through the domain-adaptation term. fMRI windows stream from the subjects' files
-(:mod:`llm4brain.align.stream`) and the cached video tokens are read a batch of clips at a time: memory does
+(:mod:`llm4brain.fmri.stream`) and the cached video tokens are read a batch of clips at a time: memory does
 not grow with the number of clips.
 """
 
@@ -19,13 +19,6 @@ import torch
 from llm4brain.align.adversarial import SubjectAdversary, dann_coefficient, heldout_subjects
 from llm4brain.align.losses import coral, cross_subject, info_nce, mmd
 from llm4brain.align.model import BrainAligner, save_aligner
-from llm4brain.align.stream import (
-    BoldSplit,
-    clip_stream,
-    iter_windows,
-    open_splits,
-    row_stream,
-)
 from llm4brain.artifacts import (
     ArtifactError,
     atomic_h5,
@@ -37,6 +30,13 @@ from llm4brain.artifacts import (
     write_keys,
 )
 from llm4brain.distributed import World, gather, world
+from llm4brain.fmri.stream import (
+    BoldSplit,
+    clip_stream,
+    iter_windows,
+    open_splits,
+    row_stream,
+)
 from llm4brain.models.mbm import MaskedBrainModel
 from llm4brain.models.video_llm import load_video_qformer
 from llm4brain.ranking import topk_accuracy, topk_hits

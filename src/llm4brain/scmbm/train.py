@@ -15,7 +15,9 @@ from typing import Any
 
 import torch
 
-from llm4brain.align.stream import (
+from llm4brain.artifacts import atomic_path
+from llm4brain.distributed import world
+from llm4brain.fmri.stream import (
     InMemorySamples,
     ShuffledStream,
     iter_windows,
@@ -23,8 +25,6 @@ from llm4brain.align.stream import (
     row_stream,
     split_rows,
 )
-from llm4brain.artifacts import atomic_path
-from llm4brain.distributed import world
 from llm4brain.models.fmri_encoder import build_encoder
 from llm4brain.models.mbm import MaskedBrainModel
 from llm4brain.models.weights import save_weights
