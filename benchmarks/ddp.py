@@ -32,12 +32,13 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from scale import defaults  # noqa: E402
 from train_step import CLIPS, ENCODER, GRID, QFORMER, REPEATS, write_subject  # noqa: E402
 
-from llm4brain.align.scmbm import pretrain_scmbm  # noqa: E402
 from llm4brain.align.train import pretrain_adaptor  # noqa: E402
 from llm4brain.artifacts import atomic_h5  # noqa: E402
 from llm4brain.distributed import launch  # noqa: E402
+from llm4brain.models.captioner import Captioner  # noqa: E402
 from llm4brain.models.tokenizer import train_word_tokenizer  # noqa: E402
-from llm4brain.models.video_llm import Captioner, VideoQFormer, build_llm, qformer_config, save_teacher  # noqa: E402
+from llm4brain.models.video_llm import VideoQFormer, build_llm, qformer_config, save_teacher  # noqa: E402
+from llm4brain.scmbm.train import pretrain_scmbm  # noqa: E402
 
 SUBJECTS = ["sub-01", "sub-02", "sub-03"]
 BATCH = 32

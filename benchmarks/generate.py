@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from llm4brain.instruct.student import load_student, read_inputs
-from llm4brain.models.video_llm import generate_captions
+from llm4brain.models.captioner import generate_captions
 
 SETTINGS = {"max_new_tokens": 24, "num_beams": 1, "repetition_penalty": 1.0}
 

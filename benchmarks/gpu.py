@@ -63,12 +63,12 @@ from llm4brain.align.model import BrainAligner, save_aligner
 from llm4brain.align.train import alignment_terms
 from llm4brain.distributed import gather, launch, world
 from llm4brain.instruct.train import build_student, distillation, frozen_logits, shares_base
+from llm4brain.models.captioner import Captioner, generate_captions
 from llm4brain.models.fmri_encoder import build_encoder
 from llm4brain.models.instructblip_video import FRAMES, InstructionQFormer
 from llm4brain.models.mbm import MaskedBrainModel
 from llm4brain.models.quantization import quantized_loading
 from llm4brain.models.tokenizer import train_word_tokenizer
-from llm4brain.models.video_llm import Captioner, generate_captions
 from llm4brain.runtime import autocast, select_device
 from llm4brain.training import start_run
 from llm4brain.video.features import build_vision_model

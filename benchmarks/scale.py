@@ -132,7 +132,7 @@ def scmbm_params(size: dict[str, Any]) -> dict[str, Any]:
 
 def run_scmbm(paths: list[str], out: str, size: dict[str, Any]) -> float:
     """Child process: pretrain_scmbm on ``paths``; its peak RSS."""
-    from llm4brain.align.scmbm import pretrain_scmbm
+    from llm4brain.scmbm.train import pretrain_scmbm
 
     pretrain_scmbm(
         fmri_paths=paths[:1],
@@ -149,7 +149,7 @@ def loader_speed(paths: list[str], size: dict[str, Any]) -> dict[str, float]:
     """Child process: SC-MBM steps/s fed by each loader (built beforehand), same model and batches."""
     import torch
 
-    from llm4brain.align.stream import InMemorySamples, open_splits, row_stream
+    from llm4brain.fmri.stream import InMemorySamples, open_splits, row_stream
     from llm4brain.models.fmri_encoder import build_encoder
     from llm4brain.models.mbm import MaskedBrainModel
 
@@ -183,8 +183,9 @@ def wen_rehearsal(folder: Path, size: dict[str, Any]) -> tuple[float, float]:
     the design before streaming held (every window and every segment's tokens)."""
     from llm4brain.align.train import pretrain_adaptor
     from llm4brain.artifacts import atomic_h5
+    from llm4brain.models.captioner import Captioner
     from llm4brain.models.tokenizer import train_word_tokenizer
-    from llm4brain.models.video_llm import Captioner, VideoQFormer, build_llm, qformer_config, save_teacher
+    from llm4brain.models.video_llm import VideoQFormer, build_llm, qformer_config, save_teacher
 
     train = [f"seg{i:02d}" for i in range(1, size["train_segments"] + 1)]
     test = [f"test{i:02d}" for i in range(1, size["test_segments"] + 1)]

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from llm4brain.code_hash import imported_files, script_code_hashes
+from llm4brain.code_hash import direct_imports, imported_files, script_code_hashes
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -107,3 +107,26 @@ def test_imports_read_before_spare_parsing_and_never_go_stale(tmp_path, monkeypa
     known.write_text("{not json")
     monkeypatch.setattr(code_hash, "_known", {})
     assert script_code_hashes(scripts, package, known) == after
+
+
+def test_the_package_has_no_import_circle():
+    """No module of the package imports itself through others, lazy and type-checking imports included (a
+    circle works only while every import in it stays lazy, and breaks on the first one moved to the top)."""
+    package = REPO / "src" / "llm4brain"
+    edges = {
+        file: {other for other in direct_imports(package, file) if other != file and other.name != "__init__.py"}
+        for file in package.rglob("*.py")
+    }
+    state: dict[Path, str] = {}
+
+    def visit(file: Path, path: list[Path]) -> None:
+        state[file] = "open"
+        for other in sorted(edges[file]):
+            assert state.get(other) != "open", " -> ".join(str(p.relative_to(package)) for p in [*path, other])
+            if other not in state:
+                visit(other, [*path, other])
+        state[file] = "done"
+
+    for file in sorted(edges):
+        if file not in state:
+            visit(file, [file])

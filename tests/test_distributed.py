@@ -26,12 +26,12 @@ from safetensors.torch import load_file
 from test_models import CAPTIONS
 from test_stream import ENCODER, SCMBM, SUBJECTS, adaptor_inputs, adaptor_outputs, runs, write_fmri
 
-from llm4brain.align.scmbm import pretrain_scmbm
 from llm4brain.align.train import pretrain_adaptor
 from llm4brain.artifacts import atomic_h5, write_keys, write_strings
 from llm4brain.distributed import BACKENDS, launch
 from llm4brain.instruct.train import instruct_llm
 from llm4brain.resume import Checkpoint
+from llm4brain.scmbm.train import pretrain_scmbm
 
 TOL = 3e-4  # per tensor: max-abs difference / the tensor's own max-abs value
 

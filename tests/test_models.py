@@ -10,9 +10,10 @@ from conftest import TRAIN_DEFAULTS
 
 from llm4brain.align.model import BrainAligner, load_aligner, save_aligner
 from llm4brain.models.adaptors import add_adaptors
+from llm4brain.models.captioner import Captioner
 from llm4brain.models.fmri_encoder import FmriEncoder
 from llm4brain.models.tokenizer import train_word_tokenizer
-from llm4brain.models.video_llm import Captioner, VideoQFormer, build_llm, load_teacher, qformer_config, save_teacher
+from llm4brain.models.video_llm import VideoQFormer, build_llm, load_teacher, qformer_config, save_teacher
 from llm4brain.training import fit
 
 CAPTIONS = [

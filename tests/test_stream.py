@@ -16,9 +16,10 @@ import torch
 from conftest import DEFAULTS, TRAIN_DEFAULTS
 from safetensors.torch import load_file
 
-from llm4brain.align import stream as stream_module
-from llm4brain.align.scmbm import pretrain_scmbm
-from llm4brain.align.stream import (
+from llm4brain.align.windows import windows
+from llm4brain.artifacts import ArtifactError, atomic_h5, write_keys
+from llm4brain.fmri import stream as stream_module
+from llm4brain.fmri.stream import (
     BoldSplit,
     InMemorySamples,
     ShuffledStream,
@@ -29,8 +30,7 @@ from llm4brain.align.stream import (
     row_stream,
     split_rows,
 )
-from llm4brain.align.windows import windows
-from llm4brain.artifacts import ArtifactError, atomic_h5, write_keys
+from llm4brain.scmbm.train import pretrain_scmbm
 
 SENTINEL = 1e6  # every test-split value; no training sample may contain it
 GRID = (16,)
@@ -223,7 +223,7 @@ def test_test_split_never_enters_pretraining(tmp_path, monkeypatch):
             yield batch
 
     monkeypatch.setattr(stream_module.ShuffledStream, "next", recording_next)
-    monkeypatch.setattr("llm4brain.align.scmbm.iter_windows", recording_windows)
+    monkeypatch.setattr("llm4brain.scmbm.train.iter_windows", recording_windows)
     task = write_fmri(tmp_path / "sub-01.h5", runs(["a", "b"], 20), runs(["t"], 20))
     collection = write_fmri(tmp_path / "rest.h5", runs(["run-1"], 30), None, seed=1)
     params = {**SCMBM, "train": {**SCMBM["train"], "steps": 8, "val_fraction": 0.2, "eval_every": 4}}
@@ -266,8 +266,8 @@ def test_streaming_and_in_memory_pretraining_give_identical_weights(tmp_path, va
 
 SCRIPT = textwrap.dedent("""
     import os, signal, sys
-    from llm4brain.align import stream
-    from llm4brain.align.scmbm import pretrain_scmbm
+    from llm4brain.fmri import stream
+    from llm4brain.scmbm.train import pretrain_scmbm
     from llm4brain.resume import Checkpoint
 
     out, kill_at = sys.argv[1], int(sys.argv[2])
@@ -443,7 +443,7 @@ def test_pretrain_adaptor_streams_its_samples_and_reruns_identically(tmp_path):
 ADAPTOR_SCRIPT = textwrap.dedent("""
     import json, os, signal, sys
     from pathlib import Path
-    from llm4brain.align import stream
+    from llm4brain.fmri import stream
     from llm4brain.align.train import pretrain_adaptor
     from llm4brain.resume import Checkpoint
 

@@ -144,7 +144,7 @@ def test_decode_command_on_a_training_run(micro, tmp_path):
     from llm4brain.artifacts import read_split
     from llm4brain.evaluate.new_run import preprocess_new_run
     from llm4brain.instruct.student import load_student
-    from llm4brain.models.video_llm import generate_captions
+    from llm4brain.models.captioner import generate_captions
 
     bold = sorted((micro / f"{RAW}/sub-01/func").glob("*_bold.nii.gz"))[0]
     events = str(bold).replace("_bold.nii.gz", "_events.tsv")

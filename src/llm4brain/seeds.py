@@ -9,7 +9,7 @@ from __future__ import annotations
 from enum import IntEnum
 
 
-class Stream(IntEnum):
+class SeedOffset(IntEnum):
     """Offsets added to ``seed``; a stage's ``seed_everything`` stream covers dropout and initialisation."""
 
     DEMO_TEMPLATES = 1  # the demo's shared voxel maps
@@ -28,7 +28,7 @@ class Stream(IntEnum):
     DEMO_SUBJECTS = 100  # + the subject's index: each simulated subject's own maps and noise
 
 
-RANK_STRIDE = 1 << 20  # above every Stream offset, within the 32 bits of a seed torch's CPU generator keeps
+RANK_STRIDE = 1 << 20  # above every SeedOffset, within the 32 bits of a seed torch's CPU generator keeps
 
 
 def rank_seed(seed: int, rank: int) -> int:

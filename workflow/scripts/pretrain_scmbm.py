@@ -1,8 +1,8 @@
-from llm4brain.align.scmbm import pretrain_scmbm
 from llm4brain.distributed import launch
 from llm4brain.fmri.collections import shards_with_samples
 from llm4brain.resume import Checkpoint
 from llm4brain.runtime import setup_logging
+from llm4brain.scmbm.train import pretrain_scmbm
 
 if __name__ == "__main__":  # not when the data-parallel workers re-import this script
     setup_logging(snakemake.log[0])

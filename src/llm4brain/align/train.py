@@ -2,7 +2,7 @@
 
 Labelled subjects contribute (fMRI, clip) pairs; held-out subjects contribute only their unlabelled
 training-split fMRI, through the domain-adaptation term. fMRI windows stream from the subjects' files
-(:mod:`llm4brain.align.stream`) and the cached video tokens are read a batch of clips at a time: memory does
+(:mod:`llm4brain.fmri.stream`) and the cached video tokens are read a batch of clips at a time: memory does
 not grow with the number of clips.
 """
 
@@ -19,13 +19,6 @@ import torch
 from llm4brain.align.adversarial import SubjectAdversary, dann_coefficient, heldout_subjects
 from llm4brain.align.losses import coral, cross_subject, info_nce, mmd
 from llm4brain.align.model import BrainAligner, save_aligner
-from llm4brain.align.stream import (
-    BoldSplit,
-    clip_stream,
-    iter_windows,
-    open_splits,
-    row_stream,
-)
 from llm4brain.artifacts import (
     ArtifactError,
     atomic_h5,
@@ -37,12 +30,19 @@ from llm4brain.artifacts import (
     write_keys,
 )
 from llm4brain.distributed import World, gather, world
+from llm4brain.fmri.stream import (
+    BoldSplit,
+    clip_stream,
+    iter_windows,
+    open_splits,
+    row_stream,
+)
 from llm4brain.models.mbm import MaskedBrainModel
 from llm4brain.models.video_llm import load_video_qformer
 from llm4brain.ranking import topk_accuracy, topk_hits
 from llm4brain.resume import Checkpoint
 from llm4brain.runtime import LOG, seed_everything, select_device
-from llm4brain.seeds import Stream
+from llm4brain.seeds import SeedOffset
 from llm4brain.training import fit
 
 SPLITS = ("train", "test")
@@ -183,7 +183,7 @@ def pretrain_adaptor(
     ``train.buffer_mb``.
     """
     train_params, window = params["train"], encoder_params["window"]
-    seed_everything(seed + Stream.ALIGN, train_params["threads"])
+    seed_everything(seed + SeedOffset.ALIGN, train_params["threads"])
     device = select_device(train_params["device"])
     qformer = load_video_qformer(teacher_dir).to(device)  # the teacher's LLM is not needed here
     features = feature_files(feature_paths)
@@ -207,7 +207,7 @@ def pretrain_adaptor(
             f"align: the labelled subjects {labelled} share no training clip ({', '.join(map(str, fmri_paths))}); "
             "hold out the subjects that watched other training segments (data.segments.subject_train)"
         )
-    generator = torch.Generator().manual_seed(seed + Stream.ALIGN_BATCHES)
+    generator = torch.Generator().manual_seed(seed + SeedOffset.ALIGN_BATCHES)
     n_val = round(len(clips) * train_params["val_fraction"])
     val_clips: list[tuple[str, int]] = []
     if n_val:  # whole clips held out, for every labelled subject
@@ -233,7 +233,7 @@ def pretrain_adaptor(
         [[np.array(rows_of[s][c]) for c in clips] for s in labelled],
         window,
         buffer_mb,
-        seed + Stream.ALIGN_CLIPS,
+        seed + SeedOffset.ALIGN_CLIPS,
         rank=shard.rank,
         world_size=shard.size,
         workers=train_params["loader_workers"],
@@ -247,7 +247,7 @@ def pretrain_adaptor(
                 [np.arange(f.n_rows) for f in target_files],
                 window,
                 buffer_mb,
-                seed + Stream.ALIGN_HELDOUT,
+                seed + SeedOffset.ALIGN_HELDOUT,
                 rank=shard.rank,
                 world_size=shard.size,
                 workers=train_params["loader_workers"],

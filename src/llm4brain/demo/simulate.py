@@ -16,7 +16,7 @@ from llm4brain.demo.brain import clip_features, make_subject, roi_mask, simulate
 from llm4brain.demo.render import render_segment, write_mp4
 from llm4brain.demo.scenes import ATTRIBUTES, sample_timeline
 from llm4brain.runtime import LOG
-from llm4brain.seeds import Stream
+from llm4brain.seeds import SeedOffset
 
 VOXEL_MM = 3.0
 
@@ -103,7 +103,7 @@ def simulate_demo(
     mask = roi_mask(grid)
     affine = _affine(grid)
     _save_nifti(mask.astype(np.uint8), affine, tmp / "roi_mask.nii.gz")
-    template = template_maps(seed + Stream.DEMO_TEMPLATES, grid)
+    template = template_maps(seed + SeedOffset.DEMO_TEMPLATES, grid)
     reference = np.concatenate([features[seg] for seg in segments["train"] + segments["test"]])
     rest_before, rest_after = params["rest_trs"]
     for s, subject in enumerate(subjects):
@@ -112,7 +112,7 @@ def simulate_demo(
         model = make_subject(
             template,
             mask,
-            seed + Stream.DEMO_SUBJECTS + s,
+            seed + SeedOffset.DEMO_SUBJECTS + s,
             params["subject_variability"],
             params["subject_shift"],
             params["noise"],

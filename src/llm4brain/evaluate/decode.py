@@ -23,9 +23,10 @@ import torch
 
 from llm4brain.artifacts import atomic_h5, read_captions, read_features, set_attrs, write_keys, write_strings
 from llm4brain.instruct.student import load_student, read_inputs
-from llm4brain.models.video_llm import encode_clips, generate_captions, load_teacher
+from llm4brain.models.captioner import generate_captions
+from llm4brain.models.video_llm import encode_clips, load_teacher
 from llm4brain.runtime import LOG, seed_everything, select_device
-from llm4brain.seeds import Stream
+from llm4brain.seeds import SeedOffset
 
 
 def nearest_captions(
@@ -95,7 +96,7 @@ def decode_ablation(
 ) -> None:
     """A subject's test fMRI decoded by an ablated student (on an ablated aligner, or trained with an instruct
     term off): source ``fmri-{ablation}``."""
-    seed_everything(seed + Stream.DECODE, 1)
+    seed_everything(seed + SeedOffset.DECODE, 1)
     captions = read_captions(captions_path)
     student, tokens, keys = student_tokens(
         student_dir, teacher_dir, fmri_path, latent_path, captions, captions_path, select_device(params["device"])
@@ -121,7 +122,7 @@ def decode_captions(
     seed: int,
 ) -> None:
     """Write ``/segment, /tr, /source, /caption, /reference`` for every test sample × source."""
-    seed_everything(seed + Stream.DECODE, 1)
+    seed_everything(seed + SeedOffset.DECODE, 1)
     captions = read_captions(captions_path)
     device = select_device(params["device"])
     student, tokens, keys = student_tokens(

@@ -22,7 +22,7 @@ from llm4brain.fmri.images import SurfaceSpace, VolumeSpace, space_from_artifact
 from llm4brain.fmri.preprocess import plan_run, read_clean_run
 from llm4brain.fmri.runs import check_id, read_run
 from llm4brain.instruct.student import load_student
-from llm4brain.models.video_llm import generate_captions
+from llm4brain.models.captioner import generate_captions
 from llm4brain.runtime import select_device
 
 

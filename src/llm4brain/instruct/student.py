@@ -22,7 +22,8 @@ from llm4brain.align.model import BrainAligner, in_batches, load_aligner, save_a
 from llm4brain.align.windows import windows
 from llm4brain.artifacts import read_split
 from llm4brain.instruct.llm_tuning import load_adapter, save_tuned
-from llm4brain.models.video_llm import Captioner, load_teacher
+from llm4brain.models.captioner import Captioner
+from llm4brain.models.video_llm import load_teacher
 from llm4brain.models.weights import load_weights, save_weights
 
 if TYPE_CHECKING:

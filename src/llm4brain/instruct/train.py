@@ -19,10 +19,11 @@ from llm4brain.artifacts import atomic_path, read_captions, read_features
 from llm4brain.distributed import global_mean, world
 from llm4brain.instruct.llm_tuning import tune
 from llm4brain.instruct.student import FmriStudent, read_inputs, save_student
-from llm4brain.models.video_llm import Captioner, encode_clips, load_teacher
+from llm4brain.models.captioner import Captioner
+from llm4brain.models.video_llm import encode_clips, load_teacher
 from llm4brain.resume import Checkpoint
 from llm4brain.runtime import LOG, seed_everything, select_device
-from llm4brain.seeds import Stream
+from llm4brain.seeds import SeedOffset
 from llm4brain.training import fit
 
 if TYPE_CHECKING:
@@ -107,7 +108,7 @@ def instruct_llm(
     checkpoint: Checkpoint | None = None,
 ) -> None:
     """Train the student and save what it trained as safetensors (see ``student.save_student``)."""
-    seed_everything(seed + Stream.INSTRUCT, params["train"]["threads"])
+    seed_everything(seed + SeedOffset.INSTRUCT, params["train"]["threads"])
     device = select_device(params["train"]["device"])
     batch_size, weight, temperature = (
         params["train"]["batch_size"],
@@ -145,7 +146,7 @@ def instruct_llm(
         [s for s in subjects if s not in heldout],
     )
 
-    generator = torch.Generator().manual_seed(seed + Stream.INSTRUCT_BATCHES)
+    generator = torch.Generator().manual_seed(seed + SeedOffset.INSTRUCT_BATCHES)
     shard = world()
 
     def loss_fn(step: int) -> tuple[torch.Tensor, dict[str, float]]:

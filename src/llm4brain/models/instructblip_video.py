@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 from torch import nn
 
+from llm4brain.models.captioner import Captioner
 from llm4brain.models.quantization import quantized_loading
-from llm4brain.models.video_llm import Captioner
 from llm4brain.models.weights import load_state, read_prefixed
 
 if TYPE_CHECKING:

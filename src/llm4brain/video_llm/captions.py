@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from llm4brain.artifacts import atomic_h5, read_features, set_attrs, write_keys, write_strings
-from llm4brain.models.video_llm import encode_clips, generate_captions, load_teacher
+from llm4brain.models.captioner import generate_captions
+from llm4brain.models.video_llm import encode_clips, load_teacher
 from llm4brain.runtime import LOG, select_device
 
 

@@ -15,11 +15,12 @@ from torch import nn
 
 from llm4brain.artifacts import atomic_path, read_captions, read_features
 from llm4brain.distributed import world
+from llm4brain.models.captioner import Captioner
 from llm4brain.models.tokenizer import train_word_tokenizer
-from llm4brain.models.video_llm import Captioner, VideoQFormer, build_llm, qformer_config, save_teacher
+from llm4brain.models.video_llm import VideoQFormer, build_llm, qformer_config, save_teacher
 from llm4brain.resume import Checkpoint
 from llm4brain.runtime import LOG, seed_everything, select_device
-from llm4brain.seeds import Stream
+from llm4brain.seeds import SeedOffset
 from llm4brain.training import fit
 
 
@@ -49,7 +50,7 @@ def train_video_llm(
     checkpoint: Checkpoint | None = None,
 ) -> None:
     """Train and save the teacher (see ``models.video_llm`` for the directory layout)."""
-    seed_everything(seed + Stream.VIDEO_LLM, params["train"]["threads"])
+    seed_everything(seed + SeedOffset.VIDEO_LLM, params["train"]["threads"])
     captions = read_captions(captions_path)
     keys, table = clip_table(read_features(feature_paths), captions, train_segments)
     texts = [captions[k] for k in keys]
@@ -72,7 +73,7 @@ def train_video_llm(
     device = select_device(params["train"]["device"])
     model = nn.ModuleDict({"qformer": qformer, "captioner": captioner}).to(device).train()
 
-    generator = torch.Generator().manual_seed(seed + Stream.VIDEO_LLM_BATCHES)
+    generator = torch.Generator().manual_seed(seed + SeedOffset.VIDEO_LLM_BATCHES)
     batch_size, shard = params["train"]["batch_size"], world()
 
     def loss_fn(step: int) -> tuple[torch.Tensor, dict[str, float]]:

@@ -15,7 +15,9 @@ from typing import Any
 
 import torch
 
-from llm4brain.align.stream import (
+from llm4brain.artifacts import atomic_path
+from llm4brain.distributed import world
+from llm4brain.fmri.stream import (
     InMemorySamples,
     ShuffledStream,
     iter_windows,
@@ -23,14 +25,12 @@ from llm4brain.align.stream import (
     row_stream,
     split_rows,
 )
-from llm4brain.artifacts import atomic_path
-from llm4brain.distributed import world
 from llm4brain.models.fmri_encoder import build_encoder
 from llm4brain.models.mbm import MaskedBrainModel
 from llm4brain.models.weights import save_weights
 from llm4brain.resume import Checkpoint
 from llm4brain.runtime import LOG, seed_everything, select_device
-from llm4brain.seeds import Stream
+from llm4brain.seeds import SeedOffset
 from llm4brain.training import fit
 
 
@@ -50,12 +50,12 @@ def pretrain_scmbm(
     ``in_memory`` loads every window into memory instead of streaming (the reference streaming is tested and
     benchmarked against; same samples in the same order while the buffer holds all the data)."""
     train_params, window = params["train"], encoder_params["window"]
-    seed_everything(seed + Stream.SCMBM, train_params["threads"])
+    seed_everything(seed + SeedOffset.SCMBM, train_params["threads"])
     files = open_splits([*fmri_paths, *collection_paths], "train")
     grid = files[0].shape
     rows, val_rows = zip(
         *(
-            split_rows(f.n_rows, train_params["val_fraction"], seed + Stream.SCMBM_SAMPLES, i)
+            split_rows(f.n_rows, train_params["val_fraction"], seed + SeedOffset.SCMBM_SAMPLES, i)
             for i, f in enumerate(files)
         ),
         strict=True,
@@ -64,7 +64,7 @@ def pretrain_scmbm(
     shard = world()  # this process's share of every batch (one process: all of it)
     if in_memory:
         samples = InMemorySamples(
-            files, list(rows), window, seed + Stream.SCMBM_SAMPLES, rank=shard.rank, world_size=shard.size
+            files, list(rows), window, seed + SeedOffset.SCMBM_SAMPLES, rank=shard.rank, world_size=shard.size
         )
     else:
         samples = row_stream(
@@ -72,13 +72,13 @@ def pretrain_scmbm(
             list(rows),
             window,
             train_params["buffer_mb"],
-            seed + Stream.SCMBM_SAMPLES,
+            seed + SeedOffset.SCMBM_SAMPLES,
             rank=shard.rank,
             world_size=shard.size,
             workers=train_params["loader_workers"],
         )
     n_val = sum(map(len, val_rows))
-    generator = torch.Generator().manual_seed(seed + Stream.SCMBM_SAMPLES)  # the masks
+    generator = torch.Generator().manual_seed(seed + SeedOffset.SCMBM_SAMPLES)  # the masks
     decoder = params["decoder"]
     device = select_device(train_params["device"])
     model = MaskedBrainModel(
@@ -106,7 +106,7 @@ def pretrain_scmbm(
     def validate() -> float:
         """The masked loss on the held-out rows' windows, read in order, with the same masks every time."""
         model.eval()
-        masks, total = torch.Generator().manual_seed(seed + Stream.SCMBM_VALIDATION_MASKS), 0.0
+        masks, total = torch.Generator().manual_seed(seed + SeedOffset.SCMBM_VALIDATION_MASKS), 0.0
         for f, held in zip(files, val_rows, strict=True):
             for batch in iter_windows(f, held, window, batch_size):
                 total += model(batch.to(device), masks)[0] * len(batch)
