@@ -79,7 +79,7 @@ use rule pretrain_adaptor as ablate_adaptor with:
     wildcard_constraints:
         ablation="|".join(ABLATIONS),
     params:
-        align=ablated_align,
+        align=ablated_align_params,
 
 
 rule ablation_table:

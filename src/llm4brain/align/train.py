@@ -19,6 +19,7 @@ import torch
 from llm4brain.align.adversarial import SubjectAdversary, dann_coefficient, heldout_subjects
 from llm4brain.align.losses import coral, cross_subject, info_nce, mmd
 from llm4brain.align.model import BrainAligner, save_aligner
+from llm4brain.align.terms import ADAPTATION_TERMS
 from llm4brain.artifacts import (
     ArtifactError,
     atomic_h5,
@@ -226,7 +227,7 @@ def pretrain_adaptor(
     shard = world()  # this process's share of every batch (one process: all of it)
     weights, batch_size = params["loss"], train_params["batch_size"]
     domain_loss = mmd if params["domain_method"] == "mmd" else coral
-    uses_target = bool(heldout) and any(weights[term] > 0 for term in ("domain", "target_mbm", "adversarial"))
+    uses_target = bool(heldout) and any(weights[term] > 0 for term in ADAPTATION_TERMS)
     buffer_mb = train_params["buffer_mb"] / (2 if uses_target else 1)
     pairs = clip_stream(
         [files[s] for s in labelled],

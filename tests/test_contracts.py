@@ -1,0 +1,42 @@
+"""The contracts written once in the library and read by the schema and the workflow agree: the alignment
+loss terms and ablations (``llm4brain.align.terms``) and the scoring-only evaluate keys
+(``llm4brain.evaluate.keys``)."""
+
+from __future__ import annotations
+
+import yaml
+from conftest import REPO
+
+from llm4brain.align.terms import ABLATIONS, FUNCTIONAL_ALIGNMENT, INSTRUCT_ABLATIONS, LOSS_TERMS, ablated_align
+from llm4brain.evaluate.keys import SCORING_KEYS, SEMANTIC_KEYS, decoding_keys
+
+SCHEMA = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())["properties"]
+
+
+def test_the_schema_names_the_loss_terms_and_ablations_the_library_defines():
+    align = SCHEMA["align"]["properties"]
+    assert tuple(align["loss"]["properties"]) == LOSS_TERMS
+    assert align["ablations"]["items"]["enum"] == list(ABLATIONS)
+    assert SCHEMA["instruct"]["properties"]["ablations"]["items"]["enum"] == list(INSTRUCT_ABLATIONS)
+    assert FUNCTIONAL_ALIGNMENT in align
+    for ablation, terms in ABLATIONS.items():
+        assert set(terms) <= {*LOSS_TERMS, FUNCTIONAL_ALIGNMENT}, ablation
+    for ablation, changes in INSTRUCT_ABLATIONS.items():
+        assert set(changes) <= set(SCHEMA["instruct"]["properties"]), ablation
+
+
+def test_an_ablation_weighs_its_terms_zero_and_leaves_the_rest():
+    align = {"loss": dict.fromkeys(LOSS_TERMS, 0.5), FUNCTIONAL_ALIGNMENT: {"method": "srm", "features": 4}}
+    ablated = ablated_align(align, "no_domain_adaptation")
+    assert ablated["loss"] == {**align["loss"], "domain": 0.0, "target_mbm": 0.0, "adversarial": 0.0}
+    assert ablated[FUNCTIONAL_ALIGNMENT] == {"method": "none", "features": 4}
+    assert ablated_align(align, "no_token_mse")[FUNCTIONAL_ALIGNMENT] is align[FUNCTIONAL_ALIGNMENT]
+    assert align["loss"]["domain"] == 0.5  # the section itself is left as it was
+
+
+def test_scoring_keys_are_evaluate_keys_and_decoding_gets_the_others():
+    evaluate = SCHEMA["evaluate"]["properties"]
+    assert set(SCORING_KEYS) <= set(evaluate) and set(SEMANTIC_KEYS) <= set(SCORING_KEYS)
+    assert all("model" in evaluate[key]["properties"] for key in SEMANTIC_KEYS)
+    decoding = decoding_keys(dict.fromkeys(evaluate, 1))
+    assert set(decoding) == set(evaluate) - set(SCORING_KEYS) and decoding
