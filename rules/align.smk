@@ -36,7 +36,7 @@ rule pretrain_adaptor:
         video_llm=video_llm_dir(),
         pretrained=pretrained_encoder(),
     output:
-        model=directory(f"{RUN}/align/model"),
+        model=directory(f"{RUN}/{layout.ALIGNER}"),
         latents=[f"{RUN}/align/{subject}.h5" for subject in SUBJECTS],
         metrics=report(
             f"{RUN}/align/metrics.tsv",

@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 from snakemake.utils import validate
 
+from llm4brain import layout
 from llm4brain.align.terms import ABLATIONS, INSTRUCT_ABLATIONS, ablated_align
 from llm4brain.code_hash import script_code_hashes
 from llm4brain.config_overrides import typed
@@ -80,7 +81,7 @@ CARRY = config["align"]["functional_alignment"]["carry"]
 # the subjects functional alignment may carry into the shared space, in some replicate
 CARRIED = SUBJECTS if CARRY == "all" else ANY_HELDOUT
 # a replicate's tree: every seed-dependent artifact (training, decoding, scoring), under its seed
-RUN = "results/r{replicate}"
+RUN = layout.RUN
 # the data's artifacts (preprocessed fMRI, features, captions): shared by the replicates, except in the demo,
 # whose simulator draws the data itself from the seed
 DATA_RUN = RUN if DEMO else "results"
@@ -390,7 +391,7 @@ def training_logs(replicate):
     )
     if config["scmbm"]["pretrain"] and not config["scmbm"]["checkpoint"]:
         logs["pretrain_scmbm"] = f"{run}/scmbm"
-    logs["pretrain_adaptor"] = f"{run}/align/model"
+    logs["pretrain_adaptor"] = f"{run}/{layout.ALIGNER}"
     logs["instruct_llm"] = f"{run}/instruct/train_log.tsv"
     for ablation in config["align"]["ablations"]:
         logs[f"ablate_adaptor {ablation}"] = f"{run}/align/ablations/{ablation}/model"
@@ -486,7 +487,9 @@ def subject_fmri(wildcards, subject):
         carried(subject, wildcards.replicate)
         and aligner_section(wildcards)["functional_alignment"]["method"] != "none"
     ):
-        return f"{RUN}/fmri/aligned/{subject}.h5".format(replicate=wildcards.replicate)
+        return f"{RUN}/{layout.ALIGNED_FMRI}".format(
+            replicate=wildcards.replicate, subject=subject
+        )
     return f"{DATA_RUN}/fmri/{subject}.h5".format(replicate=wildcards.replicate)
 
 

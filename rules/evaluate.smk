@@ -8,7 +8,7 @@ rule decode_captions:
         features=feature_files(),
         captions=f"{DATA_RUN}/text/captions.h5",
         video_llm=video_llm_dir(),
-        student=f"{RUN}/instruct/model",
+        student=f"{RUN}/{layout.STUDENT}",
     output:
         f"{RUN}/eval/{{subject}}.h5",
     log:

@@ -8,7 +8,7 @@ rule fit_functional_alignment:
     input:
         fmri=fmri_files(),
     output:
-        f"{RUN}/fmri/aligned/srm.h5",
+        f"{RUN}/{layout.SHARED_RESPONSE}",
     log:
         f"{LOGS}/fit_functional_alignment.log",
     benchmark:
@@ -30,9 +30,9 @@ rule align_heldout_fmri:
     shared response model."""
     input:
         fmri=f"{DATA_RUN}/fmri/{{subject}}.h5",
-        srm=f"{RUN}/fmri/aligned/srm.h5",
+        srm=f"{RUN}/{layout.SHARED_RESPONSE}",
     output:
-        f"{RUN}/fmri/aligned/{{subject}}.h5",
+        f"{RUN}/{layout.ALIGNED_FMRI}",
     log:
         f"{LOGS}/align_heldout_fmri/{{subject}}.log",
     benchmark:

@@ -3,12 +3,12 @@ rule instruct_llm:
     input:
         fmri=adaptor_fmri,
         latents=[f"{RUN}/align/{subject}.h5" for subject in SUBJECTS],
-        align=f"{RUN}/align/model",
+        align=f"{RUN}/{layout.ALIGNER}",
         features=feature_files(),
         captions=f"{DATA_RUN}/text/captions.h5",
         video_llm=video_llm_dir(),
     output:
-        model=directory(f"{RUN}/instruct/model"),
+        model=directory(f"{RUN}/{layout.STUDENT}"),
         log_tsv=f"{RUN}/instruct/train_log.tsv",
     log:
         f"{LOGS}/instruct_llm.log",

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from llm4brain import layout
 from llm4brain.align.windows import windows
 from llm4brain.artifacts import ArtifactError, open_artifact
 from llm4brain.fmri.functional_alignment import Carry
@@ -29,18 +30,18 @@ from llm4brain.runtime import select_device
 def replicate_dir(results: Path, replicate: int | None) -> Path:
     """The replicate folder (``results/r{seed}``) whose student decodes: the one named, or the only one."""
     if replicate is not None:
-        run = results / f"r{replicate}"
-        if not (run / "instruct" / "model").is_dir():
-            raise ArtifactError(f"{run}: replicate {replicate} has no trained student (instruct/model)")
+        run = layout.replicate_dir(results, replicate)
+        if not (run / layout.STUDENT).is_dir():
+            raise ArtifactError(f"{run}: replicate {replicate} has no trained student ({layout.STUDENT})")
         return run
-    runs = sorted(path.parent.parent for path in results.glob("r*/instruct/model"))
+    runs = sorted(path.parent.parent for path in results.glob(f"{layout.replicate_name('*')}/{layout.STUDENT}"))
     if not runs:
-        raise ArtifactError(f"{results}: no trained student in r{{seed}}/instruct/model; run the workflow first")
+        raise ArtifactError(f"{results}: no trained student in r{{seed}}/{layout.STUDENT}; run the workflow first")
     if len(runs) != 1:
         found = ", ".join(run.name for run in runs) or "none"
         raise ArtifactError(
             f"{results}: choose the replicate whose student decodes with --replicate SEED "
-            f"(trained students in r{{seed}}/instruct/model: {found})"
+            f"(trained students in r{{seed}}/{layout.STUDENT}: {found})"
         )
     return runs[0]
 
@@ -49,8 +50,8 @@ def subject_preprocessing(
     results: Path, subject: str, replicate: int | None = None
 ) -> tuple[VolumeSpace | SurfaceSpace, np.ndarray, dict, float]:
     """The space and usable voxels, the fMRI params and the TR used for ``subject`` in training."""
-    own = replicate_dir(results, replicate) / "fmri" / f"{subject}.h5"
-    path = own if own.exists() else results / "fmri" / f"{subject}.h5"
+    own = replicate_dir(results, replicate) / layout.FMRI.format(subject=subject)
+    path = own if own.exists() else results / layout.FMRI.format(subject=subject)
     if not path.exists():
         raise ArtifactError(
             f"{path}: subject {subject!r} was never preprocessed with this pipeline. Add it to data.subjects "
@@ -88,12 +89,12 @@ def heldout_carry(run: Path, subject: str) -> Carry | None:
     """The functional alignment that carried ``subject``'s fMRI into the labelled subjects' space for the
     replicate's aligner (``align.functional_alignment``: a held-out subject, or every subject with ``carry:
     all``), or None when it read the subject's own."""
-    align = json.loads((run / "align" / "model" / "config.json").read_text())["align"]
+    align = json.loads((run / layout.ALIGNER / "config.json").read_text())["align"]
     functional = align.get("functional_alignment", {})
     carried = subject in align["heldout"] or functional.get("carry", "heldout") == "all"
     if not carried or functional.get("method", "none") == "none":
         return None
-    return Carry.load(run / "fmri" / "aligned" / f"{subject}.h5")
+    return Carry.load(run / layout.ALIGNED_FMRI.format(subject=subject))
 
 
 def decode_run(
@@ -115,7 +116,7 @@ def decode_run(
     check_id(subject, "subject id")
     results = Path(results)
     subject_preprocessing(results, subject, replicate)  # a subject never preprocessed is named before any model loads
-    student_dir = replicate_dir(results, replicate) / "instruct" / "model"
+    student_dir = replicate_dir(results, replicate) / layout.STUDENT
     config = json.loads((student_dir / "config.json").read_text())
     teacher = Path(config["teacher"])  # as the workflow named it, relative to its working directory
     student = load_student(student_dir, teacher if teacher.is_absolute() else results.parent / teacher, select_device())

@@ -16,6 +16,7 @@ import pandas as pd
 
 from llm4brain.artifacts import atomic_path
 from llm4brain.evaluate.stats import paired_permutation, replicate_sign_flip
+from llm4brain.layout import replicate_name
 from llm4brain.tables import read_tsv
 
 KEYS = ("subject", "heldout", "source")
@@ -24,8 +25,8 @@ CLIP = ("segment", "tr")
 
 
 def replicate_column(seed: int) -> str:
-    """The column (and results folder) of the replicate seeded ``seed``."""
-    return f"r{seed}"
+    """The column of the replicate seeded ``seed``: its folder's name."""
+    return replicate_name(seed)
 
 
 def read_replicates(paths: dict[int, str | Path], extra: tuple[str, ...] = ()) -> pd.DataFrame:
