@@ -12,6 +12,7 @@ from llm4brain import layout
 from llm4brain.align.terms import ABLATIONS, INSTRUCT_ABLATIONS, ablated_align
 from llm4brain.code_hash import script_code_hashes
 from llm4brain.config_overrides import typed
+from llm4brain.design import Design, check_config
 from llm4brain.evaluate.keys import SEMANTIC_KEYS, decoding_keys
 from llm4brain.evaluate.packaged_models import PACKAGED, packaged_name
 from llm4brain.fmri.bids import bids_bolds, is_cifti, select_bolds
@@ -25,46 +26,19 @@ validate(config, "../config/schema.yaml")
 
 DATA = config["data"]
 ROOT = Path(DATA["root"])
-SUBJECTS = list(DATA["subjects"])
+DESIGN = Design.from_config(config)
+SUBJECTS = list(DESIGN.subjects)
 # subjects that watched their own training segments (data.segments.subject_train), the others watched train
-SUBJECT_TRAIN = {
-    subject: list(segments)
-    for subject, segments in DATA["segments"]["subject_train"].items()
-}
-SEGMENTS = {
-    # every training segment some subject watched: the video LLM learns from all of them
-    "train": list(
-        dict.fromkeys(
-            DATA["segments"]["train"]
-            + [seg for segs in SUBJECT_TRAIN.values() for seg in segs]
-        )
-    ),
-    "test": list(DATA["segments"]["test"]),
-}
-ALL_SEGMENTS = SEGMENTS["train"] + SEGMENTS["test"]
-
-
-def subject_segments(subject):
-    """The segments one subject watched: its training segments (its own or data.segments.train), the tests."""
-    return {
-        "train": SUBJECT_TRAIN.get(subject, list(DATA["segments"]["train"])),
-        "test": SEGMENTS["test"],
-    }
+SUBJECT_TRAIN = {subject: list(own) for subject, own in DESIGN.subject_train.items()}
+SEGMENTS = {"train": DESIGN.training_segments, "test": list(DESIGN.test)}
+ALL_SEGMENTS = DESIGN.all_segments
+subject_segments = DESIGN.subject_segments
 
 
 DEMO = DATA["layout"] == "demo"
 # the seeds of the replicates
-REPLICATES = list(config["replicates"] or [config["seed"]])
-ROTATION = config["align"]["heldout_rotation"]
-
-
-def heldout(replicate):
-    """The subjects a replicate holds out: align.heldout, or with align.heldout_rotation the replicate seed's
-    turn, data.subjects[seed mod n] (seeds 0..n-1 hold out every subject once, each in its own tree).
-    """
-    if ROTATION:
-        return [SUBJECTS[int(replicate) % len(SUBJECTS)]]
-    return list(config["align"]["heldout"])
+REPLICATES = list(DESIGN.replicates)
+heldout = DESIGN.heldout
 
 
 def heldout_params(wildcards):
@@ -73,7 +47,7 @@ def heldout_params(wildcards):
 
 
 # every replicate's held-out subjects
-HELDOUT_BY_REPLICATE = {replicate: heldout(replicate) for replicate in REPLICATES}
+HELDOUT_BY_REPLICATE = DESIGN.heldout_by_replicate()
 ANY_HELDOUT = sorted(
     {s for subjects in HELDOUT_BY_REPLICATE.values() for s in subjects}
 )
@@ -108,130 +82,7 @@ VISION_WEIGHTS = (
 PACKAGE = Path(workflow.basedir) / "src" / "llm4brain"
 
 
-def _check_config():
-    """Cross-key checks a JSON schema cannot express; raised at DAG build time."""
-    for key, values in (
-        ("data.subjects", SUBJECTS),
-        ("data.segments", ALL_SEGMENTS),
-        ("align.heldout", config["align"]["heldout"]),
-        *(
-            (f"data.segments.subject_train.{subject}", segments)
-            for subject, segments in SUBJECT_TRAIN.items()
-        ),
-    ):
-        twice = sorted({value for value in values if values.count(value) > 1})
-        if twice:
-            raise ValueError(f"config {key} lists {twice} more than once")
-    given = [key for key in ("stimuli", "captions", "mask") if DEMO and DATA[key]]
-    if given:
-        raise ValueError(
-            f"config data.{given[0]}: the demo simulates its data under data.root (one folder per replicate); leave it null"
-        )
-    if ROTATION and config["align"]["heldout"]:
-        raise ValueError(
-            "config align.heldout_rotation chooses each replicate's held-out subject: leave align.heldout empty"
-        )
-    if ROTATION and len(SUBJECTS) < 2:
-        raise ValueError(
-            "config align.heldout_rotation needs two subjects or more (data.subjects)"
-        )
-    overlap = sorted(set(SEGMENTS["train"]) & set(SEGMENTS["test"]))
-    if overlap:
-        raise ValueError(f"config data.segments: {overlap} are both train and test")
-    unknown = sorted(set(SUBJECT_TRAIN) - set(SUBJECTS))
-    if unknown:
-        raise ValueError(
-            f"config data.segments.subject_train names unknown subjects {unknown}"
-        )
-    for held in dict.fromkeys(map(tuple, HELDOUT_BY_REPLICATE.values())):
-        _check_heldout(list(held))
-    vision = config["video"]["model"]
-    if vision["source"] == "hf" and not vision["weights"]:
-        raise ValueError(
-            "config video.model: source hf needs weights, a local checkpoint directory"
-        )
-    if config["video"]["cache"] == "qformer" and vision["source"] != "hf":
-        raise ValueError(
-            "config video.cache: qformer needs video.model.source hf (a BLIP-2 checkpoint)"
-        )
-    if (
-        config["instruct"]["encoder_tokens"]
-        and config["instruct"]["input"] != "encoder"
-    ):
-        raise ValueError(
-            "config instruct.encoder_tokens needs input: encoder (the latents are the Q-Former's tokens only)"
-        )
-    llm = config["instruct"]["llm"]
-    if llm["quantization"] != "none" and llm["tuning"] == "full":
-        raise ValueError(
-            "config instruct.llm: a quantized LLM cannot be fully fine-tuned; use tuning lora or frozen"
-        )
-    if config["align"]["encoder_tuning"] == "adaptor" and not (
-        config["scmbm"]["pretrain"] or config["scmbm"]["checkpoint"]
-    ):
-        raise ValueError(
-            "config align.encoder_tuning: adaptor freezes the encoder, which needs pretrained weights "
-            "(scmbm.pretrain: true or scmbm.checkpoint)"
-        )
-    if (
-        config["captions"]["source"] == "teacher"
-        and not config["video_llm"]["pretrained"]
-    ):
-        raise ValueError(
-            "config captions.source: teacher needs video_llm.pretrained (the tiny teacher learns from captions)"
-        )
-    for stage in ("video_llm", "scmbm", "align", "instruct"):
-        train = config[stage]["train"]
-        if train["batch_size"] % train["devices"]:
-            raise ValueError(
-                f"config {stage}.train: batch_size {train['batch_size']} does not divide evenly between "
-                f"{train['devices']} devices (each process takes batch_size / devices)"
-            )
-    # a video.fps that gives no whole number of frames per TR fails here
-    frames_per_tr(config["video"], DATA["tr"])
-
-
-def _check_heldout(held):
-    """The checks that depend on which subjects a replicate holds out (each replicate's, under rotation)."""
-    what = "align.heldout_rotation holds out" if ROTATION else "align.heldout holds out"
-    unknown = sorted(set(held) - set(SUBJECTS))
-    if unknown:
-        raise ValueError(f"config align.heldout names unknown subjects {unknown}")
-    if not set(SUBJECTS) - set(held):
-        raise ValueError(
-            "config align.heldout holds out every subject: nothing left to train on"
-        )
-    labelled = set.intersection(
-        *(
-            set(subject_segments(subject)["train"])
-            for subject in SUBJECTS
-            if subject not in held
-        )
-    )
-    if not labelled:
-        raise ValueError(
-            f"config data.segments.subject_train: when {what} {held}, the labelled subjects share no training "
-            "segment, and the aligner pairs each clip's fMRI from all of them; hold out the subjects that "
-            "watched their own (align.heldout)"
-        )
-    functional = config["align"]["functional_alignment"]
-    if functional["method"] == "none":
-        return
-    for subject in held:
-        if not labelled & set(subject_segments(subject)["train"]):
-            raise ValueError(
-                f"config align.functional_alignment: {subject} watched no training segment the labelled "
-                "subjects watched (data.segments.subject_train), so a shared response model cannot be "
-                "fitted; set method none"
-            )
-    if functional["reference"] in held:
-        raise ValueError(
-            f"config align.functional_alignment.reference: {functional['reference']} is held out when {what} "
-            f"{held}; the reference must be a labelled subject"
-        )
-
-
-_check_config()
+check_config(config)  # the cross-key checks: errors at DAG build, naming the key
 
 
 wildcard_constraints:

@@ -219,6 +219,9 @@ def test_duplicate_ids_refused_at_dag_build(workflow_copy):
         workflow_copy, {"data.subjects": ["sub-01", "sub-02", "sub-01"]}
     )
     assert "config data.segments lists ['seg01'] more than once" in dag_error(
+        workflow_copy, {"data.segments": {"train": ["seg01", "seg02", "seg01"], "test": ["test01"]}}
+    )
+    assert "config data.segments: ['seg01'] are both train and test" in dag_error(
         workflow_copy, {"data.segments": {"train": ["seg01", "seg02"], "test": ["seg01"]}}
     )
 
