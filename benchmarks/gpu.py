@@ -20,8 +20,9 @@ settings, with every schema default filled in) and from the published architectu
   cortical grayordinates, Wen 2018's CIFTI samples (3,714 tokens of 16).
 - ``align_step``: one ``pretrain_adaptor`` step: ``BrainAligner`` (frozen encoder + adaptors) around an
   InstructBLIP-size ``InstructionQFormer`` (768 wide, 12 layers, 32 queries over 4 frames, 188 M), the
-  rule's loss: contrastive, token and cross-subject terms on 2 labelled subjects' windows, the domain term on
-  as many held-out ones.
+  rule's objective, imported (``AlignmentObjective``): contrastive, token and cross-subject terms on 2
+  labelled subjects' windows, and the domain term, masked modelling and the subject adversary (as the config
+  weights them) on as many held-out ones.
 - ``student_lora_bf16`` / ``student_lora_4bit``: one ``instruct_llm`` step (``build_student``, caption loss +
   ``distillation`` from ``frozen_logits``) with a Vicuna-7B-size Llama (4096 wide, 32 layers, vocabulary
   32,000): LoRA on the bf16 base shared with the teacher, and LoRA on a 4-bit NF4 copy next to the bf16
@@ -58,10 +59,9 @@ import torch
 import yaml
 from transformers import InstructBlipVideoQFormerConfig, InstructBlipVideoQFormerModel, LlamaConfig, LlamaForCausalLM
 
-from llm4brain.align.losses import coral, mmd
 from llm4brain.align.model import BrainAligner, save_aligner
-from llm4brain.align.train import alignment_terms
-from llm4brain.distributed import gather, launch, world
+from llm4brain.align.objective import AlignmentObjective, build_trainables, uses_heldout_fmri
+from llm4brain.distributed import launch, world
 from llm4brain.instruct.train import build_student, distillation, frozen_logits, shares_base
 from llm4brain.models.captioner import Captioner, generate_captions
 from llm4brain.models.fmri_encoder import build_encoder
@@ -357,55 +357,45 @@ def scmbm_step(setup: Setup, device: torch.device, warmup: int, steps: int) -> R
 
 
 def align_step(setup: Setup, device: torch.device, warmup: int, steps: int) -> Row:
-    """``pretrain_adaptor``'s step: its ``loss_fn`` (labelled terms, then the held-out subjects' domain and
-    masked-modelling terms as configured) on ``fit``'s optimiser step (DDP when launched)."""
+    """``pretrain_adaptor``'s step: its objective (:class:`~llm4brain.align.objective.AlignmentObjective`, every
+    term ``align.loss`` turns on: the labelled terms, then on the held-out windows the domain term, masked
+    modelling and the subject adversary) on ``fit``'s optimiser step (DDP when launched)."""
     params, train, window, shard = setup.align, setup.align["train"], setup.encoder["window"], world()
-    weights, batch, labelled = params["loss"], train["batch_size"], setup.labelled
-    other = sorted(name for name, weight in weights.items() if weight > 0 and name not in ALIGN_TERMS)
-    if other:
-        raise ValueError(f"align.loss terms {other} are not benchmarked yet; set their weights to 0 or add them here")
-    uses_target = bool(params["heldout"]) and (weights["domain"] > 0 or weights["target_mbm"] > 0)
-    domain_loss = mmd if params["domain_method"] == "mmd" else coral
+    batch, labelled, heldout = train["batch_size"], setup.labelled, len(params["heldout"])
+    uses_heldout = uses_heldout_fmri(params, params["heldout"])
     row = Row("align_step", shard.size, samples="windows")
     with peak_memory(row, device):
         qformer = instruction_qformer(setup).to(device)
         torch.manual_seed(0)
-        model = BrainAligner(setup.grid, setup.encoder, params, qformer).to(device)
-        trained = torch.nn.ModuleDict({"aligner": model})
-        target_mbm = None
-        if uses_target and weights["target_mbm"] > 0:
-            head = params["target_mbm"]
-            target_mbm = MaskedBrainModel(
-                model.encoder,
-                head["decoder"]["dim"],
-                head["decoder"]["depth"],
-                head["decoder"]["num_heads"],
-                head["mask_ratio"],
-            ).to(device)
-            trained["target_mbm"] = target_mbm
+        trainables = build_trainables(
+            grid=setup.grid,
+            encoder_params=setup.encoder,
+            params=params,
+            qformer=qformer,
+            token_width=setup.qformer.hidden_size,
+            n_subjects=labelled + heldout,
+            uses_heldout=uses_heldout,
+            device=device,
+        )
         generator = torch.Generator().manual_seed(1)
+        objective = AlignmentObjective(trainables, params, labelled, train["steps"], generator, shard)
         pick = torch.arange(batch)  # the global batch: B clips, each seen by every labelled subject
         windows = torch.randn(batch, labelled, window, *setup.grid)
-        heldout = torch.randn(batch, window, *setup.grid)
+        heldout_windows = torch.randn(batch, window, *setup.grid)
+        subjects = labelled + torch.arange(batch) % max(heldout, 1)  # each window's held-out subject
         targets = torch.randn(batch, FRAMES * setup.num_queries, setup.qformer.hidden_size, device=device)
 
-        def loss_fn(_: int) -> tuple[torch.Tensor, dict[str, float]]:
-            model.train()
+        def heldout_batch() -> tuple[torch.Tensor, torch.Tensor]:
+            return shard.share(heldout_windows).to(device), shard.share(subjects).to(device)
+
+        def loss_fn(step: int) -> tuple[torch.Tensor, dict[str, float]]:
             mine = shard.share(pick)
             inputs = shard.share(windows).transpose(0, 1).flatten(0, 1).to(device)  # subject by subject
-            terms, pooled = alignment_terms(model, labelled, mine.to(device), inputs, targets[mine], shard)
-            if uses_target:
-                target_domain = shard.share(heldout).to(device)
-                if weights["domain"] > 0:
-                    terms["domain"] = domain_loss(pooled, gather(model(target_domain).mean(1)))
-                if target_mbm is not None:
-                    terms["target_mbm"] = target_mbm.train()(target_domain, generator, shard)[0]
-            loss = sum(weights[name] * value for name, value in terms.items())
-            return loss, {name: value.item() for name, value in terms.items()}
+            return objective(step, mine.to(device), inputs, targets[mine], heldout_batch if uses_heldout else None)
 
-        run = start_run(trained, loss_fn, train, [generator], [], device)
+        run = start_run(trainables.modules(), loss_fn, train, [generator], [], device)
         row.step_s = seconds_per_step(run.step, device, warmup, steps)
-    samples = batch * train["accumulate"] * (labelled + uses_target)
+    samples = batch * train["accumulate"] * (labelled + uses_heldout)
     row.samples_per_s = samples / row.step_s
     row.shape = f"{samples} x {window} x {setup.grid} -> {FRAMES * setup.num_queries} x {setup.qformer.hidden_size}"
     return row
@@ -522,7 +512,6 @@ def decoder_args(setup: Setup) -> dict[str, Any]:
     }
 
 
-ALIGN_TERMS = ("contrastive", "token_mse", "cross_subject", "domain", "target_mbm")  # what align_step computes
 SINGLE = {"vit_g_cache": vit_g_cache, "scmbm_step": scmbm_step, "align_step": align_step}
 PARALLEL = ("scmbm_step", "align_step")
 LLM_STAGES = ("decode", "student_lora_4bit", "student_lora_bf16")  # the shared-base student mutates the LLM: last

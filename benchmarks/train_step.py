@@ -20,7 +20,7 @@ import torch
 
 from llm4brain.align.losses import mmd
 from llm4brain.align.model import BrainAligner
-from llm4brain.align.train import alignment_terms
+from llm4brain.align.objective import alignment_terms
 from llm4brain.artifacts import atomic_h5, write_keys
 from llm4brain.fmri.stream import BoldSplit, clip_stream, open_splits, row_stream
 from llm4brain.models.video_llm import VideoQFormer, qformer_config

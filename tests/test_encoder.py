@@ -209,7 +209,7 @@ def test_alignment_step_under_bf16_autocast():
     """One alignment loss (InfoNCE, token MSE, cross-subject, MMD to held-out windows) under bf16 autocast:
     the aligner's linear layers run in bf16, the domain term is computed in fp32, and every gradient is finite."""
     from llm4brain.align.losses import mmd
-    from llm4brain.align.train import alignment_terms
+    from llm4brain.align.objective import alignment_terms
     from llm4brain.runtime import autocast
 
     qformer, _ = tiny_teacher()

@@ -9,17 +9,22 @@ not grow with the number of clips.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import torch
 
-from llm4brain.align.adversarial import SubjectAdversary, dann_coefficient, heldout_subjects
-from llm4brain.align.losses import coral, cross_subject, info_nce, mmd
+from llm4brain.align.adversarial import heldout_subjects
 from llm4brain.align.model import BrainAligner, save_aligner
-from llm4brain.align.terms import ADAPTATION_TERMS
+from llm4brain.align.objective import (
+    AlignmentObjective,
+    alignment_losses,
+    build_trainables,
+    uses_heldout_fmri,
+)
 from llm4brain.artifacts import (
     ArtifactError,
     atomic_h5,
@@ -30,21 +35,25 @@ from llm4brain.artifacts import (
     set_attrs,
     write_keys,
 )
-from llm4brain.distributed import World, gather, world
+from llm4brain.distributed import world
 from llm4brain.fmri.stream import (
     BoldSplit,
+    ShuffledStream,
     clip_stream,
     iter_windows,
     open_splits,
     row_stream,
 )
-from llm4brain.models.mbm import MaskedBrainModel
 from llm4brain.models.video_llm import load_video_qformer
 from llm4brain.ranking import topk_accuracy, topk_hits
 from llm4brain.resume import Checkpoint
 from llm4brain.runtime import LOG, seed_everything, select_device
 from llm4brain.seeds import SeedOffset
 from llm4brain.training import fit
+
+if TYPE_CHECKING:
+    from llm4brain.models.instructblip_video import InstructionQFormer
+    from llm4brain.models.video_llm import VideoQFormer
 
 SPLITS = ("train", "test")
 
@@ -122,43 +131,106 @@ def split_keys(path: str, split: str) -> list[tuple[str, int]]:
         return read_keys(f[split])
 
 
-def alignment_terms(
-    model: BrainAligner,
-    n_subjects: int,
-    pick: torch.Tensor,
-    inputs: torch.Tensor,
-    video: torch.Tensor,
-    shard: World = World(),
-) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """The labelled loss terms for clips ``pick`` seen by each of ``n_subjects`` (``inputs`` stacked subject
-    by subject), and the pooled brain tokens of the global batch."""
-    return alignment_losses(model(inputs), model.logit_scale, n_subjects, pick, video, shard)
+@dataclass
+class AlignmentData:
+    """The training split as the aligner reads it: each subject's open file and keys (both splits), the
+    labelled subjects' rows of each clip, and the clips they all watched, some held back to validate on."""
+
+    files: dict[str, BoldSplit]
+    keys: dict[tuple[str, str], list[tuple[str, int]]]
+    labelled: list[str]
+    heldout: list[str]  # sorted
+    rows_of: dict[str, dict[tuple[str, int], list[int]]]
+    clips: list[tuple[str, int]]
+    val_clips: list[tuple[str, int]]
 
 
-def alignment_losses(
-    brain: torch.Tensor,
-    logit_scale: torch.Tensor,
-    n_subjects: int,
-    pick: torch.Tensor,
-    video: torch.Tensor,
-    shard: World = World(),
-) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """:func:`alignment_terms` of brain tokens (S·B, Q, H) computed already. When they are ``shard``'s share
-    of a data-parallel batch, the token MSE (a per-sample mean) stays local and the batch-coupled terms see
-    the batch gathered from every process (:mod:`llm4brain.distributed`)."""
-    token_mse = ((brain - video.repeat(n_subjects, 1, 1)) ** 2).mean()
-    pooled = brain.mean(1).view(n_subjects, len(pick), -1)  # (S, B, H)
-    clips = video.mean(1)
-    if shard.size > 1:
-        pooled = gather(pooled.transpose(0, 1)).transpose(0, 1)
-        pick, clips = gather(pick), gather(clips)
-    same = pick[None, :] == pick[:, None]
-    flat = pooled.flatten(0, 1)
-    return {
-        "contrastive": info_nce(flat, clips, same.repeat(n_subjects, 1), logit_scale),
-        "token_mse": token_mse,
-        "cross_subject": cross_subject(pooled),
-    }, flat
+def alignment_data(
+    fmri_paths: Sequence[str],
+    features: dict[str, tuple[str, int]],
+    subjects: list[str],
+    heldout: set[str],
+    val_fraction: float,
+    generator: torch.Generator,
+) -> AlignmentData:
+    """Open every subject's training split, check its clips against the stimulus features, and draw the whole
+    clips validated on (with ``generator``, for every labelled subject alike)."""
+    lengths = {segment: np.empty((n_tr, 0)) for segment, (_, n_tr) in features.items()}  # all check_coverage reads
+    files = dict(zip(subjects, open_splits(list(fmri_paths), "train"), strict=True))
+    keys = {}
+    for s, path in zip(subjects, fmri_paths, strict=True):
+        for split in SPLITS:
+            keys[s, split] = split_keys(path, split)
+            check_coverage(lengths, keys[s, split], path)
+    labelled = [s for s in subjects if s not in heldout]
+    rows_of: dict[str, dict[tuple[str, int], list[int]]] = {s: defaultdict(list) for s in labelled}
+    for s in labelled:
+        for i, key in enumerate(keys[s, "train"]):
+            rows_of[s][key].append(i)
+    clips = sorted(set.intersection(*(set(rows_of[s]) for s in labelled)))
+    if not clips:  # each step pairs a clip's windows from every labelled subject
+        raise ValueError(
+            f"align: the labelled subjects {labelled} share no training clip ({', '.join(map(str, fmri_paths))}); "
+            "hold out the subjects that watched other training segments (data.segments.subject_train)"
+        )
+    n_val = round(len(clips) * val_fraction)
+    val_clips: list[tuple[str, int]] = []
+    if n_val:  # whole clips held out, for every labelled subject
+        order = torch.randperm(len(clips), generator=generator).tolist()
+        val_clips, clips = sorted(clips[i] for i in order[:n_val]), sorted(clips[i] for i in order[n_val:])
+    LOG.info(
+        "aligning %d labelled subjects on %d clips (%d more to validate on); held out (unlabelled): %s",
+        *(len(labelled), len(clips), len(val_clips), sorted(heldout) or "none"),
+    )
+    return AlignmentData(files, keys, labelled, sorted(heldout), rows_of, clips, val_clips)
+
+
+def training_streams(
+    data: AlignmentData, window: int, train_params: dict[str, Any], seed: int, uses_heldout: bool
+) -> list[ShuffledStream]:
+    """The labelled (fMRI, clip) stream, and the held-out subjects' unlabelled one when a step reads it; the
+    two share ``train.buffer_mb``."""
+    shard = world()
+    buffer_mb = train_params["buffer_mb"] / (2 if uses_heldout else 1)
+    shared = {"rank": shard.rank, "world_size": shard.size, "workers": train_params["loader_workers"]}
+    streams = [
+        clip_stream(
+            [data.files[s] for s in data.labelled],
+            [[np.array(data.rows_of[s][c]) for c in data.clips] for s in data.labelled],
+            window,
+            buffer_mb,
+            seed + SeedOffset.ALIGN_CLIPS,
+            **shared,
+        )
+    ]
+    if uses_heldout:
+        files = [data.files[s] for s in data.heldout]
+        rows = [np.arange(f.n_rows) for f in files]
+        streams.append(row_stream(files, rows, window, buffer_mb, seed + SeedOffset.ALIGN_HELDOUT, **shared))
+    return streams
+
+
+def clip_validation(
+    objective: AlignmentObjective, data: AlignmentData, targets: torch.Tensor, window: int, batch_size: int
+) -> Callable[[], float]:
+    """The labelled terms on the validation clips (first repeat of each), in eval mode."""
+    model = objective.trainables.aligner
+    rows = [np.array([data.rows_of[s][clip][0] for clip in data.val_clips]) for s in data.labelled]
+    pick = torch.arange(len(data.val_clips), device=targets.device)
+
+    def validate() -> float:
+        model.eval()
+        brain = torch.cat(
+            [
+                model(batch.to(targets.device))
+                for s, subject_rows in zip(data.labelled, rows, strict=True)
+                for batch in iter_windows(data.files[s], subject_rows, window, batch_size)
+            ]
+        )
+        terms, _ = alignment_losses(brain, model.logit_scale, len(data.labelled), pick, targets)
+        return float(objective.weighted(terms))
+
+    return validate
 
 
 def pretrain_adaptor(
@@ -179,164 +251,38 @@ def pretrain_adaptor(
     """Train on labelled subjects (+ unlabelled held-out fMRI) and write model, latents and metrics.
 
     ``pretrained`` is an encoder to start from (pretrain_scmbm's, or a MinD-Vis checkpoint). Training reads
-    only the ``train`` split; each step takes ``batch_size`` clips (each clip's window from every labelled
-    subject, a seeded random repeat) and as many held-out windows, from streams that share
-    ``train.buffer_mb``.
+    only the ``train`` split (:func:`alignment_data`, :func:`train_aligner`).
     """
     train_params, window = params["train"], encoder_params["window"]
     seed_everything(seed + SeedOffset.ALIGN, train_params["threads"])
     device = select_device(train_params["device"])
     qformer = load_video_qformer(teacher_dir).to(device)  # the teacher's LLM is not needed here
-    features = feature_files(feature_paths)
-    lengths = {segment: np.empty((n_tr, 0)) for segment, (_, n_tr) in features.items()}  # all check_coverage reads
-    heldout = set(params["heldout"])
-    files = dict(zip(subjects, open_splits(list(fmri_paths), "train"), strict=True))
-    keys = {}
-    for s, path in zip(subjects, fmri_paths, strict=True):
-        for split in SPLITS:
-            keys[s, split] = split_keys(path, split)
-            check_coverage(lengths, keys[s, split], path)
-
-    labelled = [s for s in subjects if s not in heldout]
-    rows_of: dict[str, dict[tuple[str, int], list[int]]] = {s: defaultdict(list) for s in labelled}
-    for s in labelled:
-        for i, key in enumerate(keys[s, "train"]):
-            rows_of[s][key].append(i)
-    clips = sorted(set.intersection(*(set(rows_of[s]) for s in labelled)))
-    if not clips:  # each step pairs a clip's windows from every labelled subject
-        raise ValueError(
-            f"align: the labelled subjects {labelled} share no training clip ({', '.join(map(str, fmri_paths))}); "
-            "hold out the subjects that watched other training segments (data.segments.subject_train)"
-        )
+    features, heldout = feature_files(feature_paths), set(params["heldout"])
     generator = torch.Generator().manual_seed(seed + SeedOffset.ALIGN_BATCHES)
-    n_val = round(len(clips) * train_params["val_fraction"])
-    val_clips: list[tuple[str, int]] = []
-    if n_val:  # whole clips held out, for every labelled subject
-        order = torch.randperm(len(clips), generator=generator).tolist()
-        val_clips, clips = sorted(clips[i] for i in order[:n_val]), sorted(clips[i] for i in order[n_val:])
-    targets = encode_targets(qformer, features, clips).to(device)  # (n_clips, Q, H)
-    LOG.info(
-        "aligning %d labelled subjects on %d clips (%d more to validate on); held out (unlabelled): %s",
-        len(labelled),
-        len(clips),
-        len(val_clips),
-        sorted(heldout) or "none",
-    )
-
-    model = BrainAligner(files[subjects[0]].shape, encoder_params, params, qformer, pretrained).to(device)
-    shard = world()  # this process's share of every batch (one process: all of it)
-    weights, batch_size = params["loss"], train_params["batch_size"]
-    domain_loss = mmd if params["domain_method"] == "mmd" else coral
-    uses_target = bool(heldout) and any(weights[term] > 0 for term in ADAPTATION_TERMS)
-    buffer_mb = train_params["buffer_mb"] / (2 if uses_target else 1)
-    pairs = clip_stream(
-        [files[s] for s in labelled],
-        [[np.array(rows_of[s][c]) for c in clips] for s in labelled],
-        window,
-        buffer_mb,
-        seed + SeedOffset.ALIGN_CLIPS,
-        rank=shard.rank,
-        world_size=shard.size,
-        workers=train_params["loader_workers"],
-    )
-    streams = [pairs]
-    if uses_target:
-        target_files = [files[s] for s in sorted(heldout)]
-        streams.append(
-            row_stream(
-                target_files,
-                [np.arange(f.n_rows) for f in target_files],
-                window,
-                buffer_mb,
-                seed + SeedOffset.ALIGN_HELDOUT,
-                rank=shard.rank,
-                world_size=shard.size,
-                workers=train_params["loader_workers"],
-            )
-        )
-
-    trained = torch.nn.ModuleDict({"aligner": model})
-    target_mbm = None
-    if uses_target and weights["target_mbm"] > 0:  # masked modelling of the held-out windows
-        head = params["target_mbm"]
-        target_mbm = MaskedBrainModel(
-            model.encoder,
-            head["decoder"]["dim"],
-            head["decoder"]["depth"],
-            head["decoder"]["num_heads"],
-            head["mask_ratio"],
-        ).to(device)
-        trained["target_mbm"] = target_mbm  # its encoder is the aligner's
-    adversary = None
-    if weights["adversarial"] > 0:  # a subject classifier (labelled + held-out) behind gradient reversal
-        adversary = SubjectAdversary(targets.shape[-1], len(labelled) + len(heldout)).to(device)
-        trained["subject_adversary"] = adversary
-
-    def loss_fn(step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        model.train()
-        pick, windows = pairs.next(batch_size)  # (B,), (B, S, W, ...)
-        pick, inputs = pick.to(device), windows.transpose(0, 1).flatten(0, 1).to(device)  # subject by subject
-        terms, pooled = alignment_terms(model, len(labelled), pick, inputs, targets[pick], shard)
-        target = None  # the held-out windows' pooled tokens and subject indices, for the adversary
-        if uses_target:
-            units, target_windows = streams[1].next(batch_size)
-            target_domain = target_windows[:, 0].to(device)
-            if weights["domain"] > 0 or adversary is not None:
-                target_pooled = gather(model(target_domain).mean(1))  # the global batch, like ``pooled``
-                subject = heldout_subjects(units, [f.n_rows for f in target_files], len(labelled))
-                target = target_pooled, gather(subject.to(device))
-            if weights["domain"] > 0:
-                terms["domain"] = domain_loss(pooled, target_pooled)
-            if target_mbm is not None:
-                terms["target_mbm"] = target_mbm.train()(target_domain, generator, shard)[0]
-        if adversary is not None:
-            coefficient = dann_coefficient(step, train_params["steps"])
-            terms["adversarial"] = adversary.loss(pooled, len(labelled), target, coefficient)
-        loss = sum(weights[name] * value for name, value in terms.items())
-        return loss, {name: value.item() for name, value in terms.items()}
-
-    val_targets = encode_targets(qformer, features, val_clips).to(device) if val_clips else None
-    val_rows = [np.array([rows_of[s][clip][0] for clip in val_clips]) for s in labelled]
-
-    def validate() -> float:
-        """The labelled terms on the held-out clips (first repeat of each), in eval mode."""
-        assert val_targets is not None
-        model.eval()
-        brain = torch.cat(
-            [
-                model(batch.to(device))
-                for s, rows in zip(labelled, val_rows, strict=True)
-                for batch in iter_windows(files[s], rows, window, batch_size)
-            ]
-        )
-        terms, _ = alignment_losses(
-            brain, model.logit_scale, len(labelled), torch.arange(len(val_clips), device=device), val_targets
-        )
-        return float(sum(weights[name] * value for name, value in terms.items()))
-
-    history = fit(
-        trained,
-        loss_fn,
-        train_params,
-        "pretrain_adaptor",
+    data = alignment_data(fmri_paths, features, subjects, heldout, train_params["val_fraction"], generator)
+    aligner, history = train_aligner(
+        data=data,
+        qformer=qformer,
+        features=features,
+        encoder_params=encoder_params,
+        params=params,
+        seed=seed,
+        generator=generator,
+        pretrained=pretrained,
         checkpoint=checkpoint,
-        generators=[generator],
-        validate=validate if val_clips else None,
-        device=device,
-        stateful=streams,
     )
-    if not shard.main:
+    if not world().main:
         return
     with atomic_path(model_dir) as tmp_model:
         tmp_model.mkdir(parents=True)
         history.to_csv(tmp_model / "train_log.tsv", sep="\t", index=False)
-        save_aligner(tmp_model, model, teacher_dir)
+        save_aligner(tmp_model, aligner, teacher_dir)
         metrics = write_latents(
-            model=model,
+            model=aligner,
             qformer=qformer,
             features=features,
             fmri_paths=fmri_paths,
-            keys=keys,
+            keys=data.keys,
             subjects=subjects,
             heldout=heldout,
             latent_paths=latent_paths,
@@ -346,6 +292,77 @@ def pretrain_adaptor(
         )
         metrics.to_csv(metrics_path, sep="\t", index=False, float_format="%.4f")
     LOG.info("identification:\n%s", metrics.to_string(index=False))
+
+
+def train_aligner(
+    *,
+    data: AlignmentData,
+    qformer: VideoQFormer | InstructionQFormer,
+    features: dict[str, tuple[str, int]],
+    encoder_params: dict[str, Any],
+    params: dict[str, Any],
+    seed: int,
+    generator: torch.Generator,
+    pretrained: str | None,
+    checkpoint: Checkpoint | None,
+) -> tuple[BrainAligner, pd.DataFrame]:
+    """The aligner trained on ``data`` (the ``align`` section ``params``), and its train log. Each step takes
+    ``batch_size`` clips (each clip's window from every labelled subject, a seeded random repeat) and as many
+    held-out windows, from streams that share ``train.buffer_mb``."""
+    train_params, window, batch_size = params["train"], encoder_params["window"], params["train"]["batch_size"]
+    device = next(qformer.parameters()).device
+    targets = encode_targets(qformer, features, data.clips).to(device)  # (n_clips, Q, H)
+    uses_heldout = uses_heldout_fmri(params, data.heldout)
+    trainables = build_trainables(
+        grid=data.files[data.labelled[0]].shape,
+        encoder_params=encoder_params,
+        params=params,
+        qformer=qformer,
+        token_width=targets.shape[-1],
+        n_subjects=len(data.labelled) + len(data.heldout),
+        uses_heldout=uses_heldout,
+        device=device,
+        pretrained=pretrained,
+    )
+    streams = training_streams(data, window, train_params, seed, uses_heldout)
+    objective = AlignmentObjective(trainables, params, len(data.labelled), train_params["steps"], generator, world())
+    val_targets = encode_targets(qformer, features, data.val_clips).to(device) if data.val_clips else None
+    history = fit(
+        trainables.modules(),
+        step_loss(objective, streams, data, targets, batch_size),
+        train_params,
+        "pretrain_adaptor",
+        checkpoint=checkpoint,
+        generators=[generator],
+        validate=clip_validation(objective, data, val_targets, window, batch_size) if val_targets is not None else None,
+        device=device,
+        stateful=streams,
+    )
+    return trainables.aligner, history
+
+
+def step_loss(
+    objective: AlignmentObjective,
+    streams: list[ShuffledStream],
+    data: AlignmentData,
+    targets: torch.Tensor,
+    batch_size: int,
+) -> Callable[[int], tuple[torch.Tensor, dict[str, float]]]:
+    """``fit``'s loss function: a batch of clips from the labelled stream (and, when the objective reads them,
+    of windows from the held-out one) through the objective."""
+    device, n_rows = targets.device, [data.files[s].n_rows for s in data.heldout]
+
+    def heldout_batch() -> tuple[torch.Tensor, torch.Tensor]:
+        units, windows = streams[1].next(batch_size)
+        return windows[:, 0].to(device), heldout_subjects(units, n_rows, len(data.labelled)).to(device)
+
+    def loss_fn(step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        pick, windows = streams[0].next(batch_size)  # (B,), (B, S, W, ...)
+        inputs = windows.transpose(0, 1).flatten(0, 1).to(device)  # subject by subject
+        pick = pick.to(device)
+        return objective(step, pick, inputs, targets[pick], heldout_batch if len(streams) > 1 else None)
+
+    return loss_fn
 
 
 def write_latents(
