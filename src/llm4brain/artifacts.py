@@ -46,7 +46,15 @@ def config_hash(section: Any) -> str:
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling of ``path``; rename it onto ``path`` only if the block succeeds."""
+    """Yield a temporary sibling of ``path``; rename it onto ``path`` only if the block succeeds.
+
+    Args:
+        path: the file or folder the block writes; its parent folders are created.
+
+    Yields:
+        ``.{name}.tmp-{pid}`` beside ``path``, for the block to write (a file, or a folder it creates); it is
+            removed if the block fails.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -64,7 +72,19 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 @contextlib.contextmanager
 def atomic_h5(path: str | os.PathLike, kind: str, params: Any = None, **options: Any) -> Iterator[h5py.File]:
     """Open a new HDF5 artifact of ``kind`` for writing (``options`` go to ``h5py.File``); it appears under
-    ``path`` only when complete."""
+    ``path`` only when complete.
+
+    Args:
+        path: the artifact's final path (e.g. ``results/fmri/{subject}.h5``).
+        kind: the artifact's stage, a key of ``SCHEMAS`` (``fmri``, ``funcalign``, ``frames``, ``features``,
+            ``captions``, ``align``, ``eval``), whose schema the header records.
+        params: the config section that made the artifact, hashed into its ``config_hash`` attr.
+        **options: keyword arguments of ``h5py.File`` (e.g. ``rdcc_nbytes=0`` for no chunk cache).
+
+    Yields:
+        The new file, open for writing, its header attrs (``schema``, ``stage``, ``created_by``,
+            ``config_hash``) set.
+    """
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w", track_order=True, **options) as f:
             write_header(f, kind, params)
@@ -80,7 +100,21 @@ def write_header(f: h5py.File, kind: str, params: Any) -> None:
 
 
 def open_artifact(path: str | os.PathLike, kind: str, required: tuple[str, ...] = ()) -> h5py.File:
-    """Open an artifact read-only after checking its schema and that ``required`` datasets exist."""
+    """Open an artifact read-only after checking its schema and that ``required`` datasets exist.
+
+    Args:
+        path: the HDF5 artifact.
+        kind: the stage it must come from, a key of ``SCHEMAS`` (``fmri``, ``funcalign``, ``frames``,
+            ``features``, ``captions``, ``align``, ``eval``).
+        required: datasets it must hold, as paths inside the file (e.g. ``train/bold``).
+
+    Returns:
+        The open file, read-only; close it, e.g. with ``with open_artifact(...) as f``.
+
+    Raises:
+        ArtifactError: the file does not exist, is not readable HDF5, has another schema, or lacks a
+            required dataset.
+    """
     path = Path(path)
     if not path.exists():
         raise ArtifactError(f"{path}: artifact does not exist (expected a {kind} file)")
@@ -134,7 +168,18 @@ def _is_numeric_sequence(value: Any) -> bool:
 
 def read_references(path: str | os.PathLike) -> dict[tuple[str, int], list[str]]:
     """``(segment, tr) → every reference caption`` (several annotators or captioners), in file order, from
-    ``results/text/captions.h5``."""
+    ``results/text/captions.h5``.
+
+    Args:
+        path: the captions artifact (``results/text/captions.h5``: ``segment``, ``tr`` and ``caption``
+            datasets, one row per reference).
+
+    Returns:
+        ``(segment, tr) → [caption, ...]``, every clip with at least one reference.
+
+    Raises:
+        ArtifactError: ``path`` is not a captions artifact, or it holds no caption.
+    """
     with open_artifact(path, "captions", ("segment", "tr", "caption")) as f:
         keys = read_keys(f)
         captions = f["caption"].asstr()[:]
@@ -147,12 +192,35 @@ def read_references(path: str | os.PathLike) -> dict[tuple[str, int], list[str]]
 
 
 def read_captions(path: str | os.PathLike) -> dict[tuple[str, int], str]:
-    """``(segment, tr) → caption``: each clip's first reference, the one models are trained on."""
+    """``(segment, tr) → caption``: each clip's first reference, the one models are trained on.
+
+    Args:
+        path: the captions artifact (``results/text/captions.h5``: ``segment``, ``tr`` and ``caption``
+            datasets, one row per reference).
+
+    Returns:
+        ``(segment, tr) → caption``, the clip's first reference in file order.
+
+    Raises:
+        ArtifactError: ``path`` is not a captions artifact, or it holds no caption.
+    """
     return {key: refs[0] for key, refs in read_references(path).items()}
 
 
 def read_features(paths: Sequence[str | os.PathLike]) -> dict[str, np.ndarray]:
-    """``segment → tokens`` (n_tr, F, T, D) float16 from ``results/features/{segment}.h5`` files."""
+    """``segment → tokens`` (n_tr, F, T, D) float16 from ``results/features/{segment}.h5`` files.
+
+    Args:
+        paths: the features artifacts to read, one per segment (``results/features/{segment}.h5``).
+
+    Returns:
+        ``segment → tokens``, (n_tr, F, T, D) float16 in memory: TR clips, frames per clip, tokens per frame
+            and token width, the same F, T and D for every segment.
+
+    Raises:
+        ArtifactError: a file is not a features artifact, its tokens are not 4-D, or their per-clip shape
+            differs from another segment's.
+    """
     features: dict[str, np.ndarray] = {}
     shape = None
     for path in paths:
@@ -187,7 +255,24 @@ def check_coverage(features: dict[str, np.ndarray], keys: list[tuple[str, int]],
 def read_split(
     path: str | os.PathLike, kind: str, split: str, dataset: str
 ) -> tuple[np.ndarray, list[tuple[str, int]]]:
-    """One split's ``dataset`` and its ``(segment, tr)`` keys from an fmri or align artifact."""
+    """One split's ``dataset`` and its ``(segment, tr)`` keys from an fmri or align artifact.
+
+    Args:
+        path: an fmri artifact (``results/fmri/{subject}.h5``) or an align artifact
+            (``results/r{seed}/align/{subject}.h5``).
+        kind: ``fmri`` or ``align``, the stage ``path`` must come from.
+        split: ``train`` or ``test``.
+        dataset: the split's dataset: ``bold`` (fmri: (n, X, Y, Z) volumes or (n, V) grayordinates, float32)
+            or ``tokens`` (align: the aligned fMRI tokens, (n, Q, H) float16).
+
+    Returns:
+        data: the dataset, one row per sample, in memory.
+        keys: each row's ``(segment, tr)``.
+
+    Raises:
+        ArtifactError: ``path`` is not a ``kind`` artifact with the split's ``dataset``, ``segment`` and
+            ``tr``, or their lengths differ.
+    """
     with open_artifact(path, kind, (f"{split}/{dataset}", f"{split}/segment", f"{split}/tr")) as f:
         data = f[split][dataset][:]
         keys = read_keys(f[split])

@@ -17,7 +17,16 @@ from pathlib import Path
 
 def module_files(package: Path, module: str) -> list[Path]:
     """The files Python runs to import ``module`` (dotted, from the package's own name): every enclosing
-    package's ``__init__.py`` and the module itself. Empty when it is not part of the package."""
+    package's ``__init__.py`` and the module itself. Empty when it is not part of the package.
+
+    Args:
+        package: the package folder (``src/llm4brain``); its name is the modules' top-level name.
+        module: a dotted module name (``llm4brain.align.model``), or a name a module defines
+            (``llm4brain.artifacts.open_artifact``: the files of ``llm4brain.artifacts``).
+
+    Returns:
+        The files, outermost package first.
+    """
     parts = module.split(".")
     if parts[0] != package.name:
         return []
@@ -35,14 +44,29 @@ def module_files(package: Path, module: str) -> list[Path]:
 
 
 def module_name(package: Path, file: Path) -> str:
-    """``llm4brain.align.model`` for ``<package>/align/model.py``; a package for its ``__init__.py``."""
+    """``llm4brain.align.model`` for ``<package>/align/model.py``; a package for its ``__init__.py``.
+
+    Args:
+        package: the package folder (``src/llm4brain``).
+        file: a ``.py`` file inside ``package``.
+
+    Returns:
+        The file's dotted module name.
+    """
     parts = file.relative_to(package).with_suffix("").parts
     return ".".join((package.name, *(parts[:-1] if parts[-1] == "__init__" else parts)))
 
 
 def import_statements(body: list[ast.stmt]) -> Iterator[ast.Import | ast.ImportFrom]:
     """Every import statement of a module, nested ones included (in functions, classes, ``if``, ``try``,
-    ``with``): statements only, since an import is never an expression (a walk of every node costs 5x)."""
+    ``with``): statements only, since an import is never an expression (a walk of every node costs 5x).
+
+    Args:
+        body: a parsed module's statements (``ast.parse(source).body``).
+
+    Yields:
+        Each ``import`` and ``from ... import`` statement, in source order, a nested block's where it stands.
+    """
     for node in body:
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             yield node
@@ -59,7 +83,16 @@ _known: dict[str, list[str]] = {}
 
 def direct_imports(package: Path, file: Path) -> tuple[Path, ...]:
     """Package files that ``file`` imports itself, wherever the import statement is (parsed once per content:
-    an edited file is parsed again)."""
+    an edited file is parsed again).
+
+    Args:
+        package: the package folder (``src/llm4brain``).
+        file: a Python file: a workflow script or one of the package's modules.
+
+    Returns:
+        The package files that ``file``'s import statements name (with their enclosing ``__init__.py``
+            files), each once, in the order first named.
+    """
     source = file.read_bytes()
     key = f"{file}:{hashlib.sha256(source).hexdigest()}"
     if key not in _known:
@@ -89,7 +122,15 @@ def _parse_imports(package: Path, file: Path, source: bytes) -> list[Path]:
 
 
 def imported_files(script: Path, package: Path) -> list[Path]:
-    """Every file of ``package`` that running ``script`` can import, transitively, sorted."""
+    """Every file of ``package`` that running ``script`` can import, transitively, sorted.
+
+    Args:
+        script: a workflow script (``workflow/scripts/{rule}.py``).
+        package: the library's package folder (``src/llm4brain``).
+
+    Returns:
+        The files' resolved paths, sorted; the script itself is not among them.
+    """
     package, seen = package.resolve(), set()
     todo = [script.resolve()]
     while todo:
@@ -101,7 +142,16 @@ def imported_files(script: Path, package: Path) -> list[Path]:
 
 
 def code_hash(script: Path, package: Path) -> str:
-    """Content hash of the package files ``script`` reaches (paths and bytes): the rule's ``code`` param."""
+    """Content hash of the package files ``script`` reaches (paths and bytes): the rule's ``code`` param.
+
+    Args:
+        script: a workflow script (``workflow/scripts/{rule}.py``).
+        package: the library's package folder (``src/llm4brain``).
+
+    Returns:
+        The first 16 hex digits of the SHA-256 of each reached file's path (relative to ``package``) and
+            bytes, in :func:`imported_files` order.
+    """
     package = package.resolve()
     digest = hashlib.sha256()
     for file in imported_files(script, package):
@@ -119,6 +169,9 @@ def script_code_hashes(scripts: Path, package: Path, known: Path | None = None) 
         known: a JSON file of the direct imports read before, by file and content digest, read and then
             rewritten (atomically: jobs building the DAG side by side may write it at once). Hashes do not
             depend on it; it only spares parsing unchanged files again.
+
+    Returns:
+        Script name (file stem, as the rules' ``CODE`` table keys it) → :func:`code_hash` of that script.
     """
     if known is not None and known.is_file():
         try:

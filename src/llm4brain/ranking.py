@@ -26,7 +26,17 @@ def topk_hits(sim: np.ndarray, own: np.ndarray, k: int) -> np.ndarray:
 
 def topk_accuracy(sim: np.ndarray, own_index: np.ndarray, ks: tuple[int, ...]) -> dict[str, float]:
     """Top-k accuracies (ties broken at random, in expectation) and chance, over all ``sim.shape[1]``
-    candidates; row ``i``'s own candidate is column ``own_index[i]``."""
+    candidates; row ``i``'s own candidate is column ``own_index[i]``.
+
+    Args:
+        sim: (n_rows, n) similarity of each row to each candidate, higher meaning closer.
+        own_index: (n_rows,) int, the column of each row's own candidate.
+        ks: the k of each top-k accuracy.
+
+    Returns:
+        ``n_way`` (n); for each k, ``top{k}`` (the expected share of rows whose own candidate ranks in the
+            top k) and its chance ``chance_top{k}`` (``min(k, n) / n``).
+    """
     sim = np.asarray(sim, dtype=float)
     n_rows, n = sim.shape
     own = sim[np.arange(n_rows), own_index]

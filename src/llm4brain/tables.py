@@ -40,6 +40,23 @@ def read_tsv(
     ``int`` or ``str``); other columns are kept as text. A ``nullable`` column may say ``n/a`` (or be empty),
     which becomes NaN (numbers) or None (text); elsewhere a missing value is an error. Blank lines are
     skipped but counted, so row numbers are the file's line numbers.
+
+    Args:
+        path: the tab-separated file, UTF-8 (a byte-order mark is allowed) with a header on line 1.
+        columns: the required columns, each with its type; a column missing from the header is an error.
+        optional: columns typed like ``columns`` when the header has them; None = none.
+        nullable: the columns (required or optional) that may say ``n/a`` or be empty.
+
+    Returns:
+        The table without its blank lines: ``float`` columns as float64 (NaN for ``n/a``), ``int`` as int64
+            (nullable Int64 when one is ``n/a``), ``str`` as text (None for ``n/a``), the others as text;
+            ``attrs["rows"]`` holds each row's line in the file (:func:`row_of`).
+
+    Raises:
+        TableError: the file cannot be read, is not UTF-8 or is empty, its header repeats or lacks a column,
+            a row has more fields than the header, or a value is missing (outside ``nullable``) or not of its
+            column's type; the message names the file, the row and the column.
+        TypeError: a column's type is not ``float``, ``int`` or ``str``.
     """
     path = Path(path)
     optional = dict(optional or {})

@@ -91,7 +91,23 @@ def score_attributes(
     eval_paths: list[str | Path], scenes_tsv: str | Path, out_path: str | Path, heldout: list[str]
 ) -> None:
     """Write ``attributes.tsv``: one row per subject × source × attribute (every decoded file of a subject:
-    its main file and its ablated students')."""
+    its main file and its ablated students').
+
+    Args:
+        eval_paths: each subject's decoded captions (``results/r{seed}/eval/{subject}.h5``) and its ablated
+            students' files (sources ``fmri-{ablation}``).
+        scenes_tsv: the demo's scene ground truth (``{data.root}/scenes.tsv``: ``segment``, ``tr`` and one
+            column per attribute), with its sidecar ``scenes.json`` beside it listing each attribute's
+            ``Levels``.
+        out_path: ``attributes.tsv``, to write (``subject, heldout, source, attribute, n, accuracy, named,
+            chance``).
+        heldout: the replicate's held-out subjects, flagged in the ``heldout`` column.
+
+    Raises:
+        FileNotFoundError: ``scenes.json`` is not beside ``scenes_tsv``.
+        ValueError: a level belongs to two attributes, a column is missing, a value is not one of its
+            attribute's levels, a clip has two rows, or a decoded clip has no ground truth.
+    """
     scenes, levels = read_scenes(scenes_tsv)
     tables: dict[str, list[pd.DataFrame]] = {}
     for path in eval_paths:

@@ -69,7 +69,34 @@ def preprocess_new_run(
 ) -> tuple[np.ndarray, str, np.ndarray, float]:
     """A run's encoder inputs, cleaned as ``subject``'s training runs were: ``(n, window, *sample)`` float32
     windows of the volumes paired to the whole TRs of its stimulus, the stimulus' segment, those TRs, and
-    the TR in seconds. Separate from decoding so that a test can hold it against ``results/fmri``."""
+    the TR in seconds. Separate from decoding so that a test can hold it against ``results/fmri``.
+
+    Args:
+        subject: a subject the workflow preprocessed (``data.subjects``); its artifact gives the cleaning
+            params, the kept voxels, the space and the TR the run is read with.
+        bold: the run's 4-D BOLD image: a NIfTI on the grid and affine of the subject's training runs, or a
+            CIFTI ``*.dtseries.nii`` when those were CIFTI; its header TR must be the subject's.
+        events: the run's BIDS events TSV: one row, with ``onset`` and ``duration`` in seconds and a
+            ``segment`` (or ``stim_file``) column naming the stimulus shown.
+        results: the workflow's results folder, holding ``fmri/{subject}.h5`` (or ``r{seed}/fmri/`` in the
+            demo) and the replicates' trained models.
+        window: consecutive TR volumes per encoder sample (the student's ``encoder.window``).
+        replicate: the seed of the replicate whose artifacts are read (``results/r{seed}/``); None when
+            ``results`` holds one trained student.
+
+    Returns:
+        samples: ``(n, window, *sample)`` float32 windows, ``sample`` being the artifact's ``(X, Y, Z)`` grid
+            or its ``(V,)`` grayordinates, one per paired TR.
+        segment: the stimulus segment the run showed.
+        trs: the ``n`` whole TRs of the stimulus (clip indices) the windows are paired with.
+        tr: the repetition time in seconds.
+
+    Raises:
+        ArtifactError: the subject was never preprocessed, no trained student is found for ``replicate``, or
+            ``replicate`` is None while several replicates have one.
+        InputError: a malformed subject id or events table, or a run whose TR, grid or length does not fit
+            the subject's training runs.
+    """
     check_id(subject, "subject id")
     space, usable, params, tr = subject_preprocessing(Path(results), subject, replicate)
     run = read_run(Path(bold), Path(events))
@@ -111,7 +138,32 @@ def decode_run(
     """One caption per whole TR of the stimulus shown in the run: ``segment, tr, start, end, caption``, by
     the student of replicate ``replicate`` (its seed; None = the only one in ``results``).
 
-    ``start``/``end`` are seconds from the stimulus' first frame (clip ``tr`` spans ``[tr·TR, (tr+1)·TR)``).
+    Args:
+        subject: a subject the workflow preprocessed and trained or adapted on (``data.subjects``), whose
+            cleaning, kept voxels and TR the run is read with.
+        bold: the run's 4-D BOLD image: a NIfTI on the grid and affine of the subject's training runs, or a
+            CIFTI ``*.dtseries.nii`` when those were CIFTI; its header TR must be the subject's.
+        events: the run's BIDS events TSV: one row, with ``onset`` and ``duration`` in seconds and a
+            ``segment`` (or ``stim_file``) column naming the stimulus shown.
+        results: the workflow's results folder, holding ``fmri/{subject}.h5`` and each replicate's student
+            (``r{seed}/instruct/model``).
+        replicate: the seed of the replicate whose student decodes; None when ``results`` holds exactly one.
+        max_new_tokens: the longest caption generated, in tokens.
+        num_beams: beam search width; 1 decodes greedily.
+        batch_size: TRs captioned per ``generate`` call: memory, not the captions.
+
+    Returns:
+        One row per whole TR of the stimulus paired with a volume: ``segment``, ``tr`` (the clip's index in
+            the stimulus), ``start`` and ``end`` in seconds from the stimulus' first frame (clip ``tr`` spans
+            ``[tr·TR, (tr+1)·TR)``) and ``caption``.
+
+    Raises:
+        ArtifactError: the subject was never preprocessed, no trained student is found for ``replicate``, or
+            ``replicate`` is None while several replicates have one.
+        InputError: a malformed subject id or events table, or a run whose TR, grid or length does not fit
+            the subject's training runs.
+        ValueError: the student was trained on frozen latents (``instruct.input: latents``), which a new run
+            cannot give.
     """
     check_id(subject, "subject id")
     results = Path(results)
@@ -143,7 +195,13 @@ def srt_time(seconds: float) -> str:
 
 
 def write_srt(table: pd.DataFrame, path: str | Path) -> None:
-    """One numbered subtitle per TR, timed to the stimulus."""
+    """One numbered subtitle per TR, timed to the stimulus.
+
+    Args:
+        table: captions as :func:`decode_run` returns them (columns ``start`` and ``end`` in seconds, and
+            ``caption``), one subtitle per row in row order.
+        path: the SubRip (``.srt``) file to write; an existing one is replaced.
+    """
     blocks = [
         f"{i}\n{srt_time(row.start)} --> {srt_time(row.end)}\n{row.caption}\n"
         for i, row in enumerate(table.itertuples(), start=1)

@@ -140,7 +140,30 @@ def score_captions(
     :mod:`llm4brain.evaluate.summary` pools over replicates). Every
     reference of a clip in ``captions_path`` counts (several annotators or captioners). The subject × source
     groups are scored in ``workers`` processes (the bootstrap dominates); the results do not depend on how
-    many. BERTScore and embedding cosine (:mod:`llm4brain.evaluate.semantic`) run in this process."""
+    many. BERTScore and embedding cosine (:mod:`llm4brain.evaluate.semantic`) run in this process.
+
+    Args:
+        eval_paths: each subject's decoded captions (``results/r{seed}/eval/{subject}.h5``: sources ``fmri``,
+            ``video-teacher``, ``shuffled`` and ``nearest-train``) and its ablated students' files (sources
+            ``fmri-{ablation}``).
+        captions_path: the reference captions artifact (``results/text/captions.h5``).
+        out_path: ``metrics.tsv``, to write.
+        identification_path: ``identification.tsv``, to write.
+        tests_path: ``tests.tsv``, to write.
+        ablation_path: ``ablation.tsv``, to write.
+        heldout: the replicate's held-out subjects (``align.heldout``, or its turn under rotation), flagged in
+            every table's ``heldout`` column.
+        params: the ``evaluate`` config section, with ``bertscore.model`` and ``sentence_embedding.model``
+            resolved to local checkpoint directories (or null: the metric is ``unavailable``); reads
+            ``n_bootstrap``, ``n_permutations`` and ``device`` too.
+        seed: seeds the bootstrap resamples and the sign flips (the replicate's seed).
+        workers: processes that score the subject × source groups, and torch's CPU threads for the semantic
+            metrics.
+        per_clip_path: ``per_clip.tsv``, to write; None = not written.
+
+    Raises:
+        ArtifactError: a decoded file or the captions artifact is missing, of the wrong schema or empty.
+    """
     references = read_references(captions_path)
     spice = spice_status()
     if spice:

@@ -63,6 +63,17 @@ def paired_permutation(a: np.ndarray, b: np.ndarray, n_perm: int, seed: int, str
     whatever its number of clips (with equal numbers, the plain mean). Each pair's sign is flipped on its
     own: the clip is the unit, and the trained models are held fixed, so this p says how sure one can be
     of these models' difference, not of training's (:func:`replicate_sign_flip` says that).
+
+    Args:
+        a: per-clip scores of the captions tested (e.g. the fMRI captions' CIDEr), one per pair.
+        b: the scores they are compared with (shuffled fMRI, an ablated student), paired with ``a`` in order.
+        n_perm: random sign patterns drawn (``evaluate.n_permutations``); the smallest p-value is
+            ``1 / (n_perm + 1)``.
+        seed: seeds the sign patterns, so that a p-value can be reproduced.
+        strata: one label per pair (e.g. its replicate's seed), each stratum weighing the same; None = a single stratum.
+
+    Returns:
+        The p-value ``(1 + #{null means >= observed}) / (1 + n_perm)``.
     """
     d = np.asarray(a, float) - np.asarray(b, float)
     groups = [np.arange(len(d))] if strata is None else [np.flatnonzero(strata == s) for s in np.unique(strata)]
@@ -75,7 +86,18 @@ def paired_permutation(a: np.ndarray, b: np.ndarray, n_perm: int, seed: int, str
 def replicate_sign_flip(differences: np.ndarray) -> float:
     """One-sided p-value that the mean of per-replicate differences (one per trained model pair) exceeds
     zero: the exact sign-flip test over the 2^R sign patterns of the R replicates, the replicate as the unit.
-    Its smallest value is 2^-R (five positive replicates: 1/32)."""
+    Its smallest value is 2^-R (five positive replicates: 1/32).
+
+    Args:
+        differences: one mean per-clip difference per replicate (e.g. fMRI minus shuffled fMRI CIDEr), 1 to
+            20 of them.
+
+    Returns:
+        The share of the 2^R sign patterns whose mean is at least the observed one.
+
+    Raises:
+        ValueError: no difference, or more than 20 (every one of the 2^R sign patterns is enumerated).
+    """
     d = np.asarray(differences, float)
     if not 0 < len(d) <= 20:
         raise ValueError(f"an exact sign flip over {len(d)} replicates: give 1 to 20")
@@ -140,10 +162,24 @@ def caption_identification(
     """Is each decoded caption closest (``metric`` against all of a clip's references) to its own clip among
     all distinct clips? (n-way identification, Horikawa 2025: its own clip against the n - 1 others.)
 
-    Captions and references are PTB-tokenized strings; ``candidates[i]`` belongs to the clip whose
-    references are ``references[i]``. Returns top-k accuracies next to chance (k / n, n = distinct clips);
-    a caption that scores the same against several clips is ranked among them at random (in expectation),
-    so a caption that matches nothing scores chance, not a hit.
+    A caption that scores the same against several clips is ranked among them at random (in expectation), so
+    a caption that matches nothing scores chance, not a hit.
+
+    Args:
+        candidates: the decoded captions, PTB-tokenized, one per row.
+        references: each row's clip's reference captions, PTB-tokenized; ``candidates[i]`` belongs to the
+            clip whose references are ``references[i]``, and rows with the same references are one clip.
+        ks: the k of each top-k accuracy.
+        metric: ``CIDEr-D`` (with the distinct clips' document frequencies), ``BLEU-4`` (sentence level) or
+            ``ROUGE-L``.
+
+    Returns:
+        ``n_way`` (n, the distinct clips); for each k, ``top{k}`` and its chance ``chance_top{k}``
+            (``min(k, n) / n``); ``pairwise`` (2-way accuracy against every other clip, a tie counting one
+            half) and its chance ``chance_pairwise`` (0.5).
+
+    Raises:
+        ValueError: ``metric`` is not one of ``IDENTIFICATION_METRICS``.
     """
     pool, own = reference_pool(references)
     return identification(coco_similarity(metric, candidates, pool), own, ks)

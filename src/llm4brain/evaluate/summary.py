@@ -138,7 +138,23 @@ def summarize_replicates(
     tests_path: str | Path,
 ) -> None:
     """Write ``summary.tsv`` (:func:`summarize`) and ``pooled_tests.tsv`` (:func:`pooled_tests`) from each
-    replicate's ``metrics.tsv`` and ``per_clip.tsv`` (in ``replicates`` order)."""
+    replicate's ``metrics.tsv`` and ``per_clip.tsv`` (in ``replicates`` order).
+
+    Args:
+        metrics_paths: each replicate's ``results/r{seed}/eval/metrics.tsv``, in ``replicates`` order.
+        per_clip_paths: each replicate's ``results/r{seed}/eval/per_clip.tsv``, in ``replicates`` order.
+        replicates: the replicates' seeds (the config's ``replicates``), which name the ``r{seed}`` columns.
+        params: the ``evaluate`` config section; reads ``n_permutations``.
+        seed: seeds the clip-level sign flips (the config's ``seed``).
+        summary_path: ``summary.tsv``, to write.
+        tests_path: ``pooled_tests.tsv``, to write.
+
+    Raises:
+        TableError: a table is unreadable or lacks its ``subject``, ``heldout``, ``source`` (or, per clip,
+            ``segment``) column.
+        ValueError: the path lists do not give one table per replicate, or there are more than 20 replicates
+            (the exact sign flip enumerates 2^R patterns).
+    """
     metrics = read_replicates(dict(zip(replicates, metrics_paths, strict=True)))
     per_clip = read_replicates(dict(zip(replicates, per_clip_paths, strict=True)), extra=("segment",))
     per_clip["tr"] = per_clip["tr"].astype(int)

@@ -42,10 +42,31 @@ def preprocess_collection_subject(
 ) -> None:
     """Clean every run of one collection subject and write its volumes as ``train`` samples, atomically.
 
-    ``runs`` maps run names to files (from :func:`llm4brain.fmri.discover.discover`); ``params`` holds the
-    fMRI cleaning keys (``fmri`` section) with the collection's own ``trim`` and ``confounds``; ``layout`` is
-    the task's data layout (it names the space). ``qc_path`` gets one row per run: ``ok`` or ``skipped``
-    with the reason.
+    Args:
+        collection: the collection's name (its ``scmbm.collections`` entry's ``name``), recorded in the
+            artifact and the QC rows.
+        subject: the subject's folder name in the collection (``sub-01``, ``100307``).
+        runs: run name → file, the subject's runs (from :func:`llm4brain.fmri.discover.discover`); the name
+            keys each volume's sample ``(run name, volume index)``.
+        mask_path: the task's ROI mask NIfTI, onto whose grid volume runs are resampled; None when the
+            task's runs are CIFTI (the samples are then the task's grayordinates).
+        out_path: the samples artifact to write (``results/collections/{name}/{subject}.h5``); it appears
+            only once complete.
+        qc_path: the TSV to write, one row per run (``collection, subject, run, file, status, volumes,
+            reason``): ``ok``, or ``skipped`` with the reason.
+        tr: the collection's repetition time in seconds (its ``tr``, else ``data.tr``); every run's header
+            TR is checked against it.
+        params: the cleaning keys of the ``fmri`` section (``detrend_order``, ``high_pass``, ``zscore``,
+            ``mask_labels``, ``cifti_structures``) with the collection's own ``trim`` and ``confounds``.
+        layout: the task's ``data.layout``, ``data.bids`` and ``data.wen2018`` entries, which name the
+            samples' space in the artifact.
+        on_bad_run: ``error`` stops at the first run that cannot be used; ``skip`` leaves it out and records
+            why in the QC table.
+
+    Raises:
+        ValueError: ``on_bad_run`` is neither ``error`` nor ``skip``.
+        InputError: a malformed subject id, no runs, a run that cannot be used (when ``on_bad_run`` is
+            ``error``), or no voxel usable in every kept run.
     """
     check_id(subject, f"collection {collection}: subject id")
     if on_bad_run not in ("error", "skip"):

@@ -96,7 +96,25 @@ def unique(subject_dir: Path, runs: dict[str, list[Path]], narrow: str) -> dict[
 def discover(collection: dict[str, Any], kind: str) -> dict[str, dict[str, Path]]:
     """``subject → {run name → file}`` of one ``scmbm.collections`` entry, runs of ``kind`` (the task's:
     ``cifti`` grayordinates or ``volume``). Subjects listed by name must have runs; with ``all``, subjects
-    without a matching run are left out. No run at all is an error."""
+    without a matching run are left out. No run at all is an error.
+
+    Args:
+        collection: one ``scmbm.collections`` entry, its defaults filled in: ``name``, ``root`` (the
+            collection's folder), ``layout`` (``bids``, ``fmriprep`` or ``hcp``), ``subjects`` (a list of
+            subject folders, or ``all``) and ``filters`` (globs on ``task``, ``space``, ``desc`` and ``run``;
+            None = any).
+        kind: the kind of the task's runs, ``cifti`` or ``volume``: only runs of that kind are taken, so
+            the collection's samples are in the task's space.
+
+    Returns:
+        ``subject → {run name → file}`` for every subject with a matching run (in the order listed, or of
+            ``participants.tsv`` or the folder names), each subject's runs sorted by name.
+
+    Raises:
+        InputError: ``root`` is not a folder, a subject id has other characters than letters, digits, ``-``
+            and ``_``, a listed subject has no matching run, a run name matches two files, or no run matches
+            at all.
+    """
     root, layout = Path(collection["root"]), collection["layout"]
     if not root.is_dir():
         raise InputError(f"collection {collection['name']}: root {root} is not a folder")

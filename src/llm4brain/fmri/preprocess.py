@@ -105,7 +105,25 @@ def clean_run(
     """Clean one run's (T, V) float32 series in place: nuisance-regress (polynomial of ``detrend_order``,
     cosine drifts below ``high_pass`` Hz, confounds) and z-score, in one float64 pass over blocks of voxels.
     Returns the usable voxels (finite and not constant; unusable ones are zeroed, never divided by) and
-    each voxel's temporal SNR before cleaning (mean / standard deviation over time)."""
+    each voxel's temporal SNR before cleaning (mean / standard deviation over time).
+
+    Args:
+        series: the run's kept volumes, (T, V) float32 (time points × voxels or grayordinates); overwritten
+            with the cleaned series.
+        params: the ``fmri`` config section; reads ``detrend_order``, ``high_pass`` (Hz, or None for no
+            cosine drifts) and ``zscore``.
+        tr: the repetition time in seconds, which spaces the cosine drift regressors.
+        confounds: (T, C) regressors (fMRIPrep confounds, the ``fmri.confounds`` columns) standardised and
+            regressed out with the trends; None for none.
+
+    Returns:
+        usable: (V,) bool, the voxels that are finite and not constant in this run.
+        tsnr: (V,) float64 temporal SNR of each voxel before cleaning (0 where it is not finite or
+            does not vary).
+
+    Raises:
+        ValueError: the run has fewer time points than nuisance regressors.
+    """
     extra = [] if confounds is None else [(confounds - confounds.mean(0)) / (confounds.std(0) + 1e-8)]
     if params["high_pass"]:
         extra.append(cosine_drift(series.shape[0], tr, params["high_pass"]))
@@ -221,8 +239,28 @@ def preprocess_subject(
 ) -> None:
     """Preprocess every run of ``subject`` and write the per-split samples atomically.
 
-    ``params`` is the ``fmri`` config section; ``layout`` the data section's ``layout``, ``bids`` and
-    ``wen2018`` entries (default: BIDS-like, as the demo writes).
+    Args:
+        subject: the subject's id (a ``data.subjects`` entry), recorded in the artifact; letters, digits,
+            ``-`` and ``_`` only.
+        subject_dir: the subject's raw folder (``{data.root}/{subject}``): BIDS ``[ses-*/]func/*_bold.nii[.gz]``
+            (or ``*_bold.dtseries.nii``) runs with their ``*_events.tsv``, or the Wen 2018 release's
+            ``fmri/{segment}/`` folders.
+        mask_path: the ROI mask NIfTI (``data.mask``) that NIfTI runs are read through; None for CIFTI runs,
+            whose grayordinates ``fmri.cifti_structures`` selects.
+        out_path: the artifact to write (``results/fmri/{subject}.h5``); it appears only once complete.
+        segments: the segments the subject watched, by split: ``{"train": [...], "test": [...]}``
+            (``data.segments``, or the subject's ``subject_train`` list); every run's segment must be
+            listed, and every listed segment needs a run.
+        tr: the repetition time in seconds (``data.tr``); every run's header TR is checked against it.
+        params: the ``fmri`` config section (trim, detrend, high-pass, confounds, z-score, HRF lag, repeat
+            averaging, reliability selection), its defaults filled in.
+        layout: the data section's ``layout``, ``bids`` and ``wen2018`` entries, which say where the runs and
+            events tables are and which runs count; None = BIDS-like with no entity filter, as the demo
+            writes.
+
+    Raises:
+        InputError: a run of an unlisted segment or a listed segment without a run, a header TR or grid
+            that differs, a run too short for its trim or its segment, or no usable voxel left.
     """
     check_id(subject, "subject id")
     subject_dir, out_path = Path(subject_dir), Path(out_path)

@@ -106,7 +106,21 @@ def save_student(
 def load_student(
     directory: str | Path, teacher_dir: str | Path, device: torch.device = torch.device("cpu")
 ) -> FmriStudent:
-    """Rebuild the student on top of the teacher's files, on ``device`` (frozen, eval mode)."""
+    """Rebuild the student on top of the teacher's files, on ``device`` (frozen, eval mode).
+
+    Args:
+        directory: the student's model folder (``results/r{seed}/instruct/model``, written by rule
+            ``instruct_llm``): its ``config.json``, ``projection.safetensors``, the tuned LLM or its LoRA
+            adapter and, for an end-to-end student, ``aligner/``.
+        teacher_dir: the teacher the student was trained on (``results/video_llm`` or
+            ``results/r{seed}/video_llm``; the student's ``config.json`` names it), whose tokenizer, LLM and
+            Q-Former it is built on.
+        device: the device the student is loaded on.
+
+    Returns:
+        The student; its ``input_kind`` says whether it reads fMRI windows through its aligner (``encoder``)
+            or the align stage's frozen tokens (``latents``).
+    """
     directory = Path(directory)
     params = json.loads((directory / "config.json").read_text())["instruct"]
     llm = params["llm"]

@@ -139,8 +139,24 @@ def load_teacher(
     or one ``import_video_llm`` wrote, whose ``config.json`` names a local checkpoint
     (``models.instructblip_video``).
 
-    ``llm_dir`` swaps in another LLM of the same architecture (the fMRI student's fully tuned copy);
-    ``quantization`` (``none``, ``8bit``, ``4bit``) loads the LLM through bitsandbytes.
+    Args:
+        directory: the teacher's folder (``results/video_llm`` or ``results/r{seed}/video_llm``) with its
+            ``config.json``.
+        device: the device the Q-Former and the captioner are loaded on (a ``torch.device`` or its name).
+        llm_dir: another LLM of the same architecture to load instead of the teacher's (the fMRI student's
+            fully tuned copy); None = the teacher's own.
+        quantization: ``none``, ``8bit`` or ``4bit``: load the LLM through bitsandbytes in that precision
+            (``instruct.llm.quantization``), to fit a smaller GPU.
+
+    Returns:
+        qformer: the video Q-Former, clip tokens (B, F, T, D) → the video tokens the LLM reads.
+        captioner: the projection and LLM, with the tokenizer and the instruction template, that caption
+            video tokens.
+        settings: the folder's ``config.json``: the template, prompt and ``max_caption_tokens`` (and, for an
+            imported teacher, the checkpoint it points to and the LLM's ``dtype``).
+
+    Raises:
+        FileNotFoundError: ``directory`` holds no ``config.json``.
     """
     directory = Path(directory)
     config_path = directory / "config.json"

@@ -91,7 +91,25 @@ def cache_features(
     batch (a segment's ViT-g tokens would take gigabytes held whole) into the artifact's resumable copy at
     ``checkpoint.path`` (default: ``.resume/`` beside ``out_path``): a rerun after a kill computes only the
     clips not yet recorded there (every ``RECORD_SECONDS``). ``video.workers`` DataLoader processes read and
-    normalise frames while the model runs (0: a thread of this process)."""
+    normalise frames while the model runs (0: a thread of this process).
+
+    Args:
+        frames_path: the segment's frames artifact (``results/frames/{segment}.h5``, from
+            :func:`llm4brain.video.frames.extract_frames`).
+        out_path: the features artifact to write (``results/features/{segment}.h5``); it appears only once
+            complete.
+        params: the ``video`` config section; reads ``model`` (``source``, ``name``, ``weights``,
+            ``kwargs``), ``cache``, ``batch_size``, ``workers`` and ``device``.
+        seed: seeds the network's random initialisation when ``video.model.weights`` is null (the demo), so
+            every segment's job builds the same one; the workflow passes ``seed`` (the replicate's in the demo).
+        checkpoint: where the resumable copy is kept and the job it belongs to (the workflow's is named by
+            rule and segment); None = ``.resume/cache_features_{segment}.h5`` beside ``out_path``, resumed
+            only for the same frames file, weights file, ``params``, ``seed`` and device type.
+
+    Raises:
+        ArtifactError: ``frames_path`` is not a frames artifact with ``frames`` and ``tr`` datasets.
+        ValueError: the frames are not the model's input size (extracted for another model).
+    """
     import torch
 
     torch.set_num_threads(1)

@@ -32,7 +32,24 @@ def extract_frames(
 ) -> None:
     """Write ``/frames`` uint8 (n_tr, F, h, w, 3), resized and cropped for the vision model, and ``/tr`` for
     every whole TR the video covers. ``input_config`` is the vision model's (``preprocessing.read_config``);
-    ``threads`` resize while decoding goes on."""
+    ``threads`` resize while decoding goes on.
+
+    Args:
+        video_path: the stimulus video (``{data.stimuli}/{segment}.mp4``); its file name's stem names the
+            segment.
+        out_path: the frames artifact to write (``results/frames/{segment}.h5``); it appears only once
+            complete.
+        tr: the repetition time in seconds (``data.tr``): one clip of F frames per whole TR the video covers.
+        params: the ``video`` config section; reads ``reader``, ``frames_per_tr`` and ``fps`` (F per TR).
+        input_config: the vision model's timm data config (``input_size`` as ``(3, h, w)``, ``crop_pct``,
+            ``interpolation``), as ``preprocessing.read_config`` reads ``results/features/vision_input.json``.
+        threads: threads that resize decoded frames to the model's input while decoding goes on
+            (``video.extract_threads``).
+
+    Raises:
+        VideoError: the video cannot be opened or decoded, or is shorter than one TR.
+        ValueError: ``video.fps`` × ``tr`` is not a whole number of frames.
+    """
     info = probe(video_path, params["reader"])
     n_tr = int(np.floor(info.end / tr + 1e-6))
     if n_tr == 0:
