@@ -20,6 +20,8 @@ report: "report/workflow.rst"
 
 
 include: "rules/common.smk"
+include: "rules/ablations.smk"
+include: "rules/inputs.smk"
 include: "rules/collections.smk"
 include: "rules/demo.smk"
 include: "rules/fmri.smk"
