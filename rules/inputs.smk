@@ -54,13 +54,16 @@ def fmri_files(wildcards=None):
     return [f"{DATA_RUN}/fmri/{subject}.h5" for subject in SUBJECTS]
 
 
+def labelled(replicate):
+    """The subjects whose labels a replicate uses (the nearest-train pool)."""
+    return [subject for subject in SUBJECTS if subject not in heldout(replicate)]
+
+
 def labelled_files(stage):
-    """An input function: ``{stage}/{subject}.h5`` of the subjects whose labels the job's replicate uses (the
-    nearest-train pool)."""
+    """An input function: ``{stage}/{subject}.h5`` of the job's replicate's labelled subjects."""
     return lambda wildcards: [
         f"{stage}/{subject}.h5".format(replicate=wildcards.replicate)
-        for subject in SUBJECTS
-        if subject not in heldout(wildcards.replicate)
+        for subject in labelled(wildcards.replicate)
     ]
 
 
@@ -127,9 +130,7 @@ def subject_fmri(wildcards, subject):
 def labelled_fmri(wildcards):
     """The labelled subjects' fMRI as the job's aligner reads it (the nearest-train pool)."""
     return [
-        subject_fmri(wildcards, subject)
-        for subject in SUBJECTS
-        if subject not in heldout(wildcards.replicate)
+        subject_fmri(wildcards, subject) for subject in labelled(wildcards.replicate)
     ]
 
 
