@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from llm4brain.instruct.student import load_student, read_inputs
+from llm4brain.instruct.student import load_student, student_inputs
 from llm4brain.models.captioner import generate_captions
 
 SETTINGS = {"max_new_tokens": 24, "num_beams": 1, "repetition_penalty": 1.0}
@@ -40,14 +40,14 @@ def main() -> None:
     if not (results / "instruct" / "model").is_dir():
         raise SystemExit(f"{results}/instruct/model: no trained student; run `make demo` first")
     student = load_student(results / "instruct" / "model", results / "video_llm")
-    inputs, _ = read_inputs(
+    inputs, _ = student_inputs(
         student.input_kind,
-        str(results / "fmri" / f"{args.subject}.h5"),
-        str(results / "align" / f"{args.subject}.h5"),
+        [str(results / "fmri" / f"{args.subject}.h5")],
+        [str(results / "align" / f"{args.subject}.h5")],
         "test",
         student.window,
     )
-    tokens = student.encode(inputs)
+    tokens = torch.cat([student.encode(batch) for batch in inputs.batches(128)])
     rate(student.captioner, tokens[:4], 4)  # warm-up
     batched, batched_captions = rate(student.captioner, tokens, 64)
     single, single_captions = rate(student.captioner, tokens, 1)

@@ -208,7 +208,7 @@ def test_missing_vision_checkpoint(workflow_copy):
 def test_stimulus_shorter_than_its_runs():
     from llm4brain.artifacts import check_coverage
 
-    features = {"seg01": np.zeros((5, 2, 3, 4), np.float16)}
+    features = {"seg01": 5}  # TRs cached
     check_coverage(features, [("seg01", 0), ("seg01", 4)], "results/fmri/sub-01.h5")
     with pytest.raises(ArtifactError, match=r"sub-01\.h5: pairs segment 'seg01' up to TR 7, but its stimulus covers 5"):
         check_coverage(features, [("seg01", 7)], "results/fmri/sub-01.h5")

@@ -356,6 +356,42 @@ def write_features(path: Path, segment: str, n_tr: int, seed: int) -> str:
     return str(path)
 
 
+def test_sample_rows_read_a_batch_as_the_split_in_memory_gives_it(tmp_path):
+    """Random batches (repeats, any order, two files) read from disk equal the same samples taken from every
+    window in memory: what instruct_llm and decoding read instead of holding the data."""
+    from llm4brain.fmri.stream import SampleRows
+
+    layouts = [runs(["a", "b"], 7, repeats=2), runs(["b"], 4, repeats=3)]  # runs end at different rows
+    paths = [write_fmri(tmp_path / f"s{i}.h5", layout, None, seed=i) for i, layout in enumerate(layouts)]
+    files = open_splits([str(p) for p in paths])
+    keys = [list(zip(*layout, strict=True)) for layout in layouts]
+    memory = np.concatenate([windows(load_bold(p), k, 3) for p, k in zip(paths, keys, strict=True)])
+    file_index = np.repeat([0, 1], [f.n_rows for f in files])
+    rows = np.concatenate([np.arange(f.n_rows) for f in files])
+    samples = SampleRows(files, file_index, rows, 3)
+    pick = np.random.default_rng(0).integers(0, len(samples), 40)
+    np.testing.assert_array_equal(samples.take(pick).numpy(), memory[pick])
+    np.testing.assert_array_equal(torch.cat(list(samples.batches(5))).numpy(), memory)
+    assert SampleRows(files, file_index, rows, None).take(pick).shape == (40, *GRID)  # tokens: no window axis
+
+
+def test_feature_files_read_clips_in_the_order_asked(tmp_path):
+    """Clips of several segments, out of order and repeated, equal the tokens in memory; the files are only
+    opened, not held; a TR past a segment's end is named."""
+    from llm4brain.artifacts import FeatureFiles
+
+    paths = [write_features(tmp_path / f"{s}.h5", s, 6, seed=i) for i, s in enumerate(["a", "b"])]
+    features = FeatureFiles(paths)
+    assert features.n_tr == {"a": 6, "b": 6} and features.clip_shape == (2, 5, 16)
+    memory = {s: np.random.default_rng(i).standard_normal((6, 2, 5, 16)).astype(np.float16) for i, s in enumerate("ab")}
+    keys = [("b", 3), ("a", 5), ("b", 0), ("a", 5), ("a", 1)]
+    np.testing.assert_array_equal(features.clips(keys), np.stack([memory[s][t] for s, t in keys]))
+    with pytest.raises(ArtifactError, match=r"b\.h5: no TR 6 in 6 cached TRs"):
+        features.clips([("b", 6)])
+    with pytest.raises(ArtifactError, match="no cached features for segment 'c'"):
+        features.clips([("c", 0)])
+
+
 SUBJECTS = ["sub-01", "sub-02", "sub-03"]
 
 

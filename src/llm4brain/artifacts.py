@@ -207,48 +207,71 @@ def read_captions(path: str | os.PathLike) -> dict[tuple[str, int], str]:
     return {key: refs[0] for key, refs in read_references(path).items()}
 
 
-def read_features(paths: Sequence[str | os.PathLike]) -> dict[str, np.ndarray]:
-    """``segment → tokens`` (n_tr, F, T, D) float16 from ``results/features/{segment}.h5`` files.
+class FeatureFiles:
+    """``segment → cached vision tokens`` (n_tr, F, T, D) in ``results/features/{segment}.h5`` files, left on
+    disk: only each file's path and length are held, and clips are read when asked for, so the video tokens of
+    a whole dataset (13 GB at Wen 2018 size with ViT-B/16) need not fit in memory.
 
     Args:
-        paths: the features artifacts to read, one per segment (``results/features/{segment}.h5``).
-
-    Returns:
-        ``segment → tokens``, (n_tr, F, T, D) float16 in memory: TR clips, frames per clip, tokens per frame
-            and token width, the same F, T and D for every segment.
+        paths: the features artifacts, one per segment.
 
     Raises:
         ArtifactError: a file is not a features artifact, its tokens are not 4-D, or their per-clip shape
             differs from another segment's.
     """
-    features: dict[str, np.ndarray] = {}
-    shape = None
-    for path in paths:
-        with open_artifact(path, "features", ("tokens", "tr")) as f:
-            tokens = f["tokens"][:]
-            segment = str(f.attrs["segment"])
-        if tokens.ndim != 4:
-            raise ArtifactError(f"{path}: tokens must be (n_tr, F, T, D), got {tokens.shape}")
-        if shape is not None and tokens.shape[1:] != shape:
-            raise ArtifactError(f"{path}: tokens {tokens.shape[1:]} per clip differ from other segments' {shape}")
-        shape = tokens.shape[1:]
-        features[segment] = tokens
-    return features
+
+    def __init__(self, paths: Sequence[str | os.PathLike]) -> None:
+        self.paths: dict[str, str] = {}
+        self.n_tr: dict[str, int] = {}
+        shape: tuple[int, ...] | None = None
+        for path in paths:
+            with open_artifact(path, "features", ("tokens", "tr")) as f:
+                tokens, segment = f["tokens"], str(f.attrs["segment"])
+                if tokens.ndim != 4:
+                    raise ArtifactError(f"{path}: tokens must be (n_tr, F, T, D), got {tokens.shape}")
+                if shape is not None and tokens.shape[1:] != shape:
+                    raise ArtifactError(
+                        f"{path}: tokens {tokens.shape[1:]} per clip differ from other segments' {shape}"
+                    )
+                shape, self.dtype = tokens.shape[1:], tokens.dtype
+                self.paths[segment], self.n_tr[segment] = str(path), len(tokens)
+        self.clip_shape: tuple[int, ...] = shape or ()
+
+    def __contains__(self, segment: object) -> bool:
+        return segment in self.paths
+
+    def clips(self, keys: Sequence[tuple[str, int]]) -> np.ndarray:
+        """(n, F, T, D) tokens of each ``(segment, tr)`` of ``keys``, in their order: each segment's file is
+        opened once and its distinct TRs read in increasing order."""
+        out = np.empty((len(keys), *self.clip_shape), self.dtype)
+        positions: dict[str, list[int]] = {}
+        for i, (segment, _) in enumerate(keys):
+            positions.setdefault(segment, []).append(i)
+        for segment, mine in positions.items():
+            if segment not in self.paths:
+                raise ArtifactError(f"no cached features for segment {segment!r} (cached: {sorted(self.paths)})")
+            trs, inverse = np.unique([keys[i][1] for i in mine], return_inverse=True)
+            if trs[0] < 0 or trs[-1] >= self.n_tr[segment]:
+                raise ArtifactError(f"{self.paths[segment]}: no TR {trs[-1]} in {self.n_tr[segment]} cached TRs")
+            with open_artifact(self.paths[segment], "features", ("tokens",)) as f:
+                out[mine] = f["tokens"][trs][inverse]
+        return out
 
 
-def check_coverage(features: dict[str, np.ndarray], keys: list[tuple[str, int]], fmri_path: str | os.PathLike) -> None:
-    """Every ``(segment, tr)`` the fMRI pairs must have cached video: a stimulus shorter than its runs (or
-    the wrong file) is named here rather than surfacing as an index error in training."""
+def check_coverage(n_tr: Mapping[str, int], keys: list[tuple[str, int]], fmri_path: str | os.PathLike) -> None:
+    """Every ``(segment, tr)`` the fMRI pairs must have cached video (``n_tr``: TRs cached per segment, e.g.
+    :attr:`FeatureFiles.n_tr`): a stimulus shorter than its runs (or the wrong file) is named here rather than
+    surfacing as an index error in training."""
     last: dict[str, int] = {}
     for segment, tr in keys:
         last[segment] = max(last.get(segment, -1), int(tr))
     for segment, tr in sorted(last.items()):
-        if segment not in features:
+        if segment not in n_tr:
             raise ArtifactError(f"{fmri_path}: no cached features for segment {segment!r}")
-        if tr >= len(features[segment]):
+        if tr >= n_tr[segment]:
             raise ArtifactError(
                 f"{fmri_path}: pairs segment {segment!r} up to TR {tr}, but its stimulus covers "
-                f"{len(features[segment])} TRs: the video is shorter than its runs' events say"
+                f"{n_tr[segment]} TRs: the video is shorter than its runs' events say"
             )
 
 

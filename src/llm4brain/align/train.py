@@ -26,7 +26,7 @@ from llm4brain.align.objective import (
     uses_heldout_fmri,
 )
 from llm4brain.artifacts import (
-    ArtifactError,
+    FeatureFiles,
     atomic_h5,
     atomic_path,
     check_coverage,
@@ -44,7 +44,7 @@ from llm4brain.fmri.stream import (
     open_splits,
     row_stream,
 )
-from llm4brain.models.video_llm import load_video_qformer
+from llm4brain.models.video_llm import encode_clips, load_video_qformer
 from llm4brain.ranking import topk_accuracy, topk_hits
 from llm4brain.resume import Checkpoint
 from llm4brain.runtime import LOG, seed_everything, select_device
@@ -90,39 +90,19 @@ def identification(
     return out
 
 
-def feature_files(paths: Sequence[str]) -> dict[str, tuple[str, int]]:
-    """``segment → (features file, n_tr)``, checking every file's tokens are (n_tr, F, T, D) of one shape;
-    the tokens stay on disk."""
-    index, shape = {}, None
-    for path in paths:
-        with open_artifact(path, "features", ("tokens", "tr")) as f:
-            tokens, segment = f["tokens"], str(f.attrs["segment"])
-            if tokens.ndim != 4:
-                raise ArtifactError(f"{path}: tokens must be (n_tr, F, T, D), got {tokens.shape}")
-            if shape is not None and tokens.shape[1:] != shape:
-                raise ArtifactError(f"{path}: tokens {tokens.shape[1:]} per clip differ from other segments' {shape}")
-            shape, index[segment] = tokens.shape[1:], (str(path), len(tokens))
-    return index
-
-
 def encode_targets(
-    qformer: torch.nn.Module, features: dict[str, tuple[str, int]], keys: list[tuple[str, int]], batch_size: int = 128
+    qformer: VideoQFormer | InstructionQFormer,
+    features: FeatureFiles,
+    keys: list[tuple[str, int]],
+    batch_size: int = 128,
 ) -> torch.Tensor:
-    """The video tokens (n, Q, H) of each ``(segment, tr)`` clip in ``keys``, on the CPU in float32: cached
-    vision tokens are read ``batch_size`` clips at a time, one segment's file after another."""
-    device = next(qformer.parameters()).device
+    """The video tokens (n, Q, H) of each ``(segment, tr)`` clip in ``keys``, on the CPU in float32, encoded
+    one segment after another (``batch_size`` clips of one file at a time)."""
     order = sorted(range(len(keys)), key=keys.__getitem__)
-    parts = []
-    with torch.no_grad():
-        for segment in dict.fromkeys(keys[i][0] for i in order):
-            mine = [i for i in order if keys[i][0] == segment]
-            with open_artifact(features[segment][0], "features", ("tokens",)) as f:
-                for start in range(0, len(mine), batch_size):
-                    trs, inverse = np.unique(
-                        [keys[i][1] for i in mine[start : start + batch_size]], return_inverse=True
-                    )
-                    clips = f["tokens"][trs][inverse].astype(np.float32)
-                    parts.append(qformer(torch.from_numpy(clips).to(device)).float().cpu())
+    parts = [
+        encode_clips(qformer, features, [keys[i] for i in order if keys[i][0] == segment], batch_size)
+        for segment in dict.fromkeys(keys[i][0] for i in order)
+    ]
     return torch.cat(parts)[torch.from_numpy(np.argsort(order))]
 
 
@@ -147,7 +127,7 @@ class AlignmentData:
 
 def alignment_data(
     fmri_paths: Sequence[str],
-    features: dict[str, tuple[str, int]],
+    features: FeatureFiles,
     subjects: list[str],
     heldout: set[str],
     val_fraction: float,
@@ -155,13 +135,12 @@ def alignment_data(
 ) -> AlignmentData:
     """Open every subject's training split, check its clips against the stimulus features, and draw the whole
     clips validated on (with ``generator``, for every labelled subject alike)."""
-    lengths = {segment: np.empty((n_tr, 0)) for segment, (_, n_tr) in features.items()}  # all check_coverage reads
     files = dict(zip(subjects, open_splits(list(fmri_paths), "train"), strict=True))
     keys = {}
     for s, path in zip(subjects, fmri_paths, strict=True):
         for split in SPLITS:
             keys[s, split] = split_keys(path, split)
-            check_coverage(lengths, keys[s, split], path)
+            check_coverage(features.n_tr, keys[s, split], path)
     labelled = [s for s in subjects if s not in heldout]
     rows_of: dict[str, dict[tuple[str, int], list[int]]] = {s: defaultdict(list) for s in labelled}
     for s in labelled:
@@ -257,7 +236,7 @@ def pretrain_adaptor(
     seed_everything(seed + SeedOffset.ALIGN, train_params["threads"])
     device = select_device(train_params["device"])
     qformer = load_video_qformer(teacher_dir).to(device)  # the teacher's LLM is not needed here
-    features, heldout = feature_files(feature_paths), set(params["heldout"])
+    features, heldout = FeatureFiles(feature_paths), set(params["heldout"])
     generator = torch.Generator().manual_seed(seed + SeedOffset.ALIGN_BATCHES)
     data = alignment_data(fmri_paths, features, subjects, heldout, train_params["val_fraction"], generator)
     aligner, history = train_aligner(
@@ -298,7 +277,7 @@ def train_aligner(
     *,
     data: AlignmentData,
     qformer: VideoQFormer | InstructionQFormer,
-    features: dict[str, tuple[str, int]],
+    features: FeatureFiles,
     encoder_params: dict[str, Any],
     params: dict[str, Any],
     seed: int,
@@ -368,8 +347,8 @@ def step_loss(
 def write_latents(
     *,
     model: BrainAligner,
-    qformer: torch.nn.Module,
-    features: dict[str, tuple[str, int]],
+    qformer: VideoQFormer | InstructionQFormer,
+    features: FeatureFiles,
     fmri_paths: Sequence[str],
     keys: dict[tuple[str, str], list[tuple[str, int]]],
     subjects: list[str],

@@ -14,6 +14,7 @@ one loss term off (``no_domain_adaptation``, for the held-out subjects), or trai
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,21 +22,32 @@ import h5py
 import numpy as np
 import torch
 
-from llm4brain.artifacts import atomic_h5, read_captions, read_features, set_attrs, write_keys, write_strings
-from llm4brain.instruct.student import load_student, read_inputs
+from llm4brain.artifacts import FeatureFiles, atomic_h5, read_captions, set_attrs, write_keys, write_strings
+from llm4brain.fmri.stream import SampleRows
+from llm4brain.instruct.student import FmriStudent, load_student, student_inputs
 from llm4brain.models.captioner import generate_captions
 from llm4brain.models.video_llm import encode_clips, load_teacher
 from llm4brain.runtime import LOG, seed_everything, select_device
 from llm4brain.seeds import SeedOffset
 
 
+def pooled(tokens: torch.Tensor) -> torch.Tensor:
+    """(n, Q, H) tokens → (n, H): each sample's tokens averaged, unit length (what retrieval compares)."""
+    return torch.nn.functional.normalize(tokens.mean(1), dim=-1)
+
+
 def nearest_captions(
     query: torch.Tensor, pool: torch.Tensor, pool_keys: list[tuple[str, int]], captions: dict[tuple[str, int], str]
 ) -> list[str]:
-    """Caption of the pool sample whose pooled tokens are most similar (cosine) to each query's."""
-    q = torch.nn.functional.normalize(query.mean(1), dim=-1)
-    p = torch.nn.functional.normalize(pool.mean(1), dim=-1)
-    return [captions[pool_keys[i]] for i in (q @ p.T).argmax(1).tolist()]
+    """Caption of the pool sample whose pooled tokens (``pool``, from :func:`pooled`) are most similar
+    (cosine) to each query's."""
+    return [captions[pool_keys[i]] for i in (pooled(query) @ pool.T).argmax(1).tolist()]
+
+
+def encoded(student: FmriStudent, inputs: SampleRows, batch_size: int = 128) -> Iterator[torch.Tensor]:
+    """The student's tokens for ``inputs``, a batch at a time, read from disk as they go."""
+    for batch in inputs.batches(batch_size):
+        yield student.encode(batch, batch_size)
 
 
 def student_tokens(
@@ -46,15 +58,15 @@ def student_tokens(
     captions: dict[tuple[str, int], str],
     captions_path: str,
     device: torch.device,
-) -> tuple[Any, torch.Tensor, list]:
+) -> tuple[FmriStudent, torch.Tensor, list[tuple[str, int]]]:
     """The trained student on ``device``, and its tokens for the subject's test samples (each must have a
     reference)."""
     student = load_student(student_dir, teacher_dir, device)
-    inputs, keys = read_inputs(student.input_kind, fmri_path, latent_path, "test", student.window)
+    inputs, keys = student_inputs(student.input_kind, [fmri_path], [latent_path], "test", student.window)
     missing = sorted({k for k in keys if k not in captions})
     if missing:
         raise ValueError(f"{captions_path}: no reference caption for test samples {missing[:5]}")
-    return student, student.encode(inputs), keys
+    return student, torch.cat(list(encoded(student, inputs))), keys
 
 
 def write_decoded(
@@ -129,17 +141,17 @@ def decode_captions(
         student_dir, teacher_dir, fmri_path, latent_path, captions, captions_path, device
     )
     qformer, teacher, _ = load_teacher(teacher_dir, device)
-    pool, pool_keys = [], []
+    pool, pool_keys = [], []  # only each training sample's pooled tokens are held: (H,), not (Q, H)
     for fmri, latents in zip(pool_fmri, pool_latents, strict=True):
-        data, split_keys = read_inputs(student.input_kind, fmri, latents, "train", student.window)
-        pool.append(student.encode(data))
+        inputs, split_keys = student_inputs(student.input_kind, [fmri], [latents], "train", student.window)
+        pool += [pooled(tokens) for tokens in encoded(student, inputs)]
         pool_keys += split_keys
     pool_tokens = torch.cat(pool)
     permutation = torch.from_numpy(np.random.default_rng(params["shuffle_seed"]).permutation(len(keys)))
 
     decoded = {
         "fmri": generate_captions(student.captioner, tokens, params),
-        "video-teacher": generate_captions(teacher, encode_clips(qformer, read_features(feature_paths), keys), params),
+        "video-teacher": generate_captions(teacher, encode_clips(qformer, FeatureFiles(feature_paths), keys), params),
         "shuffled": generate_captions(student.captioner, tokens[permutation], params),
         "nearest-train": nearest_captions(tokens, pool_tokens, pool_keys, captions),
     }

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from llm4brain.align.windows import run_ends, window_rows
-from llm4brain.artifacts import ArtifactError, open_artifact
+from llm4brain.artifacts import ArtifactError, open_artifact, read_keys
 
 MIB = 2**20
 BLOCK_BYTES = 16 * MIB  # a block read costs its bytes, not its call; small next to the buffer (see block_units)
@@ -39,21 +39,27 @@ DrawBlock = Callable[[int, np.random.Generator], tuple[np.ndarray, np.ndarray, n
 
 
 class BoldSplit:
-    """One split of an fmri artifact as the streams read it: its rows' shape and where each row's run ends.
-    Only these are held (a few bytes a row); the volumes stay on disk."""
+    """One split of an fmri artifact (its ``bold`` volumes) or of an align artifact (its ``tokens``) as the
+    streams read it: its rows' shape and where each row's run ends. Only these are held (a few bytes a row);
+    the rows stay on disk."""
 
-    def __init__(self, path: str | Path, split: str = "train") -> None:
-        with open_artifact(path, "fmri", (f"{split}/bold", f"{split}/segment", f"{split}/tr")) as f:
-            bold = f[split]["bold"]
-            self.n_rows, self.shape, self.dtype = len(bold), tuple(bold.shape[1:]), bold.dtype
-            self.chunk_rows = bold.chunks[0] if bold.chunks else 1
+    def __init__(self, path: str | Path, split: str = "train", kind: str = "fmri", dataset: str = "bold") -> None:
+        with open_artifact(path, kind, (f"{split}/{dataset}", f"{split}/segment", f"{split}/tr")) as f:
+            data = f[split][dataset]
+            self.n_rows, self.shape, self.dtype = len(data), tuple(data.shape[1:]), data.dtype
+            self.chunk_rows = data.chunks[0] if data.chunks else 1
             segment, tr = f[split]["segment"][:], f[split]["tr"][:]
         if not len(segment) == len(tr) == self.n_rows:
             raise ArtifactError(
-                f"{path}: {split}/bold has {self.n_rows} rows but {len(segment)} segments and {len(tr)} trs"
+                f"{path}: {split}/{dataset} has {self.n_rows} rows but {len(segment)} segments and {len(tr)} trs"
             )
-        self.path, self.split = str(path), split
+        self.path, self.split, self.kind, self.dataset = str(path), split, kind, dataset
         self.run_end = run_ends(segment, tr)
+
+    def keys(self) -> list[tuple[str, int]]:
+        """Each row's ``(segment, tr)``, read again (not held: a collection's rows number millions)."""
+        with open_artifact(self.path, self.kind, (f"{self.split}/segment", f"{self.split}/tr")) as f:
+            return read_keys(f[self.split])
 
     @property
     def row_bytes(self) -> int:
@@ -67,14 +73,14 @@ class BoldSplit:
         """Rows ``rows`` (sorted, distinct) into ``out``, one read per run of consecutive rows."""
         breaks = np.flatnonzero(np.diff(rows) != 1) + 1
         with h5py.File(self.path, "r") as f:
-            bold = f[self.split]["bold"]
+            bold = f[self.split][self.dataset]
             for first, span in zip(np.concatenate([[0], breaks]), np.split(rows, breaks), strict=True):
                 bold.read_direct(out, np.s_[span[0] : span[-1] + 1], np.s_[first : first + len(span)])
 
 
-def open_splits(paths: list[str], split: str = "train") -> list[BoldSplit]:
+def open_splits(paths: list[str], split: str = "train", kind: str = "fmri", dataset: str = "bold") -> list[BoldSplit]:
     """The files' ``split``, which must share one grid (the encoder's input)."""
-    splits = [BoldSplit(path, split) for path in paths]
+    splits = [BoldSplit(path, split, kind, dataset) for path in paths]
     for s in splits[1:]:
         if (s.shape, s.dtype) != (splits[0].shape, splits[0].dtype):
             raise ArtifactError(
@@ -350,6 +356,36 @@ def iter_windows(file: BoldSplit, rows: np.ndarray, window: int, batch_size: int
     for start in range(0, len(rows), batch_size):
         chunk = file.windows(rows[start : start + batch_size], window)
         yield HeldRows([file], np.zeros((len(chunk), 1), np.int64), chunk[:, None]).take(np.arange(len(chunk)))[:, 0]
+
+
+class SampleRows:
+    """Samples as ``(file, row)`` pairs, read a batch at a time: a trainer that draws random batches holds
+    these indices (a few bytes a sample), never the data, and each batch costs one read of the distinct rows
+    its windows need. The values are the files' own (converted to float32), so a batch equals the same rows
+    taken from the whole split in memory."""
+
+    def __init__(self, files: list[BoldSplit], file_index: np.ndarray, rows: np.ndarray, window: int | None) -> None:
+        """Sample i is row ``rows[i]`` of ``files[file_index[i]]``: with its window of ``window`` TRs
+        ((W, *grid) per sample), or alone (``None``: (*grid), the align stage's tokens)."""
+        self.files, self.file_index, self.rows, self.window = files, np.asarray(file_index), np.asarray(rows), window
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def take(self, samples: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Samples ``samples`` (any order, repeats allowed), float32: (k, W, *grid) or (k, *grid)."""
+        samples = np.asarray(samples, np.int64)
+        file_index, rows = self.file_index[samples], self.rows[samples]
+        window = np.empty((len(samples), self.window or 1), np.int64)
+        for f in np.unique(file_index).tolist():
+            window[file_index == f] = self.files[f].windows(rows[file_index == f], self.window or 1)
+        taken = HeldRows(self.files, file_index[:, None], window[:, None]).take(np.arange(len(samples)))[:, 0]
+        return (taken if self.window is not None else taken[:, 0]).float()
+
+    def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
+        """Every sample in order, ``batch_size`` at a time (inference)."""
+        for start in range(0, len(self), batch_size):
+            yield self.take(np.arange(start, min(start + batch_size, len(self))))
 
 
 class InMemorySamples:

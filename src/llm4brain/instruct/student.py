@@ -19,8 +19,7 @@ import torch
 from torch import nn
 
 from llm4brain.align.model import BrainAligner, in_batches, load_aligner, save_aligner
-from llm4brain.align.windows import windows
-from llm4brain.artifacts import read_split
+from llm4brain.fmri.stream import SampleRows, open_splits
 from llm4brain.instruct.llm_tuning import load_adapter, save_tuned
 from llm4brain.models.captioner import Captioner
 from llm4brain.models.video_llm import load_teacher
@@ -74,17 +73,17 @@ class FmriStudent(nn.Module):
         return in_batches(self.eval().tokens, inputs, self.captioner.prefix_ids.device, batch_size)
 
 
-def read_inputs(
-    kind: str, fmri_path: str, latent_path: str, split: str, window: int = 1
-) -> tuple[torch.Tensor, list[tuple[str, int]]]:
-    """A subject's student inputs for ``split``: windows of preprocessed fMRI (encoder) or aligned tokens
-    (latents)."""
-    if kind == "encoder":
-        data, keys = read_split(fmri_path, "fmri", split, "bold")
-        data = windows(data, keys, window)
-    else:
-        data, keys = read_split(latent_path, "align", split, "tokens")
-    return torch.from_numpy(data.astype(np.float32)), keys
+def student_inputs(
+    kind: str, fmri_paths: list[str], latent_paths: list[str], split: str, window: int = 1
+) -> tuple[SampleRows, list[tuple[str, int]]]:
+    """Subjects' student inputs for ``split``, on disk, in file order: windows of preprocessed fMRI (encoder)
+    or aligned tokens (latents), and each sample's ``(segment, tr)``."""
+    paths = fmri_paths if kind == "encoder" else latent_paths
+    files = open_splits(paths, split, *(("fmri", "bold") if kind == "encoder" else ("align", "tokens")))
+    keys = [key for f in files for key in f.keys()]
+    file_index = np.concatenate([np.full(f.n_rows, i) for i, f in enumerate(files)]).astype(np.int64)
+    rows = np.concatenate([np.arange(f.n_rows) for f in files]).astype(np.int64)
+    return SampleRows(files, file_index, rows, window if kind == "encoder" else None), keys
 
 
 def save_student(

@@ -11,14 +11,16 @@ import contextlib
 import copy
 from typing import TYPE_CHECKING, Any, cast
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
 from llm4brain.align.model import load_aligner
-from llm4brain.artifacts import atomic_path, read_captions, read_features
+from llm4brain.artifacts import FeatureFiles, atomic_path, read_captions
 from llm4brain.distributed import global_mean, world
+from llm4brain.fmri.stream import SampleRows
 from llm4brain.instruct.llm_tuning import tune
-from llm4brain.instruct.student import FmriStudent, read_inputs, save_student
+from llm4brain.instruct.student import FmriStudent, save_student, student_inputs
 from llm4brain.models.captioner import Captioner
 from llm4brain.models.video_llm import encode_clips, load_teacher
 from llm4brain.resume import Checkpoint
@@ -121,20 +123,21 @@ def instruct_llm(
     shared = frozen if frozen is not None and shares_base(params["llm"]) else None  # copied, its LLM shared
     student = build_student(teacher_dir, align_dir, params, device, shared)
     captions = read_captions(captions_path)
-    parts: list[torch.Tensor] = []
-    keys: list[tuple[str, int]] = []
-    for subject, fmri_path, latent_path in zip(subjects, fmri_paths, latent_paths, strict=True):
-        if subject in heldout:
-            continue
-        data, split_keys = read_inputs(params["input"], fmri_path, latent_path, "train", student.window)
-        keep = [i for i, key in enumerate(split_keys) if key in captions]
-        parts.append(data[keep])
-        keys += [split_keys[i] for i in keep]
-    inputs = torch.cat(parts)
-    del parts  # only the concatenation stays in memory
+    labelled = [i for i, subject in enumerate(subjects) if subject not in heldout]
+    every, split_keys = student_inputs(
+        params["input"],
+        [fmri_paths[i] for i in labelled],
+        [latent_paths[i] for i in labelled],
+        "train",
+        student.window,
+    )
+    keep = np.array([i for i, key in enumerate(split_keys) if key in captions], np.int64)
+    # the samples stay on disk: a batch's windows are read when it is drawn
+    inputs = SampleRows(every.files, every.file_index[keep], every.rows[keep], every.window)
+    keys = [split_keys[i] for i in keep.tolist()]
     unique = sorted(set(keys))
-    if frozen is not None:  # the video tokens the teacher captions each training clip from
-        video = encode_clips(frozen[0], read_features(feature_paths), unique).to(device)
+    if frozen is not None:  # the video tokens the teacher captions each training clip from: (Q, H) per clip
+        video = encode_clips(frozen[0], FeatureFiles(feature_paths), unique).to(device)
         index = {k: i for i, k in enumerate(unique)}
         clip_of = torch.tensor([index[k] for k in keys], device=device)
     texts = [captions[k] for k in keys]
@@ -153,7 +156,7 @@ def instruct_llm(
         student.train()
         idx = shard.share(torch.randint(len(keys), (batch_size,), generator=generator))  # of the global batch
         batch_texts = [texts[i] for i in idx.tolist()]
-        lm, logits, ids, mask = student.captioner.caption_loss(student.tokens(inputs[idx].to(device)), batch_texts)
+        lm, logits, ids, mask = student.captioner.caption_loss(student.tokens(inputs.take(idx).to(device)), batch_texts)
         terms = {"lm": lm.item()}
         loss = lm
         if teacher is not None:

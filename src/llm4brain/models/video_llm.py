@@ -8,6 +8,7 @@ cached vision tokens of a clip → ``(B, Q, H)`` video tokens. The teacher is a 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,7 @@ from llm4brain.models.quantization import quantized_loading
 from llm4brain.models.weights import load_weights, save_weights
 
 if TYPE_CHECKING:
+    from llm4brain.artifacts import FeatureFiles
     from llm4brain.models.instructblip_video import InstructionQFormer
 
 
@@ -55,19 +57,20 @@ class VideoQFormer(nn.Module):
         return self.attend(x.reshape(b, f * t, d))
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def encode_clips(
     qformer: VideoQFormer | InstructionQFormer,
-    features: dict[str, np.ndarray],
-    keys: list[tuple[str, int]],
+    features: FeatureFiles,
+    keys: Sequence[tuple[str, int]],
     batch_size: int = 128,
 ) -> torch.Tensor:
-    """The video tokens (n, Q, H) of each ``(segment, tr)`` clip in ``keys``, from cached vision features;
-    computed on the Q-Former's device, returned on the CPU in float32."""
+    """The video tokens (n, Q, H) of each ``(segment, tr)`` clip in ``keys``, from cached vision features read
+    ``batch_size`` clips at a time (only a batch of raw tokens is ever in memory); computed on the Q-Former's
+    device, returned on the CPU in float32."""
     device = next(qformer.parameters()).device
     out = []
     for start in range(0, len(keys), batch_size):
-        clips = np.stack([features[s][t] for s, t in keys[start : start + batch_size]]).astype(np.float32)
+        clips = features.clips(keys[start : start + batch_size]).astype(np.float32)
         out.append(qformer(torch.from_numpy(clips).to(device)).float().cpu())
     return torch.cat(out)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from llm4brain.artifacts import atomic_h5, read_features, set_attrs, write_keys, write_strings
+from llm4brain.artifacts import FeatureFiles, atomic_h5, set_attrs, write_keys, write_strings
 from llm4brain.models.captioner import generate_captions
 from llm4brain.models.video_llm import encode_clips, load_teacher
 from llm4brain.runtime import LOG, select_device
@@ -20,10 +20,12 @@ def teacher_captions(
     (``params``: the ``captions`` section's decoding settings). An empty caption is an error: a reference
     must say something."""
     qformer, captioner, settings = load_teacher(teacher_dir, select_device(params["device"]))
-    features = read_features(feature_paths)
+    features = FeatureFiles(feature_paths)
     keys, captions = [], []
-    for segment in segments:  # a segment at a time: the video tokens of a whole dataset need not fit in memory
-        clips = [(segment, k) for k in range(features[segment].shape[0])]
+    for segment in segments:  # a segment at a time, a batch of clips read at a time (encode_clips)
+        if segment not in features:
+            raise ValueError(f"no cached features for segment {segment!r}")
+        clips = [(segment, k) for k in range(features.n_tr[segment])]
         keys += clips
         captions += generate_captions(captioner, encode_clips(qformer, features, clips), params)
         LOG.info("%s: %d captions, first %r", segment, len(clips), captions[-len(clips)])

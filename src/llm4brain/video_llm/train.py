@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from llm4brain.artifacts import atomic_path, read_captions, read_features
+from llm4brain.artifacts import FeatureFiles, atomic_path, read_captions
 from llm4brain.distributed import world
 from llm4brain.models.captioner import Captioner
 from llm4brain.models.tokenizer import train_word_tokenizer
@@ -24,19 +24,14 @@ from llm4brain.seeds import SeedOffset
 from llm4brain.training import fit
 
 
-def clip_table(
-    features: dict[str, np.ndarray], captions: dict[tuple[str, int], str], segments: list[str]
-) -> tuple[list[tuple[str, int]], np.ndarray]:
-    """The ``(segment, tr)`` keys of ``segments`` that have both features and a caption, with their tokens."""
-    keys, rows = [], []
-    for segment in segments:
-        if segment not in features:
-            raise ValueError(f"no cached features for segment {segment!r}")
-        for k in range(features[segment].shape[0]):
-            if (segment, k) in captions:
-                keys.append((segment, k))
-                rows.append(features[segment][k])
-    return keys, np.stack(rows)
+def training_clips(
+    features: FeatureFiles, captions: dict[tuple[str, int], str], segments: list[str]
+) -> list[tuple[str, int]]:
+    """The ``(segment, tr)`` keys of ``segments`` that have both cached features and a caption."""
+    missing = [segment for segment in segments if segment not in features]
+    if missing:
+        raise ValueError(f"no cached features for segment {missing[0]!r}")
+    return [(segment, k) for segment in segments for k in range(features.n_tr[segment]) if (segment, k) in captions]
 
 
 def train_video_llm(
@@ -52,12 +47,16 @@ def train_video_llm(
     """Train and save the teacher (see ``models.video_llm`` for the directory layout)."""
     seed_everything(seed + SeedOffset.VIDEO_LLM, params["train"]["threads"])
     captions = read_captions(captions_path)
-    keys, table = clip_table(read_features(feature_paths), captions, train_segments)
+    features = FeatureFiles(feature_paths)
+    keys = training_clips(features, captions, train_segments)
     texts = [captions[k] for k in keys]
-    clips = torch.from_numpy(table.astype(np.float32))  # (n, F, T, D)
-    del table  # only the float32 copy stays in memory
-    n, num_frames, _, vision_dim = clips.shape
-    LOG.info("teacher: %d training clips, %d frames x %d tokens x %d dims", n, num_frames, clips.shape[2], vision_dim)
+    n, (num_frames, num_tokens, vision_dim) = len(keys), features.clip_shape
+
+    def clips(idx: list[int]) -> torch.Tensor:
+        """(k, F, T, D) float32 tokens of training clips ``idx``, read from disk: only a batch is in memory."""
+        return torch.from_numpy(features.clips([keys[i] for i in idx]).astype(np.float32))
+
+    LOG.info("teacher: %d training clips, %d frames x %d tokens x %d dims", n, num_frames, num_tokens, vision_dim)
 
     template = params["template"]
     tokenizer = train_word_tokenizer(texts + [template.replace("{video}", " ").format(prompt=params["prompt"])])
@@ -78,7 +77,7 @@ def train_video_llm(
 
     def loss_fn(step: int) -> tuple[torch.Tensor, dict[str, float]]:
         idx = shard.share(torch.randint(n, (batch_size,), generator=generator))  # of the global batch
-        loss, *_ = captioner.caption_loss(qformer(clips[idx].to(device)), [texts[i] for i in idx.tolist()])
+        loss, *_ = captioner.caption_loss(qformer(clips(idx.tolist()).to(device)), [texts[i] for i in idx.tolist()])
         return loss, {}
 
     history = fit(
@@ -99,6 +98,6 @@ def train_video_llm(
         settings = {k: params[k] for k in ("template", "prompt", "max_caption_tokens")}
         save_teacher(tmp, qformer, captioner, {**settings, "train_segments": train_segments, "vision_dim": vision_dim})
         with torch.inference_mode():
-            sample = captioner.generate(qformer(clips[:4].to(device)), params["max_caption_tokens"])
+            sample = captioner.generate(qformer(clips(list(range(min(4, n)))).to(device)), params["max_caption_tokens"])
         for key, text in zip(keys[:4], sample, strict=True):
             LOG.info("teacher on %s: %r (reference %r)", key, text, captions[key])
