@@ -3,6 +3,7 @@ between subjects on synthetic data, and its fit never opens the test split."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import h5py
@@ -13,7 +14,7 @@ from conftest import DEFAULTS
 from llm4brain.artifacts import ArtifactError, atomic_h5, open_artifact, write_keys
 from llm4brain.fmri.functional_alignment import align_subject, fit_shared_response
 
-GRID = (4, 4, 3)  # 48 voxels, 40 in the mask
+GRID = (4, 4, 3)  # 48 voxels, 42 in the mask
 K, N_TRAIN, N_TEST = 4, 120, 20
 SUBJECTS = ["sub-01", "sub-02", "sub-03"]
 PARAMS = {**DEFAULTS["align"]["functional_alignment"], "method": "srm", "features": K, "n_iter": 20}
@@ -69,9 +70,16 @@ def subjects(tmp_path: Path) -> tuple[list[str], np.ndarray, dict[str, np.ndarra
     return paths, w1, shared
 
 
-def fit_and_align(tmp_path: Path, paths: list[str], reference: str | None, name: str = "srm.h5") -> np.ndarray:
+def fit_and_align(
+    tmp_path: Path, paths: list[str], reference: str | None, name: str = "srm.h5", params: dict | None = None
+) -> np.ndarray:
     fit_shared_response(
-        fmri_paths=paths, subjects=SUBJECTS, heldout=["sub-03"], out_path=tmp_path / name, params=PARAMS, seed=0
+        fmri_paths=paths,
+        subjects=SUBJECTS,
+        heldout=["sub-03"],
+        out_path=tmp_path / name,
+        params=params or PARAMS,
+        seed=0,
     )
     align_subject(
         fmri_path=paths[2],
@@ -101,6 +109,65 @@ def test_alignment_recovers_a_known_orthogonal_map(tmp_path, subjects):
     with h5py.File(paths[2], "r") as f:
         raw = f["test/bold"][:][:, mask()]
     assert abs(np.corrcoef(raw.ravel(), expected.ravel())[0, 1]) < 0.3
+
+
+def with_reliability(path: str, reliability: np.ndarray, split: str = "train") -> str:
+    """The per-voxel repeat reliability preprocess_fmri writes (qc), computed from ``split``'s repeats."""
+    with h5py.File(path, "a") as f:
+        f.create_dataset("qc/reliability", data=reliability.astype(np.float32))
+        f.create_dataset("qc/usable", data=np.ones(len(reliability), np.uint8))
+        f.attrs["params"] = json.dumps({"reliability": {"select": False, "split": split, "threshold": 0.1}})
+    return path
+
+
+def test_a_bounded_fit_solves_every_voxel_from_the_most_reliable_ones(tmp_path, subjects, monkeypatch):
+    """max_voxels below the mask: BrainIAK sees only each subject's 12 most reliable voxels, yet every voxel
+    gets a map (SRM's W-step against the fitted shared response), and sub-03 is still carried onto sub-01's
+    own test volumes."""
+    from brainiak.funcalign.srm import SRM
+
+    paths, w1, shared = subjects
+    n_voxels = int(mask().sum())
+    reliability = [np.random.default_rng(10 + i).random(n_voxels) for i in range(3)]
+    for path, r in zip(paths, reliability, strict=True):
+        with_reliability(path, r)
+    seen: list[np.ndarray] = []
+    fit = SRM.fit
+    monkeypatch.setattr(SRM, "fit", lambda self, x, *a, **k: seen.extend(x) or fit(self, x, *a, **k))
+    aligned = fit_and_align(tmp_path, paths, "sub-01", params={**PARAMS, "max_voxels": 12})
+    assert [x.shape for x in seen] == [(12, N_TRAIN)] * 3
+    with h5py.File(paths[1], "r") as f:  # sub-02's fitted rows are its 12 most reliable voxels' responses
+        top = np.sort(np.argsort(-reliability[1])[:12])
+        np.testing.assert_allclose(seen[1][:, 0], f["train/bold"][0][mask()][top], rtol=1e-6)  # clip 0: row 0
+    with h5py.File(tmp_path / "srm.h5", "r") as f:
+        assert f["sub-03/w"].shape == (n_voxels, K) and f["sub-03"].attrs["fitted_voxels"] == 12
+    expected = zscored_like_train((w1 @ shared["train"]).T, (w1 @ shared["test"]).T)
+    assert np.corrcoef(aligned.ravel(), expected.ravel())[0, 1] > 0.99
+    np.testing.assert_allclose(aligned, expected, atol=0.1 * np.abs(expected).max())
+
+
+def test_solving_a_map_streamed_equals_the_w_step_in_memory(subjects):
+    """solve_map, summed a block of rows at a time, equals SRM's W-step on the clip-averaged responses held
+    in memory (sub-01 shows a segment twice: its repeats are averaged, not summed), for any shared response."""
+    from llm4brain.fmri.functional_alignment import shared_clips, solve_map, train_responses
+
+    paths, _, _ = subjects
+    clips = shared_clips(paths)
+    shared = np.random.default_rng(5).normal(1.0, 1.0, (K, len(clips)))  # not centred: μ's term counts
+    _, responses = train_responses(paths[0], clips)
+    mu = responses.mean(1)
+    u, _, vt = np.linalg.svd((responses - mu[:, None]) @ shared.T, full_matrices=False)
+    w, solved_mu = solve_map(paths[0], clips, shared)
+    np.testing.assert_allclose(solved_mu, mu, atol=1e-10)
+    np.testing.assert_allclose(w, u @ vt, atol=1e-8)
+
+
+def test_a_bounded_fit_never_chooses_voxels_by_test_reliability(tmp_path, subjects):
+    paths, _, _ = subjects
+    for path in paths:
+        with_reliability(path, np.linspace(0, 1, int(mask().sum())), split="test")
+    with pytest.raises(ArtifactError, match=r"sub-01\.h5: 42 voxels, above .*max_voxels \(12\).*split 'test'"):
+        fit_and_align(tmp_path, paths, "sub-01", params={**PARAMS, "max_voxels": 12})
 
 
 def test_group_reference_is_the_mean_of_the_labelled_maps(tmp_path, subjects):

@@ -138,3 +138,28 @@ def test_aligner_round_trip(tmp_path, grid):
         out = aligner(volumes)
         torch.testing.assert_close(out, again(volumes), rtol=0, atol=0)
     assert out.shape == (2, 4, 32)
+
+
+def test_encode_clips_reads_bounded_batches_in_the_order_asked(tmp_path, monkeypatch):
+    """Clips whose raw tokens would pass BATCH_BYTES in a batch are read and encoded in smaller batches (a
+    ViT-g clip is 11.6 MB); the video tokens equal those of each clip encoded alone, in the order asked."""
+    import numpy as np
+
+    from llm4brain.artifacts import FeatureFiles, atomic_h5
+    from llm4brain.models import video_llm
+
+    qformer = tiny_teacher(dropout=0.0)[0].eval()
+    with atomic_h5(tmp_path / "a.h5", "features") as f:
+        f.attrs["segment"] = "a"
+        f.create_dataset("tokens", data=np.random.default_rng(0).standard_normal((10, 2, 5, 16)).astype(np.float16))
+        f.create_dataset("tr", data=np.arange(10, dtype=np.int32))
+    features = FeatureFiles([tmp_path / "a.h5"])
+    monkeypatch.setattr(video_llm, "BATCH_BYTES", 3 * 4 * 2 * 5 * 16)  # three clips in float32
+    sizes: list[int] = []
+    read = features.clips
+    monkeypatch.setattr(features, "clips", lambda keys: sizes.append(len(keys)) or read(keys))
+    keys = [("a", t) for t in (9, 0, 3, 3, 7)]
+    tokens = video_llm.encode_clips(qformer, features, keys)
+    assert sizes == [3, 2]
+    alone = torch.cat([video_llm.encode_clips(qformer, features, [key]) for key in keys])
+    torch.testing.assert_close(tokens, alone)

@@ -11,7 +11,10 @@ encoder trained on the labelled subjects then reads it.
 
 Two steps, kept apart: :func:`fit_shared_response` reads the ``train`` split only (the test split's fMRI
 never shapes a map); :func:`align_subject` applies the fitted map to both splits. SRM holds every subject's
-training responses (voxels × clips, one sample per clip, repeats averaged) in memory while it fits.
+training responses (voxels × clips, one sample per clip, repeats averaged, float64) in memory while it fits, and
+BrainIAK about as much again. So the fit is bounded (``max_voxels``): a subject with more voxels is fitted on
+its most reliable ones across the training segments' repeats, then every voxel's map is solved against the
+fitted shared response by SRM's own W-step, streamed (memory voxels × k, not voxels × clips).
 """
 
 from __future__ import annotations
@@ -30,23 +33,78 @@ from llm4brain.runtime import LOG
 ROWS = 256  # volumes read, mapped and written at a time
 
 
-def train_responses(path: str | os.PathLike, keys: Sequence[tuple[str, int]]) -> tuple[np.ndarray, np.ndarray]:
-    """The subject's mask (grid) and its training-split response (voxels in the mask × len(keys)) to each clip
-    of ``keys``, repeats averaged. Opens ``/train`` and ``/mask`` only."""
+def fitted_voxels(path: str | os.PathLike, max_voxels: int | None) -> np.ndarray | None:
+    """Which of the subject's mask voxels (indices, in mask order) SRM is fitted on: every one (``None``) when
+    there are at most ``max_voxels``, else the ``max_voxels`` most reliable across the training segments'
+    repeats (the artifact's ``qc/reliability``, which must come from the train split: test fMRI never chooses)."""
+    with open_artifact(path, "fmri", ("mask",)) as f:
+        n_voxels = int(f["mask"][:].astype(bool).sum())
+        if max_voxels is None or n_voxels <= max_voxels:
+            return None
+        split = json.loads(f.attrs.get("params", "{}")).get("reliability", {}).get("split")
+        if split != "train" or "qc" not in f:
+            raise ArtifactError(
+                f"{path}: {n_voxels} voxels, above align.functional_alignment.max_voxels ({max_voxels}), and no "
+                f"training-split repeat reliability to choose them by (qc/reliability from split {split!r}): "
+                "rerun preprocess_fmri with fmri.reliability.split: train, or raise max_voxels"
+            )
+        reliability = f["qc"]["reliability"][:][f["qc"]["usable"][:].astype(bool)]
+    if len(reliability) != n_voxels or not np.isfinite(reliability).any():
+        raise ArtifactError(
+            f"{path}: no training-split repeat reliability for its {n_voxels} voxels (are training segments "
+            f"shown more than once?): align.functional_alignment.max_voxels ({max_voxels}) needs it, or raise it"
+        )
+    return np.sort(np.argsort(-np.nan_to_num(reliability, nan=-np.inf), kind="stable")[:max_voxels])
+
+
+def train_responses(
+    path: str | os.PathLike, keys: Sequence[tuple[str, int]], voxels: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The subject's mask (grid) and its training-split response (voxels in the mask, or those of them that
+    ``voxels`` indexes, × len(keys)) to each clip of ``keys``, repeats averaged. Opens ``/train`` and ``/mask``
+    only."""
     with open_artifact(path, "fmri", ("train/bold", "train/segment", "train/tr", "mask")) as f:
         mask = f["mask"][:].astype(bool)
         train = f["train"]
-        column = {key: i for i, key in enumerate(keys)}
-        rows = np.array([column.get(key, -1) for key in read_keys(train)])
+        rows = clip_columns(train, keys)
         if mask.shape != train["bold"].shape[1:]:
             raise ArtifactError(f"{path}: mask {mask.shape} differs from train/bold volumes {train['bold'].shape[1:]}")
-        sums = np.zeros((int(mask.sum()), len(keys)))
+        sums = np.zeros((int(mask.sum()) if voxels is None else len(voxels), len(keys)))
         for start, block in _blocks(train["bold"]):
             cols = rows[start : start + len(block)]
             kept = cols >= 0
-            np.add.at(sums.T, cols[kept], block[kept][:, mask])
+            values = block[kept][:, mask]
+            np.add.at(sums.T, cols[kept], values if voxels is None else values[:, voxels])
     counts = np.bincount(rows[rows >= 0], minlength=len(keys))
     return mask, sums / counts
+
+
+def clip_columns(train: h5py.Group, keys: Sequence[tuple[str, int]]) -> np.ndarray:
+    """Per row of the split, its clip's index in ``keys`` (-1: a clip not in them)."""
+    column = {key: i for i, key in enumerate(keys)}
+    return np.array([column.get(key, -1) for key in read_keys(train)])
+
+
+def solve_map(
+    path: str | os.PathLike, keys: Sequence[tuple[str, int]], shared: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every mask voxel's map ``W`` (voxels × k, orthonormal columns) and mean ``μ`` against a fitted shared
+    response ``shared`` (k × len(keys)): SRM's W-step, ``W = U Vᵀ`` for ``(X - μ) Sᵀ = U Σ Vᵀ``, with X the
+    clip-averaged training responses. ``X Sᵀ`` and ``μ`` are summed ``ROWS`` rows at a time, so X is never held."""
+    with open_artifact(path, "fmri", ("train/bold", "train/segment", "train/tr", "mask")) as f:
+        mask = f["mask"][:].astype(bool)
+        rows = clip_columns(f["train"], keys)
+        counts = np.bincount(rows[rows >= 0], minlength=len(keys))
+        product, total = np.zeros((int(mask.sum()), len(shared))), np.zeros(int(mask.sum()))
+        for start, block in _blocks(f["train"]["bold"]):
+            cols = rows[start : start + len(block)]
+            kept = cols[cols >= 0]
+            values = block[cols >= 0][:, mask] / counts[kept, None]  # each row's share of its clip's average
+            product += values.T @ shared[:, kept].T
+            total += values.sum(0)
+    mu = total / len(keys)
+    u, _, vt = np.linalg.svd(product - np.outer(mu, shared.sum(1)), full_matrices=False)
+    return u @ vt, mu
 
 
 def shared_clips(paths: Sequence[str | os.PathLike]) -> list[tuple[str, int]]:
@@ -82,7 +140,10 @@ def fit_shared_response(
             f"config align.functional_alignment.features {features}: the subjects share only {len(clips)} "
             f"training clips ({', '.join(map(str, fmri_paths))}); it must be below that"
         )
-    masks, responses = zip(*(train_responses(path, clips) for path in fmri_paths), strict=True)
+    voxels = [fitted_voxels(path, params["max_voxels"]) for path in fmri_paths]
+    masks, responses = zip(
+        *(train_responses(path, clips, chosen) for path, chosen in zip(fmri_paths, voxels, strict=True)), strict=True
+    )
     for path, response in zip(fmri_paths, responses, strict=True):
         if len(response) < features:
             raise ValueError(
@@ -90,9 +151,15 @@ def fit_shared_response(
             )
     LOG.info("SRM: %d subjects x %d shared training clips, %d features", len(responses), len(clips), features)
     srm = SRM(n_iter=params["n_iter"], features=features, rand_seed=seed).fit(list(responses))
+    del responses
+    maps = [  # a subject fitted on some of its voxels gets every voxel's map from the shared response
+        (w, mu) if chosen is None else solve_map(path, clips, srm.s_)
+        for path, w, mu, chosen in zip(fmri_paths, srm.w_, srm.mu_, voxels, strict=True)
+    ]
     with atomic_h5(out_path, "funcalign", params) as f:
-        for subject, w, mu, mask in zip(subjects, srm.w_, srm.mu_, masks, strict=True):
+        for subject, (w, mu), mask, chosen in zip(subjects, maps, masks, voxels, strict=True):
             group = f.create_group(subject)
+            group.attrs["fitted_voxels"] = len(w) if chosen is None else len(chosen)
             group.create_dataset("w", data=w.astype(np.float32))
             group.create_dataset("mu", data=mu.astype(np.float32))
             group.create_dataset("mask", data=mask.astype(np.uint8))

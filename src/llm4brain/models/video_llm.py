@@ -57,6 +57,9 @@ class VideoQFormer(nn.Module):
         return self.attend(x.reshape(b, f * t, d))
 
 
+BATCH_BYTES = 256 * 2**20  # raw vision tokens of one encode_clips batch, float32
+
+
 @torch.no_grad()
 def encode_clips(
     qformer: VideoQFormer | InstructionQFormer,
@@ -65,9 +68,11 @@ def encode_clips(
     batch_size: int = 128,
 ) -> torch.Tensor:
     """The video tokens (n, Q, H) of each ``(segment, tr)`` clip in ``keys``, from cached vision features read
-    ``batch_size`` clips at a time (only a batch of raw tokens is ever in memory); computed on the Q-Former's
-    device, returned on the CPU in float32."""
+    ``batch_size`` clips at a time, fewer where a batch's raw tokens would pass ``BATCH_BYTES`` in float32 (a
+    ViT-g clip of 8 frames is 11.6 MB): only a batch of raw tokens is ever in memory. Computed on the
+    Q-Former's device, returned on the CPU in float32."""
     device = next(qformer.parameters()).device
+    batch_size = max(1, min(batch_size, BATCH_BYTES // (4 * int(np.prod(features.clip_shape)))))
     out = []
     for start in range(0, len(keys), batch_size):
         clips = features.clips(keys[start : start + batch_size]).astype(np.float32)
