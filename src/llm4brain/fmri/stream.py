@@ -279,6 +279,27 @@ def split_rows(n_rows: int, fraction: float, seed: int, file: int) -> tuple[np.n
     return np.setdiff1d(np.arange(n_rows), val), val
 
 
+def block_stream(
+    files: list[BoldSplit],
+    cut: Callable[[int], tuple[np.ndarray, DrawBlock]],
+    rows_per_unit: int,
+    buffer_mb: float,
+    seed: int,
+    *,
+    chunk: int = 1,
+    rank: int = 0,
+    world_size: int = 1,
+    workers: int = 0,
+) -> ShuffledStream:
+    """The one builder of a stream: the buffer's capacity, the units per block (:func:`block_units`), then the
+    blocks that ``cut(units per block)`` returns (each block's bound on distinct rows, and how to draw it)."""
+    capacity = capacity_rows(buffer_mb, files)
+    bound, draw = cut(block_units(files, capacity // (1 + workers), rows_per_unit, chunk))
+    return ShuffledStream(
+        files, len(bound), draw, bound, capacity, seed, rank=rank, world_size=world_size, workers=workers
+    )
+
+
 def row_stream(
     files: list[BoldSplit],
     rows: list[np.ndarray],
@@ -291,30 +312,29 @@ def row_stream(
     workers: int = 0,
 ) -> ShuffledStream:
     """Every row ``rows[f]`` of file f is a sample: its window, one per sample (S = 1); unit id = the sample's
-    index in file order."""
-    capacity = capacity_rows(buffer_mb, files)
-    chunk = max(f.chunk_rows for f in files)  # blocks of whole row chunks
-    per_block = block_units(files, capacity // (1 + workers), 1, chunk)
-    blocks, first = [], 0  # (file, rows, first unit id)
-    for f, file_rows in enumerate(rows):
-        bounds = np.searchsorted(file_rows, np.arange(0, files[f].n_rows + per_block, per_block))
-        for block in np.split(file_rows, bounds[1:-1]):
-            if len(block):
-                blocks.append((f, block, first))
-                first += len(block)
-    bound = np.array([block[-1] - block[0] + window for _, block, _ in blocks], np.int64)
+    index in file order. Blocks are runs of whole row chunks of one file."""
 
-    def draw(b: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        f, block, first = blocks[b]
-        return (
-            np.arange(first, first + len(block)),
-            np.full((len(block), 1), f),
-            files[f].windows(block, window)[:, None],
-        )
+    def cut(per_block: int) -> tuple[np.ndarray, DrawBlock]:
+        blocks, first = [], 0  # (file, rows, first unit id)
+        for f, file_rows in enumerate(rows):
+            bounds = np.searchsorted(file_rows, np.arange(0, files[f].n_rows + per_block, per_block))
+            for block in np.split(file_rows, bounds[1:-1]):
+                if len(block):
+                    blocks.append((f, block, first))
+                    first += len(block)
 
-    return ShuffledStream(
-        files, len(blocks), draw, bound, capacity, seed, rank=rank, world_size=world_size, workers=workers
-    )
+        def draw(b: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            f, block, first = blocks[b]
+            return (
+                np.arange(first, first + len(block)),
+                np.full((len(block), 1), f),
+                files[f].windows(block, window)[:, None],
+            )
+
+        return np.array([block[-1] - block[0] + window for _, block, _ in blocks], np.int64), draw
+
+    chunk = max(f.chunk_rows for f in files)
+    return block_stream(files, cut, 1, buffer_mb, seed, chunk=chunk, rank=rank, world_size=world_size, workers=workers)
 
 
 def clip_stream(
@@ -335,19 +355,21 @@ def clip_stream(
     counts = [np.array([len(r) for r in subject]) for subject in repeats]
     firsts = [np.concatenate([[0], np.cumsum(c)[:-1]]) for c in counts]
     flat = [np.concatenate(subject) for subject in repeats]
-    capacity = capacity_rows(buffer_mb, files)
-    per_block = block_units(files, capacity // (1 + workers), n_subjects * window)
-    starts = list(range(0, n_clips, per_block))
-    bound = np.array([(min(n_clips, a + per_block) - a) * n_subjects * window for a in starts], np.int64)
 
-    def draw(b: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        clips = np.arange(starts[b], min(n_clips, starts[b] + per_block))
-        rows = [flat[s][firsts[s][clips] + rng.integers(0, counts[s][clips])] for s in range(n_subjects)]
-        windows = np.stack([files[s].windows(r, window) for s, r in enumerate(rows)], axis=1)  # (n, S, W)
-        return clips, np.broadcast_to(np.arange(n_subjects), (len(clips), n_subjects)), windows
+    def cut(per_block: int) -> tuple[np.ndarray, DrawBlock]:
+        starts = list(range(0, n_clips, per_block))
 
-    return ShuffledStream(
-        files, len(starts), draw, bound, capacity, seed, rank=rank, world_size=world_size, workers=workers
+        def draw(b: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            clips = np.arange(starts[b], min(n_clips, starts[b] + per_block))
+            rows = [flat[s][firsts[s][clips] + rng.integers(0, counts[s][clips])] for s in range(n_subjects)]
+            windows = np.stack([files[s].windows(r, window) for s, r in enumerate(rows)], axis=1)  # (n, S, W)
+            return clips, np.broadcast_to(np.arange(n_subjects), (len(clips), n_subjects)), windows
+
+        bound = [(min(n_clips, a + per_block) - a) * n_subjects * window for a in starts]
+        return np.array(bound, np.int64), draw
+
+    return block_stream(
+        files, cut, n_subjects * window, buffer_mb, seed, rank=rank, world_size=world_size, workers=workers
     )
 
 
