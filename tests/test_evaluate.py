@@ -246,3 +246,23 @@ def test_ablation_table_puts_each_ablated_student_next_to_the_full_one():
     ]
     assert table["cider_gain_of_full"].tolist()[1::2] == [0.2, 0.4] and table["p_value"].tolist()[1::2] == [0.04, 0.2]
     assert table["cider_gain_of_full"].isna().tolist()[::2] == [True, True]
+
+
+@pytest.mark.parametrize("metric", ["CIDEr-D", "BLEU-4", "ROUGE-L"])
+def test_identification_scored_in_blocks_equals_every_pair_at_once(metric, monkeypatch):
+    """Candidates x clips scored a block of candidates at a time (memory bounded by PAIRS, not by the test
+    clips squared) give the scores of every pair at once: each block pairs its candidates with the whole pool,
+    so CIDEr-D's document frequencies are the pool's."""
+    import numpy as np
+
+    from llm4brain.evaluate import stats
+
+    words = "a red blue green circle square triangle moving left right up down on black white gray".split()
+    rng = np.random.default_rng(0)
+    sentences = [" ".join(rng.choice(words, 6)) for _ in range(24)]
+    pool, _ = stats.reference_pool([[s, t] for s, t in zip(sentences[:12], sentences[12:], strict=True)])
+    candidates = [" ".join(rng.choice(words, 5)) for _ in range(7)]
+    whole = stats.coco_similarity(metric, candidates, pool)
+    monkeypatch.setattr(stats, "PAIRS", 2 * len(pool))  # blocks of two candidates, the last of one
+    np.testing.assert_array_equal(stats.coco_similarity(metric, candidates, pool), whole)
+    assert np.ptp(whole) > 0

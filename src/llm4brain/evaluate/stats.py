@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+from collections import defaultdict
 from typing import Any
 
 import numpy as np
@@ -126,17 +127,55 @@ def reference_pool(references: list[list[str]]) -> tuple[list[tuple[str, ...]], 
 IDENTIFICATION_METRICS = ("CIDEr-D", "BLEU-4", "ROUGE-L")
 
 
+PAIRS = 50_000  # caption x clip pairs scored at once: memory is bounded by it, not by the test clips squared
+
+
 def coco_similarity(metric: str, candidates: list[str], pool: list[tuple[str, ...]]) -> np.ndarray:
     """``metric`` of every (PTB-tokenized) candidate against every pool clip's references, ``(n, len(pool))``:
-    CIDEr-D with the pool's document frequencies, sentence-level BLEU-4 (pycocoevalcap's smoothing), ROUGE-L."""
+    CIDEr-D with the document frequencies of the n x m candidate x clip pairs (n times the pool's), sentence-
+    level BLEU-4 (pycocoevalcap's smoothing), ROUGE-L.
+
+    Scored a block of candidates at a time, about ``PAIRS`` pairs each: 1,200 test clips make 1.44 M pairs,
+    several GB of pycocoevalcap's n-gram counts at once. CIDEr-D's scorer for a block is given the document
+    frequencies and reference count of all the pairs, so every block scores as one scorer of every pair."""
+    if metric not in IDENTIFICATION_METRICS:
+        raise ValueError(f"caption identification: unknown metric {metric!r} (known: {IDENTIFICATION_METRICS})")
+    rows = max(1, PAIRS // max(1, len(pool)))
+    corpus = pair_frequencies(pool, len(candidates)) if metric == "CIDEr-D" else None
+    blocks = [_similarity(metric, candidates[i : i + rows], pool, corpus) for i in range(0, len(candidates), rows)]
+    return np.concatenate(blocks) if blocks else np.zeros((0, len(pool)))
+
+
+def pair_frequencies(pool: list[tuple[str, ...]], n_candidates: int) -> tuple[defaultdict[Any, float], int]:
+    """CIDEr-D's document frequency of each n-gram over the ``n_candidates`` x pool pairs (each pool clip's
+    references appear once per candidate), and the number of pairs."""
+    from pycocoevalcap.cider.cider_scorer import CiderScorer
+
+    scorer = CiderScorer(n=4, sigma=6.0)
+    for refs in pool:
+        scorer.cook_append(None, list(refs))
+    scorer.compute_doc_freq()
+    counts = defaultdict(float, {gram: n_candidates * count for gram, count in scorer.document_frequency.items()})
+    return counts, n_candidates * len(pool)
+
+
+def _similarity(
+    metric: str,
+    candidates: list[str],
+    pool: list[tuple[str, ...]],
+    corpus: tuple[defaultdict[Any, float], int] | None,
+) -> np.ndarray:
     pairs = [(caption, list(refs)) for caption in candidates for refs in pool]
     if metric == "CIDEr-D":
         from pycocoevalcap.cider.cider_scorer import CiderScorer
 
+        assert corpus is not None
         scorer = CiderScorer(n=4, sigma=6.0)
         for caption, refs in pairs:
             scorer.cook_append(caption, refs)
-        _, scores = scorer.compute_score()  # per pair, in the order appended
+        scorer.document_frequency = corpus[0]
+        scorer.crefs += [None] * (corpus[1] - len(pairs))  # scored pairs stop at ctest; log(len(crefs)) is all's
+        scores = scorer.compute_cider()  # per pair, in the order appended
     elif metric == "BLEU-4":
         from pycocoevalcap.bleu.bleu import Bleu
 
@@ -146,13 +185,11 @@ def coco_similarity(metric: str, candidates: list[str], pool: list[tuple[str, ..
                 {str(k): [caption] for k, (caption, _) in enumerate(pairs)},
             )
         scores = per_pair[3]
-    elif metric == "ROUGE-L":
+    else:  # ROUGE-L
         from pycocoevalcap.rouge.rouge import Rouge
 
         rouge = Rouge()
         scores = [rouge.calc_score([caption], refs) for caption, refs in pairs]
-    else:
-        raise ValueError(f"caption identification: unknown metric {metric!r} (known: {IDENTIFICATION_METRICS})")
     return np.asarray(scores, dtype=float).reshape(len(candidates), len(pool))
 
 
