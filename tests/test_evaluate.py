@@ -266,3 +266,27 @@ def test_identification_scored_in_blocks_equals_every_pair_at_once(metric, monke
     monkeypatch.setattr(stats, "PAIRS", 2 * len(pool))  # blocks of two candidates, the last of one
     np.testing.assert_array_equal(stats.coco_similarity(metric, candidates, pool), whole)
     assert np.ptp(whole) > 0
+
+
+@pytest.mark.parametrize("metric", ["CIDEr-D", "ROUGE-L"])
+def test_n_way_identification_scores_each_pair_as_against_every_clip(metric):
+    """evaluate.identification_ways: each caption against its own clip and n - 1 distinct others drawn for
+    it; every pair scores exactly as in the comparison with every clip, so only the candidates change."""
+    import numpy as np
+
+    from llm4brain.evaluate import stats
+
+    words = "a red blue green circle square triangle moving left right up down on black white gray".split()
+    rng = np.random.default_rng(3)
+    refs = [" ".join(rng.choice(words, 6)) for _ in range(9)]
+    pool, own = stats.reference_pool([[r] for r in refs])
+    candidates = [" ".join(rng.choice(words, 5)) for _ in range(9)]
+    columns = np.array([stats.drawn_clips(own[i], len(pool), 4, (0, i)) for i in range(len(candidates))])
+    assert (columns[:, 0] == own).all() and all(len(set(row)) == 4 for row in columns.tolist())
+    full = stats.coco_similarity(metric, candidates, pool)
+    drawn = stats.coco_similarity(metric, candidates, pool, columns)
+    np.testing.assert_array_equal(drawn, np.take_along_axis(full, columns, 1))
+    perfect = stats.caption_identification(refs, [[r] for r in refs], metric=metric, ways=2)
+    assert perfect["n_way"] == 2 and perfect["chance_top1"] == 0.5 and perfect["top1"] == 1.0
+    every = stats.caption_identification(candidates, [[r] for r in refs], metric=metric)
+    assert stats.caption_identification(candidates, [[r] for r in refs], metric=metric, ways=9) == every

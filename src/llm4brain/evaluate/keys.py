@@ -7,7 +7,14 @@ from __future__ import annotations
 
 from typing import Any
 
-SCORING_KEYS = ("n_bootstrap", "n_permutations", "bertscore", "sentence_embedding", "attributes")
+SCORING_KEYS = (
+    "n_bootstrap",
+    "n_permutations",
+    "identification_ways",
+    "bertscore",
+    "sentence_embedding",
+    "attributes",
+)
 # the scoring keys whose metric needs a model checkpoint (evaluate.<key>.model)
 SEMANTIC_KEYS = ("bertscore", "sentence_embedding")
 

@@ -103,17 +103,20 @@ def _start_worker(spice: bool) -> None:
 
 
 def score_group(
-    references: dict[str, list[str]], candidates: dict[str, str], n_bootstrap: int, seed: int
+    references: dict[str, list[str]], candidates: dict[str, str], n_bootstrap: int, seed: int, ways: int | None
 ) -> GroupScores:
     """One subject × source: corpus scores, their bootstrap CIs, caption identification by each of
-    :data:`IDENTIFICATION_METRICS` and per-clip CIDEr (in ``references`` order)."""
+    :data:`IDENTIFICATION_METRICS` (``ways``-way, or against every clip) and per-clip CIDEr (in ``references``
+    order)."""
     scorer = _WORKER["scorer"]
     gts, res = scorer.tokenize(references, candidates)
     scores, per_clip = scorer.compute(gts, res)
     ci = bootstrap_ci(scorer.scorers, gts, res, per_clip, n_bootstrap, seed)
     ids = list(references)
     identification = {
-        metric: caption_identification([res[i][0] for i in ids], [gts[i] for i in ids], metric=metric)
+        metric: caption_identification(
+            [res[i][0] for i in ids], [gts[i] for i in ids], metric=metric, ways=ways, seed=seed
+        )
         for metric in IDENTIFICATION_METRICS
     }
     return scores, ci, identification, {"CIDEr": per_clip["CIDEr"]}
@@ -188,7 +191,8 @@ def score_captions(
     first: dict[str, int] = {}  # each distinct group's first index
     for i, signature in enumerate(signatures):
         first.setdefault(signature, i)
-    jobs = [(groups[i][2], groups[i][3], params["n_bootstrap"], seed) for i in first.values()]
+    ways = params["identification_ways"]
+    jobs = [(groups[i][2], groups[i][3], params["n_bootstrap"], seed, ways) for i in first.values()]
     if workers > 1:
         with ProcessPoolExecutor(workers, initializer=_start_worker, initargs=(not spice,)) as pool:
             scored = dict(zip(first, pool.map(score_group, *zip(*jobs, strict=True)), strict=True))

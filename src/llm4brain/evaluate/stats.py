@@ -130,20 +130,28 @@ IDENTIFICATION_METRICS = ("CIDEr-D", "BLEU-4", "ROUGE-L")
 PAIRS = 50_000  # caption x clip pairs scored at once: memory is bounded by it, not by the test clips squared
 
 
-def coco_similarity(metric: str, candidates: list[str], pool: list[tuple[str, ...]]) -> np.ndarray:
-    """``metric`` of every (PTB-tokenized) candidate against every pool clip's references, ``(n, len(pool))``:
-    CIDEr-D with the document frequencies of the n x m candidate x clip pairs (n times the pool's), sentence-
-    level BLEU-4 (pycocoevalcap's smoothing), ROUGE-L.
+def coco_similarity(
+    metric: str, candidates: list[str], pool: list[tuple[str, ...]], columns: np.ndarray | None = None
+) -> np.ndarray:
+    """``metric`` of every (PTB-tokenized) candidate against pool clips' references, ``(n, len(pool))``, or
+    against the clips ``columns[i]`` for candidate i, ``(n, columns.shape[1])``: CIDEr-D with the document
+    frequencies of all n x m candidate x clip pairs (n times the pool's), sentence-level BLEU-4
+    (pycocoevalcap's smoothing), ROUGE-L. A pair scores the same whichever columns are asked for.
 
     Scored a block of candidates at a time, about ``PAIRS`` pairs each: 1,200 test clips make 1.44 M pairs,
     several GB of pycocoevalcap's n-gram counts at once. CIDEr-D's scorer for a block is given the document
     frequencies and reference count of all the pairs, so every block scores as one scorer of every pair."""
     if metric not in IDENTIFICATION_METRICS:
         raise ValueError(f"caption identification: unknown metric {metric!r} (known: {IDENTIFICATION_METRICS})")
-    rows = max(1, PAIRS // max(1, len(pool)))
+    if columns is None:
+        columns = np.broadcast_to(np.arange(len(pool)), (len(candidates), len(pool)))
+    rows = max(1, PAIRS // max(1, columns.shape[1]))
     corpus = pair_frequencies(pool, len(candidates)) if metric == "CIDEr-D" else None
-    blocks = [_similarity(metric, candidates[i : i + rows], pool, corpus) for i in range(0, len(candidates), rows)]
-    return np.concatenate(blocks) if blocks else np.zeros((0, len(pool)))
+    blocks = [
+        _similarity(metric, candidates[i : i + rows], pool, columns[i : i + rows], corpus)
+        for i in range(0, len(candidates), rows)
+    ]
+    return np.concatenate(blocks) if blocks else np.zeros((0, columns.shape[1]))
 
 
 def pair_frequencies(pool: list[tuple[str, ...]], n_candidates: int) -> tuple[defaultdict[Any, float], int]:
@@ -163,9 +171,10 @@ def _similarity(
     metric: str,
     candidates: list[str],
     pool: list[tuple[str, ...]],
+    columns: np.ndarray,
     corpus: tuple[defaultdict[Any, float], int] | None,
 ) -> np.ndarray:
-    pairs = [(caption, list(refs)) for caption in candidates for refs in pool]
+    pairs = [(caption, list(pool[j])) for caption, row in zip(candidates, columns, strict=True) for j in row]
     if metric == "CIDEr-D":
         from pycocoevalcap.cider.cider_scorer import CiderScorer
 
@@ -190,11 +199,16 @@ def _similarity(
 
         rouge = Rouge()
         scores = [rouge.calc_score([caption], refs) for caption, refs in pairs]
-    return np.asarray(scores, dtype=float).reshape(len(candidates), len(pool))
+    return np.asarray(scores, dtype=float).reshape(len(candidates), columns.shape[1])
 
 
 def caption_identification(
-    candidates: list[str], references: list[list[str]], ks: tuple[int, ...] = (1, 5), metric: str = "CIDEr-D"
+    candidates: list[str],
+    references: list[list[str]],
+    ks: tuple[int, ...] = (1, 5),
+    metric: str = "CIDEr-D",
+    ways: int | None = None,
+    seed: int = 0,
 ) -> dict[str, float]:
     """Is each decoded caption closest (``metric`` against all of a clip's references) to its own clip among
     all distinct clips? (n-way identification, Horikawa 2025: its own clip against the n - 1 others.)
@@ -209,6 +223,10 @@ def caption_identification(
         ks: the k of each top-k accuracy.
         metric: ``CIDEr-D`` (with the distinct clips' document frequencies), ``BLEU-4`` (sentence level) or
             ``ROUGE-L``.
+        ways: n: each caption against its own clip and ``ways - 1`` others drawn at random for it (linear in
+            the captions, not quadratic); ``None`` (or at least the distinct clips), against every clip. Each
+            caption x clip pair scores as in the full comparison.
+        seed: the draws' seed (caption i draws from ``(seed, i)``).
 
     Returns:
         ``n_way`` (n, the distinct clips); for each k, ``top{k}`` and its chance ``chance_top{k}``
@@ -219,7 +237,16 @@ def caption_identification(
         ValueError: ``metric`` is not one of ``IDENTIFICATION_METRICS``.
     """
     pool, own = reference_pool(references)
-    return identification(coco_similarity(metric, candidates, pool), own, ks)
+    if ways is None or ways >= len(pool):
+        return identification(coco_similarity(metric, candidates, pool), own, ks)
+    columns = np.array([drawn_clips(own[i], len(pool), ways, (seed, i)) for i in range(len(candidates))])
+    return identification(coco_similarity(metric, candidates, pool, columns), np.zeros(len(candidates), int), ks)
+
+
+def drawn_clips(own: int, n_clips: int, ways: int, seed: tuple[int, int]) -> np.ndarray:
+    """``own`` first, then ``ways - 1`` other clips of ``n_clips`` drawn without replacement."""
+    others = np.random.default_rng(seed).choice(n_clips - 1, ways - 1, replace=False)
+    return np.concatenate([[own], others + (others >= own)])
 
 
 def identification(sim: np.ndarray, own_index: np.ndarray, ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
