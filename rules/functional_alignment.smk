@@ -18,7 +18,9 @@ rule fit_functional_alignment:
     params:
         subjects=SUBJECTS,
         heldout=heldout_params,
-        functional_alignment=functional_alignment_params("features", "n_iter", "max_voxels"),
+        functional_alignment=functional_alignment_params(
+            "features", "n_iter", "max_voxels"
+        ),
         seed=replicate_seed,
         code=CODE["fit_functional_alignment"],
     script:
