@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import DEFAULTS
 
 from llm4brain.evaluate.semantic import BertScore, EmbeddingCosine, semantic_metrics, semantic_scores
 
@@ -185,7 +186,7 @@ def run_scoring(tmp_path: Path, evaluate: dict) -> tuple[pd.DataFrame, pd.DataFr
     from llm4brain.evaluate.score import score_captions
 
     decoded, captions = write_decoded(tmp_path)
-    params = {"n_bootstrap": 10, "n_permutations": 10, "device": "cpu", **evaluate}
+    params = {**DEFAULTS["evaluate"], "n_bootstrap": 10, "n_permutations": 10, "device": "cpu", **evaluate}
     score_captions(
         [str(decoded)],
         captions,
