@@ -5,9 +5,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 CORES  ?= all
-# pytest workers (pytest-xdist), each given whole test files: the two workflow files (test_workflow.py,
-# test_workflow_slurm.py) wait on Snakemake and SLURM while the third worker runs the rest; three on two cores
-TEST_WORKERS ?= 3
+# pytest workers (pytest-xdist), each given whole test files: the workflow file waits on Snakemake and SLURM
+# while the other worker runs the rest
+TEST_WORKERS ?= 2
 
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
