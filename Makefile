@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: install install-dev demo test docs lint style clean
+.PHONY: install install-dev demo test docs lint style format-check clean
 
 install: $(STAMP)
 
@@ -33,7 +33,8 @@ $(DEV_STAMP): requirements-dev.txt $(STAMP)
 demo: install
 	$(BIN)/snakemake --cores $(CORES)
 
-test: install-dev style
+# mypy runs as a test (tests/test_static_checks.py), on a worker beside the workflow tests
+test: install-dev format-check
 	$(BIN)/mkdocs build --strict
 	$(BIN)/pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadfile
 
@@ -44,12 +45,14 @@ docs: install-dev
 lint: install
 	$(BIN)/snakemake --lint
 
-# formatting and static checks (pre-commit runs the first three on commit); part of `make test`
-style: install-dev
+# formatting and static checks (pre-commit runs format-check on commit); `make test` runs both
+style: format-check
+	$(BIN)/mypy
+
+format-check: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/snakefmt --check Snakefile rules
-	$(BIN)/mypy
 
 clean:
 	rm -rf results logs resources/demo .snakemake site

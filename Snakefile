@@ -19,6 +19,10 @@ if not workflow.config_settings.configfiles:
 report: "report/workflow.rst"
 
 
+# Rules marked `localrule: True` (table merges, plots, unpacking a wheel) run on the submit host under any
+# executor: at Wen 2018 size each takes seconds and under 0.15 GB (docs/benchmarks.md), less than a queue wait.
+
+
 include: "rules/common.smk"
 include: "rules/ablations.smk"
 include: "rules/inputs.smk"

@@ -101,6 +101,7 @@ rule ablation_table:
         f"{LOGS}/ablation_table.log",
     benchmark:
         f"{BENCHMARKS}/ablation_table.tsv"
+    localrule: True
     conda:
         "../envs/llm4brain.yaml"
     params:

