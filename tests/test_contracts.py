@@ -1,14 +1,18 @@
 """The contracts written once in the library and read by the schema and the workflow agree: the alignment
 loss terms and ablations (``llm4brain.align.terms``) and the scoring-only evaluate keys
-(``llm4brain.evaluate.keys``)."""
+(``llm4brain.evaluate.keys``), and the typed config sections (``llm4brain.sections``) are the schema's."""
 
 from __future__ import annotations
 
+import sys
+
+import pytest
 import yaml
-from conftest import REPO
+from conftest import DEFAULTS, REPO
 
 from llm4brain.align.terms import ABLATIONS, FUNCTIONAL_ALIGNMENT, INSTRUCT_ABLATIONS, LOSS_TERMS, ablated_align
 from llm4brain.evaluate.keys import SCORING_KEYS, SEMANTIC_KEYS, decoding_keys
+from llm4brain.sections import AlignConfig, TrainConfig, WorkflowConfig
 
 SCHEMA = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())["properties"]
 
@@ -40,3 +44,25 @@ def test_scoring_keys_are_evaluate_keys_and_decoding_gets_the_others():
     assert all("model" in evaluate[key]["properties"] for key in SEMANTIC_KEYS)
     decoding = decoding_keys(dict.fromkeys(evaluate, 1))
     assert set(decoding) == set(evaluate) - set(SCORING_KEYS) and decoding
+
+
+def test_the_typed_sections_are_the_schemas_objects():
+    """src/llm4brain/sections.py is what tools/config_sections.py derives from the schema today: a key added to,
+    removed from or retyped in either one alone fails here."""
+    sys.path.insert(0, str(REPO / "tools"))
+    from config_sections import MODULE, render
+
+    assert MODULE.read_text() == render(yaml.safe_load((REPO / "config" / "schema.yaml").read_text()))
+
+
+def test_every_section_round_trips_through_its_dataclass_with_the_schemas_defaults():
+    config = {
+        **DEFAULTS,
+        "data": {**DEFAULTS["data"], "segments": {**DEFAULTS["data"]["segments"], "subject_train": {}}},
+    }
+    typed = WorkflowConfig.from_dict(config)
+    assert typed.to_dict() == config
+    assert typed.align == AlignConfig() and typed.align.train == TrainConfig() and typed.align.train.steps == 600
+    assert WorkflowConfig.from_dict({**config, "align": {"loss": {"domain": 0.25}}}).align.loss.domain == 0.25
+    with pytest.raises(ValueError, match=r"AlignLossConfig: unknown key\(s\) \['domian'\]"):
+        AlignConfig.from_dict({"loss": {"domian": 0.25}})
