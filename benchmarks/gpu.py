@@ -70,6 +70,7 @@ from llm4brain.models.mbm import MaskedBrainModel
 from llm4brain.models.quantization import quantized_loading
 from llm4brain.models.tokenizer import train_word_tokenizer
 from llm4brain.runtime import autocast, select_device
+from llm4brain.sections import AlignConfig, EncoderConfig, TrainConfig
 from llm4brain.training import start_run
 from llm4brain.video.features import build_vision_model
 from llm4brain.video.preprocessing import data_config
@@ -334,7 +335,7 @@ def scmbm_step(setup: Setup, device: torch.device, warmup: int, steps: int) -> R
     with peak_memory(row, device):
         torch.manual_seed(0)
         model = MaskedBrainModel(
-            build_encoder(setup.grid, setup.encoder),
+            build_encoder(setup.grid, EncoderConfig.from_dict(setup.encoder)),
             decoder["dim"],
             decoder["depth"],
             decoder["num_heads"],
@@ -348,7 +349,7 @@ def scmbm_step(setup: Setup, device: torch.device, warmup: int, steps: int) -> R
             loss, _ = model(shard.share(volumes).to(device), generator, shard)
             return loss, {"masked_mse": loss.item()}
 
-        run = start_run(model, loss_fn, train, [generator], [], device)
+        run = start_run(model, loss_fn, TrainConfig.from_dict(train), [generator], [], device)
         row.step_s = seconds_per_step(run.step, device, warmup, steps)
     samples = train["batch_size"] * train["accumulate"]
     row.samples_per_s = samples / row.step_s
@@ -360,16 +361,17 @@ def align_step(setup: Setup, device: torch.device, warmup: int, steps: int) -> R
     """``pretrain_adaptor``'s step: its objective (:class:`~llm4brain.align.objective.AlignmentObjective`, every
     term ``align.loss`` turns on: the labelled terms, then on the held-out windows the domain term, masked
     modelling and the subject adversary) on ``fit``'s optimiser step (DDP when launched)."""
-    params, train, window, shard = setup.align, setup.align["train"], setup.encoder["window"], world()
-    batch, labelled, heldout = train["batch_size"], setup.labelled, len(params["heldout"])
-    uses_heldout = uses_heldout_fmri(params, params["heldout"])
+    params, window, shard = AlignConfig.from_dict(setup.align), setup.encoder["window"], world()
+    train = params.train
+    batch, labelled, heldout = train.batch_size, setup.labelled, len(params.heldout)
+    uses_heldout = uses_heldout_fmri(params, params.heldout)
     row = Row("align_step", shard.size, samples="windows")
     with peak_memory(row, device):
         qformer = instruction_qformer(setup).to(device)
         torch.manual_seed(0)
         trainables = build_trainables(
             grid=setup.grid,
-            encoder_params=setup.encoder,
+            encoder_params=EncoderConfig.from_dict(setup.encoder),
             params=params,
             qformer=qformer,
             token_width=setup.qformer.hidden_size,
@@ -378,7 +380,7 @@ def align_step(setup: Setup, device: torch.device, warmup: int, steps: int) -> R
             device=device,
         )
         generator = torch.Generator().manual_seed(1)
-        objective = AlignmentObjective(trainables, params, labelled, train["steps"], generator, shard)
+        objective = AlignmentObjective(trainables, params, labelled, train.steps, generator, shard)
         pick = torch.arange(batch)  # the global batch: B clips, each seen by every labelled subject
         windows = torch.randn(batch, labelled, window, *setup.grid)
         heldout_windows = torch.randn(batch, window, *setup.grid)
@@ -395,7 +397,7 @@ def align_step(setup: Setup, device: torch.device, warmup: int, steps: int) -> R
 
         run = start_run(trainables.modules(), loss_fn, train, [generator], [], device)
         row.step_s = seconds_per_step(run.step, device, warmup, steps)
-    samples = batch * train["accumulate"] * (labelled + uses_heldout)
+    samples = batch * train.accumulate * (labelled + uses_heldout)
     row.samples_per_s = samples / row.step_s
     row.shape = f"{samples} x {window} x {setup.grid} -> {FRAMES * setup.num_queries} x {setup.qformer.hidden_size}"
     return row
@@ -423,7 +425,8 @@ def student_step(
         if params["input"] == "encoder":  # the aligner build_student loads: random weights, saved as the rule saves
             align_dir = str(Path(tmp) / "align")
             torch.manual_seed(0)
-            aligner = BrainAligner(setup.grid, setup.encoder, setup.align, qformer).cpu()
+            encoder, align = EncoderConfig.from_dict(setup.encoder), AlignConfig.from_dict(setup.align)
+            aligner = BrainAligner(setup.grid, encoder, align, qformer).cpu()
             save_aligner(Path(align_dir), aligner, "random-init")
             del aligner  # build_student loads its own
         student = build_student("", align_dir, params, device, base)
@@ -446,7 +449,7 @@ def student_step(
                 loss, terms["distill"] = loss + weight * kd, kd.item()
             return loss, terms
 
-        run = start_run(student, loss_fn, train, [], [], device)
+        run = start_run(student, loss_fn, TrainConfig.from_dict(train), [], [], device)
         row.step_s = seconds_per_step(run.step, device, warmup, steps)
         trainable = sum(p.numel() for p in student.parameters() if p.requires_grad)
         nf4 = sum(type(m).__module__.startswith("bitsandbytes") for m in student.captioner.llm.modules())  # Linear4bit
@@ -483,19 +486,19 @@ def needs_gb(setup: Setup) -> dict[str, float]:
     """A lower bound per stage: the weights it holds (+ gradients and AdamW states of what trains, all of the
     SC-MBM model, the aligner's adaptors and Q-Former-side layers at most), from meta-device parameter counts.
     Activations come on top."""
-    gb = 2**30
+    gb, encoder = 2**30, EncoderConfig.from_dict(setup.encoder)
     vit = parameters(lambda: build_vision_model(setup.video, seed=0)) * 4
     scmbm = (
-        parameters(lambda: MaskedBrainModel(build_encoder(setup.grid, setup.encoder), **decoder_args(setup))) * 16
+        parameters(lambda: MaskedBrainModel(build_encoder(setup.grid, encoder), **decoder_args(setup))) * 16
     )  # fp32 weights, gradients, two AdamW moments
     qformer = parameters(lambda: InstructBlipVideoQFormerModel(setup.qformer)) * 4
-    encoder = parameters(lambda: build_encoder(setup.grid, setup.encoder)) * 4
+    encoder_size = parameters(lambda: build_encoder(setup.grid, encoder)) * 4
     llm = parameters(lambda: LlamaForCausalLM(setup.llama))
-    trained_encoder = encoder * 4  # the student trains the aligned encoder (train_encoder): + gradients, AdamW
+    trained_encoder = encoder_size * 4  # the student trains the aligned encoder (train_encoder): + gradients, AdamW
     return {
         "vit_g_cache": vit / gb,
         "scmbm_step": scmbm / gb,
-        "align_step": (encoder + 2 * qformer) / gb,
+        "align_step": (encoder_size + 2 * qformer) / gb,
         "student_lora_bf16": (2 * llm + 2 * qformer + trained_encoder) / gb,
         "student_lora_4bit": (2.55 * llm + 2 * qformer + trained_encoder) / gb,  # NF4 ≈ 0.55 B/param + bf16 teacher
         "decode": (2 * llm + qformer) / gb,

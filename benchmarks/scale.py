@@ -133,13 +133,14 @@ def scmbm_params(size: dict[str, Any]) -> dict[str, Any]:
 def run_scmbm(paths: list[str], out: str, size: dict[str, Any]) -> float:
     """Child process: pretrain_scmbm on ``paths``; its peak RSS."""
     from llm4brain.scmbm.train import pretrain_scmbm
+    from llm4brain.sections import EncoderConfig, ScmbmConfig
 
     pretrain_scmbm(
         fmri_paths=paths[:1],
         collection_paths=paths[1:],
         out_dir=out,
-        encoder_params=ENCODER,
-        params=scmbm_params(size),
+        encoder_params=EncoderConfig.from_dict(ENCODER),
+        params=ScmbmConfig.from_dict(scmbm_params(size)),
         seed=0,
     )
     return peak_rss()
@@ -152,6 +153,7 @@ def loader_speed(paths: list[str], size: dict[str, Any]) -> dict[str, float]:
     from llm4brain.fmri.stream import InMemorySamples, open_splits, row_stream
     from llm4brain.models.fmri_encoder import build_encoder
     from llm4brain.models.mbm import MaskedBrainModel
+    from llm4brain.sections import EncoderConfig
 
     torch.set_num_threads(2)
     files = open_splits(paths)
@@ -163,7 +165,8 @@ def loader_speed(paths: list[str], size: dict[str, Any]) -> dict[str, float]:
     models, optimizers, generators, seconds = {}, {}, {}, dict.fromkeys(loaders, 0.0)
     for name in loaders:
         torch.manual_seed(0)
-        models[name] = MaskedBrainModel(build_encoder((GRAYORDINATES,), ENCODER), 16, 1, 2, 0.75)
+        encoder = build_encoder((GRAYORDINATES,), EncoderConfig.from_dict(ENCODER))
+        models[name] = MaskedBrainModel(encoder, 16, 1, 2, 0.75)
         optimizers[name] = torch.optim.AdamW(models[name].parameters(), lr=1e-3)
         generators[name] = torch.Generator().manual_seed(0)
     steps = size["steps"] * 3
@@ -186,6 +189,7 @@ def wen_rehearsal(folder: Path, size: dict[str, Any]) -> tuple[float, float]:
     from llm4brain.models.captioner import Captioner
     from llm4brain.models.tokenizer import train_word_tokenizer
     from llm4brain.models.video_llm import VideoQFormer, build_llm, qformer_config, save_teacher
+    from llm4brain.sections import AlignConfig, EncoderConfig
 
     train = [f"seg{i:02d}" for i in range(1, size["train_segments"] + 1)]
     test = [f"test{i:02d}" for i in range(1, size["test_segments"] + 1)]
@@ -239,8 +243,8 @@ def wen_rehearsal(folder: Path, size: dict[str, Any]) -> tuple[float, float]:
         latent_paths=[str(folder / f"{s}.latents.h5") for s in subjects],
         metrics_path=str(folder / "metrics.tsv"),
         subjects=subjects,
-        encoder_params=encoder,
-        params=align,
+        encoder_params=EncoderConfig.from_dict(encoder),
+        params=AlignConfig.from_dict(align),
         seed=0,
     )
     clips = (len(train) + len(test)) * trs

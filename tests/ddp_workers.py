@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from llm4brain.distributed import BACKENDS, World, gather, world
+from llm4brain.sections import TrainConfig
 
 WRITES = ("os.mkdir", "os.rename", "os.remove", "os.rmdir", "os.truncate", "shutil.rmtree")
 
@@ -149,9 +150,9 @@ def gathered_share(x: torch.Tensor) -> None:
     torch.testing.assert_close(mine.grad, expected, rtol=0, atol=0)
 
 
-def report_world(out: str, checkpoint: Any) -> None:
+def report_world(out: str, checkpoint: Any, train: Any = None) -> None:
     """Check :func:`gathered_share`, the buffer policy and rank 1's write guard, then write this process's
-    place and the checkpoint it was handed to ``out``/rank{RANK}.json."""
+    place, the checkpoint and the typed section it was handed to ``out``/rank{RANK}.json."""
     from llm4brain.training import Objective, data_parallel
 
     gathered_share(torch.arange(12, dtype=torch.float32).view(2, 6))
@@ -165,6 +166,7 @@ def report_world(out: str, checkpoint: Any) -> None:
     if w.rank == 1:
         refused += "\n" + "\n".join(guarded_writes(Path(out) / "guarded"))
     record = {"size": w.size, "checkpoint": [str(checkpoint.path), checkpoint.fingerprint], "refused": refused}
+    record["train"] = [type(train).__name__, train.steps] if train is not None else None
     (Path(out) / f"rank{w.rank}.json").write_text(json.dumps(record))
 
 
@@ -225,7 +227,7 @@ def rank_streams(out: str, steps: int, val_losses: list[list[float]], checkpoint
     history = fit(
         model,
         loss_fn,
-        params,
+        TrainConfig.from_dict(params),
         "rank_streams",
         checkpoint=checkpoint,
         generators=[generator],

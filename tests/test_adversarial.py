@@ -80,7 +80,7 @@ def test_pretrain_adaptor_trains_the_adversary_on_every_subject_with_a_reversed_
     """With or without MMD, every step's classifier sees each labelled subject's batch and a held-out batch
     labelled as the held-out subject, behind a reversal whose coefficient is Ganin's ramp (never negative: a
     flipped sign would help the classifier), and the log holds exactly that step's cross-entropy."""
-    from test_stream import adaptor_inputs, adaptor_outputs
+    from test_stream import adaptor_inputs, adaptor_outputs, typed
 
     import llm4brain.align.adversarial as adversarial
     from llm4brain.align.train import pretrain_adaptor
@@ -103,7 +103,7 @@ def test_pretrain_adaptor_trains_the_adversary_on_every_subject_with_a_reversed_
     inputs = adaptor_inputs(tmp_path)
     inputs["params"]["loss"] = {**inputs["params"]["loss"], **weights}
     steps, batch = inputs["params"]["train"]["steps"], inputs["params"]["train"]["batch_size"]
-    pretrain_adaptor(**inputs, **adaptor_outputs(tmp_path / "out"))
+    pretrain_adaptor(**typed(inputs), **adaptor_outputs(tmp_path / "out"))
     log = pd.read_csv(tmp_path / "out" / "model" / "train_log.tsv", sep="\t")
     # two labelled subjects, then sub-03 (index 2): each step's classifier is told all three apart
     assert [counts for counts, _ in calls] == [[batch, batch, batch]] * steps

@@ -64,5 +64,12 @@ def test_every_section_round_trips_through_its_dataclass_with_the_schemas_defaul
     assert typed.to_dict() == config
     assert typed.align == AlignConfig() and typed.align.train == TrainConfig() and typed.align.train.steps == 600
     assert WorkflowConfig.from_dict({**config, "align": {"loss": {"domain": 0.25}}}).align.loss.domain == 0.25
+    given = {"train": {"steps": 3, "lr": 0.1}, "heldout": ["sub-03"]}  # as a rule passes it: devices left out
+    assert AlignConfig.from_dict(given).to_dict() == given and list(AlignConfig.from_dict(given).to_dict()) == [
+        "train",
+        "heldout",
+    ]
+    assert AlignConfig.from_dict(given) == AlignConfig(train=TrainConfig(steps=3, lr=0.1), heldout=["sub-03"])
+    assert AlignConfig().to_dict() == DEFAULTS["align"]  # built directly: every key
     with pytest.raises(ValueError, match=r"AlignLossConfig: unknown key\(s\) \['domian'\]"):
         AlignConfig.from_dict({"loss": {"domian": 0.25}})

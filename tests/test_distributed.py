@@ -24,7 +24,7 @@ from conftest import DEFAULTS
 from ddp_workers import as_rank, rank_streams, report_world, served_only
 from safetensors.torch import load_file
 from test_models import CAPTIONS
-from test_stream import ENCODER, SCMBM, SUBJECTS, adaptor_inputs, adaptor_outputs, runs, write_fmri
+from test_stream import ENCODER, SCMBM, SUBJECTS, adaptor_inputs, adaptor_outputs, runs, typed, write_fmri
 
 from llm4brain.align.train import pretrain_adaptor
 from llm4brain.artifacts import atomic_h5, write_keys, write_strings
@@ -32,6 +32,7 @@ from llm4brain.distributed import BACKENDS, launch
 from llm4brain.instruct.train import instruct_llm
 from llm4brain.resume import Checkpoint
 from llm4brain.scmbm.train import pretrain_scmbm
+from llm4brain.sections import EncoderConfig, ScmbmConfig, TrainConfig
 
 TOL = 3e-4  # per tensor: max-abs difference / the tensor's own max-abs value
 
@@ -88,8 +89,8 @@ def test_two_processes_pretrain_scmbm_as_one_fail_fast_and_resume_on_two_or_one(
             guard=[str(tmp_path / out), str(checkpoint.path.parent)],
             fmri_paths=paths,
             out_dir=str(tmp_path / out),
-            encoder_params=ENCODER,
-            params=params,
+            encoder_params=EncoderConfig.from_dict(ENCODER),
+            params=ScmbmConfig.from_dict(params),
             seed=0,
             checkpoint=checkpoint,
             **kill,
@@ -144,7 +145,9 @@ def test_two_processes_align_and_tune_a_4bit_lora_student_with_distillation_as_o
     inputs["params"]["train"] = {**inputs["params"]["train"], "accumulate": 2}
     for devices in (1, 2):
         out = tmp_path / f"align{devices}"
-        launch(as_rank, devices=devices, target=pretrain_adaptor, guard=[str(out)], **inputs, **adaptor_outputs(out))
+        launch(
+            as_rank, devices=devices, target=pretrain_adaptor, guard=[str(out)], **typed(inputs), **adaptor_outputs(out)
+        )
     assert_close(weights(tmp_path / "align1" / "model"), weights(tmp_path / "align2" / "model"), "aligner")
     assert_same_curve(*(tmp_path / f"align{d}" / "model" / "train_log.tsv" for d in (1, 2)))
     assert {"adversarial", "domain", "target_mbm"} <= set(
@@ -213,11 +216,20 @@ def test_a_multi_node_launch_starts_itself_once_per_node_through_srun(tmp_path, 
     monkeypatch.setenv("SLURM_NNODES", "2")
     monkeypatch.setattr(distributed.subprocess, "run", srun)
     checkpoint = Checkpoint(tmp_path / "job.pt", "a-job")
-    launch(report_world, devices=2, log_file=str(tmp_path / "job.log"), out=str(tmp_path), checkpoint=checkpoint)
+    train = TrainConfig(steps=7)
+    launch(
+        report_world,
+        devices=2,
+        log_file=str(tmp_path / "job.log"),
+        out=str(tmp_path),
+        checkpoint=checkpoint,
+        train=train,
+    )
     assert len(commands) == 1 and not list(tmp_path.glob("*.launch.json"))  # the spec is removed
     for rank in (0, 1):
         record = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert record["size"] == 2 and record["checkpoint"] == [str(tmp_path / "job.pt"), "a-job"]
+        assert record["train"] == ["TrainConfig", 7]  # a typed section crosses nodes as itself
         assert record["refused"].startswith("module.1 keep running statistics")  # the buffer policy
     guarded = json.loads((tmp_path / "rank1.json").read_text())["refused"].splitlines()[1:]
     assert len(guarded) == 4 and all("only rank 0 may" in line for line in guarded), guarded

@@ -7,7 +7,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from conftest import DEFAULTS, TRAIN_DEFAULTS
+from conftest import DEFAULTS
 from safetensors.torch import save_file
 from test_models import tiny_teacher
 from timm.models.vision_transformer import Block
@@ -18,6 +18,7 @@ from llm4brain.artifacts import ArtifactError
 from llm4brain.models.fmri_encoder import FmriEncoder, build_encoder
 from llm4brain.models.mbm import MaskedBrainModel
 from llm4brain.models.pretrained_encoder import load_pretrained_encoder
+from llm4brain.sections import AlignConfig, EncoderConfig, TrainConfig
 from llm4brain.training import fit
 
 ENCODER = {
@@ -35,7 +36,7 @@ ENCODER = {
     [((9, 8, 6), 1, 3 * 2 * 2), ((8, 8, 8), 2, 8), ((16, 4, 4), 3, 4), ((10,), 1, 3), ((64,), 2, 16)],
 )
 def test_tokenizer_shapes(grid, window, n_tokens):
-    encoder = build_encoder(grid, {**ENCODER, "window": window})
+    encoder = build_encoder(grid, EncoderConfig.from_dict({**ENCODER, "window": window}))
     x = torch.randn(3, window, *grid)
     assert encoder(x).shape == (3, n_tokens, 32)
     patches = encoder.tokenizer.patchify(x)
@@ -44,7 +45,7 @@ def test_tokenizer_shapes(grid, window, n_tokens):
 
 def test_patchify_follows_token_order():
     """Token (i, j, k) of the 3-D tokenizer covers voxels [4i:4i+4, 4j:4j+4, 4k:4k+4] of every window volume."""
-    encoder = build_encoder((8, 8, 4), {**ENCODER, "window": 2})
+    encoder = build_encoder((8, 8, 4), EncoderConfig.from_dict({**ENCODER, "window": 2}))
     x = torch.arange(2 * 8 * 8 * 4, dtype=torch.float32).reshape(1, 2, 8, 8, 4)
     patches = encoder.tokenizer.patchify(x)[0]
     token = 1 * 2 * 1 + 1 * 1 + 0  # (i=1, j=1, k=0) in a 2 × 2 × 1 token grid
@@ -74,7 +75,7 @@ def test_windows_follow_each_run():
 
 
 def test_masking_ratio_is_honoured():
-    model = MaskedBrainModel(build_encoder((16, 16, 8), ENCODER), 16, 1, 2, mask_ratio=0.75)
+    model = MaskedBrainModel(build_encoder((16, 16, 8), EncoderConfig.from_dict(ENCODER)), 16, 1, 2, mask_ratio=0.75)
     x = torch.randn(4, 1, 16, 16, 8)
     loss, mask = model(x, torch.Generator().manual_seed(0))
     n_tokens = 4 * 4 * 2
@@ -93,11 +94,11 @@ def test_masked_modelling_learns_structure(precision):
     data = pattern * torch.randn(64, 1, 1, 1, 1, generator=generator) + 0.1 * torch.randn(
         64, 1, 8, 8, 4, generator=generator
     )
-    model = MaskedBrainModel(build_encoder((8, 8, 4), ENCODER), 16, 1, 2, mask_ratio=0.5)
+    model = MaskedBrainModel(build_encoder((8, 8, 4), EncoderConfig.from_dict(ENCODER)), 16, 1, 2, mask_ratio=0.5)
     history = fit(
         model,
         lambda step: (model(data[torch.randint(64, (16,), generator=generator)], generator)[0], {}),
-        {**TRAIN_DEFAULTS, "steps": 200, "lr": 3e-3, "warmup": 5, "checkpoint_every": 0, "precision": precision},
+        TrainConfig(steps=200, lr=3e-3, warmup=5, checkpoint_every=0, precision=precision),
         "mbm",
     )
     assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast keeps fp32 master weights
@@ -126,7 +127,7 @@ def mind_vis_state(encoder: FmriEncoder, with_cls: bool = True) -> dict[str, tor
 
 
 def test_mind_vis_checkpoint_loads_with_report(tmp_path):
-    encoder = build_encoder((37,), ENCODER)
+    encoder = build_encoder((37,), EncoderConfig.from_dict(ENCODER))
     state = mind_vis_state(encoder)
     torch.save({"model": state}, tmp_path / "fmri_encoder.pth")
     missing, unexpected = load_pretrained_encoder(encoder, tmp_path / "fmri_encoder.pth")
@@ -135,7 +136,7 @@ def test_mind_vis_checkpoint_loads_with_report(tmp_path):
     assert torch.equal(encoder.tokenizer.pos_embed, state["pos_embed"][:, 1:])  # the CLS position dropped
     assert torch.equal(encoder.blocks[1].attn.qkv.weight, state["blocks.1.attn.qkv.weight"])
     save_file({f"module.{k}": v for k, v in state.items()}, tmp_path / "wrapped.safetensors")
-    again = build_encoder((37,), ENCODER)
+    again = build_encoder((37,), EncoderConfig.from_dict(ENCODER))
     load_pretrained_encoder(again, tmp_path / "wrapped.safetensors")
     assert torch.equal(again.norm.weight, state["norm.weight"])
 
@@ -145,8 +146,8 @@ class PickledConfig:
 
 
 def test_mind_vis_checkpoint_refusals(tmp_path):
-    encoder = build_encoder((37,), ENCODER)
-    wide = build_encoder((37,), {**ENCODER, "dim": 64, "num_heads": 2})
+    encoder = build_encoder((37,), EncoderConfig.from_dict(ENCODER))
+    wide = build_encoder((37,), EncoderConfig.from_dict({**ENCODER, "dim": 64, "num_heads": 2}))
     torch.save({"model": mind_vis_state(wide)}, tmp_path / "wide.pth")
     with pytest.raises(
         ArtifactError,
@@ -166,14 +167,20 @@ def test_encoder_adaptors_start_as_identity_and_leave_the_base_frozen(tmp_path, 
     """With encoder_tuning adaptor, the pretrained encoder is unchanged at init (adaptor scale 0, LoRA's
     zero up-projection) and stays bit-identical through training; only adaptors (and the new parts) move."""
     qformer, _ = tiny_teacher()
-    pretrained = build_encoder((8, 8, 4), ENCODER)
+    pretrained = build_encoder((8, 8, 4), EncoderConfig.from_dict(ENCODER))
     save_file(pretrained.state_dict(), tmp_path / "encoder.safetensors")
     align = {
         **DEFAULTS["align"],
         "encoder_tuning": "adaptor",
         "adaptor": {**DEFAULTS["align"]["adaptor"], "kind": kind, "scale_init": 0.0},
     }
-    aligner = BrainAligner((8, 8, 4), ENCODER, align, qformer, tmp_path / "encoder.safetensors").eval()
+    aligner = BrainAligner(
+        (8, 8, 4),
+        EncoderConfig.from_dict(ENCODER),
+        AlignConfig.from_dict(align),
+        qformer,
+        tmp_path / "encoder.safetensors",
+    ).eval()
     x = torch.randn(4, 1, 8, 8, 4)
     with torch.no_grad():
         torch.testing.assert_close(aligner.encoder(x), pretrained.eval()(x), rtol=0, atol=0)
@@ -183,7 +190,7 @@ def test_encoder_adaptors_start_as_identity_and_leave_the_base_frozen(tmp_path, 
     fit(
         aligner,
         lambda step: ((aligner.train()(x) ** 2).mean(), {}),
-        {**TRAIN_DEFAULTS, "steps": 3, "warmup": 0, "checkpoint_every": 0},
+        TrainConfig(steps=3, warmup=0, checkpoint_every=0),
         "adaptor",
     )
     after = dict(aligner.encoder.named_parameters())
@@ -195,9 +202,18 @@ def test_aligner_reloads_with_encoder_adaptors(tmp_path):
     from llm4brain.align.model import load_aligner, save_aligner
 
     qformer, _ = tiny_teacher()
-    save_file(build_encoder((8, 8, 4), {**ENCODER, "window": 2}).state_dict(), tmp_path / "encoder.safetensors")
+    save_file(
+        build_encoder((8, 8, 4), EncoderConfig.from_dict({**ENCODER, "window": 2})).state_dict(),
+        tmp_path / "encoder.safetensors",
+    )
     align = {**DEFAULTS["align"], "encoder_tuning": "adaptor"}
-    aligner = BrainAligner((8, 8, 4), {**ENCODER, "window": 2}, align, qformer, tmp_path / "encoder.safetensors")
+    aligner = BrainAligner(
+        (8, 8, 4),
+        EncoderConfig.from_dict({**ENCODER, "window": 2}),
+        AlignConfig.from_dict(align),
+        qformer,
+        tmp_path / "encoder.safetensors",
+    )
     save_aligner(tmp_path / "aligner", aligner, "teacher")
     again = load_aligner(tmp_path / "aligner", copy.deepcopy(qformer))
     x = torch.randn(2, 2, 8, 8, 4)
@@ -213,7 +229,7 @@ def test_alignment_step_under_bf16_autocast():
     from llm4brain.runtime import autocast
 
     qformer, _ = tiny_teacher()
-    aligner = BrainAligner((8, 8, 4), ENCODER, DEFAULTS["align"], qformer).train()
+    aligner = BrainAligner((8, 8, 4), EncoderConfig.from_dict(ENCODER), AlignConfig(), qformer).train()
     x, target = torch.randn(8, 1, 8, 8, 4), torch.randn(4, 1, 8, 8, 4)
     video = torch.randn(4, *aligner(target).shape[1:])
     seen = []

@@ -57,7 +57,7 @@ def test_real_sizes_are_the_published_ones(gpu):
     qformer = gpu.parameters(lambda: InstructBlipVideoQFormerModel(setup.qformer))
     assert 0.18e9 < qformer < 0.19e9 and setup.num_queries == 32  # InstructBLIP's Q-Former (188 M)
     with torch.device("meta"):
-        encoder = gpu.build_encoder(setup.grid, setup.encoder)
+        encoder = gpu.build_encoder(setup.grid, gpu.EncoderConfig.from_dict(setup.encoder))
     assert encoder.tokenizer.pos_embed.shape[1:] == (3714, 1024)  # 59,412 grayordinates in patches of 16
     assert len(encoder.blocks) == 24 and encoder.blocks[0].attn.num_heads == 16
     assert encoder.blocks[0].mlp.fc1.out_features == 1024  # mlp_ratio 1

@@ -13,6 +13,7 @@ from test_models import ALIGN, CAPTIONS, ENCODER, PROMPT, TEMPLATE, tiny_teacher
 from llm4brain.instruct.student import load_student, save_student
 from llm4brain.instruct.train import build_student, distillation
 from llm4brain.models.video_llm import save_teacher
+from llm4brain.sections import AlignConfig, EncoderConfig, TrainConfig
 from llm4brain.training import fit
 
 LORA = {
@@ -58,7 +59,7 @@ def train(student, tokens: torch.Tensor, steps: int = TRAIN["steps"]):
         return student.captioner.caption_loss(tokens, CAPTIONS)[0], {}
 
     student.train()
-    return fit(student, loss_fn, {**TRAIN, "steps": steps}, "test")
+    return fit(student, loss_fn, TrainConfig.from_dict({**TRAIN, "steps": steps}), "test")
 
 
 def base_weights(llm: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -156,7 +157,10 @@ def save_tiny_aligner(teacher_dir: Path, directory: Path) -> tuple[int, int, int
     from llm4brain.models.video_llm import load_video_qformer
 
     grid = (8, 8, 4)
-    save_aligner(directory, BrainAligner(grid, ENCODER, ALIGN, load_video_qformer(teacher_dir)), "teacher")
+    aligner = BrainAligner(
+        grid, EncoderConfig.from_dict(ENCODER), AlignConfig.from_dict(ALIGN), load_video_qformer(teacher_dir)
+    )
+    save_aligner(directory, aligner, "teacher")
     return grid
 
 
@@ -175,7 +179,7 @@ def test_end_to_end_student_tunes_the_aligned_encoder_only_when_asked(teacher_di
         return student.captioner.caption_loss(student.tokens(volumes), CAPTIONS)[0], {}
 
     student.train()
-    fit(student, loss_fn, {**TRAIN, "steps": 3}, "test")
+    fit(student, loss_fn, TrainConfig.from_dict({**TRAIN, "steps": 3}), "test")
     moved = {n for n, p in student.aligner.named_parameters() if not torch.equal(p, before[n])}
     encoder_side = {n for n in before if n.startswith(("encoder.", "to_context."))}
     assert any(n.startswith("qformer.") for n in moved)
@@ -202,7 +206,7 @@ def test_encoder_tokens_reach_the_llm_after_the_aligned_ones_and_reload_identica
         return student.captioner.caption_loss(student.tokens(volumes), CAPTIONS)[0], {}
 
     student.train()
-    fit(student, loss_fn, {**TRAIN, "steps": 3}, "test")
+    fit(student, loss_fn, TrainConfig.from_dict({**TRAIN, "steps": 3}), "test")
     assert not torch.equal(student.encoder_map.weight, before)
     (tmp_path / "student").mkdir()
     save_student(tmp_path / "student", student.eval(), str(teacher_dir), str(tmp_path / "align"), params)

@@ -16,6 +16,7 @@ from llm4brain.align.model import BrainAligner
 from llm4brain.artifacts import ArtifactError
 from llm4brain.models.tokenizer import train_word_tokenizer
 from llm4brain.models.video_llm import load_teacher, load_video_qformer
+from llm4brain.sections import AlignConfig, EncoderConfig
 from llm4brain.video_llm.checkpoint import checkpoint_settings
 
 PROMPT = "Describe the clip."
@@ -167,7 +168,7 @@ def test_aligner_and_adaptors_fit_the_instruction_qformer(checkpoint, tmp_path):
     """The aligner reads fMRI into the checkpoint's Q-Former (adaptors in its layers) and fills all 4 frame
     slots of the video-token layout."""
     qformer, _, _ = load_teacher(teacher_pointer(checkpoint, tmp_path))
-    aligner = BrainAligner((8, 8, 4), ENCODER, DEFAULTS["align"], qformer)
+    aligner = BrainAligner((8, 8, 4), EncoderConfig.from_dict(ENCODER), AlignConfig(), qformer)
     out = aligner(torch.randn(3, 1, 8, 8, 4))
     assert out.shape == (3, 4 * QUERIES, 32)
     torch.testing.assert_close(out[:, :QUERIES], out[:, QUERIES : 2 * QUERIES])

@@ -6,7 +6,6 @@ import copy
 
 import pytest
 import torch
-from conftest import TRAIN_DEFAULTS
 
 from llm4brain.align.model import BrainAligner, load_aligner, save_aligner
 from llm4brain.models.adaptors import add_adaptors
@@ -14,6 +13,7 @@ from llm4brain.models.captioner import Captioner
 from llm4brain.models.fmri_encoder import FmriEncoder
 from llm4brain.models.tokenizer import train_word_tokenizer
 from llm4brain.models.video_llm import VideoQFormer, build_llm, load_teacher, qformer_config, save_teacher
+from llm4brain.sections import AlignConfig, EncoderConfig, TrainConfig
 from llm4brain.training import fit
 
 CAPTIONS = [
@@ -84,16 +84,7 @@ def test_teacher_learns_and_round_trips(tmp_path):
     history = fit(
         model,
         lambda step: (captioner.caption_loss(qformer(clips), CAPTIONS)[0], {}),
-        {
-            **TRAIN_DEFAULTS,
-            "steps": 150,
-            "lr": 3e-3,
-            "weight_decay": 0.0,
-            "warmup": 2,
-            "grad_clip": 1.0,
-            "checkpoint_every": 0,
-            "accumulate": 1,
-        },
+        TrainConfig(steps=150, lr=3e-3, weight_decay=0.0, warmup=2, grad_clip=1.0, checkpoint_every=0, accumulate=1),
         "test",
     )
     assert history["loss"].iloc[-5:].mean() < 0.5 * history["loss"].iloc[0]
@@ -130,7 +121,7 @@ def test_encoder_tokens_shape():
 @pytest.mark.parametrize("grid", [(8, 8, 4), (37,)])
 def test_aligner_round_trip(tmp_path, grid):
     qformer, _ = tiny_teacher()
-    aligner = BrainAligner(grid, ENCODER, ALIGN, qformer).eval()
+    aligner = BrainAligner(grid, EncoderConfig.from_dict(ENCODER), AlignConfig.from_dict(ALIGN), qformer).eval()
     volumes = torch.randn(2, 1, *grid)
     save_aligner(tmp_path / "aligner", aligner, "teacher")
     again = load_aligner(tmp_path / "aligner", qformer)

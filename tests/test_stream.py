@@ -31,6 +31,7 @@ from llm4brain.fmri.stream import (
     split_rows,
 )
 from llm4brain.scmbm.train import pretrain_scmbm
+from llm4brain.sections import AlignConfig, EncoderConfig, ScmbmConfig
 
 SENTINEL = 1e6  # every test-split value; no training sample may contain it
 GRID = (16,)
@@ -231,8 +232,8 @@ def test_test_split_never_enters_pretraining(tmp_path, monkeypatch):
         fmri_paths=[str(task)],
         collection_paths=[str(collection)],
         out_dir=str(tmp_path / "scmbm"),
-        encoder_params=ENCODER,
-        params=params,
+        encoder_params=EncoderConfig.from_dict(ENCODER),
+        params=ScmbmConfig.from_dict(params),
         seed=0,
     )
     assert len(seen) > 8 and sum(len(b) for b in seen) > 8 * 8
@@ -250,8 +251,8 @@ def test_streaming_and_in_memory_pretraining_give_identical_weights(tmp_path, va
         pretrain_scmbm(
             fmri_paths=paths,
             out_dir=str(tmp_path / f"memory-{in_memory}"),
-            encoder_params=ENCODER,
-            params=params,
+            encoder_params=EncoderConfig.from_dict(ENCODER),
+            params=ScmbmConfig.from_dict(params),
             seed=0,
             in_memory=in_memory,
         )
@@ -269,6 +270,7 @@ SCRIPT = textwrap.dedent("""
     from llm4brain.fmri import stream
     from llm4brain.scmbm.train import pretrain_scmbm
     from llm4brain.resume import Checkpoint
+    from llm4brain.sections import EncoderConfig, ScmbmConfig
 
     out, kill_at = sys.argv[1], int(sys.argv[2])
     calls = []
@@ -281,8 +283,8 @@ SCRIPT = textwrap.dedent("""
         return next_batch(self, batch_size)
 
     stream.ShuffledStream.next = next_or_die
-    pretrain_scmbm(fmri_paths=PATHS, out_dir=out, encoder_params=ENCODER, params=PARAMS, seed=0,
-                   checkpoint=Checkpoint(CKPT, "scmbm-job"))
+    pretrain_scmbm(fmri_paths=PATHS, out_dir=out, encoder_params=EncoderConfig.from_dict(ENCODER),
+                   params=ScmbmConfig.from_dict(PARAMS), seed=0, checkpoint=Checkpoint(CKPT, "scmbm-job"))
     print(calls[-1])
 """)
 
@@ -440,6 +442,13 @@ def adaptor_inputs(tmp_path: Path, dropout: float = 0.1) -> dict:
     }
 
 
+def typed(inputs: dict) -> dict:
+    """:func:`adaptor_inputs` with its sections typed, as ``pretrain_adaptor`` takes them (tests edit the
+    dicts first)."""
+    encoder, align = EncoderConfig.from_dict(inputs["encoder_params"]), AlignConfig.from_dict(inputs["params"])
+    return {**inputs, "encoder_params": encoder, "params": align}
+
+
 def adaptor_outputs(out: Path) -> dict:
     return {
         "model_dir": str(out / "model"),
@@ -463,7 +472,7 @@ def test_pretrain_adaptor_streams_its_samples_and_reruns_identically(tmp_path):
 
     inputs = adaptor_inputs(tmp_path)
     for run in ("first", "second"):
-        pretrain_adaptor(**inputs, **adaptor_outputs(tmp_path / run))
+        pretrain_adaptor(**typed(inputs), **adaptor_outputs(tmp_path / run))
     log = pd.read_csv(tmp_path / "first" / "model" / "train_log.tsv", sep="\t")
     assert len(log) == 6 and log["val_loss"].notna().sum() == 2 and {"domain", "contrastive"} <= set(log.columns)
     assert set(pd.read_csv(tmp_path / "first" / "metrics.tsv", sep="\t")["subject"]) == set(SUBJECTS)
@@ -482,8 +491,11 @@ ADAPTOR_SCRIPT = textwrap.dedent("""
     from llm4brain.fmri import stream
     from llm4brain.align.train import pretrain_adaptor
     from llm4brain.resume import Checkpoint
+    from llm4brain.sections import AlignConfig, EncoderConfig
 
     inputs, out, kill_at = json.loads(Path(sys.argv[1]).read_text()), Path(sys.argv[2]), int(sys.argv[3])
+    inputs.update(encoder_params=EncoderConfig.from_dict(inputs["encoder_params"]),
+                  params=AlignConfig.from_dict(inputs["params"]))
     calls = []
     next_batch = stream.ShuffledStream.next
 

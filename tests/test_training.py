@@ -15,6 +15,7 @@ from conftest import TRAIN_DEFAULTS
 
 from llm4brain.resume import Checkpoint
 from llm4brain.runtime import autocast_dtype
+from llm4brain.sections import TrainConfig
 from llm4brain.training import fit
 
 TRAIN = {
@@ -36,6 +37,7 @@ SCRIPT = textwrap.dedent("""
     from safetensors.torch import save_file
     from llm4brain.runtime import seed_everything
     from llm4brain.resume import Checkpoint
+    from llm4brain.sections import TrainConfig
     from llm4brain.training import fit
 
     out, kill_at = sys.argv[1], int(sys.argv[2])
@@ -50,7 +52,7 @@ SCRIPT = textwrap.dedent("""
         idx = torch.randint(64, (8,), generator=generator)
         return torch.nn.functional.mse_loss(model(x[idx]), y[idx]), {}
 
-    fit(model, loss_fn, PARAMS, "toy", out + ".tsv", checkpoint=Checkpoint(CKPT, "toy-job"),
+    fit(model, loss_fn, TrainConfig.from_dict(PARAMS), "toy", out + ".tsv", checkpoint=Checkpoint(CKPT, "toy-job"),
         generators=[generator])
     save_file(model.state_dict(), out + ".safetensors")
 """)
@@ -117,14 +119,14 @@ def test_training_state_is_kept_per_device(tmp_path):
         return model(torch.ones(2, 3)).square().mean(), {}
 
     with pytest.raises(RuntimeError, match="preempted"):
-        fit(model, preempted_at_step_3, params, "toy", checkpoint=checkpoint)
+        fit(model, preempted_at_step_3, TrainConfig.from_dict(params), "toy", checkpoint=checkpoint)
     saved = torch.load(checkpoint.path, weights_only=True)
     assert saved["step"] == 2 and saved["fingerprint"] == checkpoint.where("cpu", "None").fingerprint
     checkpoint.where("cuda", "torch.bfloat16").save({"step": 4})  # what the job would leave on a GPU node
     history = fit(
         model,
         lambda step: (model(torch.ones(2, 3)).square().mean(), {}),
-        params,
+        TrainConfig.from_dict(params),
         "toy",
         checkpoint=checkpoint,
     )
@@ -146,11 +148,11 @@ def test_accumulated_micro_batches_make_one_step_on_their_union():
         rows = next(halves)
         return torch.nn.functional.mse_loss(accumulated(x[rows]), y[rows]), {}
 
-    history = fit(accumulated, half, params, "accumulated")
+    history = fit(accumulated, half, TrainConfig.from_dict(params), "accumulated")
     fit(
         whole,
         lambda step: (torch.nn.functional.mse_loss(whole(x), y), {}),
-        {**params, "accumulate": 1},
+        TrainConfig.from_dict({**params, "accumulate": 1}),
         "whole",
     )
     torch.testing.assert_close(accumulated.weight, whole.weight)
@@ -178,7 +180,13 @@ def test_validation_stops_early_and_keeps_the_best_weights():
         "eval_every": 5,
         "patience": 2,
     }
-    history = fit(torch.nn.ParameterList([w]), lambda step: ((w - 1.0) ** 2, {}), params, "val", validate=validate)
+    history = fit(
+        torch.nn.ParameterList([w]),
+        lambda step: ((w - 1.0) ** 2, {}),
+        TrainConfig.from_dict(params),
+        "val",
+        validate=validate,
+    )
     best = min(seen, key=lambda s: s[2])
     assert len(history) < 200 and history["val_loss"].notna().sum() == len(seen) == best[0] + 3
     assert w.item() == best[1] and abs(best[1] - 0.3) < 0.1
@@ -198,7 +206,12 @@ def test_precision_setting_picks_the_autocast():
         return out.float().pow(2).mean(), {}
 
     for precision, dtype in [("auto", torch.float32), ("bf16", torch.bfloat16)]:
-        fit(model, loss_fn, {**TRAIN, "steps": 2, "checkpoint_every": 0, "precision": precision}, "p")
+        fit(
+            model,
+            loss_fn,
+            TrainConfig.from_dict({**TRAIN, "steps": 2, "checkpoint_every": 0, "precision": precision}),
+            "p",
+        )
         assert set(seen.values()) == {dtype} and model.weight.dtype == torch.float32
 
 
@@ -232,7 +245,7 @@ def test_stateful_objects_are_checkpointed_and_restored(tmp_path):
         fit(
             model,
             lambda step: loss_fn(step, killed, fail_at=5),
-            params,
+            TrainConfig.from_dict(params),
             "toy",
             checkpoint=checkpoint,
             stateful=[killed],
@@ -240,5 +253,12 @@ def test_stateful_objects_are_checkpointed_and_restored(tmp_path):
     assert torch.load(checkpoint.path, weights_only=True)["stateful"] == [{"drawn": 4}]
     seen.clear()
     rerun = Position()
-    fit(model, lambda step: loss_fn(step, rerun), params, "toy", checkpoint=checkpoint, stateful=[rerun])
+    fit(
+        model,
+        lambda step: loss_fn(step, rerun),
+        TrainConfig.from_dict(params),
+        "toy",
+        checkpoint=checkpoint,
+        stateful=[rerun],
+    )
     assert seen == [5, 6]

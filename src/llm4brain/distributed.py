@@ -139,8 +139,9 @@ def launch(
     (``SLURM_NNODES`` > 1) it starts itself once per node with ``srun`` (:func:`on_every_node`) and the
     nodes meet at the allocation's first node. If a process dies, the others are stopped and this raises
     (no process waits on a dead peer); the next run resumes from rank 0's last checkpoint. ``kwargs`` must
-    pickle (and, across nodes, be JSON with :class:`~llm4brain.resume.Checkpoint` values). ``timeout``
-    (seconds) bounds how long a collective waits for the other processes (torch's default when None).
+    pickle (and, across nodes, be JSON with :class:`~llm4brain.resume.Checkpoint` and typed config
+    section values). ``timeout`` (seconds) bounds how long a collective waits for the other processes
+    (torch's default when None).
     """
     import multiprocessing
 
@@ -230,17 +231,23 @@ def on_every_node(
 
 def _to_json(value: Any) -> Any:
     from llm4brain.resume import Checkpoint
+    from llm4brain.section import Section
 
     if isinstance(value, Checkpoint):
         return {"__checkpoint__": [str(value.path), value.fingerprint]}
+    if isinstance(value, Section):  # a typed config section: its class and its keys
+        return {"__section__": type(value).__name__, "keys": value.to_dict()}
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"{type(value).__name__} cannot reach the other nodes: {value!r}")
 
 
 def _from_json(value: dict[str, Any]) -> Any:
+    from llm4brain import sections
     from llm4brain.resume import Checkpoint
 
+    if "__section__" in value:
+        return getattr(sections, value["__section__"]).from_dict(value["keys"])
     return Checkpoint(*value["__checkpoint__"]) if "__checkpoint__" in value else value
 
 

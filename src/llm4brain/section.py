@@ -22,6 +22,9 @@ class Section:
     def from_dict(cls, data: Mapping[str, Any]) -> Self:
         """The section from its dict: missing keys take the schema's defaults, unknown keys are errors.
 
+        The section remembers which keys it was given, in their order, so that :meth:`to_dict` records what
+        the rule passed (the workflow leaves out keys that do not change a model, such as ``train.devices``).
+
         Args:
             data: the section as the config (or a saved model's config.json) holds it.
 
@@ -34,15 +37,30 @@ class Section:
         unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
             raise ValueError(f"{cls.__name__}: unknown key(s) {unknown}")
-        return cls(**{name: _build(hints[name], value) for name, value in data.items()})
+        section = cls(**{name: _build(hints[name], value) for name, value in data.items()})
+        object.__setattr__(section, "_given", tuple(data))
+        return section
 
     def to_dict(self) -> dict[str, Any]:
-        """The section as plain data, keys in the schema's order (what config.json files record)."""
-        return dataclasses.asdict(self)
+        """The section as plain data: the keys it was built from, in their order (every key, in the schema's
+        order, for a section built directly). This is what config.json files and ``config_hash`` record."""
+        names = getattr(self, "_given", None) or [f.name for f in dataclasses.fields(self)]
+        return {name: _plain(getattr(self, name)) for name in names}
 
     def replace(self, **changes: Any) -> Self:
         """A copy with ``changes`` (a section is frozen)."""
         return dataclasses.replace(self, **changes)
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with nested sections as dicts, and lists and dicts copied."""
+    if isinstance(value, Section):
+        return value.to_dict()
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    return value
 
 
 def _build(hint: Any, value: Any) -> Any:

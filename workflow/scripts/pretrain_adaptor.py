@@ -2,14 +2,16 @@ from llm4brain.align.train import pretrain_adaptor
 from llm4brain.distributed import launch
 from llm4brain.resume import Checkpoint
 from llm4brain.runtime import setup_logging
+from llm4brain.sections import AlignConfig, EncoderConfig
 
 if __name__ == "__main__":  # not when the data-parallel workers re-import this script
     setup_logging(snakemake.log[0])
     p = snakemake.params
+    align = AlignConfig.from_dict(p.align)
     launch(
         pretrain_adaptor,
         devices=snakemake.resources.devices,
-        device=p.align["train"]["device"],
+        device=align.train.device,
         log_file=snakemake.log[0],
         fmri_paths=list(snakemake.input.fmri),
         feature_paths=list(snakemake.input.features),
@@ -18,8 +20,8 @@ if __name__ == "__main__":  # not when the data-parallel workers re-import this 
         latent_paths=list(snakemake.output.latents),
         metrics_path=snakemake.output.metrics,
         subjects=list(p.subjects),
-        encoder_params=p.encoder,
-        params=p.align,
+        encoder_params=EncoderConfig.from_dict(p.encoder),
+        params=align,
         seed=p.seed,
         pretrained=snakemake.input.pretrained[0] if snakemake.input.pretrained else None,
         checkpoint=Checkpoint.for_snakemake(snakemake),

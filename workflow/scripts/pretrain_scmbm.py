@@ -3,20 +3,22 @@ from llm4brain.fmri.collections import shards_with_samples
 from llm4brain.resume import Checkpoint
 from llm4brain.runtime import setup_logging
 from llm4brain.scmbm.train import pretrain_scmbm
+from llm4brain.sections import EncoderConfig, ScmbmConfig
 
 if __name__ == "__main__":  # not when the data-parallel workers re-import this script
     setup_logging(snakemake.log[0])
     p = snakemake.params
+    scmbm = ScmbmConfig.from_dict(p.scmbm)
     launch(
         pretrain_scmbm,
         devices=snakemake.resources.devices,
-        device=p.scmbm["train"]["device"],
+        device=scmbm.train.device,
         log_file=snakemake.log[0],
         fmri_paths=list(snakemake.input.fmri),
         collection_paths=shards_with_samples(snakemake.input.collections),
         out_dir=snakemake.output[0],
-        encoder_params=p.encoder,
-        params=p.scmbm,
+        encoder_params=EncoderConfig.from_dict(p.encoder),
+        params=scmbm,
         seed=p.seed,
         checkpoint=Checkpoint.for_snakemake(snakemake),
     )

@@ -17,6 +17,7 @@ from llm4brain.models.fmri_encoder import build_encoder
 from llm4brain.models.pretrained_encoder import load_pretrained_encoder
 from llm4brain.models.video_llm import VideoQFormer
 from llm4brain.models.weights import load_weights, save_weights
+from llm4brain.sections import AlignConfig, EncoderConfig
 
 if TYPE_CHECKING:
     from llm4brain.models.instructblip_video import InstructionQFormer
@@ -36,22 +37,27 @@ class BrainAligner(nn.Module):
     def __init__(
         self,
         grid: tuple[int, ...],
-        encoder_params: dict[str, Any],
-        params: dict[str, Any],
+        encoder_params: EncoderConfig,
+        params: AlignConfig,
         video_qformer: VideoQFormer | InstructionQFormer,
         pretrained: str | Path | None = None,
     ) -> None:
         super().__init__()
-        self.config: dict[str, Any] = {"grid": list(grid), "encoder": encoder_params, "align": params}
+        self.encoder_params, self.params = encoder_params, params
+        self.config: dict[str, Any] = {  # what config.json records
+            "grid": list(grid),
+            "encoder": encoder_params.to_dict(),
+            "align": params.to_dict(),
+        }
         self.encoder = build_encoder(grid, encoder_params)
         if pretrained is not None:
             load_pretrained_encoder(self.encoder, pretrained)
-        if params["encoder_tuning"] == "adaptor":
-            adapt(self.encoder, ENCODER_ADAPTOR_SITES, params["adaptor"])
-        self.to_context = nn.Linear(encoder_params["dim"], video_qformer.config.encoder_hidden_size)
+        if params.encoder_tuning == "adaptor":
+            adapt(self.encoder, ENCODER_ADAPTOR_SITES, params.adaptor)
+        self.to_context = nn.Linear(encoder_params.dim, video_qformer.config.encoder_hidden_size)
         self.qformer = copy.deepcopy(video_qformer)
-        adapt(self.qformer, QFORMER_ADAPTOR_SITES, params["adaptor"])
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / params["temperature"])))
+        adapt(self.qformer, QFORMER_ADAPTOR_SITES, params.adaptor)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / params.temperature)))
 
     def align(self, encoded: torch.Tensor) -> torch.Tensor:
         """Encoder tokens (B, N, D) → the Q-Former's (B, Q, H) tokens in the video-token space."""
@@ -88,6 +94,7 @@ def load_aligner(directory: str | Path, video_qformer: VideoQFormer | Instructio
     """Rebuild a saved aligner around the teacher's Q-Former and load its weights (safetensors)."""
     directory = Path(directory)
     config = json.loads((directory / "config.json").read_text())
-    model = BrainAligner(tuple(config["grid"]), config["encoder"], config["align"], video_qformer)
+    encoder, align = EncoderConfig.from_dict(config["encoder"]), AlignConfig.from_dict(config["align"])
+    model = BrainAligner(tuple(config["grid"]), encoder, align, video_qformer)
     load_weights(model, directory / "aligner.safetensors")
     return model.eval()

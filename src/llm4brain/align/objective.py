@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -18,6 +18,7 @@ from llm4brain.align.model import BrainAligner
 from llm4brain.align.terms import ADAPTATION_TERMS
 from llm4brain.distributed import World, gather
 from llm4brain.models.mbm import MaskedBrainModel
+from llm4brain.sections import AlignConfig, EncoderConfig
 
 if TYPE_CHECKING:
     from llm4brain.models.instructblip_video import InstructionQFormer
@@ -63,9 +64,10 @@ def alignment_losses(
     }, flat
 
 
-def uses_heldout_fmri(params: dict[str, Any], heldout: Sequence[str]) -> bool:
+def uses_heldout_fmri(params: AlignConfig, heldout: Sequence[str]) -> bool:
     """Whether a step also reads held-out windows: there are held-out subjects and an adaptation term is on."""
-    return bool(heldout) and any(params["loss"][term] > 0 for term in ADAPTATION_TERMS)
+    weights = params.loss.to_dict()
+    return bool(heldout) and any(weights[term] > 0 for term in ADAPTATION_TERMS)
 
 
 @dataclass
@@ -90,8 +92,8 @@ class Trainables:
 def build_trainables(
     *,
     grid: tuple[int, ...],
-    encoder_params: dict[str, Any],
-    params: dict[str, Any],
+    encoder_params: EncoderConfig,
+    params: AlignConfig,
     qformer: VideoQFormer | InstructionQFormer,
     token_width: int,
     n_subjects: int,
@@ -104,16 +106,16 @@ def build_trainables(
     of ``token_width`` (the video tokens' H) and tells ``n_subjects`` (labelled and held-out) apart;
     ``uses_heldout``: held-out windows reach the step (:func:`uses_heldout_fmri`). Built in this order, so
     the same seed gives the same initial weights."""
-    weights = params["loss"]
+    weights = params.loss
     aligner = BrainAligner(grid, encoder_params, params, qformer, pretrained).to(device)
     out = Trainables(aligner)
-    if uses_heldout and weights["target_mbm"] > 0:  # masked modelling of the held-out windows
-        head = params["target_mbm"]
-        decoder = head["decoder"]
+    if uses_heldout and weights.target_mbm > 0:  # masked modelling of the held-out windows
+        head = params.target_mbm
+        decoder = head.decoder
         out.target_mbm = MaskedBrainModel(
-            aligner.encoder, decoder["dim"], decoder["depth"], decoder["num_heads"], head["mask_ratio"]
+            aligner.encoder, decoder.dim, decoder.depth, decoder.num_heads, head.mask_ratio
         ).to(device)
-    if weights["adversarial"] > 0:  # a subject classifier (labelled + held-out) behind gradient reversal
+    if weights.adversarial > 0:  # a subject classifier (labelled + held-out) behind gradient reversal
         out.adversary = SubjectAdversary(token_width, n_subjects).to(device)
     return out
 
@@ -135,14 +137,14 @@ class AlignmentObjective:
     def __init__(
         self,
         trainables: Trainables,
-        params: dict[str, Any],
+        params: AlignConfig,
         n_labelled: int,
         steps: int,
         generator: torch.Generator,
         shard: World,
     ) -> None:
-        self.trainables, self.weights = trainables, params["loss"]
-        self.domain_loss = mmd if params["domain_method"] == "mmd" else coral
+        self.trainables, self.weights = trainables, params.loss.to_dict()  # by term name
+        self.domain_loss = mmd if params.domain_method == "mmd" else coral
         self.n_labelled, self.steps, self.generator, self.shard = n_labelled, steps, generator, shard
 
     def __call__(

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -48,6 +48,7 @@ from llm4brain.models.video_llm import encode_clips, load_video_qformer
 from llm4brain.ranking import topk_accuracy, topk_hits
 from llm4brain.resume import Checkpoint
 from llm4brain.runtime import LOG, seed_everything, select_device
+from llm4brain.sections import AlignConfig, EncoderConfig, TrainConfig
 from llm4brain.seeds import SeedOffset
 from llm4brain.training import fit
 
@@ -165,13 +166,13 @@ def alignment_data(
 
 
 def training_streams(
-    data: AlignmentData, window: int, train_params: dict[str, Any], seed: int, uses_heldout: bool
+    data: AlignmentData, window: int, train_params: TrainConfig, seed: int, uses_heldout: bool
 ) -> list[ShuffledStream]:
     """The labelled (fMRI, clip) stream, and the held-out subjects' unlabelled one when a step reads it; the
     two share ``train.buffer_mb``."""
     shard = world()
-    buffer_mb = train_params["buffer_mb"] / (2 if uses_heldout else 1)
-    shared = {"rank": shard.rank, "world_size": shard.size, "workers": train_params["loader_workers"]}
+    buffer_mb = train_params.buffer_mb / (2 if uses_heldout else 1)
+    shared = {"rank": shard.rank, "world_size": shard.size, "workers": train_params.loader_workers}
     streams = [
         clip_stream(
             [data.files[s] for s in data.labelled],
@@ -221,24 +222,37 @@ def pretrain_adaptor(
     latent_paths: Sequence[str],
     metrics_path: str,
     subjects: list[str],
-    encoder_params: dict[str, Any],
-    params: dict[str, Any],
+    encoder_params: EncoderConfig,
+    params: AlignConfig,
     seed: int,
     pretrained: str | None = None,
     checkpoint: Checkpoint | None = None,
 ) -> None:
     """Train on labelled subjects (+ unlabelled held-out fMRI) and write model, latents and metrics.
 
-    ``pretrained`` is an encoder to start from (pretrain_scmbm's, or a MinD-Vis checkpoint). Training reads
-    only the ``train`` split (:func:`alignment_data`, :func:`train_aligner`).
+    Training reads only the ``train`` split (:func:`alignment_data`, :func:`train_aligner`).
+
+    Args:
+        fmri_paths: every subject's preprocessed fMRI (``results/fmri/{subject}.h5``), in ``subjects``' order.
+        feature_paths: the segments' cached vision features.
+        teacher_dir: the trained video LLM whose Q-Former's tokens the aligner learns to produce.
+        model_dir: where the aligner and its train log go.
+        latent_paths: each subject's aligned tokens for both splits, in ``subjects``' order.
+        metrics_path: test-split identification of the latents against the video tokens.
+        subjects: every subject; ``params.heldout`` names those whose labels are never used.
+        encoder_params: the ``encoder`` section.
+        params: the ``align`` section.
+        seed: the replicate's seed (each random stream adds its own offset).
+        pretrained: an encoder to start from (pretrain_scmbm's, or a MinD-Vis checkpoint).
+        checkpoint: where a killed run resumes from.
     """
-    train_params, window = params["train"], encoder_params["window"]
-    seed_everything(seed + SeedOffset.ALIGN, train_params["threads"])
-    device = select_device(train_params["device"])
+    train_params, window = params.train, encoder_params.window
+    seed_everything(seed + SeedOffset.ALIGN, train_params.threads)
+    device = select_device(train_params.device)
     qformer = load_video_qformer(teacher_dir).to(device)  # the teacher's LLM is not needed here
-    features, heldout = FeatureFiles(feature_paths), set(params["heldout"])
+    features, heldout = FeatureFiles(feature_paths), set(params.heldout)
     generator = torch.Generator().manual_seed(seed + SeedOffset.ALIGN_BATCHES)
-    data = alignment_data(fmri_paths, features, subjects, heldout, train_params["val_fraction"], generator)
+    data = alignment_data(fmri_paths, features, subjects, heldout, train_params.val_fraction, generator)
     aligner, history = train_aligner(
         data=data,
         qformer=qformer,
@@ -278,8 +292,8 @@ def train_aligner(
     data: AlignmentData,
     qformer: VideoQFormer | InstructionQFormer,
     features: FeatureFiles,
-    encoder_params: dict[str, Any],
-    params: dict[str, Any],
+    encoder_params: EncoderConfig,
+    params: AlignConfig,
     seed: int,
     generator: torch.Generator,
     pretrained: str | None,
@@ -288,7 +302,7 @@ def train_aligner(
     """The aligner trained on ``data`` (the ``align`` section ``params``), and its train log. Each step takes
     ``batch_size`` clips (each clip's window from every labelled subject, a seeded random repeat) and as many
     held-out windows, from streams that share ``train.buffer_mb``."""
-    train_params, window, batch_size = params["train"], encoder_params["window"], params["train"]["batch_size"]
+    train_params, window, batch_size = params.train, encoder_params.window, params.train.batch_size
     device = next(qformer.parameters()).device
     targets = encode_targets(qformer, features, data.clips).to(device)  # (n_clips, Q, H)
     uses_heldout = uses_heldout_fmri(params, data.heldout)
@@ -304,7 +318,7 @@ def train_aligner(
         pretrained=pretrained,
     )
     streams = training_streams(data, window, train_params, seed, uses_heldout)
-    objective = AlignmentObjective(trainables, params, len(data.labelled), train_params["steps"], generator, world())
+    objective = AlignmentObjective(trainables, params, len(data.labelled), train_params.steps, generator, world())
     val_targets = encode_targets(qformer, features, data.val_clips).to(device) if data.val_clips else None
     history = fit(
         trainables.modules(),
@@ -354,7 +368,7 @@ def write_latents(
     subjects: list[str],
     heldout: set[str],
     latent_paths: Sequence[str],
-    params: dict[str, Any],
+    params: AlignConfig,
     window: int,
     seed: int,
     batch_size: int = 128,
@@ -364,7 +378,7 @@ def write_latents(
     rows = []
     videos: dict[tuple, torch.Tensor] = {}  # subjects share their test clips: encode each set once
     for subject, fmri_path, path in zip(subjects, fmri_paths, latent_paths, strict=True):
-        with atomic_h5(path, "align", params) as f:
+        with atomic_h5(path, "align", params.to_dict()) as f:
             for split in SPLITS:
                 bold, split_keys_ = BoldSplit(fmri_path, split), keys[subject, split]
                 group, kept, written = f.create_group(split), [], 0

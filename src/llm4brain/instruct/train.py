@@ -25,6 +25,7 @@ from llm4brain.models.captioner import Captioner
 from llm4brain.models.video_llm import encode_clips, load_teacher
 from llm4brain.resume import Checkpoint
 from llm4brain.runtime import LOG, seed_everything, select_device
+from llm4brain.sections import TrainConfig
 from llm4brain.seeds import SeedOffset
 from llm4brain.training import fit
 
@@ -169,7 +170,7 @@ def instruct_llm(
     fit(
         student,
         loss_fn,
-        params["train"],
+        TrainConfig.from_dict(params["train"]),
         "instruct_llm",
         log_tsv,
         checkpoint=checkpoint,

@@ -9,11 +9,12 @@ timm's ViT blocks.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 from timm.models.vision_transformer import Block
 from torch import nn
+
+from llm4brain.sections import EncoderConfig
 
 
 class VolumeTokenizer(nn.Module):
@@ -122,18 +123,18 @@ class FmriEncoder(nn.Module):
         return self.encode_tokens(self.tokenizer(self.standardize(volumes)))
 
 
-def build_encoder(grid: tuple[int, ...], params: dict[str, Any]) -> FmriEncoder:
+def build_encoder(grid: tuple[int, ...], params: EncoderConfig) -> FmriEncoder:
     """The encoder of the config's ``encoder`` section for samples of shape ``grid``."""
-    tok = params["tokenizer"]
+    tok = params.tokenizer
     return FmriEncoder(
         grid,
-        params["window"],
-        tok["channels"],
-        tok["patch"],
-        params["dim"],
-        params["depth"],
-        params["num_heads"],
-        params["mlp_ratio"],
-        params["dropout"],
-        tok["vector_patch"],
+        params.window,
+        tok.channels,
+        tok.patch,
+        params.dim,
+        params.depth,
+        params.num_heads,
+        params.mlp_ratio,
+        params.dropout,
+        tok.vector_patch,
     )

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -30,6 +29,7 @@ from llm4brain.models.mbm import MaskedBrainModel
 from llm4brain.models.weights import save_weights
 from llm4brain.resume import Checkpoint
 from llm4brain.runtime import LOG, seed_everything, select_device
+from llm4brain.sections import EncoderConfig, ScmbmConfig
 from llm4brain.seeds import SeedOffset
 from llm4brain.training import fit
 
@@ -39,23 +39,34 @@ def pretrain_scmbm(
     fmri_paths: Sequence[str],
     collection_paths: Sequence[str] = (),
     out_dir: str,
-    encoder_params: dict[str, Any],
-    params: dict[str, Any],
+    encoder_params: EncoderConfig,
+    params: ScmbmConfig,
     seed: int,
     checkpoint: Checkpoint | None = None,
     in_memory: bool = False,
 ) -> None:
-    """Pretrain on the ``train`` split of ``fmri_paths`` (task subjects) and ``collection_paths`` (collection
-    subjects, same schema). ``params['train']['val_fraction']`` of each file's rows are validated on;
-    ``in_memory`` loads every window into memory instead of streaming (the reference streaming is tested and
-    benchmarked against; same samples in the same order while the buffer holds all the data)."""
-    train_params, window = params["train"], encoder_params["window"]
-    seed_everything(seed + SeedOffset.SCMBM, train_params["threads"])
+    """Pretrain the encoder by masked brain modelling on the ``train`` split of every subject's fMRI;
+    ``params.train.val_fraction`` of each file's rows are validated on.
+
+    Args:
+        fmri_paths: the task subjects' preprocessed fMRI.
+        collection_paths: unlabelled collection subjects' files (same schema).
+        out_dir: where the encoder, its config and the train log go.
+        encoder_params: the ``encoder`` section.
+        params: the ``scmbm`` section.
+        seed: the replicate's seed.
+        checkpoint: where a killed run resumes from.
+        in_memory: load every window into memory instead of streaming: the reference that streaming is
+            tested and benchmarked against (same samples in the same order while the buffer holds all the
+            data).
+    """
+    train_params, window = params.train, encoder_params.window
+    seed_everything(seed + SeedOffset.SCMBM, train_params.threads)
     files = open_splits([*fmri_paths, *collection_paths], "train")
     grid = files[0].shape
     rows, val_rows = zip(
         *(
-            split_rows(f.n_rows, train_params["val_fraction"], seed + SeedOffset.SCMBM_SAMPLES, i)
+            split_rows(f.n_rows, train_params.val_fraction, seed + SeedOffset.SCMBM_SAMPLES, i)
             for i, f in enumerate(files)
         ),
         strict=True,
@@ -71,22 +82,18 @@ def pretrain_scmbm(
             files,
             list(rows),
             window,
-            train_params["buffer_mb"],
+            train_params.buffer_mb,
             seed + SeedOffset.SCMBM_SAMPLES,
             rank=shard.rank,
             world_size=shard.size,
-            workers=train_params["loader_workers"],
+            workers=train_params.loader_workers,
         )
     n_val = sum(map(len, val_rows))
     generator = torch.Generator().manual_seed(seed + SeedOffset.SCMBM_SAMPLES)  # the masks
-    decoder = params["decoder"]
-    device = select_device(train_params["device"])
+    decoder = params.decoder
+    device = select_device(train_params.device)
     model = MaskedBrainModel(
-        build_encoder(grid, encoder_params),
-        decoder["dim"],
-        decoder["depth"],
-        decoder["num_heads"],
-        params["mask_ratio"],
+        build_encoder(grid, encoder_params), decoder.dim, decoder.depth, decoder.num_heads, params.mask_ratio
     ).to(device)
     LOG.info(
         "masked brain modelling on %d samples of grid %s from %d files (%d to validate on), mask ratio %g",
@@ -94,9 +101,9 @@ def pretrain_scmbm(
         grid,
         len(files),
         n_val,
-        params["mask_ratio"],
+        params.mask_ratio,
     )
-    batch_size = train_params["batch_size"]
+    batch_size = train_params.batch_size
 
     def loss_fn(step: int) -> tuple[torch.Tensor, dict[str, float]]:
         model.train()
@@ -130,5 +137,5 @@ def pretrain_scmbm(
         history.to_csv(tmp / "train_log.tsv", sep="\t", index=False)
         save_weights(model.encoder, tmp / "encoder.safetensors")
         (Path(tmp) / "config.json").write_text(
-            json.dumps({"grid": list(grid), "encoder": encoder_params, "scmbm": params}, indent=2)
+            json.dumps({"grid": list(grid), "encoder": encoder_params.to_dict(), "scmbm": params.to_dict()}, indent=2)
         )

@@ -20,6 +20,7 @@ from llm4brain.models.tokenizer import train_word_tokenizer
 from llm4brain.models.video_llm import VideoQFormer, build_llm, qformer_config, save_teacher
 from llm4brain.resume import Checkpoint
 from llm4brain.runtime import LOG, seed_everything, select_device
+from llm4brain.sections import TrainConfig
 from llm4brain.seeds import SeedOffset
 from llm4brain.training import fit
 
@@ -83,7 +84,7 @@ def train_video_llm(
     history = fit(
         model,
         loss_fn,
-        params["train"],
+        TrainConfig.from_dict(params["train"]),
         "train_video_llm",
         checkpoint=checkpoint,
         generators=[generator],
