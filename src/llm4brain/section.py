@@ -48,7 +48,7 @@ class Section:
         return {name: _plain(getattr(self, name)) for name in names}
 
     def replace(self, **changes: Any) -> Self:
-        """A copy with ``changes`` (a section is frozen)."""
+        """A copy with ``changes`` (a section is frozen); the copy records every key (:meth:`to_dict`)."""
         return dataclasses.replace(self, **changes)
 
 
