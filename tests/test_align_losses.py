@@ -82,3 +82,21 @@ def test_losses_equal_hand_computed_values():
     assert float(mmd(torch.zeros(1, 1), torch.ones(1, 1))) == pytest.approx(5 + 5 - 2 * k_st, abs=1e-5)
     # variances 2 (samples 0 and 2) and 0: (2 - 0)² / (4 · 1²)
     assert float(coral(torch.tensor([[0.0], [2.0]]), torch.zeros(2, 1))) == pytest.approx(1.0)
+
+
+def test_a_section_given_some_weights_weighs_every_term_with_the_schemas_defaults_for_the_rest():
+    """A section built from a partial ``loss`` records only the keys it was given (to_dict), but the
+    objective and uses_heldout_fmri read every term's weight."""
+    from llm4brain.align.objective import AlignmentObjective, uses_heldout_fmri
+    from llm4brain.distributed import World
+    from llm4brain.sections import AlignConfig, AlignLossConfig
+
+    params = AlignConfig.from_dict({"loss": {"contrastive": 0.0, "domain": 0.25}})
+    objective = AlignmentObjective(None, params, 2, 10, torch.Generator(), World())  # type: ignore[arg-type]
+    defaults = AlignLossConfig()
+    assert objective.weights == {**defaults.to_dict(), "contrastive": 0.0, "domain": 0.25}
+    one = torch.tensor(1.0)
+    assert objective.weighted({"token_mse": one, "domain": one}) == defaults.token_mse + 0.25
+    assert uses_heldout_fmri(params, ["sub-03"]) and not uses_heldout_fmri(params, [])
+    quiet = AlignConfig.from_dict({"loss": {"domain": 0.0, "target_mbm": 0.0, "adversarial": 0.0}})
+    assert not uses_heldout_fmri(quiet, ["sub-03"])

@@ -15,7 +15,7 @@ import torch
 from llm4brain.align.adversarial import SubjectAdversary, dann_coefficient
 from llm4brain.align.losses import coral, cross_subject, info_nce, mmd
 from llm4brain.align.model import BrainAligner
-from llm4brain.align.terms import ADAPTATION_TERMS
+from llm4brain.align.terms import ADAPTATION_TERMS, LOSS_TERMS
 from llm4brain.distributed import World, gather
 from llm4brain.models.mbm import MaskedBrainModel
 from llm4brain.sections import AlignConfig, EncoderConfig
@@ -66,8 +66,7 @@ def alignment_losses(
 
 def uses_heldout_fmri(params: AlignConfig, heldout: Sequence[str]) -> bool:
     """Whether a step also reads held-out windows: there are held-out subjects and an adaptation term is on."""
-    weights = params.loss.to_dict()
-    return bool(heldout) and any(weights[term] > 0 for term in ADAPTATION_TERMS)
+    return bool(heldout) and any(getattr(params.loss, term) > 0 for term in ADAPTATION_TERMS)
 
 
 @dataclass
@@ -143,7 +142,8 @@ class AlignmentObjective:
         generator: torch.Generator,
         shard: World,
     ) -> None:
-        self.trainables, self.weights = trainables, params.loss.to_dict()  # by term name
+        self.trainables = trainables
+        self.weights = {term: getattr(params.loss, term) for term in LOSS_TERMS}  # every term, by name
         self.domain_loss = mmd if params.domain_method == "mmd" else coral
         self.n_labelled, self.steps, self.generator, self.shard = n_labelled, steps, generator, shard
 
