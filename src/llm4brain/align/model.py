@@ -43,12 +43,7 @@ class BrainAligner(nn.Module):
         pretrained: str | Path | None = None,
     ) -> None:
         super().__init__()
-        self.encoder_params, self.params = encoder_params, params
-        self.config: dict[str, Any] = {  # what config.json records
-            "grid": list(grid),
-            "encoder": encoder_params.to_dict(),
-            "align": params.to_dict(),
-        }
+        self.grid, self.encoder_params, self.params = grid, encoder_params, params
         self.encoder = build_encoder(grid, encoder_params)
         if pretrained is not None:
             load_pretrained_encoder(self.encoder, pretrained)
@@ -58,6 +53,11 @@ class BrainAligner(nn.Module):
         self.qformer = copy.deepcopy(video_qformer)
         adapt(self.qformer, QFORMER_ADAPTOR_SITES, params.adaptor)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / params.temperature)))
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """What config.json records: the grid and the sections as they were given."""
+        return {"grid": list(self.grid), "encoder": self.encoder_params.to_dict(), "align": self.params.to_dict()}
 
     def align(self, encoded: torch.Tensor) -> torch.Tensor:
         """Encoder tokens (B, N, D) → the Q-Former's (B, Q, H) tokens in the video-token space."""
