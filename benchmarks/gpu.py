@@ -146,10 +146,10 @@ class Row:
 
 def read_config(path: Path) -> dict[str, Any]:
     """The config file with every schema default filled in, as the workflow validates it at DAG build."""
-    from snakemake.utils import validate
+    from llm4brain.config_schema import read_schema, validate_config
 
     config = yaml.safe_load(path.read_text())
-    validate(config, str(REPO / "config" / "schema.yaml"))
+    validate_config(config, read_schema(REPO / "config" / "schema.yaml"))
     return config
 
 

@@ -89,10 +89,10 @@ def peak_rss() -> float:
 
 def defaults() -> dict[str, Any]:
     """Every config section with the schema's defaults, as the workflow fills them."""
-    from snakemake.utils import validate
+    from llm4brain.config_schema import read_schema, validate_config
 
     config: dict[str, Any] = {"data": {"segments": {"train": ["seg01"], "test": ["test01"]}}}
-    validate(config, str(Path(__file__).resolve().parents[1] / "config" / "schema.yaml"))
+    validate_config(config, read_schema(Path(__file__).resolve().parents[1] / "config" / "schema.yaml"))
     return config
 
 

@@ -7,13 +7,11 @@ Imports no torch/transformers: every job (and every SLURM job) re-parses this fi
 
 from pathlib import Path
 
-import yaml
-from snakemake.utils import validate
-
 from llm4brain import layout
 from llm4brain.align.terms import ABLATIONS, INSTRUCT_ABLATIONS, ablated_align
 from llm4brain.code_hash import script_code_hashes
 from llm4brain.config_overrides import typed
+from llm4brain.config_schema import read_schema, validate_config
 from llm4brain.design import Design, check_config
 from llm4brain.evaluate.keys import SEMANTIC_KEYS, decoding_keys
 from llm4brain.evaluate.packaged_models import PACKAGED, packaged_name
@@ -22,9 +20,13 @@ from llm4brain.fmri.wen2018 import wen_bolds
 from llm4brain.video.sampling import frames_per_tr
 
 # `--config` values arrive as text (Snakemake's YAML base loader): read as the schema types each key
-SCHEMA = yaml.safe_load((Path(workflow.basedir) / "config" / "schema.yaml").read_text())
+SCHEMA = read_schema(Path(workflow.basedir) / "config" / "schema.yaml")
 config.update(typed(dict(config), SCHEMA))
-validate(config, "../config/schema.yaml")
+validate_config(
+    config,
+    SCHEMA,
+    source=" + ".join(map(str, workflow.config_settings.configfiles)) or "config",
+)
 
 DATA = config["data"]
 ROOT = Path(DATA["root"])

@@ -3,8 +3,7 @@ rule decode_captions:
     input:
         fmri=decoding_fmri,
         latents=f"{RUN}/align/{{subject}}.h5",
-        pool_fmri=labelled_fmri,
-        pool_latents=labelled_files(f"{RUN}/align"),
+        pool=f"{RUN}/{layout.NEAREST_TRAIN_POOL}",
         features=feature_files(),
         captions=f"{DATA_RUN}/text/captions.h5",
         video_llm=video_llm_dir(),
@@ -24,6 +23,30 @@ rule decode_captions:
         code=CODE["decode_captions"],
     script:
         "../workflow/scripts/decode_captions.py"
+
+
+rule nearest_train_pool:
+    """The student's pooled tokens for the labelled subjects' training samples: the nearest-train source's
+    pool, encoded once per replicate rather than by every decoding job."""
+    input:
+        fmri=labelled_fmri,
+        latents=labelled_files(f"{RUN}/align"),
+        video_llm=video_llm_dir(),
+        student=f"{RUN}/{layout.STUDENT}",
+    output:
+        f"{RUN}/{layout.NEAREST_TRAIN_POOL}",
+    log:
+        f"{LOGS}/nearest_train_pool.log",
+    benchmark:
+        f"{BENCHMARKS}/nearest_train_pool.tsv"
+    conda:
+        "../envs/llm4brain.yaml"
+    params:
+        device=config["evaluate"]["device"],
+        seed=replicate_seed,
+        code=CODE["nearest_train_pool"],
+    script:
+        "../workflow/scripts/nearest_train_pool.py"
 
 
 rule decode_ablation:

@@ -15,10 +15,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 def schema_defaults() -> dict:
     """Every section of config/schema.yaml with its defaults, as the workflow fills them at DAG build."""
-    from snakemake.utils import validate
+    from llm4brain.config_schema import read_schema, validate_config
 
     config = {"data": {"segments": {"train": ["seg01"], "test": ["test01"]}}}
-    validate(config, str(REPO / "config" / "schema.yaml"))
+    validate_config(config, read_schema(REPO / "config" / "schema.yaml"))
     return config
 
 

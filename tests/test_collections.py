@@ -345,11 +345,11 @@ def test_a_collection_without_a_usable_run_is_an_error(tiny_demo, tmp_path):
 
 def test_hcp_scmbm_config_validates():
     """config/hcp-scmbm.yaml is a complete config (its FILL IN paths need not exist to validate)."""
-    from snakemake.utils import validate
+    from llm4brain.config_schema import read_schema, validate_config
 
     text = (REPO / "config" / "hcp-scmbm.yaml").read_text()
     config = yaml.safe_load(text)
-    validate(config, str(REPO / "config" / "schema.yaml"))
+    validate_config(config, read_schema(REPO / "config" / "schema.yaml"))
     encoder, scmbm = config["encoder"], config["scmbm"]
     assert (encoder["dim"], encoder["depth"], encoder["num_heads"], encoder["mlp_ratio"]) == (1024, 24, 16, 1.0)
     assert scmbm["decoder"]["dim"] == 512 and scmbm["mask_ratio"] == 0.75 and scmbm["pretrain"]

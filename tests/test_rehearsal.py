@@ -21,6 +21,7 @@ RULES = {
     "instruct_llm",
     "ablate_instruct",
     "decode_captions",
+    "nearest_train_pool",
     "decode_ablation",
     "score_captions",
     "summarize_replicates",

@@ -6,6 +6,7 @@ that read the edited section (and what depends on them), and that a rerun from s
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -19,6 +20,8 @@ import pytest
 import yaml
 from safetensors.numpy import load_file
 from workflow_copy import RAW, REPO, RUN, SEED, config_edit, edited, make_copy, planned_rules, snakemake
+
+from llm4brain.artifacts import read_keys
 
 pytestmark = pytest.mark.workflow
 REPORT = {"plot_results", "plot_gallery", "summarize_replicates"}  # and the summary, rerun with every new score
@@ -47,6 +50,14 @@ def test_artifacts_follow_the_contract(micro):
             assert all(d in f for d in datasets), name
     with h5py.File(micro / f"{RUN}/features/seg01.h5") as f:
         assert f["tokens"].dtype == "float16" and f["tokens"].shape[:2] == (6, 2)
+    # the nearest-train pool: the labelled subject's training samples only (sub-02 is held out), one each
+    with (
+        h5py.File(micro / f"{RUN}/eval/nearest_train/pool.h5") as pool,
+        h5py.File(micro / f"{RUN}/align/sub-01.h5") as a,
+    ):
+        assert pool.attrs["schema"] == "llm4brain.pool/1" and json.loads(pool.attrs["subjects"]) == ["sub-01"]
+        assert read_keys(pool) == read_keys(a["train"]) and pool["pooled"].shape[0] == len(read_keys(pool))
+        np.testing.assert_allclose(np.linalg.norm(pool["pooled"][:], axis=1), 1, atol=1e-5)
     assert not (micro / f"{RUN}/frames").exists() or not list((micro / f"{RUN}/frames").glob("*.h5"))  # temp()
     metrics = pd.read_csv(micro / f"{RUN}/eval/metrics.tsv", sep="\t")
     assert len(metrics) == 2 * 5 + 1  # + each subject without distillation, the held-out one without adaptation
@@ -320,6 +331,7 @@ def test_align_edit_reruns_align_and_downstream(micro):
                 "instruct_llm",
                 "ablate_instruct",
                 "decode_captions",
+                "nearest_train_pool",
                 "decode_ablation",
                 "score_captions",
             }
@@ -340,6 +352,7 @@ def test_masked_modelling_edit_reruns_it_and_everything_it_feeds(micro):
                 "instruct_llm",
                 "ablate_instruct",
                 "decode_captions",
+                "nearest_train_pool",
                 "decode_ablation",
                 "score_captions",
             }
@@ -386,7 +399,14 @@ def test_library_edit_reruns_that_stage(micro):
     with edited(module, module.read_text() + "\n# a comment changes the stage's code hash\n"):
         assert (
             planned_rules(micro)
-            == {"instruct_llm", "ablate_instruct", "decode_captions", "decode_ablation", "score_captions"}
+            == {
+                "instruct_llm",
+                "ablate_instruct",
+                "decode_captions",
+                "nearest_train_pool",
+                "decode_ablation",
+                "score_captions",
+            }
             | REPORT
             | ATTRIBUTES
         )
@@ -557,6 +577,7 @@ GPU_RULES = {
     "instruct_llm",
     "ablate_instruct",
     "decode_captions",
+    "nearest_train_pool",
     "decode_ablation",
 }
 

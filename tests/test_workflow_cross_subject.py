@@ -66,7 +66,7 @@ def test_carrying_every_subject_reads_the_labelled_ones_through_the_shared_space
         train = labelled["train/bold"][:][:, mask]
     np.testing.assert_allclose(train.mean(0), 0, atol=1e-4)
     np.testing.assert_allclose(train.std(0), 1, atol=1e-3)
-    rules = ("pretrain_adaptor", "instruct_llm", "decode_captions")
+    rules = ("pretrain_adaptor", "instruct_llm", "nearest_train_pool")
     dry = snakemake(
         cross_subject, *CROSS_SUBJECT, *carry, "--dry-run", "--forcerun", *rules, "--", f"{RUN}/eval/sub-01.h5"
     )

@@ -29,6 +29,7 @@ SCHEMAS = {
     "captions": "llm4brain.captions/1",
     "align": "llm4brain.align/1",
     "eval": "llm4brain.eval/1",
+    "pool": "llm4brain.pool/1",
 }
 
 STR_DTYPE = h5py.string_dtype("utf-8")
@@ -77,7 +78,7 @@ def atomic_h5(path: str | os.PathLike, kind: str, params: Any = None, **options:
     Args:
         path: the artifact's final path (e.g. ``results/fmri/{subject}.h5``).
         kind: the artifact's stage, a key of ``SCHEMAS`` (``fmri``, ``funcalign``, ``frames``, ``features``,
-            ``captions``, ``align``, ``eval``), whose schema the header records.
+            ``captions``, ``align``, ``eval``, ``pool``), whose schema the header records.
         params: the config section that made the artifact, hashed into its ``config_hash`` attr.
         **options: keyword arguments of ``h5py.File`` (e.g. ``rdcc_nbytes=0`` for no chunk cache).
 

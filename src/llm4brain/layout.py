@@ -16,6 +16,7 @@ STUDENT = "instruct/model"  # instruct_llm's model folder
 FMRI = "fmri/{subject}.h5"  # preprocess_fmri's artifact (in the replicate's tree in the demo, else under results/)
 ALIGNED_FMRI = "fmri/aligned/{subject}.h5"  # a subject carried into the shared space (align_heldout_fmri)
 SHARED_RESPONSE = "fmri/aligned/srm.h5"  # fit_functional_alignment's maps
+NEAREST_TRAIN_POOL = "eval/nearest_train/pool.h5"  # nearest_train_pool's pooled student tokens
 
 
 def replicate_name(seed: int | str) -> str:

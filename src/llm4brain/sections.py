@@ -892,7 +892,7 @@ class EvaluateConfig(Section):
     """sign flips in the paired fMRI vs shuffled test"""
 
     device: str = "auto"
-    """device of decode_captions: auto = cuda when present, else cpu (bf16 autocast on CUDA)"""
+    """device of decode_captions and nearest_train_pool: auto = cuda when present, else cpu (bf16 autocast on CUDA)"""
 
     bertscore: EvaluateBertscoreConfig = field(default_factory=EvaluateBertscoreConfig)
     """score_captions: BERTScore (the bert-score package: greedy cosine matching of contextual token embeddings, no

@@ -5,7 +5,8 @@
 - ``shuffled``: the student on the same subject's fMRI tokens with rows permuted (chance with the same
   language prior);
 - ``nearest-train``: the reference caption of the most similar training sample (cosine of pooled tokens)
-  among the labelled subjects (tokens from the same student input) — what retrieval alone achieves.
+  among the labelled subjects (tokens from the same student input) — what retrieval alone achieves. The
+  pool is encoded once per replicate (``nearest_train_pool``).
 
 ``decode_ablation`` adds ``fmri-{ablation}``: the fMRI decoded by a student built on an aligner trained with
 one loss term off (``no_domain_adaptation``, for the held-out subjects), or trained itself with one term off
@@ -22,7 +23,16 @@ import h5py
 import numpy as np
 import torch
 
-from llm4brain.artifacts import FeatureFiles, atomic_h5, read_captions, set_attrs, write_keys, write_strings
+from llm4brain.artifacts import (
+    FeatureFiles,
+    atomic_h5,
+    open_artifact,
+    read_captions,
+    read_keys,
+    set_attrs,
+    write_keys,
+    write_strings,
+)
 from llm4brain.fmri.stream import SampleRows
 from llm4brain.instruct.student import FmriStudent, load_student, student_inputs
 from llm4brain.models.captioner import generate_captions
@@ -117,13 +127,55 @@ def decode_ablation(
     write_decoded(out_path, subject, subject in heldout, keys, decoded, captions, params, fmri_path)
 
 
+def nearest_train_pool(
+    *,
+    fmri_paths: list[str],
+    latent_paths: list[str],
+    teacher_dir: str,
+    student_dir: str,
+    out_path: str | Path,
+    device: str,
+    seed: int,
+) -> None:
+    """The labelled subjects' training samples as the nearest-train source compares them: the student's
+    pooled tokens (:func:`pooled`) and each sample's key. Every decoding job of a replicate retrieves from the
+    same pool, so it is encoded once here instead of once per decoded subject (which grew with the square of
+    the subjects, and put every labelled subject's fMRI among each decoding job's inputs).
+
+    Args:
+        fmri_paths: the labelled subjects' fMRI, as the aligner read it (one file per subject).
+        latent_paths: their aligned tokens (``align/{subject}.h5``), in the same order.
+        teacher_dir: the video LLM the student was distilled from.
+        student_dir: the trained student (``instruct/model``).
+        out_path: the pool artifact (``eval/nearest_train/pool.h5``): ``/segment``, ``/tr``, ``/pooled``.
+        device: ``evaluate.device`` (``auto``: CUDA when present).
+        seed: the replicate's seed.
+    """
+    seed_everything(seed + SeedOffset.DECODE, 1)
+    student = load_student(student_dir, teacher_dir, select_device(device))
+    pool, keys = [], []  # only each training sample's pooled tokens are held: (H,), not (Q, H)
+    for fmri, latents in zip(fmri_paths, latent_paths, strict=True):
+        inputs, split_keys = student_inputs(student.input_kind, [fmri], [latents], "train", student.window)
+        pool += [pooled(tokens) for tokens in encoded(student, inputs)]
+        keys += split_keys
+    with atomic_h5(out_path, "pool", {"device": device}) as f:
+        write_keys(f, [key[0] for key in keys], [key[1] for key in keys])
+        f.create_dataset("pooled", data=torch.cat(pool).float().cpu().numpy())
+        set_attrs(f, {"subjects": [Path(path).stem for path in latent_paths]})
+
+
+def read_pool(path: str) -> tuple[torch.Tensor, list[tuple[str, int]]]:
+    """A :func:`nearest_train_pool` artifact: the pooled tokens (n, H) and their ``(segment, tr)`` keys."""
+    with open_artifact(path, "pool", required=("segment", "tr", "pooled")) as f:
+        return torch.from_numpy(f["pooled"][:]), read_keys(f)
+
+
 def decode_captions(
     *,
     subject: str,
     fmri_path: str,
     latent_path: str,
-    pool_fmri: list[str],
-    pool_latents: list[str],
+    pool_path: str,
     feature_paths: list[str],
     captions_path: str,
     teacher_dir: str,
@@ -141,12 +193,8 @@ def decode_captions(
         student_dir, teacher_dir, fmri_path, latent_path, captions, captions_path, device
     )
     qformer, teacher, _ = load_teacher(teacher_dir, device)
-    pool, pool_keys = [], []  # only each training sample's pooled tokens are held: (H,), not (Q, H)
-    for fmri, latents in zip(pool_fmri, pool_latents, strict=True):
-        inputs, split_keys = student_inputs(student.input_kind, [fmri], [latents], "train", student.window)
-        pool += [pooled(tokens) for tokens in encoded(student, inputs)]
-        pool_keys += split_keys
-    pool_tokens = torch.cat(pool)
+    pool_tokens, pool_keys = read_pool(pool_path)
+    pool_tokens = pool_tokens.to(tokens.device, tokens.dtype)  # stored as float32: exact for half precisions
     permutation = torch.from_numpy(np.random.default_rng(params["shuffle_seed"]).permutation(len(keys)))
 
     decoded = {

