@@ -20,13 +20,14 @@ import torch
 
 from llm4brain.instruct.student import load_student, student_inputs
 from llm4brain.models.captioner import generate_captions
+from llm4brain.sections import EvaluateConfig
 
-SETTINGS = {"max_new_tokens": 24, "num_beams": 1, "repetition_penalty": 1.0}
+SETTINGS = EvaluateConfig(max_new_tokens=24, num_beams=1, repetition_penalty=1.0)
 
 
 def rate(captioner: torch.nn.Module, tokens: torch.Tensor, batch_size: int) -> tuple[float, list[str]]:
     start = time.perf_counter()
-    captions = generate_captions(captioner, tokens, {**SETTINGS, "batch_size": batch_size})
+    captions = generate_captions(captioner, tokens, SETTINGS.replace(batch_size=batch_size))
     return len(tokens) / (time.perf_counter() - start), captions
 
 

@@ -70,7 +70,7 @@ from llm4brain.models.mbm import MaskedBrainModel
 from llm4brain.models.quantization import quantized_loading
 from llm4brain.models.tokenizer import train_word_tokenizer
 from llm4brain.runtime import autocast, select_device
-from llm4brain.sections import AlignConfig, EncoderConfig, TrainConfig
+from llm4brain.sections import AlignConfig, EncoderConfig, EvaluateConfig, TrainConfig
 from llm4brain.training import start_run
 from llm4brain.video.features import build_vision_model
 from llm4brain.video.preprocessing import data_config
@@ -466,14 +466,14 @@ def decode(
     setup: Setup, device: torch.device, warmup: int, steps: int, teacher: tuple[InstructionQFormer, Captioner]
 ) -> Row:
     """``generate_captions`` (decode_captions, teacher_captions) on one batch of token sets."""
-    params = setup.evaluate
+    evaluate = EvaluateConfig.from_dict(setup.evaluate)
     row = Row("decode", 1, samples="captions")
-    tokens = torch.randn(params["batch_size"], FRAMES * setup.num_queries, setup.qformer.hidden_size)
+    tokens = torch.randn(evaluate.batch_size, FRAMES * setup.num_queries, setup.qformer.hidden_size)
     with peak_memory(row, device):
-        row.step_s = seconds_per_step(lambda _: generate_captions(teacher[1], tokens, params), device, warmup, steps)
-    row.samples_per_s = params["batch_size"] / row.step_s
+        row.step_s = seconds_per_step(lambda _: generate_captions(teacher[1], tokens, evaluate), device, warmup, steps)
+    row.samples_per_s = evaluate.batch_size / row.step_s
     row.shape = (
-        f"batch {params['batch_size']}, {params['num_beams']} beams, {params['max_new_tokens']} new tokens after "
+        f"batch {evaluate.batch_size}, {evaluate.num_beams} beams, {evaluate.max_new_tokens} new tokens after "
         f"{FRAMES * setup.num_queries} video tokens"
     )
     return row

@@ -170,7 +170,7 @@ rule summarize_replicates:
         "../envs/llm4brain.yaml"
     params:
         replicates=REPLICATES,
-        evaluate=section("evaluate"),
+        n_permutations=config["evaluate"]["n_permutations"],
         seed=config["seed"],
         code=CODE["summarize_replicates"],
     script:

@@ -71,5 +71,6 @@ def test_every_section_round_trips_through_its_dataclass_with_the_schemas_defaul
     ]
     assert AlignConfig.from_dict(given) == AlignConfig(train=TrainConfig(steps=3, lr=0.1), heldout=["sub-03"])
     assert AlignConfig().to_dict() == DEFAULTS["align"]  # built directly: every key
+    assert AlignConfig.from_dict({}).to_dict() == {}  # given nothing: records nothing (its config_hash is {}'s)
     with pytest.raises(ValueError, match=r"AlignLossConfig: unknown key\(s\) \['domian'\]"):
         AlignConfig.from_dict({"loss": {"domian": 0.25}})

@@ -160,6 +160,7 @@ def test_every_reference_counts(tmp_path):
     from llm4brain.evaluate.report import subject_label
     from llm4brain.evaluate.score import score_captions
     from llm4brain.evaluate.summary import read_replicates, summarize
+    from llm4brain.sections import CaptionsConfig, EvaluateConfig
     from llm4brain.text.captions import reference_captions
 
     second = {
@@ -169,7 +170,12 @@ def test_every_reference_counts(tmp_path):
     }
     rows = [(i.split(":")[0], int(i.split(":")[1]), c) for i, refs in REFS.items() for c in (refs[0], second[i])]
     pd.DataFrame(rows, columns=["segment", "tr", "caption"]).to_csv(tmp_path / "refs.tsv", sep="\t", index=False)
-    reference_captions(tmp_path / "refs.tsv", tmp_path / "captions.h5", ["a", "b"], {})
+    reference_captions(
+        tsv=tmp_path / "refs.tsv",
+        out_path=tmp_path / "captions.h5",
+        segments=["a", "b"],
+        captions_config=CaptionsConfig(),
+    )
     assert read_captions(tmp_path / "captions.h5")[("a", 1)] == REFS["a:1"][0]  # training uses the first
     ids = list(REFS)
     with atomic_h5(tmp_path / "sub-01.h5", "eval") as f:
@@ -180,15 +186,15 @@ def test_every_reference_counts(tmp_path):
         f.attrs["subject"] = "sub-01"
         f.attrs["voxel_selection"] = "test-reliability"  # what decode_captions copies from the fMRI artifact
     score_captions(
-        [str(tmp_path / "sub-01.h5")],
-        tmp_path / "captions.h5",
-        tmp_path / "m.tsv",
-        tmp_path / "i.tsv",
-        tmp_path / "t.tsv",
-        tmp_path / "a.tsv",
-        [],
-        {**DEFAULTS["evaluate"], "n_bootstrap": 10, "n_permutations": 10},
-        0,
+        eval_paths=[str(tmp_path / "sub-01.h5")],
+        captions_path=tmp_path / "captions.h5",
+        out_path=tmp_path / "m.tsv",
+        identification_path=tmp_path / "i.tsv",
+        tests_path=tmp_path / "t.tsv",
+        ablation_path=tmp_path / "a.tsv",
+        heldout=[],
+        evaluate=EvaluateConfig.from_dict({**DEFAULTS["evaluate"], "n_bootstrap": 10, "n_permutations": 10}),
+        seed=0,
     )
     metrics = pd.read_csv(tmp_path / "m.tsv", sep="\t").set_index("source")
     assert (metrics["voxel_selection"] == "test-reliability").all()  # test-selected voxels stay visible

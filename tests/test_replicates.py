@@ -83,7 +83,7 @@ def test_summary_equals_a_direct_computation(tmp_path):
         metrics_paths=[paths[s] for s in SEEDS],
         per_clip_paths=[clip_paths[s] for s in SEEDS],
         replicates=SEEDS,
-        params={"n_permutations": 99},
+        n_permutations=99,
         seed=0,
         summary_path=tmp_path / "summary.tsv",
         tests_path=tmp_path / "pooled.tsv",

@@ -14,6 +14,7 @@ import pytest
 from conftest import DEFAULTS
 
 from llm4brain.evaluate.semantic import BertScore, EmbeddingCosine, semantic_metrics, semantic_scores
+from llm4brain.sections import EvaluateConfig
 
 WORDS = (
     "one two three small large red green blue yellow purple circle circles square squares triangle triangles "
@@ -148,7 +149,7 @@ def test_embedding_cosine_equals_util_cos_sim(checkpoints):
 def test_identification_by_each_semantic_metric(checkpoints):
     """A clip's own first reference as its caption identifies it (its score is the maximum, 1); the captions
     rotated by one clip do not."""
-    metrics, unavailable = semantic_metrics({**configured(checkpoints), "device": "cpu"})
+    metrics, unavailable = semantic_metrics(EvaluateConfig.from_dict({**configured(checkpoints), "device": "cpu"}))
     assert unavailable == {} and [type(m) for m in metrics] == [BertScore, EmbeddingCosine]
     own = [refs[0] for refs in REFS]
     _, _, perfect, _ = semantic_scores(metrics, own, REFS, n_bootstrap=10, seed=0)
@@ -159,7 +160,7 @@ def test_identification_by_each_semantic_metric(checkpoints):
 
 
 def test_unconfigured_metrics_are_unavailable():
-    metrics, unavailable = semantic_metrics({**NO_MODELS, "device": "cpu"})
+    metrics, unavailable = semantic_metrics(EvaluateConfig.from_dict({**NO_MODELS, "device": "cpu"}))
     assert metrics == []
     assert set(unavailable) == {"BERTScore-P", "BERTScore-R", "BERTScore-F1", "embedding-cosine"}
     assert all(why.startswith("unavailable: ") for why in unavailable.values())
@@ -167,12 +168,18 @@ def test_unconfigured_metrics_are_unavailable():
 
 def write_decoded(tmp_path: Path) -> tuple[Path, Path]:
     from llm4brain.artifacts import atomic_h5, write_keys, write_strings
+    from llm4brain.sections import CaptionsConfig
     from llm4brain.text.captions import reference_captions
 
     keys = [("a", 0), ("a", 1), ("b", 0), ("b", 1)]
     rows = [(s, t, c) for (s, t), refs in zip(keys, REFS, strict=True) for c in refs]
     pd.DataFrame(rows, columns=["segment", "tr", "caption"]).to_csv(tmp_path / "refs.tsv", sep="\t", index=False)
-    reference_captions(tmp_path / "refs.tsv", tmp_path / "captions.h5", ["a", "b"], {})
+    reference_captions(
+        tsv=tmp_path / "refs.tsv",
+        out_path=tmp_path / "captions.h5",
+        segments=["a", "b"],
+        captions_config=CaptionsConfig(),
+    )
     with atomic_h5(tmp_path / "sub-01.h5", "eval") as f:
         write_keys(f, [s for s, _ in keys] * 2, [t for _, t in keys] * 2)
         write_strings(f, "source", ["fmri"] * 4 + ["shuffled"] * 4)
@@ -188,15 +195,15 @@ def run_scoring(tmp_path: Path, evaluate: dict) -> tuple[pd.DataFrame, pd.DataFr
     decoded, captions = write_decoded(tmp_path)
     params = {**DEFAULTS["evaluate"], "n_bootstrap": 10, "n_permutations": 10, "device": "cpu", **evaluate}
     score_captions(
-        [str(decoded)],
-        captions,
-        tmp_path / "m.tsv",
-        tmp_path / "i.tsv",
-        tmp_path / "t.tsv",
-        tmp_path / "a.tsv",
-        [],
-        params,
-        0,
+        eval_paths=[str(decoded)],
+        captions_path=captions,
+        out_path=tmp_path / "m.tsv",
+        identification_path=tmp_path / "i.tsv",
+        tests_path=tmp_path / "t.tsv",
+        ablation_path=tmp_path / "a.tsv",
+        heldout=[],
+        evaluate=EvaluateConfig.from_dict(params),
+        seed=0,
     )
     return tuple(pd.read_csv(tmp_path / name, sep="\t") for name in ("m.tsv", "i.tsv", "t.tsv"))
 

@@ -11,6 +11,7 @@ import pytest
 
 from llm4brain.fmri.discover import participants
 from llm4brain.fmri.runs import InputError, Run, read_confounds, read_run
+from llm4brain.sections import CaptionsConfig
 from llm4brain.tables import TableError, read_tsv, row_of
 from llm4brain.text.captions import reference_captions
 
@@ -95,13 +96,13 @@ def test_confounds_tables(tmp_path):
 def test_captions_tables(tmp_path):
     path = write(tmp_path / "captions.tsv", "segment\ttr\tcaption\nseg01\t0\ta dog runs\nseg01\tone\ta cat\n")
     with pytest.raises(TableError, match=re.escape(f"{path}: row 3, column 'tr': 'one' is not an integer")):
-        reference_captions(path, tmp_path / "c.h5", ["seg01"], {})
+        reference_captions(tsv=path, out_path=tmp_path / "c.h5", segments=["seg01"], captions_config=CaptionsConfig())
     write(path, "segment\ttr\tcaption\nseg01\t0\ta dog runs\nseg01\t-1\ta cat\n")
     with pytest.raises(TableError, match=re.escape(f"{path}: row 3, column 'tr': -1 is negative")):
-        reference_captions(path, tmp_path / "c.h5", ["seg01"], {})
+        reference_captions(tsv=path, out_path=tmp_path / "c.h5", segments=["seg01"], captions_config=CaptionsConfig())
     write(path, "segment\ttr\tcaption\nseg01\t0\ta dog runs\nseg01\t0\ta dog runs\n")
     with pytest.raises(TableError, match=re.escape(f"{path}: row 3: the same caption twice for (seg01, 0)")):
-        reference_captions(path, tmp_path / "c.h5", ["seg01"], {})
+        reference_captions(tsv=path, out_path=tmp_path / "c.h5", segments=["seg01"], captions_config=CaptionsConfig())
     assert not (tmp_path / "c.h5").exists()
 
 

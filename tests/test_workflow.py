@@ -22,6 +22,7 @@ from safetensors.numpy import load_file
 from workflow_copy import RAW, REPO, RUN, SEED, config_edit, edited, make_copy, planned_rules, snakemake
 
 from llm4brain.artifacts import read_keys
+from llm4brain.sections import EvaluateConfig
 
 pytestmark = pytest.mark.workflow
 REPORT = {"plot_results", "plot_gallery", "summarize_replicates"}  # and the summary, rerun with every new score
@@ -196,7 +197,7 @@ def test_decode_command_on_a_training_run(micro, tmp_path):
     blocks = [i for i in range(len(keys) - len(run_keys) + 1) if keys[i : i + len(run_keys)] == run_keys]
     matches = [i for i in blocks if np.array_equal(rows[i : i + len(run_keys)], samples)]
     assert len(matches) == 1, f"{len(blocks)} presentations of {segment} in the artifact, {len(matches)} equal"
-    settings = {"batch_size": 64, "max_new_tokens": 24, "num_beams": 1, "repetition_penalty": 1.0}  # the CLI's
+    settings = EvaluateConfig(batch_size=64, max_new_tokens=24, num_beams=1, repetition_penalty=1.0)  # the CLI's
     block = torch.from_numpy(rows[matches[0] : matches[0] + len(run_keys)].astype(np.float32))
     assert captions["caption"].tolist() == generate_captions(student.captioner, student.encode(block), settings)
 

@@ -44,7 +44,9 @@ class Section:
     def to_dict(self) -> dict[str, Any]:
         """The section as plain data: the keys it was built from, in their order (every key, in the schema's
         order, for a section built directly). This is what config.json files and ``config_hash`` record."""
-        names = getattr(self, "_given", None) or [f.name for f in dataclasses.fields(self)]
+        names = getattr(self, "_given", None)  # () for a section built from an empty dict: it records nothing
+        if names is None:
+            names = [f.name for f in dataclasses.fields(self)]
         return {name: _plain(getattr(self, name)) for name in names}
 
     def replace(self, **changes: Any) -> Self:

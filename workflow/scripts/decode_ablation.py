@@ -1,5 +1,6 @@
 from llm4brain.evaluate.decode import decode_ablation
 from llm4brain.runtime import setup_logging
+from llm4brain.sections import EvaluateConfig
 
 setup_logging(snakemake.log[0])
 p = snakemake.params
@@ -13,6 +14,6 @@ decode_ablation(
     student_dir=snakemake.input.student,
     out_path=snakemake.output[0],
     heldout=p.heldout,
-    params=p.evaluate,
+    evaluate=EvaluateConfig.from_dict(p.evaluate),
     seed=p.seed,
 )

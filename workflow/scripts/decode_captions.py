@@ -1,5 +1,6 @@
 from llm4brain.evaluate.decode import decode_captions
 from llm4brain.runtime import setup_logging
+from llm4brain.sections import EvaluateConfig
 
 setup_logging(snakemake.log[0])
 p = snakemake.params
@@ -14,6 +15,6 @@ decode_captions(
     student_dir=snakemake.input.student,
     out_path=snakemake.output[0],
     heldout=p.heldout,
-    params=p.evaluate,
+    evaluate=EvaluateConfig.from_dict(p.evaluate),
     seed=p.seed,
 )

@@ -7,7 +7,7 @@ summarize_replicates(
     metrics_paths=snakemake.input.metrics,
     per_clip_paths=snakemake.input.per_clip,
     replicates=p.replicates,
-    params=p.evaluate,
+    n_permutations=p.n_permutations,
     seed=p.seed,
     summary_path=snakemake.output.summary,
     tests_path=snakemake.output.tests,

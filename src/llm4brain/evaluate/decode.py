@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import h5py
 import numpy as np
@@ -38,6 +37,7 @@ from llm4brain.instruct.student import FmriStudent, load_student, student_inputs
 from llm4brain.models.captioner import generate_captions
 from llm4brain.models.video_llm import encode_clips, load_teacher
 from llm4brain.runtime import LOG, seed_everything, select_device
+from llm4brain.sections import EvaluateConfig
 from llm4brain.seeds import SeedOffset
 
 
@@ -86,14 +86,14 @@ def write_decoded(
     keys: list[tuple[str, int]],
     decoded: dict[str, list[str]],
     captions: dict[tuple[str, int], str],
-    params: dict[str, Any],
+    evaluate: EvaluateConfig,
     fmri_path: str,
 ) -> None:
     """``/segment, /tr, /source, /caption, /reference``: one row per test sample × source; the attrs say
     what chose the fMRI's voxels (``voxel_selection``), so that test-selected voxels show in the metrics."""
     with h5py.File(fmri_path, "r") as fmri:
         selection = str(fmri.attrs.get("voxel_selection", "unknown"))
-    with atomic_h5(out_path, "eval", params) as f:
+    with atomic_h5(out_path, "eval", evaluate.to_dict()) as f:
         rows = [(key, source, text) for source, texts in decoded.items() for key, text in zip(keys, texts, strict=True)]
         write_keys(f, [r[0][0] for r in rows], [r[0][1] for r in rows])
         write_strings(f, "source", [r[1] for r in rows])
@@ -113,7 +113,7 @@ def decode_ablation(
     student_dir: str,
     out_path: str | Path,
     heldout: list[str],
-    params: dict[str, Any],
+    evaluate: EvaluateConfig,
     seed: int,
 ) -> None:
     """A subject's test fMRI decoded by an ablated student (on an ablated aligner, or trained with an instruct
@@ -121,10 +121,10 @@ def decode_ablation(
     seed_everything(seed + SeedOffset.DECODE, 1)
     captions = read_captions(captions_path)
     student, tokens, keys = student_tokens(
-        student_dir, teacher_dir, fmri_path, latent_path, captions, captions_path, select_device(params["device"])
+        student_dir, teacher_dir, fmri_path, latent_path, captions, captions_path, select_device(evaluate.device)
     )
-    decoded = {f"fmri-{ablation}": generate_captions(student.captioner, tokens, params)}
-    write_decoded(out_path, subject, subject in heldout, keys, decoded, captions, params, fmri_path)
+    decoded = {f"fmri-{ablation}": generate_captions(student.captioner, tokens, evaluate)}
+    write_decoded(out_path, subject, subject in heldout, keys, decoded, captions, evaluate, fmri_path)
 
 
 def nearest_train_pool(
@@ -182,28 +182,28 @@ def decode_captions(
     student_dir: str,
     out_path: str | Path,
     heldout: list[str],
-    params: dict[str, Any],
+    evaluate: EvaluateConfig,
     seed: int,
 ) -> None:
     """Write ``/segment, /tr, /source, /caption, /reference`` for every test sample × source."""
     seed_everything(seed + SeedOffset.DECODE, 1)
     captions = read_captions(captions_path)
-    device = select_device(params["device"])
+    device = select_device(evaluate.device)
     student, tokens, keys = student_tokens(
         student_dir, teacher_dir, fmri_path, latent_path, captions, captions_path, device
     )
     qformer, teacher, _ = load_teacher(teacher_dir, device)
     pool_tokens, pool_keys = read_pool(pool_path)
     pool_tokens = pool_tokens.to(tokens.device, tokens.dtype)  # stored as float32: exact for half precisions
-    permutation = torch.from_numpy(np.random.default_rng(params["shuffle_seed"]).permutation(len(keys)))
+    permutation = torch.from_numpy(np.random.default_rng(evaluate.shuffle_seed).permutation(len(keys)))
 
     decoded = {
-        "fmri": generate_captions(student.captioner, tokens, params),
-        "video-teacher": generate_captions(teacher, encode_clips(qformer, FeatureFiles(feature_paths), keys), params),
-        "shuffled": generate_captions(student.captioner, tokens[permutation], params),
+        "fmri": generate_captions(student.captioner, tokens, evaluate),
+        "video-teacher": generate_captions(teacher, encode_clips(qformer, FeatureFiles(feature_paths), keys), evaluate),
+        "shuffled": generate_captions(student.captioner, tokens[permutation], evaluate),
         "nearest-train": nearest_captions(tokens, pool_tokens, pool_keys, captions),
     }
-    write_decoded(out_path, subject, subject in heldout, keys, decoded, captions, params, fmri_path)
+    write_decoded(out_path, subject, subject in heldout, keys, decoded, captions, evaluate, fmri_path)
     for i in range(min(3, len(keys))):
         LOG.info(
             "%s %s: fmri %r | teacher %r | reference %r",

@@ -25,6 +25,7 @@ from llm4brain.fmri.runs import check_id, read_run
 from llm4brain.instruct.student import load_student
 from llm4brain.models.captioner import generate_captions
 from llm4brain.runtime import select_device
+from llm4brain.sections import EvaluateConfig
 
 
 def replicate_dir(results: Path, replicate: int | None) -> Path:
@@ -178,12 +179,9 @@ def decode_run(
         )
     samples, segment, k, tr = preprocess_new_run(subject, bold, events, results, student.window, replicate)
     tokens = student.encode(torch.from_numpy(samples))
-    settings = {
-        "batch_size": batch_size,
-        "max_new_tokens": max_new_tokens,
-        "num_beams": num_beams,
-        "repetition_penalty": 1.0,
-    }
+    settings = EvaluateConfig(
+        batch_size=batch_size, max_new_tokens=max_new_tokens, num_beams=num_beams, repetition_penalty=1.0
+    )
     captions = generate_captions(student.captioner, tokens, settings)
     return pd.DataFrame({"segment": segment, "tr": k, "start": k * tr, "end": (k + 1) * tr, "caption": captions})
 

@@ -16,6 +16,7 @@ from llm4brain.artifacts import open_artifact, read_references
 from llm4brain.evaluate.semantic import semantic_metrics, semantic_scores
 from llm4brain.evaluate.stats import IDENTIFICATION_METRICS, bootstrap_ci, caption_identification, paired_permutation
 from llm4brain.runtime import LOG
+from llm4brain.sections import EvaluateConfig
 
 METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
 SPICE_JAR = "stanford-corenlp-3.6.0.jar"
@@ -123,6 +124,7 @@ def score_group(
 
 
 def score_captions(
+    *,
     eval_paths: list[str],
     captions_path: str | Path,
     out_path: str | Path,
@@ -130,7 +132,7 @@ def score_captions(
     tests_path: str | Path,
     ablation_path: str | Path,
     heldout: list[str],
-    params: dict[str, Any],
+    evaluate: EvaluateConfig,
     seed: int,
     workers: int = 1,
     per_clip_path: str | Path | None = None,
@@ -156,9 +158,9 @@ def score_captions(
         ablation_path: ``ablation.tsv``, to write.
         heldout: the replicate's held-out subjects (``align.heldout``, or its turn under rotation), flagged in
             every table's ``heldout`` column.
-        params: the ``evaluate`` config section, with ``bertscore.model`` and ``sentence_embedding.model``
+        evaluate: the ``evaluate`` config section, with ``bertscore.model`` and ``sentence_embedding.model``
             resolved to local checkpoint directories (or null: the metric is ``unavailable``); reads
-            ``n_bootstrap``, ``n_permutations`` and ``device`` too.
+            ``n_bootstrap``, ``n_permutations``, ``identification_ways`` and ``device`` too.
         seed: seeds the bootstrap resamples and the sign flips (the replicate's seed).
         workers: processes that score the subject × source groups, and torch's CPU threads for the semantic
             metrics.
@@ -171,7 +173,7 @@ def score_captions(
     spice = spice_status()
     if spice:
         LOG.warning("SPICE %s", spice)
-    semantic, unavailable = semantic_metrics(params, workers)
+    semantic, unavailable = semantic_metrics(evaluate, workers)
     tables: dict[str, list[pd.DataFrame]] = {}
     selection: dict[str, str] = {}  # what chose each subject's voxels: test-reliability marks test-selected ones
     for path in eval_paths:  # a subject's main file, and the ablated students' files
@@ -191,8 +193,8 @@ def score_captions(
     first: dict[str, int] = {}  # each distinct group's first index
     for i, signature in enumerate(signatures):
         first.setdefault(signature, i)
-    ways = params["identification_ways"]
-    jobs = [(groups[i][2], groups[i][3], params["n_bootstrap"], seed, ways) for i in first.values()]
+    ways = evaluate.identification_ways
+    jobs = [(groups[i][2], groups[i][3], evaluate.n_bootstrap, seed, ways) for i in first.values()]
     if workers > 1:
         with ProcessPoolExecutor(workers, initializer=_start_worker, initargs=(not spice,)) as pool:
             scored = dict(zip(first, pool.map(score_group, *zip(*jobs, strict=True)), strict=True))
@@ -203,7 +205,7 @@ def score_captions(
         refs, candidates = groups[i][2], groups[i][3]
         ids = list(refs)
         semantic_part = semantic_scores(
-            semantic, [candidates[k] for k in ids], [refs[k] for k in ids], n_bootstrap=params["n_bootstrap"], seed=seed
+            semantic, [candidates[k] for k in ids], [refs[k] for k in ids], n_bootstrap=evaluate.n_bootstrap, seed=seed
         )
         scored[signature] = merge(scored[signature], semantic_part)
     results = [scored[signature] for signature in signatures]
@@ -244,7 +246,7 @@ def score_captions(
                         "metric": metric,
                         "n": len(ids),
                         "mean_difference": float(np.mean(a - b)),
-                        "p_value": paired_permutation(a, b, params["n_permutations"], seed),
+                        "p_value": paired_permutation(a, b, evaluate.n_permutations, seed),
                     }
                 )
     metrics, tests = pd.DataFrame(rows), pd.DataFrame(tests)

@@ -11,12 +11,12 @@ caption's score (its own clip's column) and its caption identification (all colu
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from llm4brain.evaluate.stats import identification, per_clip_ci, reference_pool
 from llm4brain.runtime import LOG, select_device
+from llm4brain.sections import EvaluateConfig
 
 Pool = list[tuple[str, ...]]
 
@@ -96,29 +96,32 @@ class EmbeddingCosine:
 
 
 def semantic_metrics(
-    params: dict[str, Any], threads: int = 1
+    evaluate: EvaluateConfig, threads: int = 1
 ) -> tuple[list[BertScore | EmbeddingCosine], dict[str, str]]:
     """The configured metrics, loaded (torch using ``threads`` CPU threads), and why each of the others is
     unavailable (per column of metrics.tsv).
 
-    ``params`` is the ``evaluate`` config section (keys ``bertscore``, ``sentence_embedding`` and ``device``).
+    Args:
+        evaluate: the ``evaluate`` section (``bertscore``, ``sentence_embedding`` and ``device`` are read).
+        threads: torch's CPU threads.
+
+    Returns:
+        The loaded metrics, and ``column → why it is unavailable`` for the others.
     """
     metrics: list[BertScore | EmbeddingCosine] = []
     unavailable: dict[str, str] = {}
-    bert, embedding = params["bertscore"], params["sentence_embedding"]
-    if bert["model"] or embedding["model"]:
+    bert, embedding = evaluate.bertscore, evaluate.sentence_embedding
+    if bert.model or embedding.model:
         import torch
 
         torch.set_num_threads(threads)
-        device = str(select_device(params["device"]))
-    if bert["model"]:
-        metrics.append(
-            BertScore(bert["model"], num_layers=bert["num_layers"], batch_size=bert["batch_size"], device=device)
-        )
+        device = str(select_device(evaluate.device))
+    if bert.model:
+        metrics.append(BertScore(bert.model, num_layers=bert.num_layers, batch_size=bert.batch_size, device=device))
     else:
         unavailable.update(dict.fromkeys(BertScore.names, "unavailable: no evaluate.bertscore.model configured"))
-    if embedding["model"]:
-        metrics.append(EmbeddingCosine(embedding["model"], batch_size=embedding["batch_size"], device=device))
+    if embedding.model:
+        metrics.append(EmbeddingCosine(embedding.model, batch_size=embedding.batch_size, device=device))
     else:
         unavailable.update(
             dict.fromkeys(EmbeddingCosine.names, "unavailable: no evaluate.sentence_embedding.model configured")

@@ -132,7 +132,7 @@ def summarize_replicates(
     metrics_paths: list[str | Path],
     per_clip_paths: list[str | Path],
     replicates: list[int],
-    params: dict[str, Any],
+    n_permutations: int,
     seed: int,
     summary_path: str | Path,
     tests_path: str | Path,
@@ -144,7 +144,7 @@ def summarize_replicates(
         metrics_paths: each replicate's ``results/r{seed}/eval/metrics.tsv``, in ``replicates`` order.
         per_clip_paths: each replicate's ``results/r{seed}/eval/per_clip.tsv``, in ``replicates`` order.
         replicates: the replicates' seeds (the config's ``replicates``), which name the ``r{seed}`` columns.
-        params: the ``evaluate`` config section; reads ``n_permutations``.
+        n_permutations: random sign flips of the clip-level pooled tests (``evaluate.n_permutations``).
         seed: seeds the clip-level sign flips (the config's ``seed``).
         summary_path: ``summary.tsv``, to write.
         tests_path: ``pooled_tests.tsv``, to write.
@@ -161,6 +161,4 @@ def summarize_replicates(
     with atomic_path(summary_path) as tmp:
         summarize(metrics, replicates).to_csv(tmp, sep="\t", index=False, float_format="%.4f")
     with atomic_path(tests_path) as tmp:
-        pooled_tests(per_clip, replicates, params["n_permutations"], seed).to_csv(
-            tmp, sep="\t", index=False, float_format="%.4g"
-        )
+        pooled_tests(per_clip, replicates, n_permutations, seed).to_csv(tmp, sep="\t", index=False, float_format="%.4g")

@@ -6,7 +6,7 @@ tokens. Its own module so that both teachers' modules import it and not each oth
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import nn
@@ -118,16 +118,38 @@ class Captioner(nn.Module):
         return [text.strip() for text in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
 
 
-def generate_captions(captioner: Captioner, tokens: torch.Tensor, params: dict[str, Any]) -> list[str]:
-    """Batched generation with the decoding settings in ``params`` (``batch_size``, ``max_new_tokens``,
-    ``num_beams``, ``repetition_penalty``), on the captioner's device (bf16 autocast on CUDA)."""
+class Decoding(Protocol):
+    """The settings generation reads: the ``evaluate`` or the ``captions`` section (``EvaluateConfig``,
+    ``CaptionsConfig``), or any object with these four fields."""
+
+    @property
+    def batch_size(self) -> int: ...
+    @property
+    def max_new_tokens(self) -> int: ...
+    @property
+    def num_beams(self) -> int: ...
+    @property
+    def repetition_penalty(self) -> float: ...
+
+
+def generate_captions(captioner: Captioner, tokens: torch.Tensor, decoding: Decoding) -> list[str]:
+    """Batched generation on the captioner's device (bf16 autocast on CUDA).
+
+    Args:
+        captioner: the student's or the teacher's captioner.
+        tokens: one token set per caption, (n, Q, H).
+        decoding: the decoding settings; ``batch_size`` changes memory, not the captions.
+
+    Returns:
+        One caption per token set, stripped.
+    """
     out: list[str] = []
     with autocast(captioner.prefix_ids.device):
-        for start in range(0, len(tokens), params["batch_size"]):
+        for start in range(0, len(tokens), decoding.batch_size):
             out += captioner.generate(
-                tokens[start : start + params["batch_size"]],
-                params["max_new_tokens"],
-                params["num_beams"],
-                params["repetition_penalty"],
+                tokens[start : start + decoding.batch_size],
+                decoding.max_new_tokens,
+                decoding.num_beams,
+                decoding.repetition_penalty,
             )
     return out
