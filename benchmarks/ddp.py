@@ -39,6 +39,13 @@ from llm4brain.models.captioner import Captioner  # noqa: E402
 from llm4brain.models.tokenizer import train_word_tokenizer  # noqa: E402
 from llm4brain.models.video_llm import VideoQFormer, build_llm, qformer_config, save_teacher  # noqa: E402
 from llm4brain.scmbm.train import pretrain_scmbm  # noqa: E402
+from llm4brain.sections import (  # noqa: E402
+    AlignConfig,
+    EncoderConfig,
+    ScmbmConfig,
+    VideoLlmLlmConfig,
+    VideoLlmQformerConfig,
+)
 
 SUBJECTS = ["sub-01", "sub-02", "sub-03"]
 BATCH = 32
@@ -65,8 +72,10 @@ def write_inputs(root: Path) -> dict[str, Any]:
     captions = ["a red circle moving left", "two blue squares moving up"]
     tokenizer = train_word_tokenizer(captions + ["describe"])
     template, prompt = "<Video>{video}</Video> {prompt}", "describe"
-    qformer = VideoQFormer(qformer_config({**QFORMER, "dropout": 0.0}, 64), 4, QFORMER["num_queries"])
-    llm = {"hidden_size": 64, "num_layers": 1, "num_heads": 2, "intermediate_size": 128}
+    qformer = VideoQFormer(
+        qformer_config(VideoLlmQformerConfig.from_dict({**QFORMER, "dropout": 0.0}), 64), 4, QFORMER["num_queries"]
+    )
+    llm = VideoLlmLlmConfig(hidden_size=64, num_layers=1, num_heads=2, intermediate_size=128)
     captioner = Captioner(build_llm(llm, tokenizer, 64), tokenizer, 64, template, prompt, 8)
     save_teacher(
         root / "teacher", qformer, captioner, {"template": template, "prompt": prompt, "max_caption_tokens": 8}
@@ -108,8 +117,8 @@ def run(stage: str, inputs: dict[str, Any], out: Path, devices: int, steps: int,
             devices=devices,
             fmri_paths=inputs["fmri"],
             out_dir=str(out),
-            encoder_params=encoder,
-            params=params,
+            encoder_params=EncoderConfig.from_dict(encoder),
+            params=ScmbmConfig.from_dict(params),
             seed=0,
         )
     else:
@@ -124,8 +133,8 @@ def run(stage: str, inputs: dict[str, Any], out: Path, devices: int, steps: int,
             latent_paths=[str(out / f"{s}.h5") for s in SUBJECTS],
             metrics_path=str(out / "metrics.tsv"),
             subjects=SUBJECTS,
-            encoder_params=encoder,
-            params=params,
+            encoder_params=EncoderConfig.from_dict(encoder),
+            params=AlignConfig.from_dict(params),
             seed=0,
         )
     return time.perf_counter() - started

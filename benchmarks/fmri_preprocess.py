@@ -25,23 +25,18 @@ import time
 from pathlib import Path
 
 import numpy as np
+from scale import defaults
 
 VOLUMES, KEEP, GRAYORDINATES = 246, 240, 59_412
 SEGMENTS = {"train": [f"seg{i}" for i in range(1, 19)], "test": [f"test{i}" for i in range(1, 6)]}
 REPEATS = {"train": 2, "test": 10}
+# the fmri section: the schema's defaults (so that a new key cannot leave this copy behind), Wen 2018's trim
 PARAMS = {
+    **defaults()["fmri"],
     "detrend_order": 4,
-    "high_pass": None,
-    "confounds": [],
-    "zscore": True,
-    "hrf_lag": 4.0,
     "average_repeats": {"train": False, "test": True},
-    "reliability": {"select": False, "threshold": 0.1},
     "trim": {"start": 0, "end": 4, "keep": KEEP},
     "unpaired_clips": "drop",
-    "mask_labels": None,
-    "resample": False,
-    "cifti_structures": ["CIFTI_STRUCTURE_CORTEX_LEFT", "CIFTI_STRUCTURE_CORTEX_RIGHT"],
 }
 
 

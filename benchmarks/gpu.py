@@ -70,7 +70,7 @@ from llm4brain.models.mbm import MaskedBrainModel
 from llm4brain.models.quantization import quantized_loading
 from llm4brain.models.tokenizer import train_word_tokenizer
 from llm4brain.runtime import autocast, select_device
-from llm4brain.sections import AlignConfig, EncoderConfig, EvaluateConfig, TrainConfig
+from llm4brain.sections import AlignConfig, EncoderConfig, EvaluateConfig, InstructConfig, TrainConfig
 from llm4brain.training import start_run
 from llm4brain.video.features import build_vision_model
 from llm4brain.video.preprocessing import data_config
@@ -414,29 +414,27 @@ def student_step(
     """``instruct_llm``'s step: the student ``build_student`` makes from the teacher (its LLM shared under
     LoRA, or a quantised copy next to the bf16 teacher, which distillation keeps), caption loss +
     ``distillation`` from ``frozen_logits``, on ``fit``'s optimiser step."""
-    params = copy.deepcopy(setup.instruct)
-    params["llm"]["quantization"] = quantization
-    train, window, shard = params["train"], setup.encoder["window"], world()
+    instruct = InstructConfig.from_dict(setup.instruct)
+    instruct = instruct.replace(llm=instruct.llm.replace(quantization=quantization))
+    train, window, shard = instruct.train, setup.encoder["window"], world()
     row = Row(f"student_lora_{'bf16' if quantization == 'none' else quantization}", 1, samples="captions")
     with peak_memory(row, device), tempfile.TemporaryDirectory() as tmp:
         qformer, captioner = teacher
-        base = teacher if shares_base(params["llm"]) else (qformer, quantized_copy(captioner, quantization, device))
+        base = teacher if shares_base(instruct.llm) else (qformer, quantized_copy(captioner, quantization, device))
         align_dir = ""
-        if params["input"] == "encoder":  # the aligner build_student loads: random weights, saved as the rule saves
+        if instruct.input == "encoder":  # the aligner build_student loads: random weights, saved as the rule saves
             align_dir = str(Path(tmp) / "align")
             torch.manual_seed(0)
             encoder, align = EncoderConfig.from_dict(setup.encoder), AlignConfig.from_dict(setup.align)
             aligner = BrainAligner(setup.grid, encoder, align, qformer).cpu()
             save_aligner(Path(align_dir), aligner, "random-init")
             del aligner  # build_student loads its own
-        student = build_student("", align_dir, params, device, base)
-        batch, tokens = train["batch_size"], (FRAMES * setup.num_queries, setup.qformer.hidden_size)
-        inputs = (
-            torch.randn(batch, window, *setup.grid) if params["input"] == "encoder" else torch.randn(batch, *tokens)
-        )
+        student = build_student("", align_dir, instruct, device, base)
+        batch, tokens = train.batch_size, (FRAMES * setup.num_queries, setup.qformer.hidden_size)
+        inputs = torch.randn(batch, window, *setup.grid) if instruct.input == "encoder" else torch.randn(batch, *tokens)
         video = torch.randn(batch, *tokens, device=device)
         texts = caption_words(setup, batch, seed=2)
-        weight, temperature = params["distill_weight"], params["distill_temperature"]
+        weight, temperature = instruct.distill_weight, instruct.distill_temperature
 
         def loss_fn(_: int) -> tuple[torch.Tensor, dict[str, float]]:
             student.train()
@@ -449,11 +447,11 @@ def student_step(
                 loss, terms["distill"] = loss + weight * kd, kd.item()
             return loss, terms
 
-        run = start_run(student, loss_fn, TrainConfig.from_dict(train), [], [], device)
+        run = start_run(student, loss_fn, train, [], [], device)
         row.step_s = seconds_per_step(run.step, device, warmup, steps)
         trainable = sum(p.numel() for p in student.parameters() if p.requires_grad)
         nf4 = sum(type(m).__module__.startswith("bitsandbytes") for m in student.captioner.llm.modules())  # Linear4bit
-    samples = batch * train["accumulate"]
+    samples = batch * train.accumulate
     row.samples_per_s = samples / row.step_s
     row.shape = (
         f"{samples} captions of {setup.video_llm['max_caption_tokens']} tokens after "

@@ -189,7 +189,7 @@ def wen_rehearsal(folder: Path, size: dict[str, Any]) -> tuple[float, float]:
     from llm4brain.models.captioner import Captioner
     from llm4brain.models.tokenizer import train_word_tokenizer
     from llm4brain.models.video_llm import VideoQFormer, build_llm, qformer_config, save_teacher
-    from llm4brain.sections import AlignConfig, EncoderConfig
+    from llm4brain.sections import AlignConfig, EncoderConfig, VideoLlmLlmConfig, VideoLlmQformerConfig
 
     train = [f"seg{i:02d}" for i in range(1, size["train_segments"] + 1)]
     test = [f"test{i:02d}" for i in range(1, size["test_segments"] + 1)]
@@ -215,9 +215,11 @@ def wen_rehearsal(folder: Path, size: dict[str, Any]) -> tuple[float, float]:
             f.create_dataset("tr", data=np.arange(trs, dtype=np.int32))
     template, prompt = "###Human: <Video>{video}</Video> {prompt} ###Assistant:", "Describe the clip."
     tokenizer = train_word_tokenizer(["a clip of a scene", template.replace("{video}", " ").format(prompt=prompt)])
-    llm = build_llm({"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64}, tokenizer, 64)
+    llm = build_llm(VideoLlmLlmConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), tokenizer, 64)
     captioner = Captioner(llm, tokenizer, QFORMER["hidden_size"], template, prompt, 16)
-    qformer = VideoQFormer(qformer_config(QFORMER, TOKENS[1]), FRAMES, QFORMER["num_queries"])
+    qformer = VideoQFormer(
+        qformer_config(VideoLlmQformerConfig.from_dict(QFORMER), TOKENS[1]), FRAMES, QFORMER["num_queries"]
+    )
     save_teacher(
         folder / "teacher", qformer, captioner, {"template": template, "prompt": prompt, "max_caption_tokens": 16}
     )

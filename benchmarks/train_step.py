@@ -24,7 +24,7 @@ from llm4brain.align.objective import alignment_terms
 from llm4brain.artifacts import atomic_h5, write_keys
 from llm4brain.fmri.stream import BoldSplit, clip_stream, open_splits, row_stream
 from llm4brain.models.video_llm import VideoQFormer, qformer_config
-from llm4brain.sections import AlignConfig, EncoderConfig
+from llm4brain.sections import AlignConfig, EncoderConfig, VideoLlmQformerConfig
 
 GRID, WINDOW, CLIPS, REPEATS, BATCH, STEPS = (16, 16, 12), 2, 360, 2, 32, 30
 ENCODER = {
@@ -73,7 +73,9 @@ def main() -> None:
 def run(files: list[BoldSplit]) -> None:
     repeats = [[np.array([c + r * CLIPS for r in range(REPEATS)]) for c in range(CLIPS)]] * 2
     labelled = ["sub-01", "sub-02"]
-    qformer = VideoQFormer(qformer_config(QFORMER, 64), num_frames=4, num_queries=QFORMER["num_queries"])
+    qformer = VideoQFormer(
+        qformer_config(VideoLlmQformerConfig.from_dict(QFORMER), 64), num_frames=4, num_queries=QFORMER["num_queries"]
+    )
     model = BrainAligner(GRID, EncoderConfig.from_dict(ENCODER), AlignConfig.from_dict(ALIGN), qformer).train()
     targets = torch.randn(CLIPS, QFORMER["num_queries"], QFORMER["hidden_size"])
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 
@@ -55,17 +56,4 @@ def tiny_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-FMRI_PARAMS = {
-    "detrend_order": 2,
-    "high_pass": None,
-    "confounds": [],
-    "zscore": True,
-    "hrf_lag": 4.0,
-    "average_repeats": {"train": False, "test": True},
-    "reliability": {"select": False, "split": "train", "threshold": 0.1},
-    "trim": {"start": 0, "end": 0, "keep": None},
-    "unpaired_clips": "error",
-    "mask_labels": None,
-    "resample": False,
-    "cifti_structures": ["CIFTI_STRUCTURE_CORTEX_LEFT", "CIFTI_STRUCTURE_CORTEX_RIGHT"],
-}
+FMRI_PARAMS = copy.deepcopy(DEFAULTS["fmri"])  # the fmri section's defaults (detrend order 2, no trim, ...)

@@ -32,7 +32,7 @@ from llm4brain.distributed import BACKENDS, launch
 from llm4brain.instruct.train import instruct_llm
 from llm4brain.resume import Checkpoint
 from llm4brain.scmbm.train import pretrain_scmbm
-from llm4brain.sections import EncoderConfig, ScmbmConfig, TrainConfig
+from llm4brain.sections import EncoderConfig, InstructConfig, ScmbmConfig, TrainConfig
 
 TOL = 3e-4  # per tensor: max-abs difference / the tensor's own max-abs value
 
@@ -189,7 +189,7 @@ def test_two_processes_align_and_tune_a_4bit_lora_student_with_distillation_as_o
             log_tsv=str(out / "log.tsv"),
             subjects=SUBJECTS,
             heldout=["sub-03"],
-            params=instruct,
+            instruct=InstructConfig.from_dict(instruct),
             seed=0,
         )
     assert_close(weights(tmp_path / "student1" / "model"), weights(tmp_path / "student2" / "model"), "student")

@@ -13,7 +13,7 @@ from test_models import ALIGN, CAPTIONS, ENCODER, PROMPT, TEMPLATE, tiny_teacher
 from llm4brain.instruct.student import load_student, save_student
 from llm4brain.instruct.train import build_student, distillation
 from llm4brain.models.video_llm import save_teacher
-from llm4brain.sections import AlignConfig, EncoderConfig, TrainConfig
+from llm4brain.sections import AlignConfig, EncoderConfig, InstructConfig, TrainConfig
 from llm4brain.training import fit
 
 LORA = {
@@ -34,16 +34,18 @@ TRAIN = {
 }
 
 
-def instruct(tuning: str, quantization: str = "none") -> dict:
-    return {
-        "input": "latents",
-        "train_qformer": False,
-        "train_encoder": True,
-        "encoder_tokens": False,
-        "distill_weight": 0.0,
-        "distill_temperature": 1.0,
-        "llm": {"tuning": tuning, "quantization": quantization, "gradient_checkpointing": False, "lora": LORA},
-    }
+def instruct(tuning: str, quantization: str = "none") -> InstructConfig:
+    return InstructConfig.from_dict(
+        {
+            "input": "latents",
+            "train_qformer": False,
+            "train_encoder": True,
+            "encoder_tokens": False,
+            "distill_weight": 0.0,
+            "distill_temperature": 1.0,
+            "llm": {"tuning": tuning, "quantization": quantization, "gradient_checkpointing": False, "lora": LORA},
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +136,7 @@ def test_lora_student_shares_the_teachers_llm_and_distils_from_its_frozen_base(t
     from llm4brain.models.video_llm import load_teacher
 
     params = instruct("lora")
-    assert shares_base(params["llm"]) and not shares_base(instruct("lora", "4bit")["llm"])
+    assert shares_base(params.llm) and not shares_base(instruct("lora", "4bit").llm)
     qformer, teacher, _ = load_teacher(teacher_dir)
     torch.manual_seed(0)
     student = build_student(str(teacher_dir), "", params, teacher=(qformer, teacher))
@@ -170,7 +172,7 @@ def test_end_to_end_student_tunes_the_aligned_encoder_only_when_asked(teacher_di
     while the Q-Former, projection and LLM learn; true tunes it too."""
     torch.manual_seed(0)
     grid = save_tiny_aligner(teacher_dir, tmp_path / "align")
-    params = {**instruct("full"), "input": "encoder", "train_qformer": True, "train_encoder": train_encoder}
+    params = instruct("full").replace(input="encoder", train_qformer=True, train_encoder=train_encoder)
     student = build_student(str(teacher_dir), str(tmp_path / "align"), params)
     volumes = torch.randn(3, 1, *grid)
     before = {n: p.detach().clone() for n, p in student.aligner.named_parameters()}
@@ -192,7 +194,7 @@ def test_encoder_tokens_reach_the_llm_after_the_aligned_ones_and_reload_identica
     logits; the frozen-latents student cannot have it."""
     torch.manual_seed(0)
     grid = save_tiny_aligner(teacher_dir, tmp_path / "align")
-    params = {**instruct("full"), "input": "encoder", "encoder_tokens": True}
+    params = instruct("full").replace(input="encoder", encoder_tokens=True)
     student = build_student(str(teacher_dir), str(tmp_path / "align"), params)
     volumes = torch.randn(3, 1, *grid)
     n_encoder = student.aligner.encoder(volumes).shape[1]
@@ -219,4 +221,4 @@ def test_encoder_tokens_reach_the_llm_after_the_aligned_ones_and_reload_identica
         reloaded.captioner.caption_logits(reloaded.encode(volumes), ids, mask), expected, rtol=0, atol=0
     )
     with pytest.raises(ValueError, match="encoder_tokens needs the end-to-end student"):
-        build_student(str(teacher_dir), "", {**instruct("full"), "encoder_tokens": True})
+        build_student(str(teacher_dir), "", instruct("full").replace(encoder_tokens=True))

@@ -9,14 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import DEFAULTS
 from test_models import CAPTIONS, ENCODER
 
 from llm4brain.align.model import BrainAligner
 from llm4brain.artifacts import ArtifactError
 from llm4brain.models.tokenizer import train_word_tokenizer
 from llm4brain.models.video_llm import load_teacher, load_video_qformer
-from llm4brain.sections import AlignConfig, EncoderConfig
+from llm4brain.sections import AlignConfig, EncoderConfig, VideoLlmConfig
 from llm4brain.video_llm.checkpoint import checkpoint_settings
 
 PROMPT = "Describe the clip."
@@ -91,7 +90,7 @@ def checkpoint(tmp_path_factory) -> Path:
 
 def teacher_pointer(checkpoint: Path, tmp_path: Path) -> Path:
     """What ``import_video_llm`` writes: results/video_llm/config.json naming the checkpoint."""
-    params = {**DEFAULTS["video_llm"], "template": "{video}{prompt}", "prompt": PROMPT, "max_caption_tokens": 12}
+    params = VideoLlmConfig(template="{video}{prompt}", prompt=PROMPT, max_caption_tokens=12)
     pointer = tmp_path / "video_llm"
     pointer.mkdir()
     (pointer / "config.json").write_text(json.dumps(checkpoint_settings(checkpoint, params, 4)))
@@ -218,7 +217,7 @@ def test_quantized_student_keeps_qformer_and_projection_in_full_precision(checkp
 
 
 def test_checkpoint_is_checked_before_use(checkpoint, tmp_path):
-    params = DEFAULTS["video_llm"]
+    params = VideoLlmConfig()
     with pytest.raises(ArtifactError, match="frames_per_tr: 4"):
         checkpoint_settings(checkpoint, params, 8)
     with pytest.raises(ArtifactError, match="no config.json"):

@@ -13,7 +13,7 @@ from llm4brain.models.captioner import Captioner
 from llm4brain.models.fmri_encoder import FmriEncoder
 from llm4brain.models.tokenizer import train_word_tokenizer
 from llm4brain.models.video_llm import VideoQFormer, build_llm, load_teacher, qformer_config, save_teacher
-from llm4brain.sections import AlignConfig, EncoderConfig, TrainConfig
+from llm4brain.sections import AlignConfig, EncoderConfig, TrainConfig, VideoLlmLlmConfig, VideoLlmQformerConfig
 from llm4brain.training import fit
 
 CAPTIONS = [
@@ -50,8 +50,14 @@ ALIGN = {
 def tiny_teacher(seed: int = 0, dropout: float = 0.1) -> tuple[VideoQFormer, Captioner]:
     torch.manual_seed(seed)
     tokenizer = train_word_tokenizer(CAPTIONS + [TEMPLATE.replace("{video}", " ").format(prompt=PROMPT)])
-    qformer = VideoQFormer(qformer_config({**QFORMER, "dropout": dropout}, 16), num_frames=2, num_queries=4)
-    captioner = Captioner(build_llm(LLM, tokenizer, 64), tokenizer, 32, TEMPLATE, PROMPT, 16)
+    qformer = VideoQFormer(
+        qformer_config(VideoLlmQformerConfig.from_dict({**QFORMER, "dropout": dropout}), 16),
+        num_frames=2,
+        num_queries=4,
+    )
+    captioner = Captioner(
+        build_llm(VideoLlmLlmConfig.from_dict(LLM), tokenizer, 64), tokenizer, 32, TEMPLATE, PROMPT, 16
+    )
     return qformer.eval(), captioner.eval()
 
 

@@ -2,6 +2,7 @@ from llm4brain.distributed import launch
 from llm4brain.instruct.train import instruct_llm
 from llm4brain.resume import Checkpoint
 from llm4brain.runtime import setup_logging
+from llm4brain.sections import InstructConfig
 
 if __name__ == "__main__":  # not when the data-parallel workers re-import this script
     setup_logging(snakemake.log[0])
@@ -21,7 +22,7 @@ if __name__ == "__main__":  # not when the data-parallel workers re-import this 
         log_tsv=snakemake.output.log_tsv,
         subjects=list(p.subjects),
         heldout=list(p.heldout),
-        params=p.instruct,
+        instruct=InstructConfig.from_dict(p.instruct),
         seed=p.seed,
         checkpoint=Checkpoint.for_snakemake(snakemake),
     )

@@ -1,6 +1,7 @@
 from llm4brain.distributed import launch
 from llm4brain.resume import Checkpoint
 from llm4brain.runtime import setup_logging
+from llm4brain.sections import VideoLlmConfig
 from llm4brain.video_llm.train import train_video_llm
 
 if __name__ == "__main__":  # not when the data-parallel workers re-import this script
@@ -15,7 +16,7 @@ if __name__ == "__main__":  # not when the data-parallel workers re-import this 
         captions_path=snakemake.input.captions,
         out_dir=snakemake.output[0],
         train_segments=list(p.train_segments),
-        params=p.video_llm,
+        video_llm=VideoLlmConfig.from_dict(p.video_llm),
         seed=p.seed,
         checkpoint=Checkpoint.for_snakemake(snakemake),
     )

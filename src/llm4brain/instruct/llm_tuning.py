@@ -7,9 +7,11 @@ peft takes seconds to import, so it is imported here, only when a config asks fo
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 from transformers import PreTrainedModel
+
+from llm4brain.sections import InstructLlmConfig
 
 if TYPE_CHECKING:
     from peft import LoraConfig, PeftModel
@@ -17,36 +19,35 @@ if TYPE_CHECKING:
 ADAPTER_DIR = "llm_adapter"
 
 
-def tune(llm: PreTrainedModel, params: dict[str, Any]) -> PreTrainedModel | PeftModel:
+def tune(llm: PreTrainedModel, settings: InstructLlmConfig) -> PreTrainedModel | PeftModel:
     """Set what trains: every weight (full), LoRA adapters on a frozen base (lora), nothing (frozen)."""
-    tuning = params["tuning"]
-    if tuning == "full":
+    if settings.tuning == "full":
         return llm.requires_grad_(True)
     llm.requires_grad_(False)
-    if params["gradient_checkpointing"]:
+    if settings.gradient_checkpointing:
         llm.gradient_checkpointing_enable()
-    if tuning == "frozen":
+    if settings.tuning == "frozen":
         return llm
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    if params["quantization"] != "none":
-        llm = prepare_model_for_kbit_training(llm, use_gradient_checkpointing=params["gradient_checkpointing"])
-    lora = params["lora"]
+    if settings.quantization != "none":
+        llm = prepare_model_for_kbit_training(llm, use_gradient_checkpointing=settings.gradient_checkpointing)
+    lora = settings.lora
     config = LoraConfig(
-        r=lora["r"],
-        lora_alpha=lora["alpha"],
-        lora_dropout=lora["dropout"],
-        target_modules=lora["target_modules"],
+        r=lora.r,
+        lora_alpha=lora.alpha,  # type: ignore[arg-type]  # peft annotates int; its scale alpha / r takes any number
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
         task_type="CAUSAL_LM",
     )
     return get_peft_model(llm, config)
 
 
-def save_tuned(llm: PreTrainedModel | PeftModel, directory: Path, params: dict[str, Any]) -> None:
+def save_tuned(llm: PreTrainedModel | PeftModel, directory: Path, settings: InstructLlmConfig) -> None:
     """Only what was trained: the whole LLM (full), the LoRA adapter (lora), nothing (frozen)."""
-    if params["tuning"] == "full":
+    if settings.tuning == "full":
         cast("PreTrainedModel", llm).save_pretrained(directory / "llm", safe_serialization=True)  # tune kept it
-    elif params["tuning"] == "lora":
+    elif settings.tuning == "lora":
         lora = cast("PeftModel", llm)  # what tune wraps the base in, with a LoraConfig
         config = cast("LoraConfig", lora.peft_config["default"])
         # peft keeps target_modules as a set and writes it in set order, which follows PYTHONHASHSEED: a
@@ -56,10 +57,10 @@ def save_tuned(llm: PreTrainedModel | PeftModel, directory: Path, params: dict[s
         lora.save_pretrained(directory / ADAPTER_DIR, safe_serialization=True)  # type: ignore[arg-type]
 
 
-def load_adapter(base: PreTrainedModel, student_dir: Path, params: dict[str, Any]) -> PreTrainedModel | PeftModel:
+def load_adapter(base: PreTrainedModel, student_dir: Path, settings: InstructLlmConfig) -> PreTrainedModel | PeftModel:
     """The student's LLM on top of its base as ``save_tuned`` left it: the LoRA adapter applied (lora), or
     the base as given (full: the caller loaded the tuned weights; frozen: nothing was trained)."""
-    if params["tuning"] != "lora":
+    if settings.tuning != "lora":
         return base
     from peft import PeftModel
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
@@ -24,6 +24,7 @@ from llm4brain.instruct.llm_tuning import load_adapter, save_tuned
 from llm4brain.models.captioner import Captioner
 from llm4brain.models.video_llm import load_teacher
 from llm4brain.models.weights import load_weights, save_weights
+from llm4brain.sections import InstructConfig
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -85,18 +86,23 @@ def student_inputs(
 
 
 def save_student(
-    directory: Path, student: FmriStudent, teacher_dir: str, align_dir: str, params: dict[str, Any]
+    directory: Path, student: FmriStudent, teacher_dir: str, align_dir: str, instruct: InstructConfig
 ) -> None:
     """Save what was trained: projection, the LLM or its LoRA adapter (see ``llm_tuning.save_tuned``), the
     aligner when trained end to end; config.json names the teacher and aligner it builds on."""
     captioner = student.captioner
     save_weights(captioner.projection, directory / "projection.safetensors")
-    save_tuned(captioner.llm, directory, params["llm"])
+    save_tuned(captioner.llm, directory, instruct.llm)
     if student.aligner is not None:
         save_aligner(directory / "aligner", student.aligner, teacher_dir)
     if student.encoder_map is not None:
         save_weights(student.encoder_map, directory / "encoder_tokens.safetensors")
-    config = {"teacher": str(teacher_dir), "align": str(align_dir), "input": student.input_kind, "instruct": params}
+    config = {
+        "teacher": str(teacher_dir),
+        "align": str(align_dir),
+        "input": student.input_kind,
+        "instruct": instruct.to_dict(),
+    }
     (directory / "config.json").write_text(json.dumps(config, indent=2))
 
 
@@ -119,18 +125,18 @@ def load_student(
             or the align stage's frozen tokens (``latents``).
     """
     directory = Path(directory)
-    params = json.loads((directory / "config.json").read_text())["instruct"]
-    llm = params["llm"]
+    instruct = InstructConfig.from_dict(json.loads((directory / "config.json").read_text())["instruct"])
+    llm = instruct.llm
     qformer, captioner, _ = load_teacher(
         teacher_dir,
         device,
-        llm_dir=directory / "llm" if llm["tuning"] == "full" else None,
-        quantization=llm["quantization"],
+        llm_dir=directory / "llm" if llm.tuning == "full" else None,
+        quantization=llm.quantization,
     )
     captioner.llm = load_adapter(cast("PreTrainedModel", captioner.llm), directory, llm)  # as load_teacher loaded it
     load_weights(captioner.projection, directory / "projection.safetensors")
     aligner = load_aligner(directory / "aligner", qformer).to(device) if (directory / "aligner").is_dir() else None
-    student = FmriStudent(captioner, aligner, params["encoder_tokens"])
+    student = FmriStudent(captioner, aligner, instruct.encoder_tokens)
     if student.encoder_map is not None:
         load_weights(student.encoder_map, directory / "encoder_tokens.safetensors")
     return student.eval().requires_grad_(False)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ from llm4brain.models.captioner import Captioner
 from llm4brain.models.video_llm import encode_clips, load_teacher
 from llm4brain.resume import Checkpoint
 from llm4brain.runtime import LOG, seed_everything, select_device
-from llm4brain.sections import TrainConfig
+from llm4brain.sections import InstructConfig, InstructLlmConfig
 from llm4brain.seeds import SeedOffset
 from llm4brain.training import fit
 
@@ -46,39 +46,51 @@ def distillation(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tenso
     return global_mean(temperature**2 * (kl * mask).sum(), mask.sum())
 
 
-def shares_base(params: dict[str, Any]) -> bool:
+def shares_base(llm: InstructLlmConfig) -> bool:
     """LoRA on an unquantised base leaves the base exactly the teacher's LLM: one copy serves both."""
-    return params["tuning"] == "lora" and params["quantization"] == "none"
+    return llm.tuning == "lora" and llm.quantization == "none"
 
 
 def build_student(
     teacher_dir: str,
     align_dir: str,
-    params: dict[str, Any],
+    instruct: InstructConfig,
     device: torch.device = torch.device("cpu"),
     teacher: tuple[VideoQFormer | InstructionQFormer, Captioner] | None = None,
 ) -> FmriStudent:
-    """The teacher's captioner (+ the aligned encoder) on ``device``, with the parts ``params`` trains unfrozen.
+    """The teacher's captioner (+ the aligned encoder) on ``device``, with the parts the section trains
+    unfrozen.
 
-    ``teacher`` (its Q-Former and captioner, loaded already) is copied instead of loaded again, its LLM
-    shared, not copied: only for :func:`shares_base` settings, where the student's LLM is LoRA on it.
+    Args:
+        teacher_dir: the teacher's folder (``video_llm``), loaded unless ``teacher`` is given.
+        align_dir: the aligner's model folder (``align/model``), loaded when ``instruct.input`` is
+            ``encoder``.
+        instruct: the ``instruct`` section: ``input``, ``llm`` (tuning, quantization, LoRA),
+            ``train_encoder``, ``train_qformer``, ``encoder_tokens``.
+        device: where the student is built.
+        teacher: the teacher's Q-Former and captioner, loaded already: copied instead of loaded again, its
+            LLM shared, not copied (only for :func:`shares_base` settings, where the student's LLM is LoRA
+            on it).
+
+    Returns:
+        The student, its trained parts requiring gradients.
     """
     if teacher is not None:
         qformer, base = teacher
         captioner = copy.deepcopy(base, memo={id(base.llm): base.llm})
     else:
-        qformer, captioner, _ = load_teacher(teacher_dir, device, quantization=params["llm"]["quantization"])
+        qformer, captioner, _ = load_teacher(teacher_dir, device, quantization=instruct.llm.quantization)
     captioner.projection.requires_grad_(True)
-    captioner.llm = tune(cast("PreTrainedModel", captioner.llm), params["llm"])  # the teacher's, untuned
+    captioner.llm = tune(cast("PreTrainedModel", captioner.llm), instruct.llm)  # the teacher's, untuned
     aligner = None
-    if params["input"] == "encoder":
+    if instruct.input == "encoder":
         aligner = load_aligner(align_dir, qformer).to(device)
         for name, param in aligner.named_parameters():
             if name.startswith(("encoder.", "to_context.")):
-                param.requires_grad_(params["train_encoder"])
+                param.requires_grad_(instruct.train_encoder)
             else:
-                param.requires_grad_(params["train_qformer"] or not name.startswith("qformer.") or ".adaptor." in name)
-    return FmriStudent(captioner, aligner, params["encoder_tokens"])
+                param.requires_grad_(instruct.train_qformer or not name.startswith("qformer.") or ".adaptor." in name)
+    return FmriStudent(captioner, aligner, instruct.encoder_tokens)
 
 
 @torch.no_grad()
@@ -106,27 +118,23 @@ def instruct_llm(
     log_tsv: str,
     subjects: list[str],
     heldout: list[str],
-    params: dict[str, Any],
+    instruct: InstructConfig,
     seed: int,
     checkpoint: Checkpoint | None = None,
 ) -> None:
     """Train the student and save what it trained as safetensors (see ``student.save_student``)."""
-    seed_everything(seed + SeedOffset.INSTRUCT, params["train"]["threads"])
-    device = select_device(params["train"]["device"])
-    batch_size, weight, temperature = (
-        params["train"]["batch_size"],
-        params["distill_weight"],
-        params["distill_temperature"],
-    )
+    seed_everything(seed + SeedOffset.INSTRUCT, instruct.train.threads)
+    device = select_device(instruct.train.device)
+    batch_size, weight, temperature = instruct.train.batch_size, instruct.distill_weight, instruct.distill_temperature
     # the frozen teacher only serves distillation: without it (the no_distillation ablation) it is not loaded
     frozen = load_teacher(teacher_dir, device)[:2] if weight > 0 else None  # (Q-Former, captioner)
     teacher = frozen[1] if frozen is not None else None
-    shared = frozen if frozen is not None and shares_base(params["llm"]) else None  # copied, its LLM shared
-    student = build_student(teacher_dir, align_dir, params, device, shared)
+    shared = frozen if frozen is not None and shares_base(instruct.llm) else None  # copied, its LLM shared
+    student = build_student(teacher_dir, align_dir, instruct, device, shared)
     captions = read_captions(captions_path)
     labelled = [i for i, subject in enumerate(subjects) if subject not in heldout]
     every, split_keys = student_inputs(
-        params["input"],
+        instruct.input,
         [fmri_paths[i] for i in labelled],
         [latent_paths[i] for i in labelled],
         "train",
@@ -144,7 +152,7 @@ def instruct_llm(
     texts = [captions[k] for k in keys]
     LOG.info(
         "student (%s input): %d fMRI samples of %d clips from %s",
-        params["input"],
+        instruct.input,
         len(keys),
         len(unique),
         [s for s in subjects if s not in heldout],
@@ -170,7 +178,7 @@ def instruct_llm(
     fit(
         student,
         loss_fn,
-        TrainConfig.from_dict(params["train"]),
+        instruct.train,
         "instruct_llm",
         log_tsv,
         checkpoint=checkpoint,
@@ -181,4 +189,4 @@ def instruct_llm(
         return
     with atomic_path(model_dir) as tmp:
         tmp.mkdir(parents=True)
-        save_student(tmp, student.eval(), teacher_dir, align_dir, params)
+        save_student(tmp, student.eval(), teacher_dir, align_dir, instruct)

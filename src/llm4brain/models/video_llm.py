@@ -27,6 +27,7 @@ from transformers import (
 from llm4brain.models.captioner import Captioner
 from llm4brain.models.quantization import quantized_loading
 from llm4brain.models.weights import load_weights, save_weights
+from llm4brain.sections import VideoLlmLlmConfig, VideoLlmQformerConfig
 
 if TYPE_CHECKING:
     from llm4brain.artifacts import FeatureFiles
@@ -80,31 +81,31 @@ def encode_clips(
     return torch.cat(out)
 
 
-def qformer_config(params: dict[str, Any], vision_dim: int) -> Blip2QFormerConfig:
+def qformer_config(qformer: VideoLlmQformerConfig, vision_dim: int) -> Blip2QFormerConfig:
     """A tiny Q-Former (demo) whose cross-attention reads ``vision_dim`` tokens in every layer."""
     return Blip2QFormerConfig(
-        hidden_size=params["hidden_size"],
-        num_hidden_layers=params["num_layers"],
-        num_attention_heads=params["num_heads"],
-        intermediate_size=params["intermediate_size"],
+        hidden_size=qformer.hidden_size,
+        num_hidden_layers=qformer.num_layers,
+        num_attention_heads=qformer.num_heads,
+        intermediate_size=qformer.intermediate_size,
         encoder_hidden_size=vision_dim,
         cross_attention_frequency=1,
         vocab_size=2,
-        max_position_embeddings=params["num_queries"],
-        hidden_dropout_prob=params["dropout"],
-        attention_probs_dropout_prob=params["dropout"],
+        max_position_embeddings=qformer.num_queries,
+        hidden_dropout_prob=qformer.dropout,
+        attention_probs_dropout_prob=qformer.dropout,
     )
 
 
-def llama_config(params: dict[str, Any], tokenizer: PreTrainedTokenizerFast, max_positions: int) -> LlamaConfig:
+def llama_config(llm: VideoLlmLlmConfig, tokenizer: PreTrainedTokenizerFast, max_positions: int) -> LlamaConfig:
     """A tiny Llama sized from config, with the demo tokenizer's special ids."""
     return LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=params["hidden_size"],
-        intermediate_size=params["intermediate_size"],
-        num_hidden_layers=params["num_layers"],
-        num_attention_heads=params["num_heads"],
-        num_key_value_heads=params["num_heads"],
+        hidden_size=llm.hidden_size,
+        intermediate_size=llm.intermediate_size,
+        num_hidden_layers=llm.num_layers,
+        num_attention_heads=llm.num_heads,
+        num_key_value_heads=llm.num_heads,
         max_position_embeddings=max_positions,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
@@ -212,6 +213,6 @@ def _own_qformer(directory: Path, settings: dict[str, Any]) -> VideoQFormer:
     return qformer.eval().requires_grad_(False)
 
 
-def build_llm(params: dict[str, Any], tokenizer: PreTrainedTokenizerFast, max_positions: int) -> LlamaForCausalLM:
+def build_llm(llm: VideoLlmLlmConfig, tokenizer: PreTrainedTokenizerFast, max_positions: int) -> LlamaForCausalLM:
     """A randomly initialised tiny Llama (demo)."""
-    return LlamaForCausalLM(llama_config(params, tokenizer, max_positions))
+    return LlamaForCausalLM(llama_config(llm, tokenizer, max_positions))

@@ -13,11 +13,26 @@ from typing import Any
 from llm4brain.artifacts import ArtifactError, atomic_path
 from llm4brain.models.instructblip_video import FRAMES, MODEL_TYPES
 from llm4brain.runtime import LOG
+from llm4brain.sections import VideoLlmConfig
 
 
-def checkpoint_settings(directory: str | Path, params: dict[str, Any], frames_per_tr: int) -> dict[str, Any]:
+def checkpoint_settings(directory: str | Path, video_llm: VideoLlmConfig, frames_per_tr: int) -> dict[str, Any]:
     """The ``config.json`` that ``import_video_llm`` writes for a local checkpoint, after checking it: an
-    InstructBLIP(-Video) config, safetensors weights, both tokenizers, and clips of 4 frames."""
+    InstructBLIP(-Video) config, safetensors weights, both tokenizers, and clips of 4 frames.
+
+    Args:
+        directory: the checkpoint (``video_llm.pretrained``).
+        video_llm: the ``video_llm`` section, whose prompt settings and ``dtype`` the teacher is used with.
+        frames_per_tr: frames sampled per clip (``video.frames_per_tr``); InstructBLIP-Video reads 4.
+
+    Returns:
+        The teacher's settings: the checkpoint's path, its frames, ``template``, ``prompt``,
+            ``max_caption_tokens`` and ``dtype``.
+
+    Raises:
+        ArtifactError: no config.json, another model type, no safetensors weights, no Q-Former tokenizer, or
+            a frame count the model does not read.
+    """
     directory = Path(directory)
     config_path = directory / "config.json"
     if not config_path.exists():
@@ -42,13 +57,19 @@ def checkpoint_settings(directory: str | Path, params: dict[str, Any], frames_pe
     return {
         "checkpoint": str(directory),
         "num_frames": FRAMES,
-        **{k: params[k] for k in ("template", "prompt", "max_caption_tokens", "dtype")},
+        "template": video_llm.template,
+        "prompt": video_llm.prompt,
+        "max_caption_tokens": video_llm.max_caption_tokens,
+        "dtype": video_llm.dtype,
     }
 
 
-def import_video_llm(checkpoint: str | Path, out_dir: str | Path, params: dict[str, Any], frames_per_tr: int) -> None:
-    """Check ``checkpoint`` and write ``out_dir/config.json`` naming it with ``params``' prompt settings."""
-    settings = checkpoint_settings(checkpoint, params, frames_per_tr)
+def import_video_llm(
+    *, checkpoint: str | Path, out_dir: str | Path, video_llm: VideoLlmConfig, frames_per_tr: int
+) -> None:
+    """Check ``checkpoint`` and write ``out_dir/config.json`` naming it with the section's prompt settings
+    (:func:`checkpoint_settings`)."""
+    settings = checkpoint_settings(checkpoint, video_llm, frames_per_tr)
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)
         (Path(tmp) / "config.json").write_text(json.dumps(settings, indent=2))

@@ -7,7 +7,6 @@ one from the cached vision tokens and the reference captions of the training seg
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -20,7 +19,7 @@ from llm4brain.models.tokenizer import train_word_tokenizer
 from llm4brain.models.video_llm import VideoQFormer, build_llm, qformer_config, save_teacher
 from llm4brain.resume import Checkpoint
 from llm4brain.runtime import LOG, seed_everything, select_device
-from llm4brain.sections import TrainConfig
+from llm4brain.sections import VideoLlmConfig
 from llm4brain.seeds import SeedOffset
 from llm4brain.training import fit
 
@@ -41,12 +40,12 @@ def train_video_llm(
     captions_path: str,
     out_dir: str | Path,
     train_segments: list[str],
-    params: dict[str, Any],
+    video_llm: VideoLlmConfig,
     seed: int,
     checkpoint: Checkpoint | None = None,
 ) -> None:
     """Train and save the teacher (see ``models.video_llm`` for the directory layout)."""
-    seed_everything(seed + SeedOffset.VIDEO_LLM, params["train"]["threads"])
+    seed_everything(seed + SeedOffset.VIDEO_LLM, video_llm.train.threads)
     captions = read_captions(captions_path)
     features = FeatureFiles(feature_paths)
     keys = training_clips(features, captions, train_segments)
@@ -59,22 +58,18 @@ def train_video_llm(
 
     LOG.info("teacher: %d training clips, %d frames x %d tokens x %d dims", n, num_frames, num_tokens, vision_dim)
 
-    template = params["template"]
-    tokenizer = train_word_tokenizer(texts + [template.replace("{video}", " ").format(prompt=params["prompt"])])
-    q = params["qformer"]
-    qformer = VideoQFormer(qformer_config(q, vision_dim), num_frames, q["num_queries"])
-    max_positions = (
-        2 * (q["num_queries"] + len(template.split()) + len(params["prompt"].split()))
-        + params["max_caption_tokens"]
-        + 16
-    )
-    llm = build_llm(params["llm"], tokenizer, max_positions)
-    captioner = Captioner(llm, tokenizer, q["hidden_size"], template, params["prompt"], params["max_caption_tokens"])
-    device = select_device(params["train"]["device"])
+    template, prompt, max_caption_tokens = video_llm.template, video_llm.prompt, video_llm.max_caption_tokens
+    tokenizer = train_word_tokenizer(texts + [template.replace("{video}", " ").format(prompt=prompt)])
+    q = video_llm.qformer
+    qformer = VideoQFormer(qformer_config(q, vision_dim), num_frames, q.num_queries)
+    max_positions = 2 * (q.num_queries + len(template.split()) + len(prompt.split())) + max_caption_tokens + 16
+    llm = build_llm(video_llm.llm, tokenizer, max_positions)
+    captioner = Captioner(llm, tokenizer, q.hidden_size, template, prompt, max_caption_tokens)
+    device = select_device(video_llm.train.device)
     model = nn.ModuleDict({"qformer": qformer, "captioner": captioner}).to(device).train()
 
     generator = torch.Generator().manual_seed(seed + SeedOffset.VIDEO_LLM_BATCHES)
-    batch_size, shard = params["train"]["batch_size"], world()
+    batch_size, shard = video_llm.train.batch_size, world()
 
     def loss_fn(step: int) -> tuple[torch.Tensor, dict[str, float]]:
         idx = shard.share(torch.randint(n, (batch_size,), generator=generator))  # of the global batch
@@ -84,7 +79,7 @@ def train_video_llm(
     history = fit(
         model,
         loss_fn,
-        TrainConfig.from_dict(params["train"]),
+        video_llm.train,
         "train_video_llm",
         checkpoint=checkpoint,
         generators=[generator],
@@ -96,9 +91,9 @@ def train_video_llm(
         tmp.mkdir(parents=True)
         history.to_csv(tmp / "train_log.tsv", sep="\t", index=False)
         model.eval()
-        settings = {k: params[k] for k in ("template", "prompt", "max_caption_tokens")}
+        settings = {"template": template, "prompt": prompt, "max_caption_tokens": max_caption_tokens}
         save_teacher(tmp, qformer, captioner, {**settings, "train_segments": train_segments, "vision_dim": vision_dim})
         with torch.inference_mode():
-            sample = captioner.generate(qformer(clips(list(range(min(4, n)))).to(device)), params["max_caption_tokens"])
+            sample = captioner.generate(qformer(clips(list(range(min(4, n)))).to(device)), max_caption_tokens)
         for key, text in zip(keys[:4], sample, strict=True):
             LOG.info("teacher on %s: %r (reference %r)", key, text, captions[key])
