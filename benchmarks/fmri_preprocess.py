@@ -72,14 +72,15 @@ def peak_rss_child(root: Path, out: Path, segments: dict) -> dict:
     code = f"""
 import json, time
 from llm4brain.fmri.preprocess import preprocess_subject
+from llm4brain.sections import FmriConfig
 
 def rss(field):
     return int(next(l for l in open("/proc/self/status") if l.startswith(field)).split()[1]) * 1024
 
 base = rss("VmRSS:")
 start = time.perf_counter()
-preprocess_subject("subject1", {str(root / "subject1")!r}, None, {str(out)!r}, {segments!r}, 2.0, {PARAMS!r},
-                   {{"layout": "wen2018", "wen2018": {{"images": "cifti"}}}})
+preprocess_subject("subject1", {str(root / "subject1")!r}, None, {str(out)!r}, {segments!r}, 2.0,
+                   FmriConfig.from_dict({PARAMS!r}), {{"layout": "wen2018", "wen2018": {{"images": "cifti"}}}})
 print(json.dumps({{"base": base, "peak": rss("VmHWM:"), "seconds": time.perf_counter() - start}}))
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -95,6 +96,7 @@ def main() -> None:
     from nilearn.signal import clean
 
     from llm4brain.fmri.preprocess import clean_run
+    from llm4brain.sections import FmriConfig
 
     run_bytes = KEEP * GRAYORDINATES * 4
     series = np.random.default_rng(1).standard_normal((KEEP, GRAYORDINATES), dtype=np.float32) + 1000
@@ -102,7 +104,7 @@ def main() -> None:
     for _ in range(5):
         copy = series.copy()
         start = time.perf_counter()
-        clean_run(copy, {**PARAMS, "detrend_order": 1}, 2.0)
+        clean_run(copy, FmriConfig.from_dict({**PARAMS, "detrend_order": 1}), 2.0)
         ours_s.append(time.perf_counter() - start)
         start = time.perf_counter()
         reference = clean(series, detrend=True, standardize="zscore_sample", t_r=2.0)

@@ -70,7 +70,7 @@ from llm4brain.models.mbm import MaskedBrainModel
 from llm4brain.models.quantization import quantized_loading
 from llm4brain.models.tokenizer import train_word_tokenizer
 from llm4brain.runtime import autocast, select_device
-from llm4brain.sections import AlignConfig, EncoderConfig, EvaluateConfig, InstructConfig, TrainConfig
+from llm4brain.sections import AlignConfig, EncoderConfig, EvaluateConfig, InstructConfig, TrainConfig, VideoConfig
 from llm4brain.training import start_run
 from llm4brain.video.features import build_vision_model
 from llm4brain.video.preprocessing import data_config
@@ -311,8 +311,8 @@ def vit_g_cache(setup: Setup, device: torch.device, warmup: int, steps: int) -> 
     row = Row("vit_g_cache", 1, samples="frames")
     with peak_memory(row, device):
         with torch.device(device):  # a 1 B-parameter init on the device, not on the host first
-            model = build_vision_model(params, seed=0)
-        size = data_config(params, model)["input_size"]
+            model = build_vision_model(VideoConfig.from_dict(params), seed=0)
+        size = data_config(VideoConfig.from_dict(params), model)["input_size"]
         frames = torch.randn(params["batch_size"], *size)
         frames = frames.pin_memory() if device.type == "cuda" else frames
         shape: list[tuple[int, ...]] = []
@@ -485,7 +485,7 @@ def needs_gb(setup: Setup) -> dict[str, float]:
     SC-MBM model, the aligner's adaptors and Q-Former-side layers at most), from meta-device parameter counts.
     Activations come on top."""
     gb, encoder = 2**30, EncoderConfig.from_dict(setup.encoder)
-    vit = parameters(lambda: build_vision_model(setup.video, seed=0)) * 4
+    vit = parameters(lambda: build_vision_model(VideoConfig.from_dict(setup.video), seed=0)) * 4
     scmbm = (
         parameters(lambda: MaskedBrainModel(build_encoder(setup.grid, encoder), **decoder_args(setup))) * 16
     )  # fp32 weights, gradients, two AdamW moments

@@ -262,6 +262,7 @@ def preprocessing_speed(folder: Path, n_runs: int) -> dict[str, float]:
 
     from llm4brain.fmri.collections import preprocess_collection_subject
     from llm4brain.fmri.preprocess import preprocess_subject
+    from llm4brain.sections import FmriConfig
 
     runs = write_subject(folder, n_runs)
     shown = {run.parent.parent.name for run in runs}
@@ -271,7 +272,16 @@ def preprocessing_speed(folder: Path, n_runs: int) -> dict[str, float]:
     best = {"task": float("inf"), "collection": float("inf")}
     for _ in range(2):
         start = time.perf_counter()
-        preprocess_subject("subject1", folder / "subject1", None, folder / "task.h5", segments, 2.0, PARAMS, layout)
+        preprocess_subject(
+            "subject1",
+            folder / "subject1",
+            None,
+            folder / "task.h5",
+            segments,
+            2.0,
+            FmriConfig.from_dict(PARAMS),
+            layout,
+        )
         best["task"] = min(best["task"], time.perf_counter() - start)
         start = time.perf_counter()
         preprocess_collection_subject(
@@ -282,7 +292,7 @@ def preprocessing_speed(folder: Path, n_runs: int) -> dict[str, float]:
             out_path=folder / "collection.h5",
             qc_path=folder / "qc.tsv",
             tr=2.0,
-            params=PARAMS,
+            fmri=FmriConfig.from_dict(PARAMS),
             layout=layout,
         )
         best["collection"] = min(best["collection"], time.perf_counter() - start)

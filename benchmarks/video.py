@@ -36,6 +36,7 @@ import torch
 
 from llm4brain.artifacts import open_artifact
 from llm4brain.runtime import keep_freed_memory
+from llm4brain.sections import VideoConfig
 from llm4brain.video.features import build_vision_model, cache_features, write_clips
 from llm4brain.video.frames import extract_frames
 from llm4brain.video.preprocessing import data_config, geometric, photometric
@@ -145,7 +146,9 @@ def row(name: str, measured: float, baseline: float, goal: float) -> None:
 def main() -> None:
     torch.set_num_threads(1)  # what cache_features uses per job
     keep_freed_memory()  # as the cache_features job does; the bare forward shares the process, so gains as much
-    data_config(params("demo ViT"))  # import timm once, outside every timing: a job pays it once per segment
+    data_config(
+        VideoConfig.from_dict(params("demo ViT"))
+    )  # import timm once, outside every timing: a job pays it once per segment
     print(f"{'stage':40s} {'frames/s':>10s} {'baseline':>10s} {'ratio':>6s} {'goal':>5s} {'/goal':>6s}")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -158,9 +161,13 @@ def main() -> None:
         for name, (path, codec, options) in clips.items():
             write_clip(path, codec, options)
             n = SECONDS * FPS
-            config = data_config(params("ViT-B/16"))  # resolved once per workflow (rule vision_input)
+            config = data_config(
+                VideoConfig.from_dict(params("ViT-B/16"))
+            )  # resolved once per workflow (rule vision_input)
             extract, baseline = paired(
-                lambda: extract_frames(path, tmp / "frames.h5", TR, params("ViT-B/16"), config, EXTRACT_THREADS),
+                lambda: extract_frames(
+                    path, tmp / "frames.h5", TR, VideoConfig.from_dict(params("ViT-B/16")), config, EXTRACT_THREADS
+                ),
                 lambda: sequential_decode(path),
                 REPEATS["extract"],
                 tmp / "frames.h5",
@@ -168,7 +175,7 @@ def main() -> None:
             row(f"extract {name} (ViT-B/16 input)", n / extract, n / baseline, 0.8)
             decode_ms[name] = 1000 * baseline / n
         frame = np.random.default_rng(0).integers(0, 256, (1, HEIGHT, WIDTH, 3), dtype=np.uint8)
-        resize = geometric(data_config(params("ViT-B/16")))
+        resize = geometric(data_config(VideoConfig.from_dict(params("ViT-B/16"))))
         resize_ms = 1000 * seconds(lambda: resize(frame), 50)
         print(
             f"\nper {WIDTH}x{HEIGHT} frame: exact resize to the ViT-B/16 input {resize_ms:.1f} ms; sequential "
@@ -178,22 +185,24 @@ def main() -> None:
         for k, name in enumerate(MODELS):
             clip, source = tmp / f"model{k}.mp4", tmp / f"model{k}.h5"
             write_clip(clip, "libx264", {"preset": "veryfast"}, CACHE_SECONDS[name], CACHE_SIZE[name])
-            extract_frames(clip, source, TR, params(name), data_config(params(name)))
+            extract_frames(
+                clip, source, TR, VideoConfig.from_dict(params(name)), data_config(VideoConfig.from_dict(params(name)))
+            )
             with open_artifact(source, "frames", ("frames",)) as f:
                 frames = torch.from_numpy(f["frames"][:])
             flat = frames.reshape((-1,) + frames.shape[2:])
-            model = build_vision_model(params(name), seed=0)
-            prepare = photometric(data_config(params(name)))
+            model = build_vision_model(VideoConfig.from_dict(params(name)), seed=0)
+            prepare = photometric(data_config(VideoConfig.from_dict(params(name))))
             batches = [prepare(flat[i : i + 32]) for i in range(0, len(flat), 32)]
             cache, bare = paired(
-                lambda: cache_features(source, tmp / "features.h5", params(name), seed=0),
+                lambda: cache_features(source, tmp / "features.h5", VideoConfig.from_dict(params(name)), seed=0),
                 lambda: bare_forward(model, batches),
                 REPEATS[name],
                 tmp / "features.h5",
             )
             row(f"cache {name}", len(flat) / cache, len(flat) / bare, 0.9)
             costs[name] = (
-                seconds(lambda: build_vision_model(params(name), seed=0), 1),
+                seconds(lambda: build_vision_model(VideoConfig.from_dict(params(name)), seed=0), 1),
                 seconds(lambda: write_tokens(tmp / "features.h5", tmp / "copy.h5"), 1),
                 cache,
             )
@@ -233,8 +242,11 @@ def allocator_child(name: str, mode: str) -> None:
     torch.set_num_threads(1)
     if mode == "keep":
         keep_freed_memory()
-    model = build_vision_model(params(name), seed=0)
-    x = torch.randn((32,) + tuple(data_config(params(name))["input_size"]), generator=torch.Generator().manual_seed(0))
+    model = build_vision_model(VideoConfig.from_dict(params(name)), seed=0)
+    x = torch.randn(
+        (32,) + tuple(data_config(VideoConfig.from_dict(params(name)))["input_size"]),
+        generator=torch.Generator().manual_seed(0),
+    )
     bare_forward(model, [x])
     before = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()

@@ -17,6 +17,7 @@ from llm4brain.evaluate.keys import SEMANTIC_KEYS, decoding_keys
 from llm4brain.evaluate.packaged_models import PACKAGED, packaged_name
 from llm4brain.fmri.bids import bids_bolds, is_cifti, select_bolds
 from llm4brain.fmri.wen2018 import wen_bolds
+from llm4brain.sections import VideoConfig
 from llm4brain.video.sampling import frames_per_tr
 
 # `--config` values arrive as text (Snakemake's YAML base loader): read as the schema types each key

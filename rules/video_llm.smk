@@ -12,7 +12,9 @@ if config["video_llm"]["pretrained"]:
             "../envs/llm4brain.yaml"
         params:
             video_llm=section("video_llm"),
-            frames_per_tr=frames_per_tr(config["video"], DATA["tr"]),
+            frames_per_tr=frames_per_tr(
+                VideoConfig.from_dict(config["video"]), DATA["tr"]
+            ),
             code=CODE["import_video_llm"],
         script:
             "../workflow/scripts/import_video_llm.py"

@@ -28,6 +28,7 @@ from llm4brain.artifacts import ArtifactError
 from llm4brain.fmri.preprocess import preprocess_subject
 from llm4brain.fmri.runs import InputError
 from llm4brain.models.weights import load_weights
+from llm4brain.sections import FmriConfig, VideoConfig
 from llm4brain.video.features import cache_features
 from llm4brain.video.frames import extract_frames
 from llm4brain.video.preprocessing import data_config
@@ -43,7 +44,9 @@ def subject_copy(tiny_demo: Path, tmp_path: Path) -> tuple[Path, Path, Path]:
 
 
 def preprocess(tiny_demo: Path, subject: Path, out: Path) -> None:
-    preprocess_subject("sub-01", subject, tiny_demo / "roi_mask.nii.gz", out, TINY_SEGMENTS, 2.0, FMRI_PARAMS)
+    preprocess_subject(
+        "sub-01", subject, tiny_demo / "roi_mask.nii.gz", out, TINY_SEGMENTS, 2.0, FmriConfig.from_dict(FMRI_PARAMS)
+    )
 
 
 def assert_no_output(out: Path) -> None:
@@ -122,7 +125,9 @@ def test_corrupt_video(tmp_path):
     data[: len(data) // 2] = bytes(len(data) // 2)  # header and half the stream zeroed
     video.write_bytes(bytes(data))
     with pytest.raises(VideoError, match="seg01.mp4"):
-        extract_frames(video, tmp_path / "frames.h5", 2.0, VIDEO, data_config(VIDEO))
+        extract_frames(
+            video, tmp_path / "frames.h5", 2.0, VideoConfig.from_dict(VIDEO), data_config(VideoConfig.from_dict(VIDEO))
+        )
     assert_no_output(tmp_path / "frames.h5")
 
 
@@ -130,7 +135,7 @@ def test_corrupt_hdf5_artifact(tmp_path):
     frames = tmp_path / "seg01.h5"
     frames.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))
     with pytest.raises(ArtifactError, match=r"seg01\.h5: not a readable HDF5 file"):
-        cache_features(frames, tmp_path / "features.h5", VIDEO, seed=0)
+        cache_features(frames, tmp_path / "features.h5", VideoConfig.from_dict(VIDEO), seed=0)
     assert_no_output(tmp_path / "features.h5")
 
 
@@ -138,7 +143,7 @@ def test_artifact_of_another_stage(tiny_demo, tmp_path):
     fmri = tmp_path / "sub-01.h5"
     preprocess(tiny_demo, tiny_demo / "sub-01", fmri)
     with pytest.raises(ArtifactError, match=r"sub-01\.h5: schema is 'llm4brain.fmri/1', expected"):
-        cache_features(fmri, tmp_path / "features.h5", VIDEO, seed=0)
+        cache_features(fmri, tmp_path / "features.h5", VideoConfig.from_dict(VIDEO), seed=0)
     assert_no_output(tmp_path / "features.h5")
 
 

@@ -28,6 +28,7 @@ from llm4brain.fmri.collections import collection_qc, preprocess_collection_subj
 from llm4brain.fmri.discover import discover
 from llm4brain.fmri.preprocess import pair_run, preprocess_subject
 from llm4brain.fmri.runs import InputError, find_runs
+from llm4brain.sections import FmriConfig
 
 FUNCTIONAL = Path(nib.__file__).parent / "tests" / "data" / "functional.nii"  # real EPI: 17 x 21 x 3, 20 TRs of 2 s
 CLEANING = {
@@ -178,7 +179,13 @@ def test_a_collection_run_is_cleaned_exactly_like_the_task_run(tiny_demo, tmp_pa
     samples at their paired volumes: one cleaning code path."""
     task = tmp_path / "task.h5"
     preprocess_subject(
-        "sub-01", tiny_demo / "sub-01", tiny_demo / "roi_mask.nii.gz", task, TINY_SEGMENTS, 2.0, FMRI_PARAMS
+        "sub-01",
+        tiny_demo / "sub-01",
+        tiny_demo / "roi_mask.nii.gz",
+        task,
+        TINY_SEGMENTS,
+        2.0,
+        FmriConfig.from_dict(FMRI_PARAMS),
     )
     run = next(
         r
@@ -194,7 +201,7 @@ def test_a_collection_run_is_cleaned_exactly_like_the_task_run(tiny_demo, tmp_pa
         out_path=out,
         qc_path=qc,
         tr=2.0,
-        params=CLEANING,
+        fmri=FmriConfig.from_dict(CLEANING),
         layout=LAYOUT,
     )
     n = nib.load(run.bold).shape[-1]
@@ -224,7 +231,7 @@ def test_cifti_volumes_and_resampled_volumes(tmp_path, tiny_demo):
         out_path=out,
         qc_path=tmp_path / "prep.tsv",
         tr=2.0,
-        params=CLEANING,
+        fmri=FmriConfig.from_dict(CLEANING),
         layout=LAYOUT,
     )
     with h5py.File(out) as f:
@@ -243,7 +250,7 @@ def test_cifti_volumes_and_resampled_volumes(tmp_path, tiny_demo):
         out_path=out,
         qc_path=tmp_path / "rest.tsv",
         tr=2.0,
-        params=CLEANING,
+        fmri=FmriConfig.from_dict(CLEANING),
         layout=LAYOUT,
     )
     grid = nib.load(tiny_demo / "roi_mask.nii.gz").shape
@@ -274,7 +281,7 @@ def test_on_bad_run_error_names_the_file(tiny_demo, tmp_path):
             out_path=out,
             qc_path=tmp_path / "c" / "qc.tsv",
             tr=2.0,
-            params=CLEANING,
+            fmri=FmriConfig.from_dict(CLEANING),
             layout=LAYOUT,
         )
     assert not out.exists() and not (tmp_path / "c" / "qc.tsv").exists()
@@ -292,7 +299,7 @@ def test_on_bad_run_skip_leaves_a_qc_row_per_run(tiny_demo, tmp_path):
         out_path=out,
         qc_path=qc,
         tr=2.0,
-        params=CLEANING,
+        fmri=FmriConfig.from_dict(CLEANING),
         layout=LAYOUT,
         on_bad_run="skip",
     )
@@ -319,7 +326,7 @@ def test_a_collection_without_a_usable_run_is_an_error(tiny_demo, tmp_path):
         out_path=out,
         qc_path=qc,
         tr=2.0,
-        params=CLEANING,
+        fmri=FmriConfig.from_dict(CLEANING),
         layout=LAYOUT,
         on_bad_run="skip",
     )
@@ -334,7 +341,7 @@ def test_a_collection_without_a_usable_run_is_an_error(tiny_demo, tmp_path):
         out_path=good,
         qc_path=tmp_path / "good.tsv",
         tr=2.0,
-        params=CLEANING,
+        fmri=FmriConfig.from_dict(CLEANING),
         layout=LAYOUT,
     )
     assert shards_with_samples([out, good]) == [str(good)]  # what pretrain_scmbm is given

@@ -16,6 +16,7 @@ from llm4brain.artifacts import open_artifact, read_keys
 from llm4brain.fmri.preprocess import SplitHalf, clean_run, pair_run, preprocess_subject
 from llm4brain.fmri.runs import InputError, Run, check_id
 from llm4brain.fmri.signal import cosine_drift, nuisance_basis, residualize, standardize
+from llm4brain.sections import FmriConfig
 
 
 @pytest.mark.parametrize("order", [0, 1, 2, 4])
@@ -27,7 +28,7 @@ def test_polynomial_detrend_matches_numpy_polynomial(order):
         rng.normal(size=(120, 5)) + np.outer(t, rng.normal(size=5)) * 0.05 + np.outer((t / 60) ** 3, rng.normal(size=5))
     )
     out = data.astype(np.float32)
-    clean_run(out, {**FMRI_PARAMS, "detrend_order": order, "zscore": False}, 2.0)
+    clean_run(out, FmriConfig.from_dict({**FMRI_PARAMS, "detrend_order": order, "zscore": False}), 2.0)
     for v in range(5):
         fit = np.polynomial.Polynomial.fit(t, data[:, v], order)
         np.testing.assert_allclose(out[:, v], data[:, v] - fit(t), atol=2e-5)
@@ -41,7 +42,7 @@ def test_polynomial_detrend_on_real_epi(order):
     data = data[data.mean(-1) > 0].T  # (T, V)
     t = np.arange(len(data), dtype=float)
     out = data.astype(np.float32)
-    clean_run(out, {**FMRI_PARAMS, "detrend_order": order, "zscore": False}, 2.0)
+    clean_run(out, FmriConfig.from_dict({**FMRI_PARAMS, "detrend_order": order, "zscore": False}), 2.0)
     fitted = np.stack([np.polynomial.Polynomial.fit(t, data[:, v], order)(t) for v in range(data.shape[1])], 1)
     np.testing.assert_allclose(out, data - fitted, atol=1e-5 * np.abs(data).max())
 
@@ -79,7 +80,13 @@ def test_pairing_applies_lag():
 def test_preprocess_subject(tiny_demo, tmp_path):
     out = tmp_path / "sub-01.h5"
     preprocess_subject(
-        "sub-01", tiny_demo / "sub-01", tiny_demo / "roi_mask.nii.gz", out, TINY_SEGMENTS, 2.0, FMRI_PARAMS
+        "sub-01",
+        tiny_demo / "sub-01",
+        tiny_demo / "roi_mask.nii.gz",
+        out,
+        TINY_SEGMENTS,
+        2.0,
+        FmriConfig.from_dict(FMRI_PARAMS),
     )
     with open_artifact(out, "fmri", ("train/bold", "test/bold", "mask")) as f:
         n = TINY_DEMO["trs_per_segment"]
@@ -105,7 +112,13 @@ def test_wrong_tr_names_file(tiny_demo, tmp_path):
     out = tmp_path / "out.h5"
     with pytest.raises(InputError, match=r"_bold\.nii\.gz: header TR is 2 s but the config says 1\.5 s"):
         preprocess_subject(
-            "sub-01", tiny_demo / "sub-01", tiny_demo / "roi_mask.nii.gz", out, TINY_SEGMENTS, 1.5, FMRI_PARAMS
+            "sub-01",
+            tiny_demo / "sub-01",
+            tiny_demo / "roi_mask.nii.gz",
+            out,
+            TINY_SEGMENTS,
+            1.5,
+            FmriConfig.from_dict(FMRI_PARAMS),
         )
     assert not out.exists() and not list(tmp_path.iterdir())
 
@@ -117,7 +130,13 @@ def test_three_d_image_rejected(tiny_demo, tmp_path):
     nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[..., 0], img.affine), bold)
     with pytest.raises(InputError, match="expected a 4-D image"):
         preprocess_subject(
-            "sub-01", subject, tiny_demo / "roi_mask.nii.gz", tmp_path / "o.h5", TINY_SEGMENTS, 2.0, FMRI_PARAMS
+            "sub-01",
+            subject,
+            tiny_demo / "roi_mask.nii.gz",
+            tmp_path / "o.h5",
+            TINY_SEGMENTS,
+            2.0,
+            FmriConfig.from_dict(FMRI_PARAMS),
         )
     assert not (tmp_path / "o.h5").exists()
 
@@ -128,7 +147,13 @@ def test_truncated_gzip_rejected(tiny_demo, tmp_path):
     bold.write_bytes(bold.read_bytes()[:200])
     with pytest.raises(InputError, match="cannot read image"):
         preprocess_subject(
-            "sub-01", subject, tiny_demo / "roi_mask.nii.gz", tmp_path / "o.h5", TINY_SEGMENTS, 2.0, FMRI_PARAMS
+            "sub-01",
+            subject,
+            tiny_demo / "roi_mask.nii.gz",
+            tmp_path / "o.h5",
+            TINY_SEGMENTS,
+            2.0,
+            FmriConfig.from_dict(FMRI_PARAMS),
         )
 
 
@@ -136,7 +161,13 @@ def test_missing_segment_runs(tiny_demo, tmp_path):
     segments = {"train": ["seg01", "seg02", "seg99"], "test": ["test01"]}
     with pytest.raises(InputError, match="no runs for segments"):
         preprocess_subject(
-            "sub-01", tiny_demo / "sub-01", tiny_demo / "roi_mask.nii.gz", tmp_path / "o.h5", segments, 2.0, FMRI_PARAMS
+            "sub-01",
+            tiny_demo / "sub-01",
+            tiny_demo / "roi_mask.nii.gz",
+            tmp_path / "o.h5",
+            segments,
+            2.0,
+            FmriConfig.from_dict(FMRI_PARAMS),
         )
 
 
@@ -144,7 +175,15 @@ def test_mask_grid_mismatch(tiny_demo, tmp_path):
     mask = tmp_path / "mask.nii.gz"
     nib.save(nib.Nifti1Image(np.ones((4, 4, 4), np.uint8), np.eye(4)), mask)
     with pytest.raises(InputError, match="grid .* differs from the mask"):
-        preprocess_subject("sub-01", tiny_demo / "sub-01", mask, tmp_path / "o.h5", TINY_SEGMENTS, 2.0, FMRI_PARAMS)
+        preprocess_subject(
+            "sub-01",
+            tiny_demo / "sub-01",
+            mask,
+            tmp_path / "o.h5",
+            TINY_SEGMENTS,
+            2.0,
+            FmriConfig.from_dict(FMRI_PARAMS),
+        )
 
 
 def test_unsafe_subject_id():
@@ -170,7 +209,9 @@ def test_real_scanner_data(tmp_path):
     nib.save(nib.Nifti1Image(brain.astype(np.uint8), img.affine), mask)
     out = tmp_path / "real.h5"
     params = {**FMRI_PARAMS, "hrf_lag": 0.0, "detrend_order": 1}
-    preprocess_subject("sub-01", tmp_path / "sub-01", mask, out, {"train": ["clip"], "test": []}, tr, params)
+    preprocess_subject(
+        "sub-01", tmp_path / "sub-01", mask, out, {"train": ["clip"], "test": []}, tr, FmriConfig.from_dict(params)
+    )
     with open_artifact(out, "fmri", ("train/bold",)) as f:
         bold = f["train/bold"][:]
         kept = f["mask"][:].astype(bool)
@@ -226,7 +267,13 @@ def test_bids_derivatives_with_confound_regression(tiny_demo, tmp_path):
     subject, raw = derivatives_dataset(tiny_demo, tmp_path, nuisance=30.0)
     clean = tmp_path / "clean.h5"
     preprocess_subject(
-        "sub-01", tiny_demo / "sub-01", tiny_demo / "roi_mask.nii.gz", clean, TINY_SEGMENTS, 2.0, FMRI_PARAMS
+        "sub-01",
+        tiny_demo / "sub-01",
+        tiny_demo / "roi_mask.nii.gz",
+        clean,
+        TINY_SEGMENTS,
+        2.0,
+        FmriConfig.from_dict(FMRI_PARAMS),
     )
     outputs = {}
     for columns in ([], ["csf"]):
@@ -238,7 +285,7 @@ def test_bids_derivatives_with_confound_regression(tiny_demo, tmp_path):
             out,
             TINY_SEGMENTS,
             2.0,
-            {**FMRI_PARAMS, "confounds": columns},
+            FmriConfig.from_dict({**FMRI_PARAMS, "confounds": columns}),
             {"layout": "bids", "bids": {**BIDS, "events_root": str(raw)}},
         )
         outputs[len(columns)] = out
@@ -260,7 +307,7 @@ def test_missing_confound_column_names_file(tiny_demo, tmp_path):
             tmp_path / "o.h5",
             TINY_SEGMENTS,
             2.0,
-            {**FMRI_PARAMS, "confounds": ["rot_x"]},
+            FmriConfig.from_dict({**FMRI_PARAMS, "confounds": ["rot_x"]}),
             {"layout": "bids", "bids": {**BIDS, "events_root": str(raw)}},
         )
     assert not (tmp_path / "o.h5").exists()
@@ -269,7 +316,15 @@ def test_missing_confound_column_names_file(tiny_demo, tmp_path):
 def test_reliability_selection_keeps_repeatable_voxels(tiny_demo, tmp_path):
     out = tmp_path / "selected.h5"
     params = {**FMRI_PARAMS, "reliability": {"select": True, "split": "test", "threshold": 0.3}}
-    preprocess_subject("sub-01", tiny_demo / "sub-01", tiny_demo / "roi_mask.nii.gz", out, TINY_SEGMENTS, 2.0, params)
+    preprocess_subject(
+        "sub-01",
+        tiny_demo / "sub-01",
+        tiny_demo / "roi_mask.nii.gz",
+        out,
+        TINY_SEGMENTS,
+        2.0,
+        FmriConfig.from_dict(params),
+    )
     with h5py.File(out) as f:
         roi = nib.load(tiny_demo / "roi_mask.nii.gz").get_fdata() > 0
         kept, reliability = f["mask"][:].astype(bool), f["qc/reliability"][:]
@@ -304,7 +359,13 @@ def test_test_runs_choose_no_voxels_unless_test_reliability_is_asked_for(tiny_de
     assert replace_test_runs_by_noise(noisy, roi) == 2
     for name, subject_dir in (("real.h5", tiny_demo / "sub-01"), ("noisy.h5", noisy)):
         preprocess_subject(
-            "sub-01", subject_dir, tiny_demo / "roi_mask.nii.gz", tmp_path / name, TINY_SEGMENTS, 2.0, params
+            "sub-01",
+            subject_dir,
+            tiny_demo / "roi_mask.nii.gz",
+            tmp_path / name,
+            TINY_SEGMENTS,
+            2.0,
+            FmriConfig.from_dict(params),
         )
     with h5py.File(tmp_path / "real.h5") as real, h5py.File(tmp_path / "noisy.h5") as noisy_file:
         same_mask = np.array_equal(real["mask"][:], noisy_file["mask"][:])
@@ -354,7 +415,9 @@ def test_wen2018_cifti_layout(tmp_path):
 
     write_wen2018(tmp_path, ["subject1"], WEN_SEGMENTS, keep=20)
     out = tmp_path / "subject1.h5"
-    preprocess_subject("subject1", tmp_path / "subject1", None, out, WEN_SEGMENTS, 2.0, WEN_PARAMS, WEN_CIFTI)
+    preprocess_subject(
+        "subject1", tmp_path / "subject1", None, out, WEN_SEGMENTS, 2.0, FmriConfig.from_dict(WEN_PARAMS), WEN_CIFTI
+    )
     with open_artifact(out, "fmri", ("train/bold", "test/bold", "mask")) as f:
         assert f.attrs["layout"] == "vector" and f.attrs["n_runs"] == 2 + 2 + 3
         assert f["train/bold"].shape == (2 * 2 * 18, 40)  # 20 kept volumes, the last 2 clips lack a lagged volume
@@ -386,7 +449,7 @@ def test_wen2018_trimming_and_pairing_errors(tmp_path):
             tmp_path / "o.h5",
             WEN_SEGMENTS,
             2.0,
-            {**WEN_PARAMS, "trim": {"start": 0, "end": 4, "keep": 30}},
+            FmriConfig.from_dict({**WEN_PARAMS, "trim": {"start": 0, "end": 4, "keep": 30}}),
             WEN_CIFTI,
         )
     with pytest.raises(InputError, match=r"seg1_1_Atlas\.dtseries\.nii: run has 20 volumes but segment 'seg1'"):
@@ -397,7 +460,7 @@ def test_wen2018_trimming_and_pairing_errors(tmp_path):
             tmp_path / "o.h5",
             WEN_SEGMENTS,
             2.0,
-            {**WEN_PARAMS, "unpaired_clips": "error"},
+            FmriConfig.from_dict({**WEN_PARAMS, "unpaired_clips": "error"}),
             WEN_CIFTI,
         )
     with pytest.raises(InputError, match="no usable voxels"):  # untrimmed: the NaN volumes spoil every voxel
@@ -408,7 +471,7 @@ def test_wen2018_trimming_and_pairing_errors(tmp_path):
             tmp_path / "o.h5",
             WEN_SEGMENTS,
             2.0,
-            {**WEN_PARAMS, "trim": {"start": 0, "end": 0, "keep": None}},
+            FmriConfig.from_dict({**WEN_PARAMS, "trim": {"start": 0, "end": 0, "keep": None}}),
             WEN_CIFTI,
         )
     with pytest.raises(InputError, match=r"fmri/test2: no \*_Atlas\.dtseries\.nii runs"):
@@ -419,11 +482,13 @@ def test_wen2018_trimming_and_pairing_errors(tmp_path):
             tmp_path / "o.h5",
             {**WEN_SEGMENTS, "test": ["test2"]},
             2.0,
-            WEN_PARAMS,
+            FmriConfig.from_dict(WEN_PARAMS),
             WEN_CIFTI,
         )
     with pytest.raises(InputError, match=r"header TR is 2 s but the config says 1\.5 s"):
-        preprocess_subject("subject1", subject, None, tmp_path / "o.h5", WEN_SEGMENTS, 1.5, WEN_PARAMS, WEN_CIFTI)
+        preprocess_subject(
+            "subject1", subject, None, tmp_path / "o.h5", WEN_SEGMENTS, 1.5, FmriConfig.from_dict(WEN_PARAMS), WEN_CIFTI
+        )
     assert not list(tmp_path.glob("*.h5"))  # neither an artifact nor a scratch file is left behind
 
 
@@ -439,7 +504,7 @@ def test_wen2018_mni_volumes(tmp_path):
         out,
         WEN_SEGMENTS,
         2.0,
-        WEN_PARAMS,
+        FmriConfig.from_dict(WEN_PARAMS),
         {"layout": "wen2018", "wen2018": {"images": "mni"}},
     )
     with open_artifact(out, "fmri", ("train/bold",)) as f:
@@ -457,7 +522,7 @@ def test_cleaning_equals_nilearn_signal_clean():
     series = data[data.mean(-1) > 0].T.copy()  # (T, V) brain voxels
     expected = clean(series.astype(np.float64), detrend=True, standardize="zscore_sample", t_r=2.0)
     ours = series.copy()
-    usable, _ = clean_run(ours, {**FMRI_PARAMS, "detrend_order": 1}, 2.0)
+    usable, _ = clean_run(ours, FmriConfig.from_dict({**FMRI_PARAMS, "detrend_order": 1}), 2.0)
     assert usable.all()
     np.testing.assert_allclose(ours, expected, atol=1e-5)
 
@@ -485,7 +550,13 @@ def test_resample_runs_onto_the_mask_grid(tmp_path):
     segments = {"train": ["clip"], "test": []}
     with pytest.raises(InputError, match=r"affine differs from the mask .*fmri.resample: true"):
         preprocess_subject(
-            "sub-01", tmp_path / "sub-01", tmp_path / "mask.nii.gz", tmp_path / "r.h5", segments, 2.0, params
+            "sub-01",
+            tmp_path / "sub-01",
+            tmp_path / "mask.nii.gz",
+            tmp_path / "r.h5",
+            segments,
+            2.0,
+            FmriConfig.from_dict(params),
         )
     preprocess_subject(
         "sub-01",
@@ -494,9 +565,11 @@ def test_resample_runs_onto_the_mask_grid(tmp_path):
         tmp_path / "r.h5",
         segments,
         2.0,
-        {**params, "resample": True},
+        FmriConfig.from_dict({**params, "resample": True}),
     )
-    preprocess_subject("sub-01", tmp_path / "sub-01", same, tmp_path / "s.h5", segments, 2.0, params)
+    preprocess_subject(
+        "sub-01", tmp_path / "sub-01", same, tmp_path / "s.h5", segments, 2.0, FmriConfig.from_dict(params)
+    )
     with h5py.File(tmp_path / "r.h5") as r, h5py.File(tmp_path / "s.h5") as s:
         assert np.abs(s["train/bold"][:]).sum() > 0
         np.testing.assert_allclose(r["train/bold"][:][:, :-1], s["train/bold"][:][:, 1:], atol=1e-4)
@@ -514,7 +587,7 @@ def test_atlas_labels_select_the_mask(tiny_demo, tmp_path):
         out,
         TINY_SEGMENTS,
         2.0,
-        {**FMRI_PARAMS, "mask_labels": [2]},
+        FmriConfig.from_dict({**FMRI_PARAMS, "mask_labels": [2]}),
     )
     with h5py.File(out) as f:
         assert (f["mask"][:].astype(bool) == (atlas == 2)).all()
@@ -526,5 +599,5 @@ def test_atlas_labels_select_the_mask(tiny_demo, tmp_path):
             out,
             TINY_SEGMENTS,
             2.0,
-            {**FMRI_PARAMS, "mask_labels": [9]},
+            FmriConfig.from_dict({**FMRI_PARAMS, "mask_labels": [9]}),
         )

@@ -13,6 +13,7 @@ from conftest import DEFAULTS
 
 from llm4brain.artifacts import ArtifactError, atomic_h5, open_artifact, write_keys
 from llm4brain.fmri.functional_alignment import align_subject, fit_shared_response
+from llm4brain.sections import AlignFunctionalAlignmentConfig
 
 GRID = (4, 4, 3)  # 48 voxels, 42 in the mask
 K, N_TRAIN, N_TEST = 4, 120, 20
@@ -78,7 +79,7 @@ def fit_and_align(
         subjects=SUBJECTS,
         heldout=["sub-03"],
         out_path=tmp_path / name,
-        params=params or PARAMS,
+        functional_alignment=AlignFunctionalAlignmentConfig.from_dict(params or PARAMS),
         seed=0,
     )
     align_subject(
@@ -86,7 +87,7 @@ def fit_and_align(
         srm_path=tmp_path / name,
         subject="sub-03",
         out_path=tmp_path / "aligned.h5",
-        params={**PARAMS, "reference": reference},
+        functional_alignment=AlignFunctionalAlignmentConfig.from_dict({**PARAMS, "reference": reference}),
     )
     with open_artifact(tmp_path / "aligned.h5", "fmri", ("train/bold", "test/bold", "mask")) as f:
         assert f["train/bold"].shape == (N_TRAIN, *GRID) and f["test/bold"].shape == (N_TEST, *GRID)
@@ -201,7 +202,7 @@ def test_fit_never_reads_the_test_split(tmp_path, subjects):
             subjects=SUBJECTS,
             heldout=["sub-03"],
             out_path=tmp_path / name,
-            params=PARAMS,
+            functional_alignment=AlignFunctionalAlignmentConfig.from_dict(PARAMS),
             seed=0,
         )
     with h5py.File(tmp_path / "with.h5", "r") as a, h5py.File(tmp_path / "noise.h5", "r") as b:
@@ -216,12 +217,23 @@ def test_heldout_z_scoring_uses_its_training_split_only(tmp_path, subjects):
     statistics stored with the map are unchanged (its test split, carried with them, is what differs)."""
     paths, _, _ = subjects
     fit_shared_response(
-        fmri_paths=paths, subjects=SUBJECTS, heldout=["sub-03"], out_path=tmp_path / "srm.h5", params=PARAMS, seed=0
+        fmri_paths=paths,
+        subjects=SUBJECTS,
+        heldout=["sub-03"],
+        out_path=tmp_path / "srm.h5",
+        functional_alignment=AlignFunctionalAlignmentConfig.from_dict(PARAMS),
+        seed=0,
     )
     carried = {}
     for name, path in (("original", paths[2]), ("noise", with_test_replaced(tmp_path, paths[2], 7))):
         out = tmp_path / f"aligned-{name}.h5"
-        align_subject(fmri_path=path, srm_path=tmp_path / "srm.h5", subject="sub-03", out_path=out, params=PARAMS)
+        align_subject(
+            fmri_path=path,
+            srm_path=tmp_path / "srm.h5",
+            subject="sub-03",
+            out_path=out,
+            functional_alignment=AlignFunctionalAlignmentConfig.from_dict(PARAMS),
+        )
         with h5py.File(out, "r") as f:
             carried[name] = {key: f[key][:] for key in ("train/bold", "test/bold", *STANDARD)}
     for key in ("train/bold", *STANDARD):
@@ -245,7 +257,12 @@ def test_fit_opens_no_test_dataset(tmp_path, subjects, monkeypatch):
 
     monkeypatch.setattr(h5py.Group, "__getitem__", record)
     fit_shared_response(
-        fmri_paths=paths, subjects=SUBJECTS, heldout=["sub-03"], out_path=tmp_path / "srm.h5", params=PARAMS, seed=0
+        fmri_paths=paths,
+        subjects=SUBJECTS,
+        heldout=["sub-03"],
+        out_path=tmp_path / "srm.h5",
+        functional_alignment=AlignFunctionalAlignmentConfig.from_dict(PARAMS),
+        seed=0,
     )
     assert "/train/bold" in opened and not [name for name in opened if name.startswith("/test")]
 
@@ -258,7 +275,7 @@ def test_bad_reference_and_too_many_features_name_the_config_key(tmp_path, subje
             subjects=SUBJECTS,
             heldout=["sub-03"],
             out_path=tmp_path / "srm.h5",
-            params={**PARAMS, "features": N_TRAIN},
+            functional_alignment=AlignFunctionalAlignmentConfig.from_dict({**PARAMS, "features": N_TRAIN}),
             seed=0,
         )
     assert not (tmp_path / "srm.h5").exists()
@@ -270,7 +287,7 @@ def test_bad_reference_and_too_many_features_name_the_config_key(tmp_path, subje
             srm_path=tmp_path / "srm.h5",
             subject="sub-09",
             out_path=tmp_path / "x.h5",
-            params=PARAMS,
+            functional_alignment=AlignFunctionalAlignmentConfig.from_dict(PARAMS),
         )
     assert not (tmp_path / "aligned.h5").exists()
 

@@ -13,6 +13,8 @@ import pytest
 import torch
 from conftest import REPO
 
+from llm4brain.sections import VideoConfig
+
 SCRIPT = REPO / "benchmarks" / "gpu.py"
 
 
@@ -52,7 +54,7 @@ def test_real_sizes_are_the_published_ones(gpu):
 
     setup = gpu.make_setup(gpu.read_config(REPO / "config" / "real-vicuna7b.yaml"), tiny=False)
     assert gpu.parameters(lambda: LlamaForCausalLM(setup.llama)) == 6_738_415_616  # Vicuna-7B / LLaMA-7B
-    vit = gpu.parameters(lambda: gpu.build_vision_model(setup.video, seed=0))
+    vit = gpu.parameters(lambda: gpu.build_vision_model(VideoConfig.from_dict(setup.video), seed=0))
     assert 1.00e9 < vit < 1.02e9  # EVA ViT-g/14
     qformer = gpu.parameters(lambda: InstructBlipVideoQFormerModel(setup.qformer))
     assert 0.18e9 < qformer < 0.19e9 and setup.num_queries == 32  # InstructBLIP's Q-Former (188 M)

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from llm4brain.artifacts import open_artifact
+from llm4brain.sections import VideoConfig
 from llm4brain.video.features import build_vision_model, cache_features
 from llm4brain.video.frames import VideoError, extract_frames, frame_indices, sample_times
 from llm4brain.video.preprocessing import data_config, geometric, photometric
@@ -98,11 +99,11 @@ def test_sample_times_are_window_centres():
 def test_fixed_rate_sampling():
     """``video.fps`` gives fps x TR frames per TR at the same window-centred instants; a rate that gives no
     whole number of frames per TR is refused (the workflow checks it at DAG build)."""
-    assert frames_per_tr({"fps": None, "frames_per_tr": 8}, 2.0) == 8
-    assert frames_per_tr({"fps": 2.5, "frames_per_tr": 8}, 2.0) == 5
+    assert frames_per_tr(VideoConfig.from_dict({"fps": None, "frames_per_tr": 8}), 2.0) == 8
+    assert frames_per_tr(VideoConfig.from_dict({"fps": 2.5, "frames_per_tr": 8}), 2.0) == 5
     np.testing.assert_allclose(sample_times(1, 2.0, 5)[0], np.arange(5) / 2.5 + 0.2)  # every 0.4 s from 0.2 s
     with pytest.raises(ValueError, match="video.fps: 3 frames/s x TR 1.5 s = 4.5"):
-        frames_per_tr({"fps": 3.0, "frames_per_tr": 8}, 1.5)
+        frames_per_tr(VideoConfig.from_dict({"fps": 3.0, "frames_per_tr": 8}), 1.5)
 
 
 def test_frame_indices_follow_timestamps_not_fps():
@@ -114,7 +115,7 @@ def test_extract_frames_is_exact(tmp_path):
     video = tmp_path / "clip.mp4"
     write_coded(video, n_frames=40, fps=8)  # 5 s: two whole TRs of 2 s
     out = tmp_path / "frames.h5"
-    extract_frames(video, out, 2.0, VIDEO, data_config(VIDEO))
+    extract_frames(video, out, 2.0, VideoConfig.from_dict(VIDEO), data_config(VideoConfig.from_dict(VIDEO)))
     with open_artifact(out, "frames", ("frames", "tr", "frame_index")) as f:
         frames, indices = f["frames"][:], f["frame_index"][:]
         assert f["tr"][:].tolist() == [0, 1]
@@ -122,7 +123,9 @@ def test_extract_frames_is_exact(tmp_path):
     assert indices.tolist() == expected.tolist()
     decoded = [[read_code(frames[k, j]) for j in range(4)] for k in range(2)]
     assert decoded == expected.tolist()
-    extract_frames(video, out, 2.0, {**VIDEO, "fps": 1.0}, data_config(VIDEO))  # one frame per second
+    extract_frames(
+        video, out, 2.0, VideoConfig.from_dict({**VIDEO, "fps": 1.0}), data_config(VideoConfig.from_dict(VIDEO))
+    )  # one frame per second
     with open_artifact(out, "frames", ("frames", "frame_index")) as f:
         assert f["frame_index"][:].tolist() == [[4, 12], [20, 28]]  # at 0.5, 1.5, 2.5, 3.5 s
         assert [[read_code(frame) for frame in clip] for clip in f["frames"][:]] == [[4, 12], [20, 28]]
@@ -148,7 +151,7 @@ def test_resize_and_crop_match_timm_eval_transform(name, crop):
         "crop_pct": None if crop == "squash" else crop,
         "model": {**VIDEO["model"], "name": name, "kwargs": SHAPES[name]},
     }
-    config = {**data_config(params), **({"crop_mode": "squash"} if crop == "squash" else {})}
+    config = {**data_config(VideoConfig.from_dict(params)), **({"crop_mode": "squash"} if crop == "squash" else {})}
     transform = timm.data.create_transform(**config)
     rng = np.random.default_rng(0)
     for width, height in [(640, 360), (1920, 1080), (300, 400), (500, 500), (721, 405), (90, 160)]:
@@ -168,7 +171,7 @@ def test_padding_crop_modes_are_refused_when_the_config_is_resolved():
         model = timm.create_model("vit_tiny_patch16_224", pretrained=False, **VIDEO["model"]["kwargs"])
     model.pretrained_cfg = {**model.pretrained_cfg, "crop_mode": "border"}
     with pytest.raises(ValueError, match="vit_tiny_patch16_224: crop_mode 'border'"):
-        data_config(VIDEO, model)
+        data_config(VideoConfig.from_dict(VIDEO), model)
 
 
 CODECS = [
@@ -188,7 +191,7 @@ def test_extraction_is_frame_exact_for_every_codec(tmp_path, name, codec, vfr, r
     video = tmp_path / name
     starts = write_coded(video, n_frames=96, fps=8, codec=codec, vfr=vfr)
     out = tmp_path / "frames.h5"
-    extract_frames(video, out, 2.0, VIDEO, data_config(VIDEO))
+    extract_frames(video, out, 2.0, VideoConfig.from_dict(VIDEO), data_config(VideoConfig.from_dict(VIDEO)))
     with open_artifact(out, "frames", ("frames", "frame_index")) as f:
         frames, indices = f["frames"][:], f["frame_index"][:]
         assert f.attrs["reader"] == reader and bool(f.attrs["variable_rate"]) == vfr
@@ -240,7 +243,9 @@ def test_truncated_video_names_file(tmp_path):
     write_coded(video, n_frames=40, fps=8)
     video.write_bytes(video.read_bytes()[: video.stat().st_size // 2])
     with pytest.raises(VideoError, match="cut.mp4"):
-        extract_frames(video, tmp_path / "out.h5", 2.0, VIDEO, data_config(VIDEO))
+        extract_frames(
+            video, tmp_path / "out.h5", 2.0, VideoConfig.from_dict(VIDEO), data_config(VideoConfig.from_dict(VIDEO))
+        )
     assert not list(tmp_path.glob("out*"))
 
 
@@ -250,7 +255,9 @@ def test_video_without_frames_names_file(tmp_path):
         stream = container.add_stream("libx264", rate=8)
         stream.width, stream.height = 64, 32
     with pytest.raises(VideoError, match="empty.mkv"):
-        extract_frames(video, tmp_path / "out.h5", 2.0, VIDEO, data_config(VIDEO))
+        extract_frames(
+            video, tmp_path / "out.h5", 2.0, VideoConfig.from_dict(VIDEO), data_config(VideoConfig.from_dict(VIDEO))
+        )
 
 
 def faststart(src: Path, out: Path) -> None:
@@ -288,7 +295,9 @@ def test_frame_count_disagreeing_with_the_container_names_file(tmp_path, contain
         data = data[: len(data) * 4 // 5]
     video.write_bytes(bytes(data))
     with pytest.raises(VideoError, match=rf"bad\.{container}: {error}"):
-        extract_frames(video, tmp_path / "out.h5", 2.0, VIDEO, data_config(VIDEO))
+        extract_frames(
+            video, tmp_path / "out.h5", 2.0, VideoConfig.from_dict(VIDEO), data_config(VideoConfig.from_dict(VIDEO))
+        )
     assert not list(tmp_path.glob("out*"))
 
 
@@ -296,14 +305,22 @@ def test_unreadable_video_names_file(tmp_path):
     bad = tmp_path / "broken.mp4"
     bad.write_bytes(b"not a video")
     with pytest.raises(VideoError, match="broken.mp4"):
-        extract_frames(bad, tmp_path / "out.h5", 2.0, VIDEO, data_config(VIDEO))
+        extract_frames(
+            bad, tmp_path / "out.h5", 2.0, VideoConfig.from_dict(VIDEO), data_config(VideoConfig.from_dict(VIDEO))
+        )
     assert not (tmp_path / "out.h5").exists()
 
 
 def extracted_clip(tmp_path: Path) -> Path:
     """The frames artifact of an 80-frame coded clip at 8 fps: 5 TRs of 4 frames."""
     write_coded(tmp_path / "clip.mp4", n_frames=80, fps=8)
-    extract_frames(tmp_path / "clip.mp4", tmp_path / "frames.h5", 2.0, VIDEO, data_config(VIDEO))
+    extract_frames(
+        tmp_path / "clip.mp4",
+        tmp_path / "frames.h5",
+        2.0,
+        VideoConfig.from_dict(VIDEO),
+        data_config(VideoConfig.from_dict(VIDEO)),
+    )
     return tmp_path / "frames.h5"
 
 
@@ -312,14 +329,21 @@ def test_cache_features_shape_and_determinism(tmp_path):
     thread of the job reads the frames, in whatever batches (6 frames: one whole 4-frame clip per batch, more
     batches than the thread reads ahead)."""
     extracted_clip(tmp_path)
-    cache_features(tmp_path / "frames.h5", tmp_path / "a.h5", VIDEO, seed=3)
+    cache_features(tmp_path / "frames.h5", tmp_path / "a.h5", VideoConfig.from_dict(VIDEO), seed=3)
     with open_artifact(tmp_path / "frames.h5", "frames", ("frames",)) as f:
         frames = torch.from_numpy(f["frames"][:])
     with torch.inference_mode():
-        model = build_vision_model(VIDEO, seed=3)
-        expected = model.forward_features(photometric(data_config(VIDEO))(frames.flatten(0, 1))).half()
-    cache_features(tmp_path / "frames.h5", tmp_path / "c.h5", {**VIDEO, "batch_size": 6}, seed=3)
-    cache_features(tmp_path / "frames.h5", tmp_path / "b.h5", {**VIDEO, "workers": 1, "batch_size": 6}, seed=3)
+        model = build_vision_model(VideoConfig.from_dict(VIDEO), seed=3)
+        expected = model.forward_features(
+            photometric(data_config(VideoConfig.from_dict(VIDEO)))(frames.flatten(0, 1))
+        ).half()
+    cache_features(tmp_path / "frames.h5", tmp_path / "c.h5", VideoConfig.from_dict({**VIDEO, "batch_size": 6}), seed=3)
+    cache_features(
+        tmp_path / "frames.h5",
+        tmp_path / "b.h5",
+        VideoConfig.from_dict({**VIDEO, "workers": 1, "batch_size": 6}),
+        seed=3,
+    )
     with (
         open_artifact(tmp_path / "a.h5", "features", ("tokens",)) as a,
         open_artifact(tmp_path / "b.h5", "features") as b,
@@ -335,6 +359,7 @@ def test_cache_features_shape_and_determinism(tmp_path):
 
 KILLED_CACHING = """
 import json, os, signal, sys
+from llm4brain.sections import VideoConfig
 from llm4brain.video import features
 
 features.RECORD_SECONDS = 0.0  # record after every batch
@@ -363,7 +388,7 @@ if sys.argv[4] == "batch 3":
     features.build_vision_model = build_killed_at_batch_3
 else:  # once every batch is written, before the file is renamed into place
     features.ResumableH5.__exit__ = killed
-features.cache_features(sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), seed=3)
+features.cache_features(sys.argv[1], sys.argv[2], VideoConfig.from_dict(json.loads(sys.argv[3])), seed=3)
 """
 
 
@@ -402,7 +427,7 @@ def test_caching_killed_midway_resumes_where_it_stopped(tmp_path, monkeypatch, w
 
     frames, out = extracted_clip(tmp_path), tmp_path / "features.h5"
     params = {**VIDEO, "batch_size": 4, "workers": workers}
-    cache_features(frames, tmp_path / "uninterrupted.h5", params, seed=3)
+    cache_features(frames, tmp_path / "uninterrupted.h5", VideoConfig.from_dict(params), seed=3)
     killed = subprocess.run(
         [sys.executable, "-c", KILLED_CACHING, str(frames), str(out), json.dumps(params), killed_at]
     )
@@ -415,7 +440,7 @@ def test_caching_killed_midway_resumes_where_it_stopped(tmp_path, monkeypatch, w
     elif then == "partial file damaged":
         partial.write_bytes(partial.read_bytes()[:1000])
     calls = counted_forwards(monkeypatch)
-    cache_features(frames, out, params, seed=3)
+    cache_features(frames, out, VideoConfig.from_dict(params), seed=3)
     assert calls == [4] * (5 - done if then == "rerun" else 5)
     with open_artifact(out, "features", ("tokens", "tr")) as a, h5py.File(tmp_path / "uninterrupted.h5") as b:
         np.testing.assert_array_equal(a["tokens"][:], b["tokens"][:])
@@ -431,7 +456,7 @@ def test_caching_that_fails_before_recording_leaves_nothing(tmp_path, monkeypatc
     frames = extracted_clip(tmp_path)
     monkeypatch.setattr(features, "write_clips", lambda *args: 1 / 0)
     with pytest.raises(ZeroDivisionError):
-        cache_features(frames, tmp_path / "features.h5", VIDEO, seed=3)
+        cache_features(frames, tmp_path / "features.h5", VideoConfig.from_dict(VIDEO), seed=3)
     assert not (tmp_path / "features.h5").exists() and not any((tmp_path / ".resume").iterdir())
 
 
@@ -483,11 +508,13 @@ def test_real_h264_matches_a_sequential_decode(real_mp4s, tmp_path):
     assert len(real_mp4s) == 4
     for video in real_mp4s:
         out = tmp_path / f"{video.stem}.h5"
-        extract_frames(video, out, 1.0, VIDEO, data_config(VIDEO))
+        extract_frames(video, out, 1.0, VideoConfig.from_dict(VIDEO), data_config(VideoConfig.from_dict(VIDEO)))
         with open_artifact(out, "frames", ("frames", "frame_index")) as f:
             frames, indices = f["frames"][:], f["frame_index"][:]
             assert f.attrs["reader"] == "decord" and f.attrs["codec"] == "h264"
-        sequential = read_frames(probe(video, "pyav-sequential"), indices, geometric(data_config(VIDEO)), threads=3)
+        sequential = read_frames(
+            probe(video, "pyav-sequential"), indices, geometric(data_config(VideoConfig.from_dict(VIDEO))), threads=3
+        )
         np.testing.assert_array_equal(frames, sequential, err_msg=video.name)
 
 
@@ -495,14 +522,16 @@ def test_local_weights_file_is_loaded(tmp_path):
     """A real checkpoint comes from a local safetensors file (timm ``pretrained_cfg_overlay``), never a hub."""
     from safetensors.torch import save_file
 
-    trained = build_vision_model(VIDEO, seed=1)
+    trained = build_vision_model(VideoConfig.from_dict(VIDEO), seed=1)
     save_file(trained.state_dict(), tmp_path / "vit.safetensors")
     local = {**VIDEO, "model": {**VIDEO["model"], "weights": str(tmp_path / "vit.safetensors")}}
-    loaded = build_vision_model(local, seed=2)
+    loaded = build_vision_model(VideoConfig.from_dict(local), seed=2)
     x = torch.randn(2, 3, 64, 64)
     with torch.inference_mode():
         torch.testing.assert_close(loaded.forward_features(x), trained.forward_features(x), rtol=0, atol=0)
-        assert not torch.equal(build_vision_model(VIDEO, seed=2).forward_features(x), trained.forward_features(x))
+        assert not torch.equal(
+            build_vision_model(VideoConfig.from_dict(VIDEO), seed=2).forward_features(x), trained.forward_features(x)
+        )
 
 
 @pytest.fixture(scope="module")
@@ -550,7 +579,11 @@ def test_checkpoint_preprocessing_matches_its_pil_image_processor(blip2_dir):
     intensity levels differently."""
     from transformers import BlipImageProcessorPil
 
-    config = data_config({**VIDEO, "model": {"source": "hf", "name": "blip2", "weights": str(blip2_dir), "kwargs": {}}})
+    config = data_config(
+        VideoConfig.from_dict(
+            {**VIDEO, "model": {"source": "hf", "name": "blip2", "weights": str(blip2_dir), "kwargs": {}}}
+        )
+    )
     processor = BlipImageProcessorPil.from_pretrained(blip2_dir)
     rng = np.random.default_rng(0)
     for width, height in [(640, 360), (300, 400), (90, 160)]:
@@ -572,8 +605,10 @@ def test_blip2_checkpoint_vision_tower(blip2_dir, tmp_path, cache, tokens):
     }
     video = tmp_path / "clip.mp4"
     write_coded(video, n_frames=40, fps=8)
-    extract_frames(video, tmp_path / "frames.h5", 2.0, params, data_config(params))
-    cache_features(tmp_path / "frames.h5", tmp_path / "features.h5", params, seed=0)
+    extract_frames(
+        video, tmp_path / "frames.h5", 2.0, VideoConfig.from_dict(params), data_config(VideoConfig.from_dict(params))
+    )
+    cache_features(tmp_path / "frames.h5", tmp_path / "features.h5", VideoConfig.from_dict(params), seed=0)
     with open_artifact(tmp_path / "features.h5", "features", ("tokens",)) as f:
         cached = f["tokens"][:]
     assert cached.shape == (2, 4, tokens, 32)

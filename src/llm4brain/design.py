@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from llm4brain.sections import VideoConfig
 from llm4brain.video.sampling import frames_per_tr
 
 
@@ -107,7 +108,8 @@ def check_config(config: dict[str, Any]) -> None:
                 f"config {stage}.train: batch_size {train['batch_size']} does not divide evenly between "
                 f"{train['devices']} devices (each process takes batch_size / devices)"
             )
-    frames_per_tr(config["video"], data["tr"])  # a video.fps that gives no whole number of frames per TR fails
+    # a video.fps that gives no whole number of frames per TR fails
+    frames_per_tr(VideoConfig.from_dict(config["video"]), data["tr"])
 
 
 def _check_heldout(design: Design, held: list[str], functional: dict[str, Any]) -> None:

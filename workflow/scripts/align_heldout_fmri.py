@@ -1,5 +1,6 @@
 from llm4brain.fmri.functional_alignment import align_subject
 from llm4brain.runtime import setup_logging
+from llm4brain.sections import AlignFunctionalAlignmentConfig
 
 setup_logging(snakemake.log[0])
 align_subject(
@@ -7,5 +8,5 @@ align_subject(
     srm_path=snakemake.input.srm,
     subject=snakemake.wildcards.subject,
     out_path=snakemake.output[0],
-    params=snakemake.params.functional_alignment,
+    functional_alignment=AlignFunctionalAlignmentConfig.from_dict(snakemake.params.functional_alignment),
 )

@@ -1,5 +1,6 @@
 from llm4brain.fmri.functional_alignment import fit_shared_response
 from llm4brain.runtime import setup_logging
+from llm4brain.sections import AlignFunctionalAlignmentConfig
 
 setup_logging(snakemake.log[0])
 p = snakemake.params
@@ -8,6 +9,6 @@ fit_shared_response(
     subjects=p.subjects,
     heldout=p.heldout,
     out_path=snakemake.output[0],
-    params=p.functional_alignment,
+    functional_alignment=AlignFunctionalAlignmentConfig.from_dict(p.functional_alignment),
     seed=p.seed,
 )

@@ -1,5 +1,6 @@
 from llm4brain.fmri.collections import preprocess_collection_subject
 from llm4brain.runtime import setup_logging
+from llm4brain.sections import FmriConfig
 
 setup_logging(snakemake.log[0])
 p = snakemake.params
@@ -11,7 +12,7 @@ preprocess_collection_subject(
     out_path=snakemake.output.bold,
     qc_path=snakemake.output.qc,
     tr=p.tr,
-    params=p.fmri,
+    fmri=FmriConfig.from_dict(p.fmri),
     layout=p.layout,
     on_bad_run=p.on_bad_run,
 )

@@ -1,5 +1,6 @@
 from llm4brain.fmri.preprocess import preprocess_subject
 from llm4brain.runtime import setup_logging
+from llm4brain.sections import FmriConfig
 
 setup_logging(snakemake.log[0])
 p = snakemake.params
@@ -10,6 +11,6 @@ preprocess_subject(
     snakemake.output[0],
     p.segments,
     p.tr,
-    p.fmri,
+    FmriConfig.from_dict(p.fmri),
     p.layout,
 )

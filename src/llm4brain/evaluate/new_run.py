@@ -25,7 +25,7 @@ from llm4brain.fmri.runs import check_id, read_run
 from llm4brain.instruct.student import load_student
 from llm4brain.models.captioner import generate_captions
 from llm4brain.runtime import select_device
-from llm4brain.sections import EvaluateConfig
+from llm4brain.sections import EvaluateConfig, FmriConfig
 
 
 def replicate_dir(results: Path, replicate: int | None) -> Path:
@@ -49,7 +49,7 @@ def replicate_dir(results: Path, replicate: int | None) -> Path:
 
 def subject_preprocessing(
     results: Path, subject: str, replicate: int | None = None
-) -> tuple[VolumeSpace | SurfaceSpace, np.ndarray, dict, float]:
+) -> tuple[VolumeSpace | SurfaceSpace, np.ndarray, FmriConfig, float]:
     """The space and usable voxels, the fMRI params and the TR used for ``subject`` in training."""
     own = replicate_dir(results, replicate) / layout.FMRI.format(subject=subject)
     path = own if own.exists() else results / layout.FMRI.format(subject=subject)
@@ -62,7 +62,7 @@ def subject_preprocessing(
     with open_artifact(path, "fmri", ("mask",)) as f:
         if "params" not in f.attrs:
             raise ArtifactError(f"{path}: records no preprocessing params (older llm4brain); rerun preprocess_fmri")
-        return *space_from_artifact(f), json.loads(f.attrs["params"]), float(f.attrs["tr"])
+        return *space_from_artifact(f), FmriConfig.from_dict(json.loads(f.attrs["params"])), float(f.attrs["tr"])
 
 
 def preprocess_new_run(

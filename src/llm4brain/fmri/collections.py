@@ -22,6 +22,7 @@ from llm4brain.fmri.images import make_space
 from llm4brain.fmri.preprocess import ROWS, read_clean_run, run_extent, scale_rows, space_name
 from llm4brain.fmri.runs import Run, check_id
 from llm4brain.runtime import LOG
+from llm4brain.sections import FmriConfig
 from llm4brain.tables import InputError, read_tsv
 
 QC_COLUMNS = {"collection": str, "subject": str, "run": str, "file": str, "status": str, "volumes": int, "reason": str}
@@ -36,7 +37,7 @@ def preprocess_collection_subject(
     out_path: str | Path,
     qc_path: str | Path,
     tr: float,
-    params: dict[str, Any],
+    fmri: FmriConfig,
     layout: dict[str, Any],
     on_bad_run: str = "error",
 ) -> None:
@@ -56,7 +57,7 @@ def preprocess_collection_subject(
             reason``): ``ok``, or ``skipped`` with the reason.
         tr: the collection's repetition time in seconds (its ``tr``, else ``data.tr``); every run's header
             TR is checked against it.
-        params: the cleaning keys of the ``fmri`` section (``detrend_order``, ``high_pass``, ``zscore``,
+        fmri: the cleaning keys of the ``fmri`` section (``detrend_order``, ``high_pass``, ``zscore``,
             ``mask_labels``, ``cifti_structures``) with the collection's own ``trim`` and ``confounds``.
         layout: the task's ``data.layout``, ``data.bids`` and ``data.wen2018`` entries, which name the
             samples' space in the artifact.
@@ -74,9 +75,9 @@ def preprocess_collection_subject(
     items = [Run(Path(path), Path(path), name, None, None, confounds_file(Path(path))) for name, path in runs.items()]
     if not items:
         raise InputError(f"collection {collection}: subject {subject} has no runs")
-    space = make_space(items[0].bold, mask_path, {**params, "resample": True})
+    space = make_space(items[0].bold, mask_path, fmri.replace(resample=True))
     qc: list[dict[str, Any]] = []
-    with atomic_h5(out_path, "fmri", params, rdcc_nbytes=0) as f:
+    with atomic_h5(out_path, "fmri", fmri.to_dict(), rdcc_nbytes=0) as f:
         group = f.create_group("train")
         bold: h5py.Dataset | None = None
         keys: list[tuple[str, int]] = []
@@ -84,8 +85,8 @@ def preprocess_collection_subject(
         tsnr_runs: list[np.ndarray] = []
         for run in items:
             try:
-                kept = run_extent(space, run, tr, params["trim"])
-                series, ok, run_tsnr = read_clean_run(space, run, kept, tr, params)
+                kept = run_extent(space, run, tr, fmri.trim)
+                series, ok, run_tsnr = read_clean_run(space, run, kept, tr, fmri)
                 if not ok.any():
                     raise InputError(f"{run.bold}: no usable voxel (every one is non-finite or constant)")
             except InputError as err:
@@ -130,7 +131,7 @@ def preprocess_collection_subject(
                 "subject": subject,
                 "collection": collection,
                 "tr": tr,
-                "params": params,
+                "params": fmri.to_dict(),
                 "space": space_name(layout, space),
                 "n_runs": n_ok,
                 "n_skipped": len(qc) - n_ok,

@@ -22,13 +22,13 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator, Sequence
-from typing import Any
 
 import h5py
 import numpy as np
 
 from llm4brain.artifacts import ArtifactError, atomic_h5, open_artifact, read_keys, set_attrs, write_keys
 from llm4brain.runtime import LOG
+from llm4brain.sections import AlignFunctionalAlignmentConfig
 
 ROWS = 256  # volumes read, mapped and written at a time
 
@@ -123,24 +123,25 @@ def fit_shared_response(
     subjects: Sequence[str],
     heldout: Sequence[str],
     out_path: str | os.PathLike,
-    params: dict[str, Any],
+    functional_alignment: AlignFunctionalAlignmentConfig,
     seed: int,
 ) -> None:
     """Fit BrainIAK's SRM on every subject's training-split responses to the clips they share, and write each
     subject's map ``/{subject}/w`` (voxels × k), voxel means ``/{subject}/mu`` and ``/{subject}/mask``.
 
-    ``params``: ``features`` (k) and ``n_iter`` (EM iterations) of the ``align.functional_alignment`` section.
+    ``functional_alignment``: the ``align.functional_alignment`` section's ``features`` (k), ``n_iter`` (EM
+    iterations) and ``max_voxels``.
     """
     from brainiak.funcalign.srm import SRM  # imports mpi4py, which loads the MPI library: only when fitting
 
     clips = shared_clips(fmri_paths)
-    features = params["features"]
+    features = functional_alignment.features
     if len(clips) <= features:
         raise ValueError(
             f"config align.functional_alignment.features {features}: the subjects share only {len(clips)} "
             f"training clips ({', '.join(map(str, fmri_paths))}); it must be below that"
         )
-    voxels = [fitted_voxels(path, params["max_voxels"]) for path in fmri_paths]
+    voxels = [fitted_voxels(path, functional_alignment.max_voxels) for path in fmri_paths]
     masks, responses = zip(
         *(train_responses(path, clips, chosen) for path, chosen in zip(fmri_paths, voxels, strict=True)), strict=True
     )
@@ -150,13 +151,13 @@ def fit_shared_response(
                 f"{path}: {len(response)} voxels, fewer than align.functional_alignment.features ({features})"
             )
     LOG.info("SRM: %d subjects x %d shared training clips, %d features", len(responses), len(clips), features)
-    srm = SRM(n_iter=params["n_iter"], features=features, rand_seed=seed).fit(list(responses))
+    srm = SRM(n_iter=functional_alignment.n_iter, features=features, rand_seed=seed).fit(list(responses))
     del responses
     maps = [  # a subject fitted on some of its voxels gets every voxel's map from the shared response
         (w, mu) if chosen is None else solve_map(path, clips, srm.s_)
         for path, w, mu, chosen in zip(fmri_paths, srm.w_, srm.mu_, voxels, strict=True)
     ]
-    with atomic_h5(out_path, "funcalign", params) as f:
+    with atomic_h5(out_path, "funcalign", functional_alignment.to_dict()) as f:
         for subject, (w, mu), mask, chosen in zip(subjects, maps, masks, voxels, strict=True):
             group = f.create_group(subject)
             group.attrs["fitted_voxels"] = len(w) if chosen is None else len(chosen)
@@ -204,11 +205,11 @@ def align_subject(
     srm_path: str | os.PathLike,
     subject: str,
     out_path: str | os.PathLike,
-    params: dict[str, Any],
+    functional_alignment: AlignFunctionalAlignmentConfig,
 ) -> None:
     """Carry a held-out subject's fMRI (both splits) into the reference space of the fitted SRM and write it as
     an fmri artifact of the same samples and keys; each voxel is z-scored with its training split's mean and
-    standard deviation. ``params`` is the ``align.functional_alignment`` section (``reference``)."""
+    standard deviation. ``functional_alignment``: the ``align.functional_alignment`` section (``reference``)."""
     with open_artifact(srm_path, "funcalign") as srm:
         if subject not in srm:
             raise ArtifactError(
@@ -216,7 +217,7 @@ def align_subject(
             )
         w_h, mu_h = srm[subject]["w"][:].astype(np.float64), srm[subject]["mu"][:].astype(np.float64)
         mask_h = srm[subject]["mask"][:].astype(bool)
-        w_ref, mu_ref, mask_ref = reference_map(srm, params["reference"], srm_path)
+        w_ref, mu_ref, mask_ref = reference_map(srm, functional_alignment.reference, srm_path)
     carry = Carry(w_h, mu_h, mask_h, w_ref, mu_ref, mask_ref)
     with open_artifact(fmri_path, "fmri", ("train/bold", "test/bold", "mask")) as source:
         if not np.array_equal(source["mask"][:].astype(bool), mask_h):
@@ -228,7 +229,7 @@ def align_subject(
         carry.mean = total / max(n, 1)
         carry.std = np.sqrt(np.maximum(squares / max(n, 1) - carry.mean**2, 0.0))
         carry.std[carry.std == 0] = 1.0
-        with atomic_h5(out_path, "fmri", params) as f:
+        with atomic_h5(out_path, "fmri", functional_alignment.to_dict()) as f:
             for split in ("train", "test"):
                 bold = source[split]["bold"]
                 group = f.create_group(split)
@@ -246,11 +247,13 @@ def align_subject(
                 f,
                 {
                     "functional_alignment": "srm",
-                    "reference": params["reference"] or "group",
+                    "reference": functional_alignment.reference or "group",
                     "source": str(fmri_path),
                 },
             )
-    LOG.info("%s: carried into the %s space of %s", subject, params["reference"] or "labelled group's", srm_path)
+    LOG.info(
+        "%s: carried into the %s space of %s", subject, functional_alignment.reference or "labelled group's", srm_path
+    )
 
 
 class Carry:

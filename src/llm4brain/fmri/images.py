@@ -19,6 +19,7 @@ from nibabel import cifti2
 from llm4brain.fmri.bids import is_cifti
 from llm4brain.fmri.runs import InputError
 from llm4brain.fmri.signal import column_blocks
+from llm4brain.sections import FmriConfig
 
 CHUNK = 8  # volumes of a NIfTI run read at a time (a whole-brain MNI 2 mm volume is 3.6 MB)
 
@@ -248,13 +249,14 @@ class SurfaceSpace:
         return {"layout": self.layout, "structures": self.structures, "grayordinates": self.n_grayordinates}
 
 
-def make_space(first_run: Path, mask_path: str | Path | None, params: dict[str, Any]) -> VolumeSpace | SurfaceSpace:
-    """The space a subject's runs are read into: CIFTI runs → grayordinates, NIfTI runs → the ROI mask."""
+def make_space(first_run: Path, mask_path: str | Path | None, fmri: FmriConfig) -> VolumeSpace | SurfaceSpace:
+    """The space a subject's runs are read into: CIFTI runs → grayordinates, NIfTI runs → the ROI mask
+    (``fmri``'s ``cifti_structures``, ``mask_labels`` and ``resample``)."""
     if is_cifti(first_run):
-        return SurfaceSpace(params["cifti_structures"])
+        return SurfaceSpace(fmri.cifti_structures)
     if mask_path is None:
         raise InputError(f"{first_run}: a NIfTI run needs an ROI mask (data.mask)")
-    return VolumeSpace(mask_path, params["mask_labels"], params["resample"])
+    return VolumeSpace(mask_path, fmri.mask_labels, fmri.resample)
 
 
 def space_from_artifact(f: h5py.File) -> tuple[VolumeSpace | SurfaceSpace, np.ndarray]:

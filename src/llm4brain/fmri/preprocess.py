@@ -31,18 +31,19 @@ from llm4brain.fmri.images import SurfaceSpace, VolumeSpace, make_space
 from llm4brain.fmri.runs import InputError, Run, check_id, find_runs, read_confounds
 from llm4brain.fmri.signal import column_blocks, cosine_drift, nuisance_basis, residualize, standardize
 from llm4brain.runtime import LOG
+from llm4brain.sections import FmriConfig, FmriReliabilityConfig, FmriTrimConfig
 
 ROWS = 16  # samples written or read back at a time (temporaries stay a few MB)
 
 
-def kept_volumes(path: Path, n: int, trim: dict[str, Any]) -> tuple[int, int]:
+def kept_volumes(path: Path, n: int, trim: FmriTrimConfig) -> tuple[int, int]:
     """The ``[start, stop)`` volumes a run keeps: ``trim.end`` dropped at the end, and at the start either
     ``trim.start`` volumes or, with ``trim.keep``, whatever exceeds ``keep`` (Wen et al.'s official code:
     245/246-volume runs lose 1/2 leading and 4 trailing volumes, keeping 240)."""
-    keep, end = trim["keep"], trim["end"]
-    start = n - end - keep if keep else trim["start"]
+    keep, end = trim.keep, trim.end
+    start = n - end - keep if keep else trim.start
     if start < 0 or start >= n - end:
-        want = f"{keep} + {end} trailing" if keep else f"{trim['start']} leading + {end} trailing"
+        want = f"{keep} + {end} trailing" if keep else f"{trim.start} leading + {end} trailing"
         raise InputError(f"{path}: run has {n} volumes, too few to trim ({want} volumes)")
     return start, n - end
 
@@ -70,37 +71,37 @@ def pair_run(
     return inside
 
 
-def run_extent(space: VolumeSpace | SurfaceSpace, run: Run, tr: float, trim: dict[str, Any]) -> tuple[int, int, int]:
+def run_extent(space: VolumeSpace | SurfaceSpace, run: Run, tr: float, trim: FmriTrimConfig) -> tuple[int, int, int]:
     """From the run's header only (TR and grid checked): its kept volumes ``(start, stop, n)``."""
     n = space.n_volumes(run.bold, tr)
     return *kept_volumes(run.bold, n, trim), n
 
 
 def plan_run(
-    space: VolumeSpace | SurfaceSpace, run: Run, tr: float, params: dict[str, Any]
+    space: VolumeSpace | SurfaceSpace, run: Run, tr: float, fmri: FmriConfig
 ) -> tuple[tuple[int, int, int], list[tuple[int, int]]]:
     """From the run's header only: its kept volumes ``(start, stop, n)`` and its ``(tr, volume)`` pairs."""
-    start, stop, n = run_extent(space, run, tr, params["trim"])
-    pairs = pair_run(run, stop - start, tr, params["hrf_lag"], start, params["unpaired_clips"] == "drop")
+    start, stop, n = run_extent(space, run, tr, fmri.trim)
+    pairs = pair_run(run, stop - start, tr, fmri.hrf_lag, start, fmri.unpaired_clips == "drop")
     return (start, stop, n), pairs
 
 
 def read_clean_run(
-    space: VolumeSpace | SurfaceSpace, run: Run, kept: tuple[int, int, int], tr: float, params: dict[str, Any]
+    space: VolumeSpace | SurfaceSpace, run: Run, kept: tuple[int, int, int], tr: float, fmri: FmriConfig
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The run's kept volumes in ``space``, cleaned (``clean_run``): series, usable voxels, tSNR. The one
     per-run cleaning of task subjects, new runs to decode and unlabelled collections."""
     start, stop, n = kept
     series = space.read(run.bold, start, stop)
-    confounds = read_confounds(run, params["confounds"], n)[start:stop] if params["confounds"] else None
+    confounds = read_confounds(run, fmri.confounds, n)[start:stop] if fmri.confounds else None
     try:
-        return series, *clean_run(series, params, tr, confounds)
+        return series, *clean_run(series, fmri, tr, confounds)
     except ValueError as err:  # fewer kept volumes than nuisance regressors
         raise InputError(f"{run.bold}: {err}") from err
 
 
 def clean_run(
-    series: np.ndarray, params: dict[str, Any], tr: float, confounds: np.ndarray | None = None
+    series: np.ndarray, fmri: FmriConfig, tr: float, confounds: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Clean one run's (T, V) float32 series in place: nuisance-regress (polynomial of ``detrend_order``,
     cosine drifts below ``high_pass`` Hz, confounds) and z-score, in one float64 pass over blocks of voxels.
@@ -110,7 +111,7 @@ def clean_run(
     Args:
         series: the run's kept volumes, (T, V) float32 (time points × voxels or grayordinates); overwritten
             with the cleaned series.
-        params: the ``fmri`` config section; reads ``detrend_order``, ``high_pass`` (Hz, or None for no
+        fmri: the ``fmri`` config section; reads ``detrend_order``, ``high_pass`` (Hz, or None for no
             cosine drifts) and ``zscore``.
         tr: the repetition time in seconds, which spaces the cosine drift regressors.
         confounds: (T, C) regressors (fMRIPrep confounds, the ``fmri.confounds`` columns) standardised and
@@ -125,9 +126,9 @@ def clean_run(
         ValueError: the run has fewer time points than nuisance regressors.
     """
     extra = [] if confounds is None else [(confounds - confounds.mean(0)) / (confounds.std(0) + 1e-8)]
-    if params["high_pass"]:
-        extra.append(cosine_drift(series.shape[0], tr, params["high_pass"]))
-    basis = nuisance_basis(series.shape[0], params["detrend_order"], np.concatenate(extra, axis=1) if extra else None)
+    if fmri.high_pass:
+        extra.append(cosine_drift(series.shape[0], tr, fmri.high_pass))
+    basis = nuisance_basis(series.shape[0], fmri.detrend_order, np.concatenate(extra, axis=1) if extra else None)
     finite, tsnr = np.ones(series.shape[1], bool), np.zeros(series.shape[1])
     for cols in column_blocks(series.shape[1]):
         block = series[:, cols].astype(np.float64)
@@ -137,7 +138,7 @@ def clean_run(
         std = np.sqrt(np.clip(np.einsum("tv,tv->v", block, block) / len(block) - mean**2, 0.0, None))
         tsnr[cols] = np.divide(mean, std, out=np.zeros_like(mean), where=std > 1e-8 * (np.abs(mean) + 1.0))
         residualize(block, basis)
-        if params["zscore"]:
+        if fmri.zscore:
             finite[cols] &= standardize(block)
         series[:, cols] = block
     return finite, tsnr
@@ -234,7 +235,7 @@ def preprocess_subject(
     out_path: str | Path,
     segments: dict[str, list[str]],
     tr: float,
-    params: dict[str, Any],
+    fmri: FmriConfig,
     layout: dict[str, Any] | None = None,
 ) -> None:
     """Preprocess every run of ``subject`` and write the per-split samples atomically.
@@ -252,8 +253,8 @@ def preprocess_subject(
             (``data.segments``, or the subject's ``subject_train`` list); every run's segment must be
             listed, and every listed segment needs a run.
         tr: the repetition time in seconds (``data.tr``); every run's header TR is checked against it.
-        params: the ``fmri`` config section (trim, detrend, high-pass, confounds, z-score, HRF lag, repeat
-            averaging, reliability selection), its defaults filled in.
+        fmri: the ``fmri`` config section (trim, detrend, high-pass, confounds, z-score, HRF lag, repeat
+            averaging, reliability selection), recorded in the artifact as given.
         layout: the data section's ``layout``, ``bids`` and ``wen2018`` entries, which say where the runs and
             events tables are and which runs count; None = BIDS-like with no entity filter, as the demo
             writes.
@@ -274,16 +275,17 @@ def preprocess_subject(
     if missing:
         raise InputError(f"{subject_dir}: no runs for segments {missing}")
 
-    space = make_space(runs[0].bold, mask_path, params)
-    kept, pairs = zip(*[plan_run(space, run, tr, params) for run in runs], strict=True)  # every header checked first
-    plan = plan_rows(runs, pairs, split_of, params["average_repeats"])
+    space = make_space(runs[0].bold, mask_path, fmri)
+    kept, pairs = zip(*[plan_run(space, run, tr, fmri) for run in runs], strict=True)  # every header checked first
+    average = {"train": fmri.average_repeats.train, "test": fmri.average_repeats.test}
+    plan = plan_rows(runs, pairs, split_of, average)
 
     scratch_path = out_path.with_name(f".{out_path.name}.scratch-{os.getpid()}.h5")
     try:
         # Every write covers whole chunks (one row each) and each row is read back at most once per run:
         # HDF5's chunk cache would only hold memory (about a run's worth over a subject).
         with (
-            atomic_h5(out_path, "fmri", params, rdcc_nbytes=0) as f,
+            atomic_h5(out_path, "fmri", fmri.to_dict(), rdcc_nbytes=0) as f,
             h5py.File(scratch_path, "w", rdcc_nbytes=0) as scratch,
         ):
             bold = {}
@@ -297,8 +299,8 @@ def preprocess_subject(
                 )
                 write_keys(group, [k[0] for k in rows.keys], [k[1] for k in rows.keys])
                 LOG.info("%s %s: %d samples", subject, split, len(rows.keys))
-            usable, tsnr, reliability = stream_runs(subject, runs, kept, plan, space, bold, scratch, tr, params)
-            usable = select_voxels(subject, runs, space, usable, reliability, params["reliability"])
+            usable, tsnr, reliability = stream_runs(subject, runs, kept, plan, space, bold, scratch, tr, fmri)
+            usable = select_voxels(subject, runs, space, usable, reliability, fmri.reliability)
             keep = space.samples(np.ones((1, usable.size), np.float32), usable)[0]
             for split, rows in plan.items():
                 if rows.average or not usable.all():  # sums → means; dropped voxels → 0
@@ -313,10 +315,10 @@ def preprocess_subject(
                 {
                     "subject": subject,
                     "tr": tr,
-                    "hrf_lag": params["hrf_lag"],
-                    "params": params,
+                    "hrf_lag": fmri.hrf_lag,
+                    "params": fmri.to_dict(),
                     "space": space_name(data, space),
-                    "voxel_selection": voxel_selection(params["reliability"]),
+                    "voxel_selection": voxel_selection(fmri.reliability),
                     "n_runs": len(runs),
                     **space.attrs(),
                 },
@@ -334,7 +336,7 @@ def stream_runs(
     bold: dict[str, h5py.Dataset],
     scratch: h5py.File,
     tr: float,
-    params: dict[str, Any],
+    fmri: FmriConfig,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Clean each run and write its samples into ``bold`` (summed where repeats are averaged) and into the
     scratch's odd/even repeat halves of the reliability split's segments; return the usable voxels (judged
@@ -343,7 +345,7 @@ def stream_runs(
     n_voxels = space.n_voxels
     everything = np.ones(n_voxels, bool)
     judged = set(plan["train"].targets) if "train" in plan and plan["train"].targets else set(range(len(runs)))
-    source = plan.get(params["reliability"]["split"], SplitRows(True))
+    source = plan.get(fmri.reliability.split, SplitRows(True))
     clips = {key: c for c, key in enumerate(dict.fromkeys(source.keys))}  # a clip's row in the halves
     halves = [
         scratch.create_dataset(f"half{h}", (max(len(clips), 1), n_voxels), np.float32, chunks=(1, n_voxels))
@@ -354,7 +356,7 @@ def stream_runs(
     usable = np.ones(n_voxels, bool)
     tsnr = np.zeros(n_voxels)
     for i, run in enumerate(tqdm(runs, desc=f"{subject} runs", mininterval=1.0)):
-        series, ok, run_tsnr = read_clean_run(space, run, kept[i], tr, params)
+        series, ok, run_tsnr = read_clean_run(space, run, kept[i], tr, fmri)
         if i in judged:
             usable &= ok
         tsnr += run_tsnr
@@ -387,10 +389,10 @@ def stream_runs(
     return usable, tsnr / len(runs), split_half.r()
 
 
-def voxel_selection(selection: dict[str, Any]) -> str:
+def voxel_selection(selection: FmriReliabilityConfig) -> str:
     """What chose the kept voxels, for the artifact and the metrics tables: ``usable`` (finite and varying
     in the training runs), ``train-reliability`` or ``test-reliability`` (test data chose them)."""
-    return f"{selection['split']}-reliability" if selection["select"] else "usable"
+    return f"{selection.split}-reliability" if selection.select else "usable"
 
 
 def select_voxels(
@@ -399,26 +401,26 @@ def select_voxels(
     space: VolumeSpace | SurfaceSpace,
     usable: np.ndarray,
     reliability: np.ndarray,
-    selection: dict[str, Any],
+    selection: FmriReliabilityConfig,
 ) -> np.ndarray:
     """Usable voxels, narrowed to the reliable ones when configured; none left is an error."""
-    if selection["select"]:
+    if selection.select:
         if not np.isfinite(reliability).any():
             raise InputError(
-                f"{runs[0].bold.parent}: reliability selection needs {selection['split']} segments shown at least "
+                f"{runs[0].bold.parent}: reliability selection needs {selection.split} segments shown at least "
                 "twice (3 clips or more)"
             )
-        if selection["split"] == "test":
+        if selection.split == "test":
             LOG.warning(
                 "%s: voxels selected by the TEST segments' repeat reliability (reliability.split: test)", subject
             )
-        reliable = fisher_z(np.nan_to_num(reliability, nan=-1.0)) >= selection["threshold"]
+        reliable = fisher_z(np.nan_to_num(reliability, nan=-1.0)) >= selection.threshold
         LOG.info(
             "%s: %d of %d voxels reach repeat reliability z >= %g",
             subject,
             int((reliable & usable).sum()),
             usable.size,
-            selection["threshold"],
+            selection.threshold,
         )
         usable = usable & reliable
     if not usable.any():

@@ -6,7 +6,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
@@ -15,7 +15,8 @@ from tqdm import tqdm
 from llm4brain.artifacts import open_artifact, set_attrs
 from llm4brain.resume import Checkpoint, ResumableH5
 from llm4brain.runtime import LOG, autocast, autocast_dtype, select_device
-from llm4brain.video.preprocessing import data_config, model_spec, photometric
+from llm4brain.sections import VideoConfig
+from llm4brain.video.preprocessing import data_config, hf_checkpoint, model_spec, photometric
 
 if TYPE_CHECKING:
     import torch
@@ -23,19 +24,19 @@ if TYPE_CHECKING:
 RECORD_SECONDS = 60.0  # a kill loses at most this much of a segment's forward passes (+ the batch running)
 
 
-def build_vision_model(params: dict[str, Any], seed: int) -> torch.nn.Module:
+def build_vision_model(video: VideoConfig, seed: int) -> torch.nn.Module:
     """The vision model in config: a timm model (random init from ``seed`` for the demo, or a local weights
     file), or the vision tower (+ image Q-Former) of a local BLIP-2 / InstructBLIP directory."""
     import timm
     import torch
 
-    if params["model"]["source"] == "hf":
+    if video.model.source == "hf":
         from llm4brain.video.hf_tower import HFVisionTower
 
-        return HFVisionTower(params["model"]["weights"], qformer=params["cache"] == "qformer")
-    name, kwargs = model_spec(params)
+        return HFVisionTower(hf_checkpoint(video), qformer=video.cache == "qformer")
+    name, kwargs = model_spec(video)
     torch.manual_seed(seed)  # every segment's job must build the same random network
-    return timm.create_model(name, pretrained=bool(params["model"]["weights"]), **kwargs).eval()
+    return timm.create_model(name, pretrained=bool(video.model.weights), **kwargs).eval()
 
 
 class ClipBatches:
@@ -83,7 +84,7 @@ def write_clips(tokens: h5py.Dataset, first: int, clips: np.ndarray) -> None:
 def cache_features(
     frames_path: str | Path,
     out_path: str | Path,
-    params: dict[str, Any],
+    video: VideoConfig,
     seed: int,
     checkpoint: Checkpoint | None = None,
 ) -> None:
@@ -104,7 +105,7 @@ def cache_features(
             every segment's job builds the same one; the workflow passes ``seed`` (the replicate's in the demo).
         checkpoint: where the resumable copy is kept and the job it belongs to (the workflow's is named by
             rule and segment); None = ``.resume/cache_features_{segment}.h5`` beside ``out_path``, resumed
-            only for the same frames file, weights file, ``params``, ``seed`` and device type.
+            only for the same frames file, weights file, ``video``, ``seed`` and device type.
 
     Raises:
         ArtifactError: ``frames_path`` is not a frames artifact with ``frames`` and ``tr`` datasets.
@@ -113,9 +114,9 @@ def cache_features(
     import torch
 
     torch.set_num_threads(1)
-    device = select_device(params["device"])
-    model = build_vision_model(params, seed).to(device)
-    config = data_config(params, model)
+    device = select_device(video.device)
+    model = build_vision_model(video, seed).to(device)
+    config = data_config(video, model)
     with open_artifact(frames_path, "frames", ("frames", "tr")) as src:
         shape = src["frames"].shape
         trs = src["tr"][:]
@@ -125,16 +126,24 @@ def cache_features(
             f"{frames_path}: frames are {shape[2]}x{shape[3]}, the model takes "
             f"{config['input_size'][1]}x{config['input_size'][2]}; rerun extract_frames"
         )
-    batches = ClipBatches(frames_path, params["batch_size"], photometric(config))
-    inputs = [str(frames_path)] + ([params["model"]["weights"]] if params["model"]["weights"] else [])
+    batches = ClipBatches(frames_path, video.batch_size, photometric(config))
+    inputs = [str(frames_path)] + ([video.model.weights] if video.model.weights else [])
     checkpoint = checkpoint or Checkpoint.for_job(
-        f"cache_features_{Path(out_path).stem}", inputs, {"video": params, "seed": seed}, Path(out_path).parent, ".h5"
+        f"cache_features_{Path(out_path).stem}",
+        inputs,
+        {"video": video.to_dict(), "seed": seed},
+        Path(out_path).parent,
+        ".h5",
     )
     out = ResumableH5(
-        out_path, "features", params, checkpoint.where(device.type, str(autocast_dtype(device))), RECORD_SECONDS
+        out_path,
+        "features",
+        video.to_dict(),
+        checkpoint.where(device.type, str(autocast_dtype(device))),
+        RECORD_SECONDS,
     )
     first = out.done // batches.clips
-    workers = params["workers"]
+    workers = video.workers
     loader = (
         iter(
             torch.utils.data.DataLoader(
@@ -158,10 +167,10 @@ def cache_features(
                 f,
                 {
                     "segment": segment,
-                    "model": params["model"]["name"],
-                    "source": params["model"]["source"],
-                    "cache": params["cache"],
-                    "weights": params["model"]["weights"] or "random-init",
+                    "model": video.model.name,
+                    "source": video.model.source,
+                    "cache": video.cache,
+                    "weights": video.model.weights or "random-init",
                     "input_size": list(config["input_size"]),
                 },
             )
@@ -170,7 +179,7 @@ def cache_features(
         for x in tqdm(loader, desc=f"{segment} features", mininterval=1.0, initial=first, total=len(batches)):
             # timm models and HFVisionTower define it; torch types a Module's attributes as Tensor | Module
             tokens = model.forward_features(x.to(device, non_blocking=True))  # type: ignore[operator]
-            tokens = (tokens[:, :1] if params["cache"] == "vit_cls" else tokens).to(torch.float16).cpu().numpy()
+            tokens = (tokens[:, :1] if video.cache == "vit_cls" else tokens).to(torch.float16).cpu().numpy()
             tokens = tokens.reshape((-1, shape[1]) + tokens.shape[1:])
             if dataset is None:  # its shape is known from the first batch
                 dataset = out.allocate(

@@ -15,6 +15,7 @@ import numpy as np
 
 from llm4brain.artifacts import atomic_h5, set_attrs
 from llm4brain.runtime import LOG
+from llm4brain.sections import VideoConfig
 from llm4brain.video.preprocessing import geometric
 from llm4brain.video.readers import VideoError, probe, read_frames
 from llm4brain.video.sampling import frame_indices, frames_per_tr, sample_times
@@ -26,7 +27,7 @@ def extract_frames(
     video_path: str | Path,
     out_path: str | Path,
     tr: float,
-    params: dict[str, Any],
+    video: VideoConfig,
     input_config: dict[str, Any],
     threads: int = 1,
 ) -> None:
@@ -50,15 +51,15 @@ def extract_frames(
         VideoError: the video cannot be opened or decoded, or is shorter than one TR.
         ValueError: ``video.fps`` × ``tr`` is not a whole number of frames.
     """
-    info = probe(video_path, params["reader"])
+    info = probe(video_path, video.reader)
     n_tr = int(np.floor(info.end / tr + 1e-6))
     if n_tr == 0:
         raise VideoError(f"{info.path}: {info.end:.2f} s is shorter than one TR ({tr:g} s)")
-    per_tr = frames_per_tr(params, tr)
+    per_tr = frames_per_tr(video, tr)
     times = sample_times(n_tr, tr, per_tr)
     indices = frame_indices(info.starts, times)
     frames = read_frames(info, indices, geometric(input_config), threads)
-    with atomic_h5(out_path, "frames", params) as f:
+    with atomic_h5(out_path, "frames", video.to_dict()) as f:
         f.create_dataset("frames", data=frames, chunks=(1,) + frames.shape[1:])
         f.create_dataset("tr", data=np.arange(n_tr, dtype=np.int32))
         f.create_dataset("frame_index", data=indices.astype(np.int64))

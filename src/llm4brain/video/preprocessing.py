@@ -17,53 +17,62 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from llm4brain.artifacts import ArtifactError, atomic_path
+from llm4brain.sections import VideoConfig
 
 if TYPE_CHECKING:
     import torch
 
 
-def model_spec(params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+def model_spec(video: VideoConfig) -> tuple[str, dict[str, Any]]:
     """timm ``create_model`` name and keyword arguments for the ``video`` config section."""
-    spec = params["model"]
-    kwargs = {"num_classes": 0, **spec["kwargs"]}
-    if spec["weights"]:
-        kwargs["pretrained_cfg_overlay"] = {"file": spec["weights"]}
-    return spec["name"], kwargs
+    spec = video.model
+    kwargs = {"num_classes": 0, **spec.kwargs}
+    if spec.weights:
+        kwargs["pretrained_cfg_overlay"] = {"file": spec.weights}
+    return spec.name, kwargs
 
 
-def data_config(params: dict[str, Any], model: torch.nn.Module | None = None) -> dict[str, Any]:
+def hf_checkpoint(video: VideoConfig) -> str:
+    """The local checkpoint directory of a ``source: hf`` vision model (``model.weights``, which the schema
+    leaves nullable for timm's random initialisation)."""
+    if video.model.weights is None:
+        raise ValueError("config video.model: source hf needs weights, the local BLIP-2 / InstructBLIP directory")
+    return video.model.weights
+
+
+def data_config(video: VideoConfig, model: torch.nn.Module | None = None) -> dict[str, Any]:
     """timm's data config for the model (``model`` if built already, else built on the meta device: no
     weights, no memory), with the input size the model is actually built for and ``crop_pct`` from config
     when set; for an HF checkpoint, its image processor's (squash to the input size, its mean/std)."""
     import timm
     import torch
 
-    if params["model"]["source"] == "hf":
+    if video.model.source == "hf":
         from llm4brain.video.hf_tower import hf_data_config
 
-        return hf_data_config(params["model"]["weights"])
+        return hf_data_config(hf_checkpoint(video))
     if model is None:
-        name, kwargs = model_spec(params)
+        name, kwargs = model_spec(video)
         with torch.device("meta"):
             model = timm.create_model(name, pretrained=False, **kwargs)
-    overrides = {} if params["crop_pct"] is None else {"crop_pct": params["crop_pct"]}
+    overrides = {} if video.crop_pct is None else {"crop_pct": video.crop_pct}
     config = timm.data.resolve_data_config(overrides, model=model)
     img_size = getattr(getattr(model, "patch_embed", None), "img_size", None)
     if img_size is not None:
         config["input_size"] = (3, *img_size)
     if (config.get("crop_mode") or "center") not in ("center", "squash") or config["crop_pct"] > 1:
         raise ValueError(
-            f"video.model {params['model']['name']}: crop_mode {config.get('crop_mode')!r} with "
+            f"video.model {video.model.name}: crop_mode {config.get('crop_mode')!r} with "
             f"crop_pct {config['crop_pct']} pads the frame, which extraction does not do; only centre "
             "crops and squashing with crop_pct <= 1 are supported (set video.crop_pct)"
         )
     return config
 
 
-def write_config(params: dict[str, Any], out_path: str | Path) -> None:
+def write_config(video: VideoConfig, out_path: str | Path) -> None:
     """``data_config`` as JSON, resolved once per workflow (importing timm costs seconds per job)."""
     with atomic_path(out_path) as tmp:
-        tmp.write_text(json.dumps(data_config(params), indent=2))
+        tmp.write_text(json.dumps(data_config(video), indent=2))
 
 
 def read_config(path: str | Path) -> dict[str, Any]:

@@ -5,19 +5,19 @@ Numpy only, so the workflow's DAG build can check a configured rate without impo
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
+from llm4brain.sections import VideoConfig
 
-def frames_per_tr(params: dict[str, Any], tr: float) -> int:
+
+def frames_per_tr(video: VideoConfig, tr: float) -> int:
     """F for the ``video`` section: ``frames_per_tr``, or ``fps`` × TR when a fixed rate is configured."""
-    if params["fps"] is None:
-        return params["frames_per_tr"]
-    n = params["fps"] * tr
+    if video.fps is None:
+        return video.frames_per_tr
+    n = video.fps * tr
     if round(n) < 1 or abs(n - round(n)) > 1e-6:
         raise ValueError(
-            f"config video.fps: {params['fps']:g} frames/s x TR {tr:g} s = {n:g} frames per TR; "
+            f"config video.fps: {video.fps:g} frames/s x TR {tr:g} s = {n:g} frames per TR; "
             "the rate must give a whole number of frames per TR"
         )
     return int(round(n))
