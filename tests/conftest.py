@@ -50,9 +50,17 @@ TINY_SUBJECTS = ["sub-01", "sub-02"]
 def tiny_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A two-subject, three-segment demo dataset written once per test session."""
     from llm4brain.demo.simulate import simulate_demo
+    from llm4brain.sections import DataSegmentsConfig, DemoConfig
 
     root = tmp_path_factory.mktemp("demo") / "demo"
-    simulate_demo(root, TINY_SUBJECTS, TINY_SEGMENTS, 2.0, TINY_DEMO, seed=7)
+    simulate_demo(
+        out_dir=root,
+        subjects=TINY_SUBJECTS,
+        segments=DataSegmentsConfig.from_dict(TINY_SEGMENTS),
+        tr=2.0,
+        demo=DemoConfig.from_dict(TINY_DEMO),
+        seed=7,
+    )
     return root
 
 

@@ -10,6 +10,7 @@ from conftest import TINY_DEMO, TINY_SEGMENTS, TINY_SUBJECTS
 from llm4brain.demo.brain import N_FEATURES, canonical_hrf, make_subject, roi_mask, template_maps
 from llm4brain.demo.scenes import sample_timeline
 from llm4brain.demo.simulate import presentations, simulate_demo
+from llm4brain.sections import DataSegmentsConfig, DemoConfig
 
 
 def test_layout_and_formats(tiny_demo):
@@ -31,7 +32,14 @@ def test_layout_and_formats(tiny_demo):
 
 def test_same_seed_same_data(tiny_demo, tmp_path):
     again = tmp_path / "demo"
-    simulate_demo(again, TINY_SUBJECTS[:1], TINY_SEGMENTS, 2.0, TINY_DEMO, seed=7)
+    simulate_demo(
+        out_dir=again,
+        subjects=TINY_SUBJECTS[:1],
+        segments=DataSegmentsConfig.from_dict(TINY_SEGMENTS),
+        tr=2.0,
+        demo=DemoConfig.from_dict(TINY_DEMO),
+        seed=7,
+    )
     first = sorted((tiny_demo / "sub-01" / "func").glob("*_bold.nii.gz"))[0]
     second = again / "sub-01" / "func" / first.name
     np.testing.assert_array_equal(nib.load(first).get_fdata(), nib.load(second).get_fdata())

@@ -9,7 +9,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,14 +32,21 @@ class Checkpoint:
 
     @classmethod
     def for_job(
-        cls, name: str, inputs: Sequence[str], params: dict[str, Any], root: str | Path = "results", suffix: str = ".pt"
+        cls,
+        name: str,
+        inputs: Sequence[str],
+        rule_params: Mapping[str, Any],
+        root: str | Path = "results",
+        suffix: str = ".pt",
     ) -> Checkpoint:
         """``{root}/.resume/{name}{suffix}``, valid only for the same params and the same input files (path,
         size, mtime): a state left by a killed job is never resumed after its inputs or config changed. The
-        number of processes (``devices``) is not part of it: a job requeued onto fewer GPUs resumes."""
+        number of processes (``devices``) is not part of it: a job requeued onto fewer GPUs resumes.
+        ``rule_params`` is plain data, as the rule passes it (Snakemake's params, or a section's ``to_dict``):
+        only its JSON is fingerprinted."""
         stats = [(str(p), os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in inputs]
         blob = json.dumps(
-            {"rule": name, "params": without_devices(params), "inputs": stats}, sort_keys=True, default=str
+            {"rule": name, "params": without_devices(rule_params), "inputs": stats}, sort_keys=True, default=str
         )
         return cls(Path(root) / ".resume" / f"{name}{suffix}", hashlib.sha256(blob.encode()).hexdigest())
 

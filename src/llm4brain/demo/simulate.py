@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -16,6 +15,7 @@ from llm4brain.demo.brain import clip_features, make_subject, roi_mask, simulate
 from llm4brain.demo.render import render_segment, write_mp4
 from llm4brain.demo.scenes import ATTRIBUTES, sample_timeline
 from llm4brain.runtime import LOG
+from llm4brain.sections import DataSegmentsConfig, DemoConfig
 from llm4brain.seeds import SeedOffset
 
 VOXEL_MM = 3.0
@@ -60,25 +60,34 @@ def write_scenes(rows: list[tuple], path: Path) -> None:
 
 
 def simulate_demo(
+    *,
     out_dir: str | os.PathLike,
     subjects: list[str],
-    segments: dict[str, Any],
+    segments: DataSegmentsConfig,
     tr: float,
-    params: dict[str, Any],
+    demo: DemoConfig,
     seed: int,
 ) -> None:
     """Render every segment and simulate every subject; files appear under ``out_dir`` only when complete.
 
-    ``segments``: ``train`` and ``test`` segment lists, and ``subject_train``, the subjects that watched
-    other training segments than ``train`` (data.segments.subject_train). ``params`` is the ``demo`` config
-    section (frame size, fps, grid, noise, drift, repeats, ...).
+    Args:
+        out_dir: the demo's raw-data folder (``data.root``): stimuli, captions, scenes, ROI mask and every
+            subject's BIDS runs.
+        subjects: the subjects to simulate (``data.subjects``).
+        segments: ``data.segments``: the ``train`` and ``test`` segments, and ``subject_train``, the
+            subjects that watched other training segments than ``train``.
+        tr: the repetition time in seconds (``data.tr``).
+        demo: the ``demo`` section (frame size, fps, grid, regime, noise, drift, repeats, ...).
+        seed: the replicate's seed: one draw of stimuli and subjects per replicate.
     """
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "stimuli").mkdir(parents=True)
-    grid = tuple(params["grid"])
-    fps, trs_per_segment = params["fps"], params["trs_per_segment"]
+    x, y, z = demo.grid  # the schema fixes three items (and two of scene_trs)
+    grid = (x, y, z)
+    shortest, longest = demo.scene_trs
+    fps, trs_per_segment = demo.fps, demo.trs_per_segment
     frames_per_tr = int(round(fps * tr))
     if abs(frames_per_tr - fps * tr) > 1e-6:
         raise ValueError(f"demo: fps ({fps}) x TR ({tr}) must be a whole number of frames")
@@ -86,12 +95,12 @@ def simulate_demo(
     rng = np.random.default_rng(seed)
     features: dict[str, np.ndarray] = {}
     rows, scenes = [], []
-    own = segments.get("subject_train", {})
+    own = segments.subject_train
     # segments only some subjects watched are drawn after the shared ones, which thus stay as without them
-    extra = [seg for segs in own.values() for seg in segs if seg not in segments["train"] + segments["test"]]
-    for segment in dict.fromkeys(segments["train"] + segments["test"] + extra):
-        timeline = sample_timeline(rng, trs_per_segment, tuple(params["scene_trs"]))
-        frames = render_segment(timeline, tr, fps, params["frame_size"], seed=int(rng.integers(2**31)))
+    extra = [seg for segs in own.values() for seg in segs if seg not in segments.train + segments.test]
+    for segment in dict.fromkeys(segments.train + segments.test + extra):
+        timeline = sample_timeline(rng, trs_per_segment, (shortest, longest))
+        frames = render_segment(timeline, tr, fps, demo.frame_size, seed=int(rng.integers(2**31)))
         write_mp4(frames, tmp / "stimuli" / f"{segment}.mp4", fps)
         features[segment] = clip_features(frames, timeline, frames_per_tr)
         rows += [(segment, k, scene.caption()) for k, scene in enumerate(timeline)]
@@ -104,22 +113,22 @@ def simulate_demo(
     affine = _affine(grid)
     _save_nifti(mask.astype(np.uint8), affine, tmp / "roi_mask.nii.gz")
     template = template_maps(seed + SeedOffset.DEMO_TEMPLATES, grid)
-    reference = np.concatenate([features[seg] for seg in segments["train"] + segments["test"]])
-    rest_before, rest_after = params["rest_trs"]
+    reference = np.concatenate([features[seg] for seg in segments.train + segments.test])
+    rest_before, rest_after = demo.rest_trs
     for s, subject in enumerate(subjects):
-        watched = {"train": own.get(subject, segments["train"]), "test": segments["test"]}
-        run_order = presentations(watched, params["train_repeats"], params["test_repeats"])
+        watched = {"train": own.get(subject, segments.train), "test": segments.test}
+        run_order = presentations(watched, demo.train_repeats, demo.test_repeats)
         model = make_subject(
             template,
             mask,
             seed + SeedOffset.DEMO_SUBJECTS + s,
-            params["subject_variability"],
-            params["subject_shift"],
-            params["noise"],
-            params["drift"],
+            demo.subject_variability,
+            demo.subject_shift,
+            demo.noise,
+            demo.drift,
             reference,
-            params["regime"],
-            params["idiosyncrasy"],
+            demo.regime,
+            demo.idiosyncrasy,
         )
         func = tmp / subject / "func"
         func.mkdir(parents=True)
