@@ -117,8 +117,8 @@ def run(stage: str, inputs: dict[str, Any], out: Path, devices: int, steps: int,
             devices=devices,
             fmri_paths=inputs["fmri"],
             out_dir=str(out),
-            encoder_params=EncoderConfig.from_dict(encoder),
-            params=ScmbmConfig.from_dict(params),
+            encoder=EncoderConfig.from_dict(encoder),
+            scmbm=ScmbmConfig.from_dict(params),
             seed=0,
         )
     else:
@@ -133,8 +133,8 @@ def run(stage: str, inputs: dict[str, Any], out: Path, devices: int, steps: int,
             latent_paths=[str(out / f"{s}.h5") for s in SUBJECTS],
             metrics_path=str(out / "metrics.tsv"),
             subjects=SUBJECTS,
-            encoder_params=EncoderConfig.from_dict(encoder),
-            params=AlignConfig.from_dict(params),
+            encoder=EncoderConfig.from_dict(encoder),
+            align=AlignConfig.from_dict(params),
             seed=0,
         )
     return time.perf_counter() - started

@@ -371,8 +371,8 @@ def align_step(setup: Setup, device: torch.device, warmup: int, steps: int) -> R
         torch.manual_seed(0)
         trainables = build_trainables(
             grid=setup.grid,
-            encoder_params=EncoderConfig.from_dict(setup.encoder),
-            params=params,
+            encoder=EncoderConfig.from_dict(setup.encoder),
+            align=params,
             qformer=qformer,
             token_width=setup.qformer.hidden_size,
             n_subjects=labelled + heldout,

@@ -139,8 +139,8 @@ def run_scmbm(paths: list[str], out: str, size: dict[str, Any]) -> float:
         fmri_paths=paths[:1],
         collection_paths=paths[1:],
         out_dir=out,
-        encoder_params=EncoderConfig.from_dict(ENCODER),
-        params=ScmbmConfig.from_dict(scmbm_params(size)),
+        encoder=EncoderConfig.from_dict(ENCODER),
+        scmbm=ScmbmConfig.from_dict(scmbm_params(size)),
         seed=0,
     )
     return peak_rss()
@@ -245,8 +245,8 @@ def wen_rehearsal(folder: Path, size: dict[str, Any]) -> tuple[float, float]:
         latent_paths=[str(folder / f"{s}.latents.h5") for s in subjects],
         metrics_path=str(folder / "metrics.tsv"),
         subjects=subjects,
-        encoder_params=EncoderConfig.from_dict(encoder),
-        params=AlignConfig.from_dict(align),
+        encoder=EncoderConfig.from_dict(encoder),
+        align=AlignConfig.from_dict(align),
         seed=0,
     )
     clips = (len(train) + len(test)) * trs

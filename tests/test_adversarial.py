@@ -101,8 +101,8 @@ def test_pretrain_adaptor_trains_the_adversary_on_every_subject_with_a_reversed_
     monkeypatch.setattr(adversarial.F, "cross_entropy", recorded_cross_entropy)
     monkeypatch.setattr(SubjectAdversary, "forward", recorded_forward)
     inputs = adaptor_inputs(tmp_path)
-    inputs["params"]["loss"] = {**inputs["params"]["loss"], **weights}
-    steps, batch = inputs["params"]["train"]["steps"], inputs["params"]["train"]["batch_size"]
+    inputs["align"]["loss"] = {**inputs["align"]["loss"], **weights}
+    steps, batch = inputs["align"]["train"]["steps"], inputs["align"]["train"]["batch_size"]
     pretrain_adaptor(**typed(inputs), **adaptor_outputs(tmp_path / "out"))
     log = pd.read_csv(tmp_path / "out" / "model" / "train_log.tsv", sep="\t")
     # two labelled subjects, then sub-03 (index 2): each step's classifier is told all three apart

@@ -89,8 +89,8 @@ def test_two_processes_pretrain_scmbm_as_one_fail_fast_and_resume_on_two_or_one(
             guard=[str(tmp_path / out), str(checkpoint.path.parent)],
             fmri_paths=paths,
             out_dir=str(tmp_path / out),
-            encoder_params=EncoderConfig.from_dict(ENCODER),
-            params=ScmbmConfig.from_dict(params),
+            encoder=EncoderConfig.from_dict(ENCODER),
+            scmbm=ScmbmConfig.from_dict(params),
             seed=0,
             checkpoint=checkpoint,
             **kill,
@@ -141,8 +141,8 @@ def test_two_processes_align_and_tune_a_4bit_lora_student_with_distillation_as_o
     and instruct_llm (a 4-bit LoRA student distilled from an unquantised teacher copy, on captions of
     different lengths: caption tokens counted over both processes)."""
     inputs = adaptor_inputs(tmp_path, dropout=0.0)  # dropout masks are drawn per process: none to compare
-    inputs["params"]["loss"] = {**inputs["params"]["loss"], "target_mbm": 0.5, "adversarial": 0.5}
-    inputs["params"]["train"] = {**inputs["params"]["train"], "accumulate": 2}
+    inputs["align"]["loss"] = {**inputs["align"]["loss"], "target_mbm": 0.5, "adversarial": 0.5}
+    inputs["align"]["train"] = {**inputs["align"]["train"], "accumulate": 2}
     for devices in (1, 2):
         out = tmp_path / f"align{devices}"
         launch(
@@ -168,7 +168,7 @@ def test_two_processes_align_and_tune_a_4bit_lora_student_with_distillation_as_o
             "quantization": "4bit",
             "lora": {**DEFAULTS["instruct"]["llm"]["lora"], "dropout": 0.0},
         },
-        "train": {**inputs["params"]["train"], "steps": 4, "val_fraction": 0.0, "lr": 1e-2, "accumulate": 1},
+        "train": {**inputs["align"]["train"], "steps": 4, "val_fraction": 0.0, "lr": 1e-2, "accumulate": 1},
     }
     captions = write_captions(tmp_path / "captions.h5")
     for devices in (1, 2):

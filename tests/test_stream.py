@@ -232,8 +232,8 @@ def test_test_split_never_enters_pretraining(tmp_path, monkeypatch):
         fmri_paths=[str(task)],
         collection_paths=[str(collection)],
         out_dir=str(tmp_path / "scmbm"),
-        encoder_params=EncoderConfig.from_dict(ENCODER),
-        params=ScmbmConfig.from_dict(params),
+        encoder=EncoderConfig.from_dict(ENCODER),
+        scmbm=ScmbmConfig.from_dict(params),
         seed=0,
     )
     assert len(seen) > 8 and sum(len(b) for b in seen) > 8 * 8
@@ -251,8 +251,8 @@ def test_streaming_and_in_memory_pretraining_give_identical_weights(tmp_path, va
         pretrain_scmbm(
             fmri_paths=paths,
             out_dir=str(tmp_path / f"memory-{in_memory}"),
-            encoder_params=EncoderConfig.from_dict(ENCODER),
-            params=ScmbmConfig.from_dict(params),
+            encoder=EncoderConfig.from_dict(ENCODER),
+            scmbm=ScmbmConfig.from_dict(params),
             seed=0,
             in_memory=in_memory,
         )
@@ -283,8 +283,8 @@ SCRIPT = textwrap.dedent("""
         return next_batch(self, batch_size)
 
     stream.ShuffledStream.next = next_or_die
-    pretrain_scmbm(fmri_paths=PATHS, out_dir=out, encoder_params=EncoderConfig.from_dict(ENCODER),
-                   params=ScmbmConfig.from_dict(PARAMS), seed=0, checkpoint=Checkpoint(CKPT, "scmbm-job"))
+    pretrain_scmbm(fmri_paths=PATHS, out_dir=out, encoder=EncoderConfig.from_dict(ENCODER),
+                   scmbm=ScmbmConfig.from_dict(PARAMS), seed=0, checkpoint=Checkpoint(CKPT, "scmbm-job"))
     print(calls[-1])
 """)
 
@@ -436,8 +436,8 @@ def adaptor_inputs(tmp_path: Path, dropout: float = 0.1) -> dict:
         "feature_paths": features,
         "teacher_dir": str(tmp_path / "teacher"),
         "subjects": SUBJECTS,
-        "encoder_params": ENCODER,
-        "params": params,
+        "encoder": ENCODER,
+        "align": params,
         "seed": 0,
     }
 
@@ -445,8 +445,8 @@ def adaptor_inputs(tmp_path: Path, dropout: float = 0.1) -> dict:
 def typed(inputs: dict) -> dict:
     """:func:`adaptor_inputs` with its sections typed, as ``pretrain_adaptor`` takes them (tests edit the
     dicts first)."""
-    encoder, align = EncoderConfig.from_dict(inputs["encoder_params"]), AlignConfig.from_dict(inputs["params"])
-    return {**inputs, "encoder_params": encoder, "params": align}
+    encoder, align = EncoderConfig.from_dict(inputs["encoder"]), AlignConfig.from_dict(inputs["align"])
+    return {**inputs, "encoder": encoder, "align": align}
 
 
 def adaptor_outputs(out: Path) -> dict:
@@ -494,8 +494,8 @@ ADAPTOR_SCRIPT = textwrap.dedent("""
     from llm4brain.sections import AlignConfig, EncoderConfig
 
     inputs, out, kill_at = json.loads(Path(sys.argv[1]).read_text()), Path(sys.argv[2]), int(sys.argv[3])
-    inputs.update(encoder_params=EncoderConfig.from_dict(inputs["encoder_params"]),
-                  params=AlignConfig.from_dict(inputs["params"]))
+    inputs.update(encoder=EncoderConfig.from_dict(inputs["encoder"]),
+                  align=AlignConfig.from_dict(inputs["align"]))
     calls = []
     next_batch = stream.ShuffledStream.next
 
@@ -514,7 +514,7 @@ ADAPTOR_SCRIPT = textwrap.dedent("""
 def test_pretrain_adaptor_killed_mid_epoch_resumes_bit_identical(tmp_path):
     """Both streams (labelled clips, held-out windows) resume where the checkpoint left them."""
     inputs = adaptor_inputs(tmp_path)
-    inputs["params"]["train"].update(steps=10, checkpoint_every=5)
+    inputs["align"]["train"].update(steps=10, checkpoint_every=5)
     (tmp_path / "inputs.json").write_text(json.dumps(inputs))
     script = tmp_path / "align.py"
     script.write_text(

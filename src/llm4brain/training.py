@@ -121,7 +121,7 @@ class Run:
     generators: Sequence[torch.Generator]
     stateful: Sequence[Stateful]
     device: torch.device
-    params: TrainConfig
+    train: TrainConfig
     rows: list[dict[str, float]] = field(default_factory=list)
     start: int = 0
     best: dict[str, Any] = field(default_factory=lambda: {"loss": float("inf"), "parameters": None, "stale": 0})
@@ -161,16 +161,16 @@ class Run:
     def step(self, step: int) -> dict[str, float]:
         """One optimiser step over ``accumulate`` micro-batches; its log row (the global batch's means)."""
         self.optimizer.zero_grad(set_to_none=True)
-        micro, losses, parts = self.params.accumulate, [], []
+        micro, losses, parts = self.train.accumulate, [], []
         for i in range(micro):  # gradient accumulation: micro-batches of batch_size, one optimiser step
             no_sync = getattr(self.objective, "no_sync", None)  # DDP: reduce the gradients once, at the last
             with no_sync() if no_sync is not None and i < micro - 1 else nullcontext():
-                with autocast(self.device, self.params.precision):
+                with autocast(self.device, self.train.precision):
                     loss, terms = self.objective(step)
                 (loss / micro).backward()
             losses.append(loss.item())
             parts.append(terms)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, self.params.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, self.train.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         means: dict[str, float] = {key: sum(p[key] for p in parts) / micro for key in parts[0]}
@@ -188,7 +188,7 @@ class Run:
     def validate(self, row: dict[str, float], validate: Callable[[], float]) -> None:
         """Add the validation loss to ``row``; keep the weights if it is the best so far. The loss is averaged
         over processes, so that every process keeps the same weights and stops at the same step."""
-        with torch.no_grad(), autocast(self.device, self.params.precision):
+        with torch.no_grad(), autocast(self.device, self.train.precision):
             row["val_loss"] = average({"val_loss": validate()})["val_loss"]
         if row["val_loss"] < self.best["loss"]:
             kept = [p.detach().clone() for p in self.trainable]
@@ -207,30 +207,30 @@ class Run:
 def start_run(
     module: torch.nn.Module,
     loss_fn: Callable[[int], tuple[torch.Tensor, dict[str, float]]],
-    params: TrainConfig,
+    train: TrainConfig,
     generators: Sequence[torch.Generator],
     stateful: Sequence[Stateful],
     device: torch.device,
 ) -> Run:
     objective = Objective(module, loss_fn)
     trainable = [p for p in objective.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=params.lr, weight_decay=params.weight_decay)
+    optimizer = torch.optim.AdamW(trainable, lr=train.lr, weight_decay=train.weight_decay)
     return Run(
         data_parallel(objective, device),
         trainable,
         optimizer,
-        cosine_with_warmup(optimizer, params.warmup, params.steps),
+        cosine_with_warmup(optimizer, train.warmup, train.steps),
         generators,
         stateful,
         device,
-        params,
+        train,
     )
 
 
 def fit(
     module: torch.nn.Module,
     loss_fn: Callable[[int], tuple[torch.Tensor, dict[str, float]]],
-    params: TrainConfig,
+    train: TrainConfig,
     desc: str,
     log_tsv: str | Path | None = None,
     log_every: int = 25,
@@ -240,18 +240,18 @@ def fit(
     device: torch.device = torch.device("cpu"),
     stateful: Sequence[Stateful] = (),
 ) -> pd.DataFrame:
-    """Run ``params.steps`` optimiser steps of ``loss_fn(step)`` on ``module``'s trainable parameters and
+    """Run ``train.steps`` optimiser steps of ``loss_fn(step)`` on ``module``'s trainable parameters and
     return the per-step history.
 
     ``loss_fn`` draws its own batch for the step from ``generators`` (seeded by the caller) and ``stateful``
-    (data streams) and returns the total loss and the named terms to log. ``params`` is the stage's ``train``
+    (data streams) and returns the total loss and the named terms to log. ``train`` is the stage's ``train``
     section. With ``checkpoint``, the trainable parameters, optimiser, schedule, history, ``stateful``'s
     ``state_dict()`` and every RNG (``generators`` and torch's global ones, CPU and ``device``'s, which
-    dropout uses) are saved every ``params.checkpoint_every`` steps and restored on the next call.
-    ``loss_fn`` and ``validate`` run under ``params.precision``'s autocast on ``device`` (where the caller
+    dropout uses) are saved every ``train.checkpoint_every`` steps and restored on the next call.
+    ``loss_fn`` and ``validate`` run under ``train.precision``'s autocast on ``device`` (where the caller
     placed the model); the backward pass and the optimiser stay in fp32.
-    With ``validate`` (the loss on held-out data), it runs every ``params.eval_every`` steps and at the
-    end; training stops after ``params.patience`` validations without a new best (0 = never), and the
+    With ``validate`` (the loss on held-out data), it runs every ``train.eval_every`` steps and at the
+    end; training stops after ``train.patience`` validations without a new best (0 = never), and the
     best validated weights are the ones left in the model.
 
     In a data-parallel job (:func:`llm4brain.distributed.launch`) ``loss_fn`` computes its process's share
@@ -264,11 +264,11 @@ def fit(
     Args:
         module: what is trained (its parameters that require gradients).
         loss_fn: one step's loss and named terms, given the step.
-        params: the stage's ``train`` section.
+        train: the stage's ``train`` section.
         desc: the stage's name in the log and progress bar.
         log_tsv: where rank 0 writes the history.
         log_every: steps between log lines.
-        checkpoint: where the run is saved every ``params.checkpoint_every`` steps and resumed from.
+        checkpoint: where the run is saved every ``train.checkpoint_every`` steps and resumed from.
         generators: the caller's seeded generators, checkpointed with the run.
         validate: the validation loss, or None.
         device: where the caller placed the model.
@@ -277,26 +277,26 @@ def fit(
     Returns:
         One row per step: loss, gradient norm, learning rate, the named terms (and val_loss when validated).
     """
-    run = start_run(module, loss_fn, params, generators, stateful, device)
+    run = start_run(module, loss_fn, train, generators, stateful, device)
     seed_rank(device)
     main = world().main
     if checkpoint:  # a job requeued onto another kind of device starts over: its numerics (and RNGs) differ
-        checkpoint = checkpoint.where(device.type, str(autocast_dtype(device, params.precision)))
+        checkpoint = checkpoint.where(device.type, str(autocast_dtype(device, train.precision)))
         state = checkpoint.load()
         if state is not None:
             run.restore(state)
             LOG.info("%s: resuming from step %d (%s)", desc, run.start, checkpoint.path)
-    every, steps = params.checkpoint_every, params.steps
+    every, steps = train.checkpoint_every, train.steps
     bar = tqdm(range(run.start, steps), desc=desc, mininterval=1.0, initial=run.start, total=steps, disable=not main)
     for step in bar:
         row = run.step(step)
         last = step == steps - 1
-        if validate is not None and ((step + 1) % params.eval_every == 0 or last):
+        if validate is not None and ((step + 1) % train.eval_every == 0 or last):
             run.validate(row, validate)
         if step % log_every == 0 or last or "val_loss" in row:
             bar.set_postfix(loss=f"{row['loss']:.4f}")
             LOG.info("%s step %d: %s", desc, step, " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "step"))
-        if params.patience and run.best["stale"] >= params.patience:
+        if train.patience and run.best["stale"] >= train.patience:
             LOG.info(
                 "%s: stopping at step %d, no better validation loss in %d validations (best %.4g)",
                 desc,

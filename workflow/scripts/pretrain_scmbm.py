@@ -17,8 +17,8 @@ if __name__ == "__main__":  # not when the data-parallel workers re-import this 
         fmri_paths=list(snakemake.input.fmri),
         collection_paths=shards_with_samples(snakemake.input.collections),
         out_dir=snakemake.output[0],
-        encoder_params=EncoderConfig.from_dict(p.encoder),
-        params=scmbm,
+        encoder=EncoderConfig.from_dict(p.encoder),
+        scmbm=scmbm,
         seed=p.seed,
         checkpoint=Checkpoint.for_snakemake(snakemake),
     )

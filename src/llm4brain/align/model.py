@@ -30,34 +30,34 @@ class BrainAligner(nn.Module):
     """(B, W, X, Y, Z) volume windows or (B, W, V) vector windows → (B, Q, H) tokens in the teacher's
     video-token space.
 
-    ``encoder_params`` is the config's ``encoder`` section, ``params`` its ``align`` section. A pretrained
+    ``encoder`` is the config's ``encoder`` section, ``align`` its ``align`` section. A pretrained
     encoder (``pretrained``: SC-MBM output or a MinD-Vis checkpoint) is loaded before adaptors are inserted.
     """
 
     def __init__(
         self,
         grid: tuple[int, ...],
-        encoder_params: EncoderConfig,
-        params: AlignConfig,
+        encoder: EncoderConfig,
+        align: AlignConfig,
         video_qformer: VideoQFormer | InstructionQFormer,
         pretrained: str | Path | None = None,
     ) -> None:
         super().__init__()
-        self.grid, self.encoder_params, self.params = grid, encoder_params, params
-        self.encoder = build_encoder(grid, encoder_params)
+        self.grid, self.encoder_config, self.align_config = grid, encoder, align
+        self.encoder = build_encoder(grid, encoder)
         if pretrained is not None:
             load_pretrained_encoder(self.encoder, pretrained)
-        if params.encoder_tuning == "adaptor":
-            adapt(self.encoder, ENCODER_ADAPTOR_SITES, params.adaptor)
-        self.to_context = nn.Linear(encoder_params.dim, video_qformer.config.encoder_hidden_size)
+        if align.encoder_tuning == "adaptor":
+            adapt(self.encoder, ENCODER_ADAPTOR_SITES, align.adaptor)
+        self.to_context = nn.Linear(encoder.dim, video_qformer.config.encoder_hidden_size)
         self.qformer = copy.deepcopy(video_qformer)
-        adapt(self.qformer, QFORMER_ADAPTOR_SITES, params.adaptor)
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / params.temperature)))
+        adapt(self.qformer, QFORMER_ADAPTOR_SITES, align.adaptor)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / align.temperature)))
 
     @property
     def config(self) -> dict[str, Any]:
         """What config.json records: the grid and the sections as they were given."""
-        return {"grid": list(self.grid), "encoder": self.encoder_params.to_dict(), "align": self.params.to_dict()}
+        return {"grid": list(self.grid), "encoder": self.encoder_config.to_dict(), "align": self.align_config.to_dict()}
 
     def align(self, encoded: torch.Tensor) -> torch.Tensor:
         """Encoder tokens (B, N, D) → the Q-Former's (B, Q, H) tokens in the video-token space."""

@@ -64,9 +64,9 @@ def alignment_losses(
     }, flat
 
 
-def uses_heldout_fmri(params: AlignConfig, heldout: Sequence[str]) -> bool:
+def uses_heldout_fmri(align: AlignConfig, heldout: Sequence[str]) -> bool:
     """Whether a step also reads held-out windows: there are held-out subjects and an adaptation term is on."""
-    return bool(heldout) and any(getattr(params.loss, term) > 0 for term in ADAPTATION_TERMS)
+    return bool(heldout) and any(getattr(align.loss, term) > 0 for term in ADAPTATION_TERMS)
 
 
 @dataclass
@@ -91,8 +91,8 @@ class Trainables:
 def build_trainables(
     *,
     grid: tuple[int, ...],
-    encoder_params: EncoderConfig,
-    params: AlignConfig,
+    encoder: EncoderConfig,
+    align: AlignConfig,
     qformer: VideoQFormer | InstructionQFormer,
     token_width: int,
     n_subjects: int,
@@ -100,16 +100,16 @@ def build_trainables(
     device: torch.device,
     pretrained: str | None = None,
 ) -> Trainables:
-    """The aligner for fMRI volumes of ``grid`` (``encoder_params``, the ``align`` section ``params``; from
+    """The aligner for fMRI volumes of ``grid`` (``encoder``, the ``align`` section ``align``; from
     the ``pretrained`` encoder if given) and the heads its loss terms need. The adversary reads pooled tokens
     of ``token_width`` (the video tokens' H) and tells ``n_subjects`` (labelled and held-out) apart;
     ``uses_heldout``: held-out windows reach the step (:func:`uses_heldout_fmri`). Built in this order, so
     the same seed gives the same initial weights."""
-    weights = params.loss
-    aligner = BrainAligner(grid, encoder_params, params, qformer, pretrained).to(device)
+    weights = align.loss
+    aligner = BrainAligner(grid, encoder, align, qformer, pretrained).to(device)
     out = Trainables(aligner)
     if uses_heldout and weights.target_mbm > 0:  # masked modelling of the held-out windows
-        head = params.target_mbm
+        head = align.target_mbm
         decoder = head.decoder
         out.target_mbm = MaskedBrainModel(
             aligner.encoder, decoder.dim, decoder.depth, decoder.num_heads, head.mask_ratio
@@ -126,7 +126,7 @@ class AlignmentObjective:
 
     Args:
         trainables: what :func:`build_trainables` built.
-        params: the ``align`` section (``loss``, ``domain_method``).
+        align: the ``align`` section (``loss``, ``domain_method``).
         n_labelled: labelled subjects in each batch (stacked subject by subject).
         steps: training steps in all, which the adversary's reversal coefficient ramps over.
         generator: the masked-modelling masks' generator (checkpointed with the run).
@@ -136,15 +136,15 @@ class AlignmentObjective:
     def __init__(
         self,
         trainables: Trainables,
-        params: AlignConfig,
+        align: AlignConfig,
         n_labelled: int,
         steps: int,
         generator: torch.Generator,
         shard: World,
     ) -> None:
         self.trainables = trainables
-        self.weights = {term: getattr(params.loss, term) for term in LOSS_TERMS}  # every term, by name
-        self.domain_loss = mmd if params.domain_method == "mmd" else coral
+        self.weights = {term: getattr(align.loss, term) for term in LOSS_TERMS}  # every term, by name
+        self.domain_loss = mmd if align.domain_method == "mmd" else coral
         self.n_labelled, self.steps, self.generator, self.shard = n_labelled, steps, generator, shard
 
     def __call__(

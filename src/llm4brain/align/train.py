@@ -222,8 +222,8 @@ def pretrain_adaptor(
     latent_paths: Sequence[str],
     metrics_path: str,
     subjects: list[str],
-    encoder_params: EncoderConfig,
-    params: AlignConfig,
+    encoder: EncoderConfig,
+    align: AlignConfig,
     seed: int,
     pretrained: str | None = None,
     checkpoint: Checkpoint | None = None,
@@ -239,26 +239,26 @@ def pretrain_adaptor(
         model_dir: where the aligner and its train log go.
         latent_paths: each subject's aligned tokens for both splits, in ``subjects``' order.
         metrics_path: test-split identification of the latents against the video tokens.
-        subjects: every subject; ``params.heldout`` names those whose labels are never used.
-        encoder_params: the ``encoder`` section.
-        params: the ``align`` section.
+        subjects: every subject; ``align.heldout`` names those whose labels are never used.
+        encoder: the ``encoder`` section.
+        align: the ``align`` section.
         seed: the replicate's seed (each random stream adds its own offset).
         pretrained: an encoder to start from (pretrain_scmbm's, or a MinD-Vis checkpoint).
         checkpoint: where a killed run resumes from.
     """
-    train_params, window = params.train, encoder_params.window
+    train_params, window = align.train, encoder.window
     seed_everything(seed + SeedOffset.ALIGN, train_params.threads)
     device = select_device(train_params.device)
     qformer = load_video_qformer(teacher_dir).to(device)  # the teacher's LLM is not needed here
-    features, heldout = FeatureFiles(feature_paths), set(params.heldout)
+    features, heldout = FeatureFiles(feature_paths), set(align.heldout)
     generator = torch.Generator().manual_seed(seed + SeedOffset.ALIGN_BATCHES)
     data = alignment_data(fmri_paths, features, subjects, heldout, train_params.val_fraction, generator)
     aligner, history = train_aligner(
         data=data,
         qformer=qformer,
         features=features,
-        encoder_params=encoder_params,
-        params=params,
+        encoder=encoder,
+        align=align,
         seed=seed,
         generator=generator,
         pretrained=pretrained,
@@ -279,7 +279,7 @@ def pretrain_adaptor(
             subjects=subjects,
             heldout=heldout,
             latent_paths=latent_paths,
-            params=params,
+            align=align,
             window=window,
             seed=seed,
         )
@@ -292,24 +292,24 @@ def train_aligner(
     data: AlignmentData,
     qformer: VideoQFormer | InstructionQFormer,
     features: FeatureFiles,
-    encoder_params: EncoderConfig,
-    params: AlignConfig,
+    encoder: EncoderConfig,
+    align: AlignConfig,
     seed: int,
     generator: torch.Generator,
     pretrained: str | None,
     checkpoint: Checkpoint | None,
 ) -> tuple[BrainAligner, pd.DataFrame]:
-    """The aligner trained on ``data`` (the ``align`` section ``params``), and its train log. Each step takes
+    """The aligner trained on ``data`` (``align``: the ``align`` section), and its train log. Each step takes
     ``batch_size`` clips (each clip's window from every labelled subject, a seeded random repeat) and as many
     held-out windows, from streams that share ``train.buffer_mb``."""
-    train_params, window, batch_size = params.train, encoder_params.window, params.train.batch_size
+    train_params, window, batch_size = align.train, encoder.window, align.train.batch_size
     device = next(qformer.parameters()).device
     targets = encode_targets(qformer, features, data.clips).to(device)  # (n_clips, Q, H)
-    uses_heldout = uses_heldout_fmri(params, data.heldout)
+    uses_heldout = uses_heldout_fmri(align, data.heldout)
     trainables = build_trainables(
         grid=data.files[data.labelled[0]].shape,
-        encoder_params=encoder_params,
-        params=params,
+        encoder=encoder,
+        align=align,
         qformer=qformer,
         token_width=targets.shape[-1],
         n_subjects=len(data.labelled) + len(data.heldout),
@@ -318,7 +318,7 @@ def train_aligner(
         pretrained=pretrained,
     )
     streams = training_streams(data, window, train_params, seed, uses_heldout)
-    objective = AlignmentObjective(trainables, params, len(data.labelled), train_params.steps, generator, world())
+    objective = AlignmentObjective(trainables, align, len(data.labelled), train_params.steps, generator, world())
     val_targets = encode_targets(qformer, features, data.val_clips).to(device) if data.val_clips else None
     history = fit(
         trainables.modules(),
@@ -368,7 +368,7 @@ def write_latents(
     subjects: list[str],
     heldout: set[str],
     latent_paths: Sequence[str],
-    params: AlignConfig,
+    align: AlignConfig,
     window: int,
     seed: int,
     batch_size: int = 128,
@@ -378,7 +378,7 @@ def write_latents(
     rows = []
     videos: dict[tuple, torch.Tensor] = {}  # subjects share their test clips: encode each set once
     for subject, fmri_path, path in zip(subjects, fmri_paths, latent_paths, strict=True):
-        with atomic_h5(path, "align", params.to_dict()) as f:
+        with atomic_h5(path, "align", align.to_dict()) as f:
             for split in SPLITS:
                 bold, split_keys_ = BoldSplit(fmri_path, split), keys[subject, split]
                 group, kept, written = f.create_group(split), [], 0

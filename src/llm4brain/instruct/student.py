@@ -41,7 +41,7 @@ class FmriStudent(nn.Module):
         self.aligner = aligner
         # encoder_tokens: the encoder's tokens into the Q-Former's output space, which the projection takes
         self.encoder_map = (
-            nn.Linear(aligner.encoder_params.dim, aligner.qformer.config.hidden_size, device=aligner.logit_scale.device)
+            nn.Linear(aligner.encoder_config.dim, aligner.qformer.config.hidden_size, device=aligner.logit_scale.device)
             if encoder_tokens and aligner is not None  # encoder_tokens without an aligner was refused above
             else None
         )
@@ -53,7 +53,7 @@ class FmriStudent(nn.Module):
     @property
     def window(self) -> int:
         """TR volumes per encoder input (1 for latents)."""
-        return self.aligner.encoder_params.window if self.aligner is not None else 1
+        return self.aligner.encoder_config.window if self.aligner is not None else 1
 
     def tokens(self, inputs: torch.Tensor) -> torch.Tensor:
         """(B, W, ...) fMRI windows through the aligner (+ the encoder's tokens, mapped), or (B, Q, H) tokens

@@ -67,14 +67,14 @@ def add_lora(model: nn.Module, suffixes: tuple[str, ...], r: int, alpha: float) 
     return names
 
 
-def adapt(model: nn.Module, suffixes: tuple[str, ...], params: AlignAdaptorConfig) -> list[str]:
+def adapt(model: nn.Module, suffixes: tuple[str, ...], adaptor: AlignAdaptorConfig) -> list[str]:
     """Freeze ``model`` and train only adaptors on the named linear layers: bottleneck or LoRA, as the
     config's ``align.adaptor`` section says. Matching nothing is an error (the method would silently
     become a frozen baseline)."""
-    if params.kind == "lora":
-        names = add_lora(model, suffixes, params.lora_r, params.lora_alpha)
+    if adaptor.kind == "lora":
+        names = add_lora(model, suffixes, adaptor.lora_r, adaptor.lora_alpha)
     else:
-        names = add_adaptors(model, suffixes, params.bottleneck, params.scale_init)
+        names = add_adaptors(model, suffixes, adaptor.bottleneck, adaptor.scale_init)
     if not names:
         raise ValueError(f"no adaptor sites ending with {suffixes} in {type(model).__name__}")
     return names

@@ -123,18 +123,18 @@ class FmriEncoder(nn.Module):
         return self.encode_tokens(self.tokenizer(self.standardize(volumes)))
 
 
-def build_encoder(grid: tuple[int, ...], params: EncoderConfig) -> FmriEncoder:
+def build_encoder(grid: tuple[int, ...], encoder: EncoderConfig) -> FmriEncoder:
     """The encoder of the config's ``encoder`` section for samples of shape ``grid``."""
-    tok = params.tokenizer
+    tok = encoder.tokenizer
     return FmriEncoder(
         grid,
-        params.window,
+        encoder.window,
         tok.channels,
         tok.patch,
-        params.dim,
-        params.depth,
-        params.num_heads,
-        params.mlp_ratio,
-        params.dropout,
+        encoder.dim,
+        encoder.depth,
+        encoder.num_heads,
+        encoder.mlp_ratio,
+        encoder.dropout,
         tok.vector_patch,
     )

@@ -39,28 +39,28 @@ def pretrain_scmbm(
     fmri_paths: Sequence[str],
     collection_paths: Sequence[str] = (),
     out_dir: str,
-    encoder_params: EncoderConfig,
-    params: ScmbmConfig,
+    encoder: EncoderConfig,
+    scmbm: ScmbmConfig,
     seed: int,
     checkpoint: Checkpoint | None = None,
     in_memory: bool = False,
 ) -> None:
     """Pretrain the encoder by masked brain modelling on the ``train`` split of every subject's fMRI;
-    ``params.train.val_fraction`` of each file's rows are validated on.
+    ``scmbm.train.val_fraction`` of each file's rows are validated on.
 
     Args:
         fmri_paths: the task subjects' preprocessed fMRI.
         collection_paths: unlabelled collection subjects' files (same schema).
         out_dir: where the encoder, its config and the train log go.
-        encoder_params: the ``encoder`` section.
-        params: the ``scmbm`` section.
+        encoder: the ``encoder`` section.
+        scmbm: the ``scmbm`` section.
         seed: the replicate's seed.
         checkpoint: where a killed run resumes from.
         in_memory: load every window into memory instead of streaming: the reference that streaming is
             tested and benchmarked against (same samples in the same order while the buffer holds all the
             data).
     """
-    train_params, window = params.train, encoder_params.window
+    train_params, window = scmbm.train, encoder.window
     seed_everything(seed + SeedOffset.SCMBM, train_params.threads)
     files = open_splits([*fmri_paths, *collection_paths], "train")
     grid = files[0].shape
@@ -90,10 +90,10 @@ def pretrain_scmbm(
         )
     n_val = sum(map(len, val_rows))
     generator = torch.Generator().manual_seed(seed + SeedOffset.SCMBM_SAMPLES)  # the masks
-    decoder = params.decoder
+    decoder = scmbm.decoder
     device = select_device(train_params.device)
     model = MaskedBrainModel(
-        build_encoder(grid, encoder_params), decoder.dim, decoder.depth, decoder.num_heads, params.mask_ratio
+        build_encoder(grid, encoder), decoder.dim, decoder.depth, decoder.num_heads, scmbm.mask_ratio
     ).to(device)
     LOG.info(
         "masked brain modelling on %d samples of grid %s from %d files (%d to validate on), mask ratio %g",
@@ -101,7 +101,7 @@ def pretrain_scmbm(
         grid,
         len(files),
         n_val,
-        params.mask_ratio,
+        scmbm.mask_ratio,
     )
     batch_size = train_params.batch_size
 
@@ -137,5 +137,5 @@ def pretrain_scmbm(
         history.to_csv(tmp / "train_log.tsv", sep="\t", index=False)
         save_weights(model.encoder, tmp / "encoder.safetensors")
         (Path(tmp) / "config.json").write_text(
-            json.dumps({"grid": list(grid), "encoder": encoder_params.to_dict(), "scmbm": params.to_dict()}, indent=2)
+            json.dumps({"grid": list(grid), "encoder": encoder.to_dict(), "scmbm": scmbm.to_dict()}, indent=2)
         )

@@ -99,7 +99,7 @@ def cache_features(
             :func:`llm4brain.video.frames.extract_frames`).
         out_path: the features artifact to write (``results/features/{segment}.h5``); it appears only once
             complete.
-        params: the ``video`` config section; reads ``model`` (``source``, ``name``, ``weights``,
+        video: the ``video`` config section; reads ``model`` (``source``, ``name``, ``weights``,
             ``kwargs``), ``cache``, ``batch_size``, ``workers`` and ``device``.
         seed: seeds the network's random initialisation when ``video.model.weights`` is null (the demo), so
             every segment's job builds the same one; the workflow passes ``seed`` (the replicate's in the demo).

@@ -41,7 +41,7 @@ def extract_frames(
         out_path: the frames artifact to write (``results/frames/{segment}.h5``); it appears only once
             complete.
         tr: the repetition time in seconds (``data.tr``): one clip of F frames per whole TR the video covers.
-        params: the ``video`` config section; reads ``reader``, ``frames_per_tr`` and ``fps`` (F per TR).
+        video: the ``video`` config section; reads ``reader``, ``frames_per_tr`` and ``fps`` (F per TR).
         input_config: the vision model's timm data config (``input_size`` as ``(3, h, w)``, ``crop_pct``,
             ``interpolation``), as ``preprocessing.read_config`` reads ``results/features/vision_input.json``.
         threads: threads that resize decoded frames to the model's input while decoding goes on
