@@ -74,3 +74,39 @@ def test_every_section_round_trips_through_its_dataclass_with_the_schemas_defaul
     assert AlignConfig.from_dict({}).to_dict() == {}  # given nothing: records nothing (its config_hash is {}'s)
     with pytest.raises(ValueError, match=r"AlignLossConfig: unknown key\(s\) \['domian'\]"):
         AlignConfig.from_dict({"loss": {"domian": 0.25}})
+
+
+# where plain data is the point: DAG-build helpers that shape the rules' params (what reruns hash), the
+# artifact header and resume fingerprints (which hash what a section records, its to_dict), the section
+# constructor, and the layout fragment an fMRI artifact names its space from
+PLAIN_DATA = {
+    ("align/terms.py", "ablated_align"),
+    ("evaluate/keys.py", "decoding_keys"),
+    ("artifacts.py", "atomic_h5"),
+    ("artifacts.py", "write_header"),
+    ("resume.py", "without_devices"),
+    ("resume.py", "__init__"),
+    ("section.py", "from_dict"),
+    ("fmri/preprocess.py", "space_name"),
+}
+
+
+def test_no_library_function_takes_a_config_section_as_a_dict():
+    """A section reaches the library typed (``llm4brain.sections``), so mypy checks every key read: a
+    parameter named ``params`` or after a section, annotated as a dict or left untyped, fails here."""
+    import ast
+
+    sections = {*SCHEMA, "params", "encoder_params"}
+    package = REPO / "src" / "llm4brain"
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            if (str(path.relative_to(package)), node.name) in PLAIN_DATA:
+                continue
+            for arg in [*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs]:
+                annotation = ast.unparse(arg.annotation) if arg.annotation else "Any"
+                if arg.arg in sections and ("[str, Any]" in annotation or annotation.startswith("Any")):
+                    found.append(f"{path.relative_to(package)}:{node.lineno} {node.name}({arg.arg}: {annotation})")
+    assert not found, found
