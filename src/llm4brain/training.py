@@ -6,8 +6,8 @@ stopped and ends bit-identical to an uninterrupted run, and data parallelism (DD
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -16,11 +16,46 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from llm4brain.artifacts import atomic_path
 from llm4brain.distributed import average, gather_objects, world
 from llm4brain.resume import Checkpoint
-from llm4brain.runtime import LOG, autocast, autocast_dtype
+from llm4brain.runtime import LOG, autocast, autocast_dtype, seed_everything, select_device
 from llm4brain.sections import TrainConfig
 from llm4brain.seeds import rank_seed
+
+
+def begin_stage(train: TrainConfig, seed: int) -> torch.device:
+    """What every trainer does first: seed Python, numpy and torch with ``seed`` (the replicate's, plus the
+    stage's offset) on the section's CPU threads, and pick the device the section names.
+
+    Args:
+        train: the stage's ``train`` section (``threads``, ``device``).
+        seed: the stage's seed.
+
+    Returns:
+        The device the stage trains on.
+    """
+    seed_everything(seed, train.threads)
+    return select_device(train.device)
+
+
+@contextmanager
+def model_folder(out_dir: str | Path, history: pd.DataFrame | None = None) -> Iterator[Path]:
+    """What every trainer does last, on the main process only (the others return before): a new folder that
+    appears at ``out_dir`` only once the block completes, with ``train_log.tsv`` (``history``) in it.
+
+    Args:
+        out_dir: the stage's model folder.
+        history: the training log :func:`fit` returned; None when the stage writes it elsewhere.
+
+    Yields:
+        The folder being written, renamed to ``out_dir`` when the block ends without an error.
+    """
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir(parents=True)
+        if history is not None:
+            history.to_csv(tmp / "train_log.tsv", sep="\t", index=False)
+        yield tmp
 
 
 def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup: int, steps: int) -> torch.optim.lr_scheduler.LambdaLR:

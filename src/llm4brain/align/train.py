@@ -28,7 +28,6 @@ from llm4brain.align.objective import (
 from llm4brain.artifacts import (
     FeatureFiles,
     atomic_h5,
-    atomic_path,
     check_coverage,
     open_artifact,
     read_keys,
@@ -47,10 +46,10 @@ from llm4brain.fmri.stream import (
 from llm4brain.models.video_llm import encode_clips, load_video_qformer
 from llm4brain.ranking import topk_accuracy, topk_hits
 from llm4brain.resume import Checkpoint
-from llm4brain.runtime import LOG, seed_everything, select_device
+from llm4brain.runtime import LOG
 from llm4brain.sections import AlignConfig, EncoderConfig, TrainConfig
 from llm4brain.seeds import SeedOffset
-from llm4brain.training import fit
+from llm4brain.training import begin_stage, fit, model_folder
 
 if TYPE_CHECKING:
     from llm4brain.models.instructblip_video import InstructionQFormer
@@ -247,8 +246,7 @@ def pretrain_adaptor(
         checkpoint: where a killed run resumes from.
     """
     train_params, window = align.train, encoder.window
-    seed_everything(seed + SeedOffset.ALIGN, train_params.threads)
-    device = select_device(train_params.device)
+    device = begin_stage(train_params, seed + SeedOffset.ALIGN)
     qformer = load_video_qformer(teacher_dir).to(device)  # the teacher's LLM is not needed here
     features, heldout = FeatureFiles(feature_paths), set(align.heldout)
     generator = torch.Generator().manual_seed(seed + SeedOffset.ALIGN_BATCHES)
@@ -266,9 +264,7 @@ def pretrain_adaptor(
     )
     if not world().main:
         return
-    with atomic_path(model_dir) as tmp_model:
-        tmp_model.mkdir(parents=True)
-        history.to_csv(tmp_model / "train_log.tsv", sep="\t", index=False)
+    with model_folder(model_dir, history) as tmp_model:
         save_aligner(tmp_model, aligner, teacher_dir)
         metrics = write_latents(
             model=aligner,

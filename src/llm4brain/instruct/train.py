@@ -16,7 +16,7 @@ import torch
 from torch.nn import functional as F
 
 from llm4brain.align.model import load_aligner
-from llm4brain.artifacts import FeatureFiles, atomic_path, read_captions
+from llm4brain.artifacts import FeatureFiles, read_captions
 from llm4brain.distributed import global_mean, world
 from llm4brain.fmri.stream import SampleRows
 from llm4brain.instruct.llm_tuning import tune
@@ -24,10 +24,10 @@ from llm4brain.instruct.student import FmriStudent, save_student, student_inputs
 from llm4brain.models.captioner import Captioner
 from llm4brain.models.video_llm import encode_clips, load_teacher
 from llm4brain.resume import Checkpoint
-from llm4brain.runtime import LOG, seed_everything, select_device
+from llm4brain.runtime import LOG
 from llm4brain.sections import InstructConfig, InstructLlmConfig
 from llm4brain.seeds import SeedOffset
-from llm4brain.training import fit
+from llm4brain.training import begin_stage, fit, model_folder
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -123,8 +123,7 @@ def instruct_llm(
     checkpoint: Checkpoint | None = None,
 ) -> None:
     """Train the student and save what it trained as safetensors (see ``student.save_student``)."""
-    seed_everything(seed + SeedOffset.INSTRUCT, instruct.train.threads)
-    device = select_device(instruct.train.device)
+    device = begin_stage(instruct.train, seed + SeedOffset.INSTRUCT)
     batch_size, weight, temperature = instruct.train.batch_size, instruct.distill_weight, instruct.distill_temperature
     # the frozen teacher only serves distillation: without it (the no_distillation ablation) it is not loaded
     frozen = load_teacher(teacher_dir, device)[:2] if weight > 0 else None  # (Q-Former, captioner)
@@ -187,6 +186,5 @@ def instruct_llm(
     )
     if not shard.main:
         return
-    with atomic_path(model_dir) as tmp:
-        tmp.mkdir(parents=True)
+    with model_folder(model_dir) as tmp:
         save_student(tmp, student.eval(), teacher_dir, align_dir, instruct)

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import torch
 
-from llm4brain.artifacts import atomic_path
 from llm4brain.distributed import world
 from llm4brain.fmri.stream import (
     InMemorySamples,
@@ -28,10 +27,10 @@ from llm4brain.models.fmri_encoder import build_encoder
 from llm4brain.models.mbm import MaskedBrainModel
 from llm4brain.models.weights import save_weights
 from llm4brain.resume import Checkpoint
-from llm4brain.runtime import LOG, seed_everything, select_device
+from llm4brain.runtime import LOG
 from llm4brain.sections import EncoderConfig, ScmbmConfig
 from llm4brain.seeds import SeedOffset
-from llm4brain.training import fit
+from llm4brain.training import begin_stage, fit, model_folder
 
 
 def pretrain_scmbm(
@@ -61,7 +60,7 @@ def pretrain_scmbm(
             data).
     """
     train_params, window = scmbm.train, encoder.window
-    seed_everything(seed + SeedOffset.SCMBM, train_params.threads)
+    device = begin_stage(train_params, seed + SeedOffset.SCMBM)
     files = open_splits([*fmri_paths, *collection_paths], "train")
     grid = files[0].shape
     rows, val_rows = zip(
@@ -91,7 +90,6 @@ def pretrain_scmbm(
     n_val = sum(map(len, val_rows))
     generator = torch.Generator().manual_seed(seed + SeedOffset.SCMBM_SAMPLES)  # the masks
     decoder = scmbm.decoder
-    device = select_device(train_params.device)
     model = MaskedBrainModel(
         build_encoder(grid, encoder), decoder.dim, decoder.depth, decoder.num_heads, scmbm.mask_ratio
     ).to(device)
@@ -132,9 +130,7 @@ def pretrain_scmbm(
     )
     if not shard.main:
         return
-    with atomic_path(out_dir) as tmp:
-        tmp.mkdir(parents=True)
-        history.to_csv(tmp / "train_log.tsv", sep="\t", index=False)
+    with model_folder(out_dir, history) as tmp:
         save_weights(model.encoder, tmp / "encoder.safetensors")
         (Path(tmp) / "config.json").write_text(
             json.dumps({"grid": list(grid), "encoder": encoder.to_dict(), "scmbm": scmbm.to_dict()}, indent=2)

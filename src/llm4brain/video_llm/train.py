@@ -12,16 +12,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from llm4brain.artifacts import FeatureFiles, atomic_path, read_captions
+from llm4brain.artifacts import FeatureFiles, read_captions
 from llm4brain.distributed import world
 from llm4brain.models.captioner import Captioner
 from llm4brain.models.tokenizer import train_word_tokenizer
 from llm4brain.models.video_llm import VideoQFormer, build_llm, qformer_config, save_teacher
 from llm4brain.resume import Checkpoint
-from llm4brain.runtime import LOG, seed_everything, select_device
+from llm4brain.runtime import LOG
 from llm4brain.sections import VideoLlmConfig
 from llm4brain.seeds import SeedOffset
-from llm4brain.training import fit
+from llm4brain.training import begin_stage, fit, model_folder
 
 
 def training_clips(
@@ -45,7 +45,7 @@ def train_video_llm(
     checkpoint: Checkpoint | None = None,
 ) -> None:
     """Train and save the teacher (see ``models.video_llm`` for the directory layout)."""
-    seed_everything(seed + SeedOffset.VIDEO_LLM, video_llm.train.threads)
+    device = begin_stage(video_llm.train, seed + SeedOffset.VIDEO_LLM)
     captions = read_captions(captions_path)
     features = FeatureFiles(feature_paths)
     keys = training_clips(features, captions, train_segments)
@@ -65,7 +65,6 @@ def train_video_llm(
     max_positions = 2 * (q.num_queries + len(template.split()) + len(prompt.split())) + max_caption_tokens + 16
     llm = build_llm(video_llm.llm, tokenizer, max_positions)
     captioner = Captioner(llm, tokenizer, q.hidden_size, template, prompt, max_caption_tokens)
-    device = select_device(video_llm.train.device)
     model = nn.ModuleDict({"qformer": qformer, "captioner": captioner}).to(device).train()
 
     generator = torch.Generator().manual_seed(seed + SeedOffset.VIDEO_LLM_BATCHES)
@@ -87,9 +86,7 @@ def train_video_llm(
     )
     if not shard.main:
         return
-    with atomic_path(out_dir) as tmp:
-        tmp.mkdir(parents=True)
-        history.to_csv(tmp / "train_log.tsv", sep="\t", index=False)
+    with model_folder(out_dir, history) as tmp:
         model.eval()
         settings = {"template": template, "prompt": prompt, "max_caption_tokens": max_caption_tokens}
         save_teacher(tmp, qformer, captioner, {**settings, "train_segments": train_segments, "vision_dim": vision_dim})
