@@ -8,6 +8,7 @@ Discovery reads folder listings and participants.tsv only; headers are checked b
 from types import SimpleNamespace
 
 from llm4brain.fmri.discover import discover
+from llm4brain.sections import ScmbmCollectionsConfig
 
 
 def task_kind():
@@ -44,7 +45,9 @@ def _collections():
     }
     found = {}
     for entry in entries:
-        found[entry["name"]] = runs = discover(entry, kind)
+        found[entry["name"]] = runs = discover(
+            ScmbmCollectionsConfig.from_dict(entry), kind
+        )
         root = Path(entry["root"]).resolve()
         if not any(d.is_relative_to(root) or root.is_relative_to(d) for d in task_dirs):
             continue  # no task subject's folder in or around this collection: no file to check

@@ -18,10 +18,10 @@ from __future__ import annotations
 import fnmatch
 import re
 from pathlib import Path
-from typing import Any
 
 from llm4brain.fmri.bids import bids_bolds, is_cifti, raw_stem
 from llm4brain.fmri.runs import check_id
+from llm4brain.sections import ScmbmCollectionsConfig, ScmbmCollectionsFiltersConfig
 from llm4brain.tables import InputError, read_tsv
 
 ENTITIES = ("task", "space", "desc", "run")
@@ -51,29 +51,27 @@ def participants(root: Path, layout: str) -> list[str]:
     return sorted(p.name for p in root.glob("sub-*") if p.is_dir())
 
 
-def bids_runs(subject_dir: Path, filters: dict[str, str | None], kind: str) -> dict[str, Path]:
+def bids_runs(subject_dir: Path, filters: ScmbmCollectionsFiltersConfig, kind: str) -> dict[str, Path]:
     """``run name → file`` of one BIDS / fMRIPrep subject's runs of ``kind`` (cifti or volume) that pass the
     entity filters."""
     runs: dict[str, list[Path]] = {}
     for bold in bids_bolds(subject_dir):
         if is_cifti(bold) != (kind == "cifti"):
             continue
-        if all(matches(entity(bold.name, key), filters.get(key)) for key in ENTITIES):
+        if all(matches(entity(bold.name, key), getattr(filters, key)) for key in ENTITIES):
             name = re.sub(r"^sub-[A-Za-z0-9]+_?", "", raw_stem(bold)) or "run"
             runs.setdefault(name, []).append(bold)
     return unique(subject_dir, runs, "space/desc")
 
 
-def hcp_runs(subject_dir: Path, filters: dict[str, str | None], kind: str) -> dict[str, Path]:
+def hcp_runs(subject_dir: Path, filters: ScmbmCollectionsFiltersConfig, kind: str) -> dict[str, Path]:
     """``run name → file`` of one HCP subject: one file per ``MNINonLinear/Results/{run}`` folder."""
-    desc = filters.get("desc")
+    desc = filters.desc
     desc = HCP_DEFAULT_DESC[kind] if desc is None else desc
     ending = ".dtseries.nii" if kind == "cifti" else ".nii.gz"
     runs: dict[str, list[Path]] = {}
     for folder in sorted((subject_dir / "MNINonLinear" / "Results").glob("*")):
-        if not folder.is_dir() or not (
-            matches(folder.name, filters.get("task")) and matches(folder.name, filters.get("run"))
-        ):
+        if not folder.is_dir() or not (matches(folder.name, filters.task) and matches(folder.name, filters.run)):
             continue
         for path in sorted(folder.glob(f"{folder.name}*{ending}")):
             middle = path.name[len(folder.name) : -len(ending)]
@@ -93,7 +91,7 @@ def unique(subject_dir: Path, runs: dict[str, list[Path]], narrow: str) -> dict[
     return {name: files[0] for name, files in sorted(runs.items())}
 
 
-def discover(collection: dict[str, Any], kind: str) -> dict[str, dict[str, Path]]:
+def discover(collection: ScmbmCollectionsConfig, kind: str) -> dict[str, dict[str, Path]]:
     """``subject → {run name → file}`` of one ``scmbm.collections`` entry, runs of ``kind`` (the task's:
     ``cifti`` grayordinates or ``volume``). Subjects listed by name must have runs; with ``all``, subjects
     without a matching run are left out. No run at all is an error.
@@ -115,26 +113,26 @@ def discover(collection: dict[str, Any], kind: str) -> dict[str, dict[str, Path]
             and ``_``, a listed subject has no matching run, a run name matches two files, or no run matches
             at all.
     """
-    root, layout = Path(collection["root"]), collection["layout"]
+    root, layout, name = Path(collection.root), collection.layout, collection.name
+    filters = {key: getattr(collection.filters, key) for key in ENTITIES}  # for messages
     if not root.is_dir():
-        raise InputError(f"collection {collection['name']}: root {root} is not a folder")
-    listed = collection["subjects"] != "all"
-    subjects = list(collection["subjects"]) if listed else participants(root, layout)
+        raise InputError(f"collection {name}: root {root} is not a folder")
+    listed = collection.subjects != "all"
+    subjects = list(collection.subjects) if listed else participants(root, layout)
     find = hcp_runs if layout == "hcp" else bids_runs
     found = {}
     for subject in subjects:
-        check_id(subject, f"collection {collection['name']}: subject id")
-        runs = find(root / subject, collection["filters"], kind) if (root / subject).is_dir() else {}
+        check_id(subject, f"collection {name}: subject id")
+        runs = find(root / subject, collection.filters, kind) if (root / subject).is_dir() else {}
         if runs:
             found[subject] = runs
         elif listed:
             raise InputError(
-                f"collection {collection['name']}: no {kind} runs of subject {subject} under "
-                f"{root / subject} match the filters {collection['filters']}"
+                f"collection {name}: no {kind} runs of subject {subject} under "
+                f"{root / subject} match the filters {filters}"
             )
     if not found:
         raise InputError(
-            f"collection {collection['name']}: no {kind} runs under {root} match the filters "
-            f"{collection['filters']} (layout {layout})"
+            f"collection {name}: no {kind} runs under {root} match the filters {filters} (layout {layout})"
         )
     return found
