@@ -125,7 +125,7 @@ def main() -> None:
         start = time.perf_counter()
         with h5py.File(root / "nilearn.h5", "w") as f:
             for i, run in enumerate(runs):
-                data = np.asarray(nib.load(run).dataobj, dtype=np.float32)[1:-4]
+                data = np.asarray(nib.load(run).dataobj, dtype=np.float32)[1:-4]  # type: ignore[attr-defined]  # a CIFTI image
                 f.create_dataset(
                     str(i), data=clean(data, detrend=True, standardize="zscore_sample", t_r=2.0).astype(np.float32)
                 )

@@ -19,13 +19,13 @@ from pathlib import Path
 import torch
 
 from llm4brain.instruct.student import load_student, student_inputs
-from llm4brain.models.captioner import generate_captions
+from llm4brain.models.captioner import Captioner, generate_captions
 from llm4brain.sections import EvaluateConfig
 
 SETTINGS = EvaluateConfig(max_new_tokens=24, num_beams=1, repetition_penalty=1.0)
 
 
-def rate(captioner: torch.nn.Module, tokens: torch.Tensor, batch_size: int) -> tuple[float, list[str]]:
+def rate(captioner: Captioner, tokens: torch.Tensor, batch_size: int) -> tuple[float, list[str]]:
     start = time.perf_counter()
     captions = generate_captions(captioner, tokens, SETTINGS.replace(batch_size=batch_size))
     return len(tokens) / (time.perf_counter() - start), captions
@@ -53,7 +53,7 @@ def main() -> None:
     batched, batched_captions = rate(student.captioner, tokens, 64)
     single, single_captions = rate(student.captioner, tokens, 1)
     same = sum(a == b for a, b in zip(batched_captions, single_captions, strict=True)) / len(tokens)
-    print(f"{len(tokens)} test clips of {args.subject}, greedy, up to {SETTINGS['max_new_tokens']} new tokens")
+    print(f"{len(tokens)} test clips of {args.subject}, greedy, up to {SETTINGS.max_new_tokens} new tokens")
     print(f"batched (64):       {batched:8.1f} captions/s")
     print(f"one at a time:      {single:8.1f} captions/s")
     print(f"batched / single:   {batched / single:8.2f}x")

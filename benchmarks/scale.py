@@ -59,7 +59,7 @@ SIZES = {  # frames per collection file, files at 1x, scmbm steps, buffer MiB; W
         "preprocess_runs": 2,
     },
 }
-ENCODER = {
+ENCODER: dict[str, Any] = {
     "window": WINDOW,
     "tokenizer": {"channels": 4, "patch": 4, "vector_patch": 128},
     "dim": 32,
@@ -68,7 +68,7 @@ ENCODER = {
     "mlp_ratio": 2.0,
     "dropout": 0.0,
 }
-QFORMER = {
+QFORMER: dict[str, Any] = {
     "num_queries": 32,
     "hidden_size": 64,
     "num_layers": 1,
@@ -150,7 +150,7 @@ def loader_speed(paths: list[str], size: dict[str, Any]) -> dict[str, float]:
     """Child process: SC-MBM steps/s fed by each loader (built beforehand), same model and batches."""
     import torch
 
-    from llm4brain.fmri.stream import InMemorySamples, open_splits, row_stream
+    from llm4brain.fmri.stream import InMemorySamples, ShuffledStream, open_splits, row_stream
     from llm4brain.models.fmri_encoder import build_encoder
     from llm4brain.models.mbm import MaskedBrainModel
     from llm4brain.sections import EncoderConfig
@@ -158,7 +158,7 @@ def loader_speed(paths: list[str], size: dict[str, Any]) -> dict[str, float]:
     torch.set_num_threads(2)
     files = open_splits(paths)
     rows = [np.arange(f.n_rows) for f in files]
-    loaders = {
+    loaders: dict[str, ShuffledStream | InMemorySamples] = {
         "stream": row_stream(files, rows, WINDOW, size["buffer_mb"], seed=0),
         "memory": InMemorySamples(files, rows, WINDOW, seed=0),
     }

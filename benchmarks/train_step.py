@@ -14,6 +14,7 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,7 +28,7 @@ from llm4brain.models.video_llm import VideoQFormer, qformer_config
 from llm4brain.sections import AlignConfig, EncoderConfig, VideoLlmQformerConfig
 
 GRID, WINDOW, CLIPS, REPEATS, BATCH, STEPS = (16, 16, 12), 2, 360, 2, 32, 30
-ENCODER = {
+ENCODER: dict[str, Any] = {
     "window": WINDOW,
     "tokenizer": {"channels": 16, "patch": 8, "vector_patch": 16},
     "dim": 64,
@@ -41,7 +42,7 @@ ALIGN = {
     "temperature": 0.07,
     "adaptor": {"kind": "bottleneck", "bottleneck": 16, "scale_init": 1e-3, "lora_r": 8, "lora_alpha": 16},
 }
-QFORMER = {
+QFORMER: dict[str, Any] = {
     "num_queries": 8,
     "hidden_size": 64,
     "num_layers": 2,

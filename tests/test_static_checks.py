@@ -1,5 +1,5 @@
-"""mypy over the package, as a test: `make test` runs it on a pytest worker beside the workflow tests (70 s
-from a cold cache) instead of before them; `make style` runs it too."""
+"""mypy over the package and the benchmarks that no test runs whole, as a test: `make test` runs it on a
+pytest worker beside the workflow tests (70 s from a cold cache) instead of before them; `make style` runs it too."""
 
 from __future__ import annotations
 
