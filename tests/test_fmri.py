@@ -18,6 +18,8 @@ from llm4brain.fmri.runs import InputError, Run, check_id
 from llm4brain.fmri.signal import cosine_drift, nuisance_basis, residualize, standardize
 from llm4brain.sections import FmriConfig
 
+FMRI = FmriConfig.from_dict(FMRI_PARAMS)  # the fmri section's defaults, typed
+
 
 @pytest.mark.parametrize("order", [0, 1, 2, 4])
 def test_polynomial_detrend_matches_numpy_polynomial(order):
@@ -79,15 +81,7 @@ def test_pairing_applies_lag():
 
 def test_preprocess_subject(tiny_demo, tmp_path):
     out = tmp_path / "sub-01.h5"
-    preprocess_subject(
-        "sub-01",
-        tiny_demo / "sub-01",
-        tiny_demo / "roi_mask.nii.gz",
-        out,
-        TINY_SEGMENTS,
-        2.0,
-        FmriConfig.from_dict(FMRI_PARAMS),
-    )
+    preprocess_subject("sub-01", tiny_demo / "sub-01", tiny_demo / "roi_mask.nii.gz", out, TINY_SEGMENTS, 2.0, FMRI)
     with open_artifact(out, "fmri", ("train/bold", "test/bold", "mask")) as f:
         n = TINY_DEMO["trs_per_segment"]
         assert f["train/bold"].shape == (3 * n,) + tuple(TINY_DEMO["grid"])  # seg01 twice, seg02 once
@@ -111,15 +105,7 @@ def _copy_subject(tiny_demo: Path, tmp_path: Path) -> Path:
 def test_wrong_tr_names_file(tiny_demo, tmp_path):
     out = tmp_path / "out.h5"
     with pytest.raises(InputError, match=r"_bold\.nii\.gz: header TR is 2 s but the config says 1\.5 s"):
-        preprocess_subject(
-            "sub-01",
-            tiny_demo / "sub-01",
-            tiny_demo / "roi_mask.nii.gz",
-            out,
-            TINY_SEGMENTS,
-            1.5,
-            FmriConfig.from_dict(FMRI_PARAMS),
-        )
+        preprocess_subject("sub-01", tiny_demo / "sub-01", tiny_demo / "roi_mask.nii.gz", out, TINY_SEGMENTS, 1.5, FMRI)
     assert not out.exists() and not list(tmp_path.iterdir())
 
 
@@ -130,13 +116,7 @@ def test_three_d_image_rejected(tiny_demo, tmp_path):
     nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[..., 0], img.affine), bold)
     with pytest.raises(InputError, match="expected a 4-D image"):
         preprocess_subject(
-            "sub-01",
-            subject,
-            tiny_demo / "roi_mask.nii.gz",
-            tmp_path / "o.h5",
-            TINY_SEGMENTS,
-            2.0,
-            FmriConfig.from_dict(FMRI_PARAMS),
+            "sub-01", subject, tiny_demo / "roi_mask.nii.gz", tmp_path / "o.h5", TINY_SEGMENTS, 2.0, FMRI
         )
     assert not (tmp_path / "o.h5").exists()
 
@@ -147,13 +127,7 @@ def test_truncated_gzip_rejected(tiny_demo, tmp_path):
     bold.write_bytes(bold.read_bytes()[:200])
     with pytest.raises(InputError, match="cannot read image"):
         preprocess_subject(
-            "sub-01",
-            subject,
-            tiny_demo / "roi_mask.nii.gz",
-            tmp_path / "o.h5",
-            TINY_SEGMENTS,
-            2.0,
-            FmriConfig.from_dict(FMRI_PARAMS),
+            "sub-01", subject, tiny_demo / "roi_mask.nii.gz", tmp_path / "o.h5", TINY_SEGMENTS, 2.0, FMRI
         )
 
 
@@ -161,13 +135,7 @@ def test_missing_segment_runs(tiny_demo, tmp_path):
     segments = {"train": ["seg01", "seg02", "seg99"], "test": ["test01"]}
     with pytest.raises(InputError, match="no runs for segments"):
         preprocess_subject(
-            "sub-01",
-            tiny_demo / "sub-01",
-            tiny_demo / "roi_mask.nii.gz",
-            tmp_path / "o.h5",
-            segments,
-            2.0,
-            FmriConfig.from_dict(FMRI_PARAMS),
+            "sub-01", tiny_demo / "sub-01", tiny_demo / "roi_mask.nii.gz", tmp_path / "o.h5", segments, 2.0, FMRI
         )
 
 
@@ -175,15 +143,7 @@ def test_mask_grid_mismatch(tiny_demo, tmp_path):
     mask = tmp_path / "mask.nii.gz"
     nib.save(nib.Nifti1Image(np.ones((4, 4, 4), np.uint8), np.eye(4)), mask)
     with pytest.raises(InputError, match="grid .* differs from the mask"):
-        preprocess_subject(
-            "sub-01",
-            tiny_demo / "sub-01",
-            mask,
-            tmp_path / "o.h5",
-            TINY_SEGMENTS,
-            2.0,
-            FmriConfig.from_dict(FMRI_PARAMS),
-        )
+        preprocess_subject("sub-01", tiny_demo / "sub-01", mask, tmp_path / "o.h5", TINY_SEGMENTS, 2.0, FMRI)
 
 
 def test_unsafe_subject_id():
@@ -266,15 +226,7 @@ BIDS = {"task": "movie", "space": "T1w", "desc": "preproc"}
 def test_bids_derivatives_with_confound_regression(tiny_demo, tmp_path):
     subject, raw = derivatives_dataset(tiny_demo, tmp_path, nuisance=30.0)
     clean = tmp_path / "clean.h5"
-    preprocess_subject(
-        "sub-01",
-        tiny_demo / "sub-01",
-        tiny_demo / "roi_mask.nii.gz",
-        clean,
-        TINY_SEGMENTS,
-        2.0,
-        FmriConfig.from_dict(FMRI_PARAMS),
-    )
+    preprocess_subject("sub-01", tiny_demo / "sub-01", tiny_demo / "roi_mask.nii.gz", clean, TINY_SEGMENTS, 2.0, FMRI)
     outputs = {}
     for columns in ([], ["csf"]):
         out = tmp_path / f"confounds-{len(columns)}.h5"
@@ -395,6 +347,7 @@ def test_no_shipped_config_lets_test_data_choose_voxels(path):
 
 WEN_SEGMENTS = {"train": ["seg1", "seg2"], "test": ["test1"]}
 WEN_PARAMS = {**FMRI_PARAMS, "detrend_order": 4, "trim": {"start": 0, "end": 4, "keep": 20}, "unpaired_clips": "drop"}
+WEN = FmriConfig.from_dict(WEN_PARAMS)
 WEN_CIFTI = {"layout": "wen2018", "wen2018": {"images": "cifti"}}
 
 
@@ -415,9 +368,7 @@ def test_wen2018_cifti_layout(tmp_path):
 
     write_wen2018(tmp_path, ["subject1"], WEN_SEGMENTS, keep=20)
     out = tmp_path / "subject1.h5"
-    preprocess_subject(
-        "subject1", tmp_path / "subject1", None, out, WEN_SEGMENTS, 2.0, FmriConfig.from_dict(WEN_PARAMS), WEN_CIFTI
-    )
+    preprocess_subject("subject1", tmp_path / "subject1", None, out, WEN_SEGMENTS, 2.0, WEN, WEN_CIFTI)
     with open_artifact(out, "fmri", ("train/bold", "test/bold", "mask")) as f:
         assert f.attrs["layout"] == "vector" and f.attrs["n_runs"] == 2 + 2 + 3
         assert f["train/bold"].shape == (2 * 2 * 18, 40)  # 20 kept volumes, the last 2 clips lack a lagged volume
@@ -476,19 +427,10 @@ def test_wen2018_trimming_and_pairing_errors(tmp_path):
         )
     with pytest.raises(InputError, match=r"fmri/test2: no \*_Atlas\.dtseries\.nii runs"):
         preprocess_subject(
-            "subject1",
-            subject,
-            None,
-            tmp_path / "o.h5",
-            {**WEN_SEGMENTS, "test": ["test2"]},
-            2.0,
-            FmriConfig.from_dict(WEN_PARAMS),
-            WEN_CIFTI,
+            "subject1", subject, None, tmp_path / "o.h5", {**WEN_SEGMENTS, "test": ["test2"]}, 2.0, WEN, WEN_CIFTI
         )
     with pytest.raises(InputError, match=r"header TR is 2 s but the config says 1\.5 s"):
-        preprocess_subject(
-            "subject1", subject, None, tmp_path / "o.h5", WEN_SEGMENTS, 1.5, FmriConfig.from_dict(WEN_PARAMS), WEN_CIFTI
-        )
+        preprocess_subject("subject1", subject, None, tmp_path / "o.h5", WEN_SEGMENTS, 1.5, WEN, WEN_CIFTI)
     assert not list(tmp_path.glob("*.h5"))  # neither an artifact nor a scratch file is left behind
 
 
@@ -504,7 +446,7 @@ def test_wen2018_mni_volumes(tmp_path):
         out,
         WEN_SEGMENTS,
         2.0,
-        FmriConfig.from_dict(WEN_PARAMS),
+        WEN,
         {"layout": "wen2018", "wen2018": {"images": "mni"}},
     )
     with open_artifact(out, "fmri", ("train/bold",)) as f:

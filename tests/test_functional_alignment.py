@@ -19,6 +19,19 @@ GRID = (4, 4, 3)  # 48 voxels, 42 in the mask
 K, N_TRAIN, N_TEST = 4, 120, 20
 SUBJECTS = ["sub-01", "sub-02", "sub-03"]
 PARAMS = {**DEFAULTS["align"]["functional_alignment"], "method": "srm", "features": K, "n_iter": 20}
+SRM = AlignFunctionalAlignmentConfig.from_dict(PARAMS)
+
+
+def fit_srm(paths: list[Path], out: Path, functional_alignment: AlignFunctionalAlignmentConfig = SRM) -> None:
+    """The fit with sub-03 held out, seed 0."""
+    fit_shared_response(
+        fmri_paths=paths,
+        subjects=SUBJECTS,
+        heldout=["sub-03"],
+        out_path=out,
+        functional_alignment=functional_alignment,
+        seed=0,
+    )
 
 
 def mask() -> np.ndarray:
@@ -74,14 +87,7 @@ def subjects(tmp_path: Path) -> tuple[list[str], np.ndarray, dict[str, np.ndarra
 def fit_and_align(
     tmp_path: Path, paths: list[str], reference: str | None, name: str = "srm.h5", params: dict | None = None
 ) -> np.ndarray:
-    fit_shared_response(
-        fmri_paths=paths,
-        subjects=SUBJECTS,
-        heldout=["sub-03"],
-        out_path=tmp_path / name,
-        functional_alignment=AlignFunctionalAlignmentConfig.from_dict(params or PARAMS),
-        seed=0,
-    )
+    fit_srm(paths, tmp_path / name, AlignFunctionalAlignmentConfig.from_dict(params or PARAMS))
     align_subject(
         fmri_path=paths[2],
         srm_path=tmp_path / name,
@@ -197,14 +203,7 @@ def test_fit_never_reads_the_test_split(tmp_path, subjects):
     paths, _, _ = subjects
     noisy = [with_test_replaced(tmp_path, path, i) for i, path in enumerate(paths)]
     for name, fmri_paths in (("with.h5", paths), ("noise.h5", noisy)):
-        fit_shared_response(
-            fmri_paths=fmri_paths,
-            subjects=SUBJECTS,
-            heldout=["sub-03"],
-            out_path=tmp_path / name,
-            functional_alignment=AlignFunctionalAlignmentConfig.from_dict(PARAMS),
-            seed=0,
-        )
+        fit_srm(fmri_paths, tmp_path / name, SRM)
     with h5py.File(tmp_path / "with.h5", "r") as a, h5py.File(tmp_path / "noise.h5", "r") as b:
         assert a.attrs["split"] == "train"
         for s in SUBJECTS:
@@ -216,23 +215,12 @@ def test_heldout_z_scoring_uses_its_training_split_only(tmp_path, subjects):
     """The held-out subject's test volumes replaced by noise: its carried training split and the z-scoring
     statistics stored with the map are unchanged (its test split, carried with them, is what differs)."""
     paths, _, _ = subjects
-    fit_shared_response(
-        fmri_paths=paths,
-        subjects=SUBJECTS,
-        heldout=["sub-03"],
-        out_path=tmp_path / "srm.h5",
-        functional_alignment=AlignFunctionalAlignmentConfig.from_dict(PARAMS),
-        seed=0,
-    )
+    fit_srm(paths, tmp_path / "srm.h5", SRM)
     carried = {}
     for name, path in (("original", paths[2]), ("noise", with_test_replaced(tmp_path, paths[2], 7))):
         out = tmp_path / f"aligned-{name}.h5"
         align_subject(
-            fmri_path=path,
-            srm_path=tmp_path / "srm.h5",
-            subject="sub-03",
-            out_path=out,
-            functional_alignment=AlignFunctionalAlignmentConfig.from_dict(PARAMS),
+            fmri_path=path, srm_path=tmp_path / "srm.h5", subject="sub-03", out_path=out, functional_alignment=SRM
         )
         with h5py.File(out, "r") as f:
             carried[name] = {key: f[key][:] for key in ("train/bold", "test/bold", *STANDARD)}
@@ -256,28 +244,14 @@ def test_fit_opens_no_test_dataset(tmp_path, subjects, monkeypatch):
         return item
 
     monkeypatch.setattr(h5py.Group, "__getitem__", record)
-    fit_shared_response(
-        fmri_paths=paths,
-        subjects=SUBJECTS,
-        heldout=["sub-03"],
-        out_path=tmp_path / "srm.h5",
-        functional_alignment=AlignFunctionalAlignmentConfig.from_dict(PARAMS),
-        seed=0,
-    )
+    fit_srm(paths, tmp_path / "srm.h5", SRM)
     assert "/train/bold" in opened and not [name for name in opened if name.startswith("/test")]
 
 
 def test_bad_reference_and_too_many_features_name_the_config_key(tmp_path, subjects):
     paths, _, _ = subjects
     with pytest.raises(ValueError, match="features"):
-        fit_shared_response(
-            fmri_paths=paths,
-            subjects=SUBJECTS,
-            heldout=["sub-03"],
-            out_path=tmp_path / "srm.h5",
-            functional_alignment=AlignFunctionalAlignmentConfig.from_dict({**PARAMS, "features": N_TRAIN}),
-            seed=0,
-        )
+        fit_srm(paths, tmp_path / "srm.h5", AlignFunctionalAlignmentConfig.from_dict({**PARAMS, "features": N_TRAIN}))
     assert not (tmp_path / "srm.h5").exists()
     with pytest.raises(ValueError, match="reference 'sub-03' is not a labelled subject"):
         fit_and_align(tmp_path, paths, reference="sub-03")
@@ -287,7 +261,7 @@ def test_bad_reference_and_too_many_features_name_the_config_key(tmp_path, subje
             srm_path=tmp_path / "srm.h5",
             subject="sub-09",
             out_path=tmp_path / "x.h5",
-            functional_alignment=AlignFunctionalAlignmentConfig.from_dict(PARAMS),
+            functional_alignment=SRM,
         )
     assert not (tmp_path / "aligned.h5").exists()
 
