@@ -74,6 +74,8 @@ def test_every_section_round_trips_through_its_dataclass_with_the_schemas_defaul
     assert AlignConfig.from_dict({}).to_dict() == {}  # given nothing: records nothing (its config_hash is {}'s)
     with pytest.raises(ValueError, match=r"AlignLossConfig: unknown key\(s\) \['domian'\]"):
         AlignConfig.from_dict({"loss": {"domian": 0.25}})
+    with pytest.raises(ValueError, match=r"^model/config.json: AlignLossConfig: unknown key\(s\) \['domian'\]"):
+        AlignConfig.from_dict({"loss": {"domian": 0.25}}, source="model/config.json")  # a saved model's file
 
 
 # where plain data is the point: DAG-build helpers that shape the rules' params (what reruns hash), the

@@ -8,6 +8,7 @@ Snakemake rules keep their params as plain data (what reruns hash); scripts buil
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from collections.abc import Mapping
@@ -19,7 +20,7 @@ class Section:
     """A config section (or a part of one) whose fields are the schema's keys, with the schema's defaults."""
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+    def from_dict(cls, data: Mapping[str, Any], *, source: str | os.PathLike | None = None) -> Self:
         """The section from its dict: missing keys take the schema's defaults, unknown keys are errors.
 
         The section remembers which keys it was given, in their order, so that :meth:`to_dict` records what
@@ -27,10 +28,16 @@ class Section:
 
         Args:
             data: the section as the config (or a saved model's config.json) holds it.
+            source: the file ``data`` was read from, named in the error (a saved model's config.json).
 
         Raises:
-            ValueError: a key the schema does not have, naming it and the section.
+            ValueError: a key the schema does not have, naming it, the section and ``source``.
         """
+        if source is not None:
+            try:
+                return cls.from_dict(data)
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"{source}: {err}") from None
         if not isinstance(data, Mapping):
             raise TypeError(f"{cls.__name__} is built from a mapping, got {type(data).__name__}")
         hints = typing.get_type_hints(cls)

@@ -93,8 +93,10 @@ def save_aligner(directory: Path, model: BrainAligner, teacher: str) -> None:
 def load_aligner(directory: str | Path, video_qformer: VideoQFormer | InstructionQFormer) -> BrainAligner:
     """Rebuild a saved aligner around the teacher's Q-Former and load its weights (safetensors)."""
     directory = Path(directory)
-    config = json.loads((directory / "config.json").read_text())
-    encoder, align = EncoderConfig.from_dict(config["encoder"]), AlignConfig.from_dict(config["align"])
+    config_path = directory / "config.json"
+    config = json.loads(config_path.read_text())
+    encoder = EncoderConfig.from_dict(config["encoder"], source=config_path)
+    align = AlignConfig.from_dict(config["align"], source=config_path)
     model = BrainAligner(tuple(config["grid"]), encoder, align, video_qformer)
     load_weights(model, directory / "aligner.safetensors")
     return model.eval()

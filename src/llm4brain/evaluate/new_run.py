@@ -62,7 +62,11 @@ def subject_preprocessing(
     with open_artifact(path, "fmri", ("mask",)) as f:
         if "params" not in f.attrs:
             raise ArtifactError(f"{path}: records no preprocessing params (older llm4brain); rerun preprocess_fmri")
-        return *space_from_artifact(f), FmriConfig.from_dict(json.loads(f.attrs["params"])), float(f.attrs["tr"])
+        return (
+            *space_from_artifact(f),
+            FmriConfig.from_dict(json.loads(f.attrs["params"]), source=path),
+            float(f.attrs["tr"]),
+        )
 
 
 def preprocess_new_run(

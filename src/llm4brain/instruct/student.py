@@ -125,7 +125,8 @@ def load_student(
             or the align stage's frozen tokens (``latents``).
     """
     directory = Path(directory)
-    instruct = InstructConfig.from_dict(json.loads((directory / "config.json").read_text())["instruct"])
+    config_path = directory / "config.json"
+    instruct = InstructConfig.from_dict(json.loads(config_path.read_text())["instruct"], source=config_path)
     llm = instruct.llm
     qformer, captioner, _ = load_teacher(
         teacher_dir,
