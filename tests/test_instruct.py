@@ -10,7 +10,7 @@ import torch
 from conftest import TRAIN_DEFAULTS
 from test_models import ALIGN, CAPTIONS, ENCODER, PROMPT, TEMPLATE, tiny_teacher
 
-from llm4brain.instruct.student import load_student, save_student
+from llm4brain.instruct.student import load_student, load_student_encoder, save_student
 from llm4brain.instruct.train import build_student, distillation
 from llm4brain.models.video_llm import save_teacher
 from llm4brain.sections import AlignConfig, EncoderConfig, InstructConfig, TrainConfig
@@ -220,5 +220,9 @@ def test_encoder_tokens_reach_the_llm_after_the_aligned_ones_and_reload_identica
     torch.testing.assert_close(
         reloaded.captioner.caption_logits(reloaded.encode(volumes), ids, mask), expected, rtol=0, atol=0
     )
+    # the nearest-train pool's student without its LLM encodes exactly as the whole student does
+    encoder = load_student_encoder(tmp_path / "student", teacher_dir, torch.device("cpu"))
+    assert encoder.input_kind == "encoder" and encoder.window == reloaded.window
+    torch.testing.assert_close(encoder.encode(volumes, torch.device("cpu")), reloaded.encode(volumes), rtol=0, atol=0)
     with pytest.raises(ValueError, match="encoder_tokens needs the end-to-end student"):
         build_student(str(teacher_dir), "", instruct("full").replace(encoder_tokens=True))

@@ -33,7 +33,13 @@ from llm4brain.artifacts import (
     write_strings,
 )
 from llm4brain.fmri.stream import SampleRows
-from llm4brain.instruct.student import FmriStudent, load_student, student_inputs
+from llm4brain.instruct.student import (
+    FmriStudent,
+    StudentEncoder,
+    load_student,
+    load_student_encoder,
+    student_inputs,
+)
 from llm4brain.models.captioner import generate_captions
 from llm4brain.models.video_llm import encode_clips, load_teacher
 from llm4brain.runtime import LOG, seed_everything, select_device
@@ -54,10 +60,12 @@ def nearest_captions(
     return [captions[pool_keys[i]] for i in (pooled(query) @ pool.T).argmax(1).tolist()]
 
 
-def encoded(student: FmriStudent, inputs: SampleRows, batch_size: int = 128) -> Iterator[torch.Tensor]:
-    """The student's tokens for ``inputs``, a batch at a time, read from disk as they go."""
+def encoded(
+    encoder: StudentEncoder, inputs: SampleRows, device: torch.device, batch_size: int = 128
+) -> Iterator[torch.Tensor]:
+    """A student's tokens for ``inputs``, a batch at a time on ``device``, read from disk as they go."""
     for batch in inputs.batches(batch_size):
-        yield student.encode(batch, batch_size)
+        yield encoder.encode(batch, device, batch_size)
 
 
 def student_tokens(
@@ -76,7 +84,7 @@ def student_tokens(
     missing = sorted({k for k in keys if k not in captions})
     if missing:
         raise ValueError(f"{captions_path}: no reference caption for test samples {missing[:5]}")
-    return student, torch.cat(list(encoded(student, inputs))), keys
+    return student, torch.cat(list(encoded(student.encoder, inputs, device))), keys
 
 
 def write_decoded(
@@ -140,7 +148,8 @@ def nearest_train_pool(
     """The labelled subjects' training samples as the nearest-train source compares them: the student's
     pooled tokens (:func:`pooled`) and each sample's key. Every decoding job of a replicate retrieves from the
     same pool, so it is encoded once here instead of once per decoded subject (which grew with the square of
-    the subjects, and put every labelled subject's fMRI among each decoding job's inputs).
+    the subjects, and put every labelled subject's fMRI among each decoding job's inputs). The student is
+    loaded without its LLM (:func:`~llm4brain.instruct.student.load_student_encoder`).
 
     Args:
         fmri_paths: the labelled subjects' fMRI, as the aligner read it (one file per subject).
@@ -152,11 +161,12 @@ def nearest_train_pool(
         seed: the replicate's seed.
     """
     seed_everything(seed + SeedOffset.DECODE, 1)
-    student = load_student(student_dir, teacher_dir, select_device(device))
+    on = select_device(device)
+    encoder = load_student_encoder(student_dir, teacher_dir, on)  # the student without its LLM
     pool, keys = [], []  # only each training sample's pooled tokens are held: (H,), not (Q, H)
     for fmri, latents in zip(fmri_paths, latent_paths, strict=True):
-        inputs, split_keys = student_inputs(student.input_kind, [fmri], [latents], "train", student.window)
-        pool += [pooled(tokens) for tokens in encoded(student, inputs)]
+        inputs, split_keys = student_inputs(encoder.input_kind, [fmri], [latents], "train", encoder.window)
+        pool += [pooled(tokens) for tokens in encoded(encoder, inputs, on)]
         keys += split_keys
     with atomic_h5(out_path, "pool", {"device": device}) as f:
         write_keys(f, [key[0] for key in keys], [key[1] for key in keys])

@@ -11,6 +11,7 @@ shape, motion and count that the random-init ViT cannot see).
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
@@ -22,7 +23,7 @@ from llm4brain.align.model import BrainAligner, in_batches, load_aligner, save_a
 from llm4brain.fmri.stream import SampleRows, open_splits
 from llm4brain.instruct.llm_tuning import load_adapter, save_tuned
 from llm4brain.models.captioner import Captioner
-from llm4brain.models.video_llm import load_teacher
+from llm4brain.models.video_llm import load_teacher, load_video_qformer
 from llm4brain.models.weights import load_weights, save_weights
 from llm4brain.sections import InstructConfig
 
@@ -30,21 +31,14 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 
-class FmriStudent(nn.Module):
-    """fMRI input (volumes or aligned tokens) → tokens → captions."""
+@dataclass(frozen=True)
+class StudentEncoder:
+    """What turns fMRI into the tokens a student's projection reads: its aligner and, with
+    ``encoder_tokens``, the map of the encoder's own tokens (None, None: the student reads the align stage's
+    tokens as they are). No LLM: nearest-train retrieval needs only this part (:func:`load_student_encoder`)."""
 
-    def __init__(self, captioner: Captioner, aligner: BrainAligner | None, encoder_tokens: bool = False) -> None:
-        super().__init__()
-        if encoder_tokens and aligner is None:
-            raise ValueError("encoder_tokens needs the end-to-end student (input: encoder)")
-        self.captioner = captioner
-        self.aligner = aligner
-        # encoder_tokens: the encoder's tokens into the Q-Former's output space, which the projection takes
-        self.encoder_map = (
-            nn.Linear(aligner.encoder_config.dim, aligner.qformer.config.hidden_size, device=aligner.logit_scale.device)
-            if encoder_tokens and aligner is not None  # encoder_tokens without an aligner was refused above
-            else None
-        )
+    aligner: BrainAligner | None
+    encoder_map: nn.Linear | None
 
     @property
     def input_kind(self) -> str:
@@ -64,12 +58,52 @@ class FmriStudent(nn.Module):
         aligned = self.aligner.align(encoded)
         return aligned if self.encoder_map is None else torch.cat([aligned, self.encoder_map(encoded)], dim=1)
 
-    def encode(self, inputs: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
-        """Tokens for decoding, in eval mode: fMRI windows in batches on the model's device (returned on the
-        CPU in float32), or the given tokens."""
+    def encode(self, inputs: torch.Tensor, device: torch.device, batch_size: int = 128) -> torch.Tensor:
+        """Tokens for decoding, in eval mode: fMRI windows in batches on ``device`` (returned on the CPU in
+        float32), or the given tokens."""
         if self.aligner is None:
             return inputs
-        return in_batches(self.eval().tokens, inputs, self.captioner.prefix_ids.device, batch_size)
+        for module in (self.aligner, self.encoder_map):
+            if module is not None:
+                module.eval()
+        return in_batches(self.tokens, inputs, device, batch_size)
+
+
+class FmriStudent(nn.Module):
+    """fMRI input (volumes or aligned tokens) → tokens (its :class:`StudentEncoder`) → captions."""
+
+    def __init__(self, captioner: Captioner, aligner: BrainAligner | None, encoder_tokens: bool = False) -> None:
+        super().__init__()
+        if encoder_tokens and aligner is None:
+            raise ValueError("encoder_tokens needs the end-to-end student (input: encoder)")
+        self.captioner = captioner
+        self.aligner = aligner
+        # encoder_tokens: the encoder's tokens into the Q-Former's output space, which the projection takes
+        self.encoder_map = (
+            nn.Linear(aligner.encoder_config.dim, aligner.qformer.config.hidden_size, device=aligner.logit_scale.device)
+            if encoder_tokens and aligner is not None  # encoder_tokens without an aligner was refused above
+            else None
+        )
+
+    @property
+    def encoder(self) -> StudentEncoder:
+        return StudentEncoder(self.aligner, self.encoder_map)
+
+    @property
+    def input_kind(self) -> str:
+        return self.encoder.input_kind
+
+    @property
+    def window(self) -> int:
+        """TR volumes per encoder input (1 for latents)."""
+        return self.encoder.window
+
+    def tokens(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.encoder.tokens(inputs)
+
+    def encode(self, inputs: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
+        """:meth:`StudentEncoder.encode` on the student's device, the whole student in eval mode."""
+        return self.eval().encoder.encode(inputs, self.captioner.prefix_ids.device, batch_size)
 
 
 def student_inputs(
@@ -141,3 +175,30 @@ def load_student(
     if student.encoder_map is not None:
         load_weights(student.encoder_map, directory / "encoder_tokens.safetensors")
     return student.eval().requires_grad_(False)
+
+
+def load_student_encoder(directory: str | Path, teacher_dir: str | Path, device: torch.device) -> StudentEncoder:
+    """The :class:`StudentEncoder` of a student saved by :func:`save_student`, on ``device`` (frozen, eval
+    mode), without its LLM: the teacher's Q-Former only (:func:`~llm4brain.models.video_llm.load_video_qformer`).
+    It encodes exactly as :func:`load_student`'s student does, for a fraction of the memory and reading (a
+    7B LLM is never loaded).
+
+    Args:
+        directory: the student's model folder (``results/r{seed}/instruct/model``).
+        teacher_dir: the teacher the student was trained on.
+        device: the device the encoder is loaded on.
+    """
+    directory = Path(directory)
+    config_path = directory / "config.json"
+    instruct = InstructConfig.from_dict(json.loads(config_path.read_text())["instruct"], source=config_path)
+    if not (directory / "aligner").is_dir():
+        return StudentEncoder(None, None)
+    aligner = load_aligner(directory / "aligner", load_video_qformer(teacher_dir)).to(device)
+    encoder_map = None
+    if instruct.encoder_tokens:
+        encoder_map = nn.Linear(aligner.encoder_config.dim, aligner.qformer.config.hidden_size, device=device)
+        load_weights(encoder_map, directory / "encoder_tokens.safetensors")
+    encoder = StudentEncoder(aligner.requires_grad_(False), encoder_map)
+    if encoder_map is not None:
+        encoder_map.eval().requires_grad_(False)
+    return encoder
