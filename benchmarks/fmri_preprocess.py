@@ -72,6 +72,7 @@ def peak_rss_child(root: Path, out: Path, segments: dict) -> dict:
     code = f"""
 import json, time
 from llm4brain.fmri.preprocess import preprocess_subject
+from llm4brain.fmri.runs import RunLayout
 from llm4brain.sections import FmriConfig
 
 def rss(field):
@@ -80,7 +81,7 @@ def rss(field):
 base = rss("VmRSS:")
 start = time.perf_counter()
 preprocess_subject("subject1", {str(root / "subject1")!r}, None, {str(out)!r}, {segments!r}, 2.0,
-                   FmriConfig.from_dict({PARAMS!r}), {{"layout": "wen2018", "wen2018": {{"images": "cifti"}}}})
+                   FmriConfig.from_dict({PARAMS!r}), RunLayout(layout="wen2018"))
 print(json.dumps({{"base": base, "peak": rss("VmHWM:"), "seconds": time.perf_counter() - start}}))
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

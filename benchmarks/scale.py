@@ -262,12 +262,13 @@ def preprocessing_speed(folder: Path, n_runs: int) -> dict[str, float]:
 
     from llm4brain.fmri.collections import preprocess_collection_subject
     from llm4brain.fmri.preprocess import preprocess_subject
+    from llm4brain.fmri.runs import RunLayout
     from llm4brain.sections import FmriConfig
 
     runs = write_subject(folder, n_runs)
     shown = {run.parent.parent.name for run in runs}
     segments = {split: [s for s in segs if s in shown] for split, segs in SEGMENTS.items()}
-    layout = {"layout": "wen2018", "wen2018": {"images": "cifti"}}
+    layout = RunLayout.from_data({"layout": "wen2018", "wen2018": {"images": "cifti"}})
     volumes = len(runs) * KEEP
     best = {"task": float("inf"), "collection": float("inf")}
     for _ in range(2):

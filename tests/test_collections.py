@@ -27,7 +27,7 @@ from llm4brain.artifacts import open_artifact, read_keys
 from llm4brain.fmri.collections import collection_qc, preprocess_collection_subject, shards_with_samples
 from llm4brain.fmri.discover import discover
 from llm4brain.fmri.preprocess import pair_run, preprocess_subject
-from llm4brain.fmri.runs import InputError, find_runs
+from llm4brain.fmri.runs import InputError, RunLayout, find_runs
 from llm4brain.sections import FmriConfig, ScmbmCollectionsConfig
 
 FUNCTIONAL = Path(nib.__file__).parent / "tests" / "data" / "functional.nii"  # real EPI: 17 x 21 x 3, 20 TRs of 2 s
@@ -36,7 +36,7 @@ CLEANING = {
     "trim": {"start": 0, "end": 0, "keep": None},
     "confounds": [],
 }
-LAYOUT = {"layout": "demo", "bids": {}, "wen2018": {}}
+LAYOUT = RunLayout(layout="demo")
 
 
 def entry(name: str, root: Path, layout: str, **keys) -> dict:
@@ -202,7 +202,7 @@ def test_a_collection_run_is_cleaned_exactly_like_the_task_run(tiny_demo, tmp_pa
     )
     run = next(
         r
-        for r in find_runs(tiny_demo / "sub-01", {"layout": "bids", "bids": {}, "segments": TINY_SEGMENTS})
+        for r in find_runs(tiny_demo / "sub-01", RunLayout(), TINY_SEGMENTS["train"] + TINY_SEGMENTS["test"])
         if r.segment == "seg02"
     )
     out, qc = tmp_path / "c" / "sub-01.h5", tmp_path / "c" / "qc" / "sub-01.tsv"

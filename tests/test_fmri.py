@@ -14,7 +14,7 @@ from conftest import FMRI_PARAMS, REPO, TINY_DEMO, TINY_SEGMENTS
 
 from llm4brain.artifacts import open_artifact, read_keys
 from llm4brain.fmri.preprocess import SplitHalf, clean_run, pair_run, preprocess_subject
-from llm4brain.fmri.runs import InputError, Run, check_id
+from llm4brain.fmri.runs import InputError, Run, RunLayout, check_id
 from llm4brain.fmri.signal import cosine_drift, nuisance_basis, residualize, standardize
 from llm4brain.sections import FmriConfig
 
@@ -238,7 +238,7 @@ def test_bids_derivatives_with_confound_regression(tiny_demo, tmp_path):
             TINY_SEGMENTS,
             2.0,
             FmriConfig.from_dict({**FMRI_PARAMS, "confounds": columns}),
-            {"layout": "bids", "bids": {**BIDS, "events_root": str(raw)}},
+            RunLayout.from_data({"layout": "bids", "bids": {**BIDS, "events_root": str(raw)}}),
         )
         outputs[len(columns)] = out
     with h5py.File(clean) as c, h5py.File(outputs[0]) as dirty, h5py.File(outputs[1]) as regressed:
@@ -260,7 +260,7 @@ def test_missing_confound_column_names_file(tiny_demo, tmp_path):
             TINY_SEGMENTS,
             2.0,
             FmriConfig.from_dict({**FMRI_PARAMS, "confounds": ["rot_x"]}),
-            {"layout": "bids", "bids": {**BIDS, "events_root": str(raw)}},
+            RunLayout.from_data({"layout": "bids", "bids": {**BIDS, "events_root": str(raw)}}),
         )
     assert not (tmp_path / "o.h5").exists()
 
@@ -348,7 +348,7 @@ def test_no_shipped_config_lets_test_data_choose_voxels(path):
 WEN_SEGMENTS = {"train": ["seg1", "seg2"], "test": ["test1"]}
 WEN_PARAMS = {**FMRI_PARAMS, "detrend_order": 4, "trim": {"start": 0, "end": 4, "keep": 20}, "unpaired_clips": "drop"}
 WEN = FmriConfig.from_dict(WEN_PARAMS)
-WEN_CIFTI = {"layout": "wen2018", "wen2018": {"images": "cifti"}}
+WEN_CIFTI = RunLayout(layout="wen2018")  # images: cifti, the default
 
 
 def expected_clip(run: Path, lead: int, keep: int, order: int, volume: int, columns: np.ndarray) -> np.ndarray:
@@ -447,7 +447,7 @@ def test_wen2018_mni_volumes(tmp_path):
         WEN_SEGMENTS,
         2.0,
         WEN,
-        {"layout": "wen2018", "wen2018": {"images": "mni"}},
+        RunLayout.from_data({"layout": "wen2018", "wen2018": {"images": "mni"}}),
     )
     with open_artifact(out, "fmri", ("train/bold",)) as f:
         assert f.attrs["layout"] == "volume" and f.attrs["space"] == "MNI152"

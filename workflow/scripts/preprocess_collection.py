@@ -1,4 +1,5 @@
 from llm4brain.fmri.collections import preprocess_collection_subject
+from llm4brain.fmri.runs import RunLayout
 from llm4brain.runtime import setup_logging
 from llm4brain.sections import FmriConfig
 
@@ -13,6 +14,6 @@ preprocess_collection_subject(
     qc_path=snakemake.output.qc,
     tr=p.tr,
     fmri=FmriConfig.from_dict(p.fmri),
-    layout=p.layout,
+    layout=RunLayout.from_data(p.layout),
     on_bad_run=p.on_bad_run,
 )

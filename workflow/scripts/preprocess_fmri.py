@@ -1,4 +1,5 @@
 from llm4brain.fmri.preprocess import preprocess_subject
+from llm4brain.fmri.runs import RunLayout
 from llm4brain.runtime import setup_logging
 from llm4brain.sections import FmriConfig
 
@@ -12,5 +13,5 @@ preprocess_subject(
     p.segments,
     p.tr,
     FmriConfig.from_dict(p.fmri),
-    p.layout,
+    RunLayout.from_data(p.layout),
 )

@@ -20,7 +20,7 @@ from llm4brain.artifacts import atomic_h5, atomic_path, open_artifact, set_attrs
 from llm4brain.fmri.bids import confounds_file
 from llm4brain.fmri.images import make_space
 from llm4brain.fmri.preprocess import ROWS, read_clean_run, run_extent, scale_rows, space_name
-from llm4brain.fmri.runs import Run, check_id
+from llm4brain.fmri.runs import Run, RunLayout, check_id
 from llm4brain.runtime import LOG
 from llm4brain.sections import FmriConfig
 from llm4brain.tables import InputError, read_tsv
@@ -38,7 +38,7 @@ def preprocess_collection_subject(
     qc_path: str | Path,
     tr: float,
     fmri: FmriConfig,
-    layout: dict[str, Any],
+    layout: RunLayout,
     on_bad_run: str = "error",
 ) -> None:
     """Clean every run of one collection subject and write its volumes as ``train`` samples, atomically.

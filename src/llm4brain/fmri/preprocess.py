@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from llm4brain.artifacts import atomic_h5, set_attrs, write_keys
 from llm4brain.fmri.images import SurfaceSpace, VolumeSpace, make_space
-from llm4brain.fmri.runs import InputError, Run, check_id, find_runs, read_confounds
+from llm4brain.fmri.runs import InputError, Run, RunLayout, check_id, find_runs, read_confounds
 from llm4brain.fmri.signal import column_blocks, cosine_drift, nuisance_basis, residualize, standardize
 from llm4brain.runtime import LOG
 from llm4brain.sections import FmriConfig, FmriReliabilityConfig, FmriTrimConfig
@@ -236,7 +236,7 @@ def preprocess_subject(
     segments: dict[str, list[str]],
     tr: float,
     fmri: FmriConfig,
-    layout: dict[str, Any] | None = None,
+    layout: RunLayout | None = None,
 ) -> None:
     """Preprocess every run of ``subject`` and write the per-split samples atomically.
 
@@ -257,7 +257,7 @@ def preprocess_subject(
             averaging, reliability selection), recorded in the artifact as given.
         layout: the data section's ``layout``, ``bids`` and ``wen2018`` entries, which say where the runs and
             events tables are and which runs count; None = BIDS-like with no entity filter, as the demo
-            writes.
+            writes (:class:`~llm4brain.fmri.runs.RunLayout`).
 
     Raises:
         InputError: a run of an unlisted segment or a listed segment without a run, a header TR or grid
@@ -265,9 +265,9 @@ def preprocess_subject(
     """
     check_id(subject, "subject id")
     subject_dir, out_path = Path(subject_dir), Path(out_path)
-    data = {"layout": "bids", "bids": {}, **(layout or {}), "segments": segments}
+    layout = layout or RunLayout()
     split_of = {seg: split for split, segs in segments.items() for seg in segs}
-    runs = find_runs(subject_dir, data)
+    runs = find_runs(subject_dir, layout, segments["train"] + segments["test"])
     for run in runs:
         if run.segment not in split_of:
             raise InputError(f"{run.events}: segment {run.segment!r} is not in the configured segments")
@@ -317,7 +317,7 @@ def preprocess_subject(
                     "tr": tr,
                     "hrf_lag": fmri.hrf_lag,
                     "params": fmri.to_dict(),
-                    "space": space_name(data, space),
+                    "space": space_name(layout, space),
                     "voxel_selection": voxel_selection(fmri.reliability),
                     "n_runs": len(runs),
                     **space.attrs(),
@@ -435,10 +435,10 @@ def select_voxels(
     return usable
 
 
-def space_name(data: dict[str, Any], space: VolumeSpace | SurfaceSpace) -> str:
+def space_name(layout: RunLayout, space: VolumeSpace | SurfaceSpace) -> str:
     """What coordinates the samples are in, for readers of the artifact."""
     if isinstance(space, SurfaceSpace):
         return "CIFTI grayordinates (" + ", ".join(space.structures) + ")"
-    if data["layout"] == "wen2018":
+    if layout.layout == "wen2018":
         return "MNI152"
-    return data.get("bids", {}).get("space") or data["layout"]
+    return layout.bids.space or layout.layout

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal, cast
 
 import numpy as np
 
 from llm4brain.fmri.bids import bids_bolds, confounds_file, raw_stem, select_bolds
 from llm4brain.fmri.wen2018 import wen_bolds
+from llm4brain.sections import DataBidsConfig, DataWen2018Config
 from llm4brain.tables import InputError, read_tsv
 
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
@@ -25,6 +28,26 @@ class Run:
     onset: float | None  # seconds from the file's first volume to the segment's first frame; None = first kept volume
     duration: float | None  # seconds; None = until the last kept volume
     confounds: Path | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunLayout:
+    """Where a subject's runs are and which count: the ``data`` section's ``layout``, ``bids`` and
+    ``wen2018`` entries. Preprocessing reads only these of ``data`` (its rules' params, so editing another
+    data key reruns nothing). The default is BIDS-like with no entity filter, as the demo writes."""
+
+    layout: Literal["demo", "bids", "wen2018"] = "bids"
+    bids: DataBidsConfig = field(default_factory=DataBidsConfig)
+    wen2018: DataWen2018Config = field(default_factory=DataWen2018Config)
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any]) -> RunLayout:
+        """The layout of a ``data`` section, or of the fragment of it a rule passes (missing keys: defaults)."""
+        return cls(
+            layout=cast("Literal['demo', 'bids', 'wen2018']", data.get("layout", "bids")),
+            bids=DataBidsConfig.from_dict(data.get("bids") or {}),
+            wen2018=DataWen2018Config.from_dict(data.get("wen2018") or {}),
+        )
 
 
 def check_id(value: str, what: str) -> str:
@@ -63,13 +86,14 @@ def wen_runs(subject_dir: Path, segments: list[str], images: str) -> list[Run]:
     return [Run(bold, bold, segment, None, None) for segment, bolds in found.items() for bold in bolds]
 
 
-def find_runs(subject_dir: Path, data: dict) -> list[Run]:
-    """A subject's runs in the configured layout (``data`` is the config's data section)."""
-    if data["layout"] == "wen2018":
-        return wen_runs(subject_dir, data["segments"]["train"] + data["segments"]["test"], data["wen2018"]["images"])
-    bids = data.get("bids", {})
-    events_root = Path(bids["events_root"]) if bids.get("events_root") else None
-    return bids_runs(subject_dir, {key: bids.get(key) for key in ("task", "space", "desc")}, events_root)
+def find_runs(subject_dir: Path, layout: RunLayout, segments: list[str]) -> list[Run]:
+    """A subject's runs in ``layout``; a Wen 2018 subject's are those of ``segments`` (the release has no
+    events tables to name them)."""
+    if layout.layout == "wen2018":
+        return wen_runs(subject_dir, segments, layout.wen2018.images)
+    bids = layout.bids
+    events_root = Path(bids.events_root) if bids.events_root else None
+    return bids_runs(subject_dir, {"task": bids.task, "space": bids.space, "desc": bids.desc}, events_root)
 
 
 def read_confounds(run: Run, columns: list[str], n_volumes: int) -> np.ndarray:
