@@ -1,5 +1,5 @@
 """Data-parallel training on this machine's CPUs: 2 processes (gloo) against 1, for the SC-MBM and the
-alignment steps, through the rules' own entry points (pretrain_scmbm, pretrain_adaptor).
+alignment steps, through the rules' own entry points (pretrain_scmbm, train_brain_aligner).
 
     .venv/bin/python benchmarks/ddp.py [--devices 2] [--steps 40]
 
@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from scale import defaults  # noqa: E402
 from train_step import CLIPS, ENCODER, GRID, QFORMER, REPEATS, write_subject  # noqa: E402
 
-from llm4brain.align.train import pretrain_adaptor  # noqa: E402
+from llm4brain.align.train import train_brain_aligner  # noqa: E402
 from llm4brain.artifacts import atomic_h5  # noqa: E402
 from llm4brain.distributed import launch  # noqa: E402
 from llm4brain.models.captioner import Captioner  # noqa: E402
@@ -124,7 +124,7 @@ def run(stage: str, inputs: dict[str, Any], out: Path, devices: int, steps: int,
     else:
         params = {**config["align"], "heldout": ["sub-03"], "train": train}
         launch(
-            pretrain_adaptor,
+            train_brain_aligner,
             devices=devices,
             fmri_paths=inputs["fmri"],
             feature_paths=inputs["features"],

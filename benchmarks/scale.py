@@ -184,7 +184,7 @@ def loader_speed(paths: list[str], size: dict[str, Any]) -> dict[str, float]:
 def wen_rehearsal(folder: Path, size: dict[str, Any]) -> tuple[float, float]:
     """Child process: pretrain_adaptor on Wen 2018-size data written to ``folder``; its peak RSS and the bytes
     the design before streaming held (every window and every segment's tokens)."""
-    from llm4brain.align.train import pretrain_adaptor
+    from llm4brain.align.train import train_brain_aligner
     from llm4brain.artifacts import atomic_h5
     from llm4brain.models.captioner import Captioner
     from llm4brain.models.tokenizer import train_word_tokenizer
@@ -237,7 +237,7 @@ def wen_rehearsal(folder: Path, size: dict[str, Any]) -> tuple[float, float]:
         "buffer_mb": size["align_buffer_mb"],
     }
     encoder = {**ENCODER, "tokenizer": {**ENCODER["tokenizer"], "vector_patch": 256}}
-    pretrain_adaptor(
+    train_brain_aligner(
         fmri_paths=[str(p) for p in fmri],
         feature_paths=[str(p) for p in features],
         teacher_dir=str(folder / "teacher"),

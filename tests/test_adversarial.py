@@ -83,7 +83,7 @@ def test_pretrain_adaptor_trains_the_adversary_on_every_subject_with_a_reversed_
     from test_stream import adaptor_inputs, adaptor_outputs, typed
 
     import llm4brain.align.adversarial as adversarial
-    from llm4brain.align.train import pretrain_adaptor
+    from llm4brain.align.train import train_brain_aligner
 
     calls: list[tuple[list[int], float]] = []
     coefficients: list[float] = []
@@ -103,7 +103,7 @@ def test_pretrain_adaptor_trains_the_adversary_on_every_subject_with_a_reversed_
     inputs = adaptor_inputs(tmp_path)
     inputs["align"]["loss"] = {**inputs["align"]["loss"], **weights}
     steps, batch = inputs["align"]["train"]["steps"], inputs["align"]["train"]["batch_size"]
-    pretrain_adaptor(**typed(inputs), **adaptor_outputs(tmp_path / "out"))
+    train_brain_aligner(**typed(inputs), **adaptor_outputs(tmp_path / "out"))
     log = pd.read_csv(tmp_path / "out" / "model" / "train_log.tsv", sep="\t")
     # two labelled subjects, then sub-03 (index 2): each step's classifier is told all three apart
     assert [counts for counts, _ in calls] == [[batch, batch, batch]] * steps

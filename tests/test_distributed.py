@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 from test_models import CAPTIONS
 from test_stream import ENCODER, SCMBM, SUBJECTS, adaptor_inputs, adaptor_outputs, runs, typed, write_fmri
 
-from llm4brain.align.train import pretrain_adaptor
+from llm4brain.align.train import train_brain_aligner
 from llm4brain.artifacts import atomic_h5, write_keys, write_strings
 from llm4brain.distributed import BACKENDS, launch
 from llm4brain.instruct.train import instruct_llm
@@ -146,7 +146,12 @@ def test_two_processes_align_and_tune_a_4bit_lora_student_with_distillation_as_o
     for devices in (1, 2):
         out = tmp_path / f"align{devices}"
         launch(
-            as_rank, devices=devices, target=pretrain_adaptor, guard=[str(out)], **typed(inputs), **adaptor_outputs(out)
+            as_rank,
+            devices=devices,
+            target=train_brain_aligner,
+            guard=[str(out)],
+            **typed(inputs),
+            **adaptor_outputs(out),
         )
     assert_close(weights(tmp_path / "align1" / "model"), weights(tmp_path / "align2" / "model"), "aligner")
     assert_same_curve(*(tmp_path / f"align{d}" / "model" / "train_log.tsv" for d in (1, 2)))

@@ -468,11 +468,11 @@ def assert_same_latents(a: Path, b: Path) -> None:
 
 def test_pretrain_adaptor_streams_its_samples_and_reruns_identically(tmp_path):
     """The aligner trains on its streams, validates and writes every subject's latents, twice identically."""
-    from llm4brain.align.train import pretrain_adaptor
+    from llm4brain.align.train import train_brain_aligner
 
     inputs = adaptor_inputs(tmp_path)
     for run in ("first", "second"):
-        pretrain_adaptor(**typed(inputs), **adaptor_outputs(tmp_path / run))
+        train_brain_aligner(**typed(inputs), **adaptor_outputs(tmp_path / run))
     log = pd.read_csv(tmp_path / "first" / "model" / "train_log.tsv", sep="\t")
     assert len(log) == 6 and log["val_loss"].notna().sum() == 2 and {"domain", "contrastive"} <= set(log.columns)
     assert set(pd.read_csv(tmp_path / "first" / "metrics.tsv", sep="\t")["subject"]) == set(SUBJECTS)
@@ -489,7 +489,7 @@ ADAPTOR_SCRIPT = textwrap.dedent("""
     import json, os, signal, sys
     from pathlib import Path
     from llm4brain.fmri import stream
-    from llm4brain.align.train import pretrain_adaptor
+    from llm4brain.align.train import train_brain_aligner
     from llm4brain.resume import Checkpoint
     from llm4brain.sections import AlignConfig, EncoderConfig
 
@@ -506,7 +506,7 @@ ADAPTOR_SCRIPT = textwrap.dedent("""
         return next_batch(self, batch_size)
 
     stream.ShuffledStream.next = next_or_die
-    pretrain_adaptor(**inputs, model_dir=str(out / "model"), latent_paths=[str(out / f"{s}.h5") for s in SUBJECTS],
+    train_brain_aligner(**inputs, model_dir=str(out / "model"), latent_paths=[str(out / f"{s}.h5") for s in SUBJECTS],
                      metrics_path=str(out / "metrics.tsv"), checkpoint=Checkpoint(CKPT, "align-job"))
 """)
 

@@ -1,4 +1,4 @@
-from llm4brain.align.train import pretrain_adaptor
+from llm4brain.align.train import train_brain_aligner
 from llm4brain.distributed import launch
 from llm4brain.resume import Checkpoint
 from llm4brain.runtime import setup_logging
@@ -9,7 +9,7 @@ if __name__ == "__main__":  # not when the data-parallel workers re-import this 
     p = snakemake.params
     align = AlignConfig.from_dict(p.align)
     launch(
-        pretrain_adaptor,
+        train_brain_aligner,
         devices=snakemake.resources.devices,
         device=align.train.device,
         log_file=snakemake.log[0],

@@ -1,7 +1,7 @@
 """What the aligner trains and the loss it minimises, as importable parts: :func:`build_trainables` (the
 aligner and the heads its configured terms need) and :class:`AlignmentObjective` (one step's weighted terms,
-each a named component of ``align.loss``). ``pretrain_adaptor`` feeds them streamed batches;
-``benchmarks/gpu.py`` feeds them synthetic ones, so the benchmark times the same objective.
+each a named component of ``align.loss``). :func:`~llm4brain.align.train.train_brain_aligner` feeds them
+streamed batches; ``benchmarks/gpu.py`` feeds them synthetic ones, so the benchmark times the same objective.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def uses_heldout_fmri(align: AlignConfig, heldout: Sequence[str]) -> bool:
 
 @dataclass
 class Trainables:
-    """The modules ``pretrain_adaptor`` trains: the aligner, and the heads its terms need (masked modelling
+    """The modules the align stage trains: the aligner, and the heads its terms need (masked modelling
     of the held-out windows, the subject adversary), or None."""
 
     aligner: BrainAligner

@@ -1,4 +1,5 @@
-"""``pretrain_adaptor``: train the brain aligner, then write every subject's latents and retrieval metrics.
+"""The align stage (rule ``pretrain_adaptor``, config ``align``, output ``align/``): train the brain aligner,
+then write every subject's latents and retrieval metrics (:func:`train_brain_aligner`).
 
 Labelled subjects contribute (fMRI, clip) pairs; held-out subjects contribute only their unlabelled
 training-split fMRI, through the domain-adaptation term. fMRI windows stream from the subjects' files
@@ -212,7 +213,7 @@ def clip_validation(
     return validate
 
 
-def pretrain_adaptor(
+def train_brain_aligner(
     *,
     fmri_paths: Sequence[str],
     feature_paths: Sequence[str],
@@ -229,7 +230,7 @@ def pretrain_adaptor(
 ) -> None:
     """Train on labelled subjects (+ unlabelled held-out fMRI) and write model, latents and metrics.
 
-    Training reads only the ``train`` split (:func:`alignment_data`, :func:`train_aligner`).
+    Training reads only the ``train`` split (:func:`alignment_data`, :func:`fit_aligner`).
 
     Args:
         fmri_paths: every subject's preprocessed fMRI (``results/fmri/{subject}.h5``), in ``subjects``' order.
@@ -251,7 +252,7 @@ def pretrain_adaptor(
     features, heldout = FeatureFiles(feature_paths), set(align.heldout)
     generator = torch.Generator().manual_seed(seed + SeedOffset.ALIGN_BATCHES)
     data = alignment_data(fmri_paths, features, subjects, heldout, train_params.val_fraction, generator)
-    aligner, history = train_aligner(
+    aligner, history = fit_aligner(
         data=data,
         qformer=qformer,
         features=features,
@@ -283,7 +284,7 @@ def pretrain_adaptor(
     LOG.info("identification:\n%s", metrics.to_string(index=False))
 
 
-def train_aligner(
+def fit_aligner(
     *,
     data: AlignmentData,
     qformer: VideoQFormer | InstructionQFormer,
