@@ -45,6 +45,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import functools
 import gc
 import os
 import resource
@@ -77,8 +78,8 @@ from llm4brain.video.preprocessing import data_config
 
 REPO = Path(__file__).resolve().parents[1]
 GRAYORDINATES = 59412  # Wen 2018's cortical CIFTI samples (data.wen2018.images: cifti)
-EVA_G = {"source": "timm", "name": "eva_giant_patch14_224", "weights": None, "kwargs": {}}
-VICUNA_7B = {  # lmsys/vicuna-7b-v1.1, InstructBLIP's language model
+EVA_G: dict[str, Any] = {"source": "timm", "name": "eva_giant_patch14_224", "weights": None, "kwargs": {}}
+VICUNA_7B: dict[str, Any] = {  # lmsys/vicuna-7b-v1.1, InstructBLIP's language model
     "hidden_size": 4096,
     "intermediate_size": 11008,
     "num_hidden_layers": 32,
@@ -89,7 +90,7 @@ VICUNA_7B = {  # lmsys/vicuna-7b-v1.1, InstructBLIP's language model
     "rms_norm_eps": 1e-6,
 }
 INSTRUCTION_TOKENS = 14  # the prompt in BERT tokens ([CLS] ... [SEP]), as the Q-Former reads it
-TINY = {  # --tiny: the same stages at widths that run on two CPU cores in seconds
+TINY: dict[str, Any] = {  # --tiny: the same stages at widths that run on two CPU cores in seconds
     "grid": (512,),
     "encoder": {"dim": 64, "depth": 2, "num_heads": 4},
     "decoder": {"dim": 32, "depth": 1, "num_heads": 2},
@@ -311,7 +312,7 @@ def vit_g_cache(setup: Setup, device: torch.device, warmup: int, steps: int) -> 
     row = Row("vit_g_cache", 1, samples="frames")
     with peak_memory(row, device):
         with torch.device(device):  # a 1 B-parameter init on the device, not on the host first
-            model = build_vision_model(VideoConfig.from_dict(params), seed=0)
+            model: Any = build_vision_model(VideoConfig.from_dict(params), seed=0)  # timm's forward_features
         size = data_config(VideoConfig.from_dict(params), model)["input_size"]
         frames = torch.randn(params["batch_size"], *size)
         frames = frames.pin_memory() if device.type == "cuda" else frames
@@ -536,7 +537,7 @@ def run_all(setup: Setup, device: torch.device, warmup: int, steps: int, stages:
     """``stages`` on one device; the 7B-size stages share one teacher, built once."""
     needs = needs_gb(setup)
     rows = [
-        guarded(n, needs[n], device, 1, lambda f=f: f(setup, device, warmup, steps))
+        guarded(n, needs[n], device, 1, functools.partial(f, setup, device, warmup, steps))
         for n, f in SINGLE.items()
         if n in stages
     ]
@@ -558,7 +559,7 @@ def run_all(setup: Setup, device: torch.device, warmup: int, steps: int, stages:
             run: Callable[[], Row] = lambda: decode(setup, device, warmup, steps, teacher)  # noqa: E731
         else:
             kind = name.removeprefix("student_lora_").replace("bf16", "none")
-            run = lambda kind=kind: student_step(setup, device, warmup, steps, teacher, kind)  # noqa: E731
+            run = functools.partial(student_step, setup, device, warmup, steps, teacher, kind)
         rows.append(guarded(name, needs[name], device, 1, run))
     return rows
 
@@ -571,7 +572,7 @@ def parallel_entry(*, setup: Setup, warmup: int, steps: int, stages: list[str], 
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // shard.size))
     needs = needs_gb(setup)
     rows = [
-        guarded(name, needs[name], device, shard.size, lambda name=name: SINGLE[name](setup, device, warmup, steps))
+        guarded(name, needs[name], device, shard.size, functools.partial(SINGLE[name], setup, device, warmup, steps))
         for name in stages
     ]
     if shard.main:

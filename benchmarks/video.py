@@ -28,6 +28,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import av
 import h5py
@@ -82,7 +83,8 @@ def write_clip(
     yy, xx = np.mgrid[0:height, 0:width]
     with av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=FPS)
-        stream.width, stream.height, stream.pix_fmt, stream.options = width, height, "yuv420p", options
+        assert isinstance(stream, av.VideoStream)  # a video codec's stream
+        stream.width, stream.height, stream.pix_fmt, stream.options = width, height, "yuv420p", dict(options)
         for i in range(seconds * FPS):
             frame = np.stack(
                 [(xx + 4 * i) % 256, (yy + 2 * i) % 256, ((xx // 40 + yy // 40 + i // 15) % 2) * 255], axis=-1
@@ -123,7 +125,8 @@ def sequential_decode(path: Path) -> None:
             frame.to_ndarray(format="rgb24")
 
 
-def bare_forward(model: torch.nn.Module, batches: list[torch.Tensor]) -> None:
+def bare_forward(model: Any, batches: list[torch.Tensor]) -> None:
+    """``model`` is a timm vision transformer (``forward_features`` is timm's, not ``nn.Module``'s)."""
     with torch.inference_mode():
         for x in batches:
             model.forward_features(x)
@@ -150,8 +153,8 @@ def main() -> None:
         VideoConfig.from_dict(params("demo ViT"))
     )  # import timm once, outside every timing: a job pays it once per segment
     print(f"{'stage':40s} {'frames/s':>10s} {'baseline':>10s} {'ratio':>6s} {'goal':>5s} {'/goal':>6s}")
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
         clips = {
             "H.264 MP4": (tmp / "h264.mp4", "libx264", {"preset": "veryfast", "bf": "2"}),
             "MPEG-4 Part 2 MP4": (tmp / "mpeg4.mp4", "mpeg4", {"bf": "2", "qscale": "3"}),
