@@ -6,6 +6,7 @@ that read the edited section (and what depends on them), and that a rerun from s
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import re
 import shutil
@@ -421,28 +422,28 @@ def test_encoder_tokens_without_the_end_to_end_student_fails_at_dag_build(micro)
 def from_scratch(micro: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bool, Path]:
     """The micro workflow run again from scratch in a fresh copy: through profiles/slurm on a local one-node
     SLURM when one can be started here (root), else locally. One run serves both the determinism and the
-    SLURM tests; then a copy retrains every training rule on 2 processes each (:func:`on_two_devices`),
-    locally: this run already covers submission, and a job launches its processes the same way on a SLURM
-    node (distributed.launch), while each SLURM job waits out the executor's status checks, which back off by
-    10 s per idle check. Returns the copy, whether SLURM ran it, and the 2-process copy."""
+    SLURM tests. Meanwhile a copy of ``micro`` retrains every training rule on 2 processes each
+    (:func:`on_two_devices`), locally: the SLURM run already covers submission, a job launches its processes
+    the same way on a SLURM node (distributed.launch), and the SLURM run mostly waits out the executor's status
+    checks (they back off by 10 s per idle check), which the retraining fills. Returns the copy, whether SLURM
+    ran it, and the 2-process copy."""
     from local_slurm import local_slurm
 
     tmp = tmp_path_factory.mktemp("scratch")
     workdir = make_copy(tmp / "workflow")
-    profile = site_profile(workdir)
-    try:
-        with local_slurm(tmp / "slurm"):
-            run = subprocess.run(
-                ["timeout", "-k", "10", "840", sys.executable, "-m", "snakemake", "--workflow-profile", str(profile)],
-                cwd=workdir,
-                capture_output=True,
-                text=True,
-            )
-            assert run.returncode == 0, run.stderr[-6000:]
-            return workdir, True, on_two_devices(workdir, tmp / "two")
-    except pytest.skip.Exception:
-        snakemake(workdir)
-        return workdir, False, on_two_devices(workdir, tmp / "two")
+    command = ["timeout", "-k", "10", "840", sys.executable, "-m", "snakemake", "--workflow-profile"]
+    command.append(str(site_profile(workdir)))
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        two = pool.submit(on_two_devices, micro, tmp / "two")
+        try:
+            with local_slurm(tmp / "slurm"):
+                run = subprocess.run(command, cwd=workdir, capture_output=True, text=True)
+                assert run.returncode == 0, run.stderr[-6000:]
+                on_slurm = True
+        except pytest.skip.Exception:
+            snakemake(workdir)
+            on_slurm = False
+        return workdir, on_slurm, two.result()
 
 
 TRAINING = {
