@@ -5,8 +5,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 CORES  ?= all
-# pytest workers (pytest-xdist), each given whole test files: the workflow file waits on Snakemake and SLURM
-# while the other worker runs the rest
+# pytest workers (pytest-xdist), each given whole test files, the longest first (tests/conftest.py): the
+# workflow file waits on Snakemake and SLURM while the other worker runs the rest
 TEST_WORKERS ?= 2
 
 export HF_HUB_OFFLINE := 1
@@ -36,7 +36,7 @@ demo: install
 # mypy runs as a test (tests/test_static_checks.py), on a worker beside the workflow tests
 test: install-dev format-check
 	$(BIN)/mkdocs build --strict
-	$(BIN)/pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # the documentation site at http://127.0.0.1:8000, rebuilt on every edit
 docs: install-dev
