@@ -82,3 +82,23 @@ def test_site_checker_finds_broken_links_anchors_and_images(tmp_path):
     problems, external = check_site.check_links(tmp_path)
     assert external == {"https://example.org"}
     assert sorted(problem.split(" ")[2] for problem in problems) == ["bad.svg", "missing/", "nowhere.png", "page/#gone"]
+
+
+def test_every_function_the_api_reference_shows_documents_its_arguments():
+    """docs/api.md renders docstrings Google style (mkdocs.yml): a function with parameters and no ``Args:``
+    section would show none of them. Each parameter must also be named in that section."""
+    import importlib
+    import inspect
+
+    missing = []
+    for path in re.findall(r"^:::\s+(\S+)", (REPO / "docs" / "api.md").read_text(), re.M):
+        module, _, name = path.rpartition(".")
+        obj = getattr(importlib.import_module(module), name, None)  # None: a module (its members are shown)
+        if not inspect.isfunction(obj):
+            continue
+        doc = inspect.getdoc(obj) or ""
+        args = doc.split("Args:", 1)[1] if "Args:" in doc else ""
+        for parameter in inspect.signature(obj).parameters:
+            if not re.search(rf"^\s+\*{{0,2}}{parameter}\b.*:", args, re.M):
+                missing.append(f"{path}({parameter})")
+    assert not missing, missing
