@@ -39,6 +39,11 @@ CLEANING = {
 LAYOUT = RunLayout(layout="demo")
 
 
+def collection(name: str, root: Path, layout: str, **keys) -> ScmbmCollectionsConfig:
+    """:func:`entry`, typed as ``discover`` takes it."""
+    return ScmbmCollectionsConfig.from_dict(entry(name, root, layout, **keys))
+
+
 def entry(name: str, root: Path, layout: str, **keys) -> dict:
     """A collection entry with the schema's defaults filled, as the workflow sees it."""
     filters = {"task": None, "space": None, "desc": None, "run": None, **keys.pop("filters", {})}
@@ -125,31 +130,27 @@ def hcp(root: Path) -> Path:
 
 def test_discover_bids_volumes_by_entity_globs(tmp_path):
     root = bids_volumes(tmp_path / "rest")
-    found = discover(ScmbmCollectionsConfig.from_dict(entry("rest", root, "bids", filters={"task": "rest"})), "volume")
+    found = discover(collection("rest", root, "bids", filters={"task": "rest"}), "volume")
     assert {s: list(runs) for s, runs in found.items()} == {
         "sub-A": ["task-rest_run-1"],
         "sub-B": ["ses-1_task-rest_run-1", "ses-1_task-rest_run-2"],
     }
     assert found["sub-B"]["ses-1_task-rest_run-2"].name == "sub-B_ses-1_task-rest_run-2_bold.nii"
-    only_two = discover(ScmbmCollectionsConfig.from_dict(entry("rest", root, "bids", filters={"run": "[2]"})), "volume")
+    only_two = discover(collection("rest", root, "bids", filters={"run": "[2]"}), "volume")
     assert {s: list(runs) for s, runs in only_two.items()} == {"sub-B": ["ses-1_task-rest_run-2"]}
-    assert discover(
-        ScmbmCollectionsConfig.from_dict(entry("rest", root, "bids", subjects=["sub-A"])), "volume"
-    ).keys() == {"sub-A"}
+    assert discover(collection("rest", root, "bids", subjects=["sub-A"]), "volume").keys() == {"sub-A"}
     with pytest.raises(InputError, match=r"collection rest: no volume runs of subject sub-A under .*rest/sub-A"):
         discover(
-            ScmbmCollectionsConfig.from_dict(
-                entry("rest", root, "bids", subjects=["sub-A"], filters={"task": "sleep"})
-            ),
+            collection("rest", root, "bids", subjects=["sub-A"], filters={"task": "sleep"}),
             "volume",
         )
     with pytest.raises(InputError, match=r"collection rest: no cifti runs under .*rest match"):
-        discover(ScmbmCollectionsConfig.from_dict(entry("rest", root, "bids")), "cifti")
+        discover(collection("rest", root, "bids"), "cifti")
 
 
 def test_discover_fmriprep_takes_the_tasks_kind_and_refuses_ambiguous_runs(tmp_path):
     root = bids_cifti(tmp_path / "prep")
-    cifti = discover(ScmbmCollectionsConfig.from_dict(entry("prep", root, "fmriprep")), "cifti")
+    cifti = discover(collection("prep", root, "fmriprep"), "cifti")
     assert {s: [p.name for p in runs.values()] for s, runs in cifti.items()} == {
         "sub-C": ["sub-C_task-rest_space-fsLR_den-91k_bold.dtseries.nii"],
         "sub-D": ["sub-D_task-rest_space-fsLR_den-91k_bold.dtseries.nii"],
@@ -157,28 +158,22 @@ def test_discover_fmriprep_takes_the_tasks_kind_and_refuses_ambiguous_runs(tmp_p
     assert list(cifti["sub-C"]) == ["task-rest"]
     volume_run(root / "sub-C/func/sub-C_task-rest_space-T1w_desc-preproc_bold.nii.gz")
     with pytest.raises(InputError, match=r"sub-C: run task-rest matches 2 files .*narrow the collection's space/desc"):
-        discover(ScmbmCollectionsConfig.from_dict(entry("prep", root, "fmriprep")), "volume")
-    picked = discover(
-        ScmbmCollectionsConfig.from_dict(entry("prep", root, "fmriprep", filters={"space": "MNI*"})), "volume"
-    )
+        discover(collection("prep", root, "fmriprep"), "volume")
+    picked = discover(collection("prep", root, "fmriprep", filters={"space": "MNI*"}), "volume")
     assert "MNI152NLin2009cAsym" in picked["sub-C"]["task-rest"].name
 
 
 def test_discover_hcp_folders(tmp_path):
     root = hcp(tmp_path / "hcp")
-    rest = discover(
-        ScmbmCollectionsConfig.from_dict(entry("hcp", root, "hcp", filters={"task": "rfMRI_REST*"})), "cifti"
-    )
+    rest = discover(collection("hcp", root, "hcp", filters={"task": "rfMRI_REST*"}), "cifti")
     assert {s: {r: p.name for r, p in runs.items()} for s, runs in rest.items()} == {
         "100307": {"rfMRI_REST1_LR": "rfMRI_REST1_LR_Atlas.dtseries.nii"},
         "100408": {"rfMRI_REST2_RL": "rfMRI_REST2_RL_Atlas.dtseries.nii"},
     }
-    msmall = discover(
-        ScmbmCollectionsConfig.from_dict(entry("hcp", root, "hcp", filters={"desc": "_Atlas_MSMAll"})), "cifti"
-    )
+    msmall = discover(collection("hcp", root, "hcp", filters={"desc": "_Atlas_MSMAll"}), "cifti")
     assert sorted(msmall["100307"]) == ["rfMRI_REST1_LR", "tfMRI_MOTOR_LR"]
     assert all(p.name.endswith("_Atlas_MSMAll.dtseries.nii") for runs in msmall.values() for p in runs.values())
-    volumes = discover(ScmbmCollectionsConfig.from_dict(entry("hcp", root, "hcp", filters={"run": "*_LR"})), "volume")
+    volumes = discover(collection("hcp", root, "hcp", filters={"run": "*_LR"}), "volume")
     assert {s: {r: p.name for r, p in runs.items()} for s, runs in volumes.items()} == {
         "100307": {"rfMRI_REST1_LR": "rfMRI_REST1_LR.nii.gz", "tfMRI_MOTOR_LR": "tfMRI_MOTOR_LR.nii.gz"}
     }
@@ -234,7 +229,7 @@ def test_a_collection_run_is_cleaned_exactly_like_the_task_run(tiny_demo, tmp_pa
 
 def test_cifti_volumes_and_resampled_volumes(tmp_path, tiny_demo):
     prep, rest = bids_cifti(tmp_path / "prep"), bids_volumes(tmp_path / "rest")
-    runs = discover(ScmbmCollectionsConfig.from_dict(entry("prep", prep, "fmriprep")), "cifti")["sub-C"]
+    runs = discover(collection("prep", prep, "fmriprep"), "cifti")["sub-C"]
     out = tmp_path / "prep.h5"
     preprocess_collection_subject(
         collection="prep",
@@ -252,9 +247,7 @@ def test_cifti_volumes_and_resampled_volumes(tmp_path, tiny_demo):
         assert bold.shape == (24, 40) and f.attrs["layout"] == "vector"  # the cortical grayordinates only
     np.testing.assert_allclose(bold.mean(0), 0, atol=1e-5)
     np.testing.assert_allclose(bold.std(0, ddof=1), 1, rtol=1e-4)
-    runs = discover(ScmbmCollectionsConfig.from_dict(entry("rest", rest, "bids", filters={"task": "rest"})), "volume")[
-        "sub-B"
-    ]
+    runs = discover(collection("rest", rest, "bids", filters={"task": "rest"}), "volume")["sub-B"]
     out = tmp_path / "rest.h5"
     mask = tiny_demo / "roi_mask.nii.gz"
     preprocess_collection_subject(
