@@ -69,6 +69,21 @@ class StudentEncoder:
         return in_batches(self.tokens, inputs, device, batch_size)
 
 
+ENCODER_MAP = "encoder_tokens.safetensors"  # the encoder map's weights in a student's model folder
+
+
+def encoder_map(aligner: BrainAligner) -> nn.Linear:
+    """``encoder_tokens``' map of the encoder's tokens into the Q-Former's output space, which the projection
+    takes, on the aligner's device (randomly initialised)."""
+    return nn.Linear(aligner.encoder_config.dim, aligner.qformer.config.hidden_size, device=aligner.logit_scale.device)
+
+
+def saved_instruct(directory: Path) -> InstructConfig:
+    """The ``instruct`` section a student's model folder was trained with (its ``config.json``)."""
+    config_path = directory / "config.json"
+    return InstructConfig.from_dict(json.loads(config_path.read_text())["instruct"], source=config_path)
+
+
 class FmriStudent(nn.Module):
     """fMRI input (volumes or aligned tokens) → tokens (its :class:`StudentEncoder`) → captions."""
 
@@ -78,12 +93,7 @@ class FmriStudent(nn.Module):
             raise ValueError("encoder_tokens needs the end-to-end student (input: encoder)")
         self.captioner = captioner
         self.aligner = aligner
-        # encoder_tokens: the encoder's tokens into the Q-Former's output space, which the projection takes
-        self.encoder_map = (
-            nn.Linear(aligner.encoder_config.dim, aligner.qformer.config.hidden_size, device=aligner.logit_scale.device)
-            if encoder_tokens and aligner is not None  # encoder_tokens without an aligner was refused above
-            else None
-        )
+        self.encoder_map = encoder_map(aligner) if encoder_tokens and aligner is not None else None
 
     @property
     def encoder(self) -> StudentEncoder:
@@ -130,7 +140,7 @@ def save_student(
     if student.aligner is not None:
         save_aligner(directory / "aligner", student.aligner, teacher_dir)
     if student.encoder_map is not None:
-        save_weights(student.encoder_map, directory / "encoder_tokens.safetensors")
+        save_weights(student.encoder_map, directory / ENCODER_MAP)
     config = {
         "teacher": str(teacher_dir),
         "align": str(align_dir),
@@ -159,8 +169,7 @@ def load_student(
             or the align stage's frozen tokens (``latents``).
     """
     directory = Path(directory)
-    config_path = directory / "config.json"
-    instruct = InstructConfig.from_dict(json.loads(config_path.read_text())["instruct"], source=config_path)
+    instruct = saved_instruct(directory)
     llm = instruct.llm
     qformer, captioner, _ = load_teacher(
         teacher_dir,
@@ -173,7 +182,7 @@ def load_student(
     aligner = load_aligner(directory / "aligner", qformer).to(device) if (directory / "aligner").is_dir() else None
     student = FmriStudent(captioner, aligner, instruct.encoder_tokens)
     if student.encoder_map is not None:
-        load_weights(student.encoder_map, directory / "encoder_tokens.safetensors")
+        load_weights(student.encoder_map, directory / ENCODER_MAP)
     return student.eval().requires_grad_(False)
 
 
@@ -189,16 +198,13 @@ def load_student_encoder(directory: str | Path, teacher_dir: str | Path, device:
         device: the device the encoder is loaded on.
     """
     directory = Path(directory)
-    config_path = directory / "config.json"
-    instruct = InstructConfig.from_dict(json.loads(config_path.read_text())["instruct"], source=config_path)
+    instruct = saved_instruct(directory)
     if not (directory / "aligner").is_dir():
         return StudentEncoder(None, None)
-    aligner = load_aligner(directory / "aligner", load_video_qformer(teacher_dir)).to(device)
-    encoder_map = None
+    aligner = load_aligner(directory / "aligner", load_video_qformer(teacher_dir)).to(device).requires_grad_(False)
+    mapped = None
     if instruct.encoder_tokens:
-        encoder_map = nn.Linear(aligner.encoder_config.dim, aligner.qformer.config.hidden_size, device=device)
-        load_weights(encoder_map, directory / "encoder_tokens.safetensors")
-    encoder = StudentEncoder(aligner.requires_grad_(False), encoder_map)
-    if encoder_map is not None:
-        encoder_map.eval().requires_grad_(False)
-    return encoder
+        mapped = encoder_map(aligner)
+        load_weights(mapped, directory / ENCODER_MAP)
+        mapped.eval().requires_grad_(False)
+    return StudentEncoder(aligner, mapped)
