@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 from conftest import TRAIN_DEFAULTS
@@ -226,3 +228,67 @@ def test_encoder_tokens_reach_the_llm_after_the_aligned_ones_and_reload_identica
     torch.testing.assert_close(encoder.encode(volumes, torch.device("cpu")), reloaded.encode(volumes), rtol=0, atol=0)
     with pytest.raises(ValueError, match="encoder_tokens needs the end-to-end student"):
         build_student(str(teacher_dir), "", instruct("full").replace(encoder_tokens=True))
+
+
+def test_the_student_validates_on_whole_clips_it_never_trains_on(tmp_path, monkeypatch):
+    """``instruct.train.val_fraction`` holds out that share of the training clips, every labelled subject's
+    and repeat's samples of each: no training batch reads them, the log records their loss every
+    ``eval_every`` steps, and the run is deterministic."""
+    from test_distributed import write_captions
+    from test_stream import adaptor_inputs, adaptor_outputs, typed
+
+    from llm4brain.align.train import train_brain_aligner
+    from llm4brain.fmri.stream import SampleRows
+    from llm4brain.instruct import train as instruct_train
+
+    inputs = typed(adaptor_inputs(tmp_path))
+    train_brain_aligner(**inputs, **adaptor_outputs(tmp_path / "align"))
+    taken: list[tuple[SampleRows, set[tuple[int, int]]]] = []
+
+    class Recorded(SampleRows):
+        def take(self, samples):
+            mine = next(seen for rows, seen in taken if rows is self)
+            picked = np.asarray(samples, np.int64)
+            mine.update(zip(self.file_index[picked].tolist(), self.rows[picked].tolist(), strict=True))
+            return super().take(samples)
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            taken.append((self, set()))
+
+    monkeypatch.setattr(instruct_train, "SampleRows", Recorded)
+    params = instruct("full").replace(
+        distill_weight=0.2,
+        train=TrainConfig.from_dict({**TRAIN, "steps": 6, "batch_size": 8, "val_fraction": 0.25, "eval_every": 2}),
+    )
+    logs = []
+    for run in ("a", "b"):
+        taken.clear()
+        (tmp_path / run).mkdir()
+        instruct_train.instruct_llm(
+            fmri_paths=inputs["fmri_paths"],
+            latent_paths=adaptor_outputs(tmp_path / "align")["latent_paths"],
+            align_dir=str(tmp_path / "align" / "model"),
+            feature_paths=inputs["feature_paths"],
+            captions_path=write_captions(tmp_path / "captions.h5"),
+            teacher_dir=inputs["teacher_dir"],
+            model_dir=str(tmp_path / run / "model"),
+            log_tsv=str(tmp_path / run / "log.tsv"),
+            subjects=inputs["subjects"],
+            heldout=["sub-03"],
+            instruct=params,
+            seed=0,
+        )
+        logs.append(pd.read_csv(tmp_path / run / "log.tsv", sep="\t"))
+    (train_rows, trained), (val_rows, validated) = taken
+    assert trained and validated and not trained & validated
+    assert trained <= set(zip(train_rows.file_index.tolist(), train_rows.rows.tolist(), strict=True))
+    assert validated == set(zip(val_rows.file_index.tolist(), val_rows.rows.tolist(), strict=True))
+    # whole clips: each validation clip's every sample, of both labelled subjects and every repeat
+    keys = [f.keys() for f in val_rows.files]
+    clips = {keys[f][r] for f, r in validated}
+    assert 0 < len(clips) < 16
+    every = {(f, r) for f, of_file in enumerate(keys) for r, key in enumerate(of_file) if key in clips}
+    assert validated == every and {f for f, _ in validated} == {0, 1}
+    assert logs[0]["val_loss"].notna().tolist() == [False, True, False, True, False, True]
+    pd.testing.assert_frame_equal(logs[0], logs[1])

@@ -24,6 +24,7 @@ class SeedOffset(IntEnum):
     ALIGN_HELDOUT = 23  # the held-out subjects' unlabelled stream
     INSTRUCT = 30
     INSTRUCT_BATCHES = 31
+    INSTRUCT_VALIDATION = 32  # the clips the student validates on
     DECODE = 40
     DEMO_SUBJECTS = 100  # + the subject's index: each simulated subject's own maps and noise
 

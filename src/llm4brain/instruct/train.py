@@ -93,6 +93,13 @@ def build_student(
     return FmriStudent(captioner, aligner, instruct.encoder_tokens)
 
 
+def validation_clips(clips: list[tuple[str, int]], fraction: float, seed: int) -> set[tuple[str, int]]:
+    """``fraction`` of the training clips, drawn with ``seed``, held out whole (every subject's and repeat's
+    samples of a clip) to validate on: the student never trains on them."""
+    order = torch.randperm(len(clips), generator=torch.Generator().manual_seed(seed)).tolist()
+    return {clips[i] for i in order[: round(len(clips) * fraction)]}
+
+
 @torch.no_grad()
 def frozen_logits(
     teacher: Captioner, student: FmriStudent, tokens: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor
@@ -140,22 +147,46 @@ def instruct_llm(
         student.window,
     )
     keep = np.array([i for i, key in enumerate(split_keys) if key in captions], np.int64)
+    unique = sorted({split_keys[i] for i in keep.tolist()})
+    val_clips = validation_clips(unique, instruct.train.val_fraction, seed + SeedOffset.INSTRUCT_VALIDATION)
+    validated = np.array([split_keys[i] in val_clips for i in keep.tolist()], bool)
     # the samples stay on disk: a batch's windows are read when it is drawn
-    inputs = SampleRows(every.files, every.file_index[keep], every.rows[keep], every.window)
-    keys = [split_keys[i] for i in keep.tolist()]
-    unique = sorted(set(keys))
+    inputs, val_inputs = (
+        SampleRows(every.files, every.file_index[k], every.rows[k], every.window)
+        for k in (keep[~validated], keep[validated])
+    )
+    keys = [split_keys[i] for i in keep[~validated].tolist()]
+    val_keys = [split_keys[i] for i in keep[validated].tolist()]
     if frozen is not None:  # the video tokens the teacher captions each training clip from: (Q, H) per clip
         video = encode_clips(frozen[0], FeatureFiles(feature_paths), unique).to(device)
         index = {k: i for i, k in enumerate(unique)}
-        clip_of = torch.tensor([index[k] for k in keys], device=device)
-    texts = [captions[k] for k in keys]
     LOG.info(
-        "student (%s input): %d fMRI samples of %d clips from %s",
+        "student (%s input): %d fMRI samples of %d clips from %s (%d samples of %d more clips to validate on)",
         instruct.input,
         len(keys),
-        len(unique),
+        len(unique) - len(val_clips),
         [s for s in subjects if s not in heldout],
+        len(val_keys),
+        len(val_clips),
     )
+
+    def batch_loss(
+        samples: SampleRows, sample_keys: list[tuple[str, int]], idx: list[int]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The student's loss on samples ``idx``: the caption's cross-entropy, plus the weighted
+        distillation toward the teacher's captions of the same clips."""
+        batch_keys = [sample_keys[i] for i in idx]
+        lm, logits, ids, mask = student.captioner.caption_loss(
+            student.tokens(samples.take(np.array(idx, np.int64)).to(device)), [captions[k] for k in batch_keys]
+        )
+        terms = {"lm": lm.item()}
+        loss = lm
+        if teacher is not None:
+            clips = video[torch.tensor([index[k] for k in batch_keys], device=device)]
+            kd = distillation(logits, frozen_logits(teacher, student, clips, ids, mask), mask, temperature)
+            loss = loss + weight * kd
+            terms["distill"] = kd.item()
+        return loss, terms
 
     generator = torch.Generator().manual_seed(seed + SeedOffset.INSTRUCT_BATCHES)
     shard = world()
@@ -163,16 +194,16 @@ def instruct_llm(
     def loss_fn(step: int) -> tuple[torch.Tensor, dict[str, float]]:
         student.train()
         idx = shard.share(torch.randint(len(keys), (batch_size,), generator=generator))  # of the global batch
-        batch_texts = [texts[i] for i in idx.tolist()]
-        lm, logits, ids, mask = student.captioner.caption_loss(student.tokens(inputs.take(idx).to(device)), batch_texts)
-        terms = {"lm": lm.item()}
-        loss = lm
-        if teacher is not None:
-            teacher_logits = frozen_logits(teacher, student, video[clip_of[idx]], ids, mask)
-            kd = distillation(logits, teacher_logits, mask, temperature)
-            loss = loss + weight * kd
-            terms["distill"] = kd.item()
-        return loss, terms
+        return batch_loss(inputs, keys, idx.tolist())
+
+    def validate() -> float:
+        """The loss on every validation sample, in eval mode, on every process alike."""
+        student.eval()
+        total = 0.0
+        for start in range(0, len(val_keys), batch_size):
+            idx = list(range(start, min(start + batch_size, len(val_keys))))
+            total += float(batch_loss(val_inputs, val_keys, idx)[0]) * len(idx)
+        return total / len(val_keys)
 
     fit(
         student,
@@ -182,6 +213,7 @@ def instruct_llm(
         log_tsv,
         checkpoint=checkpoint,
         generators=[generator],
+        validate=validate if val_keys else None,
         device=device,
     )
     if not shard.main:
