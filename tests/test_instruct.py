@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import TRAIN_DEFAULTS
+from conftest import DEFAULTS, TRAIN_DEFAULTS
 from test_models import ALIGN, CAPTIONS, ENCODER, PROMPT, TEMPLATE, tiny_teacher
 
 from llm4brain.instruct.student import load_student, load_student_encoder, save_student
@@ -292,3 +292,41 @@ def test_the_student_validates_on_whole_clips_it_never_trains_on(tmp_path, monke
     assert validated == every and {f for f, _ in validated} == {0, 1}
     assert logs[0]["val_loss"].notna().tolist() == [False, True, False, True, False, True]
     pd.testing.assert_frame_equal(logs[0], logs[1])
+
+
+def test_the_teacher_validates_on_clips_it_never_trains_on(tmp_path, monkeypatch):
+    """``video_llm.train.val_fraction``: the teacher's training batches never read a validation clip, its
+    validation reads every one of them, and its log records the validation loss every ``eval_every`` steps."""
+    from test_distributed import write_captions
+    from test_stream import write_features
+
+    from llm4brain.artifacts import FeatureFiles
+    from llm4brain.sections import VideoLlmConfig
+    from llm4brain.seeds import SeedOffset
+    from llm4brain.training import validation_clips
+    from llm4brain.video_llm.train import train_video_llm
+
+    read: dict[bool, set] = {True: set(), False: set()}  # the clips read with and without gradients
+    clips = FeatureFiles.clips
+
+    def recorded(self, keys):
+        read[torch.is_grad_enabled()].update(keys)
+        return clips(self, keys)
+
+    monkeypatch.setattr(FeatureFiles, "clips", recorded)
+    features = [write_features(tmp_path / f"{s}.h5", s, 8, i) for i, s in enumerate("ab")]
+    train = {**TRAIN, "steps": 6, "batch_size": 8, "threads": 1, "val_fraction": 0.25, "eval_every": 2}
+    video_llm = VideoLlmConfig.from_dict({**DEFAULTS["video_llm"], "train": train})
+    train_video_llm(
+        feature_paths=features,
+        captions_path=write_captions(tmp_path / "captions.h5"),
+        out_dir=tmp_path / "teacher",
+        train_segments=["a", "b"],
+        video_llm=video_llm,
+        seed=0,
+    )
+    every = [(s, t) for s in "ab" for t in range(8)]
+    held = validation_clips(every, 0.25, SeedOffset.VIDEO_LLM_VALIDATION)
+    assert len(held) == 4 and read[True] and not read[True] & held and held <= read[False]
+    log = pd.read_csv(tmp_path / "teacher" / "train_log.tsv", sep="\t")
+    assert log["val_loss"].notna().tolist() == [False, True, False, True, False, True]

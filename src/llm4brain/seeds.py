@@ -15,6 +15,7 @@ class SeedOffset(IntEnum):
     DEMO_TEMPLATES = 1  # the demo's shared voxel maps
     VIDEO_LLM = 10
     VIDEO_LLM_BATCHES = 11
+    VIDEO_LLM_VALIDATION = 12  # the clips the teacher validates on
     SCMBM = 15
     SCMBM_SAMPLES = 16  # validation rows, sample order and the masks
     SCMBM_VALIDATION_MASKS = 17

@@ -239,6 +239,13 @@ class Run:
             LOG.info("%s: kept the weights of the best validation loss %.4g", desc, self.best["loss"])
 
 
+def validation_clips(clips: list[tuple[str, int]], fraction: float, seed: int) -> set[tuple[str, int]]:
+    """``fraction`` of the training clips ``(segment, tr)``, drawn with ``seed``, held out whole (every subject's
+    and repeat's samples of a clip) to validate on: a trainer never trains on them."""
+    order = torch.randperm(len(clips), generator=torch.Generator().manual_seed(seed)).tolist()
+    return {clips[i] for i in order[: round(len(clips) * fraction)]}
+
+
 def start_run(
     module: torch.nn.Module,
     loss_fn: Callable[[int], tuple[torch.Tensor, dict[str, float]]],

@@ -27,7 +27,7 @@ from llm4brain.resume import Checkpoint
 from llm4brain.runtime import LOG
 from llm4brain.sections import InstructConfig, InstructLlmConfig
 from llm4brain.seeds import SeedOffset
-from llm4brain.training import begin_stage, fit, model_folder
+from llm4brain.training import begin_stage, fit, model_folder, validation_clips
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -91,13 +91,6 @@ def build_student(
             else:
                 param.requires_grad_(instruct.train_qformer or not name.startswith("qformer.") or ".adaptor." in name)
     return FmriStudent(captioner, aligner, instruct.encoder_tokens)
-
-
-def validation_clips(clips: list[tuple[str, int]], fraction: float, seed: int) -> set[tuple[str, int]]:
-    """``fraction`` of the training clips, drawn with ``seed``, held out whole (every subject's and repeat's
-    samples of a clip) to validate on: the student never trains on them."""
-    order = torch.randperm(len(clips), generator=torch.Generator().manual_seed(seed)).tolist()
-    return {clips[i] for i in order[: round(len(clips) * fraction)]}
 
 
 @torch.no_grad()

@@ -21,7 +21,7 @@ from llm4brain.resume import Checkpoint
 from llm4brain.runtime import LOG
 from llm4brain.sections import VideoLlmConfig
 from llm4brain.seeds import SeedOffset
-from llm4brain.training import begin_stage, fit, model_folder
+from llm4brain.training import begin_stage, fit, model_folder, validation_clips
 
 
 def training_clips(
@@ -48,15 +48,20 @@ def train_video_llm(
     device = begin_stage(video_llm.train, seed + SeedOffset.VIDEO_LLM)
     captions = read_captions(captions_path)
     features = FeatureFiles(feature_paths)
-    keys = training_clips(features, captions, train_segments)
-    texts = [captions[k] for k in keys]
+    every = training_clips(features, captions, train_segments)
+    texts = [captions[k] for k in every]  # the tokenizer's: every training caption
+    held = validation_clips(every, video_llm.train.val_fraction, seed + SeedOffset.VIDEO_LLM_VALIDATION)
+    keys, val_keys = [k for k in every if k not in held], [k for k in every if k in held]
     n, (num_frames, num_tokens, vision_dim) = len(keys), features.clip_shape
 
-    def clips(idx: list[int]) -> torch.Tensor:
-        """(k, F, T, D) float32 tokens of training clips ``idx``, read from disk: only a batch is in memory."""
-        return torch.from_numpy(features.clips([keys[i] for i in idx]).astype(np.float32))
+    def clips(of: list[tuple[str, int]]) -> torch.Tensor:
+        """(k, F, T, D) float32 tokens of clips ``of``, read from disk: only a batch is in memory."""
+        return torch.from_numpy(features.clips(of).astype(np.float32))
 
-    LOG.info("teacher: %d training clips, %d frames x %d tokens x %d dims", n, num_frames, num_tokens, vision_dim)
+    LOG.info(
+        "teacher: %d training clips (%d more to validate on), %d frames x %d tokens x %d dims",
+        *(n, len(val_keys), num_frames, num_tokens, vision_dim),
+    )
 
     template, prompt, max_caption_tokens = video_llm.template, video_llm.prompt, video_llm.max_caption_tokens
     tokenizer = train_word_tokenizer(texts + [template.replace("{video}", " ").format(prompt=prompt)])
@@ -71,9 +76,22 @@ def train_video_llm(
     batch_size, shard = video_llm.train.batch_size, world()
 
     def loss_fn(step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        model.train()
         idx = shard.share(torch.randint(n, (batch_size,), generator=generator))  # of the global batch
-        loss, *_ = captioner.caption_loss(qformer(clips(idx.tolist()).to(device)), [texts[i] for i in idx.tolist()])
+        batch = [keys[i] for i in idx.tolist()]
+        loss, *_ = captioner.caption_loss(qformer(clips(batch).to(device)), [captions[k] for k in batch])
         return loss, {}
+
+    def validate() -> float:
+        """The caption loss on every validation clip, in eval mode, on every process alike."""
+        model.eval()
+        total = 0.0
+        for start in range(0, len(val_keys), batch_size):
+            batch = val_keys[start : start + batch_size]
+            total += float(
+                captioner.caption_loss(qformer(clips(batch).to(device)), [captions[k] for k in batch])[0]
+            ) * len(batch)
+        return total / len(val_keys)
 
     history = fit(
         model,
@@ -82,6 +100,7 @@ def train_video_llm(
         "train_video_llm",
         checkpoint=checkpoint,
         generators=[generator],
+        validate=validate if val_keys else None,
         device=device,
     )
     if not shard.main:
@@ -91,6 +110,6 @@ def train_video_llm(
         settings = {"template": template, "prompt": prompt, "max_caption_tokens": max_caption_tokens}
         save_teacher(tmp, qformer, captioner, {**settings, "train_segments": train_segments, "vision_dim": vision_dim})
         with torch.inference_mode():
-            sample = captioner.generate(qformer(clips(list(range(min(4, n)))).to(device)), max_caption_tokens)
+            sample = captioner.generate(qformer(clips(keys[:4]).to(device)), max_caption_tokens)
         for key, text in zip(keys[:4], sample, strict=True):
             LOG.info("teacher on %s: %r (reference %r)", key, text, captions[key])
