@@ -139,7 +139,7 @@ def test_two_processes_align_and_tune_a_4bit_lora_student_with_distillation_as_o
     """pretrain_adaptor (contrastive, cross-subject and MMD terms and the subject adversary on the gathered
     batch, masked modelling of the held-out subject's sharded windows, validation, two micro-batches a step)
     and instruct_llm (a 4-bit LoRA student distilled from an unquantised teacher copy, on captions of
-    different lengths: caption tokens counted over both processes)."""
+    different lengths: caption tokens counted over both processes; validated)."""
     inputs = adaptor_inputs(tmp_path, dropout=0.0)  # dropout masks are drawn per process: none to compare
     inputs["align"]["loss"] = {**inputs["align"]["loss"], "target_mbm": 0.5, "adversarial": 0.5}
     inputs["align"]["train"] = {**inputs["align"]["train"], "accumulate": 2}
@@ -173,7 +173,15 @@ def test_two_processes_align_and_tune_a_4bit_lora_student_with_distillation_as_o
             "quantization": "4bit",
             "lora": {**DEFAULTS["instruct"]["llm"]["lora"], "dropout": 0.0},
         },
-        "train": {**inputs["align"]["train"], "steps": 4, "val_fraction": 0.0, "lr": 1e-2, "accumulate": 1},
+        # validated on a quarter of the clips every 2 steps: the best weights kept are the same on both
+        "train": {
+            **inputs["align"]["train"],
+            "steps": 4,
+            "val_fraction": 0.25,
+            "eval_every": 2,
+            "lr": 1e-2,
+            "accumulate": 1,
+        },
     }
     captions = write_captions(tmp_path / "captions.h5")
     for devices in (1, 2):
@@ -199,6 +207,7 @@ def test_two_processes_align_and_tune_a_4bit_lora_student_with_distillation_as_o
         )
     assert_close(weights(tmp_path / "student1" / "model"), weights(tmp_path / "student2" / "model"), "student")
     assert_same_curve(tmp_path / "student1" / "log.tsv", tmp_path / "student2" / "log.tsv")
+    assert pd.read_csv(tmp_path / "student2" / "log.tsv", sep="\t")["val_loss"].notna().sum() == 2
     assert {"lm", "distill"} <= set(pd.read_csv(tmp_path / "student2" / "log.tsv", sep="\t").columns)
 
 
