@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import pandas as pd
 import torch
@@ -22,6 +22,8 @@ from llm4brain.resume import Checkpoint
 from llm4brain.runtime import LOG, autocast, autocast_dtype, seed_everything, select_device
 from llm4brain.sections import TrainConfig
 from llm4brain.seeds import rank_seed
+
+T = TypeVar("T")
 
 
 def begin_stage(train: TrainConfig, seed: int) -> torch.device:
@@ -239,11 +241,25 @@ class Run:
             LOG.info("%s: kept the weights of the best validation loss %.4g", desc, self.best["loss"])
 
 
-def validation_clips(clips: list[tuple[str, int]], fraction: float, seed: int) -> set[tuple[str, int]]:
-    """``fraction`` of the training clips ``(segment, tr)``, drawn with ``seed``, held out whole (every subject's
-    and repeat's samples of a clip) to validate on: a trainer never trains on them."""
-    order = torch.randperm(len(clips), generator=torch.Generator().manual_seed(seed)).tolist()
-    return {clips[i] for i in order[: round(len(clips) * fraction)]}
+def validation_clips(clips: list[tuple[str, int]], fraction: float, generator: torch.Generator) -> set[tuple[str, int]]:
+    """``fraction`` of the training clips ``(segment, tr)``, drawn from ``generator``, held out whole (every
+    subject's and repeat's samples of a clip) to validate on: a trainer never trains on them. Nothing is drawn
+    when no clip is held out, so the generator's later draws stay as they were."""
+    n = round(len(clips) * fraction)
+    if not n:
+        return set()
+    order = torch.randperm(len(clips), generator=generator).tolist()
+    return {clips[i] for i in order[:n]}
+
+
+def validation_loss(items: Sequence[T], batch_size: int, loss: Callable[[Sequence[T]], torch.Tensor]) -> float:
+    """The mean of ``loss`` over ``items``, ``batch_size`` at a time, each batch weighed by its size: every
+    process of a data-parallel job computes all of it (the validation loss of :func:`fit`)."""
+    total = 0.0
+    for start in range(0, len(items), batch_size):
+        batch = items[start : start + batch_size]
+        total += float(loss(batch)) * len(batch)
+    return total / len(items)
 
 
 def start_run(

@@ -50,7 +50,7 @@ from llm4brain.resume import Checkpoint
 from llm4brain.runtime import LOG
 from llm4brain.sections import AlignConfig, EncoderConfig, TrainConfig
 from llm4brain.seeds import SeedOffset
-from llm4brain.training import begin_stage, fit, model_folder
+from llm4brain.training import begin_stage, fit, model_folder, validation_clips
 
 if TYPE_CHECKING:
     from llm4brain.models.instructblip_video import InstructionQFormer
@@ -153,11 +153,8 @@ def alignment_data(
             f"align: the labelled subjects {labelled} share no training clip ({', '.join(map(str, fmri_paths))}); "
             "hold out the subjects that watched other training segments (data.segments.subject_train)"
         )
-    n_val = round(len(clips) * val_fraction)
-    val_clips: list[tuple[str, int]] = []
-    if n_val:  # whole clips held out, for every labelled subject
-        order = torch.randperm(len(clips), generator=generator).tolist()
-        val_clips, clips = sorted(clips[i] for i in order[:n_val]), sorted(clips[i] for i in order[n_val:])
+    held = validation_clips(clips, val_fraction, generator)  # whole clips, for every labelled subject
+    val_clips, clips = sorted(held), [clip for clip in clips if clip not in held]
     LOG.info(
         "aligning %d labelled subjects on %d clips (%d more to validate on); held out (unlabelled): %s",
         *(len(labelled), len(clips), len(val_clips), sorted(heldout) or "none"),

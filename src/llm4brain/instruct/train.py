@@ -27,7 +27,7 @@ from llm4brain.resume import Checkpoint
 from llm4brain.runtime import LOG
 from llm4brain.sections import InstructConfig, InstructLlmConfig
 from llm4brain.seeds import SeedOffset
-from llm4brain.training import begin_stage, fit, model_folder, validation_clips
+from llm4brain.training import begin_stage, fit, model_folder, validation_clips, validation_loss
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -141,7 +141,9 @@ def instruct_llm(
     )
     keep = np.array([i for i, key in enumerate(split_keys) if key in captions], np.int64)
     unique = sorted({split_keys[i] for i in keep.tolist()})
-    val_clips = validation_clips(unique, instruct.train.val_fraction, seed + SeedOffset.INSTRUCT_VALIDATION)
+    val_clips = validation_clips(
+        unique, instruct.train.val_fraction, torch.Generator().manual_seed(seed + SeedOffset.INSTRUCT_VALIDATION)
+    )
     validated = np.array([split_keys[i] in val_clips for i in keep.tolist()], bool)
     # the samples stay on disk: a batch's windows are read when it is drawn
     inputs, val_inputs = (
@@ -190,13 +192,11 @@ def instruct_llm(
         return batch_loss(inputs, keys, idx.tolist())
 
     def validate() -> float:
-        """The loss on every validation sample, in eval mode, on every process alike."""
+        """The loss on every validation sample, in eval mode."""
         student.eval()
-        total = 0.0
-        for start in range(0, len(val_keys), batch_size):
-            idx = list(range(start, min(start + batch_size, len(val_keys))))
-            total += float(batch_loss(val_inputs, val_keys, idx)[0]) * len(idx)
-        return total / len(val_keys)
+        return validation_loss(
+            range(len(val_keys)), batch_size, lambda idx: batch_loss(val_inputs, val_keys, list(idx))[0]
+        )
 
     fit(
         student,

@@ -6,6 +6,7 @@ one from the cached vision tokens and the reference captions of the training seg
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from llm4brain.resume import Checkpoint
 from llm4brain.runtime import LOG
 from llm4brain.sections import VideoLlmConfig
 from llm4brain.seeds import SeedOffset
-from llm4brain.training import begin_stage, fit, model_folder, validation_clips
+from llm4brain.training import begin_stage, fit, model_folder, validation_clips, validation_loss
 
 
 def training_clips(
@@ -50,7 +51,9 @@ def train_video_llm(
     features = FeatureFiles(feature_paths)
     every = training_clips(features, captions, train_segments)
     texts = [captions[k] for k in every]  # the tokenizer's: every training caption
-    held = validation_clips(every, video_llm.train.val_fraction, seed + SeedOffset.VIDEO_LLM_VALIDATION)
+    held = validation_clips(
+        every, video_llm.train.val_fraction, torch.Generator().manual_seed(seed + SeedOffset.VIDEO_LLM_VALIDATION)
+    )
     keys, val_keys = [k for k in every if k not in held], [k for k in every if k in held]
     n, (num_frames, num_tokens, vision_dim) = len(keys), features.clip_shape
 
@@ -78,20 +81,16 @@ def train_video_llm(
     def loss_fn(step: int) -> tuple[torch.Tensor, dict[str, float]]:
         model.train()
         idx = shard.share(torch.randint(n, (batch_size,), generator=generator))  # of the global batch
-        batch = [keys[i] for i in idx.tolist()]
-        loss, *_ = captioner.caption_loss(qformer(clips(batch).to(device)), [captions[k] for k in batch])
-        return loss, {}
+        return batch_loss([keys[i] for i in idx.tolist()]), {}
+
+    def batch_loss(batch: Sequence[tuple[str, int]]) -> torch.Tensor:
+        """The caption loss on clips ``batch`` (mean over caption tokens)."""
+        return captioner.caption_loss(qformer(clips(list(batch)).to(device)), [captions[k] for k in batch])[0]
 
     def validate() -> float:
-        """The caption loss on every validation clip, in eval mode, on every process alike."""
+        """The caption loss on every validation clip, in eval mode."""
         model.eval()
-        total = 0.0
-        for start in range(0, len(val_keys), batch_size):
-            batch = val_keys[start : start + batch_size]
-            total += float(
-                captioner.caption_loss(qformer(clips(batch).to(device)), [captions[k] for k in batch])[0]
-            ) * len(batch)
-        return total / len(val_keys)
+        return validation_loss(val_keys, batch_size, batch_loss)
 
     history = fit(
         model,
