@@ -119,6 +119,28 @@ def test_quantized_base_runs_a_lora_training_step_on_cpu(teacher_dir, quantizati
     assert changed
 
 
+def test_a_4bit_student_trains_on_after_evaluation_on_any_cpu(teacher_dir, monkeypatch):
+    """On a CPU with AVX512-BF16 bitsandbytes repacks a 4-bit layer for an inference kernel without a backward
+    pass the first time the layer runs in eval mode without gradients (and cannot repack layers narrower than
+    a quantisation block). A student validated mid-training must keep its layout: the CPU feature is pretended
+    here, so that every machine checks it."""
+    import bitsandbytes.nn.modules
+
+    monkeypatch.setattr(bitsandbytes.nn.modules, "has_avx512bf16", lambda: True)
+    torch.manual_seed(0)
+    student = build_student(str(teacher_dir), "", instruct("lora", "4bit"))
+    layers = [m for m in student.captioner.llm.modules() if isinstance(m, bitsandbytes.nn.Linear4bit)]
+    assert layers
+    tokens = torch.randn(3, 4, 32)
+    ids, mask = student.captioner.encode_captions(CAPTIONS)
+    student.eval()
+    with torch.no_grad():
+        student.captioner.caption_logits(tokens, ids, mask)
+    assert not any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in layers)
+    history = train(student, tokens, steps=2)
+    assert history["loss"].notna().all() and (history["grad_norm"] > 0).all()
+
+
 def test_distillation_vanishes_when_student_sees_what_teacher_sees(teacher_dir):
     student = build_student(str(teacher_dir), "", instruct("full"))
     teacher = copy.deepcopy(student.captioner)

@@ -200,19 +200,26 @@ def test_quantization_leaves_vision_tower_qformer_projection_and_lm_head_in_full
 
 
 @pytest.mark.parametrize("kind", ["4bit", "8bit"])
-def test_quantized_student_keeps_qformer_and_projection_in_full_precision(checkpoint, tmp_path, kind):
+def test_quantized_student_keeps_qformer_and_projection_in_full_precision(checkpoint, tmp_path, kind, monkeypatch):
     """8-bit or 4-bit NF4 through bitsandbytes quantises the LLM's decoder layers only; a LoRA step runs on
-    CPU."""
-    from test_instruct import instruct, train
+    CPU, after an evaluation pass too on a CPU with AVX512-BF16 (pretended: see
+    ``test_instruct.test_a_4bit_student_trains_on_after_evaluation_on_any_cpu``)."""
+    import bitsandbytes.nn.modules
+    from test_instruct import CAPTIONS, instruct, train
 
     from llm4brain.instruct.train import build_student
 
+    monkeypatch.setattr(bitsandbytes.nn.modules, "has_avx512bf16", lambda: True)
     student = build_student(str(teacher_pointer(checkpoint, tmp_path)), "", instruct("lora", kind))
     layers = {name: type(m).__name__ for name, m in student.captioner.llm.named_modules()}
     assert QUANTIZED[kind] in layers.values()
     assert [layer for name, layer in layers.items() if name.endswith("lm_head")] == ["Linear"]
     assert type(student.captioner.projection) is torch.nn.Linear
-    history = train(student, torch.randn(3, 4 * QUERIES, 32), steps=2)
+    tokens = torch.randn(3, 4 * QUERIES, 32)
+    student.eval()
+    with torch.no_grad():
+        student.captioner.caption_logits(tokens, *student.captioner.encode_captions(CAPTIONS))
+    history = train(student, tokens, steps=2)
     assert history["loss"].notna().all() and (history["grad_norm"] > 0).all()
 
 

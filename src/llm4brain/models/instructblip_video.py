@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from llm4brain.models.captioner import Captioner
-from llm4brain.models.quantization import quantized_loading
+from llm4brain.models.quantization import keep_4bit_training_layout, quantized_loading
 from llm4brain.models.weights import load_state, read_prefixed
 
 if TYPE_CHECKING:
@@ -124,6 +124,7 @@ def load_instructblip_video(
     model = InstructBlipVideoForConditionalGeneration.from_pretrained(
         directory, use_safetensors=True, dtype=dtype, **quantized_loading(quantization, device, FULL_PRECISION)
     )
+    keep_4bit_training_layout(model)
     tokenizer = AutoTokenizer.from_pretrained(directory)
     if tokenizer.pad_token is None:  # LLaMA tokenizers ship without one; captions are right-padded and masked
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token

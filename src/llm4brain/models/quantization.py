@@ -30,3 +30,24 @@ def quantized_loading(kind: str, device: torch.device | str, skip: list[str] | N
             llm_int8_skip_modules=skip,
         )
     return {"quantization_config": config, "device_map": {"": str(device)}}
+
+
+def keep_4bit_training_layout(model: torch.nn.Module) -> torch.nn.Module:
+    """Stop bitsandbytes repacking ``model``'s 4-bit weights for its CPU inference kernel.
+
+    On a CPU with AVX512-BF16, bitsandbytes (0.50) repacks a 4-bit layer's weight in place the first time the
+    layer runs in eval mode without gradients, and from then on computes it with a kernel that has no backward
+    pass. A student validated during training would train on through that kernel, and the repacking fails
+    outright on layers narrower than a quantisation block (the test models'). Kept in the layout it was
+    loaded in, every CPU computes as one without AVX512-BF16 does, in training and in evaluation.
+
+    Args:
+        model: a model loaded with :func:`quantized_loading`; modules other than 4-bit layers are untouched.
+
+    Returns:
+        ``model``, changed in place.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):  # bitsandbytes.nn.Linear4bit, without importing it
+            setattr(module, "support_avx512bf16_for_cpu", False)  # noqa: B010 (nn.Module types its attributes)
+    return model

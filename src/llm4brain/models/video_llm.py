@@ -25,7 +25,7 @@ from transformers import (
 )
 
 from llm4brain.models.captioner import Captioner
-from llm4brain.models.quantization import quantized_loading
+from llm4brain.models.quantization import keep_4bit_training_layout, quantized_loading
 from llm4brain.models.weights import load_weights, save_weights
 from llm4brain.sections import VideoLlmLlmConfig, VideoLlmQformerConfig
 
@@ -181,6 +181,7 @@ def load_teacher(
     llm = AutoModelForCausalLM.from_pretrained(
         llm_dir or directory / "llm", use_safetensors=True, **quantized_loading(quantization, device)
     )
+    keep_4bit_training_layout(llm)
     captioner = Captioner(
         llm,
         tokenizer,
