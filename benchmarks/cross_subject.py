@@ -62,6 +62,24 @@ METHODS: dict[str, dict] = {
 # what the ceiling (the held-out subject's own labels used) adds for a method whose inputs differ from the
 # floor's: srm-all reads every subject through the shared space, and so does its ceiling
 CEILINGS = {"srm-all": "ceiling-srm-all"}
+# a method at another weight: "name@w" sets each of its loss terms that METHODS switches on to w
+
+
+def method_config(method: str) -> dict:
+    """What ``method`` changes in the align section: ``METHODS[name]``, or for ``name@w`` that method with
+    each loss term it switches on at weight ``w`` (``adversarial@0.3``, ``combined@1``)."""
+    name, _, weight = method.partition("@")
+    if name not in METHODS:
+        raise ValueError(f"unknown method {method!r}: one of {sorted(METHODS)}, optionally @weight")
+    config = dict(METHODS[name])
+    if weight:
+        terms = {term: float(weight) if on else 0.0 for term, on in config["loss"].items()}
+        if not any(terms.values()):
+            raise ValueError(f"{method!r}: {name} switches on no loss term to weigh")
+        config["loss"] = terms
+    return config
+
+
 SRM = ("srm", "srm-all")
 MEASURES = ("top1", "top5")  # of metrics.tsv's 50-way rows
 SUMMARY = "top5"
@@ -112,7 +130,7 @@ def measure(
     rows: list[dict] = []
     for regime in regimes:
         # SRM needs the held-out subject's responses to the labelled subjects' training clips
-        usable = [m for m in methods if not (regime == "disjoint" and m in SRM)]
+        usable = [m for m in methods if not (regime == "disjoint" and m.partition("@")[0] in SRM)]
         overlays = data_overlays(regime)
         for seed in replicates:
             with tempfile.TemporaryDirectory() as tmp:
@@ -129,13 +147,13 @@ def measure(
                     key = {"regime": regime, "replicate": seed, "heldout": subject}
                     for name, method in [("ceiling", "none")] + [(CEILINGS[m], m) for m in usable if m in CEILINGS]:
                         if (name, str(unlabelled)) not in ceilings:
-                            align = {"heldout": unlabelled, **METHODS[method]}
+                            align = {"heldout": unlabelled, **method_config(method)}
                             ceilings[name, str(unlabelled)] = run(workdir, seed, data, align, cores)
                         ceiling = ceilings[name, str(unlabelled)]
                         rows.append({**key, "method": name, **ceiling.loc[subject, list(MEASURES)].to_dict()})
                     ceiling = ceilings["ceiling", str(unlabelled)]
                     for method in usable:
-                        metrics = run(workdir, seed, data, {"heldout": [subject], **METHODS[method]}, cores)
+                        metrics = run(workdir, seed, data, {"heldout": [subject], **method_config(method)}, cores)
                         rows.append({**key, "method": method, **metrics.loc[subject, list(MEASURES)].to_dict()})
                         others = metrics.drop(index=subject)  # the labelled subjects of the same run
                         rows[-1].update({f"labelled_{m}": float(others[m].mean()) for m in MEASURES})
@@ -147,6 +165,50 @@ def measure(
                         )
                         pd.DataFrame(rows).to_csv(out, sep="\t", index=False)
                 print(f"{regime} r{seed}: {time.perf_counter() - started:.0f} s", flush=True)
+    return pd.DataFrame(rows)
+
+
+# --select: the self-supervised methods' weights chosen on training segments alone, in the disjoint regime's
+# setting without its held-out subject or test segment. Two subjects: the first watched the first half of the
+# training segments but the last, the second (data.segments.subject_train) the rest but the last, and the last
+# training segment is the pseudo-test. Each is the pseudo-target in turn: held out (its labels unused), scored
+# on the pseudo-test with its labels. Its ceiling is the run holding out the other, trained on its own labels
+# alone, so two runs without adaptation give both floors and both ceilings.
+SELECTION = SUBJECTS[:2]
+
+
+def selection_overlay() -> dict:
+    """The ``demo`` and ``data`` config of the selection task, from ``config/config.yaml``'s training segments
+    (idiosyncratic subjects, as in disjoint)."""
+    train = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["data"]["segments"]["train"]
+    half = (len(train) + 1) // 2  # six training segments: 3 for the first subject, 2 for the second, 1 to test
+    segments = {"train": train[:half], "test": train[-1:], "subject_train": {SELECTION[1]: train[half:-1]}}
+    return {"demo": {"regime": "idiosyncratic"}, "data": {"subjects": list(SELECTION), "segments": segments}}
+
+
+def select(replicates: list[int], methods: list[str], cores: int, out: Path) -> pd.DataFrame:
+    """Every selection run's row (regime ``selection``, the pseudo-target as ``heldout``, the two runs without
+    adaptation as ``none`` and ``ceiling``); ``out`` is rewritten after each."""
+    rows: list[dict] = []
+    data = selection_overlay()
+    for seed in replicates:
+        with tempfile.TemporaryDirectory() as tmp:
+            workdir = Path(tmp)
+            copy_workflow(workdir)
+            started = time.perf_counter()
+            unadapted = {
+                held: run(workdir, seed, data, {"heldout": [held], **METHODS["none"]}, cores) for held in SELECTION
+            }
+            for pseudo, labelled in (SELECTION, SELECTION[::-1]):
+                key = {"regime": "selection", "replicate": seed, "heldout": pseudo}
+                for method, metrics in (("none", unadapted[pseudo]), ("ceiling", unadapted[labelled])):
+                    rows.append({**key, "method": method, **metrics.loc[pseudo, list(MEASURES)].to_dict()})
+                for method in methods:
+                    metrics = run(workdir, seed, data, {"heldout": [pseudo], **method_config(method)}, cores)
+                    rows.append({**key, "method": method, **metrics.loc[pseudo, list(MEASURES)].to_dict()})
+                    print(f"selection r{seed} {pseudo} {method:16s} {SUMMARY} {rows[-1][SUMMARY]:.3f}", flush=True)
+                    pd.DataFrame(rows).to_csv(out, sep="\t", index=False)
+            print(f"selection r{seed}: {time.perf_counter() - started:.0f} s", flush=True)
     return pd.DataFrame(rows)
 
 
@@ -216,7 +278,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=REGIMES)
     parser.add_argument("--replicates", nargs="+", type=int, default=[0, 1, 2, 3, 4])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument(
+        "--methods", nargs="+", default=list(METHODS), help=f"of {sorted(METHODS)}, each optionally @weight"
+    )
+    parser.add_argument(
+        "--select",
+        action="store_true",
+        help="measure --methods on the selection task (training segments only) instead of --regimes",
+    )
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument(
         "--heldout",
@@ -231,8 +300,13 @@ def main() -> None:
     if args.summarize:
         table = pd.concat([pd.read_csv(path, sep="\t") for path in args.summarize], ignore_index=True)
     else:
-        methods = ["none", *[m for m in args.methods if m != "none"]]
-        table = measure(args.regimes, args.replicates, methods, args.cores, args.out, args.heldout)
+        for method in args.methods:
+            method_config(method)  # an unknown method or weight fails before any run
+        if args.select:
+            table = select(args.replicates, [m for m in args.methods if m != "none"], args.cores, args.out)
+        else:
+            methods = ["none", *[m for m in args.methods if m != "none"]]
+            table = measure(args.regimes, args.replicates, methods, args.cores, args.out, args.heldout)
     summary = pd.concat([recovered(table, measure) for measure in MEASURES], ignore_index=True)
     summary.to_csv(args.out.with_name(args.out.stem + "_summary.tsv"), sep="\t", index=False)
     pd.set_option("display.width", 160)

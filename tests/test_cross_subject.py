@@ -7,6 +7,7 @@ import sys
 
 import pandas as pd
 import pytest
+import yaml
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -107,3 +108,52 @@ def test_every_heldout_subject_is_measured_in_every_replicate(monkeypatch, tmp_p
                 assert sorted(map(len, ceilings)) == [2, 2, 2]
             else:
                 assert ceilings == [[]]
+
+
+def test_a_method_at_another_weight_changes_only_the_terms_it_switches_on():
+    assert cross_subject.method_config("adversarial@0.3")["loss"] == {
+        "domain": 0.0,
+        "target_mbm": 0.0,
+        "adversarial": 0.3,
+    }
+    combined = cross_subject.method_config("combined@2")
+    assert combined["loss"] == {"domain": 2.0, "target_mbm": 2.0, "adversarial": 2.0}
+    assert combined["domain_method"] == "coral" and cross_subject.METHODS["combined"]["loss"]["domain"] == 0.5
+    assert cross_subject.method_config("mmd") == cross_subject.METHODS["mmd"]
+    for bad, message in (("srm@1", "switches on no loss term"), ("dann@1", "unknown method")):
+        with pytest.raises(ValueError, match=message):
+            cross_subject.method_config(bad)
+
+
+def test_the_selection_task_never_reads_a_test_segment_and_scores_each_pseudo_target_in_turn(monkeypatch, tmp_path):
+    """The selection task's data are the config's training segments only, split between two subjects with
+    none in common, the last training segment as the pseudo-test. Each subject is the pseudo-target in turn;
+    the run holding out the other is its ceiling (its own labels alone)."""
+    data = cross_subject.selection_overlay()["data"]
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["data"]["segments"]
+    segments = data["segments"]
+    first, second = segments["train"], segments["subject_train"][data["subjects"][1]]
+    assert not set(first) & set(second) and not (set(first) | set(second)) & set(segments["test"])
+    assert set(first) | set(second) | set(segments["test"]) <= set(config["train"])
+    assert not set(config["test"]) & {seg for part in (first, second, segments["test"]) for seg in part}
+
+    scores = {"sub-01": 0.2, "sub-02": 0.4}
+    calls = []
+
+    def fake_run(workdir, seed, data, align, cores):
+        calls.append(align)
+        bonus = 0.1 if align["loss"]["adversarial"] else 0.0  # the adapted pseudo-target gains
+        held = align["heldout"][0]
+        rows = {s: scores[s] + (bonus if s == held else 0.3) for s in scores}  # labelled: its own labels
+        return pd.DataFrame({"top1": 0.0, "top5": pd.Series(rows)})
+
+    monkeypatch.setattr(cross_subject, "run", fake_run)
+    monkeypatch.setattr(cross_subject, "copy_workflow", lambda workdir: None)
+    table = cross_subject.select([0], ["adversarial@0.3"], 1, tmp_path / "s.tsv")
+    assert [align["heldout"] for align in calls] == [["sub-01"], ["sub-02"], ["sub-01"], ["sub-02"]]
+    wide = table.pivot_table(index="heldout", columns="method", values="top5")
+    # floor: held out without adaptation; ceiling: labelled, in the run holding out the other
+    assert wide.loc["sub-01"].to_dict() == pytest.approx({"none": 0.2, "ceiling": 0.5, "adversarial@0.3": 0.3})
+    assert wide.loc["sub-02"].to_dict() == pytest.approx({"none": 0.4, "ceiling": 0.7, "adversarial@0.3": 0.5})
+    share = recovered(table).set_index("method").loc["adversarial@0.3", "recovered_share"]
+    assert share == pytest.approx(0.1 / 0.3)
