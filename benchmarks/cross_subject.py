@@ -311,9 +311,8 @@ def main() -> None:
     summary.to_csv(args.out.with_name(args.out.stem + "_summary.tsv"), sep="\t", index=False)
     pd.set_option("display.width", 160)
     print(summary.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    alike = pd.concat(
-        [symmetric(table, measure) for measure in MEASURES if f"labelled_{measure}" in table], ignore_index=True
-    )
+    parts = [symmetric(table, measure) for measure in MEASURES if f"labelled_{measure}" in table]
+    alike = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
     if not alike.empty:
         alike.to_csv(args.out.with_name(args.out.stem + "_symmetric.tsv"), sep="\t", index=False)
         print("\nheld-out against labelled subjects, in the same runs:")

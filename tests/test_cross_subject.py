@@ -157,3 +157,9 @@ def test_the_selection_task_never_reads_a_test_segment_and_scores_each_pseudo_ta
     assert wide.loc["sub-02"].to_dict() == pytest.approx({"none": 0.4, "ceiling": 0.7, "adversarial@0.3": 0.5})
     share = recovered(table).set_index("method").loc["adversarial@0.3", "recovered_share"]
     assert share == pytest.approx(0.1 / 0.3)
+    # --summarize reads a selection table back (it has no labelled subjects' columns to compare with)
+    monkeypatch.setattr(sys, "argv", ["cross_subject.py", "--summarize", str(tmp_path / "s.tsv")])
+    monkeypatch.chdir(tmp_path)
+    cross_subject.main()
+    summary = pd.read_csv(tmp_path / "cross_subject_summary.tsv", sep="\t").set_index(["measure", "method"])
+    assert summary.loc[("top5", "adversarial@0.3"), "recovered_share"] == pytest.approx(0.1 / 0.3)
