@@ -137,6 +137,13 @@ def as_rank(target: Callable[..., Any], guard: Sequence[str], kill_rank: int = -
     target(**kwargs)
 
 
+def dies_in_a_collective() -> None:
+    """Rank 1 SIGKILLs itself while rank 0 waits for it in a barrier, whose connection then fails at once."""
+    if int(os.environ["RANK"]) == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    torch.distributed.barrier()
+
+
 def gathered_share(x: torch.Tensor) -> None:
     """``x`` (S, B): each process gathers its (S, B / size) share, transposed as the aligner gathers its
     subjects' pooled tokens (a strided tensor: torch's all_gather scrambles its gradient if stacked)."""

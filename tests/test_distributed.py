@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import DEFAULTS
-from ddp_workers import as_rank, rank_streams, report_world, served_only
+from ddp_workers import as_rank, dies_in_a_collective, rank_streams, report_world, served_only
 from safetensors.torch import load_file
 from test_models import CAPTIONS
 from test_stream import ENCODER, SCMBM, SUBJECTS, adaptor_inputs, adaptor_outputs, runs, typed, write_fmri
@@ -306,3 +306,10 @@ def test_each_process_draws_its_own_dropout_shares_the_batch_order_and_stops_wit
     for before, after in zip(straight, resumed, strict=True):
         assert sorted(after["drawn"]) == ["2", "3"] and after["steps"] == [0, 1, 2, 3]
         assert all(after["drawn"][step] == before["drawn"][step] for step in after["drawn"])
+
+
+def test_the_process_that_died_is_reported_not_the_one_whose_collective_it_broke():
+    """Rank 1 is killed while rank 0 waits for it in a collective, which fails within milliseconds: the
+    launcher, checking every second, would find both dead and report rank 0 first, had rank 0 not waited."""
+    with pytest.raises(RuntimeError, match=r"dies_in_a_collective: rank 1 \(pid \d+\) was killed by SIGKILL;"):
+        launch(dies_in_a_collective, devices=2)

@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -177,7 +178,7 @@ def launch(
         rdzv_backend="c10d",
         rdzv_endpoint=endpoint,
         max_restarts=0,  # a dead process fails the job; Snakemake's rerun resumes it
-        monitor_interval=1.0,
+        monitor_interval=MONITOR_INTERVAL,
     )
     name = getattr(entry, "__name__", str(entry))
     LOG.info("%s: %d processes on each of %d node(s) (rendezvous %s)", name, devices, nodes, endpoint)
@@ -194,6 +195,9 @@ def launch(
 
 
 NODE = "LLM4BRAIN_NODE"  # set in the one process per node that a multi-node launch starts
+# seconds between the launcher's checks of its processes; a process that fails waits two of them before it exits
+# (:func:`_worker`)
+MONITOR_INTERVAL = 1.0
 
 
 def on_every_node(
@@ -298,6 +302,12 @@ def _worker(
     dist.init_process_group(BACKENDS[device_type], timeout=wait)
     try:
         entry(**kwargs)
+    except Exception:
+        # When a process dies (an OOM kill), the others fail at once in their next collective. The launcher
+        # reports the first dead process it finds at a check, in rank order, so a failed process waits until
+        # the launcher has checked twice: the process that died first, the cause, is the one reported.
+        time.sleep(2 * MONITOR_INTERVAL)
+        raise
     finally:
         dist.destroy_process_group()
 
