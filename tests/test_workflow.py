@@ -12,8 +12,6 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
-from concurrent.futures import Future
 from pathlib import Path
 
 import h5py
@@ -36,27 +34,10 @@ NEW_STUDENT |= {"score_captions"} | REPORT | ATTRIBUTES
 
 
 @pytest.fixture(scope="module")
-def built(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[Path, tuple[Future, Future] | None]]:
-    """The micro workflow run, and, when a test of this session needs them (:func:`from_scratch`), the runs
-    from scratch started at once, beside the tests that read the micro run: the SLURM run mostly waits out the
-    executor's status checks (they back off by 10 s per idle check), which those tests fill. The 2-process
-    retrain starts from a copy of the micro run taken before any test edits it."""
+def micro(tmp_path_factory: pytest.TempPathFactory) -> Path:
     workdir = make_copy(tmp_path_factory.mktemp("micro"))
     snakemake(workdir)
-    if not any("from_scratch" in item.fixturenames for item in request.session.items):
-        yield workdir, None
-        return
-    tmp = tmp_path_factory.mktemp("scratch")
-    shutil.copytree(workdir, tmp / "two", symlinks=True)
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        yield workdir, (pool.submit(run_from_scratch, tmp), pool.submit(on_two_devices, tmp / "two"))
-
-
-@pytest.fixture(scope="module")
-def micro(built: tuple[Path, tuple[Future, Future] | None]) -> Path:
-    return built[0]
+    return workdir
 
 
 def test_artifacts_follow_the_contract(micro):
@@ -438,34 +419,31 @@ def test_encoder_tokens_without_the_end_to_end_student_fails_at_dag_build(micro)
 
 
 @pytest.fixture(scope="module")
-def from_scratch(built: tuple[Path, tuple[Future, Future] | None]) -> tuple[Path, bool, Path]:
+def from_scratch(micro: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bool, Path]:
     """The micro workflow run again from scratch in a fresh copy: through profiles/slurm on a local one-node
     SLURM when one can be started here (root), else locally. One run serves both the determinism and the
-    SLURM tests. Beside it a copy of ``micro`` retrains every training rule on 2 processes each
-    (:func:`on_two_devices`), locally: the SLURM run already covers submission, and a job launches its
-    processes the same way on a SLURM node (distributed.launch). Both started with the micro run
-    (:func:`built`). Returns the copy, whether SLURM ran it, and the 2-process copy."""
-    assert built[1] is not None  # started whenever a collected test asks for this fixture
-    scratch, two = built[1]
-    workdir, on_slurm = scratch.result()
-    return workdir, on_slurm, two.result()
-
-
-def run_from_scratch(tmp: Path) -> tuple[Path, bool]:
-    """The micro workflow from scratch in a fresh copy under ``tmp``, on SLURM where one can be started."""
+    SLURM tests. Meanwhile a copy of ``micro`` retrains every training rule on 2 processes each
+    (:func:`on_two_devices`), locally: the SLURM run already covers submission, a job launches its processes
+    the same way on a SLURM node (distributed.launch), and the SLURM run mostly waits out the executor's status
+    checks (they back off by 10 s per idle check), which the retraining fills. Returns the copy, whether SLURM
+    ran it, and the 2-process copy."""
     from local_slurm import local_slurm
 
+    tmp = tmp_path_factory.mktemp("scratch")
     workdir = make_copy(tmp / "workflow")
     command = ["timeout", "-k", "10", "840", sys.executable, "-m", "snakemake", "--workflow-profile"]
     command.append(str(site_profile(workdir)))
-    try:
-        with local_slurm(tmp / "slurm"):
-            run = subprocess.run(command, cwd=workdir, capture_output=True, text=True)
-            assert run.returncode == 0, run.stderr[-6000:]
-            return workdir, True
-    except pytest.skip.Exception:
-        snakemake(workdir)
-        return workdir, False
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        two = pool.submit(on_two_devices, micro, tmp / "two")
+        try:
+            with local_slurm(tmp / "slurm"):
+                run = subprocess.run(command, cwd=workdir, capture_output=True, text=True)
+                assert run.returncode == 0, run.stderr[-6000:]
+                on_slurm = True
+        except pytest.skip.Exception:
+            snakemake(workdir)
+            on_slurm = False
+        return workdir, on_slurm, two.result()
 
 
 TRAINING = {
@@ -476,10 +454,11 @@ TRAINING = {
 }
 
 
-def on_two_devices(target: Path) -> Path:
-    """``target``, a copy of the micro run, with its training rules (all of them) run again with
-    ``train.devices: 2``, and nothing downstream of them. ``devices`` is no rerun trigger (it changes the
-    speed, not the model): forced."""
+def on_two_devices(workdir: Path, target: Path) -> Path:
+    """A copy of ``workdir`` whose training rules (all of them) run again with ``train.devices: 2``, and
+    nothing downstream of them. ``devices`` is no rerun trigger (it changes the speed, not the model):
+    forced."""
+    shutil.copytree(workdir, target, symlinks=True)
     path = target / "config" / "config.yaml"
     config = yaml.safe_load(path.read_text())
     for stage in TRAINING:
