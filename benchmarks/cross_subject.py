@@ -62,7 +62,6 @@ METHODS: dict[str, dict] = {
 # what the ceiling (the held-out subject's own labels used) adds for a method whose inputs differ from the
 # floor's: srm-all reads every subject through the shared space, and so does its ceiling
 CEILINGS = {"srm-all": "ceiling-srm-all"}
-# a method at another weight: "name@w" sets each of its loss terms that METHODS switches on to w
 
 
 def method_config(method: str) -> dict:
@@ -105,6 +104,11 @@ def run(workdir: Path, seed: int, data: dict, align: dict, cores: int) -> pd.Dat
     return metrics[(metrics["n_way"] == 50) & (metrics["split"] == "test")].set_index("subject")
 
 
+def demo_segments() -> dict:
+    """``data.segments`` of the demo's config (``config/config.yaml``), which every task here starts from."""
+    return yaml.safe_load((REPO / "config" / "config.yaml").read_text())["data"]["segments"]
+
+
 def data_overlays(regime: str) -> dict[str, dict]:
     """Per held-out subject, the ``demo`` and ``data`` config it is measured on. In ``disjoint`` the held-out
     subject watched as many training segments as the labelled ones, but others (data.segments.subject_train),
@@ -112,7 +116,7 @@ def data_overlays(regime: str) -> dict[str, dict]:
     if regime != "disjoint":
         overlay = {"demo": {"regime": regime}}
         return dict.fromkeys(SUBJECTS, overlay)
-    segments = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["data"]["segments"]
+    segments = demo_segments()
     own = [f"own{i + 1:02d}" for i in range(len(segments["train"]))]
     return {
         subject: {
@@ -180,7 +184,7 @@ SELECTION = SUBJECTS[:2]
 def selection_overlay() -> dict:
     """The ``demo`` and ``data`` config of the selection task, from ``config/config.yaml``'s training segments
     (idiosyncratic subjects, as in disjoint)."""
-    train = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["data"]["segments"]["train"]
+    train = demo_segments()["train"]
     half = (len(train) + 1) // 2  # six training segments: 3 for the first subject, 2 for the second, 1 to test
     segments = {"train": train[:half], "test": train[-1:], "subject_train": {SELECTION[1]: train[half:-1]}}
     return {"demo": {"regime": "idiosyncratic"}, "data": {"subjects": list(SELECTION), "segments": segments}}
@@ -302,6 +306,8 @@ def main() -> None:
     else:
         for method in args.methods:
             method_config(method)  # an unknown method or weight fails before any run
+            if args.select and method.partition("@")[0] in SRM:
+                parser.error(f"--select: {method} needs clips both subjects watched; the selection task has none")
         if args.select:
             table = select(args.replicates, [m for m in args.methods if m != "none"], args.cores, args.out)
         else:

@@ -125,6 +125,15 @@ def test_a_method_at_another_weight_changes_only_the_terms_it_switches_on():
             cross_subject.method_config(bad)
 
 
+def test_the_selection_task_refuses_srm_before_any_run(monkeypatch, capsys):
+    """Its two subjects share no training clip, so SRM cannot be fitted: refused before any run."""
+    monkeypatch.setattr(cross_subject, "run", lambda *args: pytest.fail("a run started"))
+    monkeypatch.setattr(sys, "argv", ["cross_subject.py", "--select", "--methods", "mmd", "srm"])
+    with pytest.raises(SystemExit):
+        cross_subject.main()
+    assert "--select: srm needs clips both subjects watched" in capsys.readouterr().err
+
+
 def test_the_selection_task_never_reads_a_test_segment_and_scores_each_pseudo_target_in_turn(monkeypatch, tmp_path):
     """The selection task's data are the config's training segments only, split between two subjects with
     none in common, the last training segment as the pseudo-test. Each subject is the pseudo-target in turn;
