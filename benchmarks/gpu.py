@@ -376,7 +376,7 @@ def align_step(setup: Setup, device: torch.device, warmup: int, steps: int) -> R
             align=params,
             qformer=qformer,
             token_width=setup.qformer.hidden_size,
-            n_subjects=labelled + heldout,
+            subjects=[f"sub-{i:02d}" for i in range(labelled + heldout)],
             uses_heldout=uses_heldout,
             device=device,
         )

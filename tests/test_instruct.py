@@ -352,3 +352,78 @@ def test_the_teacher_validates_on_clips_it_never_trains_on(tmp_path, monkeypatch
     assert len(held) == 4 and read[True] and not read[True] & held and held <= read[False]
     log = pd.read_csv(tmp_path / "teacher" / "train_log.tsv", sep="\t")
     assert log["val_loss"].notna().tolist() == [False, True, False, True, False, True]
+
+
+def test_subject_layers_learn_only_from_their_own_subjects_through_align_instruct_and_decoding(tmp_path):
+    """``align.subject_kernel``: the align stage trains the labelled subjects' input layers and leaves the
+    held-out one's at zero when no term reads its fMRI; the end-to-end student goes on training the labelled
+    ones; decoding reads each subject's windows through its own layer (and the held-out subject's, still zero,
+    is the shared encoder's input as it is)."""
+    from test_distributed import write_captions
+    from test_stream import adaptor_inputs, adaptor_outputs, typed
+
+    from llm4brain.align.model import load_aligner
+    from llm4brain.align.train import train_brain_aligner
+    from llm4brain.artifacts import read_captions
+    from llm4brain.evaluate.decode import nearest_train_pool, pooled, read_pool, student_tokens
+    from llm4brain.instruct.student import student_inputs
+    from llm4brain.instruct.train import instruct_llm
+    from llm4brain.models.video_llm import load_video_qformer
+
+    inputs = typed(adaptor_inputs(tmp_path))
+    align = inputs["align"].replace(subject_kernel=3, loss=inputs["align"].loss.replace(domain=0.0))
+    inputs = {**inputs, "align": align}
+    train_brain_aligner(**inputs, **adaptor_outputs(tmp_path / "align"))
+    aligner = load_aligner(tmp_path / "align" / "model", load_video_qformer(inputs["teacher_dir"]))
+    assert aligner.subjects == ("sub-01", "sub-02", "sub-03")  # the labelled ones, then the held-out one
+    norms = [float(layer.weight.detach().abs().sum()) for layer in aligner.subject_layers.convs]
+    assert norms[0] > 0 and norms[1] > 0 and norms[2] == 0
+    captions = write_captions(tmp_path / "captions.h5")
+    params = instruct("full").replace(input="encoder", train=TrainConfig.from_dict({**TRAIN, "steps": 3}))
+    instruct_llm(
+        fmri_paths=inputs["fmri_paths"],
+        latent_paths=adaptor_outputs(tmp_path / "align")["latent_paths"],
+        align_dir=str(tmp_path / "align" / "model"),
+        feature_paths=inputs["feature_paths"],
+        captions_path=captions,
+        teacher_dir=inputs["teacher_dir"],
+        model_dir=str(tmp_path / "student"),
+        log_tsv=str(tmp_path / "log.tsv"),
+        subjects=inputs["subjects"],
+        heldout=["sub-03"],
+        instruct=params,
+        seed=0,
+    )
+    student = load_student(tmp_path / "student", inputs["teacher_dir"])
+    tuned = student.aligner.subject_layers.convs
+    for s in (0, 1):
+        assert not torch.equal(tuned[s].weight, aligner.subject_layers.convs[s].weight)
+    assert float(tuned[2].weight.abs().sum()) == 0
+    cpu = torch.device("cpu")
+    for i, subject in enumerate(inputs["subjects"]):
+        fmri, latents = inputs["fmri_paths"][i], adaptor_outputs(tmp_path / "align")["latent_paths"][i]
+        _, tokens, _ = student_tokens(
+            str(tmp_path / "student"), inputs["teacher_dir"], subject, fmri, latents, read_captions(captions), "", cpu
+        )
+        windows = next(student_inputs("encoder", [fmri], [latents], "test", student.window)[0].batches(1000))
+        torch.testing.assert_close(tokens, student.encode(windows, subject=subject), rtol=0, atol=0)
+        other = inputs["subjects"][(i + 1) % 3]
+        assert not torch.equal(tokens, student.encode(windows, subject=other))
+    # the nearest-train pool reads each labelled subject's training windows through its own layer
+    latent_paths = adaptor_outputs(tmp_path / "align")["latent_paths"]
+    nearest_train_pool(
+        fmri_paths=inputs["fmri_paths"][:2],
+        latent_paths=latent_paths[:2],
+        teacher_dir=inputs["teacher_dir"],
+        student_dir=str(tmp_path / "student"),
+        out_path=tmp_path / "pool.h5",
+        device="cpu",
+        seed=0,
+    )
+    expected = [
+        pooled(
+            student.encode(next(student_inputs("encoder", [fmri], [latents], "train", 2)[0].batches(1000)), subject=s)
+        )
+        for fmri, latents, s in zip(inputs["fmri_paths"][:2], latent_paths[:2], ("sub-01", "sub-02"), strict=True)
+    ]
+    torch.testing.assert_close(read_pool(str(tmp_path / "pool.h5"))[0], torch.cat(expected), rtol=0, atol=0)

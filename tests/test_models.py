@@ -137,6 +137,46 @@ def test_aligner_round_trip(tmp_path, grid):
     assert out.shape == (2, 4, 32)
 
 
+@pytest.mark.parametrize("grid", [(8, 8, 4), (37,)])
+def test_each_subject_reads_its_own_input_layer(tmp_path, grid):
+    """align.subject_kernel: a subject layer starts as the identity (the aligner's output is the shared one's),
+    a sample passes only its own subject's layer, in a batch of mixed subjects too, only the layers of the
+    subjects in a batch receive gradients, and the layers round-trip with the subjects' names."""
+    qformer, _ = tiny_teacher()
+    encoder, window = EncoderConfig.from_dict({**ENCODER, "window": 2}), 2
+    shared = BrainAligner(grid, encoder, AlignConfig.from_dict(ALIGN), qformer).eval()
+    volumes, subjects = torch.randn(4, window, *grid), ["sub-a", "sub-b", "sub-c"]
+    with pytest.raises(ValueError, match="subjects whose input layers"):
+        BrainAligner(grid, encoder, AlignConfig.from_dict({**ALIGN, "subject_kernel": 1}), qformer)
+    layered = BrainAligner(
+        grid, encoder, AlignConfig.from_dict({**ALIGN, "subject_kernel": 3}), qformer, None, subjects
+    )
+    layered.load_state_dict(shared.state_dict(), strict=False)  # the same shared weights; layers at zero
+    layered.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(layered.encode(volumes, "sub-b"), shared.encode(volumes), rtol=0, atol=0)
+        for layer in layered.subject_layers.convs:
+            layer.weight.normal_(0, 0.2)
+        alone = {s: layered.encode(volumes, s) for s in subjects}
+        assert not torch.allclose(alone["sub-a"], alone["sub-b"], atol=1e-3)
+        mixed = layered(volumes, torch.tensor([2, 0, 1, 0]))
+        for i, s in enumerate(["sub-c", "sub-a", "sub-b", "sub-a"]):
+            torch.testing.assert_close(mixed[i], alone[s][i], rtol=1e-5, atol=1e-6)
+    layered.train()
+    out = layered(volumes, torch.tensor([0, 0, 2, 2]))
+    (out * torch.randn_like(out)).sum().backward()  # not a plain sum: the Q-Former's last LayerNorm makes it flat
+    grads = [layer.weight.grad for layer in layered.subject_layers.convs]
+    assert grads[0].abs().sum() > 0 and grads[2].abs().sum() > 0 and grads[1] is None
+    with pytest.raises(ValueError, match="not for 'sub-d'"):
+        layered.encode(volumes, "sub-d")
+    with pytest.raises(ValueError, match="say whose windows"):
+        layered(volumes)
+    save_aligner(tmp_path / "aligner", layered.eval(), "teacher")
+    again = load_aligner(tmp_path / "aligner", qformer)
+    assert again.subjects == tuple(subjects)
+    torch.testing.assert_close(again.encode(volumes, "sub-c"), alone["sub-c"], rtol=0, atol=0)
+
+
 def test_encode_clips_reads_bounded_batches_in_the_order_asked(tmp_path, monkeypatch):
     """Clips whose raw tokens would pass BATCH_BYTES in a batch are read and encoded in smaller batches (a
     ViT-g clip is 11.6 MB); the video tokens equal those of each clip encoded alone, in the order asked."""

@@ -203,7 +203,8 @@ def test_decode_command_on_a_training_run(micro, tmp_path):
     assert len(matches) == 1, f"{len(blocks)} presentations of {segment} in the artifact, {len(matches)} equal"
     settings = EvaluateConfig(batch_size=64, max_new_tokens=24, num_beams=1, repetition_penalty=1.0)  # the CLI's
     block = torch.from_numpy(rows[matches[0] : matches[0] + len(run_keys)].astype(np.float32))
-    assert captions["caption"].tolist() == generate_captions(student.captioner, student.encode(block), settings)
+    tokens = student.encode(block, subject="sub-01")  # through sub-01's input layer (micro: align.subject_kernel)
+    assert captions["caption"].tolist() == generate_captions(student.captioner, tokens, settings)
 
 
 def clone(micro: Path, target: Path) -> Path:

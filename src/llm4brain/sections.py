@@ -721,6 +721,15 @@ class AlignConfig(Section):
     """full: train the whole encoder (from the SC-MBM / checkpoint weights when there are any); adaptor: freeze it
     and train adaptors after its blocks' attention and MLP"""
 
+    subject_kernel: int = 0
+    """each subject's own input layer in front of the shared encoder, as multi-subject decoders have one per subject
+    (MindEye2's subject ridge, MindBridge's subject embedders): the window's volumes convolved into as many, over
+    a kernel-wide cube of neighbouring voxels (1: each voxel alone, mixing only the window's TRs; vector samples
+    always 1), added to the input and starting at zero, so every subject starts at the shared encoder. A labelled
+    subject's layer learns from its clips; a held-out subject's only from the terms that read its unlabelled fMRI
+    (domain, adversarial), else it stays the identity. 0: none, one encoder reads every subject. An end-to-end
+    student trains it with the encoder (instruct.train_encoder)"""
+
     adaptor: AlignAdaptorConfig = field(default_factory=AlignAdaptorConfig)
     """what is trained inside frozen modules (the teacher's Q-Former, and the encoder with encoder_tuning adaptor)"""
 

@@ -34,8 +34,9 @@ def alignment_terms(
     shard: World = World(),
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """The labelled loss terms for clips ``pick`` seen by each of ``n_subjects`` (``inputs`` stacked subject
-    by subject), and the pooled brain tokens of the global batch."""
-    return alignment_losses(model(inputs), model.logit_scale, n_subjects, pick, video, shard)
+    by subject: the aligner's subjects 0 … n_subjects - 1), and the pooled brain tokens of the global batch."""
+    subjects = torch.arange(n_subjects, device=inputs.device).repeat_interleave(len(inputs) // n_subjects)
+    return alignment_losses(model(inputs, subjects), model.logit_scale, n_subjects, pick, video, shard)
 
 
 def alignment_losses(
@@ -95,18 +96,19 @@ def build_trainables(
     align: AlignConfig,
     qformer: VideoQFormer | InstructionQFormer,
     token_width: int,
-    n_subjects: int,
+    subjects: Sequence[str],
     uses_heldout: bool,
     device: torch.device,
     pretrained: str | None = None,
 ) -> Trainables:
     """The aligner for fMRI volumes of ``grid`` (``encoder``, the ``align`` section ``align``; from
-    the ``pretrained`` encoder if given) and the heads its loss terms need. The adversary reads pooled tokens
-    of ``token_width`` (the video tokens' H) and tells ``n_subjects`` (labelled and held-out) apart;
+    the ``pretrained`` encoder if given) and the heads its loss terms need. ``subjects``: the labelled ones,
+    then the held-out ones, the order of the subject indices every step passes (the aligner's subject layers,
+    the adversary's classes). The adversary reads pooled tokens of ``token_width`` (the video tokens' H);
     ``uses_heldout``: held-out windows reach the step (:func:`uses_heldout_fmri`). Built in this order, so
     the same seed gives the same initial weights."""
     weights = align.loss
-    aligner = BrainAligner(grid, encoder, align, qformer, pretrained).to(device)
+    aligner = BrainAligner(grid, encoder, align, qformer, pretrained, subjects).to(device)
     out = Trainables(aligner)
     if uses_heldout and weights.target_mbm > 0:  # masked modelling of the held-out windows
         head = align.target_mbm
@@ -115,7 +117,7 @@ def build_trainables(
             aligner.encoder, decoder.dim, decoder.depth, decoder.num_heads, head.mask_ratio
         ).to(device)
     if weights.adversarial > 0:  # a subject classifier (labelled + held-out) behind gradient reversal
-        out.adversary = SubjectAdversary(token_width, n_subjects).to(device)
+        out.adversary = SubjectAdversary(token_width, len(subjects)).to(device)
     return out
 
 
@@ -166,7 +168,7 @@ class AlignmentObjective:
         if heldout_batch is not None:
             heldout, subjects = heldout_batch()
             if self.weights["domain"] > 0 or adversary is not None:
-                target_pooled = gather(model(heldout).mean(1))  # the global batch, like ``pooled``
+                target_pooled = gather(model(heldout, subjects).mean(1))  # the global batch, like ``pooled``
                 target = target_pooled, gather(subjects)
             if self.weights["domain"] > 0:
                 terms["domain"] = self.domain_loss(pooled, target_pooled)

@@ -199,7 +199,7 @@ def clip_validation(
         model.eval()
         brain = torch.cat(
             [
-                model(batch.to(targets.device))
+                model(batch.to(targets.device), model.subject_index(s, len(batch)))
                 for s, subject_rows in zip(data.labelled, rows, strict=True)
                 for batch in iter_windows(data.files[s], subject_rows, window, batch_size)
             ]
@@ -306,7 +306,7 @@ def fit_aligner(
         align=align,
         qformer=qformer,
         token_width=targets.shape[-1],
-        n_subjects=len(data.labelled) + len(data.heldout),
+        subjects=data.labelled + data.heldout,
         uses_heldout=uses_heldout,
         device=device,
         pretrained=pretrained,
@@ -377,7 +377,7 @@ def write_latents(
                 bold, split_keys_ = BoldSplit(fmri_path, split), keys[subject, split]
                 group, kept, written = f.create_group(split), [], 0
                 for batch in iter_windows(bold, np.arange(bold.n_rows), window, batch_size):
-                    tokens = model.encode(batch, batch_size)
+                    tokens = model.encode(batch, subject, batch_size)
                     if not written:
                         out = group.create_dataset("tokens", (bold.n_rows, *tokens.shape[1:]), np.float16)
                     out[written : written + len(tokens)] = tokens.numpy().astype(np.float16)

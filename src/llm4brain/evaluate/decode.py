@@ -61,30 +61,32 @@ def nearest_captions(
 
 
 def encoded(
-    encoder: StudentEncoder, inputs: SampleRows, device: torch.device, batch_size: int = 128
+    encoder: StudentEncoder, inputs: SampleRows, device: torch.device, subject: str, batch_size: int = 128
 ) -> Iterator[torch.Tensor]:
-    """A student's tokens for ``inputs``, a batch at a time on ``device``, read from disk as they go."""
+    """A student's tokens for ``subject``'s ``inputs``, a batch at a time on ``device``, read from disk as they
+    go."""
     for batch in inputs.batches(batch_size):
-        yield encoder.encode(batch, device, batch_size)
+        yield encoder.encode(batch, device, batch_size, subject)
 
 
 def student_tokens(
     student_dir: str,
     teacher_dir: str,
+    subject: str,
     fmri_path: str,
     latent_path: str,
     captions: dict[tuple[str, int], str],
     captions_path: str,
     device: torch.device,
 ) -> tuple[FmriStudent, torch.Tensor, list[tuple[str, int]]]:
-    """The trained student on ``device``, and its tokens for the subject's test samples (each must have a
+    """The trained student on ``device``, and its tokens for ``subject``'s test samples (each must have a
     reference)."""
     student = load_student(student_dir, teacher_dir, device)
     inputs, keys = student_inputs(student.input_kind, [fmri_path], [latent_path], "test", student.window)
     missing = sorted({k for k in keys if k not in captions})
     if missing:
         raise ValueError(f"{captions_path}: no reference caption for test samples {missing[:5]}")
-    return student, torch.cat(list(encoded(student.encoder, inputs, device))), keys
+    return student, torch.cat(list(encoded(student.encoder, inputs, device, subject))), keys
 
 
 def write_decoded(
@@ -128,8 +130,9 @@ def decode_ablation(
     term off): source ``fmri-{ablation}``."""
     seed_everything(seed + SeedOffset.DECODE, 1)
     captions = read_captions(captions_path)
+    device = select_device(evaluate.device)
     student, tokens, keys = student_tokens(
-        student_dir, teacher_dir, fmri_path, latent_path, captions, captions_path, select_device(evaluate.device)
+        student_dir, teacher_dir, subject, fmri_path, latent_path, captions, captions_path, device
     )
     decoded = {f"fmri-{ablation}": generate_captions(student.captioner, tokens, evaluate)}
     write_decoded(out_path, subject, subject in heldout, keys, decoded, captions, evaluate, fmri_path)
@@ -166,7 +169,7 @@ def nearest_train_pool(
     pool, keys = [], []  # only each training sample's pooled tokens are held: (H,), not (Q, H)
     for fmri, latents in zip(fmri_paths, latent_paths, strict=True):
         inputs, split_keys = student_inputs(encoder.input_kind, [fmri], [latents], "train", encoder.window)
-        pool += [pooled(tokens) for tokens in encoded(encoder, inputs, on)]
+        pool += [pooled(tokens) for tokens in encoded(encoder, inputs, on, Path(latents).stem)]
         keys += split_keys
     with atomic_h5(out_path, "pool", {"device": device}) as f:
         write_keys(f, [key[0] for key in keys], [key[1] for key in keys])
@@ -200,7 +203,7 @@ def decode_captions(
     captions = read_captions(captions_path)
     device = select_device(evaluate.device)
     student, tokens, keys = student_tokens(
-        student_dir, teacher_dir, fmri_path, latent_path, captions, captions_path, device
+        student_dir, teacher_dir, subject, fmri_path, latent_path, captions, captions_path, device
     )
     qformer, teacher, _ = load_teacher(teacher_dir, device)
     pool_tokens, pool_keys = read_pool(pool_path)

@@ -182,7 +182,7 @@ def decode_run(
             f"{student_dir}: trained on frozen latents; decoding a new run needs `instruct.input: encoder`"
         )
     samples, segment, k, tr = preprocess_new_run(subject, bold, events, results, student.window, replicate)
-    tokens = student.encode(torch.from_numpy(samples))
+    tokens = student.encode(torch.from_numpy(samples), subject=subject)
     settings = EvaluateConfig(
         batch_size=batch_size, max_new_tokens=max_new_tokens, num_beams=num_beams, repetition_penalty=1.0
     )

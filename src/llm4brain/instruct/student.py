@@ -49,24 +49,30 @@ class StudentEncoder:
         """TR volumes per encoder input (1 for latents)."""
         return self.aligner.encoder_config.window if self.aligner is not None else 1
 
-    def tokens(self, inputs: torch.Tensor) -> torch.Tensor:
+    def tokens(self, inputs: torch.Tensor, subjects: torch.Tensor | None = None) -> torch.Tensor:
         """(B, W, ...) fMRI windows through the aligner (+ the encoder's tokens, mapped), or (B, Q, H) tokens
-        as they are."""
+        as they are; ``subjects``: each window's index among the aligner's subjects, when it has their
+        input layers."""
         if self.aligner is None:
             return inputs
-        encoded = self.aligner.encoder(inputs)
+        encoded = self.aligner.encoder(self.aligner.inputs(inputs, subjects))
         aligned = self.aligner.align(encoded)
         return aligned if self.encoder_map is None else torch.cat([aligned, self.encoder_map(encoded)], dim=1)
 
-    def encode(self, inputs: torch.Tensor, device: torch.device, batch_size: int = 128) -> torch.Tensor:
-        """Tokens for decoding, in eval mode: fMRI windows in batches on ``device`` (returned on the CPU in
-        float32), or the given tokens."""
-        if self.aligner is None:
+    def encode(
+        self, inputs: torch.Tensor, device: torch.device, batch_size: int = 128, subject: str | None = None
+    ) -> torch.Tensor:
+        """Tokens for decoding, in eval mode: ``subject``'s fMRI windows in batches on ``device`` (returned on
+        the CPU in float32), or the given tokens."""
+        aligner = self.aligner
+        if aligner is None:
             return inputs
-        for module in (self.aligner, self.encoder_map):
+        for module in (aligner, self.encoder_map):
             if module is not None:
                 module.eval()
-        return in_batches(self.tokens, inputs, device, batch_size)
+        return in_batches(
+            lambda batch: self.tokens(batch, aligner.subject_index(subject, len(batch))), inputs, device, batch_size
+        )
 
 
 ENCODER_MAP = "encoder_tokens.safetensors"  # the encoder map's weights in a student's model folder
@@ -108,12 +114,12 @@ class FmriStudent(nn.Module):
         """TR volumes per encoder input (1 for latents)."""
         return self.encoder.window
 
-    def tokens(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.encoder.tokens(inputs)
+    def tokens(self, inputs: torch.Tensor, subjects: torch.Tensor | None = None) -> torch.Tensor:
+        return self.encoder.tokens(inputs, subjects)
 
-    def encode(self, inputs: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
+    def encode(self, inputs: torch.Tensor, batch_size: int = 128, subject: str | None = None) -> torch.Tensor:
         """:meth:`StudentEncoder.encode` on the student's device, the whole student in eval mode."""
-        return self.eval().encoder.encode(inputs, self.captioner.prefix_ids.device, batch_size)
+        return self.eval().encoder.encode(inputs, self.captioner.prefix_ids.device, batch_size, subject)
 
 
 def student_inputs(

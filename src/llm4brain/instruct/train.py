@@ -86,7 +86,7 @@ def build_student(
     if instruct.input == "encoder":
         aligner = load_aligner(align_dir, qformer).to(device)
         for name, param in aligner.named_parameters():
-            if name.startswith(("encoder.", "to_context.")):
+            if name.startswith(("encoder.", "to_context.", "subject_layers.")):
                 param.requires_grad_(instruct.train_encoder)
             else:
                 param.requires_grad_(instruct.train_qformer or not name.startswith("qformer.") or ".adaptor." in name)
@@ -132,6 +132,13 @@ def instruct_llm(
     student = build_student(teacher_dir, align_dir, instruct, device, shared)
     captions = read_captions(captions_path)
     labelled = [i for i, subject in enumerate(subjects) if subject not in heldout]
+    aligner = student.aligner
+    # each training file's subject index among the aligner's subjects (its input layers), when it has them
+    layer_of = (
+        torch.tensor([aligner.subjects.index(subjects[i]) for i in labelled], device=device)
+        if aligner is not None and aligner.subject_layers is not None
+        else None
+    )
     every, split_keys = student_inputs(
         instruct.input,
         [fmri_paths[i] for i in labelled],
@@ -170,9 +177,10 @@ def instruct_llm(
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """The student's loss on samples ``idx``: the caption's cross-entropy, plus the weighted
         distillation toward the teacher's captions of the same clips."""
-        batch_keys = [sample_keys[i] for i in idx]
+        batch_keys, rows = [sample_keys[i] for i in idx], np.array(idx, np.int64)
+        whose = layer_of[torch.from_numpy(samples.file_index[rows]).to(device)] if layer_of is not None else None
         lm, logits, ids, mask = student.captioner.caption_loss(
-            student.tokens(samples.take(np.array(idx, np.int64)).to(device)), [captions[k] for k in batch_keys]
+            student.tokens(samples.take(rows).to(device), whose), [captions[k] for k in batch_keys]
         )
         terms = {"lm": lm.item()}
         loss = lm
