@@ -60,3 +60,22 @@ def test_decode_run_options_are_keyword_only():
         "num_beams",
         "batch_size",
     ]
+
+
+def test_the_full_students_sources_are_refused_without_the_pool_and_features(tmp_path):
+    """Rule decode_captions and decode_ablation share one entry point: without ``ablation`` it writes every
+    source, which needs the nearest-train pool and the features; missing, it says so before reading anything."""
+    from llm4brain.sections import EvaluateConfig
+
+    paths = dict.fromkeys(("fmri_path", "latent_path", "captions_path", "teacher_dir", "student_dir"), "missing")
+    with pytest.raises(ValueError, match="need the nearest-train pool and the features"):
+        decode_captions(
+            subject="sub-01",
+            **paths,
+            out_path=tmp_path / "eval.h5",
+            heldout=[],
+            evaluate=EvaluateConfig(),
+            seed=0,
+            pool_path=str(tmp_path / "pool.h5"),
+        )
+    assert not list(tmp_path.iterdir())
