@@ -84,9 +84,13 @@ MEASURES = ("top1", "top5")  # of metrics.tsv's 50-way rows
 SUMMARY = "top5"
 
 
+# what every run of a table adds to the align section (--subject-kernel); empty: the demo config's
+ALIGN: dict = {}
+
+
 def run(workdir: Path, seed: int, data: dict, align: dict, cores: int) -> pd.DataFrame:
     """``pretrain_adaptor``'s metrics for one configuration (the rest of the DAG reused when unchanged)."""
-    overlay = {"seed": seed, **data, "align": {"ablations": [], **align}}
+    overlay = {"seed": seed, **data, "align": {"ablations": [], **ALIGN, **align}}
     path = workdir / "overlay.yaml"
     path.write_text(yaml.safe_dump(overlay))
     target = f"results/r{seed}/align/metrics.tsv"
@@ -298,9 +302,17 @@ def main() -> None:
         choices=SUBJECTS,
         help="held-out subjects measured (tables of parts run side by side are summarised together)",
     )
+    parser.add_argument(
+        "--subject-kernel",
+        type=int,
+        choices=(0, 1, 3, 5),
+        help="align.subject_kernel for every run, floor and ceiling included (default: the demo config's)",
+    )
     parser.add_argument("--out", type=Path, default=Path("cross_subject.tsv"))
     parser.add_argument("--summarize", type=Path, nargs="+", help="only summarise tables written before")
     args = parser.parse_args()
+    if args.subject_kernel is not None:
+        ALIGN["subject_kernel"] = args.subject_kernel
     if args.summarize:
         table = pd.concat([pd.read_csv(path, sep="\t") for path in args.summarize], ignore_index=True)
     else:

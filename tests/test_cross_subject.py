@@ -172,3 +172,29 @@ def test_the_selection_task_never_reads_a_test_segment_and_scores_each_pseudo_ta
     cross_subject.main()
     summary = pd.read_csv(tmp_path / "cross_subject_summary.tsv", sep="\t").set_index(["measure", "method"])
     assert summary.loc[("top5", "adversarial@0.3"), "recovered_share"] == pytest.approx(0.1 / 0.3)
+
+
+def test_the_subject_kernel_reaches_every_run_floor_and_ceiling_included(monkeypatch, tmp_path):
+    """``--subject-kernel`` sets align.subject_kernel in every run's overlay: a table compares methods on the
+    same architecture, its floor and ceiling too."""
+    overlays = []
+
+    def fake_snakemake(command, cwd, **kwargs):
+        overlay = yaml.safe_load((cwd / "overlay.yaml").read_text())
+        overlays.append(overlay["align"])
+        metrics = cwd / f"results/r{overlay['seed']}/align/metrics.tsv"
+        metrics.parent.mkdir(parents=True, exist_ok=True)
+        rows = [{"subject": s, "n_way": 50, "split": "test", "top1": 0.1, "top5": 0.3} for s in cross_subject.SUBJECTS]
+        pd.DataFrame(rows).to_csv(metrics, sep="\t", index=False)
+        return type("Done", (), {"returncode": 0, "stderr": ""})()
+
+    monkeypatch.setattr(cross_subject.subprocess, "run", fake_snakemake)
+    monkeypatch.setattr(cross_subject, "copy_workflow", lambda workdir: None)
+    monkeypatch.setattr(cross_subject, "ALIGN", {})
+    argv = ["cross_subject.py", "--regimes", "disjoint", "--replicates", "0", "--methods", "mmd@0.5"]
+    monkeypatch.setattr(
+        sys, "argv", [*argv, "--heldout", "sub-01", "--subject-kernel", "3", "--out", str(tmp_path / "t.tsv")]
+    )
+    cross_subject.main()
+    assert len(overlays) == 3  # the ceiling, the floor and the method
+    assert all(align["subject_kernel"] == 3 for align in overlays)
