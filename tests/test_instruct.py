@@ -252,6 +252,25 @@ def test_encoder_tokens_reach_the_llm_after_the_aligned_ones_and_reload_identica
         build_student(str(teacher_dir), "", instruct("full").replace(encoder_tokens=True))
 
 
+def instruct_arguments(inputs: dict, align: Path, captions: str, out: Path) -> dict:
+    """``instruct_llm``'s arguments but its section and seed: :func:`test_stream.adaptor_inputs`' data, the
+    align stage's outputs in ``align``, the student and its log in ``out``; sub-03 held out."""
+    from test_stream import adaptor_outputs
+
+    return {
+        "fmri_paths": inputs["fmri_paths"],
+        "latent_paths": adaptor_outputs(align)["latent_paths"],
+        "align_dir": str(align / "model"),
+        "feature_paths": inputs["feature_paths"],
+        "captions_path": captions,
+        "teacher_dir": inputs["teacher_dir"],
+        "model_dir": str(out / "model"),
+        "log_tsv": str(out / "log.tsv"),
+        "subjects": inputs["subjects"],
+        "heldout": ["sub-03"],
+    }
+
+
 def test_the_student_validates_on_whole_clips_it_never_trains_on(tmp_path, monkeypatch):
     """``instruct.train.val_fraction`` holds out that share of the training clips, every labelled subject's
     and repeat's samples of each: no training batch reads them, the log records their loss every
@@ -287,20 +306,9 @@ def test_the_student_validates_on_whole_clips_it_never_trains_on(tmp_path, monke
     for run in ("a", "b"):
         taken.clear()
         (tmp_path / run).mkdir()
-        instruct_train.instruct_llm(
-            fmri_paths=inputs["fmri_paths"],
-            latent_paths=adaptor_outputs(tmp_path / "align")["latent_paths"],
-            align_dir=str(tmp_path / "align" / "model"),
-            feature_paths=inputs["feature_paths"],
-            captions_path=write_captions(tmp_path / "captions.h5"),
-            teacher_dir=inputs["teacher_dir"],
-            model_dir=str(tmp_path / run / "model"),
-            log_tsv=str(tmp_path / run / "log.tsv"),
-            subjects=inputs["subjects"],
-            heldout=["sub-03"],
-            instruct=params,
-            seed=0,
-        )
+        captions = write_captions(tmp_path / "captions.h5")
+        arguments = instruct_arguments(inputs, tmp_path / "align", captions, tmp_path / run)
+        instruct_train.instruct_llm(**arguments, instruct=params, seed=0)
         logs.append(pd.read_csv(tmp_path / run / "log.tsv", sep="\t"))
     (train_rows, trained), (val_rows, validated) = taken
     assert trained and validated and not trained & validated
@@ -380,21 +388,12 @@ def test_subject_layers_learn_only_from_their_own_subjects_through_align_instruc
     assert norms[0] > 0 and norms[1] > 0 and norms[2] == 0
     captions = write_captions(tmp_path / "captions.h5")
     params = instruct("full").replace(input="encoder", train=TrainConfig.from_dict({**TRAIN, "steps": 3}))
+    (tmp_path / "student").mkdir()
     instruct_llm(
-        fmri_paths=inputs["fmri_paths"],
-        latent_paths=adaptor_outputs(tmp_path / "align")["latent_paths"],
-        align_dir=str(tmp_path / "align" / "model"),
-        feature_paths=inputs["feature_paths"],
-        captions_path=captions,
-        teacher_dir=inputs["teacher_dir"],
-        model_dir=str(tmp_path / "student"),
-        log_tsv=str(tmp_path / "log.tsv"),
-        subjects=inputs["subjects"],
-        heldout=["sub-03"],
-        instruct=params,
-        seed=0,
+        **instruct_arguments(inputs, tmp_path / "align", captions, tmp_path / "student"), instruct=params, seed=0
     )
-    student = load_student(tmp_path / "student", inputs["teacher_dir"])
+    student_dir = tmp_path / "student" / "model"
+    student = load_student(student_dir, inputs["teacher_dir"])
     tuned = student.aligner.subject_layers.convs
     for s in (0, 1):
         assert not torch.equal(tuned[s].weight, aligner.subject_layers.convs[s].weight)
@@ -403,7 +402,7 @@ def test_subject_layers_learn_only_from_their_own_subjects_through_align_instruc
     for i, subject in enumerate(inputs["subjects"]):
         fmri, latents = inputs["fmri_paths"][i], adaptor_outputs(tmp_path / "align")["latent_paths"][i]
         _, tokens, _ = student_tokens(
-            str(tmp_path / "student"), inputs["teacher_dir"], subject, fmri, latents, read_captions(captions), "", cpu
+            str(student_dir), inputs["teacher_dir"], subject, fmri, latents, read_captions(captions), "", cpu
         )
         windows = next(student_inputs("encoder", [fmri], [latents], "test", student.window)[0].batches(1000))
         torch.testing.assert_close(tokens, student.encode(windows, subject=subject), rtol=0, atol=0)
@@ -415,7 +414,7 @@ def test_subject_layers_learn_only_from_their_own_subjects_through_align_instruc
         fmri_paths=inputs["fmri_paths"][:2],
         latent_paths=latent_paths[:2],
         teacher_dir=inputs["teacher_dir"],
-        student_dir=str(tmp_path / "student"),
+        student_dir=str(student_dir),
         out_path=tmp_path / "pool.h5",
         device="cpu",
         seed=0,
