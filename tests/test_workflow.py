@@ -490,9 +490,10 @@ def test_rerun_from_scratch_gives_identical_artifacts(micro, from_scratch):
 def test_two_devices_train_what_one_trains(micro, from_scratch):
     """Every training rule on 2 processes (gloo) writes what one process writes: the same training curves
     and metrics within 1e-5 (the micro config trains without dropout), the same latents and weights within
-    2e-4. Weights are the strict check: the all-reduce sums the gradient in another float32 order, which Adam
-    magnifies only in parameters whose gradient is zero (attention key biases: 3e-5 measured), while a
-    process that trained on its own would be off by the learning rate (3e-3) at every step."""
+    2e-4 (latents stored as float16: within one rounding step of it). Weights are the strict check: the
+    all-reduce sums the gradient in another float32 order, which Adam magnifies only in parameters whose
+    gradient is zero (attention key biases: 3e-5 measured), while a process that trained on its own would be
+    off by the learning rate (3e-3) at every step."""
     two = from_scratch[2]
     logs = [(log_rule(path, two / "logs"), path.read_text()) for path in (two / "logs").rglob("*.log")]
     for rules in TRAINING.values():
@@ -527,7 +528,10 @@ def test_two_devices_train_what_one_trains(micro, from_scratch):
             assert keys == theirs, name
             for key in (k for k in keys if isinstance(a[k], h5py.Dataset)):
                 if a[key].dtype.kind == "f":
-                    np.testing.assert_allclose(b[key][()], a[key][()], rtol=0, atol=2e-4, err_msg=f"{name}:{key}")
+                    # float16 datasets (the latents) store a rounded float32 result: a difference far below
+                    # 2e-4 can still round one step apart (2.4e-4 at 0.39), so one step is allowed there
+                    rtol = 2.0**-10 if a[key].dtype == np.float16 else 0.0
+                    np.testing.assert_allclose(b[key][()], a[key][()], rtol=rtol, atol=2e-4, err_msg=f"{name}:{key}")
                 else:
                     assert (a[key][()] == b[key][()]).all(), f"{name}:{key}"
 
