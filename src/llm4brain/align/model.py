@@ -101,13 +101,18 @@ class BrainAligner(nn.Module):
             "subjects": list(self.subjects),
         }
 
-    def subject_index(self, subject: str | None, n: int) -> torch.Tensor | None:
-        """``n`` samples of ``subject`` as :meth:`forward` takes them (None: the aligner has no subject layers)."""
+    def subject_indices(self, names: Sequence[str | None]) -> torch.Tensor | None:
+        """Each of ``names`` as :meth:`forward` takes subjects (None: the aligner has no subject layers)."""
         if self.subject_layers is None:
             return None
-        if subject not in self.subjects:
-            raise ValueError(f"the aligner has input layers for {list(self.subjects)}, not for {subject!r}")
-        return torch.full((n,), self.subjects.index(subject), device=self.logit_scale.device)
+        for name in names:
+            if name not in self.subjects:
+                raise ValueError(f"the aligner has input layers for {list(self.subjects)}, not for {name!r}")
+        return torch.tensor([self.subjects.index(str(name)) for name in names], device=self.logit_scale.device)
+
+    def subject_index(self, subject: str | None, n: int) -> torch.Tensor | None:
+        """``n`` samples of ``subject`` as :meth:`forward` takes them (None: the aligner has no subject layers)."""
+        return self.subject_indices([subject] * n)
 
     def inputs(self, windows: torch.Tensor, subjects: torch.Tensor | None = None) -> torch.Tensor:
         """The windows through their subjects' own layers (as given without subject layers); ``subjects``:

@@ -132,13 +132,9 @@ def instruct_llm(
     student = build_student(teacher_dir, align_dir, instruct, device, shared)
     captions = read_captions(captions_path)
     labelled = [i for i, subject in enumerate(subjects) if subject not in heldout]
-    aligner = student.aligner
     # each training file's subject index among the aligner's subjects (its input layers), when it has them
-    layer_of = (
-        torch.tensor([aligner.subjects.index(subjects[i]) for i in labelled], device=device)
-        if aligner is not None and aligner.subject_layers is not None
-        else None
-    )
+    aligner = student.aligner
+    layer_of = aligner.subject_indices([subjects[i] for i in labelled]) if aligner is not None else None
     every, split_keys = student_inputs(
         instruct.input,
         [fmri_paths[i] for i in labelled],
