@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
+import av
 import nibabel as nib
 import numpy as np
 import pandas as pd
 from conftest import TINY_DEMO, TINY_SEGMENTS, TINY_SUBJECTS
 
 from llm4brain.demo.brain import N_FEATURES, canonical_hrf, make_subject, roi_mask, template_maps
+from llm4brain.demo.render import render_segment, write_mp4
 from llm4brain.demo.scenes import sample_timeline
 from llm4brain.demo.simulate import presentations, simulate_demo
 from llm4brain.sections import DataSegmentsConfig, DemoConfig
@@ -105,3 +109,37 @@ def test_idiosyncratic_subjects_are_not_a_linear_map_of_each_other():
     features = np.random.default_rng(1).uniform(-0.5, 0.5, (10, N_FEATURES)).astype(np.float32)
     coverage = [noise_free_responses("idiosyncratic", s, features)[1] for s in (0, 1)]
     assert coverage[0].sum() != coverage[1].sum() and 0.5 < coverage[0].mean() < 1
+
+
+def _decoded(path) -> bytes:
+    with av.open(str(path)) as container:
+        return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]).tobytes()
+
+
+def test_stimuli_encode_to_the_same_pixels_every_time(tmp_path):
+    """libx264's AVX-512 code encoded one segment to different streams from call to call, depending on what the
+    heap held before (machine B, 2-core Intel Xeon): the stimuli, and every number downstream, then changed
+    between reruns. ``write_mp4`` runs libx264's portable C code: the same pixels on every call, and the same
+    as a reference C-code encoding (which no SIMD level matches, so this holds on any x86 CPU)."""
+    rng = np.random.default_rng(1)
+    segments = [
+        render_segment(sample_timeline(rng, 60, (1, 3)), 2.0, 8, 64, seed=int(rng.integers(2**31))) for _ in range(3)
+    ]
+    frames = segments[2]  # the segment whose encodings differed most often on machine B
+    decodings = set()
+    for attempt in range(4):
+        junk = [os.urandom(int(n)) for n in rng.integers(1_000, 200_000, 50)]  # another heap before each call
+        del junk
+        write_mp4(frames, tmp_path / f"{attempt}.mp4", 8)
+        decodings.add(_decoded(tmp_path / f"{attempt}.mp4"))
+    assert len(decodings) == 1
+
+    reference = tmp_path / "reference.mp4"
+    with av.open(str(reference), mode="w") as container:
+        stream = container.add_stream("libx264", rate=8)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        stream.options = {"crf": "18", "preset": "veryfast", "threads": "1", "x264-params": "asm=0"}
+        for array in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")))
+        container.mux(stream.encode())
+    assert decodings == {_decoded(reference)}

@@ -59,12 +59,17 @@ def render_segment(timeline: list[Scene], tr: float, fps: int, size: int, seed: 
 
 
 def write_mp4(frames: np.ndarray, path: str | Path, fps: int) -> None:
-    """Encode frames as H.264 (yuv420p) so decord and PyAV both read them frame-exactly."""
+    """Encode frames as H.264 (yuv420p) so decord and PyAV both read them frame-exactly.
+
+    libx264 runs its portable C code (``asm=0``): its AVX-512 code path encoded the same frames to different
+    streams from one call to the next (it depends on what the heap held before), and each SIMD level chooses
+    other pixels, so with assembly the demo's stimuli would differ between runs and between CPUs.
+    """
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "18", "preset": "veryfast", "threads": "1"}
+        stream.options = {"crf": "18", "preset": "veryfast", "threads": "1", "x264-params": "asm=0"}
         for array in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
                 container.mux(packet)
