@@ -42,6 +42,7 @@ rule nearest_train_pool:
     conda:
         "../envs/llm4brain.yaml"
     params:
+        subjects=lambda wildcards: labelled(wildcards.replicate),
         device=config["evaluate"]["device"],
         seed=replicate_seed,
         code=CODE["nearest_train_pool"],

@@ -411,6 +411,7 @@ def test_subject_layers_learn_only_from_their_own_subjects_through_align_instruc
     # the nearest-train pool reads each labelled subject's training windows through its own layer
     latent_paths = adaptor_outputs(tmp_path / "align")["latent_paths"]
     nearest_train_pool(
+        subjects=["sub-01", "sub-02"],
         fmri_paths=inputs["fmri_paths"][:2],
         latent_paths=latent_paths[:2],
         teacher_dir=inputs["teacher_dir"],

@@ -3,6 +3,7 @@ from llm4brain.runtime import setup_logging
 
 setup_logging(snakemake.log[0])
 nearest_train_pool(
+    subjects=snakemake.params.subjects,
     fmri_paths=snakemake.input.fmri,
     latent_paths=snakemake.input.latents,
     teacher_dir=snakemake.input.video_llm,

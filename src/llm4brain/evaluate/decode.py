@@ -114,6 +114,7 @@ def write_decoded(
 
 def nearest_train_pool(
     *,
+    subjects: list[str],
     fmri_paths: list[str],
     latent_paths: list[str],
     teacher_dir: str,
@@ -129,7 +130,8 @@ def nearest_train_pool(
     loaded without its LLM (:func:`~llm4brain.instruct.student.load_student_encoder`).
 
     Args:
-        fmri_paths: the labelled subjects' fMRI, as the aligner read it (one file per subject).
+        subjects: the labelled subjects, whose input layers read their windows (``align.subject_kernel``).
+        fmri_paths: their fMRI, as the aligner read it (one file per subject), in the same order.
         latent_paths: their aligned tokens (``align/{subject}.h5``), in the same order.
         teacher_dir: the video LLM the student was distilled from.
         student_dir: the trained student (``instruct/model``).
@@ -141,14 +143,14 @@ def nearest_train_pool(
     on = select_device(device)
     encoder = load_student_encoder(student_dir, teacher_dir, on)  # the student without its LLM
     pool, keys = [], []  # only each training sample's pooled tokens are held: (H,), not (Q, H)
-    for fmri, latents in zip(fmri_paths, latent_paths, strict=True):
+    for subject, fmri, latents in zip(subjects, fmri_paths, latent_paths, strict=True):
         inputs, split_keys = student_inputs(encoder.input_kind, [fmri], [latents], "train", encoder.window)
-        pool += [pooled(tokens) for tokens in encoded(encoder, inputs, on, Path(latents).stem)]
+        pool += [pooled(tokens) for tokens in encoded(encoder, inputs, on, subject)]
         keys += split_keys
     with atomic_h5(out_path, "pool", {"device": device}) as f:
         write_keys(f, [key[0] for key in keys], [key[1] for key in keys])
         f.create_dataset("pooled", data=torch.cat(pool).float().cpu().numpy())
-        set_attrs(f, {"subjects": [Path(path).stem for path in latent_paths]})
+        set_attrs(f, {"subjects": list(subjects)})
 
 
 def read_pool(path: str) -> tuple[torch.Tensor, list[tuple[str, int]]]:
