@@ -513,7 +513,16 @@ def test_two_devices_train_what_one_trains(micro, from_scratch):
     for table in tables:
         one, other = (pd.read_csv(root / table, sep="\t") for root in (micro, two))
         drop = [column for column in ("grad_norm",) if column in one]
-        pd.testing.assert_frame_equal(one.drop(columns=drop), other.drop(columns=drop), rtol=1e-5, atol=1e-7)
+        # the domain term is a difference of near-equal sums (MMD: three kernel means of up to 5 each): the
+        # per-process forward passes' 1e-7 float differences leave about 1e-5 there (1.2e-5 at step 0, where
+        # the weights are still equal), so it is compared absolutely; a domain term on one process's half of
+        # the batch instead of the gathered batch moves it by tenths, and the weights below by far more
+        cancelling = [column for column in ("domain",) if column in one]
+        pd.testing.assert_frame_equal(
+            one.drop(columns=drop + cancelling), other.drop(columns=drop + cancelling), rtol=1e-5, atol=1e-7
+        )
+        for column in cancelling:
+            np.testing.assert_allclose(other[column], one[column], rtol=0, atol=1e-4, err_msg=f"{table}:{column}")
     for name in weights:
         one, other = (load_file(root / name) for root in (micro, two))
         assert one.keys() == other.keys(), name
