@@ -56,6 +56,8 @@ METHODS: dict[str, dict] = {
         "functional_alignment": {"method": "none"},
     },
     "srm": {"loss": OFF, "functional_alignment": {"method": "srm"}},
+    # fitted on each voxel's connectivity, not on shared clips: it applies in disjoint too
+    "connectivity-srm": {"loss": OFF, "functional_alignment": {"method": "connectivity-srm"}},
     # the symmetric comparison: every subject through the shared space, the labelled ones too
     "srm-all": {"loss": OFF, "functional_alignment": {"method": "srm", "carry": "all"}},
 }

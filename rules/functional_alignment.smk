@@ -3,8 +3,8 @@
 
 
 rule fit_functional_alignment:
-    """Shared response model of every subject's responses to the training clips they all watched; reads the
-    train split only, so no test fMRI shapes the maps."""
+    """Shared response model of every subject's responses to the training clips they all watched (srm) or of its
+    voxels' connectivity (connectivity-srm); reads the train split only, so no test fMRI shapes the maps."""
     input:
         fmri=fmri_files(),
     output:
@@ -19,7 +19,7 @@ rule fit_functional_alignment:
         subjects=SUBJECTS,
         heldout=heldout_params,
         functional_alignment=functional_alignment_params(
-            "features", "n_iter", "max_voxels"
+            "method", "features", "n_iter", "max_voxels", "target_block"
         ),
         seed=replicate_seed,
         code=CODE["fit_functional_alignment"],

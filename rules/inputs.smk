@@ -145,8 +145,7 @@ def decoding_fmri(wildcards):
 
 
 def functional_alignment_params(*keys):
-    """The align.functional_alignment keys a functional-alignment rule reads (not method, which only decides
-    whether the rules run)."""
+    """The align.functional_alignment keys a functional-alignment rule reads."""
     return {key: config["align"]["functional_alignment"][key] for key in keys}
 
 

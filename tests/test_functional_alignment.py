@@ -12,7 +12,7 @@ import pytest
 from conftest import DEFAULTS
 
 from llm4brain.artifacts import ArtifactError, atomic_h5, open_artifact, write_keys
-from llm4brain.fmri.functional_alignment import align_subject, fit_shared_response
+from llm4brain.fmri.functional_alignment import align_subject, connectivity_targets, fit_shared_response
 from llm4brain.sections import AlignFunctionalAlignmentConfig
 
 GRID = (4, 4, 3)  # 48 voxels, 42 in the mask
@@ -20,6 +20,7 @@ K, N_TRAIN, N_TEST = 4, 120, 20
 SUBJECTS = ["sub-01", "sub-02", "sub-03"]
 PARAMS = {**DEFAULTS["align"]["functional_alignment"], "method": "srm", "features": K, "n_iter": 20}
 SRM = AlignFunctionalAlignmentConfig.from_dict(PARAMS)
+CONNECTIVITY = AlignFunctionalAlignmentConfig.from_dict({**PARAMS, "method": "connectivity-srm"})
 
 
 def fit_srm(paths: list[Path], out: Path, functional_alignment: AlignFunctionalAlignmentConfig = SRM) -> None:
@@ -198,12 +199,13 @@ def with_test_replaced(tmp_path: Path, path: str, seed: int) -> str:
     return str(copy)
 
 
-def test_fit_never_reads_the_test_split(tmp_path, subjects):
+@pytest.mark.parametrize("functional_alignment", [SRM, CONNECTIVITY], ids=["srm", "connectivity-srm"])
+def test_fit_never_reads_the_test_split(tmp_path, subjects, functional_alignment):
     """Every subject's test volumes replaced by noise: the same maps, voxel means and masks."""
     paths, _, _ = subjects
     noisy = [with_test_replaced(tmp_path, path, i) for i, path in enumerate(paths)]
     for name, fmri_paths in (("with.h5", paths), ("noise.h5", noisy)):
-        fit_srm(fmri_paths, tmp_path / name, SRM)
+        fit_srm(fmri_paths, tmp_path / name, functional_alignment)
     with h5py.File(tmp_path / "with.h5", "r") as a, h5py.File(tmp_path / "noise.h5", "r") as b:
         assert a.attrs["split"] == "train"
         for s in SUBJECTS:
@@ -232,7 +234,8 @@ def test_heldout_z_scoring_uses_its_training_split_only(tmp_path, subjects):
 STANDARD = ("functional_alignment/mean", "functional_alignment/std")
 
 
-def test_fit_opens_no_test_dataset(tmp_path, subjects, monkeypatch):
+@pytest.mark.parametrize("functional_alignment", [SRM, CONNECTIVITY], ids=["srm", "connectivity-srm"])
+def test_fit_opens_no_test_dataset(tmp_path, subjects, monkeypatch, functional_alignment):
     """Every HDF5 object the fit opens by name lies outside /test."""
     paths, _, _ = subjects
     opened: list[str] = []
@@ -244,7 +247,7 @@ def test_fit_opens_no_test_dataset(tmp_path, subjects, monkeypatch):
         return item
 
     monkeypatch.setattr(h5py.Group, "__getitem__", record)
-    fit_srm(paths, tmp_path / "srm.h5", SRM)
+    fit_srm(paths, tmp_path / "srm.h5", functional_alignment)
     assert "/train/bold" in opened and not [name for name in opened if name.startswith("/test")]
 
 
@@ -275,7 +278,7 @@ def test_domain_adaptation_switches_are_in_the_schema_with_descriptions():
     switches += [align["functional_alignment"]["properties"][key] for key in ("method", "features", "n_iter")]
     switches += [align["functional_alignment"]["properties"]["reference"], align["functional_alignment"]]
     assert all("default" in s and len(s.get("description", "")) > 20 for s in switches)
-    assert align["functional_alignment"]["properties"]["method"]["enum"] == ["none", "srm"]
+    assert align["functional_alignment"]["properties"]["method"]["enum"] == ["none", "srm", "connectivity-srm"]
     ablations = set(align["ablations"]["items"]["enum"])
     assert {"no_domain_adaptation", "no_adversarial", "no_functional_alignment"} <= ablations
     assert DEFAULTS["align"]["loss"]["adversarial"] >= 0 and "method" in DEFAULTS["align"]["functional_alignment"]
@@ -312,3 +315,55 @@ def test_a_new_run_is_carried_as_the_pipeline_carried_the_subject(tmp_path, subj
     carry = heldout_carry(run, "sub-03")
     assert carry is not None
     np.testing.assert_allclose(carry(raw)[:, mask()], aligned, rtol=1e-5, atol=1e-5)
+
+
+def test_connectivity_srm_aligns_a_subject_that_watched_other_clips(tmp_path):
+    """sub-03 is sub-01 with its voxels shuffled within each connectivity target's cube (its own layout inside
+    each parcel) and watched other training clips than sub-01 and sub-02: no clip is shared, so SRM cannot be
+    fitted, but its voxels' connectivity with the targets is sub-01's, and connectivity SRM carries its test
+    volumes into sub-01's space."""
+    rng = np.random.default_rng(0)
+    n_voxels = int(mask().sum())
+    w1 = orthonormal(rng, n_voxels, K)
+    cube = connectivity_targets([mask()], CONNECTIVITY.target_block, ["grid"])[mask()]
+    shuffled = np.arange(n_voxels)
+    for target in np.unique(cube):
+        members = np.flatnonzero(cube == target)
+        shuffled[members] = rng.permutation(members)
+    assert (shuffled != np.arange(n_voxels)).mean() > 0.5
+    test = rng.standard_normal((K, N_TEST))
+    labelled = {"train": rng.standard_normal((K, N_TRAIN)), "test": test}
+    own = {"train": rng.standard_normal((K, N_TRAIN)), "test": test}  # other clips, drawn alike
+    maps = [w1, orthonormal(rng, n_voxels, K), w1[shuffled]]
+    paths = [
+        str(write_subject(tmp_path / f"{s}.h5", w, own if s == "sub-03" else labelled, repeat=False, seed=i))
+        for i, (s, w) in enumerate(zip(SUBJECTS, maps, strict=True))
+    ]
+    with h5py.File(paths[2], "a") as f:  # its training clips are its own: other segments
+        del f["train/segment"], f["train/tr"]
+        write_keys(f["train"], ["own"] * N_TRAIN, list(range(N_TRAIN)))
+    with pytest.raises(ValueError, match="share only 0 training clips"):
+        fit_srm(paths, tmp_path / "srm.h5", SRM)
+    aligned = fit_and_align(tmp_path, paths, reference="sub-01", params=CONNECTIVITY.to_dict())
+    expected = zscored_like_train((w1 @ labelled["train"]).T, (w1 @ test).T)
+    assert np.corrcoef(aligned.ravel(), expected.ravel())[0, 1] > 0.9
+    with h5py.File(paths[2], "r") as f:
+        raw = f["test/bold"][:][:, mask()]
+    assert abs(np.corrcoef(raw.ravel(), expected.ravel())[0, 1]) < 0.3
+    with h5py.File(tmp_path / "srm.h5", "r") as f, h5py.File(tmp_path / "aligned.h5", "r") as a:
+        assert f.attrs["method"] == a.attrs["functional_alignment"] == "connectivity-srm"
+        assert f.attrs["targets"] == cube.max() + 1
+
+
+def test_connectivity_targets_are_the_cubes_every_subject_reaches(tmp_path):
+    """Cubes of target_block voxels a side, numbered in grid order, each a target only where every subject's
+    mask reaches it; subjects on different grids are an error naming the file."""
+    first, second = np.zeros((4, 4, 2), bool), np.zeros((4, 4, 2), bool)
+    first[0, 0, 0] = first[3, 3, 1] = first[0, 3, 0] = True  # cubes (0,0,0), (1,1,0), (0,1,0)
+    second[1, 1, 1] = second[2, 2, 0] = True  # cubes (0,0,0), (1,1,0)
+    targets = connectivity_targets([first, second], 2, ["a.h5", "b.h5"])
+    assert targets[0, 0, 0] == targets[1, 1, 1] == 0 and targets[3, 3, 1] == targets[2, 2, 0] == 1
+    assert targets[0, 3, 0] == -1 and set(np.unique(targets)) == {-1, 0, 1}
+    assert (connectivity_targets([first], 1, ["a.h5"])[first] == [0, 1, 2]).all()
+    with pytest.raises(ArtifactError, match="b.h5: grid"):
+        connectivity_targets([first, np.zeros((4, 4, 3), bool)], 2, ["a.h5", "b.h5"])

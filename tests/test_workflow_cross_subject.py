@@ -79,7 +79,8 @@ def test_carrying_every_subject_reads_the_labelled_ones_through_the_shared_space
 def test_a_heldout_subject_shown_other_training_clips_has_its_own_data_and_no_srm(cross_subject):
     """data.segments.subject_train: sub-03 watched its own training segments. The simulator shows it those,
     its preprocessed training split holds them alone, the video LLM learns from every training segment, and a
-    shared response model (which needs shared training clips) is refused at DAG build, naming the key."""
+    shared response model (which needs shared training clips) is refused at DAG build, naming the key, while
+    connectivity SRM (which does not) is fitted and carries sub-03."""
     disjoint = cross_subject / "config" / "disjoint.yaml"
     disjoint.write_text(
         yaml.safe_dump(
@@ -112,5 +113,12 @@ def test_a_heldout_subject_shown_other_training_clips_has_its_own_data_and_no_sr
         watched = {pd.read_csv(path, sep="\t")["segment"][0] for path in events}
         assert watched == expected | {"test01"}, subject
     assert (cross_subject / RAW / "stimuli/own01.mp4").exists()
+    # connectivity SRM needs no shared clip: the same design builds, and the rules fit it and carry sub-03
+    connectivity = ("--config", "align={'functional_alignment': {'method': 'connectivity-srm', 'features': 4}}")
+    snakemake(cross_subject, *args, *connectivity, "--", f"{RUN}/fmri/aligned/sub-03.h5")
+    with h5py.File(cross_subject / RUN / "fmri/aligned/srm.h5") as srm:
+        assert srm.attrs["method"] == "connectivity-srm" and srm.attrs["targets"] > 4 and "n_clips" not in srm.attrs
+    with h5py.File(cross_subject / RUN / "fmri/aligned/sub-03.h5") as f:
+        assert f.attrs["functional_alignment"] == "connectivity-srm" and f["test/bold"].shape[0] > 0
     dry = snakemake(cross_subject, *args, *none, "--dry-run", "--printshellcmds", "--", f"{RUN}/video_llm")
     assert "train_video_llm" in dry

@@ -649,12 +649,16 @@ class AlignLossConfig(Section):
 class AlignFunctionalAlignmentConfig(Section):
     """carry the held-out subjects' fMRI into the labelled subjects' voxel space before alignment and decoding
     (hyperalignment): rule fit_functional_alignment fits a shared response model on every subject's training-split
-    responses to the clips they all watched, joined on (segment, tr), reading no test fMRI; rule
-    align_heldout_fmri applies it to both splits (results/fmri/aligned/{subject}.h5)"""
+    fMRI, reading no test fMRI: its responses to the clips they all watched, joined on (segment, tr) (srm), or its
+    voxels' connectivity (connectivity-srm); rule align_heldout_fmri applies it to both splits
+    (results/fmri/aligned/{subject}.h5)"""
 
-    method: Literal["none", "srm"] = "none"
-    """srm: BrainIAK's probabilistic shared response model (Chen et al. 2015); none: held-out subjects are read in
-    their own voxel space"""
+    method: Literal["none", "srm", "connectivity-srm"] = "none"
+    """srm: BrainIAK's probabilistic shared response model (Chen et al. 2015) fitted on the responses to the training
+    clips every subject watched (the held-out subject must have watched them, time-locked); connectivity-srm: the
+    same model fitted on each voxel's functional connectivity with the mean time series of anatomical targets
+    (connectivity SRM, Nastase et al. 2020), so it needs only each subject's unlabelled training-split fMRI on one
+    shared grid, not shared clips; none: held-out subjects are read in their own voxel space"""
 
     features: int = 50
     """dimensions k of the shared response (below the number of shared training clips and every subject's voxel
@@ -663,12 +667,18 @@ class AlignFunctionalAlignmentConfig(Section):
     n_iter: int = 10
     """EM iterations of the SRM fit"""
 
+    target_block: int = 2
+    """connectivity-srm only: the edge, in voxels, of the cubes that tile the subjects' shared grid; each cube that
+    every subject covers is one connectivity target, its mean time series over the subject's voxels in it (an
+    atlas of regular parcels: 384 on the demo's 16 x 16 x 12 grid at 2; there must be more targets than features)"""
+
     max_voxels: int | None = 10000
     """bounds the fit's memory: a subject with more voxels is fitted on its max_voxels most reliable across the
     training segments' repeats (preprocess_fmri's qc/reliability, which must come from fmri.reliability.split
     train: test fMRI never chooses), then every voxel's map is solved against the fitted shared response by SRM's
     own W-step, streamed. The fit holds about 0.75 GB per subject at 10,000 voxels x 4,320 clips
-    (docs/benchmarks.md); null = every voxel (float64 voxels x clips per subject, twice over while BrainIAK fits)"""
+    (docs/benchmarks.md); null = every voxel (float64 voxels x clips per subject, twice over while BrainIAK fits).
+    srm only: connectivity-srm fits every voxel, holding voxels x targets per subject"""
 
     reference: str | None = None
     """the labelled subject whose voxel space held-out subjects are carried into; null = the labelled subjects' mean
@@ -742,8 +752,9 @@ class AlignConfig(Section):
     functional_alignment: AlignFunctionalAlignmentConfig = field(default_factory=AlignFunctionalAlignmentConfig)
     """carry the held-out subjects' fMRI into the labelled subjects' voxel space before alignment and decoding
     (hyperalignment): rule fit_functional_alignment fits a shared response model on every subject's training-split
-    responses to the clips they all watched, joined on (segment, tr), reading no test fMRI; rule
-    align_heldout_fmri applies it to both splits (results/fmri/aligned/{subject}.h5)"""
+    fMRI, reading no test fMRI: its responses to the clips they all watched, joined on (segment, tr) (srm), or its
+    voxels' connectivity (connectivity-srm); rule align_heldout_fmri applies it to both splits
+    (results/fmri/aligned/{subject}.h5)"""
 
     target_mbm: AlignTargetMbmConfig = field(default_factory=AlignTargetMbmConfig)
     """the masked-modelling head of loss.target_mbm (its decoder is trained with it and not saved)"""

@@ -15,6 +15,13 @@ training responses (voxels × clips, one sample per clip, repeats averaged, floa
 BrainIAK about as much again. So the fit is bounded (``max_voxels``): a subject with more voxels is fitted on
 its most reliable ones across the training segments' repeats, then every voxel's map is solved against the
 fitted shared response by SRM's own W-step, streamed (memory voxels × k, not voxels × clips).
+
+Where the held-out subject watched other training clips than the labelled ones, no response is stimulus-locked
+across subjects, but each voxel's functional connectivity still is comparable: ``connectivity-srm`` (Nastase
+et al. 2020, after connectivity hyperalignment, Guntupalli et al. 2018) fits the same model on each subject's
+voxels × targets matrix of Fisher-z correlations, over its own training volumes, between every voxel and the
+mean time series of anatomical targets (the cubes of :func:`connectivity_targets`), and carries the time series
+with the maps it finds. It needs every subject on one grid and only unlabelled training-split fMRI.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from collections.abc import Iterator, Sequence
 
 import h5py
 import numpy as np
+from scipy import sparse
 
 from llm4brain.artifacts import ArtifactError, atomic_h5, open_artifact, read_keys, set_attrs, write_keys
 from llm4brain.runtime import LOG
@@ -126,41 +134,68 @@ def fit_shared_response(
     functional_alignment: AlignFunctionalAlignmentConfig,
     seed: int,
 ) -> None:
-    """Fit BrainIAK's SRM on every subject's training-split responses to the clips they share, and write each
-    subject's map ``/{subject}/w`` (voxels × k), voxel means ``/{subject}/mu`` and ``/{subject}/mask``.
+    """Fit BrainIAK's SRM on every subject's training-split fMRI, and write each subject's map ``/{subject}/w``
+    (voxels × k), voxel means ``/{subject}/mu`` and ``/{subject}/mask``.
 
-    ``functional_alignment``: the ``align.functional_alignment`` section's ``features`` (k), ``n_iter`` (EM
-    iterations) and ``max_voxels``.
+    Args:
+        fmri_paths: every subject's preprocessed fMRI, in the order of ``subjects``.
+        subjects: the subjects, labelled and held out.
+        heldout: those held out (recorded, for :func:`reference_map`).
+        out_path: the ``funcalign`` artifact written.
+        functional_alignment: the ``align.functional_alignment`` section: ``method`` (``srm``, on the responses
+            to the training clips every subject watched, or ``connectivity-srm``, on each voxel's connectivity),
+            ``features`` (k), ``n_iter`` (EM iterations), ``max_voxels`` (srm) and ``target_block``
+            (connectivity-srm).
+        seed: SRM's random initialisation.
     """
     from brainiak.funcalign.srm import SRM  # imports mpi4py, which loads the MPI library: only when fitting
 
-    clips = shared_clips(fmri_paths)
     features = functional_alignment.features
-    if len(clips) <= features:
-        raise ValueError(
-            f"config align.functional_alignment.features {features}: the subjects share only {len(clips)} "
-            f"training clips ({', '.join(map(str, fmri_paths))}); it must be below that"
-        )
-    voxels = [fitted_voxels(path, functional_alignment.max_voxels) for path in fmri_paths]
-    masks, responses = zip(
-        *(train_responses(path, clips, chosen) for path, chosen in zip(fmri_paths, voxels, strict=True)), strict=True
-    )
-    for path, response in zip(fmri_paths, responses, strict=True):
-        if len(response) < features:
+    model = SRM(n_iter=functional_alignment.n_iter, features=features, rand_seed=seed)
+    if functional_alignment.method == "connectivity-srm":
+        masks, means, profiles = connectivity_profiles(fmri_paths, functional_alignment.target_block)
+        if profiles[0].shape[1] <= features:
             raise ValueError(
-                f"{path}: {len(response)} voxels, fewer than align.functional_alignment.features ({features})"
+                f"config align.functional_alignment.features {features}: only {profiles[0].shape[1]} connectivity "
+                f"targets (target_block {functional_alignment.target_block}); it must be below that"
             )
-    LOG.info("SRM: %d subjects x %d shared training clips, %d features", len(responses), len(clips), features)
-    srm = SRM(n_iter=functional_alignment.n_iter, features=features, rand_seed=seed).fit(list(responses))
-    del responses
-    maps = [  # a subject fitted on some of its voxels gets every voxel's map from the shared response
-        (w, mu) if chosen is None else solve_map(path, clips, srm.s_)
-        for path, w, mu, chosen in zip(fmri_paths, srm.w_, srm.mu_, voxels, strict=True)
-    ]
+        LOG.info(
+            "connectivity SRM: %d subjects x %d targets, %d features", len(profiles), profiles[0].shape[1], features
+        )
+        model.fit(profiles)
+        # the maps carry time series: the voxels' training-split means, not their profiles', are what x - μ removes
+        maps = list(zip(model.w_, means, strict=True))
+        fitted, extra = [len(w) for w in model.w_], {"targets": profiles[0].shape[1]}
+    else:
+        clips = shared_clips(fmri_paths)
+        if len(clips) <= features:
+            raise ValueError(
+                f"config align.functional_alignment.features {features}: the subjects share only {len(clips)} "
+                f"training clips ({', '.join(map(str, fmri_paths))}); it must be below that"
+            )
+        voxels = [fitted_voxels(path, functional_alignment.max_voxels) for path in fmri_paths]
+        masks, responses = zip(
+            *(train_responses(path, clips, chosen) for path, chosen in zip(fmri_paths, voxels, strict=True)),
+            strict=True,
+        )
+        for path, response in zip(fmri_paths, responses, strict=True):
+            if len(response) < features:
+                raise ValueError(
+                    f"{path}: {len(response)} voxels, fewer than align.functional_alignment.features ({features})"
+                )
+        LOG.info("SRM: %d subjects x %d shared training clips, %d features", len(responses), len(clips), features)
+        model.fit(list(responses))
+        del responses
+        maps = [  # a subject fitted on some of its voxels gets every voxel's map from the shared response
+            (w, mu) if chosen is None else solve_map(path, clips, model.s_)
+            for path, w, mu, chosen in zip(fmri_paths, model.w_, model.mu_, voxels, strict=True)
+        ]
+        fitted = [len(w) if chosen is None else len(chosen) for (w, _), chosen in zip(maps, voxels, strict=True)]
+        extra = {"n_clips": len(clips)}
     with atomic_h5(out_path, "funcalign", functional_alignment.to_dict()) as f:
-        for subject, (w, mu), mask, chosen in zip(subjects, maps, masks, voxels, strict=True):
+        for subject, (w, mu), mask, count in zip(subjects, maps, masks, fitted, strict=True):
             group = f.create_group(subject)
-            group.attrs["fitted_voxels"] = len(w) if chosen is None else len(chosen)
+            group.attrs["fitted_voxels"] = count
             group.create_dataset("w", data=w.astype(np.float32))
             group.create_dataset("mu", data=mu.astype(np.float32))
             group.create_dataset("mask", data=mask.astype(np.uint8))
@@ -169,11 +204,70 @@ def fit_shared_response(
             {
                 "subjects": list(subjects),
                 "heldout": list(heldout),
-                "n_clips": len(clips),
+                "method": functional_alignment.method,
+                **extra,
                 "features": features,
                 "split": "train",
             },
         )
+
+
+def connectivity_targets(masks: Sequence[np.ndarray], block: int, paths: Sequence[str | os.PathLike]) -> np.ndarray:
+    """Per voxel of the subjects' shared grid, the connectivity target it belongs to (-1: none): the grid is tiled
+    by cubes of ``block`` voxels a side, and each cube that every subject's mask reaches is a target, numbered in
+    grid order. Subjects on different grids share no anatomy to take targets from, so that is an error."""
+    grid = masks[0].shape
+    for path, mask in zip(paths, masks, strict=True):
+        if mask.shape != grid:
+            raise ArtifactError(
+                f"{path}: grid {mask.shape} differs from {paths[0]}'s {grid}; align.functional_alignment.method "
+                "connectivity-srm takes its targets from one grid shared by every subject"
+            )
+    cube = np.asarray(np.ravel_multi_index(tuple(np.indices(grid) // block), tuple(-(-n // block) for n in grid)))
+    covered = np.logical_and.reduce([np.bincount(cube[mask], minlength=cube.max() + 1) > 0 for mask in masks])
+    number = np.where(covered, np.cumsum(covered) - 1, -1)
+    return number[cube]
+
+
+def connectivity_profiles(
+    paths: Sequence[str | os.PathLike], block: int
+) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """Per subject its mask, its voxels' training-split means and its connectivity profile: the Fisher-z
+    correlation, over its training volumes, of each mask voxel with each target's mean time series over the
+    subject's voxels in it (voxels × targets, targets from :func:`connectivity_targets`). Opens ``/train/bold``
+    and ``/mask`` only; sums ``ROWS`` volumes at a time, so memory is voxels × targets."""
+    masks = []
+    for path in paths:
+        with open_artifact(path, "fmri", ("train/bold", "mask")) as f:
+            masks.append(f["mask"][:].astype(bool))
+    targets = connectivity_targets(masks, block, paths)
+    n_targets = int(targets.max()) + 1
+    means, profiles = [], []
+    for path, mask in zip(paths, masks, strict=True):
+        owner = targets[mask]  # per mask voxel, its target (-1: a cube some subject does not reach)
+        inside = np.flatnonzero(owner >= 0)
+        size = np.bincount(owner[inside], minlength=n_targets)
+        average = sparse.csr_matrix(
+            (1.0 / size[owner[inside]], (inside, owner[inside])), shape=(int(mask.sum()), n_targets)
+        )
+        sx, sxx = np.zeros(int(mask.sum())), np.zeros(int(mask.sum()))
+        st, stt, sxt, n = np.zeros(n_targets), np.zeros(n_targets), np.zeros((int(mask.sum()), n_targets)), 0
+        with open_artifact(path, "fmri", ("train/bold", "mask")) as f:
+            for _, volumes in _blocks(f["train"]["bold"]):
+                x = volumes[:, mask]
+                t = np.asarray(x @ average)
+                sx, sxx, st, stt = sx + x.sum(0), sxx + (x**2).sum(0), st + t.sum(0), stt + (t**2).sum(0)
+                sxt += x.T @ t
+                n += len(x)
+        if n < 3:
+            raise ArtifactError(f"{path}: {n} training volumes, too few to correlate voxels with connectivity targets")
+        mx, mt = sx / n, st / n
+        sd_x, sd_t = np.sqrt(np.maximum(sxx / n - mx**2, 0.0)), np.sqrt(np.maximum(stt / n - mt**2, 0.0))
+        scale = np.outer(sd_x, sd_t)
+        r = np.divide(sxt / n - np.outer(mx, mt), scale, out=np.zeros_like(scale), where=scale > 0)
+        means.append(mx)
+        profiles.append(np.arctanh(np.clip(r, -0.999999, 0.999999)))
+    return masks, means, profiles
 
 
 def reference_map(srm: h5py.File, reference: str | None, path: str | os.PathLike) -> tuple[np.ndarray, ...]:
@@ -218,6 +312,7 @@ def align_subject(
         w_h, mu_h = srm[subject]["w"][:].astype(np.float64), srm[subject]["mu"][:].astype(np.float64)
         mask_h = srm[subject]["mask"][:].astype(bool)
         w_ref, mu_ref, mask_ref = reference_map(srm, functional_alignment.reference, srm_path)
+        method = str(srm.attrs["method"])
     carry = Carry(w_h, mu_h, mask_h, w_ref, mu_ref, mask_ref)
     with open_artifact(fmri_path, "fmri", ("train/bold", "test/bold", "mask")) as source:
         if not np.array_equal(source["mask"][:].astype(bool), mask_h):
@@ -246,7 +341,7 @@ def align_subject(
             set_attrs(
                 f,
                 {
-                    "functional_alignment": "srm",
+                    "functional_alignment": method,
                     "reference": functional_alignment.reference or "group",
                     "source": str(fmri_path),
                 },
