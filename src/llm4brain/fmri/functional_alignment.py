@@ -303,7 +303,15 @@ def align_subject(
 ) -> None:
     """Carry a held-out subject's fMRI (both splits) into the reference space of the fitted SRM and write it as
     an fmri artifact of the same samples and keys; each voxel is z-scored with its training split's mean and
-    standard deviation. ``functional_alignment``: the ``align.functional_alignment`` section (``reference``)."""
+    standard deviation.
+
+    Args:
+        fmri_path: the subject's preprocessed fMRI.
+        srm_path: the maps :func:`fit_shared_response` wrote.
+        subject: whose map carries it.
+        out_path: the carried ``fmri`` artifact written.
+        functional_alignment: the ``align.functional_alignment`` section (``reference``).
+    """
     with open_artifact(srm_path, "funcalign") as srm:
         if subject not in srm:
             raise ArtifactError(
