@@ -367,3 +367,22 @@ def test_connectivity_targets_are_the_cubes_every_subject_reaches(tmp_path):
     assert (connectivity_targets([first], 1, ["a.h5"])[first] == [0, 1, 2]).all()
     with pytest.raises(ArtifactError, match="b.h5: grid"):
         connectivity_targets([first, np.zeros((4, 4, 3), bool)], 2, ["a.h5", "b.h5"])
+
+
+def test_connectivity_profiles_are_fisher_z_correlations_with_the_targets_means(subjects, monkeypatch):
+    """Streamed ROWS volumes at a time, each profile equals the in-memory computation: arctanh of the Pearson
+    correlation, over the subject's training volumes, of each mask voxel with each target's mean time series
+    over the subject's voxels in it; the means are the voxels' training means."""
+    from llm4brain.fmri import functional_alignment as fa
+
+    paths, _, _ = subjects
+    monkeypatch.setattr(fa, "ROWS", 50)  # several blocks per subject
+    masks, means, profiles = fa.connectivity_profiles(paths, 2)
+    targets = connectivity_targets(masks, 2, paths)[mask()]
+    for path, voxel_means, profile in zip(paths, means, profiles, strict=True):
+        with h5py.File(path, "r") as f:
+            x = f["train/bold"][:][:, mask()].astype(np.float64)
+        t = np.stack([x[:, targets == j].mean(1) for j in range(targets.max() + 1)], 1)
+        r = np.corrcoef(x.T, t.T)[: x.shape[1], x.shape[1] :]
+        np.testing.assert_allclose(profile, np.arctanh(r), rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(voxel_means, x.mean(0), rtol=1e-9, atol=1e-12)
