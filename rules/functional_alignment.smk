@@ -3,8 +3,9 @@
 
 
 rule fit_functional_alignment:
-    """Shared response model of every subject's responses to the training clips they all watched (srm) or of its
-    voxels' connectivity (connectivity-srm); reads the train split only, so no test fMRI shapes the maps."""
+    """Shared response model of every subject's responses to the training clips they all watched (srm), or of
+    its voxels' connectivity (connectivity-srm); reads the train split only, never test fMRI.
+    """
     input:
         fmri=fmri_files(),
     output:
