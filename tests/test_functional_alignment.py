@@ -386,3 +386,19 @@ def test_connectivity_profiles_are_fisher_z_correlations_with_the_targets_means(
         r = np.corrcoef(x.T, t.T)[: x.shape[1], x.shape[1] :]
         np.testing.assert_allclose(profile, np.arctanh(r), rtol=1e-6, atol=1e-9)
         np.testing.assert_allclose(voxel_means, x.mean(0), rtol=1e-9, atol=1e-12)
+
+
+def test_connectivity_srm_refuses_subjects_in_different_spaces(tmp_path, subjects):
+    """Targets are cubes of one volume grid: another affine, or grayordinates, is an error naming the file,
+    and no artifact is left."""
+    paths, _, _ = subjects
+    for path, scale in zip(paths, (1, 1, 2), strict=True):
+        with h5py.File(path, "a") as f:
+            f.attrs["affine"] = json.dumps((np.diag([scale, scale, scale, 1])).tolist())
+    with pytest.raises(ArtifactError, match=f"{paths[2]}: its affine differs from {paths[0]}'s"):
+        fit_srm(paths, tmp_path / "srm.h5", CONNECTIVITY)
+    with h5py.File(paths[1], "a") as f:
+        f.attrs["layout"] = "vector"
+    with pytest.raises(ArtifactError, match=f"{paths[1]}: grayordinates"):
+        fit_srm(paths, tmp_path / "srm.h5", CONNECTIVITY)
+    assert not (tmp_path / "srm.h5").exists()
