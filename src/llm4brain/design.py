@@ -131,8 +131,9 @@ def _check_heldout(design: Design, held: list[str], functional: dict[str, Any]) 
         )
     if functional["method"] == "none":
         return
-    for subject in held if functional["method"] == "srm" else ():  # connectivity-srm needs no shared clip
-        if not labelled & set(design.subject_segments(subject)["train"]):
+    for subject in held:
+        # srm is fitted on the clips every subject watched; connectivity-srm needs no shared clip
+        if functional["method"] == "srm" and not labelled & set(design.subject_segments(subject)["train"]):
             raise ValueError(
                 f"config align.functional_alignment: {subject} watched no training segment the labelled "
                 "subjects watched (data.segments.subject_train), so a shared response model cannot be "

@@ -262,11 +262,9 @@ def connectivity_profiles(
         owner = targets[mask]  # per mask voxel, its target (-1: a cube some subject does not reach)
         inside = np.flatnonzero(owner >= 0)
         size = np.bincount(owner[inside], minlength=n_targets)
-        average = sparse.csr_matrix(
-            (1.0 / size[owner[inside]], (inside, owner[inside])), shape=(int(mask.sum()), n_targets)
-        )
-        sx, sxx = np.zeros(int(mask.sum())), np.zeros(int(mask.sum()))
-        st, stt, sxt, n = np.zeros(n_targets), np.zeros(n_targets), np.zeros((int(mask.sum()), n_targets)), 0
+        average = sparse.csr_matrix((1.0 / size[owner[inside]], (inside, owner[inside])), shape=(len(owner), n_targets))
+        sx, sxx = np.zeros(len(owner)), np.zeros(len(owner))
+        st, stt, sxt, n = np.zeros(n_targets), np.zeros(n_targets), np.zeros((len(owner), n_targets)), 0
         with open_artifact(path, "fmri", ("train/bold", "mask")) as f:
             for _, volumes in _blocks(f["train"]["bold"]):
                 x = volumes[:, mask]
