@@ -15,7 +15,8 @@ functional alignment) reruns per configuration. Prints, per regime × method, th
 (adapted - floor) / (ceiling - floor) of each replicate's means over its held-out subjects, averaged over
 replicates, with its 95 % t interval over replicates and its range, and the exact one-sided sign-flip p
 over replicates that the method beats the floor (a trained model is the unit). Writes every number to
-``--out`` (TSV); ``--summarize`` reads such tables back.
+``--out`` (TSV); ``--summarize`` reads such tables back, merging separate runs only where the floors and
+ceilings they share agree to the last digit.
 """
 
 from __future__ import annotations
@@ -222,6 +223,29 @@ def select(replicates: list[int], methods: list[str], cores: int, out: Path) -> 
     return pd.DataFrame(rows)
 
 
+KEY = ["regime", "replicate", "heldout", "method"]
+
+
+def merged(paths: list[Path]) -> pd.DataFrame:
+    """The rows of tables written before, one per configuration. Tables of separate runs may share rows (each
+    run measures its own floor and ceiling): a shared row must hold the same values in every table, to the
+    last digit, or the runs measured different things (another commit's stimuli, another config) and their
+    shares cannot be put side by side; that is an error naming both tables."""
+    tables = [pd.read_csv(path, sep="\t").assign(_table=str(path)) for path in paths]
+    table = pd.concat(tables, ignore_index=True)
+    values = [m for m in [*MEASURES, *(f"labelled_{m}" for m in MEASURES)] if m in table]
+    for key, rows in table.groupby(KEY, sort=False):
+        for column in values:
+            seen = rows.dropna(subset=[column]).drop_duplicates(column)
+            if len(seen) > 1:
+                (first, second), (a, b) = seen["_table"].iloc[:2], seen[column].iloc[:2]
+                raise SystemExit(
+                    f"{dict(zip(KEY, key, strict=True))}: {column} is {a} in {first} but {b} in {second}: "
+                    "the runs did not measure the same configuration"
+                )
+    return table.drop_duplicates(KEY).drop(columns="_table").reset_index(drop=True)
+
+
 def recovered(table: pd.DataFrame, measure: str = SUMMARY) -> pd.DataFrame:
     """Per regime × method: the recovered share of the floor-to-ceiling gap and the replicate-level test.
     A replicate's share is (adapted - floor) / (ceiling - floor) of its means over the held-out subjects
@@ -311,12 +335,17 @@ def main() -> None:
         help="align.subject_kernel for every run, floor and ceiling included (default: the demo config's)",
     )
     parser.add_argument("--out", type=Path, default=Path("cross_subject.tsv"))
-    parser.add_argument("--summarize", type=Path, nargs="+", help="only summarise tables written before")
+    parser.add_argument(
+        "--summarize",
+        type=Path,
+        nargs="+",
+        help="only summarise tables written before (the rows they share must agree)",
+    )
     args = parser.parse_args()
     if args.subject_kernel is not None:
         ALIGN["subject_kernel"] = args.subject_kernel
     if args.summarize:
-        table = pd.concat([pd.read_csv(path, sep="\t") for path in args.summarize], ignore_index=True)
+        table = merged(args.summarize)
     else:
         for method in args.methods:
             method_config(method)  # an unknown method or weight fails before any run

@@ -198,3 +198,34 @@ def test_the_subject_kernel_reaches_every_run_floor_and_ceiling_included(monkeyp
     cross_subject.main()
     assert len(overlays) == 3  # the ceiling, the floor and the method
     assert all(align["subject_kernel"] == 3 for align in overlays)
+
+
+def test_summarize_merges_runs_only_where_their_shared_floors_and_ceilings_agree(monkeypatch, tmp_path):
+    """Two runs measured other methods, each with its own floor and ceiling: --summarize puts them side by
+    side, one row per configuration. A floor that differs between the runs (another commit's stimuli) is an
+    error naming both tables, before any share is computed."""
+
+    def table(path, method, value, floor=0.2):
+        rows = [
+            {"regime": "r", "replicate": replicate, "heldout": "sub-01", "method": name, "top1": v / 4, "top5": v}
+            for replicate in range(2)
+            for name, v in (("none", floor + replicate / 100), ("ceiling", 0.6), (method, value))
+        ]
+        pd.DataFrame(rows).to_csv(path, sep="\t", index=False)
+
+    table(tmp_path / "a.tsv", "mmd", 0.3)
+    table(tmp_path / "b.tsv", "coral", 0.4)
+    merged = cross_subject.merged([tmp_path / "a.tsv", tmp_path / "b.tsv"])
+    assert len(merged) == 8 and not merged.duplicated(cross_subject.KEY).any()
+    shares = recovered(merged).set_index("method")["recovered_share"]
+    assert shares.to_dict() == pytest.approx(
+        {"mmd": (0.1 / 0.4 + 0.09 / 0.39) / 2, "coral": (0.2 / 0.4 + 0.19 / 0.39) / 2}
+    )
+    table(tmp_path / "c.tsv", "coral", 0.4, floor=0.25)
+    monkeypatch.setattr(
+        sys, "argv", ["cross_subject.py", "--summarize", str(tmp_path / "a.tsv"), str(tmp_path / "c.tsv")]
+    )
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match=r"'method': 'none'.*top1 is 0.05 in .*a.tsv but 0.0625 in .*c.tsv"):
+        cross_subject.main()
+    assert not (tmp_path / "cross_subject_summary.tsv").exists()
