@@ -61,6 +61,7 @@ def write_subject(path: Path, w: np.ndarray, shared: dict[str, np.ndarray], repe
             write_keys(group, [k[0] for k in rows], [k[1] for k in rows])
         f.create_dataset("mask", data=mask().astype(np.uint8))
         f.attrs["tr"] = 2.0
+        f.attrs["affine"] = json.dumps(np.eye(4).tolist())  # every subject on one grid, as preprocessing writes it
     return path
 
 
@@ -398,7 +399,7 @@ def test_connectivity_srm_refuses_subjects_in_different_spaces(tmp_path, subject
     with pytest.raises(ArtifactError, match=f"{paths[2]}: its affine differs from {paths[0]}'s"):
         fit_srm(paths, tmp_path / "srm.h5", CONNECTIVITY)
     with h5py.File(paths[1], "a") as f:
-        f.attrs["layout"] = "vector"
+        f.attrs["layout"], f.attrs["structures"] = "vector", json.dumps(["CIFTI_STRUCTURE_CORTEX_LEFT"])
     with pytest.raises(ArtifactError, match=f"{paths[1]}: grayordinates"):
         fit_srm(paths, tmp_path / "srm.h5", CONNECTIVITY)
     assert not (tmp_path / "srm.h5").exists()

@@ -236,21 +236,21 @@ def connectivity_profiles(
     correlation, over its training volumes, of each mask voxel with each target's mean time series over the
     subject's voxels in it (voxels × targets, targets from :func:`connectivity_targets`). Opens ``/train/bold``
     and ``/mask`` only; sums ``ROWS`` volumes at a time, so memory is voxels × targets."""
-    masks, affines = [], []
+    from llm4brain.fmri.images import VolumeSpace, space_from_artifact  # nibabel: only this method needs it
+
+    spaces = []
     for path in paths:
         with open_artifact(path, "fmri", ("train/bold", "mask")) as f:
-            if f.attrs.get("layout") == "vector":
-                raise ArtifactError(
-                    f"{path}: grayordinates (layout vector), not a volume: align.functional_alignment.method "
-                    "connectivity-srm takes its targets from cubes of a volume grid shared by every subject"
-                )
-            masks.append(f["mask"][:].astype(bool))
-            affines.append(json.loads(f.attrs["affine"]) if "affine" in f.attrs else None)
-    first = affines[0]
-    for path, affine in zip(paths, affines, strict=True):
-        if not (
-            affine is None and first is None or affine is not None and first is not None and np.allclose(affine, first)
-        ):
+            space, _ = space_from_artifact(f)
+        if not isinstance(space, VolumeSpace):
+            raise ArtifactError(
+                f"{path}: grayordinates (layout vector), not a volume: align.functional_alignment.method "
+                "connectivity-srm takes its targets from cubes of a volume grid shared by every subject"
+            )
+        spaces.append(space)
+    masks = [space.mask for space in spaces]
+    for path, space in zip(paths, spaces, strict=True):
+        if not spaces[0].on_grid(space):
             raise ArtifactError(
                 f"{path}: its affine differs from {paths[0]}'s; align.functional_alignment.method connectivity-srm "
                 "takes its targets from one grid shared by every subject (resample them to one space)"
