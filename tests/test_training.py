@@ -262,3 +262,13 @@ def test_stateful_objects_are_checkpointed_and_restored(tmp_path):
         stateful=[rerun],
     )
     assert seen == [5, 6]
+
+
+def test_a_jobs_imports_are_frozen_for_the_garbage_collector(tmp_path):
+    """setup_logging, the first call of every job, freezes the objects its imports made (``gc.freeze``), so the
+    collector skips them during the job and at its exit; the log file still receives the job's lines."""
+    log = tmp_path / "job.log"
+    script = f"import gc, torch\nfrom llm4brain.runtime import setup_logging\nsetup_logging({str(log)!r}).info('hi')\n"
+    script += "print(gc.get_freeze_count())"
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert int(run.stdout) > 10_000 and log.read_text().endswith("INFO hi\n")
