@@ -242,3 +242,12 @@ def rank_streams(out: str, steps: int, val_losses: list[list[float]], checkpoint
     )
     record = {"steps": history["step"].tolist(), "val_loss": history["val_loss"].tolist(), "drawn": drawn}
     (Path(out) / f"rank{w.rank}.json").write_text(json.dumps(record))
+
+
+def report_environment(out: str, name: str) -> None:
+    """Write the variable ``name`` as this process sees it, and which processes imported this module."""
+    rank = os.environ["RANK"]
+    Path(out, f"rank{rank}.json").write_text(json.dumps({"value": os.environ.get(name), "importer": IMPORTER}))
+
+
+IMPORTER = os.getpid()  # the process that imported this module: the server the processes fork from

@@ -313,3 +313,48 @@ def test_the_process_that_died_is_reported_not_the_one_whose_collective_it_broke
     launcher, checking every second, would find both dead and report rank 0 first, had rank 0 not waited."""
     with pytest.raises(RuntimeError, match=r"dies_in_a_collective: rank 1 \(pid \d+\) was killed by SIGKILL;"):
         launch(dies_in_a_collective, devices=2)
+
+
+def test_processes_fork_from_one_importer_and_run_with_the_environment_of_their_launch(tmp_path):
+    """A launch by ``"module:function"`` leaves the module unimported in the launching process (a training
+    script's parent holds no model stack); every process of two launches forks from one server that imported
+    it once, and sees the launching process's environment as it was at each launch, not at the first."""
+    script = f"""
+import json, os, sys
+from llm4brain.distributed import launch
+reports = []
+for value in ("first", "second"):
+    os.environ["LLM4BRAIN_TEST_VALUE"] = value
+    out = os.path.join({str(tmp_path)!r}, value)
+    os.mkdir(out)
+    launch("ddp_workers:report_environment", devices=2, out=out, name="LLM4BRAIN_TEST_VALUE")
+    reports += [json.load(open(os.path.join(out, f"rank{{r}}.json"))) for r in (0, 1)]
+print(json.dumps({{"reports": reports, "imported": "ddp_workers" in sys.modules, "pid": os.getpid()}}))
+"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
+    assert run.returncode == 0, run.stderr[-4000:]
+    result = json.loads(run.stdout.splitlines()[-1])
+    assert not result["imported"]
+    assert [r["value"] for r in result["reports"]] == ["first", "first", "second", "second"]
+    importers = {r["importer"] for r in result["reports"]}
+    assert len(importers) == 1 and result["pid"] not in importers
+
+
+def test_the_training_entry_points_import_without_touching_cuda():
+    """The launch server imports a training entry's module before it forks the processes, and a process
+    forked after CUDA was initialised (``cudaGetDeviceCount`` does it) cannot use its GPU. No GPU here can show
+    it, so: importing the training scripts' entry modules calls neither CUDA query; nor may they import
+    bitsandbytes, which loads its CUDA library, or peft (both imported when a model needs them, in the
+    processes; transformers itself imports accelerate, which touches neither)."""
+    script = """
+import sys, torch
+def refuse(*_):
+    raise AssertionError("CUDA touched at import")
+torch._C._cuda_getDeviceCount = torch._C._cuda_init = refuse
+import llm4brain.align.train, llm4brain.instruct.train, llm4brain.scmbm.train, llm4brain.video_llm.train
+print(sorted({"bitsandbytes", "peft"} & set(sys.modules)))
+"""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-4000:]
+    assert run.stdout.split() == ["[]"]

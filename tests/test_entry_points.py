@@ -10,12 +10,18 @@ from pathlib import Path
 
 import pytest
 
+from llm4brain.align.train import train_brain_aligner
 from llm4brain.evaluate.decode import decode_captions, nearest_train_pool
 from llm4brain.evaluate.new_run import decode_run
 from llm4brain.instruct.train import instruct_llm
+from llm4brain.scmbm.train import pretrain_scmbm
+from llm4brain.video_llm.train import train_video_llm
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "workflow" / "scripts"
 ENTRY_POINTS = {
+    "train_video_llm.py": train_video_llm,
+    "pretrain_scmbm.py": pretrain_scmbm,
+    "pretrain_adaptor.py": train_brain_aligner,
     "instruct_llm.py": instruct_llm,
     "decode_captions.py": decode_captions,
     "nearest_train_pool.py": nearest_train_pool,
@@ -32,7 +38,8 @@ def test_entry_point_parameters_are_keyword_only(function):
 
 @pytest.mark.parametrize("script", ENTRY_POINTS, ids=str)
 def test_workflow_script_calls_its_entry_point_by_valid_names(script):
-    """Directly, or through llm4brain.distributed.launch (a training rule), whose own keywords are left out."""
+    """Directly, or through llm4brain.distributed.launch (a training rule) by its ``"module:function"``
+    reference, whose own keywords are left out."""
     function = ENTRY_POINTS[script]
     calls = [
         node
@@ -44,7 +51,7 @@ def test_workflow_script_calls_its_entry_point_by_valid_names(script):
         for node in ast.walk(ast.parse((SCRIPTS / script).read_text()))
         if isinstance(node, ast.Call)
         and getattr(node.func, "id", None) == "launch"
-        and [getattr(arg, "id", None) for arg in node.args] == [function.__name__]
+        and [getattr(arg, "value", None) for arg in node.args] == [f"{function.__module__}:{function.__name__}"]
     ]
     assert len(calls) + len(launched) == 1 and not any(call.args for call in calls)
     own = {"devices", "device", "log_file"}

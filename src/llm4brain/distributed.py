@@ -12,7 +12,6 @@ varying number of items (caption tokens) divides by their count over all process
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import signal
@@ -124,8 +123,13 @@ BACKENDS = {"cpu": "gloo", "cuda": "cpu:gloo,cuda:nccl"}
 CPU tensor (a logged number, an RNG state) goes to gloo, one on a CUDA tensor to NCCL."""
 
 
+Entry = Callable[..., Any] | str
+"""What :func:`launch` runs: a function, or its ``"module:function"`` entry-point reference, which the launching
+process does not import (only the processes that run it do)."""
+
+
 def launch(
-    entry: Callable[..., Any],
+    entry: Entry,
     *,
     devices: int,
     device: str = "auto",
@@ -135,6 +139,14 @@ def launch(
 ) -> None:
     """Run ``entry(**kwargs)`` in ``devices`` processes (in this one when 1), as ``torchrun`` would: over NCCL
     when ``device`` (a ``train.device``) resolves to CUDA, each process on its own GPU, else over gloo.
+
+    The processes fork from one server (multiprocessing's ``forkserver``, started at this process's first
+    launch) that has imported the entry's module: spawned, each would import torch and the model stack again,
+    seconds of CPU each. The server imports it as a new interpreter would (installed packages,
+    ``PYTHONPATH``); a module it cannot import, each process imports itself. With ``entry`` as
+    ``"module:function"`` this process does not import it at all. Each process runs with this process's
+    environment as it is at the call, and imports the calling script again (hence the
+    ``if __name__ == "__main__":`` guard of a script that calls this).
 
     On one node the processes meet on a free localhost port. In a SLURM allocation of several nodes
     (``SLURM_NNODES`` > 1) it starts itself once per node with ``srun`` (:func:`on_every_node`) and the
@@ -158,7 +170,7 @@ def launch(
         )
         return
     if devices * nodes == 1:
-        entry(**kwargs)
+        resolve(entry)(**kwargs)
         return
     device_type = select_device(device).type
     if device_type not in BACKENDS:
@@ -179,11 +191,14 @@ def launch(
         rdzv_endpoint=endpoint,
         max_restarts=0,  # a dead process fails the job; Snakemake's rerun resumes it
         monitor_interval=MONITOR_INTERVAL,
+        start_method="forkserver",
     )
-    name = getattr(entry, "__name__", str(entry))
+    reference = entry_reference(entry)
+    multiprocessing.set_forkserver_preload([reference.partition(":")[0]])  # read when the server starts
+    name = reference.partition(":")[2]
     LOG.info("%s: %d processes on each of %d node(s) (rendezvous %s)", name, devices, nodes, endpoint)
     try:
-        elastic_launch(config, _worker)(entry, device_type, log_file, timeout, kwargs)
+        elastic_launch(config, _worker)(entry, device_type, log_file, timeout, dict(os.environ), kwargs)
     except ChildFailedError as err:
         failures = "; ".join(
             f"rank {rank} (pid {failure.pid}) {_exit(failure.exitcode)}" for rank, failure in err.failures.items()
@@ -194,6 +209,7 @@ def launch(
         ) from None
 
 
+_IMPORT_ENVIRONMENT = dict(os.environ)  # in a launched process: the server's, before the launcher's variables
 NODE = "LLM4BRAIN_NODE"  # set in the one process per node that a multi-node launch starts
 # seconds between the launcher's checks of its processes; a process that fails waits two of them before it exits
 # (:func:`_worker`)
@@ -201,7 +217,7 @@ MONITOR_INTERVAL = 1.0
 
 
 def on_every_node(
-    entry: Callable[..., Any],
+    entry: Entry,
     *,
     nodes: int,
     devices: int,
@@ -214,7 +230,7 @@ def on_every_node(
     Snakemake's SLURM plugin starts a job's script once, on its first node: with the ``mpi`` resource it
     does so outside any job step, so this ``srun`` may take the whole allocation."""
     folder = Path(log_file).parent if log_file else Path.cwd()  # shared by the nodes, as the results are
-    spec = {"entry": f"{entry.__module__}:{entry.__qualname__}", "devices": devices, "device": device}
+    spec = {"entry": entry_reference(entry), "devices": devices, "device": device}
     spec["timeout"] = timeout
     with tempfile.NamedTemporaryFile("w", suffix=".launch.json", dir=folder, delete=False) as f:
         json.dump({**spec, "log_file": log_file, "kwargs": kwargs}, f, default=_to_json)
@@ -258,11 +274,9 @@ def _from_json(value: dict[str, Any]) -> Any:
 def run_spec(path: str) -> None:
     """One node's part of :func:`on_every_node`: the launch written to ``path``."""
     spec = json.loads(Path(path).read_text(), object_hook=_from_json)
-    module, name = spec["entry"].split(":")
     setup_logging(spec["log_file"], process=f"node {os.environ.get('SLURM_NODEID', 0)}")
-    entry = getattr(importlib.import_module(module), name)
     launch(
-        entry,
+        spec["entry"],
         devices=spec["devices"],
         device=spec["device"],
         log_file=spec["log_file"],
@@ -285,23 +299,47 @@ def first_node() -> str:
     return hosts.stdout.split()[0]
 
 
+def entry_reference(entry: Entry) -> str:
+    """``entry`` as ``"module:function"``."""
+    return entry if isinstance(entry, str) else f"{entry.__module__}:{entry.__qualname__}"
+
+
+def resolve(entry: Entry) -> Callable[..., Any]:
+    """The function ``entry`` names (a function is itself)."""
+    if isinstance(entry, str):
+        from importlib.metadata import EntryPoint
+
+        return EntryPoint(name=entry, value=entry, group="llm4brain.launch").load()
+    return entry
+
+
 def _worker(
-    entry: Callable[..., Any], device_type: str, log_file: str | None, timeout: float | None, kwargs: dict[str, Any]
+    entry: Entry,
+    device_type: str,
+    log_file: str | None,
+    timeout: float | None,
+    environment: dict[str, str],
+    kwargs: dict[str, Any],
 ) -> None:
-    """One process of a launched job: join the process group (:data:`BACKENDS`), log to the job's log with
-    its rank, run."""
+    """One process of a launched job: take the launching process's environment, join the process group
+    (:data:`BACKENDS`), log to the job's log with its rank, run."""
     import datetime
 
     import torch
     import torch.distributed as dist
 
+    # A forked process starts with the environment the server had when it imported this module (the first
+    # launch's): take this launch's, with what the launcher set for this process (RANK, MASTER_PORT, ...).
+    launcher = {k: v for k, v in os.environ.items() if _IMPORT_ENVIRONMENT.get(k) != v}
+    os.environ.clear()
+    os.environ.update({**environment, **launcher})
     setup_logging(log_file, process=f"rank {os.environ['RANK']}")
     if device_type == "cuda":
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     wait = None if timeout is None else datetime.timedelta(seconds=timeout)
     dist.init_process_group(BACKENDS[device_type], timeout=wait)
     try:
-        entry(**kwargs)
+        resolve(entry)(**kwargs)
     except Exception:
         # When a process dies (an OOM kill), the others fail at once in their next collective. The launcher
         # reports the first dead process it finds at a check, in rank order, so a failed process waits until

@@ -1,14 +1,13 @@
 from llm4brain.distributed import launch
-from llm4brain.instruct.train import instruct_llm
 from llm4brain.resume import Checkpoint
 from llm4brain.runtime import setup_logging
 from llm4brain.sections import InstructConfig
 
-if __name__ == "__main__":  # not when the data-parallel workers re-import this script
+if __name__ == "__main__":  # not when the data-parallel processes' server imports this script
     setup_logging(snakemake.log[0])
     p = snakemake.params
     launch(
-        instruct_llm,
+        "llm4brain.instruct.train:instruct_llm",  # imported by the processes that run it, not by this one
         devices=snakemake.resources.devices,
         device=p.instruct["train"]["device"],
         log_file=snakemake.log[0],

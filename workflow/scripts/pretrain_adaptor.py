@@ -1,15 +1,14 @@
-from llm4brain.align.train import train_brain_aligner
 from llm4brain.distributed import launch
 from llm4brain.resume import Checkpoint
 from llm4brain.runtime import setup_logging
 from llm4brain.sections import AlignConfig, EncoderConfig
 
-if __name__ == "__main__":  # not when the data-parallel workers re-import this script
+if __name__ == "__main__":  # not when the data-parallel processes' server imports this script
     setup_logging(snakemake.log[0])
     p = snakemake.params
     align = AlignConfig.from_dict(p.align)
     launch(
-        train_brain_aligner,
+        "llm4brain.align.train:train_brain_aligner",  # imported by the processes that run it, not by this one
         devices=snakemake.resources.devices,
         device=align.train.device,
         log_file=snakemake.log[0],

@@ -2,13 +2,12 @@ from llm4brain.distributed import launch
 from llm4brain.resume import Checkpoint
 from llm4brain.runtime import setup_logging
 from llm4brain.sections import VideoLlmConfig
-from llm4brain.video_llm.train import train_video_llm
 
-if __name__ == "__main__":  # not when the data-parallel workers re-import this script
+if __name__ == "__main__":  # not when the data-parallel processes' server imports this script
     setup_logging(snakemake.log[0])
     p = snakemake.params
     launch(
-        train_video_llm,
+        "llm4brain.video_llm.train:train_video_llm",  # imported by the processes that run it, not by this one
         devices=snakemake.resources.devices,
         device=p.video_llm["train"]["device"],
         log_file=snakemake.log[0],
