@@ -1,7 +1,8 @@
 """Which library files a workflow script runs, read from its imports, and their content hash.
 
 Each rule passes the hash of the code its script reaches as a param, so editing a module reruns exactly the
-rules whose scripts import it (directly, through other modules, or lazily inside a function) and what depends
+rules whose scripts import it (directly, through other modules, or lazily inside a function, or name it as
+``"module:function"`` for :func:`llm4brain.distributed.launch` to import in its processes) and what depends
 on them. The import graph is read with ``ast``, never by importing: the DAG build must not import torch.
 """
 
@@ -11,6 +12,7 @@ import ast
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -79,6 +81,7 @@ def import_statements(body: list[ast.stmt]) -> Iterator[ast.Import | ast.ImportF
 # direct imports already read, by file and content digest: a DAG build (and every job, which parses the
 # Snakefile again) parses only files edited since (see :func:`script_code_hashes`)
 _known: dict[str, list[str]] = {}
+PARSE_VERSION = 2  # in every key: a file read by an older :func:`_parse_imports` (1: no entry references) is read again
 
 
 def direct_imports(package: Path, file: Path) -> tuple[Path, ...]:
@@ -94,7 +97,7 @@ def direct_imports(package: Path, file: Path) -> tuple[Path, ...]:
             files), each once, in the order first named.
     """
     source = file.read_bytes()
-    key = f"{file}:{hashlib.sha256(source).hexdigest()}"
+    key = f"{file}:{hashlib.sha256(source).hexdigest()}:{PARSE_VERSION}"
     if key not in _known:
         _known[key] = [str(path) for path in _parse_imports(package, file, source)]
     return tuple(Path(path) for path in _known[key])
@@ -118,6 +121,8 @@ def _parse_imports(package: Path, file: Path, source: bytes) -> list[Path]:
             found += module_files(package, base)
             for alias in node.names:  # `from pkg import submodule`
                 found += module_files(package, f"{base}.{alias.name}")
+    for reference in re.finditer(rb"""["'](%s(?:\.\w+)*):\w+["']""" % re.escape(package.name.encode()), source):
+        found += module_files(package, reference.group(1).decode())  # an entry launch() imports
     return list(dict.fromkeys(found))
 
 
