@@ -331,7 +331,8 @@ for value in ("first", "second"):
     reports += [json.load(open(os.path.join(out, f"rank{{r}}.json"))) for r in (0, 1)]
 print(json.dumps({{"reports": reports, "imported": "ddp_workers" in sys.modules, "pid": os.getpid()}}))
 """
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    paths = [str(Path(__file__).parent), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
     assert run.returncode == 0, run.stderr[-4000:]
     result = json.loads(run.stdout.splitlines()[-1])
