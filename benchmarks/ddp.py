@@ -2,6 +2,7 @@
 alignment steps, through the rules' own entry points (pretrain_scmbm, train_brain_aligner).
 
     .venv/bin/python benchmarks/ddp.py [--devices 2] [--steps 40]
+    .venv/bin/python benchmarks/ddp.py --launches 3 [--devices 2] [--steps 2]
 
 Writes demo-size data to a temporary folder (3 subjects, 2 labelled, 16 × 16 × 12 grids, 2-TR windows,
 the demo's encoder, no dropout) and runs each stage for S and 2·S steps on 1 and on N processes; the
@@ -11,11 +12,20 @@ shared by the N processes' threads, below N), and the largest weight difference 
 N-process models relative to the largest weight, next to the difference between two one-process runs that
 differ only in their thread count. Both are rounding (summation order) magnified by Adam, which divides
 each gradient by its own running size: near-zero gradient elements move on their rounding noise.
+
+``--launches R``: what starting a job's processes costs. R rounds, each running one N-process alignment job
+(S steps) with the processes spawned (each imports torch and the model stack) and then forked from one server
+that imported them once (``launch``'s way), alternated. Each job runs in a new interpreter that imports no torch,
+as a workflow job's script does (``python -m llm4brain.distributed``, the launch as JSON). Prints each job's wall
+seconds and the CPU seconds of the whole machine over it (``/proc/stat``: every process, so run it on an idle
+machine), and whether the two ways wrote identical weights.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -34,7 +44,7 @@ from train_step import CLIPS, ENCODER, GRID, QFORMER, REPEATS, write_subject  # 
 
 from llm4brain.align.train import train_brain_aligner  # noqa: E402
 from llm4brain.artifacts import atomic_h5  # noqa: E402
-from llm4brain.distributed import launch  # noqa: E402
+from llm4brain.distributed import launch, launch_spec  # noqa: E402
 from llm4brain.models.captioner import Captioner  # noqa: E402
 from llm4brain.models.tokenizer import train_word_tokenizer  # noqa: E402
 from llm4brain.models.video_llm import VideoQFormer, build_llm, qformer_config, save_teacher  # noqa: E402
@@ -96,48 +106,95 @@ def add_test_split(paths: list[str]) -> None:
             write_keys(group, ["seg00"] * 30, list(range(30)))
 
 
-def run(stage: str, inputs: dict[str, Any], out: Path, devices: int, steps: int, threads: int = 0) -> float:
-    """Wall seconds of one run of ``stage`` for ``steps`` steps on ``devices`` processes of ``threads`` threads
-    (0: the machine's two cores shared between them)."""
-    config = defaults()
-    encoder = {**ENCODER, "dropout": 0.0}
-    train = {
-        **config["align"]["train"],
+def training(steps: int, devices: int, threads: int = 0) -> dict[str, Any]:
+    """The train section: ``steps`` steps of batch :data:`BATCH`, ``threads`` threads per process (0: the
+    machine's two cores shared between the processes), no checkpoints."""
+    return {
+        **defaults()["align"]["train"],
         "steps": steps,
         "batch_size": BATCH,
         "threads": threads or max(1, 2 // devices),
         "warmup": 2,
         "checkpoint_every": 0,
     }
+
+
+def align_arguments(inputs: dict[str, Any], out: Path, train: dict[str, Any]) -> dict[str, Any]:
+    """``train_brain_aligner``'s arguments: sub-03 held out, the outputs in ``out``."""
+    return {
+        "fmri_paths": inputs["fmri"],
+        "feature_paths": inputs["features"],
+        "teacher_dir": inputs["teacher"],
+        "model_dir": str(out / "model"),
+        "latent_paths": [str(out / f"{s}.h5") for s in SUBJECTS],
+        "metrics_path": str(out / "metrics.tsv"),
+        "subjects": SUBJECTS,
+        "encoder": EncoderConfig.from_dict({**ENCODER, "dropout": 0.0}),
+        "align": AlignConfig.from_dict({**defaults()["align"], "heldout": ["sub-03"], "train": train}),
+        "seed": 0,
+    }
+
+
+def run(stage: str, inputs: dict[str, Any], out: Path, devices: int, steps: int, threads: int = 0) -> float:
+    """Wall seconds of one run of ``stage`` for ``steps`` steps on ``devices`` processes of ``threads`` threads
+    (0: the machine's two cores shared between them)."""
+    train = training(steps, devices, threads)
     started = time.perf_counter()
     if stage == "scmbm":
-        params = {**config["scmbm"], "train": train}
         launch(
             pretrain_scmbm,
             devices=devices,
             fmri_paths=inputs["fmri"],
             out_dir=str(out),
-            encoder=EncoderConfig.from_dict(encoder),
-            scmbm=ScmbmConfig.from_dict(params),
+            encoder=EncoderConfig.from_dict({**ENCODER, "dropout": 0.0}),
+            scmbm=ScmbmConfig.from_dict({**defaults()["scmbm"], "train": train}),
             seed=0,
         )
     else:
-        params = {**config["align"], "heldout": ["sub-03"], "train": train}
-        launch(
-            train_brain_aligner,
-            devices=devices,
-            fmri_paths=inputs["fmri"],
-            feature_paths=inputs["features"],
-            teacher_dir=inputs["teacher"],
-            model_dir=str(out / "model"),
-            latent_paths=[str(out / f"{s}.h5") for s in SUBJECTS],
-            metrics_path=str(out / "metrics.tsv"),
-            subjects=SUBJECTS,
-            encoder=EncoderConfig.from_dict(encoder),
-            align=AlignConfig.from_dict(params),
-            seed=0,
-        )
+        launch(train_brain_aligner, devices=devices, **align_arguments(inputs, out, train))
     return time.perf_counter() - started
+
+
+# a job's process: imports the launcher only, as a training rule's script does, and starts its processes the
+# given way (sys.argv: start method, launch spec)
+JOB = "import sys, llm4brain.distributed as d; d.START_METHOD = sys.argv[1]; d.run_spec(sys.argv[2])"
+
+
+def busy_seconds() -> float:
+    """CPU seconds every process of this machine has used since boot (``/proc/stat``: user, nice, system)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    return sum(int(value) for value in fields[:3]) / os.sysconf("SC_CLK_TCK")
+
+
+def launches(inputs: dict[str, Any], root: Path, rounds: int, devices: int, steps: int) -> None:
+    """Print each job's wall and machine CPU seconds, spawned against forked, alternated over ``rounds``."""
+    print(f"{'round':<7}{'start method':<14}{'wall s':>8}{'CPU s':>8}")
+    written: dict[str, dict[str, torch.Tensor]] = {}
+    for round_ in range(rounds):
+        for method in ("spawn", "forkserver"):
+            out = root / f"launch-{method}-{round_}"
+            spec = root / f"{out.name}.json"
+            arguments = align_arguments(inputs, out, training(steps, devices))
+            spec.write_text(
+                launch_spec(
+                    "llm4brain.align.train:train_brain_aligner",
+                    devices=devices,
+                    device="cpu",
+                    log_file=str(root / f"{out.name}.log"),
+                    timeout=None,
+                    kwargs=arguments,
+                )
+            )
+            cpu, started = busy_seconds(), time.perf_counter()
+            subprocess.run([sys.executable, "-c", JOB, method, str(spec)], check=True)
+            wall, cpu = time.perf_counter() - started, busy_seconds() - cpu
+            print(f"{round_:<7}{method:<14}{wall:>8.1f}{cpu:>8.1f}", flush=True)
+            written.setdefault(method, weights(out / "model"))
+    same = all(torch.equal(written["spawn"][name], written["forkserver"][name]) for name in written["spawn"])
+    print(
+        f"(one {devices}-process alignment job of {steps} steps per line, in a new interpreter; CPU: the whole "
+        f"machine's over the job, /proc/stat; weights of the two start methods bit-identical: {same})"
+    )
 
 
 def weights(out: Path) -> dict[str, torch.Tensor]:
@@ -154,11 +211,16 @@ def relative_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--devices", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=40, help="S: runs of S and 2·S steps are timed")
+    parser.add_argument("--steps", type=int, help="S: S and 2·S steps timed (default 40; 2 with --launches)")
+    parser.add_argument("--launches", type=int, default=0, metavar="R", help="instead: R rounds of job start-up costs")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         inputs = write_inputs(root)
+        if args.launches:
+            launches(inputs, root, args.launches, args.devices, args.steps or 2)
+            return
+        args.steps = args.steps or 40
         header = f"{'stage':<8}{'1 proc samples/s':>18}{f'{args.devices} proc samples/s':>18}{'speed-up':>10}"
         print(f"{header}{f'weights 1 vs {args.devices}':>18}{'1 thread vs 2':>16}")
         for stage in ("scmbm", "align"):

@@ -130,3 +130,25 @@ def test_the_package_has_no_import_circle():
     for file in sorted(edges):
         if file not in state:
             visit(file, [file])
+
+
+def test_entry_references_reach_the_modules_the_launch_would_import(tmp_path, monkeypatch):
+    """A script that names its entry as ``"module:function"`` (launch() imports it in its processes, the script
+    does not) reaches that module and what it imports; the references followed are the ones the launch checks
+    and accepts, and a string of another shape (a backend list) is not followed."""
+    from llm4brain import entries
+
+    package = fake_package(tmp_path)
+    script = tmp_path / "scripts" / "launched.py"
+    script.write_text(
+        'BACKEND = "cpu:gloo,cuda:nccl"\nlaunch("pkg.stage.model:Model", devices=2)\nlaunch(\'pkg.util:helper\')\n'
+    )
+    names = [str(file.relative_to(package.resolve())) for file in imported_files(script, package)]
+    assert names == ["__init__.py", "lazy.py", "stage/__init__.py", "stage/model.py", "util.py"]
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        for match in entries.QUOTED.finditer(script.read_bytes()):
+            entries.check(match.group().decode()[1:-1])
+    finally:
+        for name in [name for name in sys.modules if name == "pkg" or name.startswith("pkg.")]:
+            del sys.modules[name]

@@ -359,3 +359,33 @@ print(sorted({"bitsandbytes", "peft"} & set(sys.modules)))
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-4000:]
     assert run.stdout.split() == ["[]"]
+
+
+def test_a_misspelt_entry_is_named_before_any_process_starts():
+    """A ``"module:function"`` reference that names no module, or a module without that function, or that is
+    not a reference at all, fails in the launching process with the reference in the message, before torch is
+    imported (so before any process starts: no rank's traceback to dig out of a job log)."""
+    script = """
+import json, sys
+from llm4brain.distributed import launch
+errors = []
+for reference in (
+    "llm4brain.align.trian:train_brain_aligner",
+    "llm4brain.align.train:train_brain_aligne",
+    "llm4brain.align.train.train_brain_aligner",
+):
+    try:
+        launch(reference, devices=2)
+    except Exception as err:
+        errors.append(f"{type(err).__name__}: {err}")
+print(json.dumps({"errors": errors, "torch": "torch" in sys.modules}))
+"""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-4000:]
+    result = json.loads(run.stdout.splitlines()[-1])
+    assert not result["torch"]
+    kinds = ["ModuleNotFoundError", "AttributeError", "ValueError"]
+    assert [error.partition(":")[0] for error in result["errors"]] == kinds, result["errors"]
+    assert "no module named 'llm4brain.align.trian'" in result["errors"][0]
+    assert "train.py defines no 'train_brain_aligne'" in result["errors"][1]
+    assert "'llm4brain.align.train.train_brain_aligner' is not a 'module:function'" in result["errors"][2]

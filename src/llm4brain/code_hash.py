@@ -2,7 +2,8 @@
 
 Each rule passes the hash of the code its script reaches as a param, so editing a module reruns exactly the
 rules whose scripts import it (directly, through other modules, or lazily inside a function, or name it as
-``"module:function"`` for :func:`llm4brain.distributed.launch` to import in its processes) and what depends
+``"module:function"`` for :func:`llm4brain.distributed.launch` to import in its processes, read as
+:data:`llm4brain.entries.QUOTED` finds them) and what depends
 on them. The import graph is read with ``ast``, never by importing: the DAG build must not import torch.
 """
 
@@ -12,9 +13,10 @@ import ast
 import hashlib
 import json
 import os
-import re
 from collections.abc import Iterator
 from pathlib import Path
+
+from llm4brain.entries import QUOTED
 
 
 def module_files(package: Path, module: str) -> list[Path]:
@@ -121,8 +123,8 @@ def _parse_imports(package: Path, file: Path, source: bytes) -> list[Path]:
             found += module_files(package, base)
             for alias in node.names:  # `from pkg import submodule`
                 found += module_files(package, f"{base}.{alias.name}")
-    for reference in re.finditer(rb"""["'](%s(?:\.\w+)*):\w+["']""" % re.escape(package.name.encode()), source):
-        found += module_files(package, reference.group(1).decode())  # an entry launch() imports
+    for reference in QUOTED.finditer(source):  # an entry launch() imports (none outside the package)
+        found += module_files(package, reference["module"].decode())
     return list(dict.fromkeys(found))
 
 

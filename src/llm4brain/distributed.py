@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from llm4brain import entries
 from llm4brain.runtime import LOG, select_device, setup_logging
 
 if TYPE_CHECKING:
@@ -124,8 +125,10 @@ CPU tensor (a logged number, an RNG state) goes to gloo, one on a CUDA tensor to
 
 
 Entry = Callable[..., Any] | str
-"""What :func:`launch` runs: a function, or its ``"module:function"`` entry-point reference, which the launching
-process does not import (only the processes that run it do)."""
+"""What :func:`launch` runs: a function, or its ``"module:function"`` reference (:mod:`llm4brain.entries`), which
+the launching process does not import (only the processes that run it do)."""
+START_METHOD = "forkserver"
+"""How :func:`launch` starts a job's processes (``benchmarks/ddp.py --launches`` sets ``"spawn"`` to compare)."""
 
 
 def launch(
@@ -146,7 +149,8 @@ def launch(
     ``PYTHONPATH``); a module it cannot import, each process imports itself. With ``entry`` as
     ``"module:function"`` this process does not import it at all. Each process runs with this process's
     environment as it is at the call, and imports the calling script again (hence the
-    ``if __name__ == "__main__":`` guard of a script that calls this).
+    ``if __name__ == "__main__":`` guard of a script that calls this). A reference that names no module or
+    function fails here, before any process starts (:func:`llm4brain.entries.check`).
 
     On one node the processes meet on a free localhost port. In a SLURM allocation of several nodes
     (``SLURM_NNODES`` > 1) it starts itself once per node with ``srun`` (:func:`on_every_node`) and the
@@ -163,6 +167,8 @@ def launch(
             "launch() ran while a worker process imported the main script: call it under "
             "`if __name__ == '__main__':` (a worker re-imports the script it was started from)"
         )
+    if isinstance(entry, str):
+        entries.check(entry)
     nodes = int(os.environ.get("SLURM_NNODES", 1))
     if nodes > 1 and NODE not in os.environ:
         on_every_node(
@@ -191,11 +197,11 @@ def launch(
         rdzv_endpoint=endpoint,
         max_restarts=0,  # a dead process fails the job; Snakemake's rerun resumes it
         monitor_interval=MONITOR_INTERVAL,
-        start_method="forkserver",
+        start_method=START_METHOD,
     )
     reference = entry_reference(entry)
-    multiprocessing.set_forkserver_preload([reference.partition(":")[0]])  # read when the server starts
-    name = reference.partition(":")[2]
+    module, name = entries.split(reference)
+    multiprocessing.set_forkserver_preload([module])  # read when the server starts
     LOG.info("%s: %d processes on each of %d node(s) (rendezvous %s)", name, devices, nodes, endpoint)
     try:
         elastic_launch(config, _worker)(entry, device_type, log_file, timeout, dict(os.environ), kwargs)
@@ -230,12 +236,11 @@ def on_every_node(
     Snakemake's SLURM plugin starts a job's script once, on its first node: with the ``mpi`` resource it
     does so outside any job step, so this ``srun`` may take the whole allocation."""
     folder = Path(log_file).parent if log_file else Path.cwd()  # shared by the nodes, as the results are
-    spec = {"entry": entry_reference(entry), "devices": devices, "device": device}
-    spec["timeout"] = timeout
+    reference = entry_reference(entry)
     with tempfile.NamedTemporaryFile("w", suffix=".launch.json", dir=folder, delete=False) as f:
-        json.dump({**spec, "log_file": log_file, "kwargs": kwargs}, f, default=_to_json)
+        f.write(launch_spec(entry, devices=devices, device=device, log_file=log_file, timeout=timeout, kwargs=kwargs))
     command = ["srun", f"--nodes={nodes}", f"--ntasks={nodes}", "--ntasks-per-node=1", "--kill-on-bad-exit=1"]
-    LOG.info("%s: starting %d processes on each of %d nodes: %s", spec["entry"], devices, nodes, " ".join(command))
+    LOG.info("%s: starting %d processes on each of %d nodes: %s", reference, devices, nodes, " ".join(command))
     try:
         done = subprocess.run(
             [*command, sys.executable, "-m", "llm4brain.distributed", f.name], env={**os.environ, NODE: "1"}
@@ -244,9 +249,30 @@ def on_every_node(
         os.unlink(f.name)
     if done.returncode:
         raise RuntimeError(
-            f"{spec['entry']}: a node's processes failed (srun exited with {done.returncode}); the other nodes' "
+            f"{reference}: a node's processes failed (srun exited with {done.returncode}); the other nodes' "
             "were stopped. Rerun to resume from the last checkpoint" + (f" (details in {log_file})" if log_file else "")
         )
+
+
+def launch_spec(
+    entry: Entry, *, devices: int, device: str, log_file: str | None, timeout: float | None, kwargs: dict[str, Any]
+) -> str:
+    """A :func:`launch` as the JSON text :func:`run_spec` reads (``python -m llm4brain.distributed <file>``).
+
+    Args:
+        entry: the function, or its ``"module:function"`` reference.
+        devices: processes per node.
+        device: the ``train.device`` they train on.
+        log_file: the job's log, or None.
+        timeout: seconds a collective waits, or None.
+        kwargs: the entry's arguments: JSON, :class:`~llm4brain.resume.Checkpoint`, typed config sections
+            and paths.
+
+    Returns:
+        The launch as one JSON object.
+    """
+    spec = {"entry": entry_reference(entry), "devices": devices, "device": device, "timeout": timeout}
+    return json.dumps({**spec, "log_file": log_file, "kwargs": kwargs}, default=_to_json)
 
 
 def _to_json(value: Any) -> Any:
@@ -306,11 +332,7 @@ def entry_reference(entry: Entry) -> str:
 
 def resolve(entry: Entry) -> Callable[..., Any]:
     """The function ``entry`` names (a function is itself)."""
-    if isinstance(entry, str):
-        from importlib.metadata import EntryPoint
-
-        return EntryPoint(name=entry, value=entry, group="llm4brain.launch").load()
-    return entry
+    return entries.load(entry) if isinstance(entry, str) else entry
 
 
 def _worker(
