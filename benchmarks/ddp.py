@@ -186,8 +186,10 @@ def launches(inputs: dict[str, Any], root: Path, rounds: int, devices: int, step
                 )
             )
             cpu, started = busy_seconds(), time.perf_counter()
-            subprocess.run([sys.executable, "-c", JOB, method, str(spec)], check=True)
+            job = subprocess.run([sys.executable, "-c", JOB, method, str(spec)], capture_output=True, text=True)
             wall, cpu = time.perf_counter() - started, busy_seconds() - cpu
+            if job.returncode:
+                raise RuntimeError(f"the {method} job failed:\n{job.stderr[-4000:]}")
             print(f"{round_:<7}{method:<14}{wall:>8.1f}{cpu:>8.1f}", flush=True)
             written.setdefault(method, weights(out / "model"))
     same = all(torch.equal(written["spawn"][name], written["forkserver"][name]) for name in written["spawn"])
