@@ -14,11 +14,12 @@ differ only in their thread count. Both are rounding (summation order) magnified
 each gradient by its own running size: near-zero gradient elements move on their rounding noise.
 
 ``--launches R``: what starting a job's processes costs. R rounds, each running one N-process alignment job
-(S steps) with the processes spawned (each imports torch and the model stack) and then forked from one server
-that imported them once (``launch``'s way), alternated. Each job runs in a new interpreter that imports no torch,
-as a workflow job's script does (``python -m llm4brain.distributed``, the launch as JSON). Prints each job's wall
+(S steps) three ways, alternated: the job's process imports the training code and spawns the processes (each
+imports it again), spawns them without importing it, and forks them from one server that imported it once
+(``launch``'s way). Each job runs in a new interpreter that, but for the first way, imports no torch, as a
+workflow job's script does (``python -m llm4brain.distributed``, the launch as JSON). Prints each job's wall
 seconds and the CPU seconds of the whole machine over it (``/proc/stat``: every process, so run it on an idle
-machine), and whether the two ways wrote identical weights.
+machine), and whether the three ways wrote identical weights.
 """
 
 from __future__ import annotations
@@ -155,9 +156,16 @@ def run(stage: str, inputs: dict[str, Any], out: Path, devices: int, steps: int,
     return time.perf_counter() - started
 
 
+ENTRY = "llm4brain.align.train:train_brain_aligner"
 # a job's process: imports the launcher only, as a training rule's script does, and starts its processes the
-# given way (sys.argv: start method, launch spec)
-JOB = "import sys, llm4brain.distributed as d; d.START_METHOD = sys.argv[1]; d.run_spec(sys.argv[2])"
+# given way (sys.argv: start method, launch spec); "spawn+import" also imports the entry's module first, as a
+# script that passed the function itself did before 8c5a2e6
+JOB = f"""import sys, llm4brain.distributed as d
+if sys.argv[1] == "spawn+import":
+    import {ENTRY.partition(":")[0]}
+d.START_METHOD = sys.argv[1].partition("+")[0]
+d.run_spec(sys.argv[2])"""
+METHODS = ("spawn+import", "spawn", "forkserver")
 
 
 def busy_seconds() -> float:
@@ -171,13 +179,13 @@ def launches(inputs: dict[str, Any], root: Path, rounds: int, devices: int, step
     print(f"{'round':<7}{'start method':<14}{'wall s':>8}{'CPU s':>8}")
     written: dict[str, dict[str, torch.Tensor]] = {}
     for round_ in range(rounds):
-        for method in ("spawn", "forkserver"):
-            out = root / f"launch-{method}-{round_}"
+        for method in METHODS:
+            out = root / f"launch-{method.replace('+', '-')}-{round_}"
             spec = root / f"{out.name}.json"
             arguments = align_arguments(inputs, out, training(steps, devices))
             spec.write_text(
                 launch_spec(
-                    "llm4brain.align.train:train_brain_aligner",
+                    ENTRY,
                     devices=devices,
                     device="cpu",
                     log_file=str(root / f"{out.name}.log"),
@@ -192,10 +200,15 @@ def launches(inputs: dict[str, Any], root: Path, rounds: int, devices: int, step
                 raise RuntimeError(f"the {method} job failed:\n{job.stderr[-4000:]}")
             print(f"{round_:<7}{method:<14}{wall:>8.1f}{cpu:>8.1f}", flush=True)
             written.setdefault(method, weights(out / "model"))
-    same = all(torch.equal(written["spawn"][name], written["forkserver"][name]) for name in written["spawn"])
+    same = all(
+        torch.equal(written[method][name], written["forkserver"][name])
+        for method in METHODS
+        for name in written[method]
+    )
     print(
-        f"(one {devices}-process alignment job of {steps} steps per line, in a new interpreter; CPU: the whole "
-        f"machine's over the job, /proc/stat; weights of the two start methods bit-identical: {same})"
+        f"(one {devices}-process alignment job of {steps} steps per line, in a new interpreter; 'spawn+import': the "
+        "job's process imports the entry's module before it spawns; CPU: the whole machine's over the job, "
+        f"/proc/stat; weights of the three ways bit-identical: {same})"
     )
 
 
