@@ -199,8 +199,7 @@ def launch(
         monitor_interval=MONITOR_INTERVAL,
         start_method=START_METHOD,
     )
-    reference = entry_reference(entry)
-    module, name = entries.split(reference)
+    module, _, name = entry_reference(entry).partition(":")  # a string entry is checked above
     multiprocessing.set_forkserver_preload([module])  # read when the server starts
     LOG.info("%s: %d processes on each of %d node(s) (rendezvous %s)", name, devices, nodes, endpoint)
     try:
