@@ -9,7 +9,7 @@ import pytest
 
 from llm4brain import entries
 
-SOURCE = '''
+SOURCE = """
 import os.path
 import json as codec
 from math import pi as PI, tau
@@ -33,7 +33,7 @@ for looped in range(1):
     in_loop = 1
 with open(__file__) as opened:
     in_with = 1
-'''
+"""
 BOUND = ["os", "codec", "PI", "tau", "function", "coroutine", "Model", "first", "second", "third", "annotated"]
 BOUND += ["in_if", "in_else", "in_try", "in_handler", "in_finally", "looped", "in_loop", "opened", "in_with"]
 
