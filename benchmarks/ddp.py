@@ -46,6 +46,7 @@ from train_step import CLIPS, ENCODER, GRID, QFORMER, REPEATS, write_subject  # 
 from llm4brain.align.train import train_brain_aligner  # noqa: E402
 from llm4brain.artifacts import atomic_h5  # noqa: E402
 from llm4brain.distributed import launch, launch_spec  # noqa: E402
+from llm4brain.entries import split  # noqa: E402
 from llm4brain.models.captioner import Captioner  # noqa: E402
 from llm4brain.models.tokenizer import train_word_tokenizer  # noqa: E402
 from llm4brain.models.video_llm import VideoQFormer, build_llm, qformer_config, save_teacher  # noqa: E402
@@ -162,7 +163,7 @@ ENTRY = "llm4brain.align.train:train_brain_aligner"
 # script that passed the function itself did before 8c5a2e6
 JOB = f"""import sys, llm4brain.distributed as d
 if sys.argv[1] == "spawn+import":
-    import {ENTRY.partition(":")[0]}
+    import {split(ENTRY)[0]}
 d.START_METHOD = sys.argv[1].partition("+")[0]
 d.run_spec(sys.argv[2])"""
 METHODS = ("spawn+import", "spawn", "forkserver")

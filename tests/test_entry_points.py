@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from llm4brain.align.train import train_brain_aligner
+from llm4brain.distributed import entry_reference
 from llm4brain.evaluate.decode import decode_captions, nearest_train_pool
 from llm4brain.evaluate.new_run import decode_run
 from llm4brain.instruct.train import instruct_llm
@@ -51,7 +52,7 @@ def test_workflow_script_calls_its_entry_point_by_valid_names(script):
         for node in ast.walk(ast.parse((SCRIPTS / script).read_text()))
         if isinstance(node, ast.Call)
         and getattr(node.func, "id", None) == "launch"
-        and [getattr(arg, "value", None) for arg in node.args] == [f"{function.__module__}:{function.__name__}"]
+        and [getattr(arg, "value", None) for arg in node.args] == [entry_reference(function)]
     ]
     assert len(calls) + len(launched) == 1 and not any(call.args for call in calls)
     own = {"devices", "device", "log_file"}
